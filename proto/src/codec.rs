@@ -1,0 +1,462 @@
+//! Length-delimited framing for [`Frame`](crate::v1::Frame).
+//!
+//! Wire form: `u32` big-endian body length `N`, then `N` bytes of an encoded
+//! `Frame`. The decoder reads the prefix, rejects `N > max_frame` before
+//! buffering the body, and only then decodes. Decoding a body held in
+//! [`Bytes`] slices `bytes` fields (subjects, payloads) out of it, no copies.
+//!
+//! For fan-out the server does not build a `Message` per subscriber: a
+//! [`MessageTemplate`] encodes everything except the subscription id and the
+//! payload once, and [`MessageTemplate::write_prefix`] emits the few bytes that
+//! differ per subscriber. The payload then follows as its own buffer (a
+//! vectored write). The bytes produced are identical to prost's encoding of the
+//! same `Frame`; the golden-vector tests hold both to that.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message as _;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+use crate::v1::{Frame, Header, frame::Kind};
+
+/// Bytes in the length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// Why bytes could not be turned into a frame. Small and allocation-free: it
+/// sits on the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The length prefix announces a frame larger than the receiver accepts.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Announced body length.
+        len: u32,
+        /// The receiver's maximum.
+        max: u32,
+    },
+    /// The body is not a valid protobuf `Frame`.
+    #[error("frame body is not a valid arqonbus.v1.Frame")]
+    Malformed,
+    /// The body decoded but carries no frame kind this version knows.
+    #[error("frame carries no known kind")]
+    UnknownKind,
+}
+
+/// Why a frame could not be encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The frame does not fit the 32-bit length prefix.
+    #[error("frame of {0} bytes does not fit the length prefix")]
+    TooLarge(usize),
+}
+
+/// Looks at the front of `buf`. Returns the total length (prefix included) of
+/// the first frame when all of it is present, `None` when more bytes are
+/// needed, and an error as soon as the prefix exceeds `max_frame`, before any
+/// body byte is needed.
+pub fn frame_len(buf: &[u8], max_frame: u32) -> Result<Option<usize>, DecodeError> {
+    let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(*prefix);
+    if len > max_frame {
+        return Err(DecodeError::TooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    let total = LEN_PREFIX + len as usize;
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// Decodes one frame body (the bytes after the prefix).
+pub fn decode_body(body: Bytes) -> Result<Kind, DecodeError> {
+    Frame::decode(body)
+        .map_err(|_| DecodeError::Malformed)?
+        .kind
+        .ok_or(DecodeError::UnknownKind)
+}
+
+/// Splits the first whole frame off `buf` and decodes it; `Ok(None)` when
+/// `buf` holds only part of a frame. Convenient for clients; the server
+/// manages its own buffers with [`frame_len`] and [`decode_body`].
+pub fn decode(buf: &mut BytesMut, max_frame: u32) -> Result<Option<Kind>, DecodeError> {
+    let Some(total) = frame_len(buf, max_frame)? else {
+        return Ok(None);
+    };
+    let mut frame = buf.split_to(total).freeze();
+    frame.advance(LEN_PREFIX);
+    decode_body(frame).map(Some)
+}
+
+/// The encoded size of `kind` on the wire, prefix included.
+pub fn encoded_len(kind: &Kind) -> usize {
+    LEN_PREFIX + kind.encoded_len()
+}
+
+/// Appends `kind` as one frame (prefix and body) to `dst`.
+pub fn encode(kind: &Kind, dst: &mut impl BufMut) -> Result<(), EncodeError> {
+    let len = kind.encoded_len();
+    let prefix = u32::try_from(len).map_err(|_| EncodeError::TooLarge(len))?;
+    dst.put_u32(prefix);
+    kind.encode(dst);
+    Ok(())
+}
+
+/// Field numbers shared by the hand-written encoders below. They must match
+/// `client.proto`; the golden tests fail if they drift.
+mod tags {
+    pub(super) const FRAME_PUBLISH: u32 = 3;
+    pub(super) const FRAME_MESSAGE: u32 = 6;
+    pub(super) const PUBLISH_SUBJECT: u32 = 1;
+    pub(super) const PUBLISH_REPLY: u32 = 2;
+    pub(super) const PUBLISH_HEADERS: u32 = 3;
+    pub(super) const MESSAGE_SID: u32 = 1;
+    pub(super) const MESSAGE_SUBJECT: u32 = 2;
+    pub(super) const MESSAGE_REPLY: u32 = 3;
+    pub(super) const MESSAGE_HEADERS: u32 = 4;
+    pub(super) const MESSAGE_STATUS: u32 = 5;
+    pub(super) const PAYLOAD: u32 = 15;
+}
+
+fn bytes_field_len(tag: u32, len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(len as u64) + len
+    }
+}
+
+fn put_bytes_field(tag: u32, value: &[u8], dst: &mut impl BufMut) {
+    if !value.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, dst);
+        encode_varint(value.len() as u64, dst);
+        dst.put_slice(value);
+    }
+}
+
+fn put_headers(tag: u32, headers: &[Header], dst: &mut impl BufMut) {
+    for h in headers {
+        encode_key(tag, WireType::LengthDelimited, dst);
+        encode_varint(h.encoded_len() as u64, dst);
+        h.encode_raw(dst);
+    }
+}
+
+fn headers_len(tag: u32, headers: &[Header]) -> usize {
+    headers
+        .iter()
+        .map(|h| {
+            let l = h.encoded_len();
+            key_len(tag) + encoded_len_varint(l as u64) + l
+        })
+        .sum()
+}
+
+/// Encodes a `Message` frame for many subscribers without re-encoding the
+/// shared parts. Reuse one template per shard: [`MessageTemplate::prepare`]
+/// overwrites it and allocates only when a message is larger than any before.
+#[derive(Debug, Default)]
+pub struct MessageTemplate {
+    /// subject, reply, headers, status and the payload's key and length.
+    common: Vec<u8>,
+    payload_len: usize,
+}
+
+impl MessageTemplate {
+    /// An empty template; call [`prepare`](Self::prepare) before use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Encodes the parts every subscriber shares.
+    pub fn prepare(
+        &mut self,
+        subject: &[u8],
+        reply: &[u8],
+        headers: &[Header],
+        status: i32,
+        payload_len: usize,
+    ) {
+        let c = &mut self.common;
+        c.clear();
+        put_bytes_field(tags::MESSAGE_SUBJECT, subject, c);
+        put_bytes_field(tags::MESSAGE_REPLY, reply, c);
+        put_headers(tags::MESSAGE_HEADERS, headers, c);
+        if status != 0 {
+            encode_key(tags::MESSAGE_STATUS, WireType::Varint, c);
+            // Negative enum values encode as 10-byte varints, as in prost.
+            encode_varint(i64::from(status).cast_unsigned(), c);
+        }
+        if payload_len > 0 {
+            encode_key(tags::PAYLOAD, WireType::LengthDelimited, c);
+            encode_varint(payload_len as u64, c);
+        }
+        self.payload_len = payload_len;
+    }
+
+    fn message_len(&self, sid: u64) -> usize {
+        let sid_len = if sid == 0 {
+            0
+        } else {
+            key_len(tags::MESSAGE_SID) + encoded_len_varint(sid)
+        };
+        sid_len + self.common.len() + self.payload_len
+    }
+
+    /// Total bytes on the wire for `sid`, prefix and payload included.
+    pub fn frame_len(&self, sid: u64) -> usize {
+        let m = self.message_len(sid);
+        LEN_PREFIX + key_len(tags::FRAME_MESSAGE) + encoded_len_varint(m as u64) + m
+    }
+
+    /// Appends everything of the frame for `sid` that precedes the payload.
+    /// The caller sends the payload bytes right after.
+    pub fn write_prefix(&self, sid: u64, dst: &mut impl BufMut) -> Result<(), EncodeError> {
+        let m = self.message_len(sid);
+        let body = key_len(tags::FRAME_MESSAGE) + encoded_len_varint(m as u64) + m;
+        let prefix = u32::try_from(body).map_err(|_| EncodeError::TooLarge(body))?;
+        dst.put_u32(prefix);
+        encode_key(tags::FRAME_MESSAGE, WireType::LengthDelimited, dst);
+        encode_varint(m as u64, dst);
+        if sid != 0 {
+            encode_key(tags::MESSAGE_SID, WireType::Varint, dst);
+            encode_varint(sid, dst);
+        }
+        dst.put_slice(&self.common);
+        Ok(())
+    }
+}
+
+/// Appends everything of a `Publish` frame that precedes its payload; the
+/// caller sends `payload_len` payload bytes right after. Lets clients and load
+/// generators publish with a vectored write, like the server's fan-out.
+pub fn write_publish_prefix(
+    subject: &[u8],
+    reply: &[u8],
+    headers: &[Header],
+    payload_len: usize,
+    dst: &mut impl BufMut,
+) -> Result<(), EncodeError> {
+    let m = bytes_field_len(tags::PUBLISH_SUBJECT, subject.len())
+        + bytes_field_len(tags::PUBLISH_REPLY, reply.len())
+        + headers_len(tags::PUBLISH_HEADERS, headers)
+        + bytes_field_len(tags::PAYLOAD, payload_len);
+    let body = key_len(tags::FRAME_PUBLISH) + encoded_len_varint(m as u64) + m;
+    let prefix = u32::try_from(body).map_err(|_| EncodeError::TooLarge(body))?;
+    dst.put_u32(prefix);
+    encode_key(tags::FRAME_PUBLISH, WireType::LengthDelimited, dst);
+    encode_varint(m as u64, dst);
+    put_bytes_field(tags::PUBLISH_SUBJECT, subject, dst);
+    put_bytes_field(tags::PUBLISH_REPLY, reply, dst);
+    put_headers(tags::PUBLISH_HEADERS, headers, dst);
+    if payload_len > 0 {
+        encode_key(tags::PAYLOAD, WireType::LengthDelimited, dst);
+        encode_varint(payload_len as u64, dst);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{self, MessageStatus};
+    use proptest::prelude::*;
+
+    fn header(k: &'static [u8], v: &'static [u8]) -> Header {
+        Header {
+            key: Bytes::from_static(k),
+            value: Bytes::from_static(v),
+        }
+    }
+
+    fn roundtrip(kind: Kind) {
+        let mut buf = BytesMut::new();
+        encode(&kind, &mut buf).unwrap();
+        assert_eq!(buf.len(), encoded_len(&kind));
+        let decoded = decode(&mut buf, u32::MAX).unwrap().unwrap();
+        assert_eq!(decoded, kind);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        roundtrip(Kind::Connect(v1::Connect {
+            protocol_version: 1,
+            credential: "secret".into(),
+            client_name: "n".into(),
+            client_kind: v1::ClientKind::Agent.into(),
+            client_version: "0.1".into(),
+            no_echo: true,
+        }));
+        roundtrip(Kind::Welcome(v1::Welcome {
+            protocol_version: 1,
+            server_id: "s".into(),
+            session_id: 7,
+            limits: Some(v1::Limits {
+                max_payload: 1,
+                max_frame: 2,
+                max_subscriptions: 3,
+                max_headers: 4,
+                max_subject_len: 5,
+                ping_interval_ms: 6,
+                max_pending_bytes: 7,
+            }),
+            shard: 1,
+            server_version: "0.1.0".into(),
+            tenant: "t".into(),
+        }));
+        roundtrip(Kind::Publish(v1::Publish {
+            subject: Bytes::from_static(b"a.b"),
+            reply: Bytes::from_static(b"r"),
+            headers: vec![header(b"k", b"v")],
+            payload: Bytes::from_static(b"hello"),
+        }));
+        roundtrip(Kind::Subscribe(v1::Subscribe {
+            sid: 1,
+            pattern: Bytes::from_static(b"a.*"),
+            queue_group: Bytes::from_static(b"q"),
+        }));
+        roundtrip(Kind::Unsubscribe(v1::Unsubscribe {
+            sid: 1,
+            after_messages: 3,
+        }));
+        roundtrip(Kind::Message(v1::Message {
+            sid: 9,
+            subject: Bytes::from_static(b"a.b"),
+            reply: Bytes::new(),
+            headers: vec![],
+            status: MessageStatus::NoResponders.into(),
+            payload: Bytes::new(),
+        }));
+        roundtrip(Kind::Ping(v1::Ping {}));
+        roundtrip(Kind::Pong(v1::Pong {}));
+        roundtrip(Kind::Error(v1::Error {
+            code: v1::ErrorCode::SlowConsumer.into(),
+            message: "slow".into(),
+            close: true,
+            sid: 0,
+        }));
+    }
+
+    #[test]
+    fn length_is_checked_before_the_body_arrives() {
+        let buf = 1_000_001u32.to_be_bytes();
+        assert_eq!(
+            frame_len(&buf, 1_000_000),
+            Err(DecodeError::TooLarge {
+                len: 1_000_001,
+                max: 1_000_000
+            })
+        );
+        assert_eq!(frame_len(&buf[..3], 10), Ok(None));
+        assert_eq!(frame_len(&[0, 0, 0, 5, 1, 2], 10), Ok(None));
+    }
+
+    #[test]
+    fn truncated_garbage_and_empty_frames_are_errors() {
+        // A frame whose body is cut inside the publish message.
+        let mut whole = BytesMut::new();
+        encode(
+            &Kind::Publish(v1::Publish {
+                subject: Bytes::from_static(b"a"),
+                payload: Bytes::from_static(b"xyz"),
+                ..Default::default()
+            }),
+            &mut whole,
+        )
+        .unwrap();
+        let body = whole.split_off(LEN_PREFIX).freeze();
+        assert_eq!(
+            decode_body(body.slice(..body.len() - 1)),
+            Err(DecodeError::Malformed)
+        );
+        assert_eq!(
+            decode_body(Bytes::from_static(&[0xff, 0xff, 0xff])),
+            Err(DecodeError::Malformed)
+        );
+        assert_eq!(decode_body(Bytes::new()), Err(DecodeError::UnknownKind));
+        // An unknown field only: valid protobuf, no kind.
+        assert_eq!(
+            decode_body(Bytes::from_static(&[0xa0, 0x06, 0x01])),
+            Err(DecodeError::UnknownKind)
+        );
+    }
+
+    #[test]
+    fn decoded_payload_shares_the_receive_buffer() {
+        let mut buf = BytesMut::new();
+        let payload = vec![7u8; 512];
+        encode(
+            &Kind::Publish(v1::Publish {
+                subject: Bytes::from_static(b"a"),
+                payload: Bytes::from(payload),
+                ..Default::default()
+            }),
+            &mut buf,
+        )
+        .unwrap();
+        let frozen = buf.freeze();
+        let range = frozen.as_ptr_range();
+        let Kind::Publish(p) = decode_body(frozen.slice(LEN_PREFIX..)).unwrap() else {
+            panic!("not a publish");
+        };
+        assert!(range.contains(&p.payload.as_ptr()), "payload was copied");
+        assert!(range.contains(&p.subject.as_ptr()), "subject was copied");
+    }
+
+    fn arb_bytes(max: usize) -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+    }
+
+    fn arb_headers() -> impl Strategy<Value = Vec<Header>> {
+        proptest::collection::vec(
+            (arb_bytes(8), arb_bytes(8)).prop_map(|(key, value)| Header { key, value }),
+            0..3,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn template_matches_prost(
+            sid in any::<u64>(),
+            subject in arb_bytes(40),
+            reply in arb_bytes(40),
+            headers in arb_headers(),
+            status in prop_oneof![Just(0i32), Just(1), any::<i32>()],
+            payload in arb_bytes(300),
+        ) {
+            let mut t = MessageTemplate::new();
+            t.prepare(&subject, &reply, &headers, status, payload.len());
+            let mut fast = Vec::new();
+            t.write_prefix(sid, &mut fast).unwrap();
+            fast.extend_from_slice(&payload);
+            prop_assert_eq!(fast.len(), t.frame_len(sid));
+
+            let mut slow = Vec::new();
+            encode(&Kind::Message(v1::Message { sid, subject, reply, headers, status, payload }), &mut slow).unwrap();
+            prop_assert_eq!(hex::encode(fast), hex::encode(slow));
+        }
+
+        #[test]
+        fn publish_prefix_matches_prost(
+            subject in arb_bytes(40),
+            reply in arb_bytes(40),
+            headers in arb_headers(),
+            payload in arb_bytes(300),
+        ) {
+            let mut fast = Vec::new();
+            write_publish_prefix(&subject, &reply, &headers, payload.len(), &mut fast).unwrap();
+            fast.extend_from_slice(&payload);
+            let mut slow = Vec::new();
+            encode(&Kind::Publish(v1::Publish { subject, reply, headers, payload }), &mut slow).unwrap();
+            prop_assert_eq!(hex::encode(fast), hex::encode(slow));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&data[..]);
+            // Either an error, a partial frame, or frames until the buffer is drained.
+            while let Ok(Some(_)) = decode(&mut buf, 256) {}
+        }
+    }
+}
