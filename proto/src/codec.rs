@@ -269,18 +269,18 @@ mod tests {
         }
     }
 
-    fn roundtrip(kind: Kind) {
+    fn roundtrip(kind: &Kind) {
         let mut buf = BytesMut::new();
-        encode(&kind, &mut buf).unwrap();
-        assert_eq!(buf.len(), encoded_len(&kind));
+        encode(kind, &mut buf).unwrap();
+        assert_eq!(buf.len(), encoded_len(kind));
         let decoded = decode(&mut buf, u32::MAX).unwrap().unwrap();
-        assert_eq!(decoded, kind);
+        assert_eq!(&decoded, kind);
         assert!(buf.is_empty());
     }
 
     #[test]
     fn every_kind_round_trips() {
-        roundtrip(Kind::Connect(v1::Connect {
+        roundtrip(&Kind::Connect(v1::Connect {
             protocol_version: 1,
             credential: "secret".into(),
             client_name: "n".into(),
@@ -288,7 +288,7 @@ mod tests {
             client_version: "0.1".into(),
             no_echo: true,
         }));
-        roundtrip(Kind::Welcome(v1::Welcome {
+        roundtrip(&Kind::Welcome(v1::Welcome {
             protocol_version: 1,
             server_id: "s".into(),
             session_id: 7,
@@ -305,22 +305,22 @@ mod tests {
             server_version: "0.1.0".into(),
             tenant: "t".into(),
         }));
-        roundtrip(Kind::Publish(v1::Publish {
+        roundtrip(&Kind::Publish(v1::Publish {
             subject: Bytes::from_static(b"a.b"),
             reply: Bytes::from_static(b"r"),
             headers: vec![header(b"k", b"v")],
             payload: Bytes::from_static(b"hello"),
         }));
-        roundtrip(Kind::Subscribe(v1::Subscribe {
+        roundtrip(&Kind::Subscribe(v1::Subscribe {
             sid: 1,
             pattern: Bytes::from_static(b"a.*"),
             queue_group: Bytes::from_static(b"q"),
         }));
-        roundtrip(Kind::Unsubscribe(v1::Unsubscribe {
+        roundtrip(&Kind::Unsubscribe(v1::Unsubscribe {
             sid: 1,
             after_messages: 3,
         }));
-        roundtrip(Kind::Message(v1::Message {
+        roundtrip(&Kind::Message(v1::Message {
             sid: 9,
             subject: Bytes::from_static(b"a.b"),
             reply: Bytes::new(),
@@ -328,9 +328,9 @@ mod tests {
             status: MessageStatus::NoResponders.into(),
             payload: Bytes::new(),
         }));
-        roundtrip(Kind::Ping(v1::Ping {}));
-        roundtrip(Kind::Pong(v1::Pong {}));
-        roundtrip(Kind::Error(v1::Error {
+        roundtrip(&Kind::Ping(v1::Ping {}));
+        roundtrip(&Kind::Pong(v1::Pong {}));
+        roundtrip(&Kind::Error(v1::Error {
             code: v1::ErrorCode::SlowConsumer.into(),
             message: "slow".into(),
             close: true,

@@ -1,1 +1,31 @@
-//! placeholder
+//! The ArqonBus protocol and routing core.
+//!
+//! Everything a shard decides, without doing any I/O: it takes frames and
+//! `now`, and returns what to send and where to route. The glommio data plane
+//! (`arqonbus-dataplane`) and any simulation are thin drivers around it, so the
+//! logic here is unit-tested, fuzzed and benchmarked without sockets.
+//!
+//! # Layout
+//! - [`subject`]: the subject, pattern and queue-group grammar;
+//! - [`index`]: the token trie from patterns to per-pattern slots;
+//! - [`router`]: one shard's subscriptions, its replica of the other shards'
+//!   interest, and routing decisions (local deliveries, one copy per
+//!   interested remote shard, queue-group choice);
+//! - [`session`]: the connection state machine and input validation;
+//! - [`auth`]: credential to principal, from an immutable snapshot;
+//! - [`limits`]: per-connection limits; [`stats`]: per-shard counters;
+//! - [`ids`]: newtype identities.
+//!
+//! No async runtime, no clock, no randomness source: callers pass `now` and
+//! seeds.
+
+pub mod auth;
+pub mod ids;
+pub mod index;
+pub mod limits;
+pub mod router;
+pub mod session;
+pub mod stats;
+pub mod subject;
+
+pub use ids::{ConnId, PrincipalId, ShardId, Sid, TenantId};

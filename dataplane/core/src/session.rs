@@ -1,0 +1,787 @@
+//! The connection state machine (specs/state-machines.md).
+//!
+//! One [`Session`] per connection. Every input is an [`Event`]; the only way
+//! the state changes is [`Session::handle`], which returns one [`Step`] for
+//! the runtime to carry out. The session validates everything a client sends
+//! (subjects, sizes, headers, the credential) so the runtime only routes.
+//!
+//! ```text
+//!  Handshaking --TlsEstablished--> AwaitingConnect --Connect(ok)--> Open
+//!       |                               |                            |
+//!       +--------- any error, timeout, shutdown, slow consumer ------+--> Closing --Closed--> Closed
+//! ```
+//!
+//! Invalid transitions are protocol errors that close the connection: any
+//! frame other than `Connect` while awaiting it, a second `Connect`, and any
+//! server-to-client frame kind sent by a client. Frames that arrive while
+//! `Closing` are ignored. No I/O and no clock: time arrives as `now`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arqonbus_proto::codec::DecodeError;
+use arqonbus_proto::v1::{self, ErrorCode, Header, frame::Kind};
+use bytes::Bytes;
+
+use crate::auth::{AuthSnapshot, Principal};
+use crate::ids::Sid;
+use crate::limits::{Limits, MAX_HEADER_BYTES, MAX_HEADER_KEY_LEN, MAX_HEADER_VALUE_LEN};
+use crate::subject::{Pattern, QueueGroup, Subject, SubjectError};
+
+/// Longest `Connect.client_name`.
+pub const MAX_CLIENT_NAME_LEN: usize = 128;
+/// Longest `Connect.client_version`.
+pub const MAX_CLIENT_VERSION_LEN: usize = 64;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// TLS handshake in progress (skipped for plaintext listeners).
+    Handshaking,
+    /// Waiting for the client's `Connect`.
+    AwaitingConnect,
+    /// Authenticated; publishing and subscribing allowed.
+    Open,
+    /// A final error is being written; input is ignored.
+    Closing,
+    /// Gone. Every further event is ignored.
+    Closed,
+}
+
+/// Everything that can happen to a connection.
+#[derive(Debug)]
+pub enum Event {
+    /// The TLS handshake finished.
+    TlsEstablished,
+    /// A frame arrived from the client.
+    Frame(Kind),
+    /// The client's bytes could not be decoded.
+    Undecodable(DecodeError),
+    /// Time passed; check timeouts and keep-alives.
+    Tick,
+    /// The connection's outbound buffer overflowed.
+    SlowConsumer,
+    /// The server is stopping.
+    Shutdown,
+    /// The socket closed or failed.
+    Closed,
+}
+
+/// A validated publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Where it goes.
+    pub subject: Subject,
+    /// Where responders should answer, if it is a request.
+    pub reply: Option<Subject>,
+    /// Headers, already checked against the limits.
+    pub headers: Vec<Header>,
+    /// The payload, sharing the receive buffer.
+    pub payload: Bytes,
+}
+
+/// An error to send to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Whether the connection closes after the error is written.
+    pub close: bool,
+    /// The subscription concerned, or 0.
+    pub sid: u64,
+    /// Text for humans; never holds client data.
+    pub detail: &'static str,
+}
+
+impl Rejection {
+    fn fatal(code: ErrorCode, detail: &'static str) -> Self {
+        Self {
+            code,
+            close: true,
+            sid: 0,
+            detail,
+        }
+    }
+
+    fn soft(code: ErrorCode, sid: u64, detail: &'static str) -> Self {
+        Self {
+            code,
+            close: false,
+            sid,
+            detail,
+        }
+    }
+
+    /// The `Error` frame for this rejection.
+    pub fn to_frame(&self) -> Kind {
+        Kind::Error(v1::Error {
+            code: self.code.into(),
+            message: self.detail.to_owned(),
+            close: self.close,
+            sid: self.sid,
+        })
+    }
+}
+
+/// What the runtime must do after an event.
+#[derive(Debug)]
+pub enum Step {
+    /// Nothing.
+    Nothing,
+    /// Authenticated: send `Welcome`.
+    Welcome(Arc<Principal>),
+    /// Route this message.
+    Publish(Publish),
+    /// Add this subscription.
+    Subscribe {
+        /// Client id of the subscription.
+        sid: Sid,
+        /// What it matches.
+        pattern: Pattern,
+        /// Its queue group, if any.
+        queue: Option<QueueGroup>,
+    },
+    /// Remove a subscription now (`after == 0`) or after `after` messages.
+    Unsubscribe {
+        /// Client id of the subscription.
+        sid: Sid,
+        /// Messages to deliver first.
+        after: u64,
+    },
+    /// Answer the client's ping, once its earlier subscription changes are
+    /// in effect on every shard.
+    Pong,
+    /// Send a keep-alive ping.
+    Ping,
+    /// Send this error; when it closes, the session is now `Closing`.
+    Reject(Rejection),
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    state: State,
+    accepted_at: Instant,
+    last_seen: Instant,
+    pings_outstanding: u32,
+    principal: Option<Arc<Principal>>,
+    no_echo: bool,
+    client_kind: v1::ClientKind,
+    client_name: String,
+}
+
+fn subject_rejection(e: SubjectError, sid: u64) -> Rejection {
+    match e {
+        SubjectError::Reserved => Rejection::soft(
+            ErrorCode::PermissionDenied,
+            sid,
+            "subjects starting with '$' are reserved",
+        ),
+        _ => Rejection::soft(ErrorCode::InvalidSubject, sid, "invalid subject"),
+    }
+}
+
+fn check_headers(headers: &[Header], limits: &Limits) -> Result<(), Rejection> {
+    let bad = |detail| Err(Rejection::soft(ErrorCode::InvalidHeaders, 0, detail));
+    if headers.len() > limits.max_headers as usize {
+        return bad("too many headers");
+    }
+    let mut total = 0usize;
+    for h in headers {
+        if h.key.is_empty() || h.key.len() > MAX_HEADER_KEY_LEN {
+            return bad("header key must be 1..=64 bytes");
+        }
+        if !h
+            .key
+            .iter()
+            .all(|&b| (0x21..=0x7e).contains(&b) && b != b'.' && b != b'*' && b != b'>')
+        {
+            return bad("header key must be a subject token");
+        }
+        if h.value.len() > MAX_HEADER_VALUE_LEN {
+            return bad("header value longer than 1024 bytes");
+        }
+        if !h.value.iter().all(|&b| (0x20..=0x7e).contains(&b)) {
+            return bad("header value must be printable ASCII");
+        }
+        total += h.key.len() + h.value.len();
+    }
+    if total > MAX_HEADER_BYTES {
+        return bad("headers exceed 8 KiB");
+    }
+    Ok(())
+}
+
+impl Session {
+    /// A session for a connection accepted at `now`. `tls` says whether a
+    /// handshake comes first.
+    pub fn new(now: Instant, tls: bool) -> Self {
+        Self {
+            state: if tls {
+                State::Handshaking
+            } else {
+                State::AwaitingConnect
+            },
+            accepted_at: now,
+            last_seen: now,
+            pings_outstanding: 0,
+            principal: None,
+            no_echo: false,
+            client_kind: v1::ClientKind::Unspecified,
+            client_name: String::new(),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The authenticated principal, once `Open`.
+    pub fn principal(&self) -> Option<&Arc<Principal>> {
+        self.principal.as_ref()
+    }
+
+    /// Whether the client receives its own messages.
+    pub fn echo(&self) -> bool {
+        !self.no_echo
+    }
+
+    /// What the client said it is.
+    pub fn client_kind(&self) -> v1::ClientKind {
+        self.client_kind
+    }
+
+    /// What the client called itself.
+    pub fn client_name(&self) -> &str {
+        &self.client_name
+    }
+
+    /// The one entry point for state changes.
+    pub fn handle(
+        &mut self,
+        event: Event,
+        now: Instant,
+        auth: &AuthSnapshot,
+        limits: &Limits,
+    ) -> Step {
+        if matches!(self.state, State::Closed) {
+            return Step::Nothing;
+        }
+        let step = match event {
+            Event::Closed => {
+                self.state = State::Closed;
+                Step::Nothing
+            }
+            _ if self.state == State::Closing => Step::Nothing,
+            Event::TlsEstablished => self.on_tls(),
+            Event::Frame(kind) => {
+                self.last_seen = now;
+                self.pings_outstanding = 0;
+                self.on_frame(kind, auth, limits)
+            }
+            Event::Undecodable(e) => Step::Reject(match e {
+                DecodeError::TooLarge { .. } => {
+                    Rejection::fatal(ErrorCode::FrameTooLarge, "frame exceeds max_frame")
+                }
+                DecodeError::Malformed | DecodeError::UnknownKind => {
+                    Rejection::fatal(ErrorCode::ProtocolViolation, "malformed frame")
+                }
+            }),
+            Event::Tick => self.on_tick(now, limits),
+            Event::SlowConsumer => Step::Reject(Rejection::fatal(
+                ErrorCode::SlowConsumer,
+                "slow consumer: outbound buffer exceeded max_pending_bytes",
+            )),
+            Event::Shutdown => Step::Reject(Rejection::fatal(
+                ErrorCode::ServerShuttingDown,
+                "server shutting down",
+            )),
+        };
+        if let Step::Reject(r) = &step
+            && r.close
+        {
+            self.state = State::Closing;
+        }
+        step
+    }
+
+    fn on_tls(&mut self) -> Step {
+        if self.state == State::Handshaking {
+            self.state = State::AwaitingConnect;
+            Step::Nothing
+        } else {
+            Step::Reject(Rejection::fatal(
+                ErrorCode::Internal,
+                "TLS established twice",
+            ))
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant, limits: &Limits) -> Step {
+        match self.state {
+            State::Handshaking | State::AwaitingConnect => {
+                if now.duration_since(self.accepted_at)
+                    >= Duration::from_millis(limits.auth_timeout_ms)
+                {
+                    Step::Reject(Rejection::fatal(
+                        ErrorCode::AuthTimeout,
+                        "no valid Connect within the authentication timeout",
+                    ))
+                } else {
+                    Step::Nothing
+                }
+            }
+            State::Open => {
+                if now.duration_since(self.last_seen)
+                    < Duration::from_millis(limits.ping_interval_ms)
+                {
+                    return Step::Nothing;
+                }
+                if self.pings_outstanding >= limits.max_pings_outstanding {
+                    return Step::Reject(Rejection::fatal(
+                        ErrorCode::StaleConnection,
+                        "stale connection: pings unanswered",
+                    ));
+                }
+                self.pings_outstanding += 1;
+                self.last_seen = now;
+                Step::Ping
+            }
+            State::Closing | State::Closed => Step::Nothing,
+        }
+    }
+
+    fn on_frame(&mut self, kind: Kind, auth: &AuthSnapshot, limits: &Limits) -> Step {
+        match (self.state, kind) {
+            (State::AwaitingConnect, Kind::Connect(c)) => self.on_connect(c, auth),
+            (State::AwaitingConnect, _) => Step::Reject(Rejection::fatal(
+                ErrorCode::ProtocolViolation,
+                "the first frame must be Connect",
+            )),
+            (State::Open, Kind::Connect(_)) => Step::Reject(Rejection::fatal(
+                ErrorCode::ProtocolViolation,
+                "Connect sent twice",
+            )),
+            (State::Open, Kind::Publish(p)) => match Self::check_publish(p, limits) {
+                Ok(p) => Step::Publish(p),
+                Err(r) => Step::Reject(r),
+            },
+            (State::Open, Kind::Subscribe(s)) => Self::check_subscribe(s, limits),
+            (State::Open, Kind::Unsubscribe(u)) => {
+                if u.sid == 0 {
+                    Step::Reject(Rejection::soft(
+                        ErrorCode::UnknownSid,
+                        0,
+                        "sid 0 is invalid",
+                    ))
+                } else {
+                    Step::Unsubscribe {
+                        sid: Sid(u.sid),
+                        after: u.after_messages,
+                    }
+                }
+            }
+            (State::Open, Kind::Ping(_)) => Step::Pong,
+            (State::Open, Kind::Pong(_)) => Step::Nothing,
+            (State::Open, Kind::Welcome(_) | Kind::Message(_) | Kind::Error(_)) => {
+                Step::Reject(Rejection::fatal(
+                    ErrorCode::ProtocolViolation,
+                    "frame kind is server-to-client only",
+                ))
+            }
+            (State::Handshaking, _) => Step::Reject(Rejection::fatal(
+                ErrorCode::ProtocolViolation,
+                "frame before the TLS handshake finished",
+            )),
+            (State::Closing | State::Closed, _) => Step::Nothing,
+        }
+    }
+
+    fn on_connect(&mut self, c: v1::Connect, auth: &AuthSnapshot) -> Step {
+        if c.protocol_version != arqonbus_proto::PROTOCOL_VERSION {
+            return Step::Reject(Rejection::fatal(
+                ErrorCode::UnsupportedVersion,
+                "unsupported protocol version; this server speaks 1",
+            ));
+        }
+        if c.client_name.len() > MAX_CLIENT_NAME_LEN
+            || c.client_version.len() > MAX_CLIENT_VERSION_LEN
+        {
+            return Step::Reject(Rejection::fatal(
+                ErrorCode::ProtocolViolation,
+                "client_name or client_version too long",
+            ));
+        }
+        let Some(principal) = auth.authenticate(&c.credential) else {
+            return Step::Reject(Rejection::fatal(
+                ErrorCode::AuthenticationFailed,
+                "authentication failed",
+            ));
+        };
+        self.state = State::Open;
+        self.no_echo = c.no_echo;
+        self.client_kind =
+            v1::ClientKind::try_from(c.client_kind).unwrap_or(v1::ClientKind::Unspecified);
+        self.client_name = c.client_name;
+        self.principal = Some(principal.clone());
+        Step::Welcome(principal)
+    }
+
+    fn check_publish(p: v1::Publish, limits: &Limits) -> Result<Publish, Rejection> {
+        if p.payload.len() > limits.max_payload as usize {
+            return Err(Rejection::soft(
+                ErrorCode::MaxPayloadExceeded,
+                0,
+                "payload exceeds max_payload",
+            ));
+        }
+        let max = limits.max_subject_len as usize;
+        let subject = Subject::parse(p.subject, max).map_err(|e| subject_rejection(e, 0))?;
+        let reply = if p.reply.is_empty() {
+            None
+        } else {
+            Some(Subject::parse(p.reply, max).map_err(|e| subject_rejection(e, 0))?)
+        };
+        check_headers(&p.headers, limits)?;
+        Ok(Publish {
+            subject,
+            reply,
+            headers: p.headers,
+            payload: p.payload,
+        })
+    }
+
+    fn check_subscribe(s: v1::Subscribe, limits: &Limits) -> Step {
+        if s.sid == 0 {
+            return Step::Reject(Rejection::soft(
+                ErrorCode::InvalidSid,
+                0,
+                "sid must not be 0",
+            ));
+        }
+        let pattern = match Pattern::parse(s.pattern, limits.max_subject_len as usize) {
+            Ok(p) => p,
+            Err(e) => return Step::Reject(subject_rejection(e, s.sid)),
+        };
+        let queue = if s.queue_group.is_empty() {
+            None
+        } else {
+            match QueueGroup::parse(s.queue_group) {
+                Ok(q) => Some(q),
+                Err(_) => {
+                    return Step::Reject(Rejection::soft(
+                        ErrorCode::InvalidQueueGroup,
+                        s.sid,
+                        "invalid queue group name",
+                    ));
+                }
+            }
+        };
+        Step::Subscribe {
+            sid: Sid(s.sid),
+            pattern,
+            queue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::CredentialHash;
+    use crate::ids::{PrincipalId, TenantId};
+
+    const TOKEN: &str = "abt_test";
+
+    fn auth() -> AuthSnapshot {
+        let mut a = AuthSnapshot::new(1);
+        a.insert(
+            CredentialHash::of(TOKEN),
+            Arc::new(Principal {
+                tenant: TenantId(1),
+                tenant_name: "t".into(),
+                id: PrincipalId(1),
+                name: "p".into(),
+            }),
+        );
+        a
+    }
+
+    fn connect(credential: &str, version: u32) -> Event {
+        Event::Frame(Kind::Connect(v1::Connect {
+            protocol_version: version,
+            credential: credential.into(),
+            ..Default::default()
+        }))
+    }
+
+    struct Harness {
+        s: Session,
+        now: Instant,
+        auth: AuthSnapshot,
+        limits: Limits,
+    }
+
+    impl Harness {
+        fn new(tls: bool) -> Self {
+            let now = Instant::now();
+            Self {
+                s: Session::new(now, tls),
+                now,
+                auth: auth(),
+                limits: Limits::default(),
+            }
+        }
+        fn open() -> Self {
+            let mut h = Self::new(false);
+            assert!(matches!(h.step(connect(TOKEN, 1)), Step::Welcome(_)));
+            h
+        }
+        fn step(&mut self, e: Event) -> Step {
+            self.s.handle(e, self.now, &self.auth, &self.limits)
+        }
+        fn advance(&mut self, ms: u64) -> Step {
+            self.now += Duration::from_millis(ms);
+            self.step(Event::Tick)
+        }
+    }
+
+    fn rejected(step: &Step) -> Option<(ErrorCode, bool)> {
+        match step {
+            Step::Reject(r) => Some((r.code, r.close)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn handshake_then_connect_opens() {
+        let mut h = Harness::new(true);
+        assert_eq!(h.s.state(), State::Handshaking);
+        assert!(matches!(h.step(Event::TlsEstablished), Step::Nothing));
+        assert_eq!(h.s.state(), State::AwaitingConnect);
+        assert!(matches!(h.step(connect(TOKEN, 1)), Step::Welcome(_)));
+        assert_eq!(h.s.state(), State::Open);
+        assert_eq!(h.s.principal().unwrap().tenant, TenantId(1));
+    }
+
+    #[test]
+    fn invalid_transitions_close() {
+        // Anything but Connect first.
+        let mut h = Harness::new(false);
+        let s = h.step(Event::Frame(Kind::Ping(v1::Ping {})));
+        assert_eq!(rejected(&s), Some((ErrorCode::ProtocolViolation, true)));
+        assert_eq!(h.s.state(), State::Closing);
+        // Input while closing is ignored.
+        assert!(matches!(h.step(connect(TOKEN, 1)), Step::Nothing));
+
+        // A second Connect.
+        let mut h = Harness::open();
+        let s = h.step(connect(TOKEN, 1));
+        assert_eq!(rejected(&s), Some((ErrorCode::ProtocolViolation, true)));
+
+        // Server-only frames from a client.
+        let mut h = Harness::open();
+        let s = h.step(Event::Frame(Kind::Message(v1::Message::default())));
+        assert_eq!(rejected(&s), Some((ErrorCode::ProtocolViolation, true)));
+
+        // TLS established twice.
+        let mut h = Harness::new(true);
+        h.step(Event::TlsEstablished);
+        assert_eq!(
+            rejected(&h.step(Event::TlsEstablished)),
+            Some((ErrorCode::Internal, true))
+        );
+
+        // Everything is ignored once closed.
+        let mut h = Harness::open();
+        h.step(Event::Closed);
+        assert_eq!(h.s.state(), State::Closed);
+        assert!(matches!(h.step(Event::SlowConsumer), Step::Nothing));
+    }
+
+    #[test]
+    fn bad_credentials_and_versions() {
+        let mut h = Harness::new(false);
+        assert_eq!(
+            rejected(&h.step(connect("abt_wrong", 1))),
+            Some((ErrorCode::AuthenticationFailed, true))
+        );
+        let mut h = Harness::new(false);
+        assert_eq!(
+            rejected(&h.step(connect(TOKEN, 2))),
+            Some((ErrorCode::UnsupportedVersion, true))
+        );
+        let mut h = Harness::new(false);
+        let long = Event::Frame(Kind::Connect(v1::Connect {
+            protocol_version: 1,
+            credential: TOKEN.into(),
+            client_name: "x".repeat(MAX_CLIENT_NAME_LEN + 1),
+            ..Default::default()
+        }));
+        assert_eq!(
+            rejected(&h.step(long)),
+            Some((ErrorCode::ProtocolViolation, true))
+        );
+    }
+
+    #[test]
+    fn auth_timeout() {
+        let mut h = Harness::new(true);
+        assert!(matches!(h.advance(4_999), Step::Nothing));
+        assert_eq!(
+            rejected(&h.advance(1)),
+            Some((ErrorCode::AuthTimeout, true))
+        );
+    }
+
+    #[test]
+    fn pings_then_stale() {
+        let mut h = Harness::open();
+        assert!(matches!(h.advance(29_999), Step::Nothing));
+        assert!(matches!(h.advance(1), Step::Ping));
+        assert!(matches!(h.advance(30_000), Step::Ping));
+        assert_eq!(
+            rejected(&h.advance(30_000)),
+            Some((ErrorCode::StaleConnection, true))
+        );
+    }
+
+    #[test]
+    fn any_frame_counts_as_life() {
+        let mut h = Harness::open();
+        assert!(matches!(h.advance(30_000), Step::Ping));
+        h.now += Duration::from_millis(29_000);
+        h.step(Event::Frame(Kind::Pong(v1::Pong {})));
+        assert!(matches!(h.advance(29_999), Step::Nothing));
+        assert!(matches!(h.advance(1), Step::Ping));
+    }
+
+    fn publish(subject: &'static [u8], reply: &'static [u8], payload: usize) -> Event {
+        Event::Frame(Kind::Publish(v1::Publish {
+            subject: Bytes::from_static(subject),
+            reply: Bytes::from_static(reply),
+            headers: vec![],
+            payload: Bytes::from(vec![0u8; payload]),
+        }))
+    }
+
+    #[test]
+    fn publish_validation_is_not_fatal() {
+        let mut h = Harness::open();
+        assert!(matches!(h.step(publish(b"a.b", b"", 10)), Step::Publish(_)));
+        let big = h.limits.max_payload as usize + 1;
+        assert_eq!(
+            rejected(&h.step(publish(b"a.b", b"", big))),
+            Some((ErrorCode::MaxPayloadExceeded, false))
+        );
+        assert_eq!(
+            rejected(&h.step(publish(b"a.*", b"", 1))),
+            Some((ErrorCode::InvalidSubject, false))
+        );
+        assert_eq!(
+            rejected(&h.step(publish(b"a", b"in box", 1))),
+            Some((ErrorCode::InvalidSubject, false))
+        );
+        assert_eq!(
+            rejected(&h.step(publish(b"$SYS.x", b"", 1))),
+            Some((ErrorCode::PermissionDenied, false))
+        );
+        let Step::Publish(p) = h.step(publish(b"a", b"_INBOX.1", 1)) else {
+            panic!("expected publish");
+        };
+        assert_eq!(p.reply.unwrap().as_bytes(), b"_INBOX.1");
+        assert_eq!(h.s.state(), State::Open);
+    }
+
+    #[test]
+    fn header_rules() {
+        let mut h = Harness::open();
+        let with = |headers: Vec<Header>| {
+            Event::Frame(Kind::Publish(v1::Publish {
+                subject: Bytes::from_static(b"a"),
+                headers,
+                ..Default::default()
+            }))
+        };
+        let hdr = |k: &[u8], v: &[u8]| Header {
+            key: Bytes::copy_from_slice(k),
+            value: Bytes::copy_from_slice(v),
+        };
+        assert!(matches!(
+            h.step(with(vec![hdr(b"traceparent", b"00-abc-01")])),
+            Step::Publish(_)
+        ));
+        for bad in [
+            vec![hdr(b"", b"v")],
+            vec![hdr(b"a b", b"v")],
+            vec![hdr(b"k", b"line\nbreak")],
+            vec![hdr(b"k", &[b'v'; 1025])],
+            (0..33).map(|_| hdr(b"k", b"v")).collect(),
+        ] {
+            assert_eq!(
+                rejected(&h.step(with(bad))),
+                Some((ErrorCode::InvalidHeaders, false))
+            );
+        }
+    }
+
+    #[test]
+    fn subscribe_validation_carries_the_sid() {
+        let mut h = Harness::open();
+        let sub = |sid, pattern: &'static [u8], queue: &'static [u8]| {
+            Event::Frame(Kind::Subscribe(v1::Subscribe {
+                sid,
+                pattern: Bytes::from_static(pattern),
+                queue_group: Bytes::from_static(queue),
+            }))
+        };
+        assert!(matches!(
+            h.step(sub(1, b"a.>", b"")),
+            Step::Subscribe { .. }
+        ));
+        assert!(matches!(
+            h.step(sub(2, b"a.*", b"workers")),
+            Step::Subscribe { queue: Some(_), .. }
+        ));
+        let Step::Reject(r) = h.step(sub(3, b"a..b", b"")) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.code, r.sid, r.close),
+            (ErrorCode::InvalidSubject, 3, false)
+        );
+        let Step::Reject(r) = h.step(sub(4, b"a", b"bad group")) else {
+            panic!()
+        };
+        assert_eq!((r.code, r.sid), (ErrorCode::InvalidQueueGroup, 4));
+        assert_eq!(
+            rejected(&h.step(sub(0, b"a", b""))),
+            Some((ErrorCode::InvalidSid, false))
+        );
+    }
+
+    #[test]
+    fn undecodable_input_closes_with_the_right_code() {
+        let mut h = Harness::open();
+        let s = h.step(Event::Undecodable(DecodeError::TooLarge { len: 9, max: 1 }));
+        assert_eq!(rejected(&s), Some((ErrorCode::FrameTooLarge, true)));
+        let mut h = Harness::new(false);
+        let s = h.step(Event::Undecodable(DecodeError::Malformed));
+        assert_eq!(rejected(&s), Some((ErrorCode::ProtocolViolation, true)));
+    }
+
+    #[test]
+    fn slow_consumer_and_shutdown_close() {
+        let mut h = Harness::open();
+        assert_eq!(
+            rejected(&h.step(Event::SlowConsumer)),
+            Some((ErrorCode::SlowConsumer, true))
+        );
+        let mut h = Harness::open();
+        assert_eq!(
+            rejected(&h.step(Event::Shutdown)),
+            Some((ErrorCode::ServerShuttingDown, true))
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Per-shard counters. Each shard owns one [`ShardStats`] and bumps plain
+//! integers: no atomics, no sharing on the hot path. Readers ask the shard for
+//! a copy and merge copies with [`ShardStats::merge`].
+
+/// Counters and gauges of one shard (or the sum of several).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Connections accepted.
+    pub connections_accepted: u64,
+    /// Connections closed, for any reason.
+    pub connections_closed: u64,
+    /// Connections refused because the shard was full.
+    pub connections_refused: u64,
+    /// Failed authentications.
+    pub auth_failures: u64,
+    /// TLS handshakes that failed.
+    pub tls_failures: u64,
+    /// Protocol violations (the connection was closed).
+    pub protocol_errors: u64,
+    /// Non-fatal client errors answered with an `Error` frame.
+    pub client_errors: u64,
+    /// Connections cut as slow consumers.
+    pub slow_consumers: u64,
+    /// Connections closed for not answering pings.
+    pub stale_connections: u64,
+    /// Messages published by this shard's clients.
+    pub msgs_in: u64,
+    /// Payload bytes published by this shard's clients.
+    pub bytes_in: u64,
+    /// Messages delivered to this shard's clients.
+    pub msgs_out: u64,
+    /// Payload bytes delivered to this shard's clients.
+    pub bytes_out: u64,
+    /// Message copies sent to other shards.
+    pub remote_out: u64,
+    /// Message copies received from other shards.
+    pub remote_in: u64,
+    /// Requests answered with `NO_RESPONDERS`.
+    pub no_responders: u64,
+    /// Queue-group assignments that found no member on arrival.
+    pub queue_misses: u64,
+    /// Times a ring to another shard was full and messages waited.
+    pub ring_full: u64,
+    /// Gauge: open connections.
+    pub connections: u64,
+    /// Gauge: local subscriptions.
+    pub subscriptions: u64,
+}
+
+impl ShardStats {
+    /// Adds `other` into `self` (counters and gauges alike).
+    pub fn merge(&mut self, other: &Self) {
+        let Self {
+            connections_accepted,
+            connections_closed,
+            connections_refused,
+            auth_failures,
+            tls_failures,
+            protocol_errors,
+            client_errors,
+            slow_consumers,
+            stale_connections,
+            msgs_in,
+            bytes_in,
+            msgs_out,
+            bytes_out,
+            remote_out,
+            remote_in,
+            no_responders,
+            queue_misses,
+            ring_full,
+            connections,
+            subscriptions,
+        } = other;
+        self.connections_accepted += connections_accepted;
+        self.connections_closed += connections_closed;
+        self.connections_refused += connections_refused;
+        self.auth_failures += auth_failures;
+        self.tls_failures += tls_failures;
+        self.protocol_errors += protocol_errors;
+        self.client_errors += client_errors;
+        self.slow_consumers += slow_consumers;
+        self.stale_connections += stale_connections;
+        self.msgs_in += msgs_in;
+        self.bytes_in += bytes_in;
+        self.msgs_out += msgs_out;
+        self.bytes_out += bytes_out;
+        self.remote_out += remote_out;
+        self.remote_in += remote_in;
+        self.no_responders += no_responders;
+        self.queue_misses += queue_misses;
+        self.ring_full += ring_full;
+        self.connections += connections;
+        self.subscriptions += subscriptions;
+    }
+}

@@ -1,0 +1,322 @@
+//! Subject grammar (specs/protocol.md#subjects).
+//!
+//! [`Subject`], [`Pattern`] and [`QueueGroup`] can only be built through their
+//! `parse` functions, so holding one proves it is valid. They wrap the
+//! [`Bytes`] they were parsed from: validating a subject sliced out of a
+//! receive buffer copies nothing.
+//!
+//! - subject: 1..=max_len bytes, 1..=[`MAX_TOKENS`] tokens joined by `.`, each
+//!   token non-empty printable ASCII without `.`, `*`, `>`;
+//! - pattern: a subject whose tokens may also be `*` (one token) or `>` (one or
+//!   more tokens, last only);
+//! - a first token starting with `$` is reserved for the server.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+/// Most tokens in one subject or pattern.
+pub const MAX_TOKENS: usize = 32;
+/// Longest queue group name, in bytes.
+pub const MAX_QUEUE_GROUP_LEN: usize = 64;
+
+/// Why a subject, pattern or queue group is invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    /// Zero bytes.
+    #[error("empty subject")]
+    Empty,
+    /// Longer than the configured maximum.
+    #[error("subject is {len} bytes, the maximum is {max}")]
+    TooLong {
+        /// The subject's length.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// More than [`MAX_TOKENS`] tokens.
+    #[error("subject has more than {MAX_TOKENS} tokens")]
+    TooManyTokens,
+    /// A leading, trailing or doubled `.`.
+    #[error("subject has an empty token")]
+    EmptyToken,
+    /// A byte outside printable ASCII, or `*`/`>` inside a token.
+    #[error("subject contains byte 0x{0:02x}, which is not allowed")]
+    InvalidByte(u8),
+    /// `*` or `>` in a subject that must be literal.
+    #[error("wildcards are not allowed here")]
+    WildcardNotAllowed,
+    /// `>` that is not the last token.
+    #[error("'>' must be the last token")]
+    FullWildcardNotLast,
+    /// First token starts with `$`.
+    #[error("subjects starting with '$' are reserved for the server")]
+    Reserved,
+}
+
+#[inline]
+fn is_token_byte(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b) && b != b'.' && b != b'*' && b != b'>'
+}
+
+/// Checks `s` against the grammar. Returns whether it contains wildcards.
+fn check(s: &[u8], max_len: usize, allow_wildcards: bool) -> Result<bool, SubjectError> {
+    if s.is_empty() {
+        return Err(SubjectError::Empty);
+    }
+    if s.len() > max_len {
+        return Err(SubjectError::TooLong {
+            len: s.len(),
+            max: max_len,
+        });
+    }
+    if s[0] == b'$' {
+        return Err(SubjectError::Reserved);
+    }
+    let mut tokens = 0usize;
+    let mut wild = false;
+    let mut rest = s;
+    loop {
+        let end = rest.iter().position(|&b| b == b'.').unwrap_or(rest.len());
+        let token = &rest[..end];
+        tokens += 1;
+        if tokens > MAX_TOKENS {
+            return Err(SubjectError::TooManyTokens);
+        }
+        match token {
+            [] => return Err(SubjectError::EmptyToken),
+            [b'*' | b'>'] if !allow_wildcards => return Err(SubjectError::WildcardNotAllowed),
+            [b'*'] => wild = true,
+            [b'>'] => {
+                if end != rest.len() {
+                    return Err(SubjectError::FullWildcardNotLast);
+                }
+                wild = true;
+            }
+            _ => {
+                if let Some(&b) = token.iter().find(|&&b| !is_token_byte(b)) {
+                    return Err(if b == b'*' || b == b'>' {
+                        if allow_wildcards {
+                            SubjectError::InvalidByte(b)
+                        } else {
+                            SubjectError::WildcardNotAllowed
+                        }
+                    } else {
+                        SubjectError::InvalidByte(b)
+                    });
+                }
+            }
+        }
+        if end == rest.len() {
+            return Ok(wild);
+        }
+        rest = &rest[end + 1..];
+        if rest.is_empty() {
+            return Err(SubjectError::EmptyToken);
+        }
+    }
+}
+
+/// A valid literal subject.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subject(Bytes);
+
+impl Subject {
+    /// Validates `raw` as a literal subject of at most `max_len` bytes.
+    pub fn parse(raw: Bytes, max_len: usize) -> Result<Self, SubjectError> {
+        check(&raw, max_len, false)?;
+        Ok(Self(raw))
+    }
+
+    /// The subject's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The underlying buffer (cheap to clone).
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The `.`-separated tokens.
+    pub fn tokens(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.split(|&b| b == b'.')
+    }
+}
+
+/// A valid subscription pattern (a subject that may contain wildcards).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pattern(Bytes);
+
+impl Pattern {
+    /// Validates `raw` as a pattern of at most `max_len` bytes.
+    pub fn parse(raw: Bytes, max_len: usize) -> Result<Self, SubjectError> {
+        check(&raw, max_len, true)?;
+        Ok(Self(raw))
+    }
+
+    /// The pattern's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The underlying buffer (cheap to clone).
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The `.`-separated tokens, wildcards included.
+    pub fn tokens(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.split(|&b| b == b'.')
+    }
+
+    /// Whether `subject` matches this pattern. A straightforward reference
+    /// matcher: the index does the same work for many patterns at once.
+    pub fn matches(&self, subject: &Subject) -> bool {
+        let mut p = self.tokens();
+        let mut s = subject.tokens();
+        loop {
+            match (p.next(), s.next()) {
+                (Some(b">"), Some(_)) => return true,
+                (Some(b"*"), Some(_)) => {}
+                (Some(pt), Some(st)) if pt == st => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// A valid queue group name.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueGroup(Bytes);
+
+impl QueueGroup {
+    /// Validates `raw`: 1..=[`MAX_QUEUE_GROUP_LEN`] printable ASCII bytes
+    /// without `*` and `>`.
+    pub fn parse(raw: Bytes) -> Result<Self, SubjectError> {
+        if raw.is_empty() {
+            return Err(SubjectError::Empty);
+        }
+        if raw.len() > MAX_QUEUE_GROUP_LEN {
+            return Err(SubjectError::TooLong {
+                len: raw.len(),
+                max: MAX_QUEUE_GROUP_LEN,
+            });
+        }
+        if let Some(&b) = raw
+            .iter()
+            .find(|&&b| !(0x21..=0x7e).contains(&b) || b == b'*' || b == b'>')
+        {
+            return Err(SubjectError::InvalidByte(b));
+        }
+        Ok(Self(raw))
+    }
+
+    /// The name's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+macro_rules! ascii_debug {
+    ($($t:ident),*) => {$(
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($t), self.0.escape_ascii())
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0.escape_ascii(), f)
+            }
+        }
+    )*};
+}
+ascii_debug!(Subject, Pattern, QueueGroup);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(s: &'static str) -> Result<Subject, SubjectError> {
+        Subject::parse(Bytes::from_static(s.as_bytes()), 256)
+    }
+    fn pattern(s: &'static str) -> Result<Pattern, SubjectError> {
+        Pattern::parse(Bytes::from_static(s.as_bytes()), 256)
+    }
+
+    #[test]
+    fn valid_subjects() {
+        for s in ["a", "a.b.c", "orders.eu-west.created", "x_1.Y~2", "a.b$c"] {
+            assert!(subject(s).is_ok(), "{s}");
+        }
+    }
+
+    #[test]
+    fn invalid_subjects() {
+        use SubjectError::*;
+        let cases: [(&'static str, SubjectError); 11] = [
+            ("", Empty),
+            (".a", EmptyToken),
+            ("a.", EmptyToken),
+            ("a..b", EmptyToken),
+            ("a b", InvalidByte(b' ')),
+            ("a.*", WildcardNotAllowed),
+            ("a.>", WildcardNotAllowed),
+            ("a*", WildcardNotAllowed),
+            ("$SYS.x", Reserved),
+            ("a\u{e9}", InvalidByte(0xc3)),
+            ("a\tb", InvalidByte(b'\t')),
+        ];
+        for (s, e) in cases {
+            assert_eq!(subject(s).err(), Some(e), "{s:?}");
+        }
+        let long = "a".repeat(257);
+        assert_eq!(
+            Subject::parse(Bytes::from(long), 256).err(),
+            Some(TooLong { len: 257, max: 256 })
+        );
+        let many = vec!["a"; MAX_TOKENS + 1].join(".");
+        assert_eq!(
+            Subject::parse(Bytes::from(many), 256).err(),
+            Some(TooManyTokens)
+        );
+    }
+
+    #[test]
+    fn patterns() {
+        use SubjectError::*;
+        for p in ["a", "*", ">", "a.*", "a.>", "*.b.>", "*.*"] {
+            assert!(pattern(p).is_ok(), "{p}");
+        }
+        assert_eq!(pattern("a.>.b").err(), Some(FullWildcardNotLast));
+        assert_eq!(pattern("a*").err(), Some(InvalidByte(b'*')));
+        assert_eq!(pattern("a.b>").err(), Some(InvalidByte(b'>')));
+        assert_eq!(pattern("$SYS.>").err(), Some(Reserved));
+    }
+
+    #[test]
+    fn reference_matcher() {
+        let m =
+            |p: &'static str, s: &'static str| pattern(p).unwrap().matches(&subject(s).unwrap());
+        assert!(m("a.b", "a.b"));
+        assert!(!m("a.b", "a.c"));
+        assert!(m("a.*", "a.b"));
+        assert!(!m("a.*", "a.b.c"));
+        assert!(!m("a.*", "a"));
+        assert!(m("a.>", "a.b.c"));
+        assert!(!m("a.>", "a"));
+        assert!(m(">", "a"));
+        assert!(m("*.b.>", "x.b.c.d"));
+    }
+
+    #[test]
+    fn queue_groups() {
+        assert!(QueueGroup::parse(Bytes::from_static(b"workers.v2")).is_ok());
+        assert!(QueueGroup::parse(Bytes::new()).is_err());
+        assert!(QueueGroup::parse(Bytes::from_static(b"a b")).is_err());
+        assert!(QueueGroup::parse(Bytes::from_static(b"a*")).is_err());
+        assert!(QueueGroup::parse(Bytes::from(vec![b'q'; 65])).is_err());
+    }
+}
