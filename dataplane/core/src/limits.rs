@@ -145,6 +145,13 @@ impl Limits {
                 });
             }
         }
+        if self.max_pending_bytes < u64::from(self.max_frame()) {
+            return Err(LimitsError {
+                field: "max_pending_bytes",
+                value: self.max_pending_bytes,
+                allowed: ">= max_payload + 16384 (one whole frame must fit)",
+            });
+        }
         if self.max_connections_per_shard == 0 {
             return Err(LimitsError {
                 field: "max_connections_per_shard",

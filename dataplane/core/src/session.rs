@@ -257,6 +257,18 @@ impl Session {
         &self.client_name
     }
 
+    /// When [`Event::Tick`] next has something to do (an authentication
+    /// deadline or a keep-alive ping), or `None` when nothing is scheduled.
+    pub fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
+        match self.state {
+            State::Handshaking | State::AwaitingConnect => {
+                Some(self.accepted_at + Duration::from_millis(limits.auth_timeout_ms))
+            }
+            State::Open => Some(self.last_seen + Duration::from_millis(limits.ping_interval_ms)),
+            State::Closing | State::Closed => None,
+        }
+    }
+
     /// The one entry point for state changes.
     pub fn handle(
         &mut self,
@@ -645,6 +657,19 @@ mod tests {
             rejected(&h.advance(30_000)),
             Some((ErrorCode::StaleConnection, true))
         );
+    }
+
+    #[test]
+    fn deadlines_follow_the_state() {
+        let mut h = Harness::new(true);
+        let auth = Duration::from_millis(h.limits.auth_timeout_ms);
+        assert_eq!(h.s.next_deadline(&h.limits), Some(h.now + auth));
+        h.step(Event::TlsEstablished);
+        h.step(connect(TOKEN, 1));
+        let ping = Duration::from_millis(h.limits.ping_interval_ms);
+        assert_eq!(h.s.next_deadline(&h.limits), Some(h.now + ping));
+        h.step(Event::Shutdown);
+        assert_eq!(h.s.next_deadline(&h.limits), None);
     }
 
     #[test]

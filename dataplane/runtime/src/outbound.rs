@@ -1,0 +1,378 @@
+//! The per-connection outbound queue.
+//!
+//! Frames are queued as segments: small encoded parts (frame prefixes,
+//! control frames) are appended to one contiguous `inline` buffer, and message
+//! payloads are queued as the shared [`Bytes`] they arrived in. A flush turns
+//! the queue into one vectored write of up to [`MAX_IOVECS`] slices, so many
+//! frames leave in one syscall and payloads are never copied.
+//!
+//! Invariants:
+//! - `pending` is the exact number of queued, unwritten bytes;
+//! - the inline bytes of queued segments are `inline[inline_start..]`, in
+//!   segment order;
+//! - [`Outbound::drop_queued`] only ever cuts at a frame boundary, so the
+//!   stream stays decodable when a slow consumer's backlog is discarded.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use arqonbus_proto::codec::{self, MessageTemplate};
+use arqonbus_proto::v1::frame::Kind;
+use bytes::Bytes;
+use futures_lite::AsyncWrite;
+use smallvec::SmallVec;
+
+/// Most slices handed to one vectored write (Linux allows 1024).
+pub(crate) const MAX_IOVECS: usize = 512;
+
+/// Inline bytes already written are compacted away past this size.
+const COMPACT_AT: usize = 64 * 1024;
+
+#[derive(Debug)]
+enum Data {
+    Inline(usize),
+    Payload(Bytes),
+}
+
+#[derive(Debug)]
+struct Seg {
+    data: Data,
+    /// The segment's last byte is the last byte of a frame.
+    frame_end: bool,
+}
+
+impl Seg {
+    fn len(&self) -> usize {
+        match &self.data {
+            Data::Inline(n) => *n,
+            Data::Payload(b) => b.len(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Outbound {
+    inline: Vec<u8>,
+    inline_start: usize,
+    segs: VecDeque<Seg>,
+    /// Bytes of the front segment already written.
+    front_written: usize,
+    /// Everything written so far ends on a frame boundary.
+    at_boundary: bool,
+    pending: usize,
+}
+
+impl Outbound {
+    pub(crate) fn new() -> Self {
+        Self {
+            at_boundary: true,
+            ..Self::default()
+        }
+    }
+
+    /// Queued bytes not yet written.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending == 0
+    }
+
+    /// Records `n` bytes just appended to `inline` as a segment. Segments are
+    /// never merged, so [`drop_queued`](Self::drop_queued) can cut right
+    /// after the frame in flight.
+    fn push_inline(&mut self, n: usize, frame_end: bool) {
+        if n == 0 {
+            return;
+        }
+        self.pending += n;
+        self.segs.push_back(Seg {
+            data: Data::Inline(n),
+            frame_end,
+        });
+    }
+
+    /// Queues a whole frame, encoded inline.
+    pub(crate) fn push_frame(&mut self, kind: &Kind) {
+        let before = self.inline.len();
+        if codec::encode(kind, &mut self.inline).is_err() {
+            // Control frames are tiny; a frame too large for the prefix is a
+            // bug, and sending half of it would corrupt the stream.
+            self.inline.truncate(before);
+            return;
+        }
+        self.push_inline(self.inline.len() - before, true);
+    }
+
+    /// Queues a `Message` for `sid`: its prefix inline, its payload shared.
+    pub(crate) fn push_message(&mut self, template: &MessageTemplate, sid: u64, payload: &Bytes) {
+        let before = self.inline.len();
+        if template.write_prefix(sid, &mut self.inline).is_err() {
+            self.inline.truncate(before);
+            return;
+        }
+        self.push_inline(self.inline.len() - before, payload.is_empty());
+        if !payload.is_empty() {
+            self.pending += payload.len();
+            self.segs.push_back(Seg {
+                data: Data::Payload(payload.clone()),
+                frame_end: true,
+            });
+        }
+    }
+
+    /// Discards queued frames that have not started to leave. The frame
+    /// partly written (if any) is kept whole, so the stream stays valid.
+    pub(crate) fn drop_queued(&mut self) {
+        let keep = if self.front_written == 0 && self.at_boundary {
+            0
+        } else {
+            self.segs
+                .iter()
+                .position(|s| s.frame_end)
+                .map_or(self.segs.len(), |i| i + 1)
+        };
+        let kept_inline: usize = self
+            .segs
+            .iter()
+            .take(keep)
+            .filter_map(|s| match s.data {
+                Data::Inline(n) => Some(n),
+                Data::Payload(_) => None,
+            })
+            .sum();
+        self.segs.truncate(keep);
+        self.inline.truncate(self.inline_start + kept_inline);
+        self.pending = self.segs.iter().map(Seg::len).sum::<usize>() - self.front_written;
+    }
+
+    /// Marks `n` bytes as written.
+    fn advance(&mut self, mut n: usize) {
+        self.pending -= n;
+        while n > 0 {
+            let Some(front) = self.segs.front() else {
+                break;
+            };
+            let left = front.len() - self.front_written;
+            if n < left {
+                self.front_written += n;
+                return;
+            }
+            n -= left;
+            self.front_written = 0;
+            self.at_boundary = front.frame_end;
+            if let Data::Inline(len) = front.data {
+                self.inline_start += len;
+            }
+            self.segs.pop_front();
+        }
+        if self.segs.is_empty() {
+            self.inline.clear();
+            self.inline_start = 0;
+        } else if self.inline_start > COMPACT_AT && self.inline_start * 2 > self.inline.len() {
+            self.inline.drain(..self.inline_start);
+            self.inline_start = 0;
+        }
+    }
+
+    /// Writes as much as the socket takes. `Ready(Ok(n))` with `n > 0` means
+    /// progress; `Pending` means the socket is full and `cx` will be woken.
+    pub(crate) fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut W,
+    ) -> Poll<io::Result<usize>> {
+        if self.pending == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let mut slices: SmallVec<[IoSlice<'_>; 64]> = SmallVec::new();
+        let mut inline_at = self.inline_start;
+        for (i, seg) in self.segs.iter().enumerate() {
+            if slices.len() == MAX_IOVECS {
+                break;
+            }
+            let skip = if i == 0 { self.front_written } else { 0 };
+            let bytes: &[u8] = match &seg.data {
+                Data::Inline(n) => {
+                    let s = &self.inline[inline_at..inline_at + n];
+                    inline_at += n;
+                    s
+                }
+                Data::Payload(b) => b,
+            };
+            slices.push(IoSlice::new(&bytes[skip..]));
+        }
+        let n = match Pin::new(io).poll_write_vectored(cx, &slices) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        drop(slices);
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        self.advance(n);
+        Poll::Ready(Ok(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arqonbus_proto::v1;
+    use bytes::BytesMut;
+
+    use super::*;
+
+    /// A sink that takes at most `step` bytes per write, like a busy socket.
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.got.extend_from_slice(&buf[..n]);
+            self.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut left = self.step;
+            let mut n = 0;
+            for b in bufs {
+                let k = b.len().min(left);
+                self.got.extend_from_slice(&b[..k]);
+                n += k;
+                left -= k;
+                if left == 0 {
+                    break;
+                }
+            }
+            self.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn drain(out: &mut Outbound, sink: &mut Trickle) {
+        let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
+            Poll::Ready(cx.waker().clone())
+        }));
+        let mut cx = Context::from_waker(&waker);
+        while !out.is_empty() {
+            let Poll::Ready(Ok(_)) = out.poll_write(&mut cx, sink) else {
+                panic!("sink failed")
+            };
+        }
+    }
+
+    fn decode_all(bytes: &[u8]) -> Vec<Kind> {
+        let mut buf = BytesMut::from(bytes);
+        let mut frames = Vec::new();
+        while let Some(k) = codec::decode(&mut buf, u32::MAX).unwrap() {
+            frames.push(k);
+        }
+        assert!(buf.is_empty(), "trailing partial frame");
+        frames
+    }
+
+    fn queue_messages(out: &mut Outbound, n: u64) {
+        let mut t = MessageTemplate::new();
+        for i in 0..n {
+            let payload = Bytes::from(vec![i as u8; (i as usize * 7) % 50]);
+            t.prepare(b"a.b", b"", &[], 0, payload.len());
+            out.push_message(&t, i + 1, &payload);
+            out.push_frame(&Kind::Ping(v1::Ping {}));
+        }
+    }
+
+    #[test]
+    fn everything_queued_arrives_in_order_whatever_the_write_sizes() {
+        for step in [1, 3, 17, 4096] {
+            let mut out = Outbound::new();
+            queue_messages(&mut out, 40);
+            let total = out.pending();
+            let mut sink = Trickle {
+                got: Vec::new(),
+                step,
+                calls: 0,
+            };
+            drain(&mut out, &mut sink);
+            assert_eq!(sink.got.len(), total);
+            let frames = decode_all(&sink.got);
+            assert_eq!(frames.len(), 80);
+            let Kind::Message(m) = &frames[2] else {
+                panic!()
+            };
+            assert_eq!(m.sid, 2);
+        }
+    }
+
+    #[test]
+    fn many_frames_leave_in_one_write() {
+        let mut out = Outbound::new();
+        queue_messages(&mut out, 100);
+        let mut sink = Trickle {
+            got: Vec::new(),
+            step: usize::MAX,
+            calls: 0,
+        };
+        drain(&mut out, &mut sink);
+        assert_eq!(sink.calls, 1);
+    }
+
+    #[test]
+    fn dropping_the_backlog_keeps_the_frame_in_flight_whole() {
+        for step in [0usize, 1, 5, 13, 30] {
+            let mut out = Outbound::new();
+            queue_messages(&mut out, 20);
+            let mut sink = Trickle {
+                got: Vec::new(),
+                step,
+                calls: 0,
+            };
+            if step > 0 {
+                let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
+                    Poll::Ready(cx.waker().clone())
+                }));
+                let _ = out.poll_write(&mut Context::from_waker(&waker), &mut sink);
+            }
+            let mut written = BytesMut::from(&sink.got[..]);
+            let mut already = 0;
+            while let Ok(Some(_)) = codec::decode(&mut written, u32::MAX) {
+                already += 1;
+            }
+            out.drop_queued();
+            out.push_frame(&Kind::Error(v1::Error {
+                code: v1::ErrorCode::SlowConsumer.into(),
+                close: true,
+                ..Default::default()
+            }));
+            sink.step = usize::MAX;
+            drain(&mut out, &mut sink);
+            let frames = decode_all(&sink.got);
+            assert!(matches!(frames.last(), Some(Kind::Error(_))), "step {step}");
+            // What had left, at most the one frame in flight, and the error.
+            assert!(
+                frames.len() <= already + 2,
+                "step {step}: backlog was not dropped"
+            );
+        }
+    }
+}
