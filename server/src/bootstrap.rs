@@ -1,0 +1,258 @@
+//! First start and every start: the data directory, tenants and credentials.
+//!
+//! On first start the data directory (mode 0700) gets `tenants.toml` with a
+//! bootstrap tenant (`default`, id 1) whose one credential is a fresh random
+//! token. Only the token's SHA-256 is stored in `tenants.toml`; the token
+//! itself is written once to `credentials/bootstrap.token` (mode 0600) and
+//! never logged. There is no default password: without that file, or a
+//! credential declared in the config file, nothing can connect.
+//!
+//! Every start merges the tenants of `tenants.toml` with those of the config
+//! file into one immutable [`AuthSnapshot`] for the data plane.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arqonbus_core::auth::{AuthSnapshot, CredentialHash, Principal, TOKEN_PREFIX};
+use arqonbus_core::{PrincipalId, TenantId};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, CredentialConfig, TenantConfig, validate_tenants};
+use crate::tls::write_file;
+
+/// Name of the tenants file in the data directory.
+pub const TENANTS_FILE: &str = "tenants.toml";
+/// Where the bootstrap credential is written, relative to the data directory.
+pub const BOOTSTRAP_TOKEN: &str = "credentials/bootstrap.token";
+
+/// Why the data directory could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `tenants.toml` is not valid.
+    #[error("{path}: {reason}")]
+    Tenants {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The tenants of the file and of the config collide.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The system random source failed.
+    #[error("no randomness available: {0}")]
+    Random(String),
+}
+
+/// The on-disk shape of `tenants.toml`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsFile {
+    #[serde(default)]
+    tenants: Vec<TenantConfig>,
+}
+
+/// What the data directory provided.
+#[derive(Debug)]
+pub struct Credentials {
+    /// Every valid credential.
+    pub auth: Arc<AuthSnapshot>,
+    /// The bootstrap token file, when it exists.
+    pub bootstrap_token: Option<PathBuf>,
+    /// Whether the bootstrap credential was created during this start.
+    pub created: bool,
+}
+
+/// Creates `dir` (and parents) with mode 0700 if it does not exist.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// A new bearer token: the prefix and 256 random bits, base64url.
+pub fn new_token() -> Result<String, BootstrapError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| BootstrapError::Random(e.to_string()))?;
+    Ok(format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// Hex SHA-256 of a token, as stored in `tenants.toml` and configs.
+pub fn token_hash_hex(token: &str) -> String {
+    hex::encode(CredentialHash::of(token).0)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BootstrapError + '_ {
+    move |source| BootstrapError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn create_bootstrap(data_dir: &Path, tenants_path: &Path) -> Result<PathBuf, BootstrapError> {
+    let token_path = data_dir.join(BOOTSTRAP_TOKEN);
+    if let Some(parent) = token_path.parent() {
+        create_private_dir(parent).map_err(io(parent))?;
+    }
+    if token_path.exists() {
+        return Err(BootstrapError::Tenants {
+            path: tenants_path.to_owned(),
+            reason: format!(
+                "missing, but {} exists; restore tenants.toml or move the token away",
+                token_path.display()
+            ),
+        });
+    }
+    let token = new_token()?;
+    let file = TenantsFile {
+        tenants: vec![TenantConfig {
+            id: 1,
+            name: "default".into(),
+            credentials: vec![CredentialConfig {
+                principal_id: 1,
+                principal: "bootstrap".into(),
+                sha256: token_hash_hex(&token),
+            }],
+        }],
+    };
+    let text = toml::to_string_pretty(&file).map_err(|e| BootstrapError::Tenants {
+        path: tenants_path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let text = format!(
+        "# Managed by arqonbus. Credential hashes only: tokens are never stored here.\n{text}"
+    );
+    write_file(&token_path, format!("{token}\n").as_bytes(), 0o600).map_err(io(&token_path))?;
+    write_file(tenants_path, text.as_bytes(), 0o600).map_err(io(tenants_path))?;
+    Ok(token_path)
+}
+
+fn read_tenants(path: &Path) -> Result<Vec<TenantConfig>, BootstrapError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let file: TenantsFile = toml::from_str(&text).map_err(|e| BootstrapError::Tenants {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(file.tenants)
+}
+
+/// Builds the snapshot the data plane checks credentials against.
+pub fn snapshot(tenants: &[TenantConfig]) -> Result<AuthSnapshot, BootstrapError> {
+    validate_tenants("tenants", tenants)?;
+    let mut auth = AuthSnapshot::new(1);
+    for t in tenants {
+        let tenant_name: Arc<str> = t.name.as_str().into();
+        for c in &t.credentials {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(&c.sha256, &mut hash).map_err(|e| BootstrapError::Tenants {
+                path: PathBuf::from("tenants"),
+                reason: format!("credential of {}: {e}", c.principal),
+            })?;
+            auth.insert(
+                CredentialHash(hash),
+                Arc::new(Principal {
+                    tenant: TenantId(t.id),
+                    tenant_name: tenant_name.clone(),
+                    id: PrincipalId(c.principal_id),
+                    name: c.principal.as_str().into(),
+                }),
+            );
+        }
+    }
+    Ok(auth)
+}
+
+/// Prepares the data directory and loads every credential.
+pub fn credentials(
+    data_dir: &Path,
+    configured: &[TenantConfig],
+) -> Result<Credentials, BootstrapError> {
+    create_private_dir(data_dir).map_err(io(data_dir))?;
+    let tenants_path = data_dir.join(TENANTS_FILE);
+    let mut created = false;
+    if !tenants_path.exists() {
+        create_bootstrap(data_dir, &tenants_path)?;
+        created = true;
+    }
+    let mut tenants = read_tenants(&tenants_path)?;
+    tenants.extend(configured.iter().cloned());
+    let auth = snapshot(&tenants)?;
+    if auth.is_empty() {
+        tracing::warn!("no credentials are configured: every connection will be refused");
+    }
+    let token = data_dir.join(BOOTSTRAP_TOKEN);
+    Ok(Credentials {
+        auth: Arc::new(auth),
+        bootstrap_token: token.exists().then_some(token),
+        created,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn first_start_creates_one_secret_and_stores_only_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let first = credentials(&data, &[]).unwrap();
+        assert!(first.created);
+        let token_path = first.bootstrap_token.unwrap();
+        let token = std::fs::read_to_string(&token_path).unwrap();
+        let token = token.trim();
+        assert!(token.starts_with(TOKEN_PREFIX) && token.len() > 40);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&token_path), 0o600);
+        assert_eq!(mode(&data), 0o700);
+        let stored = std::fs::read_to_string(data.join(TENANTS_FILE)).unwrap();
+        assert!(!stored.contains(token), "the secret must not be stored");
+        assert!(stored.contains(&token_hash_hex(token)));
+        let p = first.auth.authenticate(token).unwrap();
+        assert_eq!(p.tenant, TenantId(1));
+
+        // Second start: same credential, nothing new.
+        let second = credentials(&data, &[]).unwrap();
+        assert!(!second.created);
+        assert!(second.auth.authenticate(token).is_some());
+    }
+
+    #[test]
+    fn configured_tenants_join_and_must_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = TenantConfig {
+            id: 2,
+            name: "acme".into(),
+            credentials: vec![CredentialConfig {
+                principal_id: 7,
+                principal: "svc".into(),
+                sha256: token_hash_hex("abt_acme"),
+            }],
+        };
+        let c = credentials(dir.path(), std::slice::from_ref(&extra)).unwrap();
+        assert_eq!(c.auth.authenticate("abt_acme").unwrap().tenant, TenantId(2));
+        let clash = TenantConfig { id: 1, ..extra };
+        assert!(credentials(dir.path(), &[clash]).is_err());
+    }
+
+    #[test]
+    fn tokens_are_unique() {
+        assert_ne!(new_token().unwrap(), new_token().unwrap());
+    }
+}

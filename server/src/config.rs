@@ -1,0 +1,409 @@
+//! The server's configuration file (TOML), with defaults for every key.
+//!
+//! [`Config::load`] parses and [`Config::validate`] checks; both return typed
+//! errors that name the offending key. Command-line flags override the file
+//! through [`Overrides`]. A documented sample is `deploy/arqonbus.toml`, and a
+//! test loads it so it cannot rot.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arqonbus_core::limits::{Limits, LimitsError};
+use serde::{Deserialize, Serialize};
+
+/// Default port of the client protocol.
+pub const DEFAULT_PORT: u16 = 7420;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where generated TLS material, tenants and credentials live.
+    pub data_dir: PathBuf,
+    /// The data plane.
+    pub server: ServerSection,
+    /// TLS for client connections.
+    pub tls: TlsSection,
+    /// Per-connection limits.
+    pub limits: Limits,
+    /// Logging.
+    pub log: LogSection,
+    /// Tenants declared in the file, besides those in the data directory.
+    pub tenants: Vec<TenantConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("arqonbus-data"),
+            server: ServerSection::default(),
+            tls: TlsSection::default(),
+            limits: Limits::default(),
+            log: LogSection::default(),
+            tenants: Vec::new(),
+        }
+    }
+}
+
+/// `[server]`: the data plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Shards (one pinned executor each); 0 means one per available CPU.
+    pub shards: usize,
+    /// Pin shard `i` to CPU `i` (mod the CPU count).
+    pub pin_cores: bool,
+    /// Pinned io_uring memory per shard, bytes.
+    pub io_memory: usize,
+    /// Slots in each ring between two shards.
+    pub ring_capacity: usize,
+    /// Messages allowed beside a full ring before publishers are paused.
+    pub overflow_limit: usize,
+    /// Socket read size, bytes.
+    pub read_buffer: usize,
+    /// Busy-poll this long before an idle shard parks (0: park at once).
+    pub busy_poll_us: u64,
+    /// Timer granularity for keep-alives and timeouts, milliseconds.
+    pub tick_ms: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            shards: 0,
+            pin_cores: true,
+            io_memory: 128 * 1024,
+            ring_capacity: 8 * 1024,
+            overflow_limit: 64 * 1024,
+            read_buffer: 64 * 1024,
+            busy_poll_us: 0,
+            tick_ms: 250,
+        }
+    }
+}
+
+/// `[tls]`: TLS 1.3 for client connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// Serve TLS. Turning it off serves plaintext and is logged as a warning.
+    pub enabled: bool,
+    /// PEM certificate chain; empty means the one generated in the data dir.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+    /// Extra DNS names or IPs for the generated server certificate.
+    pub extra_names: Vec<String>,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cert: None,
+            key: None,
+            extra_names: Vec::new(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (for collectors).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// Output format.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `arqonbus_dataplane=debug`;
+    /// `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A tenant and its credentials (hashes only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Stable numeric id.
+    pub id: u64,
+    /// Unique name.
+    pub name: String,
+    /// Credentials that authenticate as principals of this tenant.
+    #[serde(default)]
+    pub credentials: Vec<CredentialConfig>,
+}
+
+/// One credential, stored as the SHA-256 of the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Stable numeric id of the principal.
+    pub principal_id: u64,
+    /// The principal's name.
+    pub principal: String,
+    /// Lower-case hex SHA-256 of the bearer token.
+    pub sha256: String,
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown keys included).
+    #[error("cannot parse {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The offending key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A `[limits]` value is out of range.
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Flags that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--shards`.
+    pub shards: Option<usize>,
+    /// `--plaintext`.
+    pub plaintext: bool,
+}
+
+impl Config {
+    /// Reads and parses `path`. Does not validate.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Applies command-line overrides.
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(d) = &o.data_dir {
+            self.data_dir.clone_from(d);
+        }
+        if let Some(l) = o.listen {
+            self.server.listen = l;
+        }
+        if let Some(s) = o.shards {
+            self.server.shards = s;
+        }
+        if o.plaintext {
+            self.tls.enabled = false;
+        }
+    }
+
+    /// Shards to run: `server.shards`, or one per available CPU.
+    pub fn shard_count(&self) -> usize {
+        if self.server.shards == 0 {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        } else {
+            self.server.shards
+        }
+    }
+
+    /// The keep-alive timer granularity.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.server.tick_ms)
+    }
+
+    /// Checks every value; the first problem is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let s = &self.server;
+        if s.shards > arqonbus_core::router::MAX_SHARDS {
+            return Err(invalid("server.shards", "at most 64"));
+        }
+        if !(16..=1 << 20).contains(&s.ring_capacity) {
+            return Err(invalid("server.ring_capacity", "must be in 16..=1048576"));
+        }
+        if s.overflow_limit == 0 {
+            return Err(invalid("server.overflow_limit", "must be >= 1"));
+        }
+        if !(4096..=16 << 20).contains(&s.read_buffer) {
+            return Err(invalid("server.read_buffer", "must be in 4096..=16777216"));
+        }
+        if !(16 * 1024..=64 << 20).contains(&s.io_memory) {
+            return Err(invalid("server.io_memory", "must be in 16384..=67108864"));
+        }
+        if !(1..=10_000).contains(&s.tick_ms) {
+            return Err(invalid("server.tick_ms", "must be in 1..=10000"));
+        }
+        if s.busy_poll_us > 1_000_000 {
+            return Err(invalid("server.busy_poll_us", "at most 1000000"));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(invalid("tls.cert", "tls.cert and tls.key go together"));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty"));
+        }
+        self.limits.validate()?;
+        validate_tenants("tenants", &self.tenants)?;
+        Ok(())
+    }
+}
+
+/// Checks ids and names are unique and hashes well-formed.
+pub fn validate_tenants(key: &str, tenants: &[TenantConfig]) -> Result<(), ConfigError> {
+    let mut ids = std::collections::BTreeSet::new();
+    let mut names = std::collections::BTreeSet::new();
+    let mut hashes = std::collections::BTreeSet::new();
+    for (i, t) in tenants.iter().enumerate() {
+        let at = format!("{key}[{i}]");
+        if !ids.insert(t.id) {
+            return Err(invalid(
+                format!("{at}.id"),
+                format!("duplicate tenant id {}", t.id),
+            ));
+        }
+        if t.name.is_empty() || t.name.len() > 64 {
+            return Err(invalid(format!("{at}.name"), "must be 1..=64 bytes"));
+        }
+        if !names.insert(t.name.clone()) {
+            return Err(invalid(format!("{at}.name"), "duplicate tenant name"));
+        }
+        for (j, c) in t.credentials.iter().enumerate() {
+            let at = format!("{at}.credentials[{j}]");
+            let ok = c.sha256.len() == 64 && c.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return Err(invalid(format!("{at}.sha256"), "must be 64 hex characters"));
+            }
+            if !hashes.insert(c.sha256.to_ascii_lowercase()) {
+                return Err(invalid(format!("{at}.sha256"), "the same credential twice"));
+            }
+            if c.principal.is_empty() {
+                return Err(invalid(format!("{at}.principal"), "must not be empty"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deploy_sample_loads_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/arqonbus.toml");
+        let cfg = Config::load(&path).unwrap();
+        cfg.validate().unwrap();
+        assert!(cfg.tls.enabled, "the sample must keep TLS on");
+        assert_eq!(cfg.server.listen.port(), DEFAULT_PORT);
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let cfg = Config::parse("", Path::new("empty")).unwrap();
+        assert_eq!(cfg, Config::default());
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::parse("[server]\nlisten_addr = \"x\"\n", Path::new("t")).unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            ("[server]\nshards = 65\n", "server.shards"),
+            ("[server]\nring_capacity = 1\n", "server.ring_capacity"),
+            ("[tls]\ncert = \"a.pem\"\n", "tls.cert"),
+            ("[limits]\nmax_payload = 0\n", "max_payload"),
+            (
+                "[[tenants]]\nid = 1\nname = \"a\"\n[[tenants]]\nid = 1\nname = \"b\"\n",
+                "tenants[1].id",
+            ),
+            (
+                "[[tenants]]\nid = 1\nname = \"a\"\n[[tenants.credentials]]\nprincipal_id = 1\nprincipal = \"p\"\nsha256 = \"zz\"\n",
+                "tenants[0].credentials[0].sha256",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text, Path::new("t"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut cfg = Config::default();
+        cfg.apply(&Overrides {
+            data_dir: Some("/tmp/x".into()),
+            listen: Some("0.0.0.0:1".parse().unwrap()),
+            shards: Some(3),
+            plaintext: true,
+        });
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(cfg.server.listen.port(), 1);
+        assert_eq!(cfg.shard_count(), 3);
+        assert!(!cfg.tls.enabled);
+    }
+}

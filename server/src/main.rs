@@ -1,0 +1,134 @@
+//! `arqonbus`: the server binary.
+//!
+//! `arqonbus serve` runs a node on embedded defaults, or on `--config FILE`
+//! with flags overriding the file. The main thread runs a small tokio runtime
+//! that waits for SIGINT/SIGTERM; the data plane runs on its own pinned
+//! executors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use arqonbus::config::{Config, LogFormat, Overrides};
+use arqonbus::{Paths, Server};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "arqonbus",
+    version,
+    about = "ArqonBus: the real-time message bus"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (TLS and authentication on; see deploy/arqonbus.toml).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML). Without it, embedded defaults are used.
+    #[arg(long, short, env = "ARQONBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (TLS material, tenants, credentials).
+    #[arg(long, env = "ARQONBUS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:7420.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Number of shards (0: one per CPU).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Serve plaintext instead of TLS. Only for trusted networks and benchmarks.
+    #[arg(long)]
+    plaintext: bool,
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn announce(paths: &Paths, addr: SocketAddr, tls: bool) {
+    let scheme = if tls { "tls" } else { "tcp" };
+    tracing::info!(%addr, tls, "ArqonBus is serving");
+    if let Some(ca) = &paths.ca {
+        tracing::info!(path = %ca.display(), generated = paths.generated_tls, "clients verify this server with this CA");
+    }
+    if let Some(token) = &paths.bootstrap_token {
+        tracing::info!(path = %token.display(), created = paths.created_credential, "bootstrap credential file");
+    }
+    // A short human summary; the secret itself is never printed.
+    let mut lines = vec![format!("ArqonBus listening on {scheme}://{addr}")];
+    if let Some(ca) = &paths.ca {
+        lines.push(format!("  CA certificate:       {}", ca.display()));
+    }
+    if let Some(token) = &paths.bootstrap_token {
+        lines.push(format!(
+            "  bootstrap credential: {} (mode 0600)",
+            token.display()
+        ));
+    }
+    eprintln!("{}", lines.join("\n"));
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    config.apply(&Overrides {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        shards: args.shards,
+        plaintext: args.plaintext,
+    });
+    config.validate().map_err(|e| e.to_string())?;
+    init_logging(&config);
+
+    let server = Server::start(&config).map_err(|e| e.to_string())?;
+    announce(server.paths(), server.local_addr(), config.tls.enabled);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        Ok::<(), String>(())
+    })?;
+    server.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("arqonbus: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
