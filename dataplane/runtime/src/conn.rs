@@ -320,10 +320,6 @@ impl ConnIo {
             };
             self.step(shard, conn, session, event);
         }
-        conn.deadline.set(
-            self.close_at
-                .or_else(|| session.next_deadline(&shard.cfg.limits)),
-        );
         shard.after_batch();
     }
 
@@ -373,6 +369,10 @@ impl ConnIo {
             Step::Ping => conn.out.borrow_mut().push_frame(&Kind::Ping(v1::Ping {})),
             Step::Reject(r) => self.reject(shard, conn, &r, now),
         }
+        conn.deadline.set(
+            self.close_at
+                .or_else(|| session.next_deadline(&shard.cfg.limits)),
+        );
     }
 
     fn reject_subscription(shard: &Shard, conn: &ConnShared, sid: u64, e: SubscriptionError) {

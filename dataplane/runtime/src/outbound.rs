@@ -30,6 +30,9 @@ pub(crate) const MAX_IOVECS: usize = 512;
 /// Inline bytes already written are compacted away past this size.
 const COMPACT_AT: usize = 64 * 1024;
 
+/// Capacity an emptied queue keeps; more is given back.
+const IDLE_CAPACITY: usize = 16 * 1024;
+
 #[derive(Debug)]
 enum Data {
     Inline(usize),
@@ -172,6 +175,11 @@ impl Outbound {
         if self.segs.is_empty() {
             self.inline.clear();
             self.inline_start = 0;
+            // An idle connection should not keep a burst's worth of memory.
+            if self.inline.capacity() > IDLE_CAPACITY {
+                self.inline.shrink_to(IDLE_CAPACITY);
+                self.segs.shrink_to(16);
+            }
         } else if self.inline_start > COMPACT_AT && self.inline_start * 2 > self.inline.len() {
             self.inline.drain(..self.inline_start);
             self.inline_start = 0;

@@ -1,58 +1,507 @@
-//! Data-plane behaviour over real sockets, two shards, plaintext.
+//! Data-plane behaviour over real sockets: two shards, plaintext, a raw
+//! protocol client. Every wait ends on a frame or end of stream; the Ping/Pong
+//! barrier is the only synchronisation.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
 
 mod common;
 
-use arqonbus_proto::v1::{ErrorCode, MessageStatus, frame::Kind};
-use common::{RawClient, TOKEN_A, config, start};
+use std::collections::BTreeMap;
+use std::thread;
+
+use arqonbus_proto::v1::{self, ErrorCode, MessageStatus, frame::Kind};
+use bytes::Bytes;
+use common::{RawClient, TOKEN_A, TOKEN_B, config, start};
+
+fn expect_error(c: &mut RawClient, code: ErrorCode, close: bool) -> v1::Error {
+    match c.next() {
+        Some(Kind::Error(e)) => {
+            assert_eq!(
+                ErrorCode::try_from(e.code).unwrap(),
+                code,
+                "unexpected error: {e:?}"
+            );
+            assert_eq!(e.close, close, "{e:?}");
+            e
+        }
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
+}
+
+fn expect_closed(c: &mut RawClient) {
+    while let Some(k) = c.recv() {
+        assert!(
+            matches!(k, Kind::Ping(_)),
+            "unexpected frame before close: {k:?}"
+        );
+    }
+}
 
 #[test]
-fn publish_crosses_shards() {
+fn publish_crosses_shards_in_order() {
     let dp = start(&config());
     let addr = dp.local_addr();
     let mut sub = RawClient::connect_on_shard(addr, TOKEN_A, 1);
     let mut publ = RawClient::connect_on_shard(addr, TOKEN_A, 0);
     let sid = sub.subscribe("orders.*", None);
     sub.flush();
-    for i in 0..100u32 {
+    for i in 0..500u32 {
         publ.publish("orders.created", &i.to_be_bytes());
     }
     publ.flush();
-    for i in 0..100u32 {
+    for i in 0..500u32 {
         let m = sub.message();
         assert_eq!(m.sid, sid);
         assert_eq!(&m.subject[..], b"orders.created");
         assert_eq!(&m.payload[..], &i.to_be_bytes());
     }
     let stats = dp.total_stats().unwrap();
-    assert_eq!(stats.remote_out, 100);
-    assert_eq!(stats.msgs_out, 100);
+    assert_eq!(
+        stats.remote_out, 500,
+        "one copy per message to the other shard"
+    );
+    assert_eq!(stats.msgs_out, 500);
+}
+
+/// Reads messages until one arrives on `end` (which is not returned).
+fn until_end(c: &mut RawClient) -> Vec<v1::Message> {
+    let mut got = Vec::new();
+    loop {
+        let m = c.message();
+        if &m.subject[..] == b"end" {
+            return got;
+        }
+        got.push(m);
+    }
+}
+
+fn sid_subjects(msgs: &[v1::Message]) -> Vec<(u64, String)> {
+    let mut v: Vec<_> = msgs
+        .iter()
+        .map(|m| (m.sid, String::from_utf8(m.subject.to_vec()).unwrap()))
+        .collect();
+    v.sort();
+    v
 }
 
 #[test]
-fn request_without_responders_gets_no_responders() {
+fn wildcards_across_shards() {
     let dp = start(&config());
-    let mut c = RawClient::connect(dp.local_addr(), TOKEN_A);
-    let sid = c.subscribe("_INBOX.x.*", None);
-    c.flush();
-    c.publish_req("service.echo", "_INBOX.x.1", b"ping");
-    let m = c.message();
-    assert_eq!(m.sid, sid);
+    let addr = dp.local_addr();
+    let mut a = RawClient::connect_on_shard(addr, TOKEN_A, 0);
+    let mut b = RawClient::connect_on_shard(addr, TOKEN_A, 1);
+    let star = a.subscribe("metrics.*.cpu", None);
+    let full = b.subscribe("metrics.>", None);
+    let exact = b.subscribe("metrics.host1.cpu", None);
+    for c in [&mut a, &mut b] {
+        c.subscribe("end", None);
+        c.flush();
+    }
+    let mut p = RawClient::connect(addr, TOKEN_A);
+    for s in [
+        "metrics.host1.cpu",
+        "metrics.host2.mem",
+        "metrics",
+        "metrics.a.b.c",
+        "end",
+    ] {
+        p.publish(s, s.as_bytes());
+    }
+    p.flush();
+    let own = |v: &[(u64, &str)]| {
+        let mut v: Vec<_> = v.iter().map(|(s, n)| (*s, (*n).to_owned())).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sid_subjects(&until_end(&mut a)),
+        own(&[(star, "metrics.host1.cpu")])
+    );
+    assert_eq!(
+        sid_subjects(&until_end(&mut b)),
+        own(&[
+            (full, "metrics.host1.cpu"),
+            (exact, "metrics.host1.cpu"),
+            (full, "metrics.host2.mem"),
+            (full, "metrics.a.b.c"),
+        ])
+    );
+}
+
+#[test]
+fn a_queue_group_delivers_each_message_to_exactly_one_member_across_shards() {
+    const N: u32 = 600;
+    let dp = start(&config());
+    let addr = dp.local_addr();
+    let mut members = vec![
+        RawClient::connect_on_shard(addr, TOKEN_A, 0),
+        RawClient::connect_on_shard(addr, TOKEN_A, 1),
+        RawClient::connect_on_shard(addr, TOKEN_A, 1),
+    ];
+    for m in &mut members {
+        m.subscribe("jobs.*", Some("workers"));
+        m.subscribe("end", None);
+        m.flush();
+    }
+    let mut p = RawClient::connect_on_shard(addr, TOKEN_A, 0);
+    for i in 0..N {
+        p.publish("jobs.resize", &i.to_be_bytes());
+    }
+    // Per member, "end" arrives after every job assigned to it.
+    p.publish("end", b"");
+    p.flush();
+    let mut all = BTreeMap::new();
+    for (i, m) in members.iter_mut().enumerate() {
+        let seen = until_end(m);
+        assert!(!seen.is_empty(), "member {i} got nothing");
+        for msg in seen {
+            let v = u32::from_be_bytes(msg.payload[..4].try_into().unwrap());
+            *all.entry(v).or_insert(0u32) += 1;
+        }
+    }
+    assert_eq!(all.len(), N as usize, "every message delivered");
+    assert!(all.values().all(|&n| n == 1), "no message delivered twice");
+}
+
+#[test]
+fn request_reply_across_shards_and_no_responders() {
+    let dp = start(&config());
+    let addr = dp.local_addr();
+    let mut responder = RawClient::connect_on_shard(addr, TOKEN_A, 1);
+    let mut requester = RawClient::connect_on_shard(addr, TOKEN_A, 0);
+    let inbox = requester.subscribe("_INBOX.r1.*", None);
+    requester.flush();
+
+    // Nobody listens yet: NO_RESPONDERS.
+    requester.publish_req("svc.echo", "_INBOX.r1.1", b"hello");
+    let m = requester.message();
+    assert_eq!(m.sid, inbox);
     assert_eq!(m.status, i32::from(MessageStatus::NoResponders));
-    assert_eq!(&m.subject[..], b"_INBOX.x.1");
+    assert_eq!(&m.subject[..], b"_INBOX.r1.1");
+    assert!(m.payload.is_empty());
+
+    responder.subscribe("svc.echo", Some("echoers"));
+    responder.flush();
+    requester.publish_req("svc.echo", "_INBOX.r1.2", b"hello");
+    let req = responder.message();
+    assert_eq!(&req.reply[..], b"_INBOX.r1.2");
+    let reply = String::from_utf8(req.reply.to_vec()).unwrap();
+    responder.publish(&reply, b"HELLO");
+    let answer = requester.message();
+    assert_eq!(answer.status, i32::from(MessageStatus::Ok));
+    assert_eq!(&answer.payload[..], b"HELLO");
+    assert_eq!(dp.total_stats().unwrap().no_responders, 1);
 }
 
 #[test]
-fn garbage_gets_an_error_and_a_close() {
+fn unsubscribe_after_n_messages() {
     let dp = start(&config());
-    let mut c = RawClient::connect(dp.local_addr(), TOKEN_A);
-    c.send_raw(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
-    match c.recv() {
+    let addr = dp.local_addr();
+    let mut sub = RawClient::connect_on_shard(addr, TOKEN_A, 1);
+    let sid = sub.subscribe("ticks", None);
+    sub.send(&Kind::Unsubscribe(v1::Unsubscribe {
+        sid,
+        after_messages: 3,
+    }));
+    let keep = sub.subscribe("end", None);
+    sub.flush();
+    let mut p = RawClient::connect_on_shard(addr, TOKEN_A, 0);
+    for i in 0..10u8 {
+        p.publish("ticks", &[i]);
+    }
+    p.publish("end", b"");
+    p.flush();
+    let mut ticks = Vec::new();
+    loop {
+        let m = sub.message();
+        if m.sid == keep {
+            break;
+        }
+        ticks.push(m.payload[0]);
+    }
+    assert_eq!(ticks, vec![0, 1, 2]);
+    // The subscription is gone: unsubscribing again is an error.
+    sub.send(&Kind::Unsubscribe(v1::Unsubscribe {
+        sid,
+        after_messages: 0,
+    }));
+    let e = expect_error(&mut sub, ErrorCode::UnknownSid, false);
+    assert_eq!(e.sid, sid);
+}
+
+#[test]
+fn no_echo_is_honoured() {
+    let dp = start(&config());
+    let mut c = RawClient::open(dp.local_addr());
+    c.send(&Kind::Connect(v1::Connect {
+        protocol_version: 1,
+        credential: TOKEN_A.into(),
+        no_echo: true,
+        ..Default::default()
+    }));
+    assert!(matches!(c.recv(), Some(Kind::Welcome(_))));
+    c.subscribe("self", None);
+    let other = c.subscribe("other", None);
+    c.flush();
+    c.publish("self", b"x");
+    c.publish("other", b"y");
+    let mut o = RawClient::connect(dp.local_addr(), TOKEN_A);
+    o.publish("other", b"z");
+    o.flush();
+    let m = c.message();
+    assert_eq!((m.sid, &m.payload[..]), (other, &b"z"[..]));
+}
+
+#[test]
+fn bad_credentials_are_rejected_and_closed() {
+    let dp = start(&config());
+    for credential in ["abt_wrong", "", TOKEN_A.to_uppercase().as_str()] {
+        let mut c = RawClient::open(dp.local_addr());
+        c.send(&Kind::Connect(v1::Connect {
+            protocol_version: 1,
+            credential: credential.into(),
+            ..Default::default()
+        }));
+        expect_error(&mut c, ErrorCode::AuthenticationFailed, true);
+        expect_closed(&mut c);
+    }
+    assert_eq!(dp.total_stats().unwrap().auth_failures, 3);
+}
+
+#[test]
+fn the_first_frame_must_be_connect() {
+    let dp = start(&config());
+    let mut c = RawClient::open(dp.local_addr());
+    c.publish("a", b"sneaky");
+    expect_error(&mut c, ErrorCode::ProtocolViolation, true);
+    expect_closed(&mut c);
+}
+
+#[test]
+fn tenants_with_identical_subjects_never_see_each_other() {
+    let dp = start(&config());
+    let addr = dp.local_addr();
+    let seed: u64 = rand::random();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let subjects: Vec<String> = (0..20)
+        .map(|_| {
+            format!(
+                "t.{}.{}",
+                rand::Rng::random_range(&mut rng, 0..5),
+                rand::Rng::random_range(&mut rng, 0..5)
+            )
+        })
+        .collect();
+    let mut subs = Vec::new();
+    for (token, shard) in [(TOKEN_A, 0), (TOKEN_A, 1), (TOKEN_B, 0), (TOKEN_B, 1)] {
+        let mut c = RawClient::connect_on_shard(addr, token, shard);
+        c.subscribe(">", None);
+        c.subscribe("end", None);
+        c.flush();
+        subs.push((token, c));
+    }
+    let mut pa = RawClient::connect(addr, TOKEN_A);
+    let mut pb = RawClient::connect(addr, TOKEN_B);
+    for s in &subjects {
+        pa.publish(s, b"A");
+        pb.publish(s, b"B");
+    }
+    pa.publish("end", b"A");
+    pb.publish("end", b"B");
+    pa.flush();
+    pb.flush();
+    for (token, mut c) in subs {
+        let mine: &[u8] = if token == TOKEN_A { b"A" } else { b"B" };
+        let mut n = 0;
+        let mut ends = 0;
+        // `>` and `end` both match "end": two copies close the stream.
+        while ends < 2 {
+            let m = c.message();
+            assert_eq!(
+                &m.payload[..],
+                mine,
+                "seed {seed}: tenant leak on {:?}",
+                m.subject
+            );
+            if &m.subject[..] == b"end" {
+                ends += 1;
+            } else {
+                n += 1;
+            }
+        }
+        assert_eq!(n, subjects.len(), "seed {seed}");
+    }
+}
+
+#[test]
+fn malformed_frames_close_only_their_connection() {
+    let dp = start(&config());
+    let addr = dp.local_addr();
+    let mut sub = RawClient::connect_on_shard(addr, TOKEN_A, 1);
+    sub.subscribe("flow", None);
+    sub.flush();
+    let mut publ = RawClient::connect_on_shard(addr, TOKEN_A, 0);
+
+    let bad_inputs: [&[u8]; 3] = [
+        &[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff], // not protobuf
+        &[0x7f, 0xff, 0xff, 0xff],             // length far beyond max_frame
+        &[0, 0, 0, 2, 0xa0, 0x06],             // no known kind
+    ];
+    for (round, bad) in bad_inputs.iter().enumerate() {
+        let mut evil = RawClient::connect_on_shard(addr, TOKEN_A, (round % 2) as u32);
+        publ.publish("flow", &[round as u8, 0]);
+        evil.send_raw(bad);
+        publ.publish("flow", &[round as u8, 1]);
+        let code = if round == 1 {
+            ErrorCode::FrameTooLarge
+        } else {
+            ErrorCode::ProtocolViolation
+        };
+        expect_error(&mut evil, code, true);
+        expect_closed(&mut evil);
+    }
+    publ.flush();
+    for round in 0..3u8 {
+        for half in 0..2u8 {
+            assert_eq!(&sub.message().payload[..], &[round, half]);
+        }
+    }
+    assert_eq!(dp.total_stats().unwrap().protocol_errors, 3);
+}
+
+#[test]
+fn a_stalled_subscriber_is_cut_while_a_healthy_one_gets_everything() {
+    const N: u32 = 20_000;
+    const WINDOW: u32 = 64;
+    let mut cfg = config();
+    cfg.limits.max_payload = 16 * 1024;
+    cfg.limits.max_pending_bytes = 256 * 1024;
+    cfg.limits.close_grace_ms = 60_000;
+    let dp = start(&cfg);
+    let addr = dp.local_addr();
+
+    let mut stalled = RawClient::connect_on_shard(addr, TOKEN_A, 1);
+    stalled.subscribe("firehose", None);
+    stalled.flush();
+    let mut healthy = RawClient::connect_on_shard(addr, TOKEN_A, 1);
+    healthy.subscribe("firehose", None);
+    healthy.subscribe("end", None);
+    healthy.flush();
+
+    let (progress_tx, progress) = std::sync::mpsc::channel::<u32>();
+    let reader = thread::spawn(move || {
+        let mut next = 0u32;
+        loop {
+            let m = healthy.message();
+            if &m.subject[..] == b"end" {
+                return next;
+            }
+            assert_eq!(u32::from_be_bytes(m.payload[..4].try_into().unwrap()), next);
+            next += 1;
+            if next.is_multiple_of(WINDOW) {
+                let _ = progress_tx.send(next);
+            }
+        }
+    });
+    // 20 000 × 1 KiB: far more than the stalled socket's kernel buffers
+    // plus max_pending_bytes.
+    let mut publ = RawClient::connect_on_shard(addr, TOKEN_A, 0);
+    let mut payload = vec![7u8; 1024];
+    let mut read = 0u32;
+    for i in 0..N {
+        // Stay at most two windows ahead of the healthy reader: it keeps up,
+        // the stalled one falls behind without bound.
+        while i >= read + 2 * WINDOW {
+            read = progress.recv().unwrap();
+        }
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        publ.send(&Kind::Publish(v1::Publish {
+            subject: Bytes::from_static(b"firehose"),
+            payload: Bytes::copy_from_slice(&payload),
+            ..Default::default()
+        }));
+    }
+    publ.publish("end", b"");
+    publ.flush();
+    assert_eq!(
+        reader.join().unwrap(),
+        N,
+        "the healthy subscriber got everything, in order"
+    );
+
+    // Only now does the stalled client read: what was buffered, then the
+    // error, then the end of the stream.
+    let mut last = None;
+    while let Some(k) = stalled.recv() {
+        last = Some(k);
+    }
+    match last {
         Some(Kind::Error(e)) => {
-            assert_eq!(e.code, i32::from(ErrorCode::ProtocolViolation));
+            assert_eq!(e.code, i32::from(ErrorCode::SlowConsumer));
             assert!(e.close);
         }
-        other => panic!("expected Error, got {other:?}"),
+        other => panic!("expected SLOW_CONSUMER last, got {other:?}"),
     }
-    assert!(c.recv().is_none());
+    let stats = dp.total_stats().unwrap();
+    assert_eq!(stats.slow_consumers, 1);
+    assert_eq!(
+        stats.connections, 2,
+        "publisher and healthy subscriber remain"
+    );
+}
+
+#[test]
+fn limits_give_clear_errors_without_closing() {
+    let mut cfg = config();
+    cfg.limits.max_subscriptions = 2;
+    cfg.limits.max_payload = 1024;
+    let dp = start(&cfg);
+    let mut c = RawClient::connect(dp.local_addr(), TOKEN_A);
+    c.subscribe("a", None);
+    c.subscribe("b", None);
+    let third = c.subscribe("c", None);
+    let e = expect_error(&mut c, ErrorCode::MaxSubscriptionsExceeded, false);
+    assert_eq!(e.sid, third);
+    c.publish("a", &[0u8; 1025]);
+    expect_error(&mut c, ErrorCode::MaxPayloadExceeded, false);
+    c.publish("bad..subject", b"");
+    expect_error(&mut c, ErrorCode::InvalidSubject, false);
+    c.publish("$SYS.x", b"");
+    expect_error(&mut c, ErrorCode::PermissionDenied, false);
+    let dup = c.subscribe("x", None);
+    c.send(&Kind::Subscribe(v1::Subscribe {
+        sid: dup,
+        pattern: Bytes::from_static(b"y"),
+        queue_group: Bytes::new(),
+    }));
+    // The first of the two got MAX_SUBSCRIPTIONS (sid dup is new but over the
+    // limit), the duplicate is refused as well; the connection stays open.
+    expect_error(&mut c, ErrorCode::MaxSubscriptionsExceeded, false);
+    expect_error(&mut c, ErrorCode::MaxSubscriptionsExceeded, false);
+    c.publish("a", b"still here");
+    assert!(matches!(c.next(), Some(Kind::Message(_))));
+}
+
+#[test]
+fn silent_connections_time_out() {
+    let mut cfg = config();
+    cfg.limits.auth_timeout_ms = 100;
+    cfg.limits.ping_interval_ms = 50;
+    cfg.limits.max_pings_outstanding = 2;
+    let dp = start(&cfg);
+
+    // Never sends Connect.
+    let mut mute = RawClient::open(dp.local_addr());
+    expect_error(&mut mute, ErrorCode::AuthTimeout, true);
+    expect_closed(&mut mute);
+
+    // Authenticates, then never answers pings.
+    let mut deaf = RawClient::connect(dp.local_addr(), TOKEN_A);
+    assert!(matches!(deaf.recv(), Some(Kind::Ping(_))));
+    assert!(matches!(deaf.recv(), Some(Kind::Ping(_))));
+    match deaf.recv() {
+        Some(Kind::Error(e)) => assert_eq!(e.code, i32::from(ErrorCode::StaleConnection)),
+        other => panic!("expected STALE_CONNECTION, got {other:?}"),
+    }
+    let s = dp.total_stats().unwrap();
+    assert_eq!(s.stale_connections, 1);
 }

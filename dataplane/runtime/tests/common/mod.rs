@@ -120,7 +120,7 @@ impl RawClient {
             if let Some(k) = codec::decode(&mut self.buf, u32::MAX).unwrap() {
                 return Some(k);
             }
-            let mut chunk = [0u8; 65536];
+            let mut chunk = [0u8; 16384];
             match self.sock.read(&mut chunk) {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
