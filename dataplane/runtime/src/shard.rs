@@ -133,6 +133,9 @@ pub(crate) struct Shard {
     pending_pongs: RefCell<VecDeque<(u64, ConnId)>>,
     backpressure: Cell<bool>,
     bp_waiters: RefCell<Vec<Waker>>,
+    /// The mesh loop, while it is parked: woken when a ring overflows, since
+    /// only the mesh loop retries overflowed messages.
+    mesh_waker: Cell<Option<Waker>>,
     pub(crate) shutdown: Latch,
     stopped: Latch,
 }
@@ -222,6 +225,7 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<Result
         pending_pongs: RefCell::new(VecDeque::new()),
         backpressure: Cell::new(false),
         bp_waiters: RefCell::new(Vec::new()),
+        mesh_waker: Cell::new(None),
         shutdown: Latch::default(),
         stopped: Latch::default(),
     });
@@ -309,7 +313,10 @@ async fn mesh_loop(
             break;
         }
         if work > 0 {
-            glommio::yield_if_needed().await;
+            // Let the connections write out what was just delivered before
+            // taking more: draining rings faster than subscribers' sockets
+            // would only grow their queues.
+            futures_lite::future::yield_now().await;
             continue;
         }
         if shard.has_overflow() {
@@ -323,8 +330,19 @@ async fn mesh_loop(
             doorbell.disarm();
             continue;
         }
-        // Any byte (or several) means "look again".
-        if let Err(e) = bell.read(&mut scratch).await {
+        // A byte on the doorbell (from a peer or the operator), or a ring of
+        // ours overflowing (from a local connection), means "look again".
+        let overflowed = futures_lite::future::poll_fn(|cx| {
+            if shard.has_overflow() {
+                Poll::Ready(Ok(0))
+            } else {
+                shard.mesh_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        });
+        let woke = futures_lite::future::or(bell.read(&mut scratch), overflowed).await;
+        doorbell.disarm();
+        if let Err(e) = woke {
             tracing::error!(shard = %shard.id, error = %e, "doorbell failed");
             break;
         }
@@ -467,7 +485,17 @@ impl Shard {
                 }
             }
         }
-        self.stats.borrow_mut().ring_full += full;
+        if full > 0 {
+            self.stats.borrow_mut().ring_full += full;
+            self.wake_mesh();
+        }
+    }
+
+    /// A ring overflowed: make sure the mesh loop retries it.
+    fn wake_mesh(&self) {
+        if let Some(w) = self.mesh_waker.take() {
+            w.wake();
+        }
     }
 
     fn min_acked(&self) -> u64 {
@@ -579,6 +607,7 @@ impl Shard {
                     groups: copy.groups,
                 }))) {
                     stats.ring_full += 1;
+                    self.wake_mesh();
                 }
             }
         }
@@ -663,8 +692,10 @@ impl Shard {
             let mut due = self.acks_due.borrow_mut();
             let mut links = self.links.borrow_mut();
             for link in links.iter_mut() {
-                if let Some(seq) = due[link.peer.index()].take() {
-                    link.send(PeerMsg::InterestAck { seq });
+                if let Some(seq) = due[link.peer.index()].take()
+                    && !link.send(PeerMsg::InterestAck { seq })
+                {
+                    self.wake_mesh();
                 }
             }
             let mut over = false;

@@ -505,3 +505,43 @@ fn silent_connections_time_out() {
     let s = dp.total_stats().unwrap();
     assert_eq!(s.stale_connections, 1);
 }
+
+/// Regression: a ring that filled up while the mesh loop was parked left the
+/// overflow unflushed and the back-pressured publisher stalled for good.
+#[test]
+fn a_full_ring_never_stalls_delivery() {
+    const N: u32 = 30_000;
+    let mut cfg = config();
+    cfg.ring_capacity = 16;
+    cfg.overflow_limit = 8;
+    let dp = start(&cfg);
+    let addr = dp.local_addr();
+    let mut sub = RawClient::connect_on_shard(addr, TOKEN_A, 1);
+    sub.subscribe("burst", None);
+    sub.flush();
+    let reader = thread::spawn(move || {
+        for i in 0..N {
+            let m = sub.message();
+            assert_eq!(u32::from_be_bytes(m.payload[..4].try_into().unwrap()), i);
+        }
+    });
+    let mut publ = RawClient::connect_on_shard(addr, TOKEN_A, 0);
+    let mut batch = Vec::new();
+    for i in 0..N {
+        arqonbus_proto::codec::encode(
+            &Kind::Publish(v1::Publish {
+                subject: Bytes::from_static(b"burst"),
+                payload: Bytes::copy_from_slice(&i.to_be_bytes()),
+                ..Default::default()
+            }),
+            &mut batch,
+        )
+        .unwrap();
+    }
+    publ.send_raw(&batch);
+    publ.flush();
+    reader.join().unwrap();
+    let s = dp.total_stats().unwrap();
+    assert!(s.ring_full > 0, "the test must overflow the ring");
+    assert_eq!(s.remote_in, u64::from(N));
+}
