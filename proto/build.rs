@@ -11,6 +11,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
     let fds = protox::compile(files, [&root])?;
-    prost_build::Config::new().bytes(["."]).compile_fds(fds)?;
+    prost_build::Config::new()
+        .bytes(["."])
+        // Hand-written Debug (src/redact.rs): credentials, payloads and header
+        // values must never reach a log through `{:?}`.
+        .skip_debug([
+            "arqonbus.v1.Connect",
+            "arqonbus.v1.Publish",
+            "arqonbus.v1.Message",
+            "arqonbus.v1.Header",
+        ])
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -69,11 +69,12 @@ fuzz_target!(|data: &[u8]| {
             if !matches!(session.state(), State::AwaitingConnect | State::Open) {
                 break;
             }
-            let event = match codec::frame_len(&buf, limits.max_frame()) {
+            let max_frame = session.max_frame(&limits);
+            let event = match codec::frame_len(&buf, max_frame) {
                 Ok(None) => break,
                 Err(e) => Event::Undecodable(e),
                 Ok(Some(total)) => {
-                    assert!(total <= LEN_PREFIX + limits.max_frame() as usize);
+                    assert!(total <= LEN_PREFIX + max_frame as usize);
                     let mut frame = buf.split_to(total).freeze();
                     frame.advance(LEN_PREFIX);
                     match codec::decode_body(frame) {
@@ -89,9 +90,21 @@ fuzz_target!(|data: &[u8]| {
             }
             let tenant = session.principal().map(|p| p.tenant);
             match step {
-                Step::Subscribe { sid, pattern, queue } => {
+                Step::Subscribe {
+                    sid,
+                    pattern,
+                    queue,
+                } => {
                     if let Some(t) = tenant {
-                        let _ = router.subscribe(t, conn, sid, pattern, queue, limits.max_subscriptions, &mut interest);
+                        let _ = router.subscribe(
+                            t,
+                            conn,
+                            sid,
+                            pattern,
+                            queue,
+                            limits.max_subscriptions,
+                            &mut interest,
+                        );
                     }
                 }
                 Step::Unsubscribe { sid, after } => {

@@ -10,9 +10,11 @@
 //! Invariants: decoding never allocates more than the length prefix allows and
 //! the prefix is checked against the caller's maximum before anything is
 //! buffered; `bytes` fields decoded from a [`bytes::Bytes`] share its memory.
-//! There is no I/O here: callers bring the bytes.
+//! There is no I/O here: callers bring the bytes. The `Debug` output of
+//! frames never shows a credential, a payload or a header value.
 
 pub mod codec;
+mod redact;
 
 /// Generated types for `package arqonbus.v1`.
 #[allow(

@@ -146,8 +146,12 @@ fn every_golden_vector_decodes_and_reencodes_byte_for_byte() {
             codec::encode(&expected, &mut out).unwrap();
             std::fs::write(&path, out).unwrap();
         }
-        let bytes = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (bless new vectors, see module docs)", path.display()));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (bless new vectors, see module docs)",
+                path.display()
+            )
+        });
         let mut buf = BytesMut::from(&bytes[..]);
         let decoded = codec::decode(&mut buf, u32::MAX).unwrap().unwrap();
         assert!(buf.is_empty(), "{name}: trailing bytes");
@@ -162,7 +166,8 @@ fn every_golden_vector_decodes_and_reencodes_byte_for_byte() {
 fn the_fan_out_encoder_writes_the_golden_message() {
     for name in ["message", "message_no_responders"] {
         let bytes = std::fs::read(golden_dir().join(format!("{name}.bin"))).unwrap();
-        let Some(Kind::Message(m)) = codec::decode(&mut BytesMut::from(&bytes[..]), u32::MAX).unwrap()
+        let Some(Kind::Message(m)) =
+            codec::decode(&mut BytesMut::from(&bytes[..]), u32::MAX).unwrap()
         else {
             panic!("{name} is not a message");
         };
@@ -192,7 +197,15 @@ fn every_frame_kind_has_a_vector() {
         })
         .collect();
     for kind in [
-        "connect", "welcome", "publish", "subscribe", "unsubscribe", "message", "ping", "pong", "error",
+        "connect",
+        "welcome",
+        "publish",
+        "subscribe",
+        "unsubscribe",
+        "message",
+        "ping",
+        "pong",
+        "error",
     ] {
         assert!(names.contains(&kind), "no golden vector for {kind}");
     }

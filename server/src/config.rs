@@ -252,10 +252,12 @@ impl Config {
         }
     }
 
-    /// Shards to run: `server.shards`, or one per available CPU.
+    /// Shards to run: `server.shards`, or one per available CPU (at most 64).
     pub fn shard_count(&self) -> usize {
         if self.server.shards == 0 {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(arqonbus_core::router::MAX_SHARDS)
         } else {
             self.server.shards
         }

@@ -268,9 +268,11 @@ pub fn prepare(data_dir: &Path, tls: &TlsSection) -> Result<TlsMaterial, TlsErro
     let names = required_names(&tls.extra_names);
     let cert_path = dir.join("server.pem");
     let key_path = dir.join("server.key");
-    let current = std::fs::read(&cert_path)
-        .ok()
-        .is_some_and(|pem| server_cert_is_current(&pem, &names))
+    // A fresh CA did not sign the old certificate: always re-issue then.
+    let current = !generated
+        && std::fs::read(&cert_path)
+            .ok()
+            .is_some_and(|pem| server_cert_is_current(&pem, &names))
         && key_path.exists();
     if !current {
         generated = true;
@@ -304,6 +306,26 @@ mod tests {
         let again = prepare(dir.path(), &TlsSection::default()).unwrap();
         assert!(!again.generated);
         assert_eq!(again.ca_path.unwrap(), ca);
+    }
+
+    #[test]
+    fn a_new_ca_reissues_the_server_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), &TlsSection::default()).unwrap();
+        let before = std::fs::read(dir.path().join("tls/server.pem")).unwrap();
+        std::fs::remove_file(dir.path().join("tls/ca.key")).unwrap();
+        let m = prepare(dir.path(), &TlsSection::default()).unwrap();
+        assert!(m.generated);
+        let after = std::fs::read(dir.path().join("tls/server.pem")).unwrap();
+        assert_ne!(
+            before, after,
+            "the old certificate was signed by the old CA"
+        );
+        let ca = std::fs::read_to_string(dir.path().join("tls/ca.pem")).unwrap();
+        assert!(
+            String::from_utf8(after).unwrap().ends_with(&ca),
+            "chain ends with the new CA"
+        );
     }
 
     #[test]

@@ -92,13 +92,15 @@ impl Limits {
                 10_000_000,
                 "1..=10000000",
             ),
-            ("max_headers", self.max_headers.into(), 0, 1024, "0..=1024"),
+            ("max_headers", self.max_headers.into(), 0, 256, "0..=256"),
+            // Subject and reply at this length plus the header budget must
+            // fit FRAME_OVERHEAD (see the test below).
             (
                 "max_subject_len",
                 self.max_subject_len.into(),
                 16,
-                4096,
-                "16..=4096",
+                2048,
+                "16..=2048",
             ),
             (
                 "max_pending_bytes",
@@ -170,6 +172,16 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert_eq!(Limits::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_largest_envelope_fits_the_frame_overhead() {
+        // Message: frame key + length, sid, subject, reply, headers, status,
+        // payload key + length. Each key and length takes at most 6 bytes.
+        let max_subject = 2048;
+        let headers = MAX_HEADER_BYTES + 256 * 6 * 2;
+        let envelope = 6 + 11 + 2 * (max_subject + 6) + headers + 11 + 6;
+        assert!(envelope <= FRAME_OVERHEAD as usize, "{envelope}");
     }
 
     #[test]

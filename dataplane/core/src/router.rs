@@ -490,8 +490,9 @@ impl Router {
                     }
                 }
                 remote_plain |= slot.remote_plain;
+                let exclude = (!echo).then_some(conn);
                 for group in &slot.groups {
-                    choose_member(slot, group, subs, rng, plan);
+                    choose_member(slot, group, subs, exclude, rng, plan);
                 }
             }
             Origin::Remote { groups } => {
@@ -594,27 +595,44 @@ impl Router {
     }
 }
 
+/// Picks one member of `group` uniformly among all members on all shards,
+/// leaving out `exclude` (a `no_echo` publisher's own subscriptions).
 fn choose_member(
     slot: &PatternSlot,
     group: &Group,
     subs: &Slab<LocalSub>,
+    exclude: Option<ConnId>,
     rng: &mut Rng,
     plan: &mut RoutePlan,
 ) {
-    let local = group.local.len() as u64;
+    let eligible = |key: &&SubKey| exclude.is_none_or(|c| subs[key.0].conn != c);
+    let local = match exclude {
+        None => group.local.len() as u64,
+        Some(_) => group.local.iter().filter(eligible).count() as u64,
+    };
     let remote: u64 = group.remote.iter().map(|(_, n)| u64::from(*n)).sum();
     if local + remote == 0 {
         return;
     }
     let mut pick = rng.below(local + remote);
     if pick < local {
-        let key = group.local[pick as usize];
-        let sub = &subs[key.0];
-        plan.local.push(Delivery {
-            sub: key,
-            conn: sub.conn,
-            sid: sub.sid,
-        });
+        let key = match exclude {
+            None => Some(group.local[pick as usize]),
+            Some(_) => group
+                .local
+                .iter()
+                .filter(eligible)
+                .nth(pick as usize)
+                .copied(),
+        };
+        if let Some(key) = key {
+            let sub = &subs[key.0];
+            plan.local.push(Delivery {
+                sub: key,
+                conn: sub.conn,
+                sid: sub.sid,
+            });
+        }
         return;
     }
     pick -= local;

@@ -32,6 +32,8 @@ use crate::subject::{Pattern, QueueGroup, Subject, SubjectError};
 pub const MAX_CLIENT_NAME_LEN: usize = 128;
 /// Longest `Connect.client_version`.
 pub const MAX_CLIENT_VERSION_LEN: usize = 64;
+/// Largest frame accepted before authentication (a `Connect` is far smaller).
+pub const PRE_AUTH_MAX_FRAME: u32 = 8 * 1024;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +259,17 @@ impl Session {
         &self.client_name
     }
 
+    /// The largest frame accepted in the current state. Until the client has
+    /// authenticated only a `Connect` can arrive, so a stranger cannot make
+    /// the server reserve `max_frame` bytes per connection.
+    pub fn max_frame(&self, limits: &Limits) -> u32 {
+        if self.state == State::Open {
+            limits.max_frame()
+        } else {
+            PRE_AUTH_MAX_FRAME
+        }
+    }
+
     /// When [`Event::Tick`] next has something to do (an authentication
     /// deadline or a keep-alive ping), or `None` when nothing is scheduled.
     pub fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
@@ -411,6 +424,14 @@ impl Session {
     }
 
     fn on_connect(&mut self, c: v1::Connect, auth: &AuthSnapshot) -> Step {
+        // The credential first: a peer that cannot authenticate learns
+        // nothing about this server, not even which versions it speaks.
+        let Some(principal) = auth.authenticate(&c.credential) else {
+            return Step::Reject(Rejection::fatal(
+                ErrorCode::AuthenticationFailed,
+                "authentication failed",
+            ));
+        };
         if c.protocol_version != arqonbus_proto::PROTOCOL_VERSION {
             return Step::Reject(Rejection::fatal(
                 ErrorCode::UnsupportedVersion,
@@ -425,12 +446,6 @@ impl Session {
                 "client_name or client_version too long",
             ));
         }
-        let Some(principal) = auth.authenticate(&c.credential) else {
-            return Step::Reject(Rejection::fatal(
-                ErrorCode::AuthenticationFailed,
-                "authentication failed",
-            ));
-        };
         self.state = State::Open;
         self.no_echo = c.no_echo;
         self.client_kind =
@@ -624,6 +639,12 @@ mod tests {
             rejected(&h.step(connect(TOKEN, 2))),
             Some((ErrorCode::UnsupportedVersion, true))
         );
+        // Without a valid credential the version is not even looked at.
+        let mut h = Harness::new(false);
+        assert_eq!(
+            rejected(&h.step(connect("abt_wrong", 2))),
+            Some((ErrorCode::AuthenticationFailed, true))
+        );
         let mut h = Harness::new(false);
         let long = Event::Frame(Kind::Connect(v1::Connect {
             protocol_version: 1,
@@ -657,6 +678,14 @@ mod tests {
             rejected(&h.advance(30_000)),
             Some((ErrorCode::StaleConnection, true))
         );
+    }
+
+    #[test]
+    fn frames_are_small_until_authenticated() {
+        let mut h = Harness::new(false);
+        assert_eq!(h.s.max_frame(&h.limits), PRE_AUTH_MAX_FRAME);
+        h.step(connect(TOKEN, 1));
+        assert_eq!(h.s.max_frame(&h.limits), h.limits.max_frame());
     }
 
     #[test]

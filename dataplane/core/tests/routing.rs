@@ -177,6 +177,20 @@ fn echo_and_no_echo() {
 }
 
 #[test]
+fn no_echo_also_holds_for_queue_groups() {
+    let mut sim = Sim::new(1, 8);
+    sim.subscribe(0, 1, 10, 1, "q", Some("g")).unwrap();
+    sim.subscribe(0, 1, 11, 1, "q", Some("g")).unwrap();
+    for _ in 0..200 {
+        assert_eq!(sim.publish(0, 1, 10, false, "q"), vec![(0, 11, 1)]);
+    }
+    // Alone in its group, a no-echo publisher reaches nobody.
+    let mut sim = Sim::new(1, 9);
+    sim.subscribe(0, 1, 10, 1, "q", Some("g")).unwrap();
+    assert!(sim.publish(0, 1, 10, false, "q").is_empty());
+}
+
+#[test]
 fn unsubscribe_after_n_messages() {
     let mut sim = Sim::new(2, 4);
     sim.subscribe(1, 1, 10, 7, "a.*", None).unwrap();

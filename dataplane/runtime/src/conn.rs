@@ -24,7 +24,7 @@ use arqonbus_core::session::{Event, Rejection, Session, State, Step};
 use arqonbus_proto::codec::{self, LEN_PREFIX};
 use arqonbus_proto::v1::{self, ErrorCode, frame::Kind};
 use bytes::Buf;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::outbound::Outbound;
@@ -122,46 +122,67 @@ const ROUNDS_PER_POLL: usize = 8;
 /// Serves one accepted connection until it ends.
 pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
-    let Some(conn) = shard.register() else {
-        tracing::warn!(shard = %shard.id, ?peer, "connection refused: shard at max_connections_per_shard");
-        return;
-    };
     if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(conn = %conn.id, error = %e, "TCP_NODELAY not set");
+        tracing::debug!(shard = %shard.id, error = %e, "TCP_NODELAY not set");
     }
+    let conn = match shard.register() {
+        Ok(conn) => conn,
+        Err(refusal) => {
+            tracing::warn!(shard = %shard.id, ?peer, code = ?refusal.code, "connection refused");
+            refuse(&shard, stream, &refusal).await;
+            return;
+        }
+    };
     tracing::debug!(shard = %shard.id, conn = %conn.id, ?peer, "accepted");
-    let ended = run(&shard, &conn, stream).await;
+    run(&shard, &conn, stream).await;
     conn.closing.set(true);
     shard.unregister(&conn);
-    match ended {
-        Ok(reason) => tracing::debug!(shard = %shard.id, conn = %conn.id, ?reason, "closed"),
-        Err(e) => tracing::debug!(shard = %shard.id, conn = %conn.id, error = %e, "closed"),
-    }
 }
 
-async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: TcpStream) -> io::Result<Ended> {
-    let limits = &shard.cfg.limits;
-    let accepted = Instant::now();
-    let mut session = Session::new(accepted, shard.cfg.tls.is_some());
-    conn.deadline.set(session.next_deadline(limits));
-    let auth_timeout = Duration::from_millis(limits.auth_timeout_ms);
+/// The TLS handshake (when configured), bounded by the auth timeout.
+async fn establish(shard: &Shard, stream: TcpStream) -> io::Result<Transport> {
+    let Some(acceptor) = &shard.cfg.tls else {
+        return Ok(Transport::Plain(PlainStream(stream)));
+    };
+    let handshake = acceptor.accept(PlainStream(stream));
+    let timeout = async {
+        glommio::timer::sleep(Duration::from_millis(shard.cfg.limits.auth_timeout_ms)).await;
+        Err(io::Error::from(io::ErrorKind::TimedOut))
+    };
+    let tls = futures_lite::future::or(handshake, timeout)
+        .await
+        .inspect_err(|_| {
+            shard.stats.borrow_mut().tls_failures += 1;
+        })?;
+    Ok(Transport::Tls(Box::new(tls)))
+}
 
-    let transport = match &shard.cfg.tls {
-        None => Transport::Plain(PlainStream(stream)),
-        Some(acceptor) => {
-            let handshake = acceptor.accept(PlainStream(stream));
-            let timeout = async {
-                glommio::timer::sleep(auth_timeout).await;
-                Err(io::Error::from(io::ErrorKind::TimedOut))
-            };
-            match futures_lite::future::or(handshake, timeout).await {
-                Ok(tls) => Transport::Tls(Box::new(tls)),
-                Err(e) => {
-                    shard.stats.borrow_mut().tls_failures += 1;
-                    tracing::info!(shard = %shard.id, conn = %conn.id, error = %e, "TLS handshake failed");
-                    return Err(e);
-                }
-            }
+/// Tells a connection the shard cannot take it, then closes it.
+async fn refuse(shard: &Shard, stream: TcpStream, refusal: &Rejection) {
+    let Ok(mut transport) = establish(shard, stream).await else {
+        return;
+    };
+    let mut frame = Vec::new();
+    if codec::encode(&refusal.to_frame(), &mut frame).is_err() {
+        return;
+    }
+    let send = async {
+        let _ = transport.write_all(&frame).await;
+        let _ = transport.close().await;
+    };
+    let grace = Duration::from_millis(shard.cfg.limits.close_grace_ms.min(1_000));
+    futures_lite::future::or(send, glommio::timer::sleep(grace)).await;
+}
+
+async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: TcpStream) {
+    let limits = &shard.cfg.limits;
+    let mut session = Session::new(Instant::now(), shard.cfg.tls.is_some());
+    conn.deadline.set(session.next_deadline(limits));
+    let transport = match establish(shard, stream).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(shard = %shard.id, conn = %conn.id, error = %e, "TLS handshake failed");
+            return;
         }
     };
     let mut io = ConnIo {
@@ -179,7 +200,13 @@ async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: TcpStream) -> io:
     if let Ended::Closed(_) = ended {
         io.linger(limits).await;
     }
-    Ok(ended)
+    tracing::debug!(
+        shard = %shard.id,
+        conn = %conn.id,
+        tenant = ?session.principal().map(|p| p.tenant),
+        reason = ?ended,
+        "closed"
+    );
 }
 
 struct ConnIo {
@@ -227,6 +254,10 @@ impl ConnIo {
                 if conn.out.borrow().is_empty() && !self.needs_flush {
                     return Poll::Ready(Ended::Closed(self.closed_with));
                 }
+            } else if conn.out.borrow().pending() as u64 > shard.cfg.limits.max_pending_bytes {
+                // The client does not read what we answer (pongs, errors):
+                // stop reading its requests until it does. The pending write
+                // above has registered the wake-up.
             } else if !shard.backpressured(cx.waker()) {
                 let need = self
                     .rbuf
@@ -301,11 +332,11 @@ impl ConnIo {
 
     /// Decodes and handles every whole frame in the receive buffer.
     fn process(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session) {
-        let max_frame = shard.cfg.limits.max_frame();
         loop {
             if !matches!(session.state(), State::AwaitingConnect | State::Open) {
                 break;
             }
+            let max_frame = session.max_frame(&shard.cfg.limits);
             let event = match codec::frame_len(self.rbuf.filled(), max_frame) {
                 Ok(None) => break,
                 Err(e) => Event::Undecodable(e),
@@ -439,11 +470,8 @@ impl ConnIo {
     /// After the final error: shut down our side and read until the peer
     /// closes (bounded), so a reset does not destroy the error in flight.
     async fn linger(&mut self, limits: &arqonbus_core::limits::Limits) {
-        if let Transport::Plain(PlainStream(s)) = &self.transport {
-            let _ = s.shutdown(std::net::Shutdown::Write).await;
-        } else {
-            let _ = futures_lite::AsyncWriteExt::close(&mut self.transport).await;
-        }
+        // TLS: close_notify, then (like plain TCP) shut down the write side.
+        let _ = self.transport.close().await;
         let grace = Duration::from_millis(limits.close_grace_ms.min(1_000));
         let drain = async {
             let mut sink = [0u8; 4096];

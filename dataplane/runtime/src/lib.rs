@@ -225,7 +225,12 @@ impl DataPlane {
         let seed = u64::from_le_bytes(seed);
 
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(cfg.shards);
-        let mut handles = Vec::with_capacity(cfg.shards);
+        // Built up shard by shard: if a later shard fails, dropping `plane`
+        // stops the ones already running.
+        let mut plane = Self {
+            local_addr,
+            shards: Vec::with_capacity(cfg.shards),
+        };
         let parts = listeners.into_iter().zip(meshes).zip(bell_rxs).enumerate();
         for (i, ((listener, mesh), bell_rx)) in parts {
             let id = ShardId(i as u16);
@@ -261,27 +266,23 @@ impl DataPlane {
                     shard: id.0,
                     reason: e.to_string(),
                 })?;
-            handles.push(ShardHandle {
+            plane.shards.push(ShardHandle {
                 commands: cmd_tx,
                 doorbell: bells[i].clone(),
                 join: Some(join),
             });
         }
         drop(ready_tx);
-        let plane = Self {
-            local_addr,
-            shards: handles,
-        };
+        let mut started = vec![false; cfg.shards];
         for _ in 0..cfg.shards {
-            match ready_rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => return Err(StartError::Shard { shard: 0, reason }),
-                Err(_) => {
-                    return Err(StartError::Shard {
-                        shard: 0,
-                        reason: "executor did not start (io_uring or memlock limits?)".into(),
-                    });
-                }
+            if let Ok(id) = ready_rx.recv_timeout(Duration::from_secs(30)) {
+                started[id.index()] = true;
+            } else {
+                let shard = started.iter().position(|s| !s).unwrap_or(0) as u16;
+                return Err(StartError::Shard {
+                    shard,
+                    reason: "executor did not start (io_uring or memlock limits?)".into(),
+                });
             }
         }
         tracing::info!(addr = %local_addr, shards = cfg.shards, tls = cfg.tls.is_some(), "data plane listening");

@@ -31,12 +31,12 @@ use arqonbus_core::limits::Limits;
 use arqonbus_core::router::{
     Delivery, InterestUpdate, Origin, RoutePlan, Router, SubscriptionError,
 };
-use arqonbus_core::session::Publish;
+use arqonbus_core::session::{Publish, Rejection};
 use arqonbus_core::stats::ShardStats;
 use arqonbus_core::subject::{Pattern, QueueGroup};
 use arqonbus_core::{ConnId, ShardId, Sid, TenantId};
 use arqonbus_proto::codec::MessageTemplate;
-use arqonbus_proto::v1::{self, MessageStatus, frame::Kind};
+use arqonbus_proto::v1::{self, ErrorCode, MessageStatus, frame::Kind};
 use bytes::Bytes;
 use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, UnixStream};
@@ -175,7 +175,7 @@ pub(crate) struct ShardConfigSend {
 }
 
 /// Runs a shard until it is shut down. Called on the shard's executor.
-pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<Result<(), String>>) {
+pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardId>) {
     use std::os::fd::{FromRawFd, IntoRawFd};
 
     let ShardInit {
@@ -240,7 +240,7 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<Result
         bell,
     ))
     .detach();
-    let _ = ready.send(Ok(()));
+    let _ = ready.send(id);
     shard.stopped.wait().await;
     tracing::info!(shard = %id, "shard stopped");
 }
@@ -352,14 +352,27 @@ async fn mesh_loop(
 impl Shard {
     // ---- connections -------------------------------------------------
 
-    /// Registers a new connection, or `None` when the shard is full.
-    pub(crate) fn register(&self) -> Option<Rc<ConnShared>> {
+    /// Registers a new connection, or says why it is refused.
+    pub(crate) fn register(&self) -> Result<Rc<ConnShared>, Rejection> {
         let mut conns = self.conns.borrow_mut();
-        if conns.len() >= self.cfg.limits.max_connections_per_shard as usize
-            || self.shutdown.is_set()
-        {
+        let refusal = if self.shutdown.is_set() {
+            Some((ErrorCode::ServerShuttingDown, "server shutting down"))
+        } else if conns.len() >= self.cfg.limits.max_connections_per_shard as usize {
+            Some((
+                ErrorCode::MaxConnectionsExceeded,
+                "server at max_connections_per_shard",
+            ))
+        } else {
+            None
+        };
+        if let Some((code, detail)) = refusal {
             self.stats.borrow_mut().connections_refused += 1;
-            return None;
+            return Err(Rejection {
+                code,
+                close: true,
+                sid: 0,
+                detail,
+            });
         }
         let generation = self.next_conn.get().wrapping_add(1);
         self.next_conn.set(generation);
@@ -368,7 +381,7 @@ impl Shard {
         let conn = Rc::new(ConnShared::new(id));
         entry.insert(conn.clone());
         self.stats.borrow_mut().connections_accepted += 1;
-        Some(conn)
+        Ok(conn)
     }
 
     /// Forgets a closed connection and withdraws its subscriptions.

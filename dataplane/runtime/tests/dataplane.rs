@@ -545,3 +545,44 @@ fn a_full_ring_never_stalls_delivery() {
     assert!(s.ring_full > 0, "the test must overflow the ring");
     assert_eq!(s.remote_in, u64::from(N));
 }
+
+#[test]
+fn a_full_shard_refuses_with_a_clear_error() {
+    let mut cfg = config();
+    cfg.limits.max_connections_per_shard = 1;
+    let dp = start(&cfg);
+    let mut kept = Vec::new();
+    for _ in 0..20 {
+        let mut c = RawClient::open(dp.local_addr());
+        c.send(&Kind::Connect(v1::Connect {
+            protocol_version: 1,
+            credential: TOKEN_A.into(),
+            ..Default::default()
+        }));
+        match c.recv() {
+            Some(Kind::Welcome(_)) => kept.push(c),
+            Some(Kind::Error(e)) => {
+                assert_eq!(e.code, i32::from(ErrorCode::MaxConnectionsExceeded));
+                assert!(e.close);
+                expect_closed(&mut c);
+                assert!(dp.total_stats().unwrap().connections_refused >= 1);
+                return;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    panic!("20 connections to two shards of one connection each were all accepted");
+}
+
+#[test]
+fn strangers_cannot_send_large_frames() {
+    let dp = start(&config());
+    let mut c = RawClient::open(dp.local_addr());
+    c.send(&Kind::Connect(v1::Connect {
+        protocol_version: 1,
+        credential: "x".repeat(9000),
+        ..Default::default()
+    }));
+    expect_error(&mut c, ErrorCode::FrameTooLarge, true);
+    expect_closed(&mut c);
+}
