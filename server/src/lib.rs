@@ -7,6 +7,8 @@
 
 pub mod bootstrap;
 pub mod config;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod tls;
 
 use std::net::SocketAddr;

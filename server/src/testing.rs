@@ -1,0 +1,136 @@
+//! A real server for integration tests (feature `test-support`).
+//!
+//! [`TestServer`] runs the whole server, TLS and bootstrap included, on a
+//! temporary data directory and an ephemeral loopback port, with two shards
+//! and a fast timer. Tests of this crate, the client SDK and the CLI share it,
+//! so they all exercise the real thing. Not for production use.
+#![allow(clippy::expect_used, reason = "test support: a failed start must fail the test")]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use arqonbus_core::stats::ShardStats;
+
+use crate::Server;
+use crate::bootstrap::{BOOTSTRAP_TOKEN, token_hash_hex};
+use crate::config::{Config, CredentialConfig, LogFormat, TenantConfig};
+
+/// A running server on a temporary data directory.
+#[derive(Debug)]
+pub struct TestServer {
+    server: Option<Server>,
+    config: Config,
+    dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// TLS on, two shards, defaults otherwise.
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// Like [`start`](Self::start), after `edit` adjusts the configuration.
+    pub fn start_with(edit: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temporary data directory");
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.server.shards = 2;
+        config.server.tick_ms = 20;
+        config.log.format = LogFormat::Text;
+        edit(&mut config);
+        let server = Server::start(&config).expect("test server starts");
+        // Later restarts reuse the port the first start picked.
+        config.server.listen = server.local_addr();
+        Self {
+            server: Some(server),
+            config,
+            dir,
+        }
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("server is running")
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.config.server.listen
+    }
+
+    /// `tls://127.0.0.1:PORT`, or `tcp://` when TLS is off.
+    pub fn url(&self) -> String {
+        let scheme = if self.config.tls.enabled { "tls" } else { "tcp" };
+        format!("{scheme}://{}", self.addr())
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// The generated CA certificate.
+    pub fn ca_path(&self) -> PathBuf {
+        self.config.data_dir.join("tls/ca.pem")
+    }
+
+    /// The bootstrap credential file.
+    pub fn token_path(&self) -> PathBuf {
+        self.config.data_dir.join(BOOTSTRAP_TOKEN)
+    }
+
+    /// The bootstrap credential.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.token_path())
+            .expect("bootstrap token")
+            .trim()
+            .to_owned()
+    }
+
+    /// The sum of all shards' counters.
+    pub fn stats(&self) -> ShardStats {
+        self.server()
+            .dataplane()
+            .total_stats()
+            .expect("shards answer")
+    }
+
+    /// Stops the server (connections get `SERVER_SHUTTING_DOWN`).
+    pub fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.server = Some(Server::start(&self.config).expect("test server restarts"));
+    }
+
+    /// The temporary directory everything lives in.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A tenant with one credential, for [`TestServer::start_with`].
+pub fn tenant(id: u64, name: &str, token: &str) -> TenantConfig {
+    TenantConfig {
+        id,
+        name: name.to_owned(),
+        credentials: vec![CredentialConfig {
+            principal_id: id * 100,
+            principal: format!("{name}-principal"),
+            sha256: token_hash_hex(token),
+        }],
+    }
+}
