@@ -1,5 +1,7 @@
-//! Runs the `arqon` binary against a scripted in-process peer that plays
-//! the server's side of protocol v1 over loopback TCP.
+//! The `arqon` binary against the real server (TLS, generated CA, bootstrap
+//! credential), as the README quickstart uses it. A subscriber is known to be
+//! live when it prints its "Listening on" line, which it does only after the
+//! server's barrier Pong; nothing here sleeps.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -7,287 +9,163 @@
     reason = "test code"
 )]
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 
-use arqonbus_proto::codec;
-use arqonbus_proto::v1::{self, frame::Kind};
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use arqonbus::testing::TestServer;
 
-const TOKEN: &str = "abt_cli-test-token";
-
-struct Peer {
-    tcp: TcpStream,
-    rbuf: BytesMut,
-}
-
-impl Peer {
-    async fn accept(listener: &TcpListener) -> (Self, v1::Connect) {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut peer = Self {
-            tcp,
-            rbuf: BytesMut::new(),
-        };
-        let Some(Kind::Connect(connect)) = peer.recv().await else {
-            panic!("expected Connect");
-        };
-        peer.send(Kind::Welcome(v1::Welcome {
-            protocol_version: 1,
-            session_id: 1,
-            ..Default::default()
-        }))
-        .await;
-        (peer, connect)
-    }
-
-    async fn send(&mut self, kind: Kind) {
-        let mut buf = BytesMut::new();
-        codec::encode(&kind, &mut buf).unwrap();
-        self.tcp.write_all(&buf).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Option<Kind> {
-        loop {
-            if let Some(kind) = codec::decode(&mut self.rbuf, u32::MAX).unwrap() {
-                return Some(kind);
-            }
-            if self.tcp.read_buf(&mut self.rbuf).await.unwrap_or(0) == 0 {
-                return None;
-            }
-        }
-    }
-
-    /// Answers the client's next frame, which must be a Ping.
-    async fn pong(&mut self) {
-        let Some(Kind::Ping(_)) = self.recv().await else {
-            panic!("expected Ping");
-        };
-        self.send(Kind::Pong(v1::Pong {})).await;
-    }
-}
-
-/// Runs `arqon` with `args` against `port` (plaintext), the credential in
-/// the environment, and `stdin` as input.
-async fn arqon(port: u16, args: &[&str], stdin: &'static [u8]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_arqon"));
-    command
-        .arg("--server")
-        .arg(format!("tcp://127.0.0.1:{port}"))
-        .args(args)
+/// `arqon` pointed at `s` through `--data-dir`, as in the README.
+fn arqon(s: &TestServer) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_arqon"));
+    c.arg("--server")
+        .arg(s.url())
+        .arg("--data-dir")
+        .arg(s.data_dir())
+        .env_remove("ARQONBUS_CREDENTIAL")
         .env_remove("ARQONBUS_CREDENTIAL_FILE")
-        .env_remove("ARQONBUS_DATA_DIR")
-        .env("ARQONBUS_CREDENTIAL", TOKEN)
+        .env_remove("ARQONBUS_CA")
+        .env_remove("ARQONBUS_URL")
+        .env_remove("ARQONBUS_DATA_DIR");
+    c
+}
+
+fn run(mut c: Command, stdin: &[u8]) -> Output {
+    let mut child = c
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    tokio::task::spawn_blocking(move || {
-        let mut child = command.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap()
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[tokio::test]
-async fn pub_sends_count_messages_with_headers_and_flushes() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = async {
-        let (mut peer, connect) = Peer::accept(&listener).await;
-        assert_eq!(connect.credential, TOKEN);
-        assert_eq!(connect.client_name, "arqon");
-        for _ in 0..2 {
-            let Some(Kind::Publish(p)) = peer.recv().await else {
-                panic!("expected Publish");
-            };
-            assert_eq!(&p.subject[..], b"orders.eu");
-            assert_eq!(&p.payload[..], b"from stdin\n");
-            assert_eq!(&p.headers[0].key[..], b"trace");
-            assert_eq!(&p.headers[0].value[..], b"a=1");
-        }
-        peer.pong().await;
-        assert!(peer.recv().await.is_none(), "arqon closes after the flush");
-    };
-    let (out, ()) = tokio::join!(
-        arqon(
-            port,
-            &["pub", "orders.eu", "--count", "2", "-H", "trace=a=1"],
-            b"from stdin\n"
-        ),
-        server
-    );
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-}
-
-#[tokio::test]
-async fn sub_prints_one_line_per_message_and_stops_after_count() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = async {
-        let (mut peer, _) = Peer::accept(&listener).await;
-        let Some(Kind::Subscribe(sub)) = peer.recv().await else {
-            panic!("expected Subscribe");
-        };
-        assert_eq!(&sub.pattern[..], b"a.>");
-        peer.pong().await;
-        let Some(Kind::Unsubscribe(unsub)) = peer.recv().await else {
-            panic!("expected Unsubscribe");
-        };
-        assert_eq!(unsub.after_messages, 2);
-        for payload in ["one\nline", "two"] {
-            peer.send(Kind::Message(v1::Message {
-                sid: sub.sid,
-                subject: Bytes::from_static(b"a.b"),
-                payload: Bytes::from_static(payload.as_bytes()),
-                ..Default::default()
-            }))
-            .await;
-        }
-        while peer.recv().await.is_some() {}
-    };
-    let (out, ()) = tokio::join!(arqon(port, &["sub", "a.>", "--count", "2"], b""), server);
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(
-        text(&out.stdout),
-        "[#1] Received on \"a.b\": one\\nline\n[#2] Received on \"a.b\": two\n"
-    );
-}
-
-#[tokio::test]
-async fn req_prints_the_reply_or_fails_clearly_without_responders() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    for (status, payload) in [(0, "42"), (1, "")] {
-        let server = async {
-            let (mut peer, _) = Peer::accept(&listener).await;
-            let Some(Kind::Subscribe(inbox)) = peer.recv().await else {
-                panic!("expected the inbox Subscribe");
-            };
-            peer.pong().await;
-            let Some(Kind::Publish(request)) = peer.recv().await else {
-                panic!("expected the request");
-            };
-            peer.send(Kind::Message(v1::Message {
-                sid: inbox.sid,
-                subject: request.reply,
-                status,
-                payload: Bytes::from_static(payload.as_bytes()),
-                ..Default::default()
-            }))
-            .await;
-            while peer.recv().await.is_some() {}
-        };
-        let (out, ()) = tokio::join!(arqon(port, &["req", "svc.answer", "q"], b""), server);
-        if status == 0 {
-            assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-            assert_eq!(text(&out.stdout), "42\n");
-        } else {
-            assert_eq!(out.status.code(), Some(1));
-            assert_eq!(
-                text(&out.stderr),
-                "arqon: no responders on \"svc.answer\"\n"
-            );
-        }
-    }
-}
-
-#[tokio::test]
-async fn authentication_failure_is_one_clear_line() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("credentials")).unwrap();
-    let token_file = dir.path().join("credentials/bootstrap.token");
-    std::fs::write(&token_file, "abt_wrong\n").unwrap();
-    let server = async {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut peer = Peer {
-            tcp,
-            rbuf: BytesMut::new(),
-        };
-        let Some(Kind::Connect(connect)) = peer.recv().await else {
-            panic!("expected Connect");
-        };
-        assert_eq!(connect.credential, "abt_wrong");
-        peer.send(Kind::Error(v1::Error {
-            code: v1::ErrorCode::AuthenticationFailed.into(),
-            message: "authentication failed".into(),
-            close: true,
-            sid: 0,
-        }))
-        .await;
-    };
-    let data_dir = dir.path().to_str().unwrap().to_owned();
-    let args = ["--data-dir", data_dir.as_str(), "sub", "a"];
-    let mut command = Command::new(env!("CARGO_BIN_EXE_arqon"));
-    command
-        .arg("--server")
-        .arg(format!("tcp://127.0.0.1:{port}"))
-        .args(args)
-        .env_remove("ARQONBUS_CREDENTIAL")
-        .env_remove("ARQONBUS_CREDENTIAL_FILE")
-        .stdin(Stdio::null());
-    let run = tokio::task::spawn_blocking(move || command.output().unwrap());
-    let (out, ()) = tokio::join!(run, server);
-    let out = out.unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        text(&out.stderr),
-        format!(
-            "arqon: authentication failed: check the credential in {}\n",
-            token_file.display()
-        )
-    );
-    assert!(!text(&out.stderr).contains("abt_wrong"));
-}
-
-#[cfg(unix)]
-#[tokio::test]
-async fn ctrl_c_ends_sub_cleanly() {
-    use std::io::BufRead as _;
-
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arqon"))
-        .arg("--server")
-        .arg(format!("tcp://127.0.0.1:{port}"))
-        .args(["sub", "a"])
-        .env("ARQONBUS_CREDENTIAL", TOKEN)
+/// Starts a long-running `arqon` command and waits for its first line
+/// (printed once its subscription is live on every shard).
+fn listening(mut c: Command, first: &str) -> (Child, BufReader<ChildStderr>) {
+    let mut child = c
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (mut peer, _) = Peer::accept(&listener).await;
-    let Some(Kind::Subscribe(_)) = peer.recv().await else {
-        panic!("expected Subscribe");
-    };
-    peer.pong().await;
-    let stderr = child.stderr.take().unwrap();
-    let pid = child.id().to_string();
-    let status = tokio::task::spawn_blocking(move || {
-        // The "Listening" line means the Ctrl-C handler is installed.
-        let mut line = String::new();
-        std::io::BufReader::new(stderr)
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("Listening on \"a\""), "{line}");
-        let killed = Command::new("kill").args(["-INT", &pid]).status().unwrap();
-        assert!(killed.success());
-        child.wait().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(status.success(), "{status:?}");
-    // Dropping the subscription unsubscribes, then arqon closes.
-    while let Some(frame) = peer.recv().await {
-        assert!(matches!(frame, Kind::Unsubscribe(_)), "{frame:?}");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with(first), "unexpected first line: {line:?}");
+    (child, stderr)
+}
+
+#[test]
+fn quickstart_sub_then_pub_over_tls() {
+    let s = TestServer::start();
+    let mut sub = arqon(&s);
+    sub.args(["sub", "demo.>", "--count", "2"]);
+    let (child, _stderr) = listening(sub, "Listening on");
+
+    let mut publ = arqon(&s);
+    publ.args(["pub", "demo.hello", "hi there", "--count", "2"]);
+    let out = run(publ, b"");
+    assert!(out.status.success(), "pub failed: {}", text(&out.stderr));
+
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "sub failed: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(
+            *line,
+            format!("[#{}] Received on \"demo.hello\": hi there", i + 1)
+        );
     }
+}
+
+#[test]
+fn pub_reads_the_payload_from_stdin_and_sends_headers() {
+    let s = TestServer::start();
+    let mut sub = arqon(&s);
+    sub.args(["sub", "orders.eu", "--count", "1", "--json"]);
+    let (child, _stderr) = listening(sub, "Listening on");
+    let mut publ = arqon(&s);
+    publ.args(["pub", "orders.eu", "-H", "trace=a=1"]);
+    let out = run(publ, b"from stdin");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = child.wait_with_output().unwrap();
+    let json = text(&out.stdout);
+    assert!(json.contains("\"subject\":\"orders.eu\""), "{json}");
+    assert!(json.contains("from stdin"), "{json}");
+    assert!(json.contains("trace"), "{json}");
+}
+
+#[test]
+fn req_gets_the_reply_or_says_nobody_listens() {
+    let s = TestServer::start();
+    let mut req = arqon(&s);
+    req.args(["req", "svc.echo", "ping", "--timeout", "10s"]);
+    let out = run(req, b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no responders"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let mut reply = arqon(&s);
+    reply.args(["reply", "svc.echo", "pong", "--count", "1"]);
+    let (responder, _stderr) = listening(reply, "Answering requests on");
+    let mut req = arqon(&s);
+    req.args(["req", "svc.echo", "ping", "--timeout", "10s"]);
+    let out = run(req, b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "pong\n");
+    assert!(responder.wait_with_output().unwrap().status.success());
+}
+
+#[test]
+fn a_wrong_credential_is_one_clear_line() {
+    let s = TestServer::start();
+    let bad = s.root().join("bad.token");
+    std::fs::write(&bad, "abt_wrong-token\n").unwrap();
+    let mut publ = arqon(&s);
+    publ.arg("--credential-file")
+        .arg(&bad)
+        .args(["pub", "x", "y"]);
+    let out = run(publ, b"");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr,
+        format!(
+            "arqon: authentication failed: check the credential in {}\n",
+            bad.display()
+        )
+    );
+    assert!(
+        !stderr.contains("abt_wrong"),
+        "the secret must not be printed"
+    );
+    assert_eq!(s.stats().auth_failures, 1);
+}
+
+#[test]
+fn ctrl_c_ends_sub_cleanly_and_unsubscribes() {
+    let s = TestServer::start();
+    let mut sub = arqon(&s);
+    sub.args(["sub", "a"]);
+    let (mut child, mut stderr) = listening(sub, "Listening on");
+    assert_eq!(s.stats().subscriptions, 1);
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status:?}: {rest}");
 }
