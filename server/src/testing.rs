@@ -4,7 +4,10 @@
 //! temporary data directory and an ephemeral loopback port, with two shards
 //! and a fast timer. Tests of this crate, the client SDK and the CLI share it,
 //! so they all exercise the real thing. Not for production use.
-#![allow(clippy::expect_used, reason = "test support: a failed start must fail the test")]
+#![allow(
+    clippy::expect_used,
+    reason = "test support: a failed start must fail the test"
+)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,7 +65,11 @@ impl TestServer {
 
     /// `tls://127.0.0.1:PORT`, or `tcp://` when TLS is off.
     pub fn url(&self) -> String {
-        let scheme = if self.config.tls.enabled { "tls" } else { "tcp" };
+        let scheme = if self.config.tls.enabled {
+            "tls"
+        } else {
+            "tcp"
+        };
         format!("{scheme}://{}", self.addr())
     }
 

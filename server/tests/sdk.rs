@@ -104,7 +104,12 @@ async fn wildcards_match_across_shards() {
     let mut one = a.subscribe("sensors.*.temp").await.unwrap();
     let mut rest = b.subscribe("sensors.>").await.unwrap();
     let publisher = connect(&s).await;
-    for subject in ["sensors.k1.temp", "sensors.k1.humidity", "sensors.k2.temp", "other.k1.temp"] {
+    for subject in [
+        "sensors.k1.temp",
+        "sensors.k1.humidity",
+        "sensors.k2.temp",
+        "other.k1.temp",
+    ] {
         publisher.publish(subject, subject).await.unwrap();
     }
     publisher.flush().await.unwrap();
@@ -117,11 +122,15 @@ async fn wildcards_match_across_shards() {
         got_rest.push(next(&mut rest).await.subject_str().into_owned());
     }
     assert_eq!(got_one, ["sensors.k1.temp", "sensors.k2.temp"]);
-    assert_eq!(got_rest, ["sensors.k1.temp", "sensors.k1.humidity", "sensors.k2.temp"]);
+    assert_eq!(
+        got_rest,
+        ["sensors.k1.temp", "sensors.k1.humidity", "sensors.k2.temp"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_group_gives_each_message_to_exactly_one_member() {
+    const N: u32 = 300;
     let s = TestServer::start();
     let mut members = Vec::new();
     for shard in [0, 1, 1] {
@@ -131,9 +140,11 @@ async fn a_queue_group_gives_each_message_to_exactly_one_member() {
         members.push((c, q, end));
     }
     let publisher = client_on(|| options(&s), 0).await;
-    const N: u32 = 300;
     for i in 0..N {
-        publisher.publish("work.item", i.to_be_bytes().to_vec()).await.unwrap();
+        publisher
+            .publish("work.item", i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
     }
     // Per member, the end marker arrives after every job it was given.
     publisher.publish("work-end", "").await.unwrap();
@@ -165,7 +176,10 @@ async fn request_reply_and_no_responders() {
     assert!(matches!(err, Error::NoResponders), "{err:?}");
 
     let responder = client_on(|| options(&s), 1).await;
-    let mut requests = responder.queue_subscribe("svc.time", "clocks").await.unwrap();
+    let mut requests = responder
+        .queue_subscribe("svc.time", "clocks")
+        .await
+        .unwrap();
     let serve = tokio::spawn(async move {
         let req = next(&mut requests).await;
         let reply = req.reply_str().unwrap().into_owned();
@@ -234,7 +248,11 @@ async fn two_tenants_with_identical_subjects_never_meet() {
         let mut n = 0;
         loop {
             let m = next(&mut all).await;
-            assert_eq!(&m.payload[..], mine, "seed {seed}: a message crossed tenants");
+            assert_eq!(
+                &m.payload[..],
+                mine,
+                "seed {seed}: a message crossed tenants"
+            );
             if m.subject_str() == "zz.end" {
                 break;
             }
