@@ -153,7 +153,7 @@ fn a_wrong_credential_is_one_clear_line() {
 }
 
 #[test]
-fn ctrl_c_ends_sub_cleanly_and_unsubscribes() {
+fn ctrl_c_ends_sub_cleanly() {
     let s = TestServer::start();
     let mut sub = arqon(&s);
     sub.args(["sub", "a"]);
