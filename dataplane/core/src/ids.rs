@@ -15,6 +15,11 @@ pub struct TenantId(pub u64);
 #[serde(transparent)]
 pub struct PrincipalId(pub u64);
 
+/// A credential (bearer or signed token) of a principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CredentialId(pub u64);
+
 /// A data-plane shard: one pinned core with its executor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShardId(pub u16);
@@ -43,4 +48,4 @@ macro_rules! display_inner {
         }
     )*};
 }
-display_inner!(TenantId, PrincipalId, ShardId, ConnId, Sid);
+display_inner!(TenantId, PrincipalId, CredentialId, ShardId, ConnId, Sid);

@@ -12,8 +12,12 @@
 //!   interest, and routing decisions (local deliveries, one copy per
 //!   interested remote shard, queue-group choice);
 //! - [`session`]: the connection state machine and input validation;
-//! - [`auth`]: credential to principal, from an immutable snapshot;
+//! - [`snapshot`]: the immutable configuration every shard applies (tenants,
+//!   principals, credentials, quotas); [`auth`]: bearer and signed tokens;
+//! - [`policy`]: subject permissions (allow/deny, deny wins);
+//! - [`ratelimit`]: token buckets for message and byte rates;
 //! - [`limits`]: per-connection limits; [`stats`]: per-shard counters;
+//!   [`ops`]: what shards report to operators (connections, shard status);
 //! - [`ids`]: newtype identities.
 //!
 //! No async runtime, no clock, no randomness source: callers pass `now` and
@@ -23,9 +27,13 @@ pub mod auth;
 pub mod ids;
 pub mod index;
 pub mod limits;
+pub mod ops;
+pub mod policy;
+pub mod ratelimit;
 pub mod router;
 pub mod session;
+pub mod snapshot;
 pub mod stats;
 pub mod subject;
 
-pub use ids::{ConnId, PrincipalId, ShardId, Sid, TenantId};
+pub use ids::{ConnId, CredentialId, PrincipalId, ShardId, Sid, TenantId};

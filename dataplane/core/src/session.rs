@@ -23,9 +23,9 @@ use arqonbus_proto::codec::DecodeError;
 use arqonbus_proto::v1::{self, ErrorCode, Header, frame::Kind};
 use bytes::Bytes;
 
-use crate::auth::{AuthSnapshot, Principal};
 use crate::ids::Sid;
 use crate::limits::{Limits, MAX_HEADER_BYTES, MAX_HEADER_KEY_LEN, MAX_HEADER_VALUE_LEN};
+use crate::snapshot::{AuthError, ConfigSnapshot, Identity};
 use crate::subject::{Pattern, QueueGroup, Subject, SubjectError};
 
 /// Longest `Connect.client_name`.
@@ -50,6 +50,16 @@ pub enum State {
     Closed,
 }
 
+/// The time, as the runtime read it: monotonic for timers, Unix seconds for
+/// credential expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic time.
+    pub mono: Instant,
+    /// Seconds since the Unix epoch.
+    pub unix: i64,
+}
+
 /// Everything that can happen to a connection.
 #[derive(Debug)]
 pub enum Event {
@@ -63,8 +73,12 @@ pub enum Event {
     Tick,
     /// The connection's outbound buffer overflowed.
     SlowConsumer,
-    /// The server is stopping.
+    /// The server is stopping, or the connection's shard is draining.
     Shutdown,
+    /// An operator asked to close this connection.
+    Kick,
+    /// A new configuration snapshot arrived: re-check the credential.
+    Reauthorize,
     /// The socket closed or failed.
     Closed,
 }
@@ -130,8 +144,10 @@ impl Rejection {
 pub enum Step {
     /// Nothing.
     Nothing,
-    /// Authenticated: send `Welcome`.
-    Welcome(Arc<Principal>),
+    /// Authenticated: send `Welcome` ([`Session::identity`] says to whom).
+    Welcome,
+    /// The principal's permissions changed: re-check its subscriptions.
+    PermissionsChanged,
     /// Route this message.
     Publish(Publish),
     /// Add this subscription.
@@ -166,7 +182,9 @@ pub struct Session {
     accepted_at: Instant,
     last_seen: Instant,
     pings_outstanding: u32,
-    principal: Option<Arc<Principal>>,
+    identity: Option<Identity>,
+    /// The largest payload this principal may publish.
+    max_payload: u32,
     no_echo: bool,
     client_kind: v1::ClientKind,
     client_name: String,
@@ -181,6 +199,15 @@ fn subject_rejection(e: SubjectError, sid: u64) -> Rejection {
         ),
         _ => Rejection::soft(ErrorCode::InvalidSubject, sid, "invalid subject"),
     }
+}
+
+/// The smallest of the server's, the tenant's and the principal's payload
+/// limits (0 in a quota means "no quota").
+fn effective_max_payload(limits: &Limits, id: &Identity) -> u32 {
+    [id.tenant.quotas.max_payload, id.principal.quotas.max_payload]
+        .into_iter()
+        .filter(|q| *q > 0)
+        .fold(limits.max_payload, u32::min)
 }
 
 fn check_headers(headers: &[Header], limits: &Limits) -> Result<(), Rejection> {
@@ -227,7 +254,8 @@ impl Session {
             accepted_at: now,
             last_seen: now,
             pings_outstanding: 0,
-            principal: None,
+            identity: None,
+            max_payload: 0,
             no_echo: false,
             client_kind: v1::ClientKind::Unspecified,
             client_name: String::new(),
@@ -239,9 +267,9 @@ impl Session {
         self.state
     }
 
-    /// The authenticated principal, once `Open`.
-    pub fn principal(&self) -> Option<&Arc<Principal>> {
-        self.principal.as_ref()
+    /// Who the session is, once `Open`.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
     }
 
     /// Whether the client receives its own messages.
@@ -271,28 +299,31 @@ impl Session {
     }
 
     /// When [`Event::Tick`] next has something to do (an authentication
-    /// deadline or a keep-alive ping), or `None` when nothing is scheduled.
-    pub fn next_deadline(&self, limits: &Limits) -> Option<Instant> {
+    /// deadline, a keep-alive ping, the credential's expiry), or `None`.
+    pub fn next_deadline(&self, limits: &Limits, now: Now) -> Option<Instant> {
         match self.state {
             State::Handshaking | State::AwaitingConnect => {
                 Some(self.accepted_at + Duration::from_millis(limits.auth_timeout_ms))
             }
-            State::Open => Some(self.last_seen + Duration::from_millis(limits.ping_interval_ms)),
+            State::Open => {
+                let ping = self.last_seen + Duration::from_millis(limits.ping_interval_ms);
+                let expiry = self
+                    .identity
+                    .as_ref()
+                    .and_then(|i| i.expires_at_unix)
+                    .map(|e| now.mono + Duration::from_secs(e.saturating_sub(now.unix).max(0).cast_unsigned()));
+                Some(expiry.map_or(ping, |e| e.min(ping)))
+            }
             State::Closing | State::Closed => None,
         }
     }
 
     /// The one entry point for state changes.
-    pub fn handle(
-        &mut self,
-        event: Event,
-        now: Instant,
-        auth: &AuthSnapshot,
-        limits: &Limits,
-    ) -> Step {
+    pub fn handle(&mut self, event: Event, now: Now, config: &ConfigSnapshot) -> Step {
         if matches!(self.state, State::Closed) {
             return Step::Nothing;
         }
+        let limits = config.limits();
         let step = match event {
             Event::Closed => {
                 self.state = State::Closed;
@@ -301,9 +332,9 @@ impl Session {
             _ if self.state == State::Closing => Step::Nothing,
             Event::TlsEstablished => self.on_tls(),
             Event::Frame(kind) => {
-                self.last_seen = now;
+                self.last_seen = now.mono;
                 self.pings_outstanding = 0;
-                self.on_frame(kind, auth, limits)
+                self.on_frame(kind, now, config)
             }
             Event::Undecodable(e) => Step::Reject(match e {
                 DecodeError::TooLarge { .. } => {
@@ -322,6 +353,11 @@ impl Session {
                 ErrorCode::ServerShuttingDown,
                 "server shutting down",
             )),
+            Event::Kick => Step::Reject(Rejection::fatal(
+                ErrorCode::DisconnectedByOperator,
+                "disconnected by an operator",
+            )),
+            Event::Reauthorize => self.on_reauthorize(now, config),
         };
         if let Step::Reject(r) = &step
             && r.close
@@ -343,10 +379,36 @@ impl Session {
         }
     }
 
-    fn on_tick(&mut self, now: Instant, limits: &Limits) -> Step {
+    fn revoked() -> Step {
+        Step::Reject(Rejection::fatal(
+            ErrorCode::CredentialRevoked,
+            "credential revoked or expired",
+        ))
+    }
+
+    fn on_reauthorize(&mut self, now: Now, config: &ConfigSnapshot) -> Step {
+        let Some(current) = &self.identity else {
+            return Step::Nothing;
+        };
+        match config.revalidate(current, now.unix) {
+            Err(_) => Self::revoked(),
+            Ok(fresh) => {
+                let changed = !Arc::ptr_eq(&fresh.principal.permissions, &current.principal.permissions);
+                self.max_payload = effective_max_payload(config.limits(), &fresh);
+                self.identity = Some(fresh);
+                if changed {
+                    Step::PermissionsChanged
+                } else {
+                    Step::Nothing
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Now, limits: &Limits) -> Step {
         match self.state {
             State::Handshaking | State::AwaitingConnect => {
-                if now.duration_since(self.accepted_at)
+                if now.mono.duration_since(self.accepted_at)
                     >= Duration::from_millis(limits.auth_timeout_ms)
                 {
                     Step::Reject(Rejection::fatal(
@@ -358,7 +420,15 @@ impl Session {
                 }
             }
             State::Open => {
-                if now.duration_since(self.last_seen)
+                if self
+                    .identity
+                    .as_ref()
+                    .and_then(|i| i.expires_at_unix)
+                    .is_some_and(|e| e <= now.unix)
+                {
+                    return Self::revoked();
+                }
+                if now.mono.duration_since(self.last_seen)
                     < Duration::from_millis(limits.ping_interval_ms)
                 {
                     return Step::Nothing;
@@ -370,16 +440,17 @@ impl Session {
                     ));
                 }
                 self.pings_outstanding += 1;
-                self.last_seen = now;
+                self.last_seen = now.mono;
                 Step::Ping
             }
             State::Closing | State::Closed => Step::Nothing,
         }
     }
 
-    fn on_frame(&mut self, kind: Kind, auth: &AuthSnapshot, limits: &Limits) -> Step {
+    fn on_frame(&mut self, kind: Kind, now: Now, config: &ConfigSnapshot) -> Step {
+        let limits = config.limits();
         match (self.state, kind) {
-            (State::AwaitingConnect, Kind::Connect(c)) => self.on_connect(c, auth),
+            (State::AwaitingConnect, Kind::Connect(c)) => self.on_connect(c, now, config),
             (State::AwaitingConnect, _) => Step::Reject(Rejection::fatal(
                 ErrorCode::ProtocolViolation,
                 "the first frame must be Connect",
@@ -388,7 +459,7 @@ impl Session {
                 ErrorCode::ProtocolViolation,
                 "Connect sent twice",
             )),
-            (State::Open, Kind::Publish(p)) => match Self::check_publish(p, limits) {
+            (State::Open, Kind::Publish(p)) => match self.check_publish(p, limits) {
                 Ok(p) => Step::Publish(p),
                 Err(r) => Step::Reject(r),
             },
@@ -423,14 +494,23 @@ impl Session {
         }
     }
 
-    fn on_connect(&mut self, c: v1::Connect, auth: &AuthSnapshot) -> Step {
+    fn on_connect(&mut self, c: v1::Connect, now: Now, config: &ConfigSnapshot) -> Step {
         // The credential first: a peer that cannot authenticate learns
         // nothing about this server, not even which versions it speaks.
-        let Some(principal) = auth.authenticate(&c.credential) else {
-            return Step::Reject(Rejection::fatal(
-                ErrorCode::AuthenticationFailed,
-                "authentication failed",
-            ));
+        let identity = match config.authenticate(&c.credential, now.unix) {
+            Ok(identity) => identity,
+            Err(AuthError::Unavailable) => {
+                return Step::Reject(Rejection::fatal(
+                    ErrorCode::Unavailable,
+                    "not accepting new sessions; retry later",
+                ));
+            }
+            Err(_) => {
+                return Step::Reject(Rejection::fatal(
+                    ErrorCode::AuthenticationFailed,
+                    "authentication failed",
+                ));
+            }
         };
         if c.protocol_version != arqonbus_proto::PROTOCOL_VERSION {
             return Step::Reject(Rejection::fatal(
@@ -451,12 +531,13 @@ impl Session {
         self.client_kind =
             v1::ClientKind::try_from(c.client_kind).unwrap_or(v1::ClientKind::Unspecified);
         self.client_name = c.client_name;
-        self.principal = Some(principal.clone());
-        Step::Welcome(principal)
+        self.max_payload = effective_max_payload(config.limits(), &identity);
+        self.identity = Some(identity);
+        Step::Welcome
     }
 
-    fn check_publish(p: v1::Publish, limits: &Limits) -> Result<Publish, Rejection> {
-        if p.payload.len() > limits.max_payload as usize {
+    fn check_publish(&self, p: v1::Publish, limits: &Limits) -> Result<Publish, Rejection> {
+        if p.payload.len() > self.max_payload as usize {
             return Err(Rejection::soft(
                 ErrorCode::MaxPayloadExceeded,
                 0,
@@ -517,22 +598,42 @@ impl Session {
 mod tests {
     use super::*;
     use crate::auth::CredentialHash;
-    use crate::ids::{PrincipalId, TenantId};
+    use crate::ids::{CredentialId, PrincipalId, TenantId};
+    use crate::policy::Permissions;
+    use crate::snapshot::{CredentialEntry, PrincipalEntry, Quotas, TenantEntry};
 
     const TOKEN: &str = "abt_test";
 
-    fn auth() -> AuthSnapshot {
-        let mut a = AuthSnapshot::new(1);
-        a.insert(
+    fn config(expires: Option<i64>) -> ConfigSnapshot {
+        let mut c = ConfigSnapshot::new(1, Limits::default());
+        c.insert_tenant(TenantEntry {
+            id: TenantId(1),
+            name: "t".into(),
+            quotas: Quotas {
+                max_payload: 4096,
+                ..Quotas::default()
+            },
+            verify_key: None,
+        });
+        c.insert_principal(PrincipalEntry {
+            id: PrincipalId(1),
+            tenant: TenantId(1),
+            name: "p".into(),
+            roles: vec![],
+            quotas: Quotas::default(),
+            permissions: Arc::new(Permissions::allow_all()),
+        })
+        .unwrap();
+        c.insert_bearer(
             CredentialHash::of(TOKEN),
-            Arc::new(Principal {
-                tenant: TenantId(1),
-                tenant_name: "t".into(),
-                id: PrincipalId(1),
-                name: "p".into(),
-            }),
-        );
-        a
+            CredentialEntry {
+                id: CredentialId(1),
+                principal: PrincipalId(1),
+                expires_at_unix: expires,
+            },
+        )
+        .unwrap();
+        c
     }
 
     fn connect(credential: &str, version: u32) -> Event {
@@ -546,30 +647,43 @@ mod tests {
     struct Harness {
         s: Session,
         now: Instant,
-        auth: AuthSnapshot,
+        unix: i64,
+        config: ConfigSnapshot,
         limits: Limits,
     }
 
     impl Harness {
-        fn new(tls: bool) -> Self {
+        fn with(tls: bool, config: ConfigSnapshot) -> Self {
             let now = Instant::now();
             Self {
                 s: Session::new(now, tls),
                 now,
-                auth: auth(),
-                limits: Limits::default(),
+                unix: 1_000,
+                limits: config.limits().clone(),
+                config,
             }
+        }
+        fn new(tls: bool) -> Self {
+            Self::with(tls, config(None))
         }
         fn open() -> Self {
             let mut h = Self::new(false);
-            assert!(matches!(h.step(connect(TOKEN, 1)), Step::Welcome(_)));
+            assert!(matches!(h.step(connect(TOKEN, 1)), Step::Welcome));
             h
         }
+        fn at(&self) -> Now {
+            Now {
+                mono: self.now,
+                unix: self.unix,
+            }
+        }
         fn step(&mut self, e: Event) -> Step {
-            self.s.handle(e, self.now, &self.auth, &self.limits)
+            let now = self.at();
+            self.s.handle(e, now, &self.config)
         }
         fn advance(&mut self, ms: u64) -> Step {
             self.now += Duration::from_millis(ms);
+            self.unix += (ms / 1000) as i64;
             self.step(Event::Tick)
         }
     }
@@ -587,9 +701,9 @@ mod tests {
         assert_eq!(h.s.state(), State::Handshaking);
         assert!(matches!(h.step(Event::TlsEstablished), Step::Nothing));
         assert_eq!(h.s.state(), State::AwaitingConnect);
-        assert!(matches!(h.step(connect(TOKEN, 1)), Step::Welcome(_)));
+        assert!(matches!(h.step(connect(TOKEN, 1)), Step::Welcome));
         assert_eq!(h.s.state(), State::Open);
-        assert_eq!(h.s.principal().unwrap().tenant, TenantId(1));
+        assert_eq!(h.s.identity().unwrap().tenant.id, TenantId(1));
     }
 
     #[test]
@@ -692,13 +806,13 @@ mod tests {
     fn deadlines_follow_the_state() {
         let mut h = Harness::new(true);
         let auth = Duration::from_millis(h.limits.auth_timeout_ms);
-        assert_eq!(h.s.next_deadline(&h.limits), Some(h.now + auth));
+        assert_eq!(h.s.next_deadline(&h.limits, h.at()), Some(h.now + auth));
         h.step(Event::TlsEstablished);
         h.step(connect(TOKEN, 1));
         let ping = Duration::from_millis(h.limits.ping_interval_ms);
-        assert_eq!(h.s.next_deadline(&h.limits), Some(h.now + ping));
+        assert_eq!(h.s.next_deadline(&h.limits, h.at()), Some(h.now + ping));
         h.step(Event::Shutdown);
-        assert_eq!(h.s.next_deadline(&h.limits), None);
+        assert_eq!(h.s.next_deadline(&h.limits, h.at()), None);
     }
 
     #[test]
@@ -724,7 +838,8 @@ mod tests {
     fn publish_validation_is_not_fatal() {
         let mut h = Harness::open();
         assert!(matches!(h.step(publish(b"a.b", b"", 10)), Step::Publish(_)));
-        let big = h.limits.max_payload as usize + 1;
+        // The tenant's quota (4096) is below the server's limit.
+        let big = 4097;
         assert_eq!(
             rejected(&h.step(publish(b"a.b", b"", big))),
             Some((ErrorCode::MaxPayloadExceeded, false))
@@ -836,6 +951,48 @@ mod tests {
         assert_eq!(
             rejected(&h.step(Event::Shutdown)),
             Some((ErrorCode::ServerShuttingDown, true))
+        );
+    }
+
+    #[test]
+    fn expiry_and_revocation_end_the_session() {
+        let mut h = Harness::with(false, config(Some(1_005)));
+        assert!(matches!(h.step(connect(TOKEN, 1)), Step::Welcome));
+        // The deadline accounts for the expiry (5 s away), not just pings.
+        let d = h.s.next_deadline(&h.limits, h.at()).unwrap();
+        assert_eq!(d, h.now + Duration::from_secs(5));
+        assert!(matches!(h.advance(4_000), Step::Nothing));
+        assert_eq!(
+            rejected(&h.advance(1_000)),
+            Some((ErrorCode::CredentialRevoked, true))
+        );
+
+        // A new snapshot without the credential revokes at once.
+        let mut h = Harness::open();
+        h.config = ConfigSnapshot::new(2, Limits::default());
+        assert_eq!(
+            rejected(&h.step(Event::Reauthorize)),
+            Some((ErrorCode::CredentialRevoked, true))
+        );
+
+        // The same credential with new permissions: re-check subscriptions.
+        let mut h = Harness::open();
+        h.config = config(None);
+        assert!(matches!(h.step(Event::Reauthorize), Step::PermissionsChanged));
+    }
+
+    #[test]
+    fn refused_while_closed_and_kicked_on_request() {
+        let closed = config(None).refusing_new_sessions(2, "store unreadable");
+        let mut h = Harness::with(false, closed);
+        assert_eq!(
+            rejected(&h.step(connect(TOKEN, 1))),
+            Some((ErrorCode::Unavailable, true))
+        );
+        let mut h = Harness::open();
+        assert_eq!(
+            rejected(&h.step(Event::Kick)),
+            Some((ErrorCode::DisconnectedByOperator, true))
         );
     }
 }

@@ -1,0 +1,457 @@
+//! The configuration snapshot every shard applies.
+//!
+//! A [`ConfigSnapshot`] is immutable and versioned (`epoch`): the control plane
+//! builds a new one for every change and pushes it to each shard as an
+//! `Arc`, so checking a credential or a permission takes no lock and a shard
+//! always sees one consistent version. It holds the server's per-connection
+//! [`Limits`], the tenants (quotas, signing keys), the principals (roles,
+//! quotas, compiled [`Permissions`]) and the live credentials.
+//!
+//! Fail closed: a snapshot built while the store or a policy could not be
+//! read is the last good one with `accepting = false` — existing sessions
+//! keep their rights, new sessions are refused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+
+use crate::auth::{self, CredentialHash, SIGNED_PREFIX};
+use crate::ids::{CredentialId, PrincipalId, TenantId};
+use crate::limits::Limits;
+use crate::policy::Permissions;
+
+/// What happens to a subscriber whose outbound buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SlowConsumerPolicy {
+    /// Cut it with `SLOW_CONSUMER`.
+    #[default]
+    Disconnect,
+    /// Drop its oldest queued messages to make room.
+    DropOldest,
+    /// Pause the tenant's publishers for at most `stall_max`, then cut it.
+    StallPublisher,
+}
+
+/// Quotas of a tenant or a principal; 0 means unlimited (for `max_payload`:
+/// the server's limit).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Quotas {
+    /// Open connections.
+    pub max_connections: u32,
+    /// Subscriptions over all connections.
+    pub max_subscriptions: u32,
+    /// Largest payload.
+    pub max_payload: u32,
+    /// Published messages per second.
+    pub messages_per_second: u64,
+    /// Published payload bytes per second.
+    pub bytes_per_second: u64,
+    /// Slow-consumer handling for subscribers.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Longest publisher stall under [`SlowConsumerPolicy::StallPublisher`].
+    pub stall_max: Duration,
+}
+
+/// A tenant as the data plane sees it.
+#[derive(Debug)]
+pub struct TenantEntry {
+    /// Its id.
+    pub id: TenantId,
+    /// Its name (shown in `Welcome`).
+    pub name: Arc<str>,
+    /// Tenant-wide quotas.
+    pub quotas: Quotas,
+    /// Public key for signed tokens, when the tenant has one.
+    pub verify_key: Option<[u8; 32]>,
+}
+
+/// A principal as the data plane sees it.
+#[derive(Debug)]
+pub struct PrincipalEntry {
+    /// Its id.
+    pub id: PrincipalId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its name, for logs and listings.
+    pub name: Arc<str>,
+    /// Its roles.
+    pub roles: Vec<Arc<str>>,
+    /// Its own quotas (on top of the tenant's).
+    pub quotas: Quotas,
+    /// What it may publish and subscribe to.
+    pub permissions: Arc<Permissions>,
+}
+
+/// A live credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialEntry {
+    /// Its id.
+    pub id: CredentialId,
+    /// Whose it is.
+    pub principal: PrincipalId,
+    /// When it stops being valid (Unix seconds), if ever.
+    pub expires_at_unix: Option<i64>,
+}
+
+/// Who a session is, as resolved from one snapshot.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The tenant.
+    pub tenant: Arc<TenantEntry>,
+    /// The principal.
+    pub principal: Arc<PrincipalEntry>,
+    /// The credential it authenticated with.
+    pub credential: CredentialId,
+    /// When the session must end (Unix seconds), if ever.
+    pub expires_at_unix: Option<i64>,
+}
+
+/// Why a credential was not accepted. Clients always see the same
+/// `AUTHENTICATION_FAILED`; the variants are for logs and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown, malformed, or badly signed.
+    #[error("unknown credential")]
+    Unknown,
+    /// Past its expiry.
+    #[error("credential expired")]
+    Expired,
+    /// Revoked, or its principal or tenant is gone.
+    #[error("credential revoked")]
+    Revoked,
+    /// The server refuses new sessions (configuration unavailable).
+    #[error("not accepting new sessions")]
+    Unavailable,
+}
+
+/// Building a snapshot from inconsistent parts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// A principal names a tenant that is not in the snapshot.
+    #[error("principal {principal} belongs to unknown tenant {tenant}")]
+    UnknownTenant {
+        /// The principal.
+        principal: PrincipalId,
+        /// The missing tenant.
+        tenant: TenantId,
+    },
+    /// A credential names a principal that is not in the snapshot.
+    #[error("credential {credential} belongs to unknown principal {principal}")]
+    UnknownPrincipal {
+        /// The credential.
+        credential: CredentialId,
+        /// The missing principal.
+        principal: PrincipalId,
+    },
+}
+
+/// One immutable version of everything the data plane needs to decide.
+#[derive(Debug, Clone)]
+pub struct ConfigSnapshot {
+    epoch: u64,
+    accepting: bool,
+    reason: Option<Arc<str>>,
+    limits: Limits,
+    tenants: FxHashMap<TenantId, Arc<TenantEntry>>,
+    principals: FxHashMap<PrincipalId, Arc<PrincipalEntry>>,
+    credentials: FxHashMap<CredentialId, CredentialEntry>,
+    bearer: FxHashMap<CredentialHash, CredentialId>,
+}
+
+impl ConfigSnapshot {
+    /// An empty snapshot: nothing authenticates.
+    pub fn new(epoch: u64, limits: Limits) -> Self {
+        Self {
+            epoch,
+            accepting: true,
+            reason: None,
+            limits,
+            tenants: FxHashMap::default(),
+            principals: FxHashMap::default(),
+            credentials: FxHashMap::default(),
+            bearer: FxHashMap::default(),
+        }
+    }
+
+    /// This snapshot, renumbered, refusing new sessions because of `reason`
+    /// (fail closed). Existing sessions keep what they have.
+    pub fn refusing_new_sessions(&self, epoch: u64, reason: &str) -> Self {
+        Self {
+            epoch,
+            accepting: false,
+            reason: Some(reason.into()),
+            ..self.clone()
+        }
+    }
+
+    /// The version; newer snapshots have larger epochs.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether new sessions are accepted.
+    pub fn accepting(&self) -> bool {
+        self.accepting
+    }
+
+    /// Why new sessions are refused, when they are.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+
+    /// Per-connection limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// A tenant.
+    pub fn tenant(&self, id: TenantId) -> Option<&Arc<TenantEntry>> {
+        self.tenants.get(&id)
+    }
+
+    /// Every tenant.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<TenantEntry>> {
+        self.tenants.values()
+    }
+
+    /// A principal.
+    pub fn principal(&self, id: PrincipalId) -> Option<&Arc<PrincipalEntry>> {
+        self.principals.get(&id)
+    }
+
+    /// Number of live credentials.
+    pub fn credential_count(&self) -> usize {
+        self.credentials.len()
+    }
+
+    /// Adds (or replaces) a tenant.
+    pub fn insert_tenant(&mut self, tenant: TenantEntry) {
+        self.tenants.insert(tenant.id, Arc::new(tenant));
+    }
+
+    /// Adds (or replaces) a principal of a tenant already added.
+    pub fn insert_principal(&mut self, principal: PrincipalEntry) -> Result<(), SnapshotError> {
+        if !self.tenants.contains_key(&principal.tenant) {
+            return Err(SnapshotError::UnknownTenant {
+                principal: principal.id,
+                tenant: principal.tenant,
+            });
+        }
+        self.principals.insert(principal.id, Arc::new(principal));
+        Ok(())
+    }
+
+    fn insert_credential(&mut self, entry: CredentialEntry) -> Result<(), SnapshotError> {
+        if !self.principals.contains_key(&entry.principal) {
+            return Err(SnapshotError::UnknownPrincipal {
+                credential: entry.id,
+                principal: entry.principal,
+            });
+        }
+        self.credentials.insert(entry.id, entry);
+        Ok(())
+    }
+
+    /// Adds a bearer credential by the hash of its token.
+    pub fn insert_bearer(&mut self, hash: CredentialHash, entry: CredentialEntry) -> Result<(), SnapshotError> {
+        self.insert_credential(entry)?;
+        self.bearer.insert(hash, entry.id);
+        Ok(())
+    }
+
+    /// Adds a signed credential (its token carries its claims).
+    pub fn insert_signed(&mut self, entry: CredentialEntry) -> Result<(), SnapshotError> {
+        self.insert_credential(entry)
+    }
+
+    fn resolve(&self, id: CredentialId, now_unix: i64) -> Result<Identity, AuthError> {
+        let cred = self.credentials.get(&id).ok_or(AuthError::Revoked)?;
+        if cred.expires_at_unix.is_some_and(|e| e <= now_unix) {
+            return Err(AuthError::Expired);
+        }
+        let principal = self.principals.get(&cred.principal).ok_or(AuthError::Revoked)?;
+        let tenant = self.tenants.get(&principal.tenant).ok_or(AuthError::Revoked)?;
+        Ok(Identity {
+            tenant: tenant.clone(),
+            principal: principal.clone(),
+            credential: id,
+            expires_at_unix: cred.expires_at_unix,
+        })
+    }
+
+    /// Who `credential` belongs to at `now_unix`.
+    pub fn authenticate(&self, credential: &str, now_unix: i64) -> Result<Identity, AuthError> {
+        if !self.accepting {
+            return Err(AuthError::Unavailable);
+        }
+        if credential.is_empty() {
+            return Err(AuthError::Unknown);
+        }
+        if credential.starts_with(SIGNED_PREFIX) {
+            let (claims, bytes, sig) = auth::parse_signed(credential).map_err(|_| AuthError::Unknown)?;
+            let tenant = self
+                .tenants
+                .get(&TenantId(claims.tenant_id))
+                .ok_or(AuthError::Unknown)?;
+            let key = tenant.verify_key.as_ref().ok_or(AuthError::Unknown)?;
+            auth::verify_signature(key, &bytes, &sig).map_err(|_| AuthError::Unknown)?;
+            if claims.expires_at_unix <= now_unix {
+                return Err(AuthError::Expired);
+            }
+            let id = self.resolve(CredentialId(claims.credential_id), now_unix)?;
+            // The claims must agree with the record they name.
+            if id.principal.id != PrincipalId(claims.principal_id) || id.tenant.id != tenant.id {
+                return Err(AuthError::Unknown);
+            }
+            return Ok(Identity {
+                expires_at_unix: Some(
+                    id.expires_at_unix
+                        .map_or(claims.expires_at_unix, |e| e.min(claims.expires_at_unix)),
+                ),
+                ..id
+            });
+        }
+        let id = self
+            .bearer
+            .get(&CredentialHash::of(credential))
+            .ok_or(AuthError::Unknown)?;
+        self.resolve(*id, now_unix)
+    }
+
+    /// Re-resolves an existing session against this snapshot: its credential
+    /// may have been revoked, its principal's rights changed.
+    pub fn revalidate(&self, identity: &Identity, now_unix: i64) -> Result<Identity, AuthError> {
+        let fresh = self.resolve(identity.credential, now_unix)?;
+        if fresh.principal.id != identity.principal.id {
+            return Err(AuthError::Revoked);
+        }
+        // A signed token's own expiry still binds.
+        let expires = match (fresh.expires_at_unix, identity.expires_at_unix) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if expires.is_some_and(|e| e <= now_unix) {
+            return Err(AuthError::Expired);
+        }
+        Ok(Identity {
+            expires_at_unix: expires,
+            ..fresh
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arqonbus_proto::v1::SignedTokenClaims;
+    use ring::signature::{Ed25519KeyPair, KeyPair as _};
+
+    use super::*;
+    use crate::auth::sign_token;
+
+    fn snapshot(key: Option<[u8; 32]>) -> ConfigSnapshot {
+        let mut s = ConfigSnapshot::new(1, Limits::default());
+        s.insert_tenant(TenantEntry {
+            id: TenantId(1),
+            name: "acme".into(),
+            quotas: Quotas::default(),
+            verify_key: key,
+        });
+        s.insert_principal(PrincipalEntry {
+            id: PrincipalId(10),
+            tenant: TenantId(1),
+            name: "svc".into(),
+            roles: vec![],
+            quotas: Quotas::default(),
+            permissions: Arc::new(Permissions::allow_all()),
+        })
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn bearer_lifecycle() {
+        let mut s = snapshot(None);
+        let entry = CredentialEntry {
+            id: CredentialId(5),
+            principal: PrincipalId(10),
+            expires_at_unix: Some(1000),
+        };
+        s.insert_bearer(CredentialHash::of("abt_x"), entry).unwrap();
+        let id = s.authenticate("abt_x", 999).unwrap();
+        assert_eq!(id.tenant.id, TenantId(1));
+        assert_eq!(s.authenticate("abt_y", 999).unwrap_err(), AuthError::Unknown);
+        assert_eq!(s.authenticate("abt_x", 1000).unwrap_err(), AuthError::Expired);
+        assert!(s.revalidate(&id, 999).is_ok());
+
+        // Revoked: the next snapshot lacks the credential.
+        let revoked = snapshot(None);
+        assert_eq!(revoked.revalidate(&id, 999).unwrap_err(), AuthError::Revoked);
+        // Fail closed: nobody new, existing sessions untouched.
+        let closed = s.refusing_new_sessions(2, "store unreadable");
+        assert_eq!(closed.authenticate("abt_x", 1).unwrap_err(), AuthError::Unavailable);
+        assert!(closed.revalidate(&id, 1).is_ok());
+        assert_eq!(closed.reason(), Some("store unreadable"));
+    }
+
+    #[test]
+    fn signed_tokens_verify_locally_and_honour_revocation() {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let public: [u8; 32] = key.public_key().as_ref().try_into().unwrap();
+        let mut s = snapshot(Some(public));
+        s.insert_signed(CredentialEntry {
+            id: CredentialId(6),
+            principal: PrincipalId(10),
+            expires_at_unix: None,
+        })
+        .unwrap();
+        let claims = SignedTokenClaims {
+            tenant_id: 1,
+            principal_id: 10,
+            credential_id: 6,
+            issued_at_unix: 0,
+            expires_at_unix: 500,
+        };
+        let token = sign_token(&claims, &key);
+        let id = s.authenticate(&token, 100).unwrap();
+        assert_eq!(id.expires_at_unix, Some(500));
+        assert_eq!(s.authenticate(&token, 500).unwrap_err(), AuthError::Expired);
+        assert_eq!(s.revalidate(&id, 500).unwrap_err(), AuthError::Expired);
+
+        // Claims that name another principal than the record: refused.
+        let lie = sign_token(&SignedTokenClaims { principal_id: 11, ..claims }, &key);
+        assert_eq!(s.authenticate(&lie, 100).unwrap_err(), AuthError::Unknown);
+        // Revoked: the credential is absent from the next snapshot.
+        let fresh = snapshot(Some(public));
+        assert_eq!(fresh.authenticate(&token, 100).unwrap_err(), AuthError::Revoked);
+    }
+
+    #[test]
+    fn inconsistent_parts_are_refused() {
+        let mut s = ConfigSnapshot::new(1, Limits::default());
+        let err = s
+            .insert_principal(PrincipalEntry {
+                id: PrincipalId(1),
+                tenant: TenantId(9),
+                name: "x".into(),
+                roles: vec![],
+                quotas: Quotas::default(),
+                permissions: Arc::new(Permissions::allow_all()),
+            })
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::UnknownTenant { .. }));
+        let err = s
+            .insert_bearer(
+                CredentialHash::of("abt_z"),
+                CredentialEntry {
+                    id: CredentialId(1),
+                    principal: PrincipalId(1),
+                    expires_at_unix: None,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::UnknownPrincipal { .. }));
+    }
+}
