@@ -10,20 +10,32 @@
 //! frame larger than the limit is ever buffered; routing never names the
 //! publisher when echo is off.
 #![no_main]
+#![allow(clippy::panic, reason = "a fuzz target reports bugs by panicking")]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arqonbus_core::auth::{AuthSnapshot, CredentialHash, Principal};
+use arqonbus_core::auth::CredentialHash;
 use arqonbus_core::limits::Limits;
+use arqonbus_core::policy::{PolicyRules, compile, parse_pattern};
 use arqonbus_core::router::{Origin, RoutePlan, Router};
-use arqonbus_core::session::{Event, Session, State, Step};
-use arqonbus_core::{ConnId, PrincipalId, ShardId, TenantId};
+use arqonbus_core::session::{Event, Now, Session, State, Step};
+use arqonbus_core::snapshot::{
+    ConfigSnapshot, CredentialEntry, PrincipalEntry, Quotas, TenantEntry,
+};
+use arqonbus_core::{ConnId, CredentialId, PrincipalId, ShardId, TenantId};
 use arqonbus_proto::codec::{self, LEN_PREFIX};
 use bytes::{Buf, BytesMut};
 use libfuzzer_sys::fuzz_target;
 
 const GOLDEN_TOKEN: &str = "abt_example-not-a-real-token";
+
+fn pattern(text: &str) -> arqonbus_core::subject::Pattern {
+    match parse_pattern(text) {
+        Ok(p) => p,
+        Err(e) => panic!("bad test pattern {text}: {e}"),
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {
@@ -35,36 +47,62 @@ fuzz_target!(|data: &[u8]| {
     let tls = flags & 1 == 1;
     let chunk = usize::from(chunk).max(1);
 
-    let mut auth = AuthSnapshot::new(1);
-    auth.insert(
-        CredentialHash::of(GOLDEN_TOKEN),
-        Arc::new(Principal {
-            tenant: TenantId(1),
-            tenant_name: "t".into(),
-            id: PrincipalId(1),
-            name: "p".into(),
-        }),
-    );
     let limits = Limits {
         max_payload: 4096,
         max_pending_bytes: 1 << 20,
         ..Limits::default()
     };
+    // Restricted permissions, so the policy checks are fuzzed too.
+    let rules = PolicyRules {
+        publish_allow: vec![pattern("jobs.>"), pattern("orders.*")],
+        publish_deny: vec![pattern("orders.secret")],
+        subscribe_allow: vec![pattern(">")],
+        subscribe_deny: vec![pattern("admin.>")],
+        allow_responses: true,
+    };
+    let mut config = ConfigSnapshot::new(1, limits);
+    config.insert_tenant(TenantEntry {
+        id: TenantId(1),
+        name: "t".into(),
+        quotas: Quotas::default(),
+        verify_key: None,
+    });
+    let _ = config.insert_principal(PrincipalEntry {
+        id: PrincipalId(1),
+        tenant: TenantId(1),
+        name: "p".into(),
+        roles: vec![],
+        quotas: Quotas::default(),
+        permissions: Arc::new(compile([&rules])),
+    });
+    let _ = config.insert_bearer(
+        CredentialHash::of(GOLDEN_TOKEN),
+        CredentialEntry {
+            id: CredentialId(1),
+            principal: PrincipalId(1),
+            expires_at_unix: None,
+        },
+    );
+    let limits = config.limits().clone();
     let conn = ConnId(1);
-    let mut now = Instant::now();
-    let mut session = Session::new(now, tls);
+    let mut now = Now {
+        mono: Instant::now(),
+        unix: 1_000_000,
+    };
+    let mut session = Session::new(now.mono, tls);
     let mut router = Router::new(ShardId(0), 7);
     let mut plan = RoutePlan::default();
     let mut interest = Vec::new();
     let mut buf = BytesMut::new();
 
     if tls {
-        session.handle(Event::TlsEstablished, now, &auth, &limits);
+        session.handle(Event::TlsEstablished, now, &config);
     }
     for piece in stream.chunks(chunk) {
         buf.extend_from_slice(piece);
-        now += Duration::from_millis(u64::from(piece[0]) * 100);
-        let _ = session.handle(Event::Tick, now, &auth, &limits);
+        now.mono += Duration::from_millis(u64::from(piece[0]) * 100);
+        now.unix += i64::from(piece[0]) / 10;
+        let _ = session.handle(Event::Tick, now, &config);
         loop {
             if !matches!(session.state(), State::AwaitingConnect | State::Open) {
                 break;
@@ -84,18 +122,21 @@ fuzz_target!(|data: &[u8]| {
                 }
             };
             let was_closing = session.state() == State::Closing;
-            let step = session.handle(event, now, &auth, &limits);
+            let step = session.handle(event, now, &config);
             if was_closing {
                 assert!(matches!(step, Step::Nothing));
             }
-            let tenant = session.principal().map(|p| p.tenant);
+            let tenant = session.identity().map(|i| i.tenant.id);
+            let perms = session.identity().map(|i| i.principal.permissions.clone());
             match step {
                 Step::Subscribe {
                     sid,
                     pattern,
                     queue,
                 } => {
-                    if let Some(t) = tenant {
+                    if let Some(t) = tenant
+                        && perms.as_ref().is_some_and(|p| p.may_subscribe(&pattern))
+                    {
                         let _ = router.subscribe(
                             t,
                             conn,
@@ -111,7 +152,11 @@ fuzz_target!(|data: &[u8]| {
                     let _ = router.unsubscribe(conn, sid, after, &mut interest);
                 }
                 Step::Publish(p) => {
-                    if let Some(t) = tenant {
+                    if let Some(t) = tenant
+                        && perms
+                            .as_ref()
+                            .is_some_and(|perm| perm.may_publish(&p.subject))
+                    {
                         let echo = session.echo();
                         router.route(t, &p.subject, Origin::Local { conn, echo }, &mut plan);
                         if !echo {
@@ -127,5 +172,15 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     router.remove_conn(conn, &mut interest);
+    // Permissions never let a denied subject through.
+    if let Some(id) = session.identity() {
+        let denied = arqonbus_core::subject::Subject::parse(
+            bytes::Bytes::from_static(b"orders.secret"),
+            256,
+        );
+        if let Ok(s) = denied {
+            assert!(!id.principal.permissions.may_publish(&s));
+        }
+    }
     assert_eq!(router.local_subscriptions(), 0);
 });

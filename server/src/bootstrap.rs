@@ -8,14 +8,19 @@
 //! credential declared in the config file, nothing can connect.
 //!
 //! Every start merges the tenants of `tenants.toml` with those of the config
-//! file into one immutable [`AuthSnapshot`] for the data plane.
+//! file into one immutable [`ConfigSnapshot`] for the data plane.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arqonbus_core::auth::{AuthSnapshot, CredentialHash, Principal, TOKEN_PREFIX};
-use arqonbus_core::{PrincipalId, TenantId};
+use arqonbus_core::auth::{CredentialHash, TOKEN_PREFIX};
+use arqonbus_core::limits::Limits;
+use arqonbus_core::policy::Permissions;
+use arqonbus_core::snapshot::{
+    ConfigSnapshot, CredentialEntry, PrincipalEntry, Quotas, TenantEntry,
+};
+use arqonbus_core::{CredentialId, PrincipalId, TenantId};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +71,7 @@ struct TenantsFile {
 #[derive(Debug)]
 pub struct Credentials {
     /// Every valid credential.
-    pub auth: Arc<AuthSnapshot>,
+    pub auth: Arc<ConfigSnapshot>,
     /// The bootstrap token file, when it exists.
     pub bootstrap_token: Option<PathBuf>,
     /// Whether the bootstrap credential was created during this start.
@@ -150,36 +155,62 @@ fn read_tenants(path: &Path) -> Result<Vec<TenantConfig>, BootstrapError> {
     Ok(file.tenants)
 }
 
-/// Builds the snapshot the data plane checks credentials against.
-pub fn snapshot(tenants: &[TenantConfig]) -> Result<AuthSnapshot, BootstrapError> {
+/// Builds the snapshot the data plane checks credentials against: every
+/// principal may use every subject of its tenant, no quotas.
+pub fn snapshot(
+    tenants: &[TenantConfig],
+    limits: &Limits,
+) -> Result<ConfigSnapshot, BootstrapError> {
     validate_tenants("tenants", tenants)?;
-    let mut auth = AuthSnapshot::new(1);
+    let mut snap = ConfigSnapshot::new(1, limits.clone());
+    let bad = |reason: String| BootstrapError::Tenants {
+        path: PathBuf::from("tenants"),
+        reason,
+    };
+    let mut next_credential = 1u64;
     for t in tenants {
-        let tenant_name: Arc<str> = t.name.as_str().into();
+        snap.insert_tenant(TenantEntry {
+            id: TenantId(t.id),
+            name: t.name.as_str().into(),
+            quotas: Quotas::default(),
+            verify_key: None,
+        });
         for c in &t.credentials {
             let mut hash = [0u8; 32];
-            hex::decode_to_slice(&c.sha256, &mut hash).map_err(|e| BootstrapError::Tenants {
-                path: PathBuf::from("tenants"),
-                reason: format!("credential of {}: {e}", c.principal),
-            })?;
-            auth.insert(
-                CredentialHash(hash),
-                Arc::new(Principal {
+            hex::decode_to_slice(&c.sha256, &mut hash)
+                .map_err(|e| bad(format!("credential of {}: {e}", c.principal)))?;
+            let principal = PrincipalId(c.principal_id);
+            if snap.principal(principal).is_none() {
+                snap.insert_principal(PrincipalEntry {
+                    id: principal,
                     tenant: TenantId(t.id),
-                    tenant_name: tenant_name.clone(),
-                    id: PrincipalId(c.principal_id),
                     name: c.principal.as_str().into(),
-                }),
-            );
+                    roles: Vec::new(),
+                    quotas: Quotas::default(),
+                    permissions: Arc::new(Permissions::allow_all()),
+                })
+                .map_err(|e| bad(e.to_string()))?;
+            }
+            snap.insert_bearer(
+                CredentialHash(hash),
+                CredentialEntry {
+                    id: CredentialId(next_credential),
+                    principal,
+                    expires_at_unix: None,
+                },
+            )
+            .map_err(|e| bad(e.to_string()))?;
+            next_credential += 1;
         }
     }
-    Ok(auth)
+    Ok(snap)
 }
 
 /// Prepares the data directory and loads every credential.
 pub fn credentials(
     data_dir: &Path,
     configured: &[TenantConfig],
+    limits: &Limits,
 ) -> Result<Credentials, BootstrapError> {
     create_private_dir(data_dir).map_err(io(data_dir))?;
     let tenants_path = data_dir.join(TENANTS_FILE);
@@ -190,8 +221,8 @@ pub fn credentials(
     }
     let mut tenants = read_tenants(&tenants_path)?;
     tenants.extend(configured.iter().cloned());
-    let auth = snapshot(&tenants)?;
-    if auth.is_empty() {
+    let auth = snapshot(&tenants, limits)?;
+    if auth.credential_count() == 0 {
         tracing::warn!("no credentials are configured: every connection will be refused");
     }
     let token = data_dir.join(BOOTSTRAP_TOKEN);
@@ -212,7 +243,7 @@ mod tests {
     fn first_start_creates_one_secret_and_stores_only_its_hash() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let first = credentials(&data, &[]).unwrap();
+        let first = credentials(&data, &[], &Limits::default()).unwrap();
         assert!(first.created);
         let token_path = first.bootstrap_token.unwrap();
         let token = std::fs::read_to_string(&token_path).unwrap();
@@ -224,13 +255,13 @@ mod tests {
         let stored = std::fs::read_to_string(data.join(TENANTS_FILE)).unwrap();
         assert!(!stored.contains(token), "the secret must not be stored");
         assert!(stored.contains(&token_hash_hex(token)));
-        let p = first.auth.authenticate(token).unwrap();
-        assert_eq!(p.tenant, TenantId(1));
+        let p = first.auth.authenticate(token, 0).unwrap();
+        assert_eq!(p.tenant.id, TenantId(1));
 
         // Second start: same credential, nothing new.
-        let second = credentials(&data, &[]).unwrap();
+        let second = credentials(&data, &[], &Limits::default()).unwrap();
         assert!(!second.created);
-        assert!(second.auth.authenticate(token).is_some());
+        assert!(second.auth.authenticate(token, 0).is_ok());
     }
 
     #[test]
@@ -245,10 +276,13 @@ mod tests {
                 sha256: token_hash_hex("abt_acme"),
             }],
         };
-        let c = credentials(dir.path(), std::slice::from_ref(&extra)).unwrap();
-        assert_eq!(c.auth.authenticate("abt_acme").unwrap().tenant, TenantId(2));
+        let c = credentials(dir.path(), std::slice::from_ref(&extra), &Limits::default()).unwrap();
+        assert_eq!(
+            c.auth.authenticate("abt_acme", 0).unwrap().tenant.id,
+            TenantId(2)
+        );
         let clash = TenantConfig { id: 1, ..extra };
-        assert!(credentials(dir.path(), &[clash]).is_err());
+        assert!(credentials(dir.path(), &[clash], &Limits::default()).is_err());
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Server {
     /// Validates `config`, prepares the data directory and starts serving.
     pub fn start(config: &Config) -> Result<Self, ServerError> {
         config.validate()?;
-        let creds = bootstrap::credentials(&config.data_dir, &config.tenants)?;
+        let creds = bootstrap::credentials(&config.data_dir, &config.tenants, &config.limits)?;
         let tls = if config.tls.enabled {
             Some(tls::prepare(&config.data_dir, &config.tls)?)
         } else {
@@ -79,7 +79,6 @@ impl Server {
             Vec::new()
         };
         dp.tls = tls.as_ref().map(|t| t.server_config.clone());
-        dp.limits = config.limits.clone();
         dp.server_id = server_id();
         dp.io_memory = s.io_memory;
         dp.ring_capacity = s.ring_capacity;

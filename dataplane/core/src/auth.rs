@@ -46,7 +46,11 @@ impl CredentialHash {
 
     /// The first eight hex digits, to recognise a credential in listings.
     pub fn fingerprint(&self) -> String {
-        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+        use std::fmt::Write as _;
+        self.0[..4].iter().fold(String::with_capacity(8), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
     }
 }
 
@@ -63,7 +67,9 @@ pub enum SignedTokenError {
 }
 
 /// Splits and decodes a signed token, without verifying it.
-pub fn parse_signed(token: &str) -> Result<(SignedTokenClaims, Vec<u8>, Vec<u8>), SignedTokenError> {
+pub fn parse_signed(
+    token: &str,
+) -> Result<(SignedTokenClaims, Vec<u8>, Vec<u8>), SignedTokenError> {
     let rest = token
         .strip_prefix(SIGNED_PREFIX)
         .ok_or(SignedTokenError::Malformed)?;
@@ -71,14 +77,20 @@ pub fn parse_signed(token: &str) -> Result<(SignedTokenClaims, Vec<u8>, Vec<u8>)
     let claims_bytes = B64
         .decode(claims_b64)
         .map_err(|_| SignedTokenError::Malformed)?;
-    let sig = B64.decode(sig_b64).map_err(|_| SignedTokenError::Malformed)?;
+    let sig = B64
+        .decode(sig_b64)
+        .map_err(|_| SignedTokenError::Malformed)?;
     let claims = SignedTokenClaims::decode(claims_bytes.as_slice())
         .map_err(|_| SignedTokenError::Malformed)?;
     Ok((claims, claims_bytes, sig))
 }
 
 /// Verifies `signature` over `claims` with an ed25519 public key.
-pub fn verify_signature(public_key: &[u8; 32], claims: &[u8], signature: &[u8]) -> Result<(), SignedTokenError> {
+pub fn verify_signature(
+    public_key: &[u8; 32],
+    claims: &[u8],
+    signature: &[u8],
+) -> Result<(), SignedTokenError> {
     UnparsedPublicKey::new(&ED25519, public_key)
         .verify(claims, signature)
         .map_err(|_| SignedTokenError::BadSignature)
@@ -88,7 +100,11 @@ pub fn verify_signature(public_key: &[u8; 32], claims: &[u8], signature: &[u8]) 
 pub fn sign_token(claims: &SignedTokenClaims, key: &Ed25519KeyPair) -> String {
     let bytes = claims.encode_to_vec();
     let sig = key.sign(&bytes);
-    format!("{SIGNED_PREFIX}{}.{}", B64.encode(&bytes), B64.encode(sig.as_ref()))
+    format!(
+        "{SIGNED_PREFIX}{}.{}",
+        B64.encode(&bytes),
+        B64.encode(sig.as_ref())
+    )
 }
 
 #[cfg(test)]
@@ -121,7 +137,10 @@ mod tests {
 
         // Another tenant's key, or changed claims, fail.
         let other: [u8; 32] = key().public_key().as_ref().try_into().unwrap();
-        assert_eq!(verify_signature(&other, &bytes, &sig), Err(SignedTokenError::BadSignature));
+        assert_eq!(
+            verify_signature(&other, &bytes, &sig),
+            Err(SignedTokenError::BadSignature)
+        );
         let forged = SignedTokenClaims {
             principal_id: 1,
             ..claims

@@ -91,14 +91,14 @@ pub fn contains(outer: &Pattern, inner: &Pattern) -> bool {
 }
 
 /// Whether some subject is matched by both `a` and `b`.
-pub fn intersects(a: &Pattern, b: &Pattern) -> bool {
-    let mut x = a.tokens();
-    let mut y = b.tokens();
+pub fn intersects(left: &Pattern, right: &Pattern) -> bool {
+    let mut lt = left.tokens();
+    let mut rt = right.tokens();
     loop {
-        match (x.next(), y.next()) {
+        match (lt.next(), rt.next()) {
             (Some(b">"), Some(_)) | (Some(_), Some(b">")) => return true,
             (Some(b"*"), Some(_)) | (Some(_), Some(b"*")) => {}
-            (Some(s), Some(t)) if s == t => {}
+            (Some(l), Some(r)) if l == r => {}
             (None, None) => return true,
             _ => return false,
         }
@@ -129,6 +129,7 @@ impl Rules {
 
 /// A principal's effective permissions.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "always shared behind an Arc")]
 pub enum Permissions {
     /// No policy targets the principal: every subject of its tenant.
     AllowAll,
@@ -303,7 +304,11 @@ mod tests {
         for n in 1..=5 {
             let mut idx = vec![0usize; n];
             loop {
-                out.push(s(&idx.iter().map(|&i| toks[i]).collect::<Vec<_>>().join(".")));
+                out.push(s(&idx
+                    .iter()
+                    .map(|&i| toks[i])
+                    .collect::<Vec<_>>()
+                    .join(".")));
                 let mut k = 0;
                 while k < n {
                     idx[k] += 1;

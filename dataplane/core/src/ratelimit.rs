@@ -1,11 +1,17 @@
-//! Token buckets for message and byte rates.
+//! Token buckets for message and byte rates, and how a tenant's rate is
+//! shared between shards.
 //!
 //! No clock: callers pass `now`. A bucket refills at `rate` tokens per second
-//! up to `burst`; [`TokenBucket::try_take`] either takes the tokens or says how
-//! long until they will be there, so a connection can stop reading exactly
-//! that long (throttling by back-pressure: nothing is dropped). Tenant-wide
-//! rates are split across shards by giving each shard's bucket a share of the
-//! rate; [`TokenBucket::set_rate`] changes the share without losing tokens.
+//! up to `burst`. [`TokenBucket::check`] says whether `n` tokens are there or
+//! how long until they will be, so a connection can stop reading exactly that
+//! long (throttling by back-pressure: nothing is dropped); [`TokenBucket::take`]
+//! then spends them.
+//!
+//! A tenant-wide rate is split across shards: each shard's bucket refills at
+//! `share × rate`, shares summing to 1. Every few hundred milliseconds
+//! [`rebalance`] moves share towards the shards that used theirs and were
+//! throttled, so the tenant's total stays at its rate however its
+//! connections are spread.
 
 use std::time::{Duration, Instant};
 
@@ -16,8 +22,6 @@ pub struct TokenBucket {
     burst: f64,
     tokens: f64,
     last: Instant,
-    /// Tokens asked for since the last [`take_demand`](Self::take_demand).
-    demand: f64,
 }
 
 impl TokenBucket {
@@ -29,7 +33,6 @@ impl TokenBucket {
             burst,
             tokens: burst,
             last: now,
-            demand: 0.0,
         }
     }
 
@@ -39,7 +42,7 @@ impl TokenBucket {
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
     }
 
-    /// Changes the refill rate (and burst) from `now` on.
+    /// Changes the refill rate and burst from `now` on, keeping the tokens.
     pub fn set_rate(&mut self, rate: f64, burst: f64, now: Instant) {
         self.refill(now);
         self.rate = rate.max(0.0);
@@ -52,18 +55,15 @@ impl TokenBucket {
         self.rate
     }
 
-    /// Takes `n` tokens, or returns how long until `n` will be available.
-    /// A request larger than the burst is allowed once the bucket is full,
-    /// leaving it in debt, so large messages are slowed, not refused.
-    pub fn try_take(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
+    /// Whether `n` tokens are available now, or how long until they are. A
+    /// request larger than the burst passes once the bucket is full (it then
+    /// runs into debt), so large messages are slowed, never refused.
+    pub fn check(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
         self.refill(now);
-        self.demand += n;
         let need = n.min(self.burst);
         if self.tokens >= need {
-            self.tokens -= n;
             return Ok(());
         }
-        self.demand -= n; // asked again when retried
         if self.rate <= 0.0 {
             return Err(Duration::from_secs(1));
         }
@@ -71,10 +71,59 @@ impl TokenBucket {
         Err(Duration::from_secs_f64(wait.clamp(0.000_05, 1.0)))
     }
 
-    /// Tokens asked for since the last call (for rebalancing shares).
-    pub fn take_demand(&mut self) -> f64 {
-        std::mem::take(&mut self.demand)
+    /// Spends `n` tokens (after a successful [`check`](Self::check)).
+    pub fn take(&mut self, n: f64) {
+        self.tokens -= n;
     }
+
+    /// [`check`](Self::check) then [`take`](Self::take).
+    pub fn try_take(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
+        self.check(n, now)?;
+        self.take(n);
+        Ok(())
+    }
+}
+
+/// What one shard reports about one rate-limited key for the last window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShareReport {
+    /// The share it had.
+    pub share: f64,
+    /// Tokens it granted, as a fraction of the key's whole rate over the
+    /// window (so 0.4 means "used 40 % of the tenant's rate").
+    pub used: f64,
+    /// Whether it had to throttle.
+    pub throttled: bool,
+}
+
+/// Smallest share any shard keeps, so a shard where traffic starts is not
+/// starved before the next rebalance.
+pub const MIN_SHARE: f64 = 0.02;
+
+/// New shares from one window's reports (one per shard, in shard order).
+/// Throttled shards ask for half again what they had or used; others keep
+/// what they used. Shares always sum to 1.
+pub fn rebalance(reports: &[ShareReport]) -> Vec<f64> {
+    let n = reports.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let wants: Vec<f64> = reports
+        .iter()
+        .map(|r| {
+            let want = if r.throttled {
+                r.used.max(r.share) * 1.5
+            } else {
+                r.used
+            };
+            want.max(MIN_SHARE)
+        })
+        .collect();
+    let total: f64 = wants.iter().sum();
+    if total <= 0.0 {
+        return vec![1.0 / n as f64; n];
+    }
+    wants.iter().map(|w| w / total).collect()
 }
 
 #[cfg(test)]
@@ -88,10 +137,9 @@ mod tests {
         for _ in 0..10 {
             assert!(b.try_take(1.0, t0).is_ok());
         }
-        let wait = b.try_take(1.0, t0).unwrap_err();
+        let wait = b.check(1.0, t0).unwrap_err();
         assert!((wait.as_secs_f64() - 0.01).abs() < 1e-9, "{wait:?}");
         assert!(b.try_take(1.0, t0 + Duration::from_millis(10)).is_ok());
-        // Over one simulated second, about `rate` tokens are granted.
         let mut granted = 0;
         let mut t = t0 + Duration::from_millis(10);
         for _ in 0..1000 {
@@ -104,14 +152,91 @@ mod tests {
     }
 
     #[test]
-    fn shares_change_without_losing_tokens_and_big_requests_pass() {
+    fn big_requests_pass_when_full_then_wait() {
         let t0 = Instant::now();
         let mut b = TokenBucket::new(10.0, 5.0, t0);
         b.set_rate(1000.0, 5.0, t0);
-        assert_eq!(b.rate(), 1000.0);
-        assert!(b.try_take(50.0, t0).is_ok(), "larger than burst: allowed when full");
-        assert!(b.try_take(1.0, t0).is_err(), "then in debt");
-        assert!(b.take_demand() >= 50.0);
-        assert_eq!(b.take_demand(), 0.0);
+        assert!((b.rate() - 1000.0).abs() < f64::EPSILON);
+        assert!(
+            b.try_take(50.0, t0).is_ok(),
+            "larger than burst: allowed when full"
+        );
+        assert!(b.check(1.0, t0).is_err(), "then in debt");
+    }
+
+    /// Two shards share a tenant rate of 10 000 msg/s while the tenant's
+    /// publishers move between them; rebalancing every 200 ms keeps the
+    /// tenant's total within 10 % of its rate once it has had a window to
+    /// adapt, and never far above it.
+    #[test]
+    fn a_tenant_rate_split_across_shards_holds_its_total() {
+        const RATE: f64 = 10_000.0;
+        const WINDOW_MS: u64 = 200;
+        let t0 = Instant::now();
+        let mut shares = [0.5, 0.5];
+        let burst = |share: f64| (RATE * share * 0.1).max(1.0);
+        let mut buckets = [
+            TokenBucket::new(RATE * shares[0], burst(shares[0]), t0),
+            TokenBucket::new(RATE * shares[1], burst(shares[1]), t0),
+        ];
+        // Offered load per shard, msg/s, per phase of 2 s.
+        let phases: [[f64; 2]; 4] = [
+            [50_000.0, 0.0],
+            [50_000.0, 50_000.0],
+            [0.0, 50_000.0],
+            [30_000.0, 2_000.0],
+        ];
+        let mut t = t0;
+        for (p, offered) in phases.iter().enumerate() {
+            let mut per_second = Vec::new();
+            for second in 0..2 {
+                let mut granted_second = 0.0;
+                for _window in 0..(1000 / WINDOW_MS) {
+                    let mut granted = [0.0f64; 2];
+                    let mut throttled = [false; 2];
+                    // 1 ms steps; each shard tries its offered load.
+                    for _ in 0..WINDOW_MS {
+                        t += Duration::from_millis(1);
+                        for s in 0..2 {
+                            let mut want = offered[s] / 1000.0;
+                            while want >= 1.0 {
+                                if buckets[s].try_take(1.0, t).is_ok() {
+                                    granted[s] += 1.0;
+                                    want -= 1.0;
+                                } else {
+                                    throttled[s] = true;
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    granted_second += granted[0] + granted[1];
+                    let window_tokens = RATE * WINDOW_MS as f64 / 1000.0;
+                    let reports: Vec<ShareReport> = (0..2)
+                        .map(|s| ShareReport {
+                            share: shares[s],
+                            used: granted[s] / window_tokens,
+                            throttled: throttled[s],
+                        })
+                        .collect();
+                    let next = rebalance(&reports);
+                    for s in 0..2 {
+                        shares[s] = next[s];
+                        buckets[s].set_rate(RATE * shares[s], burst(shares[s]), t);
+                    }
+                    assert!((shares[0] + shares[1] - 1.0).abs() < 1e-9);
+                }
+                if second > 0 {
+                    per_second.push(granted_second);
+                }
+            }
+            let demand: f64 = offered.iter().sum();
+            for total in per_second {
+                assert!(total <= RATE * 1.1, "phase {p}: {total} over the rate");
+                if demand >= RATE {
+                    assert!(total >= RATE * 0.9, "phase {p}: {total} under the rate");
+                }
+            }
+        }
     }
 }

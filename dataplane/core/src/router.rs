@@ -110,6 +110,9 @@ pub struct RoutePlan {
     /// Queue groups assigned to this shard that had no member left (a
     /// subscriber left while the message was between shards).
     pub missed_groups: u32,
+    /// Subscriptions that reached their `Unsubscribe{after_messages}` limit
+    /// while routing, and are gone.
+    pub expired: Vec<(ConnId, Sid)>,
 }
 
 impl RoutePlan {
@@ -118,6 +121,7 @@ impl RoutePlan {
         self.remote.clear();
         self.interest.clear();
         self.missed_groups = 0;
+        self.expired.clear();
     }
 
     /// True when nobody, here or elsewhere, gets the message.
@@ -263,9 +267,18 @@ impl Router {
         self.subs.len()
     }
 
-    /// Subscriptions held by `conn`.
-    pub fn subscriptions_of(&self, conn: ConnId) -> usize {
+    /// Number of subscriptions held by `conn`.
+    pub fn subscription_count(&self, conn: ConnId) -> usize {
         self.conns.get(&conn).map_or(0, FxHashMap::len)
+    }
+
+    /// The subscriptions of `conn`: sid and pattern.
+    pub fn subscriptions_of(&self, conn: ConnId) -> Vec<(Sid, Pattern)> {
+        self.conns.get(&conn).map_or_else(Vec::new, |subs| {
+            subs.iter()
+                .filter_map(|(sid, key)| self.subs.get(key.0).map(|s| (*sid, s.pattern.clone())))
+                .collect()
+        })
     }
 
     /// Adds a subscription. Interest changes to broadcast go to `out`.
@@ -588,6 +601,7 @@ impl Router {
             if let Some(left) = sub.remaining.as_mut() {
                 *left -= 1;
                 if *left == 0 {
+                    plan.expired.push((sub.conn, sub.sid));
                     self.remove_sub(key, &mut plan.interest);
                 }
             }

@@ -75,8 +75,14 @@ pub enum Event {
     SlowConsumer,
     /// The server is stopping, or the connection's shard is draining.
     Shutdown,
-    /// An operator asked to close this connection.
-    Kick,
+    /// The server closes the connection with this code: an operator's kick,
+    /// a quota, a drain.
+    Close {
+        /// The code sent to the client.
+        code: ErrorCode,
+        /// Text for humans.
+        detail: &'static str,
+    },
     /// A new configuration snapshot arrived: re-check the credential.
     Reauthorize,
     /// The socket closed or failed.
@@ -204,10 +210,13 @@ fn subject_rejection(e: SubjectError, sid: u64) -> Rejection {
 /// The smallest of the server's, the tenant's and the principal's payload
 /// limits (0 in a quota means "no quota").
 fn effective_max_payload(limits: &Limits, id: &Identity) -> u32 {
-    [id.tenant.quotas.max_payload, id.principal.quotas.max_payload]
-        .into_iter()
-        .filter(|q| *q > 0)
-        .fold(limits.max_payload, u32::min)
+    [
+        id.tenant.quotas.max_payload,
+        id.principal.quotas.max_payload,
+    ]
+    .into_iter()
+    .filter(|q| *q > 0)
+    .fold(limits.max_payload, u32::min)
 }
 
 fn check_headers(headers: &[Header], limits: &Limits) -> Result<(), Rejection> {
@@ -272,6 +281,12 @@ impl Session {
         self.identity.as_ref()
     }
 
+    /// The largest payload this session may publish (server limit and the
+    /// tenant's and principal's quotas).
+    pub fn max_payload(&self) -> u32 {
+        self.max_payload
+    }
+
     /// Whether the client receives its own messages.
     pub fn echo(&self) -> bool {
         !self.no_echo
@@ -311,7 +326,10 @@ impl Session {
                     .identity
                     .as_ref()
                     .and_then(|i| i.expires_at_unix)
-                    .map(|e| now.mono + Duration::from_secs(e.saturating_sub(now.unix).max(0).cast_unsigned()));
+                    .map(|e| {
+                        now.mono
+                            + Duration::from_secs(e.saturating_sub(now.unix).max(0).cast_unsigned())
+                    });
                 Some(expiry.map_or(ping, |e| e.min(ping)))
             }
             State::Closing | State::Closed => None,
@@ -353,10 +371,7 @@ impl Session {
                 ErrorCode::ServerShuttingDown,
                 "server shutting down",
             )),
-            Event::Kick => Step::Reject(Rejection::fatal(
-                ErrorCode::DisconnectedByOperator,
-                "disconnected by an operator",
-            )),
+            Event::Close { code, detail } => Step::Reject(Rejection::fatal(code, detail)),
             Event::Reauthorize => self.on_reauthorize(now, config),
         };
         if let Step::Reject(r) = &step
@@ -393,7 +408,8 @@ impl Session {
         match config.revalidate(current, now.unix) {
             Err(_) => Self::revoked(),
             Ok(fresh) => {
-                let changed = !Arc::ptr_eq(&fresh.principal.permissions, &current.principal.permissions);
+                let changed =
+                    !Arc::ptr_eq(&fresh.principal.permissions, &current.principal.permissions);
                 self.max_payload = effective_max_payload(config.limits(), &fresh);
                 self.identity = Some(fresh);
                 if changed {
@@ -683,7 +699,7 @@ mod tests {
         }
         fn advance(&mut self, ms: u64) -> Step {
             self.now += Duration::from_millis(ms);
-            self.unix += (ms / 1000) as i64;
+            self.unix += (ms / 1000).cast_signed();
             self.step(Event::Tick)
         }
     }
@@ -978,7 +994,10 @@ mod tests {
         // The same credential with new permissions: re-check subscriptions.
         let mut h = Harness::open();
         h.config = config(None);
-        assert!(matches!(h.step(Event::Reauthorize), Step::PermissionsChanged));
+        assert!(matches!(
+            h.step(Event::Reauthorize),
+            Step::PermissionsChanged
+        ));
     }
 
     #[test]
@@ -990,8 +1009,12 @@ mod tests {
             Some((ErrorCode::Unavailable, true))
         );
         let mut h = Harness::open();
+        let kick = Event::Close {
+            code: ErrorCode::DisconnectedByOperator,
+            detail: "disconnected by an operator",
+        };
         assert_eq!(
-            rejected(&h.step(Event::Kick)),
+            rejected(&h.step(kick)),
             Some((ErrorCode::DisconnectedByOperator, true))
         );
     }

@@ -220,6 +220,13 @@ impl ConfigSnapshot {
         self.principals.get(&id)
     }
 
+    /// Whether any principal has a rate limit of its own.
+    pub fn has_principal_rates(&self) -> bool {
+        self.principals
+            .values()
+            .any(|p| p.quotas.messages_per_second > 0 || p.quotas.bytes_per_second > 0)
+    }
+
     /// Number of live credentials.
     pub fn credential_count(&self) -> usize {
         self.credentials.len()
@@ -254,7 +261,11 @@ impl ConfigSnapshot {
     }
 
     /// Adds a bearer credential by the hash of its token.
-    pub fn insert_bearer(&mut self, hash: CredentialHash, entry: CredentialEntry) -> Result<(), SnapshotError> {
+    pub fn insert_bearer(
+        &mut self,
+        hash: CredentialHash,
+        entry: CredentialEntry,
+    ) -> Result<(), SnapshotError> {
         self.insert_credential(entry)?;
         self.bearer.insert(hash, entry.id);
         Ok(())
@@ -270,8 +281,14 @@ impl ConfigSnapshot {
         if cred.expires_at_unix.is_some_and(|e| e <= now_unix) {
             return Err(AuthError::Expired);
         }
-        let principal = self.principals.get(&cred.principal).ok_or(AuthError::Revoked)?;
-        let tenant = self.tenants.get(&principal.tenant).ok_or(AuthError::Revoked)?;
+        let principal = self
+            .principals
+            .get(&cred.principal)
+            .ok_or(AuthError::Revoked)?;
+        let tenant = self
+            .tenants
+            .get(&principal.tenant)
+            .ok_or(AuthError::Revoked)?;
         Ok(Identity {
             tenant: tenant.clone(),
             principal: principal.clone(),
@@ -289,7 +306,8 @@ impl ConfigSnapshot {
             return Err(AuthError::Unknown);
         }
         if credential.starts_with(SIGNED_PREFIX) {
-            let (claims, bytes, sig) = auth::parse_signed(credential).map_err(|_| AuthError::Unknown)?;
+            let (claims, bytes, sig) =
+                auth::parse_signed(credential).map_err(|_| AuthError::Unknown)?;
             let tenant = self
                 .tenants
                 .get(&TenantId(claims.tenant_id))
@@ -380,16 +398,28 @@ mod tests {
         s.insert_bearer(CredentialHash::of("abt_x"), entry).unwrap();
         let id = s.authenticate("abt_x", 999).unwrap();
         assert_eq!(id.tenant.id, TenantId(1));
-        assert_eq!(s.authenticate("abt_y", 999).unwrap_err(), AuthError::Unknown);
-        assert_eq!(s.authenticate("abt_x", 1000).unwrap_err(), AuthError::Expired);
+        assert_eq!(
+            s.authenticate("abt_y", 999).unwrap_err(),
+            AuthError::Unknown
+        );
+        assert_eq!(
+            s.authenticate("abt_x", 1000).unwrap_err(),
+            AuthError::Expired
+        );
         assert!(s.revalidate(&id, 999).is_ok());
 
         // Revoked: the next snapshot lacks the credential.
         let revoked = snapshot(None);
-        assert_eq!(revoked.revalidate(&id, 999).unwrap_err(), AuthError::Revoked);
+        assert_eq!(
+            revoked.revalidate(&id, 999).unwrap_err(),
+            AuthError::Revoked
+        );
         // Fail closed: nobody new, existing sessions untouched.
         let closed = s.refusing_new_sessions(2, "store unreadable");
-        assert_eq!(closed.authenticate("abt_x", 1).unwrap_err(), AuthError::Unavailable);
+        assert_eq!(
+            closed.authenticate("abt_x", 1).unwrap_err(),
+            AuthError::Unavailable
+        );
         assert!(closed.revalidate(&id, 1).is_ok());
         assert_eq!(closed.reason(), Some("store unreadable"));
     }
@@ -421,11 +451,20 @@ mod tests {
         assert_eq!(s.revalidate(&id, 500).unwrap_err(), AuthError::Expired);
 
         // Claims that name another principal than the record: refused.
-        let lie = sign_token(&SignedTokenClaims { principal_id: 11, ..claims }, &key);
+        let lie = sign_token(
+            &SignedTokenClaims {
+                principal_id: 11,
+                ..claims
+            },
+            &key,
+        );
         assert_eq!(s.authenticate(&lie, 100).unwrap_err(), AuthError::Unknown);
         // Revoked: the credential is absent from the next snapshot.
         let fresh = snapshot(Some(public));
-        assert_eq!(fresh.authenticate(&token, 100).unwrap_err(), AuthError::Revoked);
+        assert_eq!(
+            fresh.authenticate(&token, 100).unwrap_err(),
+            AuthError::Revoked
+        );
     }
 
     #[test]

@@ -41,10 +41,24 @@ pub struct ShardStats {
     pub queue_misses: u64,
     /// Times a ring to another shard was full and messages waited.
     pub ring_full: u64,
+    /// Messages dropped by the drop-oldest slow-consumer policy.
+    pub dropped: u64,
+    /// Times a subscriber stalled its tenant's publishers.
+    pub stalls: u64,
+    /// Times a publisher waited for its rate limit.
+    pub throttled: u64,
+    /// Publishes and subscriptions refused by a policy.
+    pub permission_denied: u64,
+    /// Sessions closed because their credential was revoked or expired.
+    pub revoked: u64,
+    /// Connections closed by an operator.
+    pub kicked: u64,
     /// Gauge: open connections.
     pub connections: u64,
     /// Gauge: local subscriptions.
     pub subscriptions: u64,
+    /// Gauge: messages waiting in this shard's outgoing rings and overflow.
+    pub ring_used: u64,
 }
 
 impl ShardStats {
@@ -69,8 +83,15 @@ impl ShardStats {
             no_responders,
             queue_misses,
             ring_full,
+            dropped,
+            stalls,
+            throttled,
+            permission_denied,
+            revoked,
+            kicked,
             connections,
             subscriptions,
+            ring_used,
         } = other;
         self.connections_accepted += connections_accepted;
         self.connections_closed += connections_closed;
@@ -90,7 +111,14 @@ impl ShardStats {
         self.no_responders += no_responders;
         self.queue_misses += queue_misses;
         self.ring_full += ring_full;
+        self.dropped += dropped;
+        self.stalls += stalls;
+        self.throttled += throttled;
+        self.permission_denied += permission_denied;
+        self.revoked += revoked;
+        self.kicked += kicked;
         self.connections += connections;
         self.subscriptions += subscriptions;
+        self.ring_used += ring_used;
     }
 }

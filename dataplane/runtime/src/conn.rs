@@ -3,31 +3,50 @@
 //!
 //! The task owns the socket, the receive buffer and the [`Session`]. What
 //! other tasks of the shard may touch lives in [`ConnShared`]: the outbound
-//! queue (deliveries append to it), a waker, and flags (tick, slow consumer,
-//! shutdown). One task per connection, reading and writing from the same
-//! poll, means the socket is never shared and no wake-up is lost.
+//! queue (deliveries append to it), a waker, flags (tick, slow consumer,
+//! shutdown, kick, re-authorise), what operators see in listings, and the
+//! connection's quota holds. One task per connection, reading and writing
+//! from the same poll, means the socket is never shared and no wake-up is
+//! lost.
+//!
+//! Authorisation happens here, with the identity the session resolved:
+//! permissions before a publish or subscribe is carried out, quotas when the
+//! session opens and on each subscription, rate limits (and publisher stalls)
+//! before a publish is routed. A publish that must wait is held, with a
+//! timer, and reading stops until it has gone: throttling is back-pressure,
+//! nothing is dropped.
 //!
 //! Closing: a fatal error frame is queued, reading stops, the queue is
 //! flushed within `close_grace`, the write side is shut down, and the input
 //! is drained briefly so the peer reads the error before the socket closes.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arqonbus_core::ConnId;
+use arqonbus_core::ops::ConnectionInfo;
 use arqonbus_core::router::SubscriptionError;
-use arqonbus_core::session::{Event, Rejection, Session, State, Step};
+use arqonbus_core::session::{Event, Now, Publish, Rejection, Session, State, Step};
+use arqonbus_core::snapshot::{Identity, SlowConsumerPolicy};
+use arqonbus_core::subject::Subject;
+use arqonbus_core::{ConnId, PrincipalId, ShardId, TenantId};
 use arqonbus_proto::codec::{self, LEN_PREFIX};
 use arqonbus_proto::v1::{self, ErrorCode, frame::Kind};
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use rustc_hash::FxHashSet;
 
 use crate::outbound::Outbound;
+use crate::quota::Holds;
 use crate::readbuf::ReadBuf;
 use crate::shard::Shard;
 use crate::transport::{PlainStream, Transport};
@@ -36,13 +55,28 @@ use crate::transport::{PlainStream, Transport};
 #[derive(Debug, Clone, Copy)]
 #[repr(u8)]
 pub(crate) enum Flag {
-    /// A deadline passed (keep-alive, auth timeout, close grace).
+    /// A deadline passed (keep-alive, auth timeout, expiry, close grace), or
+    /// a publisher stall ended early.
     Tick = 1,
     /// Its outbound queue overflowed.
     SlowConsumer = 2,
-    /// The server is stopping.
+    /// The server is stopping or the shard is draining.
     Shutdown = 4,
+    /// An operator asked to close it.
+    Kick = 8,
+    /// A new configuration snapshot was applied.
+    Reauthorize = 16,
 }
+
+/// Reply subjects a restricted principal may answer once (requests it
+/// received), bounded; the oldest are forgotten first.
+#[derive(Debug, Default)]
+pub(crate) struct ReplySet {
+    order: VecDeque<Bytes>,
+    set: FxHashSet<Bytes>,
+}
+
+const MAX_PENDING_REPLIES: usize = 1024;
 
 /// The part of a connection other tasks of the shard may touch.
 pub(crate) struct ConnShared {
@@ -54,6 +88,25 @@ pub(crate) struct ConnShared {
     pub(crate) deadline: Cell<Option<Instant>>,
     /// No more deliveries: the connection is closing.
     pub(crate) closing: Cell<bool>,
+    peer: Option<SocketAddr>,
+    connected_at_ms: i64,
+    pub(crate) tenant: Cell<Option<TenantId>>,
+    principal: Cell<Option<PrincipalId>>,
+    principal_name: RefCell<Arc<str>>,
+    client_name: RefCell<String>,
+    client_kind: Cell<v1::ClientKind>,
+    /// What happens when this subscriber's queue is full.
+    pub(crate) policy: Cell<SlowConsumerPolicy>,
+    pub(crate) stall_max: Cell<Duration>,
+    /// Set while this subscriber is stalling its tenant's publishers.
+    pub(crate) stalled_since: Cell<Option<Instant>>,
+    replies: RefCell<Option<ReplySet>>,
+    holds: RefCell<Option<Holds>>,
+    subs: Cell<u32>,
+    msgs_in: Cell<u64>,
+    bytes_in: Cell<u64>,
+    msgs_out: Cell<u64>,
+    bytes_out: Cell<u64>,
 }
 
 impl std::fmt::Debug for ConnShared {
@@ -66,8 +119,14 @@ impl std::fmt::Debug for ConnShared {
     }
 }
 
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 impl ConnShared {
-    pub(crate) fn new(id: ConnId) -> Self {
+    pub(crate) fn new(id: ConnId, peer: Option<SocketAddr>) -> Self {
         Self {
             id,
             out: RefCell::new(Outbound::new()),
@@ -75,6 +134,23 @@ impl ConnShared {
             flags: Cell::new(0),
             deadline: Cell::new(None),
             closing: Cell::new(false),
+            peer,
+            connected_at_ms: unix_ms(),
+            tenant: Cell::new(None),
+            principal: Cell::new(None),
+            principal_name: RefCell::new(Arc::from("")),
+            client_name: RefCell::new(String::new()),
+            client_kind: Cell::new(v1::ClientKind::Unspecified),
+            policy: Cell::new(SlowConsumerPolicy::Disconnect),
+            stall_max: Cell::new(Duration::from_millis(100)),
+            stalled_since: Cell::new(None),
+            replies: RefCell::new(None),
+            holds: RefCell::new(None),
+            subs: Cell::new(0),
+            msgs_in: Cell::new(0),
+            bytes_in: Cell::new(0),
+            msgs_out: Cell::new(0),
+            bytes_out: Cell::new(0),
         }
     }
 
@@ -101,6 +177,122 @@ impl ConnShared {
             _ => self.waker.set(Some(waker.clone())),
         }
     }
+
+    /// Takes on what a (re-)authorised identity implies.
+    fn adopt(&self, id: &Identity, kind: v1::ClientKind, name: &str) {
+        self.tenant.set(Some(id.tenant.id));
+        self.principal.set(Some(id.principal.id));
+        *self.principal_name.borrow_mut() = id.principal.name.clone();
+        if self.client_name.borrow().as_str() != name {
+            name.clone_into(&mut self.client_name.borrow_mut());
+        }
+        self.client_kind.set(kind);
+        // The principal's own slow-consumer policy wins over the tenant's.
+        let (pq, tq) = (&id.principal.quotas, &id.tenant.quotas);
+        let q = if pq.slow_consumer == SlowConsumerPolicy::Disconnect {
+            tq
+        } else {
+            pq
+        };
+        self.policy.set(q.slow_consumer);
+        self.stall_max.set(if q.stall_max.is_zero() {
+            Duration::from_millis(100)
+        } else {
+            q.stall_max
+        });
+        let perms = &id.principal.permissions;
+        let wants_replies = !perms.unrestricted() && perms.allow_responses();
+        let mut replies = self.replies.borrow_mut();
+        match (wants_replies, replies.is_some()) {
+            (true, false) => *replies = Some(ReplySet::default()),
+            (false, true) => *replies = None,
+            _ => {}
+        }
+    }
+
+    /// A request with reply subject `reply` was delivered here.
+    pub(crate) fn allow_reply(&self, reply: &Bytes) {
+        if let Some(set) = self.replies.borrow_mut().as_mut()
+            && set.set.insert(reply.clone())
+        {
+            set.order.push_back(reply.clone());
+            if set.order.len() > MAX_PENDING_REPLIES
+                && let Some(old) = set.order.pop_front()
+            {
+                set.set.remove(&old);
+            }
+        }
+    }
+
+    /// Uses up the permission to answer on `subject`, if there is one.
+    fn take_reply(&self, subject: &Subject) -> bool {
+        let mut replies = self.replies.borrow_mut();
+        let Some(set) = replies.as_mut() else {
+            return false;
+        };
+        if set.set.remove(subject.as_bytes()) {
+            set.order.retain(|r| r.as_ref() != subject.as_bytes());
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn count_out(&self, bytes: usize) {
+        self.msgs_out.set(self.msgs_out.get() + 1);
+        self.bytes_out.set(self.bytes_out.get() + bytes as u64);
+    }
+
+    fn count_in(&self, bytes: usize) {
+        self.msgs_in.set(self.msgs_in.get() + 1);
+        self.bytes_in.set(self.bytes_in.get() + bytes as u64);
+    }
+
+    fn subscription_added(&self) {
+        self.subs.set(self.subs.get() + 1);
+    }
+
+    /// One of its subscriptions is gone.
+    pub(crate) fn subscription_released(&self) {
+        if let Some(h) = self.holds.borrow().as_ref() {
+            h.unsubscribe(1);
+        }
+        self.subs.set(self.subs.get().saturating_sub(1));
+    }
+
+    /// Gives back the connection's quota holds (it closed).
+    pub(crate) fn release_quota(&self) {
+        if let Some(h) = self.holds.borrow_mut().take() {
+            h.unsubscribe(self.subs.replace(0));
+            h.disconnect();
+        }
+    }
+
+    /// What operators see.
+    pub(crate) fn info(&self, shard: ShardId, subscriptions: usize) -> ConnectionInfo {
+        let kind = match self.client_kind.get() {
+            v1::ClientKind::Human => "human",
+            v1::ClientKind::Device => "device",
+            v1::ClientKind::Agent => "agent",
+            v1::ClientKind::Unspecified => "unspecified",
+        };
+        ConnectionInfo {
+            id: self.id.0,
+            shard: shard.0,
+            tenant: self.tenant.get(),
+            principal: self.principal.get(),
+            principal_name: self.principal_name.borrow().to_string(),
+            client_name: self.client_name.borrow().clone(),
+            client_kind: kind.to_owned(),
+            remote_addr: self.peer.map(|p| p.to_string()).unwrap_or_default(),
+            subscriptions: u32::try_from(subscriptions).unwrap_or(u32::MAX),
+            msgs_in: self.msgs_in.get(),
+            bytes_in: self.bytes_in.get(),
+            msgs_out: self.msgs_out.get(),
+            bytes_out: self.bytes_out.get(),
+            connected_at_unix_ms: self.connected_at_ms,
+        }
+    }
 }
 
 /// Why a connection ended (for logs).
@@ -119,13 +311,20 @@ enum Ended {
 /// Most loop rounds in one poll before yielding to other tasks.
 const ROUNDS_PER_POLL: usize = 8;
 
+fn now() -> Now {
+    Now {
+        mono: Instant::now(),
+        unix: unix_ms() / 1000,
+    }
+}
+
 /// Serves one accepted connection until it ends.
 pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(shard = %shard.id, error = %e, "TCP_NODELAY not set");
     }
-    let conn = match shard.register() {
+    let conn = match shard.register(peer) {
         Ok(conn) => conn,
         Err(refusal) => {
             tracing::warn!(shard = %shard.id, ?peer, code = ?refusal.code, "connection refused");
@@ -145,8 +344,9 @@ async fn establish(shard: &Shard, stream: TcpStream) -> io::Result<Transport> {
         return Ok(Transport::Plain(PlainStream(stream)));
     };
     let handshake = acceptor.accept(PlainStream(stream));
+    let auth_timeout = Duration::from_millis(shard.config.borrow().limits().auth_timeout_ms);
     let timeout = async {
-        glommio::timer::sleep(Duration::from_millis(shard.cfg.limits.auth_timeout_ms)).await;
+        glommio::timer::sleep(auth_timeout).await;
         Err(io::Error::from(io::ErrorKind::TimedOut))
     };
     let tls = futures_lite::future::or(handshake, timeout)
@@ -155,6 +355,10 @@ async fn establish(shard: &Shard, stream: TcpStream) -> io::Result<Transport> {
             shard.stats.borrow_mut().tls_failures += 1;
         })?;
     Ok(Transport::Tls(Box::new(tls)))
+}
+
+fn close_grace(shard: &Shard) -> Duration {
+    Duration::from_millis(shard.config.borrow().limits().close_grace_ms)
 }
 
 /// Tells a connection the shard cannot take it, then closes it.
@@ -170,14 +374,14 @@ async fn refuse(shard: &Shard, stream: TcpStream, refusal: &Rejection) {
         let _ = transport.write_all(&frame).await;
         let _ = transport.close().await;
     };
-    let grace = Duration::from_millis(shard.cfg.limits.close_grace_ms.min(1_000));
+    let grace = close_grace(shard).min(Duration::from_secs(1));
     futures_lite::future::or(send, glommio::timer::sleep(grace)).await;
 }
 
 async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: TcpStream) {
-    let limits = &shard.cfg.limits;
     let mut session = Session::new(Instant::now(), shard.cfg.tls.is_some());
-    conn.deadline.set(session.next_deadline(limits));
+    conn.deadline
+        .set(session.next_deadline(shard.config.borrow().limits(), now()));
     let transport = match establish(shard, stream).await {
         Ok(t) => t,
         Err(e) => {
@@ -191,6 +395,8 @@ async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: TcpStream) {
         needs_flush: false,
         close_at: None,
         closed_with: ErrorCode::Unspecified,
+        held: None,
+        timer: None,
     };
     if shard.cfg.tls.is_some() {
         io.step(shard, conn, &mut session, Event::TlsEstablished);
@@ -198,12 +404,12 @@ async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: TcpStream) {
 
     let ended = futures_lite::future::poll_fn(|cx| io.poll(cx, shard, conn, &mut session)).await;
     if let Ended::Closed(_) = ended {
-        io.linger(limits).await;
+        io.linger(close_grace(shard)).await;
     }
     tracing::debug!(
         shard = %shard.id,
         conn = %conn.id,
-        tenant = ?session.principal().map(|p| p.tenant),
+        tenant = ?session.identity().map(|i| i.tenant.id),
         reason = ?ended,
         "closed"
     );
@@ -218,6 +424,10 @@ struct ConnIo {
     close_at: Option<Instant>,
     /// The code of the final error, once closing.
     closed_with: ErrorCode,
+    /// A publish waiting for its rate limit or a publisher stall to pass.
+    held: Option<Publish>,
+    /// When to try the held publish again.
+    timer: Option<Timer>,
 }
 
 impl ConnIo {
@@ -233,6 +443,17 @@ impl ConnIo {
             if flags & Flag::Shutdown as u8 != 0 {
                 self.step(shard, conn, session, Event::Shutdown);
             }
+            if flags & Flag::Kick as u8 != 0 {
+                shard.stats.borrow_mut().kicked += 1;
+                let kick = Event::Close {
+                    code: ErrorCode::DisconnectedByOperator,
+                    detail: "disconnected by an operator",
+                };
+                self.step(shard, conn, session, kick);
+            }
+            if flags & Flag::Reauthorize as u8 != 0 {
+                self.step(shard, conn, session, Event::Reauthorize);
+            }
             if flags & Flag::SlowConsumer as u8 != 0 {
                 self.step(shard, conn, session, Event::SlowConsumer);
             }
@@ -241,6 +462,8 @@ impl ConnIo {
                     return Poll::Ready(Ended::GraceExpired);
                 }
                 self.step(shard, conn, session, Event::Tick);
+                // A stall may have ended early: retry a held publish now.
+                self.timer = None;
             }
 
             let mut progress = false;
@@ -249,12 +472,20 @@ impl ConnIo {
                 Poll::Ready(Err(e)) => return Poll::Ready(Ended::Io(e.kind())),
                 Poll::Pending => {}
             }
+            Self::end_stall(shard, conn);
 
             if session.state() == State::Closing {
                 if conn.out.borrow().is_empty() && !self.needs_flush {
                     return Poll::Ready(Ended::Closed(self.closed_with));
                 }
-            } else if conn.out.borrow().pending() as u64 > shard.cfg.limits.max_pending_bytes {
+            } else if self.held.is_some() {
+                if self.retry_held(cx, shard, conn, session) {
+                    self.process(shard, conn, session);
+                    progress = true;
+                }
+            } else if conn.out.borrow().pending() as u64
+                > shard.config.borrow().limits().max_pending_bytes
+            {
                 // The client does not read what we answer (pongs, errors):
                 // stop reading its requests until it does. The pending write
                 // above has registered the wake-up.
@@ -268,12 +499,8 @@ impl ConnIo {
                 let room = self.rbuf.unfilled(need);
                 match Pin::new(&mut self.transport).poll_read(cx, room) {
                     Poll::Ready(Ok(0)) => {
-                        session.handle(
-                            Event::Closed,
-                            Instant::now(),
-                            &shard.auth.borrow(),
-                            &shard.cfg.limits,
-                        );
+                        let config = shard.config.borrow();
+                        session.handle(Event::Closed, now(), &config);
                         return Poll::Ready(Ended::PeerClosed);
                     }
                     Poll::Ready(Ok(n)) => {
@@ -330,13 +557,61 @@ impl ConnIo {
         Poll::Ready(Ok(wrote))
     }
 
+    /// A subscriber that stalled its tenant's publishers and has caught up
+    /// (queue below half the bound) lets them go.
+    fn end_stall(shard: &Shard, conn: &ConnShared) {
+        if conn.stalled_since.get().is_none() {
+            return;
+        }
+        let max = shard.config.borrow().limits().max_pending_bytes;
+        if (conn.out.borrow().pending() as u64) < max / 2 {
+            conn.stalled_since.set(None);
+            if let Some(t) = conn.tenant.get() {
+                shard.unstall(t);
+            }
+        }
+    }
+
+    /// Tries the held publish again when its timer fired. True when it went.
+    fn retry_held(
+        &mut self,
+        cx: &mut Context<'_>,
+        shard: &Rc<Shard>,
+        conn: &ConnShared,
+        session: &Session,
+    ) -> bool {
+        if let Some(timer) = self.timer.as_mut() {
+            if Pin::new(timer).poll(cx).is_pending() {
+                return false;
+            }
+            self.timer = None;
+        }
+        let Some(msg) = self.held.take() else {
+            return false;
+        };
+        self.gate_and_publish(shard, conn, session, msg);
+        if self.held.is_some() {
+            // Still waiting: poll the new timer so it wakes us.
+            if let Some(timer) = self.timer.as_mut() {
+                let _ = Pin::new(timer).poll(cx);
+            }
+            return false;
+        }
+        true
+    }
+
     /// Decodes and handles every whole frame in the receive buffer.
     fn process(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session) {
         loop {
-            if !matches!(session.state(), State::AwaitingConnect | State::Open) {
+            if self.held.is_some()
+                || !matches!(session.state(), State::AwaitingConnect | State::Open)
+            {
                 break;
             }
-            let max_frame = session.max_frame(&shard.cfg.limits);
+            let max_frame = {
+                let config = shard.config.borrow();
+                session.max_frame(config.limits())
+            };
             let event = match codec::frame_len(self.rbuf.filled(), max_frame) {
                 Ok(None) => break,
                 Err(e) => Event::Undecodable(e),
@@ -356,53 +631,185 @@ impl ConnIo {
 
     /// Feeds one event to the session and carries out the step.
     fn step(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session, event: Event) {
-        let now = Instant::now();
+        let t = now();
         let step = {
-            let auth = shard.auth.borrow();
-            session.handle(event, now, &auth, &shard.cfg.limits)
+            let config = shard.config.borrow();
+            session.handle(event, t, &config)
         };
         match step {
             Step::Nothing => {}
-            Step::Welcome(principal) => {
-                let welcome = shard.welcome(conn.id, &principal.tenant_name);
-                conn.out.borrow_mut().push_frame(&welcome);
-                tracing::debug!(
-                    shard = %shard.id,
-                    conn = %conn.id,
-                    tenant = %principal.tenant,
-                    principal = %principal.id,
-                    kind = ?session.client_kind(),
-                    name = session.client_name(),
-                    "authenticated"
-                );
-            }
-            Step::Publish(msg) => {
-                if let Some(p) = session.principal() {
-                    shard.publish(p.tenant, conn.id, session.echo(), msg);
+            Step::Welcome => self.welcome(shard, conn, session),
+            Step::PermissionsChanged => {
+                if let Some(id) = session.identity() {
+                    conn.adopt(id, session.client_kind(), session.client_name());
                 }
+                Self::recheck_subscriptions(shard, conn, session);
             }
+            Step::Publish(msg) => self.publish(shard, conn, session, msg),
             Step::Subscribe {
                 sid,
                 pattern,
                 queue,
             } => {
-                let Some(p) = session.principal() else { return };
-                if let Err(e) = shard.subscribe(p.tenant, conn.id, sid, pattern, queue) {
-                    Self::reject_subscription(shard, conn, sid.0, e);
+                let Some(id) = session.identity() else { return };
+                if !id.principal.permissions.may_subscribe(&pattern) {
+                    shard.stats.borrow_mut().permission_denied += 1;
+                    Self::soft_error(
+                        conn,
+                        ErrorCode::PermissionDenied,
+                        sid.0,
+                        "not allowed to subscribe to this pattern",
+                    );
+                    return;
+                }
+                let held = conn.holds.borrow();
+                if let Some(h) = held.as_ref()
+                    && !h.subscribe(id)
+                {
+                    shard.stats.borrow_mut().client_errors += 1;
+                    Self::soft_error(
+                        conn,
+                        ErrorCode::MaxSubscriptionsExceeded,
+                        sid.0,
+                        "tenant or principal at max_subscriptions",
+                    );
+                    return;
+                }
+                drop(held);
+                match shard.subscribe(id.tenant.id, conn.id, sid, pattern, queue) {
+                    Ok(()) => conn.subscription_added(),
+                    Err(e) => {
+                        if let Some(h) = conn.holds.borrow().as_ref() {
+                            h.unsubscribe(1);
+                        }
+                        Self::reject_subscription(shard, conn, sid.0, e);
+                    }
                 }
             }
-            Step::Unsubscribe { sid, after } => {
-                if let Err(e) = shard.unsubscribe(conn.id, sid, after) {
-                    Self::reject_subscription(shard, conn, sid.0, e);
-                }
-            }
+            Step::Unsubscribe { sid, after } => match shard.unsubscribe(conn.id, sid, after) {
+                Ok(()) if after == 0 => conn.subscription_released(),
+                Ok(()) => {}
+                Err(e) => Self::reject_subscription(shard, conn, sid.0, e),
+            },
             Step::Pong => shard.pong(conn),
             Step::Ping => conn.out.borrow_mut().push_frame(&Kind::Ping(v1::Ping {})),
-            Step::Reject(r) => self.reject(shard, conn, &r, now),
+            Step::Reject(r) => self.reject(shard, conn, &r, t.mono),
         }
+        let config = shard.config.borrow();
         conn.deadline.set(
             self.close_at
-                .or_else(|| session.next_deadline(&shard.cfg.limits)),
+                .or_else(|| session.next_deadline(config.limits(), t)),
+        );
+    }
+
+    fn welcome(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session) {
+        let Some(id) = session.identity() else { return };
+        let holds = shard.quota.holds(id);
+        if !holds.connect(id) {
+            let refuse = Event::Close {
+                code: ErrorCode::MaxConnectionsExceeded,
+                detail: "tenant or principal at max_connections",
+            };
+            self.step(shard, conn, session, refuse);
+            return;
+        }
+        *conn.holds.borrow_mut() = Some(holds);
+        conn.adopt(id, session.client_kind(), session.client_name());
+        let max_payload = session.max_payload();
+        let welcome = shard.welcome(conn.id, &id.tenant.name, max_payload);
+        conn.out.borrow_mut().push_frame(&welcome);
+        tracing::debug!(
+            shard = %shard.id,
+            conn = %conn.id,
+            tenant = %id.tenant.id,
+            principal = %id.principal.id,
+            kind = ?session.client_kind(),
+            name = session.client_name(),
+            "authenticated"
+        );
+    }
+
+    /// Checks permissions, then rate limits and stalls, then routes.
+    fn publish(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &Session, msg: Publish) {
+        let Some(id) = session.identity() else { return };
+        let perms = &id.principal.permissions;
+        let allowed = perms.unrestricted()
+            || perms.may_publish(&msg.subject)
+            || (perms.allow_responses() && conn.take_reply(&msg.subject));
+        if !allowed {
+            shard.stats.borrow_mut().permission_denied += 1;
+            Self::soft_error(
+                conn,
+                ErrorCode::PermissionDenied,
+                0,
+                "not allowed to publish to this subject",
+            );
+            return;
+        }
+        self.gate_and_publish(shard, conn, session, msg);
+    }
+
+    /// Routes `msg` now, or holds it until its rate limit or a publisher
+    /// stall allows it.
+    fn gate_and_publish(
+        &mut self,
+        shard: &Rc<Shard>,
+        conn: &ConnShared,
+        session: &Session,
+        msg: Publish,
+    ) {
+        let Some(id) = session.identity() else { return };
+        let now = Instant::now();
+        let wait = match shard.stalled_until(id.tenant.id, now) {
+            Some(until) => Err(until - now),
+            None => shard.rates.borrow_mut().admit(id, msg.payload.len(), now),
+        };
+        match wait {
+            Ok(()) => {
+                conn.count_in(msg.payload.len());
+                shard.publish(id.tenant.id, conn.id, session.echo(), msg);
+            }
+            Err(wait) => {
+                shard.stats.borrow_mut().throttled += 1;
+                self.held = Some(msg);
+                self.timer = Some(Timer::new(wait));
+            }
+        }
+    }
+
+    /// After a permission change: drop subscriptions no longer allowed.
+    fn recheck_subscriptions(shard: &Rc<Shard>, conn: &ConnShared, session: &Session) {
+        let Some(id) = session.identity() else { return };
+        if id.principal.permissions.unrestricted() {
+            return;
+        }
+        let subs = shard.router.borrow().subscriptions_of(conn.id);
+        for (sid, pattern) in subs {
+            if id.principal.permissions.may_subscribe(&pattern) {
+                continue;
+            }
+            if shard.unsubscribe(conn.id, sid, 0).is_ok() {
+                conn.subscription_released();
+                shard.stats.borrow_mut().permission_denied += 1;
+                Self::soft_error(
+                    conn,
+                    ErrorCode::PermissionDenied,
+                    sid.0,
+                    "subscription no longer allowed; removed",
+                );
+            }
+        }
+    }
+
+    fn soft_error(conn: &ConnShared, code: ErrorCode, sid: u64, detail: &'static str) {
+        conn.out.borrow_mut().push_frame(
+            &Rejection {
+                code,
+                close: false,
+                sid,
+                detail,
+            }
+            .to_frame(),
         );
     }
 
@@ -418,15 +825,7 @@ impl ConnIo {
             }
         };
         shard.stats.borrow_mut().client_errors += 1;
-        conn.out.borrow_mut().push_frame(
-            &Rejection {
-                code,
-                close: false,
-                sid,
-                detail,
-            }
-            .to_frame(),
-        );
+        Self::soft_error(conn, code, sid, detail);
     }
 
     fn reject(&mut self, shard: &Shard, conn: &ConnShared, r: &Rejection, now: Instant) {
@@ -435,6 +834,7 @@ impl ConnIo {
             match r.code {
                 ErrorCode::AuthenticationFailed => stats.auth_failures += 1,
                 ErrorCode::StaleConnection => stats.stale_connections += 1,
+                ErrorCode::CredentialRevoked => stats.revoked += 1,
                 ErrorCode::ProtocolViolation
                 | ErrorCode::FrameTooLarge
                 | ErrorCode::UnsupportedVersion => {
@@ -444,11 +844,10 @@ impl ConnIo {
                 _ => {}
             }
         }
-        let level_is_warn = matches!(r.code, ErrorCode::SlowConsumer);
-        if level_is_warn {
-            tracing::warn!(shard = %shard.id, conn = %conn.id, code = ?r.code, "closing slow consumer");
+        if r.code == ErrorCode::SlowConsumer {
+            tracing::warn!(shard = %shard.id, conn = %conn.id, tenant = ?conn.tenant.get(), code = ?r.code, "closing slow consumer");
         } else if r.close {
-            tracing::info!(shard = %shard.id, conn = %conn.id, code = ?r.code, detail = r.detail, "closing connection");
+            tracing::info!(shard = %shard.id, conn = %conn.id, tenant = ?conn.tenant.get(), code = ?r.code, detail = r.detail, "closing connection");
         } else {
             tracing::debug!(shard = %shard.id, conn = %conn.id, code = ?r.code, sid = r.sid, "client error");
         }
@@ -460,8 +859,9 @@ impl ConnIo {
         drop(out);
         if r.close {
             self.closed_with = r.code;
+            self.held = None;
             conn.closing.set(true);
-            let at = now + Duration::from_millis(shard.cfg.limits.close_grace_ms);
+            let at = now + close_grace(shard);
             self.close_at = Some(at);
             conn.deadline.set(Some(at));
         }
@@ -469,10 +869,10 @@ impl ConnIo {
 
     /// After the final error: shut down our side and read until the peer
     /// closes (bounded), so a reset does not destroy the error in flight.
-    async fn linger(&mut self, limits: &arqonbus_core::limits::Limits) {
+    async fn linger(&mut self, grace: Duration) {
         // TLS: close_notify, then (like plain TCP) shut down the write side.
         let _ = self.transport.close().await;
-        let grace = Duration::from_millis(limits.close_grace_ms.min(1_000));
+        let grace = grace.min(Duration::from_secs(1));
         let drain = async {
             let mut sink = [0u8; 4096];
             loop {

@@ -10,9 +10,16 @@
 //! the I/O around them. A message's path is written up in
 //! `specs/architecture.md`.
 //!
+//! Operators drive it through the [`DataPlane`] handle: new configuration
+//! snapshots (credentials, permissions, quotas), connection listings and
+//! kicks, draining and resuming a shard. A small rebalancer thread moves
+//! tenants' rate-limit shares between shards while any rate limit is in use.
+//!
 //! # Layout
-//! - `conn`: one connection's task;
-//! - `shard`: the shard's state and its accept, mesh and tick loops;
+//! - `conn`: one connection's task (authorisation, quotas, throttling);
+//! - `shard`: the shard's state, its accept, mesh and tick loops, commands;
+//! - `route`: publishing, delivery, the mesh protocol, the barrier, stalls;
+//! - `quota`: cross-shard counts and per-shard rate limiters;
 //! - `mesh`, `doorbell`: the rings between shards and how a parked shard is
 //!   woken;
 //! - `outbound`, `readbuf`, `transport`: buffers and the (TLS) byte stream.
@@ -21,23 +28,31 @@ mod conn;
 mod doorbell;
 mod mesh;
 mod outbound;
+mod quota;
 mod readbuf;
+mod route;
 mod shard;
 mod transport;
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use arqonbus_core::ShardId;
-use arqonbus_core::auth::AuthSnapshot;
-use arqonbus_core::limits::{Limits, LimitsError};
+use arqonbus_core::limits::LimitsError;
+use arqonbus_core::ops::{ConnectionInfo, ShardStatus, shard_of};
+use arqonbus_core::ratelimit::{ShareReport, rebalance};
 use arqonbus_core::router::MAX_SHARDS;
+use arqonbus_core::snapshot::ConfigSnapshot;
 use arqonbus_core::stats::ShardStats;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use rustc_hash::FxHashMap;
 
 use crate::doorbell::Doorbell;
+use crate::quota::{QuotaBook, RateKey, RateUse};
 use crate::shard::{Command, ShardConfigSend, ShardInit};
 
 /// How the data plane runs. Built by the server from its config file.
@@ -51,10 +66,8 @@ pub struct DataPlaneConfig {
     pub cpus: Vec<usize>,
     /// TLS settings; `None` serves plaintext.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Per-connection limits.
-    pub limits: Limits,
-    /// Valid credentials.
-    pub auth: Arc<AuthSnapshot>,
+    /// The first configuration: limits, tenants, principals, credentials.
+    pub config: Arc<ConfigSnapshot>,
     /// Identifies this server in `Welcome`.
     pub server_id: String,
     /// Pinned memory per executor for io_uring buffers, bytes.
@@ -74,14 +87,13 @@ pub struct DataPlaneConfig {
 
 impl DataPlaneConfig {
     /// A configuration with defaults for everything but what must be given.
-    pub fn new(listen: SocketAddr, shards: usize, auth: Arc<AuthSnapshot>) -> Self {
+    pub fn new(listen: SocketAddr, shards: usize, config: Arc<ConfigSnapshot>) -> Self {
         Self {
             listen,
             shards,
             cpus: Vec::new(),
             tls: None,
-            limits: Limits::default(),
-            auth,
+            config,
             server_id: String::from("arqonbus"),
             io_memory: 128 * 1024,
             ring_capacity: 8 * 1024,
@@ -109,7 +121,7 @@ impl DataPlaneConfig {
         if self.tick.is_zero() {
             return Err(StartError::Config("tick must be > 0".into()));
         }
-        self.limits.validate()?;
+        self.config.limits().validate()?;
         Ok(())
     }
 }
@@ -150,16 +162,19 @@ pub enum ControlError {
     /// A shard did not answer in time (overloaded or stopped).
     #[error("shard {0} did not answer")]
     Unresponsive(u16),
+    /// There is no shard with that number.
+    #[error("no shard {0}")]
+    NoSuchShard(u16),
 }
 
+/// The way to one shard's command channel (shared with the rebalancer).
 #[derive(Debug)]
-struct ShardHandle {
+struct ShardPort {
     commands: crossbeam_channel::Sender<Command>,
     doorbell: Arc<Doorbell>,
-    join: Option<ExecutorJoinHandle<()>>,
 }
 
-impl ShardHandle {
+impl ShardPort {
     fn send(&self, cmd: Command) {
         if self.commands.send(cmd).is_ok() {
             self.doorbell.ring();
@@ -167,11 +182,107 @@ impl ShardHandle {
     }
 }
 
+/// How long an operator request waits for a shard.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+fn ask<T>(
+    port: &ShardPort,
+    shard: usize,
+    make: impl FnOnce(crossbeam_channel::Sender<T>) -> Command,
+) -> Result<T, ControlError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    port.send(make(tx));
+    rx.recv_timeout(ANSWER_WITHIN)
+        .map_err(|_| ControlError::Unresponsive(shard as u16))
+}
+
 /// A running data plane. Dropping it shuts it down.
 #[derive(Debug)]
 pub struct DataPlane {
     local_addr: SocketAddr,
-    shards: Vec<ShardHandle>,
+    ports: Arc<Vec<ShardPort>>,
+    joins: Vec<Option<ExecutorJoinHandle<()>>>,
+    /// Set while the current snapshot has any rate limit.
+    rates_in_use: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+    rebalancer: Option<JoinHandle<()>>,
+}
+
+/// How often rate-limit shares are rebalanced.
+const REBALANCE_EVERY: Duration = Duration::from_millis(200);
+
+/// Moves each rate-limited key's share towards the shards that use it.
+fn rebalancer(ports: &[ShardPort], in_use: &AtomicBool, stopping: &AtomicBool) {
+    let mut last = Instant::now();
+    while !stopping.load(Ordering::Relaxed) {
+        std::thread::park_timeout(REBALANCE_EVERY);
+        if stopping.load(Ordering::Relaxed) {
+            break;
+        }
+        let now = Instant::now();
+        let window = now.duration_since(last).as_secs_f64().max(1e-3);
+        last = now;
+        if !in_use.load(Ordering::Relaxed) {
+            continue;
+        }
+        let mut reports: Vec<FxHashMap<RateKey, RateUse>> = Vec::with_capacity(ports.len());
+        for (i, port) in ports.iter().enumerate() {
+            match ask(port, i, Command::RateReport) {
+                Ok(r) => reports.push(r.into_iter().collect()),
+                Err(_) => return,
+            }
+        }
+        let mut keys: Vec<RateKey> = reports.iter().flat_map(|r| r.keys().copied()).collect();
+        keys.sort_unstable_by_key(|k| match k {
+            RateKey::Tenant(t) => (0, t.0),
+            RateKey::Principal(p) => (1, p.0),
+        });
+        keys.dedup();
+        let mut shares: Vec<FxHashMap<RateKey, f64>> = vec![FxHashMap::default(); ports.len()];
+        for key in keys {
+            let per_shard: Vec<ShareReport> = reports
+                .iter()
+                .map(|r| {
+                    r.get(&key).map_or(
+                        ShareReport {
+                            share: 1.0 / ports.len() as f64,
+                            used: 0.0,
+                            throttled: false,
+                        },
+                        |u| {
+                            let frac = |(granted, rate): (f64, f64)| {
+                                if rate > 0.0 {
+                                    granted / (rate * window)
+                                } else {
+                                    0.0
+                                }
+                            };
+                            ShareReport {
+                                share: u.share,
+                                used: frac(u.msgs).max(frac(u.bytes)),
+                                throttled: u.throttled,
+                            }
+                        },
+                    )
+                })
+                .collect();
+            for (i, share) in rebalance(&per_shard).into_iter().enumerate() {
+                shares[i].insert(key, share);
+            }
+        }
+        for (port, s) in ports.iter().zip(shares) {
+            if !s.is_empty() {
+                port.send(Command::RateShares(s));
+            }
+        }
+    }
+}
+
+fn uses_rates(snapshot: &ConfigSnapshot) -> bool {
+    snapshot
+        .tenants()
+        .any(|t| t.quotas.messages_per_second > 0 || t.quotas.bytes_per_second > 0)
+        || snapshot.has_principal_rates()
 }
 
 fn bind_group(addr: SocketAddr, n: usize) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
@@ -211,7 +322,7 @@ impl DataPlane {
         }
         let meshes = mesh::build(&bells, cfg.ring_capacity);
         let shared = Arc::new(ShardConfigSend {
-            limits: cfg.limits.clone(),
+            listen: local_addr,
             server_id: cfg.server_id.clone(),
             tls: cfg.tls.clone(),
             read_chunk: cfg.read_buffer,
@@ -219,18 +330,16 @@ impl DataPlane {
             overflow_limit: cfg.overflow_limit,
             shards: cfg.shards,
         });
+        let quota = Arc::new(QuotaBook::default());
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed)
             .map_err(|e| StartError::Io(std::io::Error::other(e.to_string())))?;
         let seed = u64::from_le_bytes(seed);
 
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(cfg.shards);
-        // Built up shard by shard: if a later shard fails, dropping `plane`
-        // stops the ones already running.
-        let mut plane = Self {
-            local_addr,
-            shards: Vec::with_capacity(cfg.shards),
-        };
+        let mut ports = Vec::with_capacity(cfg.shards);
+        let mut joins = Vec::with_capacity(cfg.shards);
+        let mut spawn_error = None;
         let parts = listeners.into_iter().zip(meshes).zip(bell_rxs).enumerate();
         for (i, ((listener, mesh), bell_rx)) in parts {
             let id = ShardId(i as u16);
@@ -249,7 +358,8 @@ impl DataPlane {
             let init = ShardInit {
                 id,
                 cfg: shared.clone(),
-                auth: cfg.auth.clone(),
+                config: cfg.config.clone(),
+                quota: quota.clone(),
                 listener,
                 mesh,
                 doorbell: bells[i].clone(),
@@ -260,19 +370,40 @@ impl DataPlane {
                     .wrapping_mul(0x9e37_79b9_7f4a_7c15),
             };
             let ready = ready_tx.clone();
-            let join = builder
-                .spawn(move || shard::run(init, ready))
-                .map_err(|e| StartError::Shard {
-                    shard: id.0,
-                    reason: e.to_string(),
-                })?;
-            plane.shards.push(ShardHandle {
-                commands: cmd_tx,
-                doorbell: bells[i].clone(),
-                join: Some(join),
-            });
+            match builder.spawn(move || shard::run(init, ready)) {
+                Ok(join) => {
+                    ports.push(ShardPort {
+                        commands: cmd_tx,
+                        doorbell: bells[i].clone(),
+                    });
+                    joins.push(Some(join));
+                }
+                Err(e) => {
+                    spawn_error = Some(StartError::Shard {
+                        shard: id.0,
+                        reason: e.to_string(),
+                    });
+                    break;
+                }
+            }
         }
         drop(ready_tx);
+        let ports = Arc::new(ports);
+        let rates_in_use = Arc::new(AtomicBool::new(uses_rates(&cfg.config)));
+        let stopping = Arc::new(AtomicBool::new(false));
+        // Built before anything can fail: dropping `plane` stops every shard
+        // already running.
+        let mut plane = Self {
+            local_addr,
+            ports: ports.clone(),
+            joins,
+            rates_in_use: rates_in_use.clone(),
+            stopping: stopping.clone(),
+            rebalancer: None,
+        };
+        if let Some(e) = spawn_error {
+            return Err(e);
+        }
         let mut started = vec![false; cfg.shards];
         for _ in 0..cfg.shards {
             if let Ok(id) = ready_rx.recv_timeout(Duration::from_secs(30)) {
@@ -285,6 +416,11 @@ impl DataPlane {
                 });
             }
         }
+        plane.rebalancer = Some(
+            std::thread::Builder::new()
+                .name("arqonbus-rebalancer".into())
+                .spawn(move || rebalancer(&ports, &rates_in_use, &stopping))?,
+        );
         tracing::info!(addr = %local_addr, shards = cfg.shards, tls = cfg.tls.is_some(), "data plane listening");
         Ok(plane)
     }
@@ -296,24 +432,21 @@ impl DataPlane {
 
     /// Number of shards.
     pub fn shards(&self) -> usize {
-        self.shards.len()
+        self.ports.len()
+    }
+
+    fn port(&self, shard: u16) -> Result<&ShardPort, ControlError> {
+        self.ports
+            .get(usize::from(shard))
+            .ok_or(ControlError::NoSuchShard(shard))
     }
 
     /// A copy of every shard's counters, in shard order.
     pub fn stats(&self) -> Result<Vec<ShardStats>, ControlError> {
-        let mut replies = Vec::with_capacity(self.shards.len());
-        for s in &self.shards {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            s.send(Command::Stats(tx));
-            replies.push(rx);
-        }
-        replies
-            .into_iter()
+        self.ports
+            .iter()
             .enumerate()
-            .map(|(i, rx)| {
-                rx.recv_timeout(Duration::from_secs(10))
-                    .map_err(|_| ControlError::Unresponsive(i as u16))
-            })
+            .map(|(i, p)| ask(p, i, Command::Stats))
             .collect()
     }
 
@@ -326,11 +459,58 @@ impl DataPlane {
         Ok(total)
     }
 
-    /// Replaces the credentials new connections are checked against.
-    pub fn update_auth(&self, auth: &Arc<AuthSnapshot>) {
-        for s in &self.shards {
-            s.send(Command::UpdateAuth(auth.clone()));
+    /// Pushes a new configuration snapshot to every shard. Each applies it
+    /// between two batches of work; sessions whose credential is no longer
+    /// valid close, and changed permissions apply to existing sessions.
+    pub fn apply(&self, snapshot: &Arc<ConfigSnapshot>) {
+        self.rates_in_use
+            .store(uses_rates(snapshot), Ordering::Relaxed);
+        for p in self.ports.iter() {
+            p.send(Command::Apply(snapshot.clone()));
         }
+    }
+
+    /// Every open connection.
+    pub fn connections(&self) -> Result<Vec<ConnectionInfo>, ControlError> {
+        let mut all = Vec::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            all.extend(ask(p, i, Command::Connections)?);
+        }
+        Ok(all)
+    }
+
+    /// Closes one connection; `false` when there is no such connection.
+    pub fn kick(&self, connection_id: u64) -> Result<bool, ControlError> {
+        let shard = shard_of(connection_id);
+        let Ok(port) = self.port(shard) else {
+            return Ok(false);
+        };
+        ask(port, usize::from(shard), |tx| {
+            Command::Kick(connection_id, tx)
+        })
+    }
+
+    /// Takes a shard out of service: it stops accepting (the kernel sends new
+    /// connections to the other shards) and its connections are closed with
+    /// `SERVER_SHUTTING_DOWN` so clients reconnect elsewhere.
+    pub fn drain(&self, shard: u16) -> Result<(), ControlError> {
+        self.port(shard)?.send(Command::Drain);
+        Ok(())
+    }
+
+    /// Puts a drained shard back into service.
+    pub fn resume(&self, shard: u16) -> Result<(), ControlError> {
+        self.port(shard)?.send(Command::Resume);
+        Ok(())
+    }
+
+    /// Every shard's status.
+    pub fn status(&self) -> Result<Vec<ShardStatus>, ControlError> {
+        self.ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ask(p, i, Command::Status))
+            .collect()
     }
 
     /// Stops accepting, closes every connection with `SERVER_SHUTTING_DOWN`,
@@ -340,11 +520,16 @@ impl DataPlane {
     }
 
     fn stop(&mut self) {
-        for s in &self.shards {
-            s.send(Command::Shutdown);
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Some(r) = self.rebalancer.take() {
+            r.thread().unpark();
+            let _ = r.join();
         }
-        for s in &mut self.shards {
-            if let Some(join) = s.join.take()
+        for p in self.ports.iter() {
+            p.send(Command::Shutdown);
+        }
+        for join in &mut self.joins {
+            if let Some(join) = join.take()
                 && let Err(e) = join.join()
             {
                 tracing::error!(error = %e, "shard ended with an error");

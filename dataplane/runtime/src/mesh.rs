@@ -44,6 +44,14 @@ pub(crate) enum PeerMsg {
     InterestAck { seq: u64 },
     /// A message for the receiver's subscribers.
     Deliver(Box<RemoteMessage>),
+    /// A subscriber of `tenant` with the stall-publisher policy is full:
+    /// pause the tenant's publishers until `until` (or `Unstall`).
+    Stall {
+        tenant: TenantId,
+        until: std::time::Instant,
+    },
+    /// The stalled subscriber caught up.
+    Unstall { tenant: TenantId },
 }
 
 /// One direction of one shard pair, seen from the sending shard.

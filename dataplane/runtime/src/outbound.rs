@@ -152,6 +152,63 @@ impl Outbound {
         self.pending = self.segs.iter().map(Seg::len).sum::<usize>() - self.front_written;
     }
 
+    /// Drops whole queued frames, oldest first (never the frame in flight),
+    /// until at least `bytes` are freed or nothing more can go. Returns the
+    /// number of frames dropped.
+    pub(crate) fn drop_oldest(&mut self, bytes: usize) -> usize {
+        // Segments of the frame in flight stay: they start the queue and end
+        // at the first frame boundary.
+        let first = if self.front_written == 0 && self.at_boundary {
+            0
+        } else {
+            match self.segs.iter().position(|s| s.frame_end) {
+                Some(i) => i + 1,
+                None => return 0,
+            }
+        };
+        let mut freed = 0usize;
+        let mut frames = 0usize;
+        let mut cut = first;
+        let mut inline_cut = 0usize;
+        let mut end = first;
+        let mut frame_bytes = 0usize;
+        let mut frame_inline = 0usize;
+        while freed < bytes && end < self.segs.len() {
+            let seg = &self.segs[end];
+            frame_bytes += seg.len();
+            if let Data::Inline(n) = seg.data {
+                frame_inline += n;
+            }
+            end += 1;
+            if seg.frame_end {
+                freed += frame_bytes;
+                inline_cut += frame_inline;
+                frames += 1;
+                cut = end;
+                frame_bytes = 0;
+                frame_inline = 0;
+            }
+        }
+        if frames == 0 {
+            return 0;
+        }
+        // Inline bytes of the kept in-flight segments come first in `inline`.
+        let keep_inline: usize = self
+            .segs
+            .iter()
+            .take(first)
+            .filter_map(|s| match s.data {
+                Data::Inline(n) => Some(n),
+                Data::Payload(_) => None,
+            })
+            .sum();
+        let from = self.inline_start + keep_inline;
+        self.inline.drain(from..from + inline_cut);
+        self.segs.drain(first..cut);
+        self.pending -= freed;
+        frames
+    }
+
     /// Marks `n` bytes as written.
     fn advance(&mut self, mut n: usize) {
         self.pending -= n;
@@ -343,6 +400,37 @@ mod tests {
         };
         drain(&mut out, &mut sink);
         assert_eq!(sink.calls, 1);
+    }
+
+    #[test]
+    fn dropping_the_oldest_frames_keeps_the_stream_valid() {
+        for step in [0usize, 1, 7, 40] {
+            let mut out = Outbound::new();
+            queue_messages(&mut out, 30);
+            let mut sink = Trickle {
+                got: Vec::new(),
+                step,
+                calls: 0,
+            };
+            if step > 0 {
+                let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
+                    Poll::Ready(cx.waker().clone())
+                }));
+                let _ = out.poll_write(&mut Context::from_waker(&waker), &mut sink);
+            }
+            let before = out.pending();
+            let dropped = out.drop_oldest(100);
+            assert!(dropped > 0, "step {step}");
+            assert!(before - out.pending() >= 100, "step {step}");
+            sink.step = usize::MAX;
+            drain(&mut out, &mut sink);
+            let frames = decode_all(&sink.got);
+            assert_eq!(frames.len(), 60 - dropped, "step {step}");
+            // What is left is the newest frames, in order.
+            let Some(Kind::Ping(_)) = frames.last() else {
+                panic!()
+            };
+        }
     }
 
     #[test]

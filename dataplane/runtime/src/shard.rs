@@ -1,65 +1,78 @@
 //! One shard: a pinned glommio executor and everything it owns.
 //!
-//! A [`Shard`] owns its connections, its [`Router`], its end of the mesh and
-//! its counters. Nothing here is shared with another thread except through
-//! the rings, the doorbell and the command channel; every `RefCell` is
-//! borrowed only between two `await` points, never across one.
+//! A [`Shard`] owns its connections, its `Router`, its end of the mesh, its
+//! rate limiters and its counters. Nothing here is shared with another thread
+//! except through the rings, the doorbell, the command channel, the immutable
+//! configuration snapshot and the quota counters (touched on connect and
+//! subscribe only). Every `RefCell` is borrowed only between two `await`
+//! points, never across one.
 //!
 //! Tasks on the executor:
-//! - the accept loop (one `SO_REUSEPORT` listener per shard);
+//! - the accept loop (one `SO_REUSEPORT` listener per shard; closed while the
+//!   shard is drained, re-bound when it resumes);
 //! - one task per connection ([`crate::conn`]);
-//! - the mesh loop: drains rings from the other shards and operator commands,
-//!   then parks on the doorbell;
+//! - the mesh loop: drains rings from the other shards and operator commands
+//!   (a new snapshot, listings, kicks, drain), then parks on the doorbell;
 //! - the tick loop: flags connections whose deadline passed (keep-alive,
-//!   auth timeout, close grace).
+//!   auth timeout, credential expiry, close grace).
 //!
-//! The subscription barrier: every interest update this shard sends carries
-//! an increasing `seq`; peers acknowledge the highest `seq` they applied. A
-//! client's `Ping` is answered once every peer acknowledged the `seq` current
-//! when the `Ping` arrived, so after `Pong` its subscriptions are live
-//! everywhere.
+//! Message routing, the mesh protocol and the subscription barrier are in
+//! `route.rs`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use arqonbus_core::auth::AuthSnapshot;
-use arqonbus_core::limits::Limits;
-use arqonbus_core::router::{
-    Delivery, InterestUpdate, Origin, RoutePlan, Router, SubscriptionError,
-};
-use arqonbus_core::session::{Publish, Rejection};
+use arqonbus_core::ops::{ConnectionInfo, ShardStatus};
+use arqonbus_core::router::{InterestUpdate, RoutePlan, Router};
+use arqonbus_core::session::Rejection;
+use arqonbus_core::snapshot::ConfigSnapshot;
 use arqonbus_core::stats::ShardStats;
-use arqonbus_core::subject::{Pattern, QueueGroup};
-use arqonbus_core::{ConnId, ShardId, Sid, TenantId};
+use arqonbus_core::{ConnId, ShardId, TenantId};
 use arqonbus_proto::codec::MessageTemplate;
-use arqonbus_proto::v1::{self, ErrorCode, MessageStatus, frame::Kind};
-use bytes::Bytes;
+use arqonbus_proto::v1::{self, ErrorCode, frame::Kind};
 use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, UnixStream};
+use rustc_hash::FxHashMap;
 use slab::Slab;
 
 use crate::conn::{self, ConnShared, Flag};
 use crate::doorbell::Doorbell;
-use crate::mesh::{Inbox, Link, PeerMsg, RemoteMessage, ShardMesh};
+use crate::mesh::{Inbox, Link, ShardMesh};
+use crate::quota::{QuotaBook, RateKey, RateUse, Rates};
 
 /// Messages from the operator (the [`crate::DataPlane`] handle) to a shard.
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Reply with a copy of the shard's counters.
     Stats(crossbeam_channel::Sender<ShardStats>),
-    /// Use this credential snapshot for new connections.
-    UpdateAuth(Arc<AuthSnapshot>),
+    /// Apply a new configuration snapshot.
+    Apply(Arc<ConfigSnapshot>),
+    /// Reply with every connection.
+    Connections(crossbeam_channel::Sender<Vec<ConnectionInfo>>),
+    /// Close one connection; reply whether it existed.
+    Kick(u64, crossbeam_channel::Sender<bool>),
+    /// Stop accepting and move every connection away.
+    Drain,
+    /// Accept again after a drain.
+    Resume,
+    /// Reply with the shard's status.
+    Status(crossbeam_channel::Sender<ShardStatus>),
+    /// Reply with this window's rate-limit use.
+    RateReport(crossbeam_channel::Sender<Vec<(RateKey, RateUse)>>),
+    /// New rate shares for this shard.
+    RateShares(FxHashMap<RateKey, f64>),
     /// Stop accepting, close every connection, then stop.
     Shutdown,
 }
 
 /// Settings every shard shares, fixed for the process's life.
 pub(crate) struct ShardConfig {
-    pub(crate) limits: Limits,
+    pub(crate) listen: SocketAddr,
     pub(crate) server_id: String,
     pub(crate) tls: Option<futures_rustls::TlsAcceptor>,
     pub(crate) read_chunk: usize,
@@ -71,7 +84,7 @@ pub(crate) struct ShardConfig {
 impl std::fmt::Debug for ShardConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardConfig")
-            .field("limits", &self.limits)
+            .field("listen", &self.listen)
             .field("tls", &self.tls.is_some())
             .field("shards", &self.shards)
             .finish_non_exhaustive()
@@ -113,29 +126,37 @@ impl Latch {
 pub(crate) struct Shard {
     pub(crate) id: ShardId,
     pub(crate) cfg: Rc<ShardConfig>,
-    pub(crate) auth: RefCell<Arc<AuthSnapshot>>,
-    router: RefCell<Router>,
-    conns: RefCell<Slab<Rc<ConnShared>>>,
+    /// The configuration in force (replaced whole by `Command::Apply`).
+    pub(crate) config: RefCell<Arc<ConfigSnapshot>>,
+    pub(crate) quota: Arc<QuotaBook>,
+    pub(crate) rates: RefCell<Rates>,
+    pub(crate) router: RefCell<Router>,
+    pub(crate) conns: RefCell<Slab<Rc<ConnShared>>>,
     next_conn: Cell<u32>,
     /// Links to the other shards, in shard order (this shard skipped).
-    links: RefCell<Vec<Link>>,
+    pub(crate) links: RefCell<Vec<Link>>,
     pub(crate) stats: RefCell<ShardStats>,
-    plan: RefCell<RoutePlan>,
-    template: RefCell<MessageTemplate>,
-    interest_out: RefCell<Vec<InterestUpdate>>,
+    pub(crate) plan: RefCell<RoutePlan>,
+    pub(crate) template: RefCell<MessageTemplate>,
+    pub(crate) interest_out: RefCell<Vec<InterestUpdate>>,
     /// Sequence number of the last interest update this shard sent.
-    interest_seq: Cell<u64>,
+    pub(crate) interest_seq: Cell<u64>,
     /// Highest of our interest updates each shard has applied (by index).
-    acked: RefCell<Vec<u64>>,
+    pub(crate) acked: RefCell<Vec<u64>>,
     /// Highest interest update from each shard we applied and not yet acked.
-    acks_due: RefCell<Vec<Option<u64>>>,
+    pub(crate) acks_due: RefCell<Vec<Option<u64>>>,
     /// Pongs waiting for the barrier: (required seq, connection).
-    pending_pongs: RefCell<VecDeque<(u64, ConnId)>>,
-    backpressure: Cell<bool>,
-    bp_waiters: RefCell<Vec<Waker>>,
+    pub(crate) pending_pongs: RefCell<VecDeque<(u64, ConnId)>>,
+    pub(crate) backpressure: Cell<bool>,
+    pub(crate) bp_waiters: RefCell<Vec<Waker>>,
     /// The mesh loop, while it is parked: woken when a ring overflows, since
     /// only the mesh loop retries overflowed messages.
-    mesh_waker: Cell<Option<Waker>>,
+    pub(crate) mesh_waker: Cell<Option<Waker>>,
+    /// Tenants whose publishers are paused (stall-publisher policy), until.
+    pub(crate) stalls: RefCell<FxHashMap<TenantId, Instant>>,
+    /// Set while drained; the accept loop watches the current latch.
+    draining: Cell<bool>,
+    accept_stop: RefCell<Rc<Latch>>,
     pub(crate) shutdown: Latch,
     stopped: Latch,
 }
@@ -153,7 +174,8 @@ impl std::fmt::Debug for Shard {
 pub(crate) struct ShardInit {
     pub(crate) id: ShardId,
     pub(crate) cfg: Arc<ShardConfigSend>,
-    pub(crate) auth: Arc<AuthSnapshot>,
+    pub(crate) config: Arc<ConfigSnapshot>,
+    pub(crate) quota: Arc<QuotaBook>,
     pub(crate) listener: std::os::fd::OwnedFd,
     pub(crate) mesh: ShardMesh,
     pub(crate) doorbell: Arc<Doorbell>,
@@ -165,7 +187,7 @@ pub(crate) struct ShardInit {
 /// The `Send` form of [`ShardConfig`], turned into an `Rc` on the shard.
 #[derive(Debug)]
 pub(crate) struct ShardConfigSend {
-    pub(crate) limits: Limits,
+    pub(crate) listen: SocketAddr,
     pub(crate) server_id: String,
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) read_chunk: usize,
@@ -181,7 +203,8 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
     let ShardInit {
         id,
         cfg,
-        auth,
+        config,
+        quota,
         listener,
         mesh,
         doorbell,
@@ -190,7 +213,7 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         seed,
     } = init;
     let cfg = Rc::new(ShardConfig {
-        limits: cfg.limits.clone(),
+        listen: cfg.listen,
         server_id: cfg.server_id.clone(),
         tls: cfg.tls.clone().map(futures_rustls::TlsAcceptor::from),
         read_chunk: cfg.read_chunk,
@@ -207,10 +230,12 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         )
     };
     let n = cfg.shards;
+    let accept_stop = Rc::new(Latch::default());
     let shard = Rc::new(Shard {
         id,
-        cfg,
-        auth: RefCell::new(auth),
+        config: RefCell::new(config),
+        quota,
+        rates: RefCell::new(Rates::new(n)),
         router: RefCell::new(Router::new(id, seed)),
         conns: RefCell::new(Slab::new()),
         next_conn: Cell::new(0),
@@ -226,11 +251,15 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         backpressure: Cell::new(false),
         bp_waiters: RefCell::new(Vec::new()),
         mesh_waker: Cell::new(None),
+        stalls: RefCell::new(FxHashMap::default()),
+        draining: Cell::new(false),
+        accept_stop: RefCell::new(accept_stop.clone()),
         shutdown: Latch::default(),
         stopped: Latch::default(),
+        cfg,
     });
     tracing::info!(shard = %id, "shard started");
-    glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+    glommio::spawn_local(accept_loop(shard.clone(), listener, accept_stop)).detach();
     glommio::spawn_local(tick_loop(shard.clone())).detach();
     glommio::spawn_local(mesh_loop(
         shard.clone(),
@@ -245,10 +274,10 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
     tracing::info!(shard = %id, "shard stopped");
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Rc<Latch>) {
     loop {
         let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.shutdown.wait().await;
+            stop.wait().await;
             None
         })
         .await;
@@ -264,6 +293,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
         }
     }
+    // Dropping the listener takes this shard out of the SO_REUSEPORT group:
+    // the kernel sends new connections to the other shards.
     tracing::debug!(shard = %shard.id, "listener closed");
 }
 
@@ -276,6 +307,7 @@ async fn tick_loop(shard: Rc<Shard>) {
                 c.raise(Flag::Tick);
             }
         }
+        shard.stalls.borrow_mut().retain(|_, until| *until > now);
         if shard.stopped.is_set() {
             break;
         }
@@ -349,15 +381,20 @@ async fn mesh_loop(
     }
 }
 
+fn conn_index(id: ConnId) -> usize {
+    (id.0 & 0xffff_ffff) as usize
+}
+
 impl Shard {
     // ---- connections -------------------------------------------------
 
     /// Registers a new connection, or says why it is refused.
-    pub(crate) fn register(&self) -> Result<Rc<ConnShared>, Rejection> {
+    pub(crate) fn register(&self, peer: Option<SocketAddr>) -> Result<Rc<ConnShared>, Rejection> {
         let mut conns = self.conns.borrow_mut();
-        let refusal = if self.shutdown.is_set() {
+        let max = self.config.borrow().limits().max_connections_per_shard;
+        let refusal = if self.shutdown.is_set() || self.draining.get() {
             Some((ErrorCode::ServerShuttingDown, "server shutting down"))
-        } else if conns.len() >= self.cfg.limits.max_connections_per_shard as usize {
+        } else if conns.len() >= max as usize {
             Some((
                 ErrorCode::MaxConnectionsExceeded,
                 "server at max_connections_per_shard",
@@ -374,11 +411,14 @@ impl Shard {
                 detail,
             });
         }
-        let generation = self.next_conn.get().wrapping_add(1);
+        let generation = self.next_conn.get().wrapping_add(1) & 0x00ff_ffff;
         self.next_conn.set(generation);
         let entry = conns.vacant_entry();
-        let id = ConnId((u64::from(generation) << 32) | entry.key() as u64);
-        let conn = Rc::new(ConnShared::new(id));
+        // The shard in the top byte makes ids unique across the process.
+        let id = ConnId(
+            (u64::from(self.id.0) << 56) | (u64::from(generation) << 32) | entry.key() as u64,
+        );
+        let conn = Rc::new(ConnShared::new(id, peer));
         entry.insert(conn.clone());
         self.stats.borrow_mut().connections_accepted += 1;
         Ok(conn)
@@ -390,7 +430,8 @@ impl Shard {
         self.router.borrow_mut().remove_conn(conn.id, &mut updates);
         self.broadcast(&mut updates);
         drop(updates);
-        let idx = (conn.id.0 & 0xffff_ffff) as usize;
+        conn.release_quota();
+        let idx = conn_index(conn.id);
         let mut conns = self.conns.borrow_mut();
         if conns.get(idx).is_some_and(|c| c.id == conn.id) {
             conns.remove(idx);
@@ -404,14 +445,12 @@ impl Shard {
         }
     }
 
-    fn conn(conns: &Slab<Rc<ConnShared>>, id: ConnId) -> Option<&Rc<ConnShared>> {
-        conns
-            .get((id.0 & 0xffff_ffff) as usize)
-            .filter(|c| c.id == id)
+    pub(crate) fn conn(conns: &Slab<Rc<ConnShared>>, id: ConnId) -> Option<&Rc<ConnShared>> {
+        conns.get(conn_index(id)).filter(|c| c.id == id)
     }
 
     /// Queues a control frame for `id` and wakes it.
-    fn send_frame(&self, id: ConnId, kind: &Kind) {
+    pub(crate) fn send_frame(&self, id: ConnId, kind: &Kind) {
         let conns = self.conns.borrow();
         if let Some(c) = Self::conn(&conns, id) {
             c.out.borrow_mut().push_frame(kind);
@@ -420,14 +459,15 @@ impl Shard {
     }
 
     /// The `Welcome` for a freshly authenticated connection.
-    pub(crate) fn welcome(&self, conn: ConnId, tenant: &str) -> Kind {
-        let l = &self.cfg.limits;
+    pub(crate) fn welcome(&self, conn: ConnId, tenant: &str, max_payload: u32) -> Kind {
+        let config = self.config.borrow();
+        let l = config.limits();
         Kind::Welcome(v1::Welcome {
             protocol_version: arqonbus_proto::PROTOCOL_VERSION,
             server_id: self.cfg.server_id.clone(),
             session_id: conn.0,
             limits: Some(v1::Limits {
-                max_payload: l.max_payload,
+                max_payload,
                 max_frame: l.max_frame(),
                 max_subscriptions: l.max_subscriptions,
                 max_headers: l.max_headers,
@@ -441,324 +481,62 @@ impl Shard {
         })
     }
 
-    // ---- subscriptions and the barrier ---------------------------------
-
-    pub(crate) fn subscribe(
-        &self,
-        tenant: TenantId,
-        conn: ConnId,
-        sid: Sid,
-        pattern: Pattern,
-        queue: Option<QueueGroup>,
-    ) -> Result<(), SubscriptionError> {
-        let mut updates = self.interest_out.borrow_mut();
-        self.router.borrow_mut().subscribe(
-            tenant,
-            conn,
-            sid,
-            pattern,
-            queue,
-            self.cfg.limits.max_subscriptions,
-            &mut updates,
-        )?;
-        self.broadcast(&mut updates);
-        Ok(())
-    }
-
-    pub(crate) fn unsubscribe(
-        &self,
-        conn: ConnId,
-        sid: Sid,
-        after: u64,
-    ) -> Result<(), SubscriptionError> {
-        let mut updates = self.interest_out.borrow_mut();
-        self.router
-            .borrow_mut()
-            .unsubscribe(conn, sid, after, &mut updates)?;
-        self.broadcast(&mut updates);
-        Ok(())
-    }
-
-    /// Sends interest updates to every peer, numbering them.
-    fn broadcast(&self, updates: &mut Vec<InterestUpdate>) {
-        if updates.is_empty() {
-            return;
-        }
-        let mut links = self.links.borrow_mut();
-        let mut full = 0;
-        for update in updates.drain(..) {
-            let seq = self.interest_seq.get() + 1;
-            self.interest_seq.set(seq);
-            for link in links.iter_mut() {
-                if !link.send(PeerMsg::Interest {
-                    seq,
-                    update: update.clone(),
-                }) {
-                    full += 1;
-                }
-            }
-        }
-        if full > 0 {
-            self.stats.borrow_mut().ring_full += full;
-            self.wake_mesh();
-        }
-    }
-
-    /// A ring overflowed: make sure the mesh loop retries it.
-    fn wake_mesh(&self) {
-        if let Some(w) = self.mesh_waker.take() {
-            w.wake();
-        }
-    }
-
-    fn min_acked(&self) -> u64 {
-        let acked = self.acked.borrow();
-        self.links
-            .borrow()
-            .iter()
-            .map(|l| acked[l.peer.index()])
-            .min()
-            .unwrap_or(u64::MAX)
-    }
-
-    /// Answers a client's `Ping` now, or when the barrier allows.
-    pub(crate) fn pong(&self, conn: &ConnShared) {
-        let seq = self.interest_seq.get();
-        if seq <= self.min_acked() {
-            conn.out.borrow_mut().push_frame(&Kind::Pong(v1::Pong {}));
-        } else {
-            self.pending_pongs.borrow_mut().push_back((seq, conn.id));
-        }
-    }
-
-    fn release_pongs(&self) {
-        let min = self.min_acked();
-        loop {
-            let next = {
-                let mut pending = self.pending_pongs.borrow_mut();
-                match pending.front() {
-                    Some(&(seq, id)) if seq <= min => {
-                        pending.pop_front();
-                        id
-                    }
-                    _ => break,
-                }
-            };
-            self.send_frame(next, &Kind::Pong(v1::Pong {}));
-        }
-    }
-
-    // ---- publishing ------------------------------------------------------
-
-    /// Routes a message published by `conn`.
-    pub(crate) fn publish(&self, tenant: TenantId, conn: ConnId, echo: bool, msg: Publish) {
-        {
-            let mut stats = self.stats.borrow_mut();
-            stats.msgs_in += 1;
-            stats.bytes_in += msg.payload.len() as u64;
-        }
-        let mut plan = self.plan.borrow_mut();
-        self.router.borrow_mut().route(
-            tenant,
-            &msg.subject,
-            Origin::Local { conn, echo },
-            &mut plan,
-        );
-        self.broadcast(&mut plan.interest);
-
-        if plan.is_empty() {
-            if let Some(reply) = &msg.reply {
-                self.router
-                    .borrow_mut()
-                    .route_to_conn(tenant, reply, conn, &mut plan);
-                self.broadcast(&mut plan.interest);
-                let mut t = self.template.borrow_mut();
-                t.prepare(
-                    reply.as_bytes(),
-                    b"",
-                    &[],
-                    MessageStatus::NoResponders.into(),
-                    0,
-                );
-                self.deliver(&plan.local, &t, &Bytes::new());
-                self.stats.borrow_mut().no_responders += 1;
-            }
-            return;
-        }
-
-        if !plan.local.is_empty() {
-            let mut t = self.template.borrow_mut();
-            t.prepare(
-                msg.subject.as_bytes(),
-                msg.reply.as_ref().map_or(&[][..], |r| r.as_bytes()),
-                &msg.headers,
-                MessageStatus::Ok.into(),
-                msg.payload.len(),
-            );
-            self.deliver(&plan.local, &t, &msg.payload);
-        }
-        if !plan.remote.is_empty() {
-            let mut links = self.links.borrow_mut();
-            let mut stats = self.stats.borrow_mut();
-            let last = plan.remote.len() - 1;
-            let mut msg = Some(msg);
-            for (i, copy) in plan.remote.drain(..).enumerate() {
-                // The last copy takes the message itself, the others clone
-                // it (reference counts only).
-                let m = if i == last { msg.take() } else { msg.clone() };
-                let Some(m) = m else { break };
-                let Some(link) = links.iter_mut().find(|l| l.peer == copy.shard) else {
-                    continue;
-                };
-                stats.remote_out += 1;
-                if !link.send(PeerMsg::Deliver(Box::new(RemoteMessage {
-                    tenant,
-                    subject: m.subject,
-                    reply: m.reply,
-                    headers: m.headers,
-                    payload: m.payload,
-                    groups: copy.groups,
-                }))) {
-                    stats.ring_full += 1;
-                    self.wake_mesh();
-                }
-            }
-        }
-    }
-
-    /// Queues one message for each delivery; flags slow consumers.
-    fn deliver(&self, deliveries: &[Delivery], template: &MessageTemplate, payload: &Bytes) {
-        let conns = self.conns.borrow();
-        let mut stats = self.stats.borrow_mut();
-        let max = usize::try_from(self.cfg.limits.max_pending_bytes).unwrap_or(usize::MAX);
-        for d in deliveries {
-            let Some(c) = Self::conn(&conns, d.conn) else {
-                continue;
-            };
-            if c.closing.get() {
-                continue;
-            }
-            let mut out = c.out.borrow_mut();
-            if out.pending() + template.frame_len(d.sid.0) > max {
-                drop(out);
-                c.closing.set(true);
-                c.raise(Flag::SlowConsumer);
-                stats.slow_consumers += 1;
-                continue;
-            }
-            out.push_message(template, d.sid.0, payload);
-            drop(out);
-            stats.msgs_out += 1;
-            stats.bytes_out += payload.len() as u64;
-            c.wake();
-        }
-    }
-
-    // ---- the mesh ----------------------------------------------------------
-
-    fn on_peer(&self, from: ShardId, msg: PeerMsg) {
-        match msg {
-            PeerMsg::Interest { seq, update } => {
-                self.router.borrow_mut().apply_interest(from, &update);
-                self.acks_due.borrow_mut()[from.index()] = Some(seq);
-            }
-            PeerMsg::InterestAck { seq } => {
-                let mut acked = self.acked.borrow_mut();
-                let slot = &mut acked[from.index()];
-                *slot = (*slot).max(seq);
-                drop(acked);
-                self.release_pongs();
-            }
-            PeerMsg::Deliver(m) => self.on_remote_message(&m),
-        }
-    }
-
-    fn on_remote_message(&self, m: &RemoteMessage) {
-        self.stats.borrow_mut().remote_in += 1;
-        let mut plan = self.plan.borrow_mut();
-        self.router.borrow_mut().route(
-            m.tenant,
-            &m.subject,
-            Origin::Remote { groups: &m.groups },
-            &mut plan,
-        );
-        self.broadcast(&mut plan.interest);
-        self.stats.borrow_mut().queue_misses += u64::from(plan.missed_groups);
-        if plan.local.is_empty() {
-            return;
-        }
-        let mut t = self.template.borrow_mut();
-        t.prepare(
-            m.subject.as_bytes(),
-            m.reply.as_ref().map_or(&[][..], |r| r.as_bytes()),
-            &m.headers,
-            MessageStatus::Ok.into(),
-            m.payload.len(),
-        );
-        self.deliver(&plan.local, &t, &m.payload);
-    }
-
-    /// End of a batch of work: acknowledge interest, push overflow into the
-    /// rings, ring the peers' doorbells, update back-pressure.
-    pub(crate) fn after_batch(&self) {
-        {
-            let mut due = self.acks_due.borrow_mut();
-            let mut links = self.links.borrow_mut();
-            for link in links.iter_mut() {
-                if let Some(seq) = due[link.peer.index()].take()
-                    && !link.send(PeerMsg::InterestAck { seq })
-                {
-                    self.wake_mesh();
-                }
-            }
-            let mut over = false;
-            for link in links.iter_mut() {
-                link.flush();
-                over |= link.overflow_len() > self.cfg.overflow_limit;
-            }
-            let was = self.backpressure.replace(over);
-            if was && !over {
-                for w in self.bp_waiters.take() {
-                    w.wake();
-                }
-            }
-        }
-    }
-
-    fn has_overflow(&self) -> bool {
-        self.links.borrow().iter().any(|l| l.overflow_len() > 0)
-    }
-
-    /// While the rings are overloaded, connections stop reading (they park
-    /// here) so TCP pushes back on publishers.
-    pub(crate) fn backpressured(&self, waker: &Waker) -> bool {
-        if self.backpressure.get() {
-            self.bp_waiters.borrow_mut().push(waker.clone());
-            true
-        } else {
-            false
-        }
-    }
-
     // ---- operator commands -------------------------------------------------
 
-    fn command(&self, cmd: Command) {
+    fn command(self: &Rc<Self>, cmd: Command) {
         match cmd {
             Command::Stats(reply) => {
                 let mut s = *self.stats.borrow();
                 s.connections = self.conns.borrow().len() as u64;
                 s.subscriptions = self.router.borrow().local_subscriptions() as u64;
-                let ring_used: usize = self.links.borrow().iter().map(Link::ring_used).sum();
-                tracing::trace!(shard = %self.id, ring_used, "stats requested");
+                s.ring_used = self
+                    .links
+                    .borrow()
+                    .iter()
+                    .map(|l| (l.ring_used() + l.overflow_len()) as u64)
+                    .sum();
                 let _ = reply.send(s);
             }
-            Command::UpdateAuth(auth) => {
-                tracing::info!(shard = %self.id, epoch = auth.epoch(), "credentials updated");
-                *self.auth.borrow_mut() = auth;
+            Command::Apply(snapshot) => self.apply(snapshot),
+            Command::Connections(reply) => {
+                let router = self.router.borrow();
+                let list = self
+                    .conns
+                    .borrow()
+                    .iter()
+                    .map(|(_, c)| c.info(self.id, router.subscription_count(c.id)))
+                    .collect();
+                let _ = reply.send(list);
+            }
+            Command::Kick(id, reply) => {
+                let conns = self.conns.borrow();
+                let found = Self::conn(&conns, ConnId(id));
+                if let Some(c) = found {
+                    c.raise(Flag::Kick);
+                }
+                let _ = reply.send(found.is_some());
+            }
+            Command::Drain => self.drain(),
+            Command::Resume => self.resume(),
+            Command::Status(reply) => {
+                let _ = reply.send(ShardStatus {
+                    id: self.id.0,
+                    draining: self.draining.get(),
+                    connections: self.conns.borrow().len() as u64,
+                    subscriptions: self.router.borrow().local_subscriptions() as u64,
+                    config_epoch: self.config.borrow().epoch(),
+                });
+            }
+            Command::RateReport(reply) => {
+                let _ = reply.send(self.rates.borrow_mut().report());
+            }
+            Command::RateShares(shares) => {
+                self.rates.borrow_mut().set_shares(&shares, Instant::now());
             }
             Command::Shutdown => {
                 tracing::info!(shard = %self.id, "shutting down");
                 self.shutdown.set();
+                self.accept_stop.borrow().set();
                 let conns = self.conns.borrow();
                 if conns.is_empty() {
                     self.stopped.set();
@@ -767,6 +545,48 @@ impl Shard {
                     c.raise(Flag::Shutdown);
                 }
             }
+        }
+    }
+
+    /// A new snapshot: every connection re-checks its credential and rights.
+    fn apply(&self, snapshot: Arc<ConfigSnapshot>) {
+        let epoch = snapshot.epoch();
+        if epoch <= self.config.borrow().epoch() {
+            tracing::debug!(shard = %self.id, epoch, "stale snapshot ignored");
+            return;
+        }
+        *self.config.borrow_mut() = snapshot;
+        self.rates.borrow_mut().reset();
+        for (_, c) in self.conns.borrow().iter() {
+            c.raise(Flag::Reauthorize);
+        }
+        tracing::debug!(shard = %self.id, epoch, "configuration applied");
+    }
+
+    fn drain(&self) {
+        if self.draining.replace(true) {
+            return;
+        }
+        tracing::info!(shard = %self.id, "draining: not accepting, closing connections");
+        self.accept_stop.borrow().set();
+        for (_, c) in self.conns.borrow().iter() {
+            c.raise(Flag::Shutdown);
+        }
+    }
+
+    fn resume(self: &Rc<Self>) {
+        if !self.draining.get() || self.shutdown.is_set() {
+            return;
+        }
+        match TcpListener::bind(self.cfg.listen) {
+            Ok(listener) => {
+                let stop = Rc::new(Latch::default());
+                *self.accept_stop.borrow_mut() = stop.clone();
+                self.draining.set(false);
+                glommio::spawn_local(accept_loop(self.clone(), listener, stop)).detach();
+                tracing::info!(shard = %self.id, "resumed");
+            }
+            Err(e) => tracing::error!(shard = %self.id, error = %e, "cannot listen again"),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::thread;
 
 use arqonbus_proto::v1::{self, ErrorCode, MessageStatus, frame::Kind};
 use bytes::Bytes;
-use common::{RawClient, TOKEN_A, TOKEN_B, config, start};
+use common::{RawClient, TOKEN_A, TOKEN_B, config, config_with, start};
 
 fn expect_error(c: &mut RawClient, code: ErrorCode, close: bool) -> v1::Error {
     match c.next() {
@@ -372,10 +372,11 @@ fn malformed_frames_close_only_their_connection() {
 fn a_stalled_subscriber_is_cut_while_a_healthy_one_gets_everything() {
     const N: u32 = 20_000;
     const WINDOW: u32 = 64;
-    let mut cfg = config();
-    cfg.limits.max_payload = 16 * 1024;
-    cfg.limits.max_pending_bytes = 256 * 1024;
-    cfg.limits.close_grace_ms = 60_000;
+    let cfg = config_with(|l| {
+        l.max_payload = 16 * 1024;
+        l.max_pending_bytes = 256 * 1024;
+        l.close_grace_ms = 60_000;
+    });
     let dp = start(&cfg);
     let addr = dp.local_addr();
 
@@ -451,9 +452,10 @@ fn a_stalled_subscriber_is_cut_while_a_healthy_one_gets_everything() {
 
 #[test]
 fn limits_give_clear_errors_without_closing() {
-    let mut cfg = config();
-    cfg.limits.max_subscriptions = 2;
-    cfg.limits.max_payload = 1024;
+    let cfg = config_with(|l| {
+        l.max_subscriptions = 2;
+        l.max_payload = 1024;
+    });
     let dp = start(&cfg);
     let mut c = RawClient::connect(dp.local_addr(), TOKEN_A);
     c.subscribe("a", None);
@@ -483,10 +485,11 @@ fn limits_give_clear_errors_without_closing() {
 
 #[test]
 fn silent_connections_time_out() {
-    let mut cfg = config();
-    cfg.limits.auth_timeout_ms = 100;
-    cfg.limits.ping_interval_ms = 50;
-    cfg.limits.max_pings_outstanding = 2;
+    let cfg = config_with(|l| {
+        l.auth_timeout_ms = 100;
+        l.ping_interval_ms = 50;
+        l.max_pings_outstanding = 2;
+    });
     let dp = start(&cfg);
 
     // Never sends Connect.
@@ -548,8 +551,7 @@ fn a_full_ring_never_stalls_delivery() {
 
 #[test]
 fn a_full_shard_refuses_with_a_clear_error() {
-    let mut cfg = config();
-    cfg.limits.max_connections_per_shard = 1;
+    let cfg = config_with(|l| l.max_connections_per_shard = 1);
     let dp = start(&cfg);
     let mut kept = Vec::new();
     for _ in 0..20 {

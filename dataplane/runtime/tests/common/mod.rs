@@ -16,8 +16,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arqonbus_core::auth::{AuthSnapshot, CredentialHash, Principal};
-use arqonbus_core::{PrincipalId, TenantId};
+use arqonbus_core::auth::CredentialHash;
+use arqonbus_core::limits::Limits;
+use arqonbus_core::policy::Permissions;
+use arqonbus_core::snapshot::{
+    ConfigSnapshot, CredentialEntry, PrincipalEntry, Quotas, TenantEntry,
+};
+use arqonbus_core::{CredentialId, PrincipalId, TenantId};
 use arqonbus_dataplane::{DataPlane, DataPlaneConfig};
 use arqonbus_proto::codec;
 use arqonbus_proto::v1::{self, frame::Kind};
@@ -26,24 +31,52 @@ use bytes::{Bytes, BytesMut};
 pub const TOKEN_A: &str = "abt_tenant_a_token";
 pub const TOKEN_B: &str = "abt_tenant_b_token";
 
-pub fn auth() -> Arc<AuthSnapshot> {
-    let mut a = AuthSnapshot::new(1);
+/// Two tenants, one principal and bearer credential each, no policies.
+pub fn snapshot(epoch: u64, limits: Limits) -> ConfigSnapshot {
+    let mut c = ConfigSnapshot::new(epoch, limits);
     for (i, (token, name)) in [(TOKEN_A, "a"), (TOKEN_B, "b")].into_iter().enumerate() {
-        a.insert(
+        let id = i as u64 + 1;
+        c.insert_tenant(TenantEntry {
+            id: TenantId(id),
+            name: name.into(),
+            quotas: Quotas::default(),
+            verify_key: None,
+        });
+        c.insert_principal(PrincipalEntry {
+            id: PrincipalId(id),
+            tenant: TenantId(id),
+            name: "test".into(),
+            roles: vec![],
+            quotas: Quotas::default(),
+            permissions: Arc::new(Permissions::allow_all()),
+        })
+        .unwrap();
+        c.insert_bearer(
             CredentialHash::of(token),
-            Arc::new(Principal {
-                tenant: TenantId(i as u64 + 1),
-                tenant_name: name.into(),
-                id: PrincipalId(1),
-                name: "test".into(),
-            }),
-        );
+            CredentialEntry {
+                id: CredentialId(id),
+                principal: PrincipalId(id),
+                expires_at_unix: None,
+            },
+        )
+        .unwrap();
     }
-    Arc::new(a)
+    c
 }
 
 pub fn config() -> DataPlaneConfig {
-    let mut c = DataPlaneConfig::new("127.0.0.1:0".parse().unwrap(), 2, auth());
+    config_with(|_| {})
+}
+
+/// The test configuration with adjusted limits.
+pub fn config_with(edit: impl FnOnce(&mut Limits)) -> DataPlaneConfig {
+    let mut limits = Limits::default();
+    edit(&mut limits);
+    let mut c = DataPlaneConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        2,
+        Arc::new(snapshot(1, limits)),
+    );
     c.cpus = vec![0, 1];
     c.tick = Duration::from_millis(20);
     c

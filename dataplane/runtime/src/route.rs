@@ -1,0 +1,444 @@
+//! Moving messages: a shard's publish path, delivery into connections'
+//! queues, the mesh protocol with the other shards, the subscription
+//! barrier and publisher stalls.
+//!
+//! - **Publish**: `Router::route` gives local deliveries and one copy per
+//!   interested remote shard; local ones are queued with the shared
+//!   `MessageTemplate` and the payload `Bytes`, remote ones go on the rings.
+//! - **Delivery** never waits. A subscriber whose queue is full is handled by
+//!   its slow-consumer policy: cut (default), drop its oldest messages, or
+//!   stall the tenant's publishers for at most `stall_max` and then cut.
+//! - **Barrier**: every interest update carries an increasing `seq`; peers
+//!   acknowledge the highest one they applied; a client's `Ping` is answered
+//!   once every peer acknowledged the `seq` current when it arrived.
+
+use std::time::Instant;
+
+use arqonbus_core::router::{Delivery, InterestUpdate, Origin, RoutePlan, SubscriptionError};
+use arqonbus_core::session::Publish;
+use arqonbus_core::snapshot::SlowConsumerPolicy;
+use arqonbus_core::subject::{Pattern, QueueGroup, Subject};
+use arqonbus_core::{ConnId, ShardId, Sid, TenantId};
+use arqonbus_proto::codec::MessageTemplate;
+use arqonbus_proto::v1::{self, MessageStatus, frame::Kind};
+use bytes::Bytes;
+
+use crate::conn::{ConnShared, Flag};
+use crate::mesh::{PeerMsg, RemoteMessage};
+use crate::shard::Shard;
+
+impl Shard {
+    // ---- subscriptions and the barrier ---------------------------------
+
+    pub(crate) fn subscribe(
+        &self,
+        tenant: TenantId,
+        conn: ConnId,
+        sid: Sid,
+        pattern: Pattern,
+        queue: Option<QueueGroup>,
+    ) -> Result<(), SubscriptionError> {
+        let max = self.config.borrow().limits().max_subscriptions;
+        let mut updates = self.interest_out.borrow_mut();
+        self.router
+            .borrow_mut()
+            .subscribe(tenant, conn, sid, pattern, queue, max, &mut updates)?;
+        self.broadcast(&mut updates);
+        Ok(())
+    }
+
+    pub(crate) fn unsubscribe(
+        &self,
+        conn: ConnId,
+        sid: Sid,
+        after: u64,
+    ) -> Result<(), SubscriptionError> {
+        let mut updates = self.interest_out.borrow_mut();
+        self.router
+            .borrow_mut()
+            .unsubscribe(conn, sid, after, &mut updates)?;
+        self.broadcast(&mut updates);
+        Ok(())
+    }
+
+    /// Sends interest updates to every peer, numbering them.
+    pub(crate) fn broadcast(&self, updates: &mut Vec<InterestUpdate>) {
+        if updates.is_empty() {
+            return;
+        }
+        let mut links = self.links.borrow_mut();
+        let mut full = 0;
+        for update in updates.drain(..) {
+            let seq = self.interest_seq.get() + 1;
+            self.interest_seq.set(seq);
+            for link in links.iter_mut() {
+                if !link.send(PeerMsg::Interest {
+                    seq,
+                    update: update.clone(),
+                }) {
+                    full += 1;
+                }
+            }
+        }
+        if full > 0 {
+            self.stats.borrow_mut().ring_full += full;
+            self.wake_mesh();
+        }
+    }
+
+    /// A ring overflowed: make sure the mesh loop retries it.
+    pub(crate) fn wake_mesh(&self) {
+        if let Some(w) = self.mesh_waker.take() {
+            w.wake();
+        }
+    }
+
+    fn min_acked(&self) -> u64 {
+        let acked = self.acked.borrow();
+        self.links
+            .borrow()
+            .iter()
+            .map(|l| acked[l.peer.index()])
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Answers a client's `Ping` now, or when the barrier allows.
+    pub(crate) fn pong(&self, conn: &ConnShared) {
+        let seq = self.interest_seq.get();
+        if seq <= self.min_acked() {
+            conn.out.borrow_mut().push_frame(&Kind::Pong(v1::Pong {}));
+        } else {
+            self.pending_pongs.borrow_mut().push_back((seq, conn.id));
+        }
+    }
+
+    fn release_pongs(&self) {
+        let min = self.min_acked();
+        loop {
+            let next = {
+                let mut pending = self.pending_pongs.borrow_mut();
+                match pending.front() {
+                    Some(&(seq, id)) if seq <= min => {
+                        pending.pop_front();
+                        id
+                    }
+                    _ => break,
+                }
+            };
+            self.send_frame(next, &Kind::Pong(v1::Pong {}));
+        }
+    }
+
+    // ---- publishing ------------------------------------------------------
+
+    /// Routes a message published by `conn` (already authorised and
+    /// admitted by its rate limits).
+    pub(crate) fn publish(&self, tenant: TenantId, conn: ConnId, echo: bool, msg: Publish) {
+        {
+            let mut stats = self.stats.borrow_mut();
+            stats.msgs_in += 1;
+            stats.bytes_in += msg.payload.len() as u64;
+        }
+        let mut plan = self.plan.borrow_mut();
+        self.router.borrow_mut().route(
+            tenant,
+            &msg.subject,
+            Origin::Local { conn, echo },
+            &mut plan,
+        );
+        self.after_route(&mut plan);
+
+        if plan.is_empty() {
+            if let Some(reply) = &msg.reply {
+                self.router
+                    .borrow_mut()
+                    .route_to_conn(tenant, reply, conn, &mut plan);
+                self.after_route(&mut plan);
+                let mut t = self.template.borrow_mut();
+                t.prepare(
+                    reply.as_bytes(),
+                    b"",
+                    &[],
+                    MessageStatus::NoResponders.into(),
+                    0,
+                );
+                self.deliver(&plan.local, &t, &Bytes::new(), None);
+                self.stats.borrow_mut().no_responders += 1;
+            }
+            return;
+        }
+
+        if !plan.local.is_empty() {
+            let mut t = self.template.borrow_mut();
+            t.prepare(
+                msg.subject.as_bytes(),
+                msg.reply.as_ref().map_or(&[][..], |r| r.as_bytes()),
+                &msg.headers,
+                MessageStatus::Ok.into(),
+                msg.payload.len(),
+            );
+            self.deliver(
+                &plan.local,
+                &t,
+                &msg.payload,
+                msg.reply.as_ref().map(Subject::bytes),
+            );
+        }
+        if !plan.remote.is_empty() {
+            let mut links = self.links.borrow_mut();
+            let mut stats = self.stats.borrow_mut();
+            let last = plan.remote.len() - 1;
+            let mut msg = Some(msg);
+            let mut overflowed = false;
+            for (i, copy) in plan.remote.drain(..).enumerate() {
+                // The last copy takes the message itself, the others clone
+                // it (reference counts only).
+                let m = if i == last { msg.take() } else { msg.clone() };
+                let Some(m) = m else { break };
+                let Some(link) = links.iter_mut().find(|l| l.peer == copy.shard) else {
+                    continue;
+                };
+                stats.remote_out += 1;
+                if !link.send(PeerMsg::Deliver(Box::new(RemoteMessage {
+                    tenant,
+                    subject: m.subject,
+                    reply: m.reply,
+                    headers: m.headers,
+                    payload: m.payload,
+                    groups: copy.groups,
+                }))) {
+                    stats.ring_full += 1;
+                    overflowed = true;
+                }
+            }
+            if overflowed {
+                self.wake_mesh();
+            }
+        }
+    }
+
+    /// Interest changes and expired subscriptions caused by routing.
+    fn after_route(&self, plan: &mut RoutePlan) {
+        self.broadcast(&mut plan.interest);
+        if !plan.expired.is_empty() {
+            let conns = self.conns.borrow();
+            for (id, _sid) in plan.expired.drain(..) {
+                if let Some(c) = Self::conn(&conns, id) {
+                    c.subscription_released();
+                }
+            }
+        }
+    }
+
+    /// Queues one message for each delivery, applying each subscriber's
+    /// slow-consumer policy when its queue is full.
+    fn deliver(
+        &self,
+        deliveries: &[Delivery],
+        template: &MessageTemplate,
+        payload: &Bytes,
+        reply: Option<&Bytes>,
+    ) {
+        let conns = self.conns.borrow();
+        let mut stats = self.stats.borrow_mut();
+        let max =
+            usize::try_from(self.config.borrow().limits().max_pending_bytes).unwrap_or(usize::MAX);
+        for d in deliveries {
+            let Some(c) = Self::conn(&conns, d.conn) else {
+                continue;
+            };
+            if c.closing.get() {
+                continue;
+            }
+            let len = template.frame_len(d.sid.0);
+            let mut out = c.out.borrow_mut();
+            if out.pending() + len > max {
+                match c.policy.get() {
+                    SlowConsumerPolicy::Disconnect => {
+                        drop(out);
+                        Self::cut(c, &mut stats);
+                        continue;
+                    }
+                    SlowConsumerPolicy::DropOldest => {
+                        let excess = out.pending() + len - max;
+                        let dropped = out.drop_oldest(excess);
+                        stats.dropped += dropped as u64;
+                        if out.pending() + len > max {
+                            // Only the frame in flight is left: drop this one.
+                            stats.dropped += 1;
+                            continue;
+                        }
+                    }
+                    SlowConsumerPolicy::StallPublisher => {
+                        let now = Instant::now();
+                        let since = c.stalled_since.get();
+                        let over_time =
+                            since.is_some_and(|t| now.duration_since(t) > c.stall_max.get());
+                        // Twice the bound: what was in flight before the
+                        // stall took hold still fits; beyond, cut.
+                        if over_time || out.pending() + len > max.saturating_mul(2) {
+                            drop(out);
+                            Self::cut(c, &mut stats);
+                            continue;
+                        }
+                        if since.is_none() {
+                            c.stalled_since.set(Some(now));
+                            if let Some(t) = c.tenant.get() {
+                                self.stall(t, now + c.stall_max.get());
+                            }
+                            stats.stalls += 1;
+                        }
+                    }
+                }
+            }
+            out.push_message(template, d.sid.0, payload);
+            drop(out);
+            if let Some(r) = reply {
+                c.allow_reply(r);
+            }
+            c.count_out(payload.len());
+            stats.msgs_out += 1;
+            stats.bytes_out += payload.len() as u64;
+            c.wake();
+        }
+    }
+
+    fn cut(c: &ConnShared, stats: &mut arqonbus_core::stats::ShardStats) {
+        c.closing.set(true);
+        c.raise(Flag::SlowConsumer);
+        stats.slow_consumers += 1;
+    }
+
+    // ---- publisher stalls -------------------------------------------------
+
+    /// Pauses `tenant`'s publishers on every shard until `until`.
+    pub(crate) fn stall(&self, tenant: TenantId, until: Instant) {
+        self.stalls.borrow_mut().insert(tenant, until);
+        let mut links = self.links.borrow_mut();
+        for link in links.iter_mut() {
+            link.send(PeerMsg::Stall { tenant, until });
+        }
+    }
+
+    /// The stalled subscriber caught up: publishers may go on.
+    pub(crate) fn unstall(&self, tenant: TenantId) {
+        self.stalls.borrow_mut().remove(&tenant);
+        let mut links = self.links.borrow_mut();
+        for link in links.iter_mut() {
+            link.send(PeerMsg::Unstall { tenant });
+        }
+        drop(links);
+        self.after_batch();
+    }
+
+    /// Until when `tenant`'s publishers must wait, if they must.
+    pub(crate) fn stalled_until(&self, tenant: TenantId, now: Instant) -> Option<Instant> {
+        self.stalls
+            .borrow()
+            .get(&tenant)
+            .copied()
+            .filter(|u| *u > now)
+    }
+
+    // ---- the mesh ----------------------------------------------------------
+
+    pub(crate) fn on_peer(&self, from: ShardId, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Interest { seq, update } => {
+                self.router.borrow_mut().apply_interest(from, &update);
+                self.acks_due.borrow_mut()[from.index()] = Some(seq);
+            }
+            PeerMsg::InterestAck { seq } => {
+                let mut acked = self.acked.borrow_mut();
+                let slot = &mut acked[from.index()];
+                *slot = (*slot).max(seq);
+                drop(acked);
+                self.release_pongs();
+            }
+            PeerMsg::Deliver(m) => self.on_remote_message(&m),
+            PeerMsg::Stall { tenant, until } => {
+                self.stalls.borrow_mut().insert(tenant, until);
+            }
+            PeerMsg::Unstall { tenant } => {
+                self.stalls.borrow_mut().remove(&tenant);
+                // Paused publishers wait on timers; wake them now.
+                for (_, c) in self.conns.borrow().iter() {
+                    if c.tenant.get() == Some(tenant) {
+                        c.raise(Flag::Tick);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_remote_message(&self, m: &RemoteMessage) {
+        self.stats.borrow_mut().remote_in += 1;
+        let mut plan = self.plan.borrow_mut();
+        self.router.borrow_mut().route(
+            m.tenant,
+            &m.subject,
+            Origin::Remote { groups: &m.groups },
+            &mut plan,
+        );
+        self.after_route(&mut plan);
+        self.stats.borrow_mut().queue_misses += u64::from(plan.missed_groups);
+        if plan.local.is_empty() {
+            return;
+        }
+        let mut t = self.template.borrow_mut();
+        t.prepare(
+            m.subject.as_bytes(),
+            m.reply.as_ref().map_or(&[][..], |r| r.as_bytes()),
+            &m.headers,
+            MessageStatus::Ok.into(),
+            m.payload.len(),
+        );
+        self.deliver(
+            &plan.local,
+            &t,
+            &m.payload,
+            m.reply.as_ref().map(Subject::bytes),
+        );
+    }
+
+    /// End of a batch of work: acknowledge interest, push overflow into the
+    /// rings, ring the peers' doorbells, update back-pressure.
+    pub(crate) fn after_batch(&self) {
+        let mut due = self.acks_due.borrow_mut();
+        let mut links = self.links.borrow_mut();
+        for link in links.iter_mut() {
+            if let Some(seq) = due[link.peer.index()].take()
+                && !link.send(PeerMsg::InterestAck { seq })
+            {
+                self.wake_mesh();
+            }
+        }
+        let mut over = false;
+        for link in links.iter_mut() {
+            link.flush();
+            over |= link.overflow_len() > self.cfg.overflow_limit;
+        }
+        let was = self.backpressure.replace(over);
+        if was && !over {
+            for w in self.bp_waiters.take() {
+                w.wake();
+            }
+        }
+    }
+
+    pub(crate) fn has_overflow(&self) -> bool {
+        self.links.borrow().iter().any(|l| l.overflow_len() > 0)
+    }
+
+    /// While the rings are overloaded, connections stop reading (they park
+    /// here) so TCP pushes back on publishers.
+    pub(crate) fn backpressured(&self, waker: &std::task::Waker) -> bool {
+        if self.backpressure.get() {
+            self.bp_waiters.borrow_mut().push(waker.clone());
+            true
+        } else {
+            false
+        }
+    }
+}
