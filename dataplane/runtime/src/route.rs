@@ -27,6 +27,10 @@ use crate::conn::{ConnShared, Flag};
 use crate::mesh::{PeerMsg, RemoteMessage};
 use crate::shard::Shard;
 
+/// How far past `max_pending_bytes` a stalling subscriber's queue may grow
+/// with messages that were in flight when the stall began.
+const STALL_HEADROOM: usize = 4;
+
 impl Shard {
     // ---- subscriptions and the barrier ---------------------------------
 
@@ -275,9 +279,9 @@ impl Shard {
                         let since = c.stalled_since.get();
                         let over_time =
                             since.is_some_and(|t| now.duration_since(t) > c.stall_max.get());
-                        // Twice the bound: what was in flight before the
-                        // stall took hold still fits; beyond, cut.
-                        if over_time || out.pending() + len > max.saturating_mul(2) {
+                        // Headroom for what was already in flight (from
+                        // other shards' rings) when the stall took hold.
+                        if over_time || out.pending() + len > max.saturating_mul(STALL_HEADROOM) {
                             drop(out);
                             Self::cut(c, &mut stats);
                             continue;
@@ -323,13 +327,24 @@ impl Shard {
 
     /// The stalled subscriber caught up: publishers may go on.
     pub(crate) fn unstall(&self, tenant: TenantId) {
-        self.stalls.borrow_mut().remove(&tenant);
+        self.resume_publishers(tenant);
         let mut links = self.links.borrow_mut();
         for link in links.iter_mut() {
             link.send(PeerMsg::Unstall { tenant });
         }
         drop(links);
         self.after_batch();
+    }
+
+    /// Ends a stall of `tenant` on this shard and wakes its paused
+    /// publishers (they wait on timers set for the stall's full length).
+    fn resume_publishers(&self, tenant: TenantId) {
+        self.stalls.borrow_mut().remove(&tenant);
+        for (_, c) in self.conns.borrow().iter() {
+            if c.tenant.get() == Some(tenant) {
+                c.raise(Flag::Tick);
+            }
+        }
     }
 
     /// Until when `tenant`'s publishers must wait, if they must.
@@ -360,15 +375,7 @@ impl Shard {
             PeerMsg::Stall { tenant, until } => {
                 self.stalls.borrow_mut().insert(tenant, until);
             }
-            PeerMsg::Unstall { tenant } => {
-                self.stalls.borrow_mut().remove(&tenant);
-                // Paused publishers wait on timers; wake them now.
-                for (_, c) in self.conns.borrow().iter() {
-                    if c.tenant.get() == Some(tenant) {
-                        c.raise(Flag::Tick);
-                    }
-                }
-            }
+            PeerMsg::Unstall { tenant } => self.resume_publishers(tenant),
         }
     }
 
