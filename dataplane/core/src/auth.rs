@@ -47,10 +47,12 @@ impl CredentialHash {
     /// The first eight hex digits, to recognise a credential in listings.
     pub fn fingerprint(&self) -> String {
         use std::fmt::Write as _;
-        self.0[..4].iter().fold(String::with_capacity(8), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+        self.0[..4]
+            .iter()
+            .fold(String::with_capacity(8), |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            })
     }
 }
 

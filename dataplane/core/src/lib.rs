@@ -18,6 +18,7 @@
 //! - [`ratelimit`]: token buckets for message and byte rates;
 //! - [`limits`]: per-connection limits; [`stats`]: per-shard counters;
 //!   [`ops`]: what shards report to operators (connections, shard status);
+//!   [`metrics`]: what shards measure (per tenant, errors, latencies);
 //! - [`ids`]: newtype identities.
 //!
 //! No async runtime, no clock, no randomness source: callers pass `now` and
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod ids;
 pub mod index;
 pub mod limits;
+pub mod metrics;
 pub mod ops;
 pub mod policy;
 pub mod ratelimit;

@@ -48,7 +48,7 @@ use rustc_hash::FxHashSet;
 use crate::outbound::Outbound;
 use crate::quota::Holds;
 use crate::readbuf::ReadBuf;
-use crate::shard::Shard;
+use crate::shard::{Shard, TenantCell};
 use crate::transport::{PlainStream, Transport};
 
 /// Reasons another task asks a connection's task to look at it.
@@ -102,6 +102,9 @@ pub(crate) struct ConnShared {
     pub(crate) stalled_since: Cell<Option<Instant>>,
     replies: RefCell<Option<ReplySet>>,
     holds: RefCell<Option<Holds>>,
+    /// This connection's tenant's figures on this shard, once authenticated.
+    tenant_cell: RefCell<Option<Rc<TenantCell>>>,
+    accepted_at: Instant,
     subs: Cell<u32>,
     msgs_in: Cell<u64>,
     bytes_in: Cell<u64>,
@@ -146,6 +149,8 @@ impl ConnShared {
             stalled_since: Cell::new(None),
             replies: RefCell::new(None),
             holds: RefCell::new(None),
+            tenant_cell: RefCell::new(None),
+            accepted_at: Instant::now(),
             subs: Cell::new(0),
             msgs_in: Cell::new(0),
             bytes_in: Cell::new(0),
@@ -241,11 +246,33 @@ impl ConnShared {
     pub(crate) fn count_out(&self, bytes: usize) {
         self.msgs_out.set(self.msgs_out.get() + 1);
         self.bytes_out.set(self.bytes_out.get() + bytes as u64);
+        if let Some(t) = self.tenant_cell.borrow().as_ref() {
+            TenantCell::bump(&t.msgs_out, 1);
+            TenantCell::bump(&t.bytes_out, bytes as u64);
+        }
     }
 
     fn count_in(&self, bytes: usize) {
         self.msgs_in.set(self.msgs_in.get() + 1);
         self.bytes_in.set(self.bytes_in.get() + bytes as u64);
+        if let Some(t) = self.tenant_cell.borrow().as_ref() {
+            TenantCell::bump(&t.msgs_in, 1);
+            TenantCell::bump(&t.bytes_in, bytes as u64);
+        }
+    }
+
+    /// Counts a quota or policy rejection against its tenant.
+    fn count_rejection(&self) {
+        if let Some(t) = self.tenant_cell.borrow().as_ref() {
+            TenantCell::bump(&t.quota_rejections, 1);
+        }
+    }
+
+    /// Counts a slow-consumer cut against its tenant.
+    pub(crate) fn count_slow(&self) {
+        if let Some(t) = self.tenant_cell.borrow().as_ref() {
+            TenantCell::bump(&t.slow_consumers, 1);
+        }
     }
 
     fn subscription_added(&self) {
@@ -265,6 +292,9 @@ impl ConnShared {
         if let Some(h) = self.holds.borrow_mut().take() {
             h.unsubscribe(self.subs.replace(0));
             h.disconnect();
+        }
+        if let Some(t) = self.tenant_cell.borrow_mut().take() {
+            t.connections.set(t.connections.get().saturating_sub(1));
         }
     }
 
@@ -363,6 +393,7 @@ fn close_grace(shard: &Shard) -> Duration {
 
 /// Tells a connection the shard cannot take it, then closes it.
 async fn refuse(shard: &Shard, stream: TcpStream, refusal: &Rejection) {
+    shard.errors.borrow_mut().count(refusal.code.into());
     let Ok(mut transport) = establish(shard, stream).await else {
         return;
     };
@@ -654,7 +685,9 @@ impl ConnIo {
                 let Some(id) = session.identity() else { return };
                 if !id.principal.permissions.may_subscribe(&pattern) {
                     shard.stats.borrow_mut().permission_denied += 1;
+                    conn.count_rejection();
                     Self::soft_error(
+                        shard,
                         conn,
                         ErrorCode::PermissionDenied,
                         sid.0,
@@ -667,7 +700,9 @@ impl ConnIo {
                     && !h.subscribe(id)
                 {
                     shard.stats.borrow_mut().client_errors += 1;
+                    conn.count_rejection();
                     Self::soft_error(
+                        shard,
                         conn,
                         ErrorCode::MaxSubscriptionsExceeded,
                         sid.0,
@@ -706,6 +741,10 @@ impl ConnIo {
         let Some(id) = session.identity() else { return };
         let holds = shard.quota.holds(id);
         if !holds.connect(id) {
+            shard
+                .tenant_cell(id.tenant.id)
+                .quota_rejections
+                .set(shard.tenant_cell(id.tenant.id).quota_rejections.get() + 1);
             let refuse = Event::Close {
                 code: ErrorCode::MaxConnectionsExceeded,
                 detail: "tenant or principal at max_connections",
@@ -714,7 +753,12 @@ impl ConnIo {
             return;
         }
         *conn.holds.borrow_mut() = Some(holds);
+        let cell = shard.tenant_cell(id.tenant.id);
+        TenantCell::bump(&cell.connections, 1);
+        *conn.tenant_cell.borrow_mut() = Some(cell);
         conn.adopt(id, session.client_kind(), session.client_name());
+        let micros = u64::try_from(conn.accepted_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let _ = shard.handshake_latency.borrow_mut().record(micros.max(1));
         let max_payload = session.max_payload();
         let welcome = shard.welcome(conn.id, &id.tenant.name, max_payload);
         conn.out.borrow_mut().push_frame(&welcome);
@@ -738,7 +782,9 @@ impl ConnIo {
             || (perms.allow_responses() && conn.take_reply(&msg.subject));
         if !allowed {
             shard.stats.borrow_mut().permission_denied += 1;
+            conn.count_rejection();
             Self::soft_error(
+                shard,
                 conn,
                 ErrorCode::PermissionDenied,
                 0,
@@ -771,6 +817,7 @@ impl ConnIo {
             }
             Err(wait) => {
                 shard.stats.borrow_mut().throttled += 1;
+                conn.count_rejection();
                 self.held = Some(msg);
                 self.timer = Some(Timer::new(wait));
             }
@@ -792,6 +839,7 @@ impl ConnIo {
                 conn.subscription_released();
                 shard.stats.borrow_mut().permission_denied += 1;
                 Self::soft_error(
+                    shard,
                     conn,
                     ErrorCode::PermissionDenied,
                     sid.0,
@@ -801,7 +849,14 @@ impl ConnIo {
         }
     }
 
-    fn soft_error(conn: &ConnShared, code: ErrorCode, sid: u64, detail: &'static str) {
+    fn soft_error(
+        shard: &Shard,
+        conn: &ConnShared,
+        code: ErrorCode,
+        sid: u64,
+        detail: &'static str,
+    ) {
+        shard.errors.borrow_mut().count(code.into());
         conn.out.borrow_mut().push_frame(
             &Rejection {
                 code,
@@ -825,7 +880,7 @@ impl ConnIo {
             }
         };
         shard.stats.borrow_mut().client_errors += 1;
-        Self::soft_error(conn, code, sid, detail);
+        Self::soft_error(shard, conn, code, sid, detail);
     }
 
     fn reject(&mut self, shard: &Shard, conn: &ConnShared, r: &Rejection, now: Instant) {
@@ -851,6 +906,7 @@ impl ConnIo {
         } else {
             tracing::debug!(shard = %shard.id, conn = %conn.id, code = ?r.code, sid = r.sid, "client error");
         }
+        shard.errors.borrow_mut().count(r.code.into());
         let mut out = conn.out.borrow_mut();
         if r.code == ErrorCode::SlowConsumer {
             out.drop_queued();

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use arqonbus_core::ShardId;
 use arqonbus_core::limits::LimitsError;
+use arqonbus_core::metrics::ShardMetrics;
 use arqonbus_core::ops::{ConnectionInfo, ShardStatus, shard_of};
 use arqonbus_core::ratelimit::{ShareReport, rebalance};
 use arqonbus_core::router::MAX_SHARDS;
@@ -83,6 +84,9 @@ pub struct DataPlaneConfig {
     pub spin_before_park: Option<Duration>,
     /// Timer granularity for keep-alives and timeouts.
     pub tick: Duration,
+    /// Time one published message in this many for the publish-to-deliver
+    /// latency histogram (0: never).
+    pub latency_sample_every: u32,
 }
 
 impl DataPlaneConfig {
@@ -101,6 +105,7 @@ impl DataPlaneConfig {
             read_buffer: 64 * 1024,
             spin_before_park: None,
             tick: Duration::from_millis(250),
+            latency_sample_every: 64,
         }
     }
 
@@ -329,6 +334,7 @@ impl DataPlane {
             tick: cfg.tick,
             overflow_limit: cfg.overflow_limit,
             shards: cfg.shards,
+            sample_every: cfg.latency_sample_every,
         });
         let quota = Arc::new(QuotaBook::default());
         let mut seed = [0u8; 8];
@@ -504,6 +510,15 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Everything every shard measured, for a scrape.
+    pub fn metrics(&self) -> Result<Vec<ShardMetrics>, ControlError> {
+        self.ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ask(p, i, Command::Metrics))
+            .collect()
+    }
+
     /// Every shard's status.
     pub fn status(&self) -> Result<Vec<ShardStatus>, ControlError> {
         self.ports
@@ -541,5 +556,156 @@ impl DataPlane {
 impl Drop for DataPlane {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Thin public wrappers over crate-private hot paths, for the
+/// `arqonbus-benches` micro-benchmarks only. Not an API: hidden from the
+/// docs, and free to change whenever the data plane does.
+#[doc(hidden)]
+pub mod bench {
+    use std::io::{self, IoSlice};
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use arqonbus_core::TenantId;
+    use arqonbus_core::subject::Subject;
+    use arqonbus_proto::codec::MessageTemplate;
+    use bytes::Bytes;
+    use futures_lite::AsyncWrite;
+    use rtrb::{Consumer, Producer, RingBuffer};
+    use smallvec::SmallVec;
+
+    use crate::mesh::{PeerMsg, RemoteMessage};
+    use crate::outbound::Outbound;
+
+    /// A socket with unlimited room: takes every slice of every vectored
+    /// write and touches none of their bytes.
+    #[derive(Debug, Default)]
+    pub struct NullSink {
+        /// Bytes taken so far.
+        pub bytes: usize,
+        /// Vectored writes so far.
+        pub writes: usize,
+    }
+
+    impl AsyncWrite for NullSink {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.bytes += buf.len();
+            self.writes += 1;
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let n = bufs.iter().map(|b| b.len()).sum();
+            self.bytes += n;
+            self.writes += 1;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// One connection's outbound queue (`outbound::Outbound`).
+    #[derive(Debug)]
+    pub struct OutboundQueue(Outbound);
+
+    impl Default for OutboundQueue {
+        fn default() -> Self {
+            Self(Outbound::new())
+        }
+    }
+
+    impl OutboundQueue {
+        /// An empty queue.
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// Queues a `Message` for `sid`, as the shard does per delivery.
+        pub fn push_message(&mut self, template: &MessageTemplate, sid: u64, payload: &Bytes) {
+            self.0.push_message(template, sid, payload);
+        }
+
+        /// Queued bytes.
+        pub fn pending(&self) -> usize {
+            self.0.pending()
+        }
+
+        /// Builds the iovecs and hands them to `sink`, one vectored write at
+        /// a time, until the queue is empty. Returns the bytes written.
+        pub fn flush_into(&mut self, sink: &mut NullSink) -> io::Result<usize> {
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut total = 0;
+            while self.0.pending() > 0 {
+                match self.0.poll_write(&mut cx, sink) {
+                    Poll::Ready(Ok(n)) => total += n,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+            Ok(total)
+        }
+    }
+
+    /// One shard-to-shard ring carrying the data plane's `PeerMsg`.
+    #[derive(Debug)]
+    pub struct Ring {
+        tx: Producer<PeerMsg>,
+        rx: Consumer<PeerMsg>,
+    }
+
+    impl Ring {
+        /// A ring of `capacity` slots.
+        pub fn new(capacity: usize) -> Self {
+            let (tx, rx) = RingBuffer::new(capacity);
+            Self { tx, rx }
+        }
+
+        /// Pushes `n` message copies shaped as `Shard::publish` sends them
+        /// (`PeerMsg::Deliver`), then pops them all as the mesh loop does
+        /// and drops them. Returns the payload bytes that crossed.
+        pub fn hand_off(
+            &mut self,
+            n: usize,
+            tenant: TenantId,
+            subject: &Subject,
+            payload: &Bytes,
+        ) -> usize {
+            let mut pushed = 0;
+            for _ in 0..n {
+                let msg = PeerMsg::Deliver(Box::new(RemoteMessage {
+                    tenant,
+                    subject: subject.clone(),
+                    reply: None,
+                    headers: Vec::new(),
+                    payload: payload.clone(),
+                    groups: SmallVec::new(),
+                    stamp: None,
+                }));
+                if self.tx.push(msg).is_err() {
+                    break;
+                }
+                pushed += 1;
+            }
+            let mut bytes = 0;
+            for _ in 0..pushed {
+                if let Ok(PeerMsg::Deliver(m)) = self.rx.pop() {
+                    bytes += m.payload.len();
+                }
+            }
+            bytes
+        }
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct RemoteMessage {
     pub(crate) payload: Bytes,
     /// Queue groups the receiving shard must serve.
     pub(crate) groups: SmallVec<[GroupKey; 1]>,
+    /// When the publish was read, for sampled latency.
+    pub(crate) stamp: Option<std::time::Instant>,
 }
 
 /// Everything shards say to each other.

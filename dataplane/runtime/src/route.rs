@@ -138,7 +138,31 @@ impl Shard {
 
     /// Routes a message published by `conn` (already authorised and
     /// admitted by its rate limits).
+    /// Whether to time this publish (one in `sample_every`).
+    fn sample(&self) -> Option<Instant> {
+        let every = self.cfg.sample_every;
+        if every == 0 {
+            return None;
+        }
+        let n = self.sample_counter.get() + 1;
+        if n >= every {
+            self.sample_counter.set(0);
+            Some(Instant::now())
+        } else {
+            self.sample_counter.set(n);
+            None
+        }
+    }
+
+    fn record_latency(&self, since: Option<Instant>) {
+        if let Some(t) = since {
+            let micros = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let _ = self.deliver_latency.borrow_mut().record(micros.max(1));
+        }
+    }
+
     pub(crate) fn publish(&self, tenant: TenantId, conn: ConnId, echo: bool, msg: Publish) {
+        let stamp = self.sample();
         {
             let mut stats = self.stats.borrow_mut();
             stats.msgs_in += 1;
@@ -188,6 +212,7 @@ impl Shard {
                 &msg.payload,
                 msg.reply.as_ref().map(Subject::bytes),
             );
+            self.record_latency(stamp);
         }
         if !plan.remote.is_empty() {
             let mut links = self.links.borrow_mut();
@@ -211,6 +236,7 @@ impl Shard {
                     headers: m.headers,
                     payload: m.payload,
                     groups: copy.groups,
+                    stamp,
                 }))) {
                     stats.ring_full += 1;
                     overflowed = true;
@@ -309,6 +335,7 @@ impl Shard {
     }
 
     fn cut(c: &ConnShared, stats: &mut arqonbus_core::stats::ShardStats) {
+        c.count_slow();
         c.closing.set(true);
         c.raise(Flag::SlowConsumer);
         stats.slow_consumers += 1;
@@ -407,6 +434,7 @@ impl Shard {
             &m.payload,
             m.reply.as_ref().map(Subject::bytes),
         );
+        self.record_latency(m.stamp);
     }
 
     /// End of a batch of work: acknowledge interest, push overflow into the

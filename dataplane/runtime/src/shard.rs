@@ -22,11 +22,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use arqonbus_core::metrics::{ErrorCounts, ShardMetrics, TenantStats, latency_histogram};
 use arqonbus_core::ops::{ConnectionInfo, ShardStatus};
 use arqonbus_core::router::{InterestUpdate, RoutePlan, Router};
 use arqonbus_core::session::Rejection;
@@ -62,6 +64,8 @@ pub(crate) enum Command {
     Resume,
     /// Reply with the shard's status.
     Status(crossbeam_channel::Sender<ShardStatus>),
+    /// Reply with everything the shard measured.
+    Metrics(crossbeam_channel::Sender<ShardMetrics>),
     /// Reply with this window's rate-limit use.
     RateReport(crossbeam_channel::Sender<Vec<(RateKey, RateUse)>>),
     /// New rate shares for this shard.
@@ -79,6 +83,8 @@ pub(crate) struct ShardConfig {
     pub(crate) tick: Duration,
     pub(crate) overflow_limit: usize,
     pub(crate) shards: usize,
+    /// Time one published message in this many (0: never).
+    pub(crate) sample_every: u32,
 }
 
 impl std::fmt::Debug for ShardConfig {
@@ -88,6 +94,36 @@ impl std::fmt::Debug for ShardConfig {
             .field("tls", &self.tls.is_some())
             .field("shards", &self.shards)
             .finish_non_exhaustive()
+    }
+}
+
+/// One tenant's figures on this shard, bumped without atomics.
+#[derive(Debug, Default)]
+pub(crate) struct TenantCell {
+    pub(crate) msgs_in: Cell<u64>,
+    pub(crate) bytes_in: Cell<u64>,
+    pub(crate) msgs_out: Cell<u64>,
+    pub(crate) bytes_out: Cell<u64>,
+    pub(crate) connections: Cell<u64>,
+    pub(crate) slow_consumers: Cell<u64>,
+    pub(crate) quota_rejections: Cell<u64>,
+}
+
+impl TenantCell {
+    fn get(&self) -> TenantStats {
+        TenantStats {
+            msgs_in: self.msgs_in.get(),
+            bytes_in: self.bytes_in.get(),
+            msgs_out: self.msgs_out.get(),
+            bytes_out: self.bytes_out.get(),
+            connections: self.connections.get(),
+            slow_consumers: self.slow_consumers.get(),
+            quota_rejections: self.quota_rejections.get(),
+        }
+    }
+
+    pub(crate) fn bump(cell: &Cell<u64>, by: u64) {
+        cell.set(cell.get() + by);
     }
 }
 
@@ -154,9 +190,22 @@ pub(crate) struct Shard {
     pub(crate) mesh_waker: Cell<Option<Waker>>,
     /// Tenants whose publishers are paused (stall-publisher policy), until.
     pub(crate) stalls: RefCell<FxHashMap<TenantId, Instant>>,
+    /// `Error` frames sent, by code.
+    pub(crate) errors: RefCell<ErrorCounts>,
+    /// Per-tenant figures; connections keep their tenant's cell.
+    pub(crate) tenant_stats: RefCell<FxHashMap<TenantId, Rc<TenantCell>>>,
+    /// Sampled publish-to-deliver latency, µs.
+    pub(crate) deliver_latency: RefCell<hdrhistogram::Histogram<u64>>,
+    /// Accept-to-Welcome latency, µs.
+    pub(crate) handshake_latency: RefCell<hdrhistogram::Histogram<u64>>,
+    /// Counts publishes towards the next latency sample.
+    pub(crate) sample_counter: Cell<u32>,
     /// Set while drained; the accept loop watches the current latch.
     draining: Cell<bool>,
     accept_stop: RefCell<Rc<Latch>>,
+    /// The listening socket while the accept loop owns it, so a drain can
+    /// stop it at once (see [`Shard::stop_listening`]).
+    listen_fd: Cell<Option<RawFd>>,
     pub(crate) shutdown: Latch,
     stopped: Latch,
 }
@@ -194,12 +243,11 @@ pub(crate) struct ShardConfigSend {
     pub(crate) tick: Duration,
     pub(crate) overflow_limit: usize,
     pub(crate) shards: usize,
+    pub(crate) sample_every: u32,
 }
 
 /// Runs a shard until it is shut down. Called on the shard's executor.
 pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardId>) {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-
     let ShardInit {
         id,
         cfg,
@@ -220,12 +268,14 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         tick: cfg.tick,
         overflow_limit: cfg.overflow_limit,
         shards: cfg.shards,
+        sample_every: cfg.sample_every,
     });
+    let listen_fd = listener.into_raw_fd();
     // SAFETY: both descriptors were created for this shard, are open, and
     // ownership moves into the glommio objects here.
     let (listener, bell) = unsafe {
         (
-            TcpListener::from_raw_fd(listener.into_raw_fd()),
+            TcpListener::from_raw_fd(listen_fd),
             UnixStream::from_raw_fd(bell_rx.into_raw_fd()),
         )
     };
@@ -252,13 +302,20 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         bp_waiters: RefCell::new(Vec::new()),
         mesh_waker: Cell::new(None),
         stalls: RefCell::new(FxHashMap::default()),
+        errors: RefCell::new(ErrorCounts::default()),
+        tenant_stats: RefCell::new(FxHashMap::default()),
+        deliver_latency: RefCell::new(latency_histogram()),
+        handshake_latency: RefCell::new(latency_histogram()),
+        sample_counter: Cell::new(0),
         draining: Cell::new(false),
         accept_stop: RefCell::new(accept_stop.clone()),
+        listen_fd: Cell::new(None),
         shutdown: Latch::default(),
         stopped: Latch::default(),
         cfg,
     });
     tracing::info!(shard = %id, "shard started");
+    shard.listen_fd.set(Some(listen_fd));
     glommio::spawn_local(accept_loop(shard.clone(), listener, accept_stop)).detach();
     glommio::spawn_local(tick_loop(shard.clone())).detach();
     glommio::spawn_local(mesh_loop(
@@ -293,8 +350,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Rc<Latch>) {
             }
         }
     }
-    // Dropping the listener takes this shard out of the SO_REUSEPORT group:
-    // the kernel sends new connections to the other shards.
+    // The descriptor closes with the listener: forget it first.
+    shard.listen_fd.set(None);
+    drop(listener);
     tracing::debug!(shard = %shard.id, "listener closed");
 }
 
@@ -527,6 +585,9 @@ impl Shard {
                     config_epoch: self.config.borrow().epoch(),
                 });
             }
+            Command::Metrics(reply) => {
+                let _ = reply.send(self.metrics());
+            }
             Command::RateReport(reply) => {
                 let _ = reply.send(self.rates.borrow_mut().report());
             }
@@ -536,7 +597,7 @@ impl Shard {
             Command::Shutdown => {
                 tracing::info!(shard = %self.id, "shutting down");
                 self.shutdown.set();
-                self.accept_stop.borrow().set();
+                self.stop_listening();
                 let conns = self.conns.borrow();
                 if conns.is_empty() {
                     self.stopped.set();
@@ -545,6 +606,46 @@ impl Shard {
                     c.raise(Flag::Shutdown);
                 }
             }
+        }
+    }
+
+    /// The cell of per-tenant figures for `tenant`.
+    pub(crate) fn tenant_cell(&self, tenant: TenantId) -> Rc<TenantCell> {
+        self.tenant_stats
+            .borrow_mut()
+            .entry(tenant)
+            .or_default()
+            .clone()
+    }
+
+    fn metrics(&self) -> ShardMetrics {
+        let mut stats = *self.stats.borrow();
+        stats.connections = self.conns.borrow().len() as u64;
+        stats.subscriptions = self.router.borrow().local_subscriptions() as u64;
+        stats.ring_used = self
+            .links
+            .borrow()
+            .iter()
+            .map(|l| (l.ring_used() + l.overflow_len()) as u64)
+            .sum();
+        ShardMetrics {
+            shard: self.id.0,
+            stats,
+            errors: *self.errors.borrow(),
+            tenants: self
+                .tenant_stats
+                .borrow()
+                .iter()
+                .map(|(t, c)| (*t, c.get()))
+                .collect(),
+            outbound_bytes: self
+                .conns
+                .borrow()
+                .iter()
+                .map(|(_, c)| c.out.borrow().pending() as u64)
+                .sum(),
+            deliver_latency: self.deliver_latency.borrow().clone(),
+            handshake_latency: self.handshake_latency.borrow().clone(),
         }
     }
 
@@ -568,9 +669,25 @@ impl Shard {
             return;
         }
         tracing::info!(shard = %self.id, "draining: not accepting, closing connections");
-        self.accept_stop.borrow().set();
+        self.stop_listening();
         for (_, c) in self.conns.borrow().iter() {
             c.raise(Flag::Shutdown);
+        }
+    }
+
+    /// Stops the listener now: `shutdown(SHUT_RD)` on a listening socket
+    /// takes it out of the `SO_REUSEPORT` group at once (new connections go
+    /// to the other shards) and resets what was queued on it; the accept
+    /// loop then ends and closes it.
+    fn stop_listening(&self) {
+        self.accept_stop.borrow().set();
+        if let Some(fd) = self.listen_fd.get() {
+            // SAFETY: `fd` is the listening socket the accept loop still owns
+            // (it clears `listen_fd` before closing it); shutdown does not
+            // close or invalidate the descriptor.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RD);
+            }
         }
     }
 
@@ -578,10 +695,13 @@ impl Shard {
         if !self.draining.get() || self.shutdown.is_set() {
             return;
         }
-        match TcpListener::bind(self.cfg.listen) {
-            Ok(listener) => {
+        match listen_again(self.cfg.listen) {
+            Ok(fd) => {
+                // SAFETY: a fresh, bound, listening socket owned by us.
+                let listener = unsafe { TcpListener::from_raw_fd(fd) };
                 let stop = Rc::new(Latch::default());
                 *self.accept_stop.borrow_mut() = stop.clone();
+                self.listen_fd.set(Some(fd));
                 self.draining.set(false);
                 glommio::spawn_local(accept_loop(self.clone(), listener, stop)).detach();
                 tracing::info!(shard = %self.id, "resumed");
@@ -589,4 +709,18 @@ impl Shard {
             Err(e) => tracing::error!(shard = %self.id, error = %e, "cannot listen again"),
         }
     }
+}
+
+/// A new `SO_REUSEPORT` listener on `addr`, joining the shards' group.
+fn listen_again(addr: SocketAddr) -> std::io::Result<RawFd> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_port(true)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    Ok(sock.into_raw_fd())
 }

@@ -588,3 +588,44 @@ fn strangers_cannot_send_large_frames() {
     expect_error(&mut c, ErrorCode::FrameTooLarge, true);
     expect_closed(&mut c);
 }
+
+#[test]
+fn shards_measure_per_tenant_errors_and_latencies() {
+    let mut cfg = config();
+    cfg.latency_sample_every = 1;
+    let dp = start(&cfg);
+    let addr = dp.local_addr();
+    let mut sub = RawClient::connect_on_shard(addr, TOKEN_A, 1);
+    sub.subscribe("m", None);
+    sub.flush();
+    let mut publ = RawClient::connect_on_shard(addr, TOKEN_A, 0);
+    for _ in 0..10 {
+        publ.publish("m", b"12345");
+    }
+    publ.publish("bad..subject", b"");
+    expect_error(&mut publ, ErrorCode::InvalidSubject, false);
+    for _ in 0..10 {
+        sub.message();
+    }
+    let metrics = dp.metrics().unwrap();
+    assert_eq!(metrics.len(), 2);
+    let mut tenant_a = arqonbus_core::metrics::TenantStats::default();
+    let mut errors = arqonbus_core::metrics::ErrorCounts::default();
+    let mut delivered_samples = 0;
+    let mut handshakes = 0;
+    for m in &metrics {
+        for (t, s) in &m.tenants {
+            if t.0 == 1 {
+                tenant_a.merge(s);
+            }
+        }
+        errors.merge(&m.errors);
+        delivered_samples += m.deliver_latency.len();
+        handshakes += m.handshake_latency.len();
+    }
+    assert_eq!((tenant_a.msgs_in, tenant_a.bytes_in), (10, 50));
+    assert_eq!((tenant_a.msgs_out, tenant_a.bytes_out), (10, 50));
+    assert_eq!(errors.0[ErrorCode::InvalidSubject as usize], 1);
+    assert_eq!(delivered_samples, 10, "every message sampled");
+    assert!(handshakes >= 2);
+}
