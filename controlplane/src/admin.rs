@@ -1,0 +1,236 @@
+//! The admin credential and its check on every control API call.
+//!
+//! On first open a random token (`abt_` + 43 base64url characters, 256
+//! bits) is created. Only its SHA-256 goes into the store; the token itself is
+//! written once to `<data_dir>/credentials/admin.token` (directory 0700, file
+//! 0600, created exclusively) and never logged. If the store has no admin hash
+//! but the file exists (a first start interrupted between the two writes,
+//! or a store restored from scratch), the file's token is adopted.
+//!
+//! `AdminAuth` is the tonic interceptor: it wants
+//! `authorization: Bearer <token>` and compares the SHA-256 of what it got
+//! with the stored one in constant time. A failure is `UNAUTHENTICATED` with
+//! a fixed message, counted, and logged at warn with the peer address only.
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arqonbus_core::auth::{CredentialHash, TOKEN_PREFIX};
+use base64::Engine as _;
+use subtle::ConstantTimeEq as _;
+use tonic::{Request, Status};
+
+use crate::metrics::Metrics;
+use crate::store::{Secret, Store, StoreError};
+
+/// Where the admin token is written, relative to the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "credentials/admin.token";
+
+/// Why the admin credential could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The token file or its directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The token file exists but does not hold a token.
+    #[error("{path}: not an ArqonBus token; move it away to create a new admin credential")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The system random source failed.
+    #[error(transparent)]
+    Random(RandomError),
+}
+
+/// The system random source failed.
+#[derive(Debug, thiserror::Error)]
+#[error("no randomness available: {0}")]
+pub struct RandomError(String);
+
+/// A new bearer token: [`TOKEN_PREFIX`] and 256 random bits, base64url.
+pub fn new_token() -> Result<Secret, RandomError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| RandomError(e.to_string()))?;
+    Ok(Secret::new(format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )))
+}
+
+fn looks_like_token(t: &str) -> bool {
+    t.strip_prefix(TOKEN_PREFIX).is_some_and(|rest| {
+        rest.len() >= 43
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AdminError + '_ {
+    move |source| AdminError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The admin credential of this node.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminCredential {
+    /// SHA-256 of the token.
+    pub(crate) hash: [u8; 32],
+    /// The token file.
+    pub(crate) path: PathBuf,
+    /// Whether the token was created by this call.
+    pub(crate) created: bool,
+}
+
+/// Loads the admin credential, creating it on first open.
+pub(crate) fn ensure(store: &dyn Store, data_dir: &Path) -> Result<AdminCredential, AdminError> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if let Some(hash) = store.admin_token_hash()? {
+        return Ok(AdminCredential {
+            hash,
+            path,
+            created: false,
+        });
+    }
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let token = text.trim();
+        if !looks_like_token(token) {
+            return Err(AdminError::Malformed { path });
+        }
+        let hash = CredentialHash::of(token).0;
+        store.set_admin_token_hash(hash)?;
+        tracing::info!(path = %path.display(), "adopted the existing admin token file");
+        return Ok(AdminCredential {
+            hash,
+            path,
+            created: false,
+        });
+    }
+    let dir = path
+        .parent()
+        .map_or_else(|| data_dir.to_owned(), Path::to_owned);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(&dir))?;
+    let token = new_token().map_err(AdminError::Random)?;
+    // The file first: a crash after it and before the store write is
+    // repaired by adoption on the next start; the other order could lose
+    // the only copy of the token.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io(&path))?;
+    file.write_all(format!("{}\n", token.expose()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io(&path))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(&dir))?;
+    let hash = CredentialHash::of(token.expose()).0;
+    store.set_admin_token_hash(hash)?;
+    tracing::info!(path = %path.display(), "created the admin credential (mode 0600)");
+    Ok(AdminCredential {
+        hash,
+        path,
+        created: true,
+    })
+}
+
+/// The interceptor that requires the admin credential.
+#[derive(Clone)]
+pub(crate) struct AdminAuth {
+    hash: [u8; 32],
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAuth").finish_non_exhaustive()
+    }
+}
+
+impl AdminAuth {
+    pub(crate) fn new(hash: [u8; 32], metrics: Arc<Metrics>) -> Self {
+        Self { hash, metrics }
+    }
+
+    /// Whether `authorization` carries the admin token.
+    fn accepts(&self, authorization: Option<&str>) -> bool {
+        let Some(value) = authorization else {
+            return false;
+        };
+        let Some((scheme, token)) = value.split_once(' ') else {
+            return false;
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return false;
+        }
+        // Hashing first makes the comparison independent of the token's
+        // length; the digest comparison is constant time.
+        CredentialHash::of(token.trim()).0.ct_eq(&self.hash).into()
+    }
+}
+
+impl tonic::service::Interceptor for AdminAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if self.accepts(header) {
+            return Ok(request);
+        }
+        self.metrics.inc_auth_failure();
+        tracing::warn!(
+            peer = ?request.remote_addr(),
+            credential_present = header.is_some(),
+            "control API request refused: no valid admin credential"
+        );
+        Err(Status::unauthenticated("admin credential required"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_the_bootstrap_shape() {
+        let t = new_token().unwrap();
+        assert!(looks_like_token(t.expose()));
+        assert_eq!(t.expose().len(), 4 + 43);
+        assert!(!format!("{t:?}").contains(TOKEN_PREFIX));
+        assert!(!looks_like_token("abt_short"));
+        assert!(!looks_like_token(&format!("xyz_{}", "a".repeat(43))));
+    }
+
+    #[test]
+    fn header_check() {
+        let auth = AdminAuth::new(CredentialHash::of("abt_secret").0, Arc::default());
+        assert!(auth.accepts(Some("Bearer abt_secret")));
+        assert!(auth.accepts(Some("bearer abt_secret")));
+        assert!(!auth.accepts(Some("Bearer abt_secreT")));
+        assert!(!auth.accepts(Some("Basic abt_secret")));
+        assert!(!auth.accepts(Some("abt_secret")));
+        assert!(!auth.accepts(Some("")));
+        assert!(!auth.accepts(None));
+    }
+}

@@ -1,0 +1,61 @@
+//! Counters of the control plane, readable by the server's metrics exporter.
+//!
+//! Plain atomics, `Relaxed`: each counter is independent and only ever
+//! increases; readers want a recent value, not a consistent cut.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    rpc_ok: AtomicU64,
+    rpc_failed: AtomicU64,
+    auth_failures: AtomicU64,
+    snapshots_published: AtomicU64,
+    snapshots_refusing: AtomicU64,
+}
+
+/// A copy of the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetricsSnapshot {
+    /// RPCs answered OK.
+    pub rpc_ok: u64,
+    /// RPCs answered with an error status (authentication failures excluded).
+    pub rpc_failed: u64,
+    /// Requests refused for a missing or wrong admin credential.
+    pub auth_failures: u64,
+    /// Snapshots pushed (refusing ones included).
+    pub snapshots_published: u64,
+    /// Snapshots pushed that refuse new sessions (fail closed).
+    pub snapshots_refusing: u64,
+}
+
+impl Metrics {
+    pub(crate) fn inc_rpc(&self, ok: bool) {
+        let c = if ok { &self.rpc_ok } else { &self.rpc_failed };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn inc_auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn inc_published(&self) {
+        self.snapshots_published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn inc_refusing(&self) {
+        self.snapshots_refusing.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            rpc_ok: self.rpc_ok.load(Ordering::Relaxed),
+            rpc_failed: self.rpc_failed.load(Ordering::Relaxed),
+            auth_failures: self.auth_failures.load(Ordering::Relaxed),
+            snapshots_published: self.snapshots_published.load(Ordering::Relaxed),
+            snapshots_refusing: self.snapshots_refusing.load(Ordering::Relaxed),
+        }
+    }
+}

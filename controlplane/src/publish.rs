@@ -1,0 +1,291 @@
+//! Publishing snapshots: build, number, push, and report readiness.
+//!
+//! The `Publisher` owns the last snapshot pushed, the last *good* one, the
+//! server's limits and the data plane handle. `Publisher::publish` reads
+//! the store, builds a snapshot with a fresh epoch and applies it to the data
+//! plane, all under one lock, so shards receive snapshots in epoch order and
+//! every snapshot reflects every write acknowledged before it.
+//!
+//! Invariants:
+//! - epochs strictly increase, across restarts too (the last one is kept in
+//!   the store; if the store cannot allocate one, the next is the last
+//!   pushed plus one);
+//! - fail closed: when a build fails, the snapshot pushed is the last good
+//!   one renumbered and refusing new sessions, with the reason; readiness
+//!   (health, `NodeStatus.accepting`) follows the last snapshot pushed;
+//! - `DataPlaneControl::apply` is called with the lock held: it must not call
+//!   back into the control plane.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use arqonbus_core::limits::Limits;
+use arqonbus_core::snapshot::ConfigSnapshot;
+use tokio::sync::watch;
+
+use crate::dataplane::DataPlaneControl;
+use crate::metrics::Metrics;
+use crate::snapshot::{BuildError, build_snapshot};
+use crate::store::Store;
+
+/// Whether the node accepts new sessions, as of the last snapshot pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// New sessions are accepted.
+    pub accepting: bool,
+    /// Why not, when they are not.
+    pub reason: Option<String>,
+    /// The epoch of the last snapshot pushed.
+    pub epoch: u64,
+}
+
+impl Readiness {
+    fn of(s: &ConfigSnapshot) -> Self {
+        Self {
+            accepting: s.accepting(),
+            reason: s.reason().map(str::to_owned),
+            epoch: s.epoch(),
+        }
+    }
+}
+
+struct State {
+    limits: Limits,
+    last_good: Option<Arc<ConfigSnapshot>>,
+    current: Arc<ConfigSnapshot>,
+    dataplane: Option<Arc<dyn DataPlaneControl>>,
+}
+
+/// Builds and pushes snapshots. Blocking: call from `spawn_blocking`.
+pub(crate) struct Publisher {
+    store: Arc<dyn Store>,
+    state: Mutex<State>,
+    readiness: watch::Sender<Readiness>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("readiness", &*self.readiness.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// Builds the first snapshot (no data plane yet). A store that cannot
+    /// be read gives an empty snapshot that refuses new sessions.
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> (Self, Arc<ConfigSnapshot>) {
+        let empty = Arc::new(ConfigSnapshot::new(0, limits.clone()));
+        let (readiness, _) = watch::channel(Readiness::of(&empty));
+        let publisher = Self {
+            store,
+            state: Mutex::new(State {
+                limits,
+                last_good: None,
+                current: empty,
+                dataplane: None,
+            }),
+            readiness,
+            metrics,
+        };
+        let first = publisher.publish();
+        (publisher, first)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while publishing leaves the state as consistent as
+        // before it: every field is replaced whole.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Connects the data plane; later snapshots are applied to it.
+    pub(crate) fn attach(&self, dataplane: Arc<dyn DataPlaneControl>) {
+        self.lock().dataplane = Some(dataplane);
+    }
+
+    /// Replaces the server's limits (the next snapshot carries them).
+    pub(crate) fn set_limits(&self, limits: Limits) {
+        self.lock().limits = limits;
+    }
+
+    /// The last snapshot pushed.
+    pub(crate) fn current(&self) -> Arc<ConfigSnapshot> {
+        self.lock().current.clone()
+    }
+
+    /// Readiness updates.
+    pub(crate) fn readiness(&self) -> watch::Receiver<Readiness> {
+        self.readiness.subscribe()
+    }
+
+    /// Builds a snapshot from the store, pushes it to the data plane and
+    /// returns it; fails closed as the module documentation says.
+    pub(crate) fn publish(&self) -> Arc<ConfigSnapshot> {
+        let mut st = self.lock();
+        let floor = st.current.epoch().saturating_add(1);
+        let (epoch, built) = match self.store.next_epoch(floor) {
+            Ok(epoch) => (epoch, build_snapshot(&*self.store, epoch, &st.limits)),
+            Err(e) => (floor, Err(BuildError::Store(e))),
+        };
+        let snapshot = match built {
+            Ok(s) => {
+                let s = Arc::new(s);
+                st.last_good = Some(s.clone());
+                tracing::info!(epoch, "configuration snapshot published");
+                s
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(
+                    epoch,
+                    %reason,
+                    "configuration unreadable: refusing new sessions, existing sessions keep the last good snapshot"
+                );
+                self.metrics.inc_refusing();
+                let base = st
+                    .last_good
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(ConfigSnapshot::new(0, st.limits.clone())));
+                Arc::new(base.refusing_new_sessions(epoch, &reason))
+            }
+        };
+        st.current = snapshot.clone();
+        if let Some(dp) = &st.dataplane {
+            dp.apply(snapshot.clone());
+        }
+        self.metrics.inc_published();
+        self.readiness.send_replace(Readiness::of(&snapshot));
+        snapshot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arqonbus_core::TenantId;
+    use arqonbus_core::ops::{ConnectionInfo, ShardStatus};
+    use redb::TableDefinition;
+
+    use super::*;
+    use crate::dataplane::DataPlaneError;
+    use crate::store::RedbStore;
+    use crate::store::tests::{bearer, new_principal, new_tenant};
+
+    /// Records what it was told to apply.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Arc<ConfigSnapshot>>>);
+
+    impl DataPlaneControl for Recorder {
+        fn apply(&self, snapshot: Arc<ConfigSnapshot>) {
+            self.0.lock().unwrap().push(snapshot);
+        }
+        fn connections(&self) -> Result<Vec<ConnectionInfo>, DataPlaneError> {
+            Ok(vec![])
+        }
+        fn kick(&self, _: u64) -> Result<bool, DataPlaneError> {
+            Ok(false)
+        }
+        fn drain(&self, s: u16) -> Result<(), DataPlaneError> {
+            Err(DataPlaneError::NoSuchShard(s))
+        }
+        fn resume(&self, s: u16) -> Result<(), DataPlaneError> {
+            Err(DataPlaneError::NoSuchShard(s))
+        }
+        fn status(&self) -> Result<Vec<ShardStatus>, DataPlaneError> {
+            Ok(vec![])
+        }
+    }
+
+    fn corrupt_policy(store: &RedbStore, id: u64) {
+        let txn = store.database().begin_write().unwrap();
+        txn.open_table(TableDefinition::<u64, &[u8]>::new("policies"))
+            .unwrap()
+            .insert(id, [0xff_u8, 0xff, 0xff].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_policy_fails_closed_and_a_repair_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let t = store.create_tenant(new_tenant("acme")).unwrap();
+        let p = store
+            .create_principal(new_principal(t.id, "svc", &[]))
+            .unwrap();
+        bearer(&*store, p.id, "abt_ok");
+
+        let metrics = Arc::new(Metrics::default());
+        let (publisher, first) =
+            Publisher::start(store.clone(), Limits::default(), metrics.clone());
+        assert!(first.accepting());
+        let session = first.authenticate("abt_ok", 0).unwrap();
+        let recorder = Arc::new(Recorder::default());
+        publisher.attach(recorder.clone());
+        let ready = publisher.readiness();
+
+        corrupt_policy(&store, 99);
+        let closed = publisher.publish();
+        assert!(!closed.accepting());
+        assert!(closed.epoch() > first.epoch());
+        assert!(
+            closed.reason().unwrap().contains("policies/99"),
+            "{:?}",
+            closed.reason()
+        );
+        // Built from the last good one: existing sessions keep their rights,
+        // new ones are refused.
+        assert!(closed.tenant(TenantId(t.id)).is_some());
+        assert!(closed.revalidate(&session, 0).is_ok());
+        assert!(closed.authenticate("abt_ok", 0).is_err());
+        let r = ready.borrow().clone();
+        assert!(!r.accepting && r.epoch == closed.epoch());
+        assert_eq!(
+            recorder.0.lock().unwrap().len(),
+            1,
+            "the data plane was told"
+        );
+
+        // Still refusing while it stays corrupt; epochs keep increasing.
+        let again = publisher.publish();
+        assert!(!again.accepting() && again.epoch() > closed.epoch());
+
+        store.delete_policy(99).unwrap();
+        let repaired = publisher.publish();
+        assert!(repaired.accepting() && repaired.epoch() > again.epoch());
+        assert!(ready.borrow().accepting);
+        let applied: Vec<u64> = recorder
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.epoch())
+            .collect();
+        assert!(applied.windows(2).all(|w| w[0] < w[1]), "{applied:?}");
+        let m = metrics.snapshot();
+        assert_eq!((m.snapshots_published, m.snapshots_refusing), (4, 2));
+    }
+
+    #[test]
+    fn an_unreadable_store_at_start_refuses_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let t = store.create_tenant(new_tenant("acme")).unwrap();
+        let p = store
+            .create_principal(new_principal(t.id, "svc", &[]))
+            .unwrap();
+        bearer(&*store, p.id, "abt_ok");
+        corrupt_policy(&store, 1);
+        let (publisher, first) = Publisher::start(store, Limits::default(), Arc::default());
+        assert!(!first.accepting());
+        assert!(
+            first.tenant(TenantId(t.id)).is_none(),
+            "no last good: empty"
+        );
+        assert!(first.authenticate("abt_ok", 0).is_err());
+        assert!(!publisher.readiness().borrow().accepting);
+    }
+}

@@ -1,0 +1,188 @@
+//! The six gRPC services of `arqonbus.control.v1`, on one [`Api`] value.
+//!
+//! Each RPC runs in a `control_rpc` span (fields `rpc`, the method, and
+//! `code`, its outcome), and ends with one log line carrying the outcome
+//! and duration: debug
+//! for successful reads, info for successful changes and client errors, warn
+//! for server-side failures. Requests and responses are never logged (they
+//! carry tokens).
+//!
+//! Every change follows the same order: validate (INVALID_ARGUMENT naming
+//! the field), commit to the store (durable), publish a new snapshot to the
+//! data plane, answer. Store and data plane calls block, so they run on
+//! tokio's blocking pool.
+
+mod connections;
+pub(crate) mod credentials;
+mod node;
+mod policies;
+mod principals;
+mod tenants;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arqonbus_core::limits::Limits;
+use tonic::{Code, Response, Status};
+use tracing::Instrument as _;
+
+use crate::dataplane::{DataPlaneControl, DataPlaneError};
+use crate::metrics::Metrics;
+use crate::publish::Publisher;
+use crate::store::{Store, StoreError};
+
+/// Re-reads the server's configuration file and returns its limits; the
+/// error is shown to the operator who asked for the reload.
+pub type ReloadFn = dyn Fn() -> Result<Limits, String> + Send + Sync;
+
+/// What the services share.
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) publisher: Arc<Publisher>,
+    pub(crate) dataplane: Arc<dyn DataPlaneControl>,
+    pub(crate) reload: Option<Arc<ReloadFn>>,
+    pub(crate) server_id: String,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// Implements every control service; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Api {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("server_id", &self.inner.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether an RPC reads or changes state (for log levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Change,
+}
+
+/// The status for a store failure. Store-side faults are UNAVAILABLE: the
+/// request may succeed once the store is repaired.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "used as `map_err(store_status)`, which passes the error by value"
+)]
+pub(crate) fn store_status(e: StoreError) -> Status {
+    let msg = e.to_string();
+    match e {
+        StoreError::NotFound { .. } => Status::not_found(msg),
+        StoreError::AlreadyExists { .. } => Status::already_exists(msg),
+        StoreError::VersionMismatch { .. } => Status::failed_precondition(msg),
+        StoreError::Invalid { .. } => Status::invalid_argument(msg),
+        StoreError::Corrupt { .. } | StoreError::SchemaTooNew { .. } | StoreError::Backend(_) => {
+            Status::unavailable(msg)
+        }
+        StoreError::Mint(_) => Status::internal(msg),
+    }
+}
+
+/// The status for a data plane failure.
+pub(crate) fn dataplane_status(e: DataPlaneError) -> Status {
+    match e {
+        DataPlaneError::NoSuchShard(_) => Status::not_found(e.to_string()),
+        DataPlaneError::Unresponsive(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Runs `f` on the blocking pool, inside the current span.
+async fn blocking<T, F>(f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "control task failed");
+            Status::internal("internal error")
+        })?
+}
+
+impl Api {
+    pub(crate) fn new(inner: Inner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Runs one RPC in its span and logs its outcome.
+    async fn rpc<T, F>(
+        &self,
+        method: &'static str,
+        kind: Kind,
+        body: F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: Future<Output = Result<T, Status>>,
+    {
+        let span = tracing::info_span!("control_rpc", rpc = method, code = tracing::field::Empty);
+        let started = Instant::now();
+        let result = body.instrument(span.clone()).await;
+        let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.inner.metrics.inc_rpc(result.is_ok());
+        span.record(
+            "code",
+            tracing::field::debug(result.as_ref().map_or_else(Status::code, |_| Code::Ok)),
+        );
+        match &result {
+            Ok(_) if kind == Kind::Read => {
+                tracing::debug!(parent: &span, code = "OK", elapsed_us, "control RPC done");
+            }
+            Ok(_) => tracing::info!(parent: &span, code = "OK", elapsed_us, "control RPC done"),
+            Err(s) => match s.code() {
+                Code::Unavailable | Code::Internal | Code::Unknown => tracing::warn!(
+                    parent: &span,
+                    code = ?s.code(),
+                    message = s.message(),
+                    elapsed_us,
+                    "control RPC failed"
+                ),
+                _ => tracing::info!(
+                    parent: &span,
+                    code = ?s.code(),
+                    message = s.message(),
+                    elapsed_us,
+                    "control RPC refused"
+                ),
+            },
+        }
+        result.map(Response::new)
+    }
+
+    /// Reads the store on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        blocking(move || f(&*inner.store).map_err(store_status)).await
+    }
+
+    /// Commits a change, then publishes a snapshot, on the blocking pool.
+    async fn change<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let out = f(&*inner.store).map_err(store_status)?;
+            inner.publisher.publish();
+            Ok(out)
+        })
+        .await
+    }
+}

@@ -1,0 +1,389 @@
+//! The control plane's durable state, behind the [`Store`] trait.
+//!
+//! The store owns tenants (with their ed25519 signing keys), principals,
+//! credentials (bearer token hashes, never tokens) and policies, the id
+//! counters, the last configuration epoch and the admin credential's hash.
+//! [`RedbStore`] is the embedded implementation (`<data_dir>/control.redb`);
+//! the trait exists so a Postgres backend can follow.
+//!
+//! Invariants every implementation keeps:
+//! - every method is one transaction: it happens entirely or not at all, and
+//!   a method that returns `Ok` after a write has made that write durable
+//!   (it survives `kill -9` and power loss);
+//! - ids are allocated from counters in the store and never reused, and
+//!   principal ids are unique across tenants;
+//! - tenant names are unique; principal names are unique within a tenant;
+//! - every record's `version` increases by one on each change; a non-zero
+//!   `expected_version` that differs fails with
+//!   [`StoreError::VersionMismatch`] and changes nothing;
+//! - deleting a tenant deletes its principals, credentials and policies;
+//!   deleting a principal deletes its credentials and the policies that
+//!   target it by id.
+//!
+//! The store checks consistency (existence, uniqueness, versions, which
+//! tenant a record belongs to); request syntax (names, patterns, quotas) is
+//! checked by the services before they call it.
+
+mod records;
+mod redb_store;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::fmt;
+
+use arqonbus_proto::control::{Credential, CredentialKind, Policy, Principal, Quotas, Tenant};
+
+pub use self::redb_store::{RedbStore, SCHEMA_VERSION, STORE_FILE};
+
+/// Why a store operation failed. The first four are the caller's fault (the
+/// request names something absent, taken or stale) and map to gRPC codes;
+/// the rest are the store's, and a retry may help only with
+/// [`StoreError::Backend`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The record does not exist.
+    #[error("{what} {key} not found")]
+    NotFound {
+        /// What kind of record ("tenant", "principal", …).
+        what: &'static str,
+        /// Its id or name, as the request gave it.
+        key: String,
+    },
+    /// A record with this name already exists.
+    #[error("{what} {name:?} already exists")]
+    AlreadyExists {
+        /// What kind of record.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The record changed since the caller read it.
+    #[error("{what} {id} is at version {actual}, not {expected}")]
+    VersionMismatch {
+        /// What kind of record.
+        what: &'static str,
+        /// Its id.
+        id: u64,
+        /// The version the caller expected.
+        expected: u64,
+        /// The version it is at.
+        actual: u64,
+    },
+    /// The request is inconsistent with the stored records (for example, it
+    /// moves a policy to another tenant).
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The offending request field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A stored record cannot be decoded or is inconsistent. The store is
+    /// damaged: this needs an operator, not a retry.
+    #[error("corrupt record {table}/{key}: {reason}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The record's key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store was written by a newer version of ArqonBus.
+    #[error(
+        "the store's schema version is {found}, newer than this binary supports ({supported}); \
+         run a newer arqonbus or restore a backup"
+    )]
+    SchemaTooNew {
+        /// The version on disk.
+        found: u64,
+        /// The newest version this code knows.
+        supported: u64,
+    },
+    /// The storage engine failed (I/O error, disk full, lock held by another
+    /// process). A retry may help.
+    #[error("store unavailable: {0}")]
+    Backend(String),
+    /// Minting a credential's token failed (no randomness, unusable key).
+    #[error("cannot mint token: {0}")]
+    Mint(String),
+}
+
+/// A secret string (a token). Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+
+    /// The secret, to hand to its owner once.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The secret, consumed.
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A tenant's ed25519 signing key, as a PKCS#8 document. Its `Debug` never
+/// shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKey(pub Vec<u8>);
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(<redacted>)")
+    }
+}
+
+/// A tenant with its signing key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRecord {
+    /// The tenant, as the API shows it.
+    pub tenant: Tenant,
+    /// Its signing key.
+    pub signing_key: SigningKey,
+}
+
+/// A credential with what authenticates it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialRecord {
+    /// The credential, as the API shows it.
+    pub credential: Credential,
+    /// SHA-256 of a bearer token; `None` for signed credentials.
+    pub token_sha256: Option<[u8; 32]>,
+}
+
+/// Everything the snapshot builder reads, from one consistent read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreContents {
+    /// Every tenant, by id.
+    pub tenants: Vec<TenantRecord>,
+    /// Every principal, by id.
+    pub principals: Vec<Principal>,
+    /// Every credential (revoked and expired ones included), by id.
+    pub credentials: Vec<CredentialRecord>,
+    /// Every policy, by id.
+    pub policies: Vec<Policy>,
+}
+
+/// A tenant to create.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    /// Its name (already validated).
+    pub name: String,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// Its new signing key.
+    pub signing_key: SigningKey,
+    /// Now, Unix milliseconds.
+    pub created_at_unix_ms: i64,
+}
+
+/// A principal to create.
+#[derive(Debug, Clone)]
+pub struct NewPrincipal {
+    /// Its tenant.
+    pub tenant_id: u64,
+    /// Its name (already validated).
+    pub name: String,
+    /// Its roles (already validated).
+    pub roles: Vec<String>,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// Now, Unix milliseconds.
+    pub created_at_unix_ms: i64,
+}
+
+/// A credential to issue.
+#[derive(Debug, Clone, Copy)]
+pub struct NewCredential {
+    /// Whose it is.
+    pub principal_id: u64,
+    /// Bearer or signed.
+    pub kind: CredentialKind,
+    /// Now, Unix milliseconds.
+    pub created_at_unix_ms: i64,
+    /// When it expires, Unix milliseconds; 0: never.
+    pub expires_at_unix_ms: i64,
+}
+
+/// What [`Store::issue_credential`] tells the minting function, once the
+/// credential's id is allocated.
+#[derive(Debug)]
+pub struct MintContext<'a> {
+    /// The tenant.
+    pub tenant_id: u64,
+    /// The principal.
+    pub principal_id: u64,
+    /// The new credential's id.
+    pub credential_id: u64,
+    /// The tenant's signing key.
+    pub signing_key: &'a SigningKey,
+    /// The request.
+    pub new: &'a NewCredential,
+}
+
+/// A minted token.
+#[derive(Debug)]
+pub struct Minted {
+    /// The token, for its owner.
+    pub token: Secret,
+    /// What the store keeps of it: the SHA-256 for bearer tokens, nothing for
+    /// signed tokens.
+    pub token_sha256: Option<[u8; 32]>,
+    /// First eight hex digits of the token's SHA-256.
+    pub fingerprint: String,
+}
+
+/// A function that mints a credential's token inside the issuing
+/// transaction (so the token can carry the credential's id).
+pub type MintFn<'a> = dyn FnMut(&MintContext<'_>) -> Result<Minted, StoreError> + 'a;
+
+/// A newly issued credential.
+#[derive(Debug)]
+pub struct Issued {
+    /// The stored credential.
+    pub credential: Credential,
+    /// Its token, returned once.
+    pub token: Secret,
+}
+
+/// A tenant imported from `tenants.toml` or the configuration file, with its
+/// fixed ids and bearer credential hashes.
+#[derive(Debug, Clone)]
+pub struct ImportTenant {
+    /// Its id.
+    pub id: u64,
+    /// Its name (validated).
+    pub name: String,
+    /// A signing key, used only when the tenant is created.
+    pub signing_key: SigningKey,
+    /// Its bearer credentials.
+    pub credentials: Vec<ImportCredential>,
+    /// Now, Unix milliseconds.
+    pub created_at_unix_ms: i64,
+}
+
+/// A bearer credential of an imported tenant.
+#[derive(Debug, Clone)]
+pub struct ImportCredential {
+    /// Its principal's id (created when absent).
+    pub principal_id: u64,
+    /// Its principal's name.
+    pub principal: String,
+    /// SHA-256 of the token.
+    pub token_sha256: [u8; 32],
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// The import was skipped because its marker was already set.
+    pub already_done: bool,
+    /// Ids of the tenants created.
+    pub created: Vec<u64>,
+    /// Ids of the tenants skipped because they exist.
+    pub skipped: Vec<u64>,
+}
+
+/// The control plane's durable state. See the module documentation for the
+/// invariants every implementation keeps. Methods block (they may wait for
+/// the disk): async callers use `spawn_blocking`.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Creates a tenant with the next tenant id, at version 1.
+    fn create_tenant(&self, new: NewTenant) -> Result<Tenant, StoreError>;
+    /// A tenant by id.
+    fn tenant(&self, id: u64) -> Result<Tenant, StoreError>;
+    /// A tenant by name.
+    fn tenant_by_name(&self, name: &str) -> Result<Tenant, StoreError>;
+    /// Every tenant, by id.
+    fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+    /// Replaces a tenant's quotas (when `quotas` is set) and bumps its version.
+    fn update_tenant(
+        &self,
+        id: u64,
+        expected_version: u64,
+        quotas: Option<Quotas>,
+    ) -> Result<Tenant, StoreError>;
+    /// Deletes a tenant with its principals, credentials and policies.
+    fn delete_tenant(&self, id: u64) -> Result<(), StoreError>;
+
+    /// Creates a principal in an existing tenant, at version 1.
+    fn create_principal(&self, new: NewPrincipal) -> Result<Principal, StoreError>;
+    /// A principal by id.
+    fn principal(&self, id: u64) -> Result<Principal, StoreError>;
+    /// The principals of an existing tenant, by id.
+    fn list_principals(&self, tenant_id: u64) -> Result<Vec<Principal>, StoreError>;
+    /// Replaces a principal's roles, and its quotas when set.
+    fn update_principal(
+        &self,
+        id: u64,
+        expected_version: u64,
+        roles: Vec<String>,
+        quotas: Option<Quotas>,
+    ) -> Result<Principal, StoreError>;
+    /// Deletes a principal, its credentials and the policies targeting it.
+    fn delete_principal(&self, id: u64) -> Result<(), StoreError>;
+
+    /// Allocates a credential id, calls `mint` with it and stores the
+    /// credential, in one transaction.
+    fn issue_credential(
+        &self,
+        new: NewCredential,
+        mint: &mut MintFn<'_>,
+    ) -> Result<Issued, StoreError>;
+    /// The credentials of an existing tenant, optionally of one of its
+    /// principals, by id.
+    fn list_credentials(
+        &self,
+        tenant_id: u64,
+        principal_id: Option<u64>,
+    ) -> Result<Vec<Credential>, StoreError>;
+    /// Marks a credential revoked at `now_unix_ms`. Returns the credential
+    /// and whether it changed (false: it was already revoked).
+    fn revoke_credential(
+        &self,
+        id: u64,
+        now_unix_ms: i64,
+    ) -> Result<(Credential, bool), StoreError>;
+
+    /// Creates (`policy.id == 0`) or replaces a policy. Its patterns are
+    /// already validated; the store checks its tenant and target exist.
+    fn put_policy(&self, policy: Policy, expected_version: u64) -> Result<Policy, StoreError>;
+    /// The policies of an existing tenant, by id.
+    fn list_policies(&self, tenant_id: u64) -> Result<Vec<Policy>, StoreError>;
+    /// Deletes a policy. Works on a record that no longer decodes, so an
+    /// operator can remove what makes the node fail closed.
+    fn delete_policy(&self, id: u64) -> Result<(), StoreError>;
+
+    /// Everything, from one consistent read. Fails with
+    /// [`StoreError::Corrupt`] if any record does not decode.
+    fn load(&self) -> Result<StoreContents, StoreError>;
+    /// Allocates the next configuration epoch: greater than every epoch
+    /// allocated before and at least `at_least`. Durable.
+    fn next_epoch(&self, at_least: u64) -> Result<u64, StoreError>;
+    /// Inserts the tenants whose id is absent, with their principals and
+    /// bearer credentials. With `once`, does nothing if the marker `once` is
+    /// already recorded, and records it otherwise (in the same transaction).
+    fn import_tenants(
+        &self,
+        tenants: &[ImportTenant],
+        once: Option<&str>,
+    ) -> Result<ImportReport, StoreError>;
+    /// SHA-256 of the admin token, once created.
+    fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError>;
+    /// Records the admin token's SHA-256.
+    fn set_admin_token_hash(&self, hash: [u8; 32]) -> Result<(), StoreError>;
+}

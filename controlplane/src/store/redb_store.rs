@@ -1,0 +1,916 @@
+//! [`RedbStore`]: the embedded [`Store`] in `<data_dir>/control.redb`.
+//!
+//! Layout: one redb table per record kind, `u64` id → prost-encoded record
+//! (`records.rs`); `meta` (`&str` → `u64`) holds the schema version, the id
+//! counters (`next_*_id`, the next id to hand out), the last configuration
+//! epoch and one-time markers (`marker:<name>`); `secrets` (`&str` → bytes)
+//! holds the admin token's SHA-256.
+//!
+//! Durability: every write transaction commits with
+//! [`Durability::Immediate`] (redb fsyncs before `commit` returns), so a
+//! method that returned `Ok` survives `kill -9`. redb's copy-on-write B-trees
+//! keep the file consistent whatever the moment of the crash.
+//!
+//! Schema: [`MIGRATIONS`] is an ordered list; opening runs the pending ones
+//! and records [`SCHEMA_VERSION`] in one write transaction, and refuses a
+//! file whose version is newer than this code.
+
+use std::path::{Path, PathBuf};
+
+use arqonbus_core::auth::CredentialHash;
+use arqonbus_proto::control::{
+    Credential, CredentialKind, Policy, Principal, Quotas, Tenant, policy::Target,
+};
+use prost::Message as _;
+use redb::{
+    Database, Durability, ReadableDatabase as _, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
+
+use super::records::{StoredCredential, StoredPolicy, StoredPrincipal, StoredTenant};
+use super::{
+    CredentialRecord, ImportReport, ImportTenant, Issued, MintContext, MintFn, NewCredential,
+    NewPrincipal, NewTenant, SigningKey, Store, StoreContents, StoreError, TenantRecord,
+};
+
+/// The store's file name in the data directory.
+pub const STORE_FILE: &str = "control.redb";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+const TENANTS: TableDefinition<u64, &[u8]> = TableDefinition::new("tenants");
+const PRINCIPALS: TableDefinition<u64, &[u8]> = TableDefinition::new("principals");
+const CREDENTIALS: TableDefinition<u64, &[u8]> = TableDefinition::new("credentials");
+const POLICIES: TableDefinition<u64, &[u8]> = TableDefinition::new("policies");
+
+const SCHEMA_KEY: &str = "schema_version";
+const NEXT_TENANT: &str = "next_tenant_id";
+const NEXT_PRINCIPAL: &str = "next_principal_id";
+const NEXT_CREDENTIAL: &str = "next_credential_id";
+const NEXT_POLICY: &str = "next_policy_id";
+const LAST_EPOCH: &str = "last_epoch";
+const ADMIN_HASH: &str = "admin_token_sha256";
+
+/// One schema step: `run` brings a store from `version - 1` to `version`.
+pub(crate) struct Migration {
+    /// The version after this step.
+    pub(crate) version: u64,
+    /// What it does, for logs.
+    pub(crate) description: &'static str,
+    /// The step, inside the opening write transaction.
+    pub(crate) run: fn(&WriteTransaction) -> Result<(), StoreError>,
+}
+
+/// Every schema step, oldest first. Append only: a released step is never
+/// changed.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "tables for tenants, principals, credentials, policies; id counters",
+    run: migrate_v1,
+}];
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
+
+pub(crate) fn migrate_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
+    // Opening a table in a write transaction creates it.
+    txn.open_table(TENANTS)?;
+    txn.open_table(PRINCIPALS)?;
+    txn.open_table(CREDENTIALS)?;
+    txn.open_table(POLICIES)?;
+    txn.open_table(SECRETS)?;
+    let mut meta = txn.open_table(META)?;
+    for key in [NEXT_TENANT, NEXT_PRINCIPAL, NEXT_CREDENTIAL, NEXT_POLICY] {
+        if meta.get(key)?.is_none() {
+            meta.insert(key, 1)?;
+        }
+    }
+    if meta.get(LAST_EPOCH)?.is_none() {
+        meta.insert(LAST_EPOCH, 0)?;
+    }
+    Ok(())
+}
+
+macro_rules! backend_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Backend(e.to_string())
+            }
+        }
+    )*};
+}
+backend_errors!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// The embedded store. Cheap to share behind an `Arc`; redb serialises
+/// writers and lets readers run beside them.
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) `<data_dir>/control.redb` and runs the
+    /// pending migrations.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_file(&data_dir.join(STORE_FILE))
+    }
+
+    /// Opens (creating if needed) the store at `path` and migrates it.
+    pub fn open_file(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, MIGRATIONS)
+    }
+
+    pub(crate) fn open_with(path: &Path, migrations: &[Migration]) -> Result<Self, StoreError> {
+        let db = Database::create(path)?;
+        let store = Self {
+            db,
+            path: path.to_owned(),
+        };
+        store.migrate(migrations)?;
+        Ok(store)
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(SCHEMA_KEY)?.map_or(0, |v| v.value()))
+    }
+
+    /// The underlying database, for tests that damage records on purpose.
+    #[cfg(test)]
+    #[allow(dead_code, reason = "used by some test modules only")]
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
+    fn migrate(&self, migrations: &[Migration]) -> Result<(), StoreError> {
+        let supported = migrations.len() as u64;
+        let txn = self.write()?;
+        let found = {
+            let meta = txn.open_table(META)?;
+            meta.get(SCHEMA_KEY)?.map_or(0, |v| v.value())
+        };
+        if found > supported {
+            txn.abort()?;
+            return Err(StoreError::SchemaTooNew { found, supported });
+        }
+        if found == supported {
+            txn.abort()?;
+            return Ok(());
+        }
+        for m in migrations.iter().filter(|m| m.version > found) {
+            tracing::info!(
+                version = m.version,
+                step = m.description,
+                "migrating the control store"
+            );
+            (m.run)(&txn)?;
+        }
+        txn.open_table(META)?.insert(SCHEMA_KEY, supported)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// A write transaction that is durable when it commits.
+    fn write(&self) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        Ok(txn)
+    }
+}
+
+// ------------------------------------------------------------ record codec
+
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers pass ids and temporaries; by value reads better at every call site"
+)]
+fn corrupt(table: &'static str, key: impl ToString, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        key: key.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn decode_tenant(key: u64, bytes: &[u8]) -> Result<TenantRecord, StoreError> {
+    let r = StoredTenant::decode(bytes).map_err(|e| corrupt("tenants", key, e))?;
+    let tenant = r
+        .tenant
+        .ok_or_else(|| corrupt("tenants", key, "no tenant"))?;
+    if tenant.id != key {
+        return Err(corrupt(
+            "tenants",
+            key,
+            format!("holds tenant {}", tenant.id),
+        ));
+    }
+    Ok(TenantRecord {
+        tenant,
+        signing_key: SigningKey(r.signing_key_pkcs8),
+    })
+}
+
+fn encode_tenant(r: &TenantRecord) -> Vec<u8> {
+    StoredTenant {
+        tenant: Some(r.tenant.clone()),
+        signing_key_pkcs8: r.signing_key.0.clone(),
+    }
+    .encode_to_vec()
+}
+
+fn decode_principal(key: u64, bytes: &[u8]) -> Result<Principal, StoreError> {
+    let r = StoredPrincipal::decode(bytes).map_err(|e| corrupt("principals", key, e))?;
+    let p = r
+        .principal
+        .ok_or_else(|| corrupt("principals", key, "no principal"))?;
+    if p.id != key {
+        return Err(corrupt(
+            "principals",
+            key,
+            format!("holds principal {}", p.id),
+        ));
+    }
+    Ok(p)
+}
+
+fn encode_principal(p: &Principal) -> Vec<u8> {
+    StoredPrincipal {
+        principal: Some(p.clone()),
+    }
+    .encode_to_vec()
+}
+
+fn decode_credential(key: u64, bytes: &[u8]) -> Result<CredentialRecord, StoreError> {
+    let r = StoredCredential::decode(bytes).map_err(|e| corrupt("credentials", key, e))?;
+    let credential = r
+        .credential
+        .ok_or_else(|| corrupt("credentials", key, "no credential"))?;
+    if credential.id != key {
+        return Err(corrupt(
+            "credentials",
+            key,
+            format!("holds credential {}", credential.id),
+        ));
+    }
+    let token_sha256 = if r.token_sha256.is_empty() {
+        None
+    } else {
+        Some(
+            <[u8; 32]>::try_from(r.token_sha256.as_slice())
+                .map_err(|_| corrupt("credentials", key, "token hash is not 32 bytes"))?,
+        )
+    };
+    Ok(CredentialRecord {
+        credential,
+        token_sha256,
+    })
+}
+
+fn encode_credential(r: &CredentialRecord) -> Vec<u8> {
+    StoredCredential {
+        credential: Some(r.credential.clone()),
+        token_sha256: r.token_sha256.map(Vec::from).unwrap_or_default(),
+    }
+    .encode_to_vec()
+}
+
+fn decode_policy(key: u64, bytes: &[u8]) -> Result<Policy, StoreError> {
+    let r = StoredPolicy::decode(bytes).map_err(|e| corrupt("policies", key, e))?;
+    let p = r
+        .policy
+        .ok_or_else(|| corrupt("policies", key, "no policy"))?;
+    if p.id != key {
+        return Err(corrupt("policies", key, format!("holds policy {}", p.id)));
+    }
+    Ok(p)
+}
+
+fn encode_policy(p: &Policy) -> Vec<u8> {
+    StoredPolicy {
+        policy: Some(p.clone()),
+    }
+    .encode_to_vec()
+}
+
+type Decode<T> = fn(u64, &[u8]) -> Result<T, StoreError>;
+
+/// Every record of a table, decoded, by id.
+fn scan<T>(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    decode: Decode<T>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        out.push(decode(k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+fn get<T>(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+    decode: Decode<T>,
+) -> Result<Option<T>, StoreError> {
+    match table.get(id)? {
+        Some(v) => decode(id, v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers pass ids and temporaries; by value reads better at every call site"
+)]
+fn not_found(what: &'static str, key: impl ToString) -> StoreError {
+    StoreError::NotFound {
+        what,
+        key: key.to_string(),
+    }
+}
+
+fn check_version(
+    what: &'static str,
+    id: u64,
+    expected: u64,
+    actual: u64,
+) -> Result<(), StoreError> {
+    if expected != 0 && expected != actual {
+        return Err(StoreError::VersionMismatch {
+            what,
+            id,
+            expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Hands out the counter's next id.
+fn allocate(meta: &mut Table<&str, u64>, counter: &str) -> Result<u64, StoreError> {
+    let id = meta.get(counter)?.map_or(1, |v| v.value());
+    let next = id
+        .checked_add(1)
+        .ok_or_else(|| corrupt("meta", counter, "counter exhausted"))?;
+    meta.insert(counter, next)?;
+    Ok(id)
+}
+
+/// Makes sure the counter never hands out `id` again.
+fn reserve(meta: &mut Table<&str, u64>, counter: &str, id: u64) -> Result<(), StoreError> {
+    let next = meta.get(counter)?.map_or(1, |v| v.value());
+    if id >= next {
+        meta.insert(counter, id.saturating_add(1))?;
+    }
+    Ok(())
+}
+
+fn tenant_name_taken(
+    tenants: &impl ReadableTable<u64, &'static [u8]>,
+    name: &str,
+) -> Result<Option<u64>, StoreError> {
+    Ok(scan(tenants, decode_tenant)?
+        .into_iter()
+        .find(|t| t.tenant.name == name)
+        .map(|t| t.tenant.id))
+}
+
+fn principal_name_taken(
+    principals: &impl ReadableTable<u64, &'static [u8]>,
+    tenant_id: u64,
+    name: &str,
+) -> Result<Option<u64>, StoreError> {
+    Ok(scan(principals, decode_principal)?
+        .into_iter()
+        .find(|p| p.tenant_id == tenant_id && p.name == name)
+        .map(|p| p.id))
+}
+
+fn require_tenant(
+    tenants: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<TenantRecord, StoreError> {
+    get(tenants, id, decode_tenant)?.ok_or_else(|| not_found("tenant", id))
+}
+
+fn require_principal(
+    principals: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Principal, StoreError> {
+    get(principals, id, decode_principal)?.ok_or_else(|| not_found("principal", id))
+}
+
+/// Removes every record of `table` for which `doomed` holds.
+fn remove_where<T>(
+    table: &mut Table<u64, &'static [u8]>,
+    decode: Decode<T>,
+    doomed: impl Fn(&T) -> bool,
+) -> Result<(), StoreError> {
+    let mut ids = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let id = k.value();
+        if doomed(&decode(id, v.value())?) {
+            ids.push(id);
+        }
+    }
+    for id in ids {
+        table.remove(id)?;
+    }
+    Ok(())
+}
+
+impl Store for RedbStore {
+    fn create_tenant(&self, new: NewTenant) -> Result<Tenant, StoreError> {
+        let txn = self.write()?;
+        let tenant = {
+            let mut tenants = txn.open_table(TENANTS)?;
+            if tenant_name_taken(&tenants, &new.name)?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    what: "tenant",
+                    name: new.name,
+                });
+            }
+            let id = allocate(&mut txn.open_table(META)?, NEXT_TENANT)?;
+            let record = TenantRecord {
+                tenant: Tenant {
+                    id,
+                    name: new.name,
+                    quotas: Some(new.quotas),
+                    created_at_unix_ms: new.created_at_unix_ms,
+                    version: 1,
+                },
+                signing_key: new.signing_key,
+            };
+            tenants.insert(id, encode_tenant(&record).as_slice())?;
+            record.tenant
+        };
+        txn.commit()?;
+        Ok(tenant)
+    }
+
+    fn tenant(&self, id: u64) -> Result<Tenant, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(require_tenant(&txn.open_table(TENANTS)?, id)?.tenant)
+    }
+
+    fn tenant_by_name(&self, name: &str) -> Result<Tenant, StoreError> {
+        let txn = self.db.begin_read()?;
+        scan(&txn.open_table(TENANTS)?, decode_tenant)?
+            .into_iter()
+            .map(|r| r.tenant)
+            .find(|t| t.name == name)
+            .ok_or_else(|| not_found("tenant", format!("{name:?}")))
+    }
+
+    fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(scan(&txn.open_table(TENANTS)?, decode_tenant)?
+            .into_iter()
+            .map(|r| r.tenant)
+            .collect())
+    }
+
+    fn update_tenant(
+        &self,
+        id: u64,
+        expected_version: u64,
+        quotas: Option<Quotas>,
+    ) -> Result<Tenant, StoreError> {
+        let txn = self.write()?;
+        let tenant = {
+            let mut tenants = txn.open_table(TENANTS)?;
+            let mut record = require_tenant(&tenants, id)?;
+            check_version("tenant", id, expected_version, record.tenant.version)?;
+            if let Some(q) = quotas {
+                record.tenant.quotas = Some(q);
+            }
+            record.tenant.version += 1;
+            tenants.insert(id, encode_tenant(&record).as_slice())?;
+            record.tenant
+        };
+        txn.commit()?;
+        Ok(tenant)
+    }
+
+    fn delete_tenant(&self, id: u64) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        {
+            let mut tenants = txn.open_table(TENANTS)?;
+            if tenants.remove(id)?.is_none() {
+                return Err(not_found("tenant", id));
+            }
+            remove_where(&mut txn.open_table(PRINCIPALS)?, decode_principal, |p| {
+                p.tenant_id == id
+            })?;
+            remove_where(&mut txn.open_table(CREDENTIALS)?, decode_credential, |c| {
+                c.credential.tenant_id == id
+            })?;
+            remove_where(&mut txn.open_table(POLICIES)?, decode_policy, |p| {
+                p.tenant_id == id
+            })?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn create_principal(&self, new: NewPrincipal) -> Result<Principal, StoreError> {
+        let txn = self.write()?;
+        let principal = {
+            require_tenant(&txn.open_table(TENANTS)?, new.tenant_id)?;
+            let mut principals = txn.open_table(PRINCIPALS)?;
+            if principal_name_taken(&principals, new.tenant_id, &new.name)?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    what: "principal",
+                    name: new.name,
+                });
+            }
+            let id = allocate(&mut txn.open_table(META)?, NEXT_PRINCIPAL)?;
+            let p = Principal {
+                id,
+                tenant_id: new.tenant_id,
+                name: new.name,
+                roles: new.roles,
+                quotas: Some(new.quotas),
+                created_at_unix_ms: new.created_at_unix_ms,
+                version: 1,
+            };
+            principals.insert(id, encode_principal(&p).as_slice())?;
+            p
+        };
+        txn.commit()?;
+        Ok(principal)
+    }
+
+    fn principal(&self, id: u64) -> Result<Principal, StoreError> {
+        let txn = self.db.begin_read()?;
+        require_principal(&txn.open_table(PRINCIPALS)?, id)
+    }
+
+    fn list_principals(&self, tenant_id: u64) -> Result<Vec<Principal>, StoreError> {
+        let txn = self.db.begin_read()?;
+        require_tenant(&txn.open_table(TENANTS)?, tenant_id)?;
+        Ok(scan(&txn.open_table(PRINCIPALS)?, decode_principal)?
+            .into_iter()
+            .filter(|p| p.tenant_id == tenant_id)
+            .collect())
+    }
+
+    fn update_principal(
+        &self,
+        id: u64,
+        expected_version: u64,
+        roles: Vec<String>,
+        quotas: Option<Quotas>,
+    ) -> Result<Principal, StoreError> {
+        let txn = self.write()?;
+        let principal = {
+            let mut principals = txn.open_table(PRINCIPALS)?;
+            let mut p = require_principal(&principals, id)?;
+            check_version("principal", id, expected_version, p.version)?;
+            p.roles = roles;
+            if let Some(q) = quotas {
+                p.quotas = Some(q);
+            }
+            p.version += 1;
+            principals.insert(id, encode_principal(&p).as_slice())?;
+            p
+        };
+        txn.commit()?;
+        Ok(principal)
+    }
+
+    fn delete_principal(&self, id: u64) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        {
+            if txn.open_table(PRINCIPALS)?.remove(id)?.is_none() {
+                return Err(not_found("principal", id));
+            }
+            remove_where(&mut txn.open_table(CREDENTIALS)?, decode_credential, |c| {
+                c.credential.principal_id == id
+            })?;
+            remove_where(&mut txn.open_table(POLICIES)?, decode_policy, |p| {
+                p.target == Some(Target::PrincipalId(id))
+            })?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn issue_credential(
+        &self,
+        new: NewCredential,
+        mint: &mut MintFn<'_>,
+    ) -> Result<Issued, StoreError> {
+        let txn = self.write()?;
+        let issued = {
+            let principal = require_principal(&txn.open_table(PRINCIPALS)?, new.principal_id)?;
+            let tenant = require_tenant(&txn.open_table(TENANTS)?, principal.tenant_id)?;
+            let id = allocate(&mut txn.open_table(META)?, NEXT_CREDENTIAL)?;
+            let minted = mint(&MintContext {
+                tenant_id: tenant.tenant.id,
+                principal_id: principal.id,
+                credential_id: id,
+                signing_key: &tenant.signing_key,
+                new: &new,
+            })?;
+            let record = CredentialRecord {
+                credential: Credential {
+                    id,
+                    tenant_id: tenant.tenant.id,
+                    principal_id: principal.id,
+                    kind: new.kind.into(),
+                    created_at_unix_ms: new.created_at_unix_ms,
+                    expires_at_unix_ms: new.expires_at_unix_ms,
+                    revoked: false,
+                    revoked_at_unix_ms: 0,
+                    fingerprint: minted.fingerprint,
+                },
+                token_sha256: minted.token_sha256,
+            };
+            txn.open_table(CREDENTIALS)?
+                .insert(id, encode_credential(&record).as_slice())?;
+            Issued {
+                credential: record.credential,
+                token: minted.token,
+            }
+        };
+        txn.commit()?;
+        Ok(issued)
+    }
+
+    fn list_credentials(
+        &self,
+        tenant_id: u64,
+        principal_id: Option<u64>,
+    ) -> Result<Vec<Credential>, StoreError> {
+        let txn = self.db.begin_read()?;
+        require_tenant(&txn.open_table(TENANTS)?, tenant_id)?;
+        if let Some(pid) = principal_id {
+            let p = require_principal(&txn.open_table(PRINCIPALS)?, pid)?;
+            if p.tenant_id != tenant_id {
+                return Err(not_found(
+                    "principal",
+                    format!("{pid} in tenant {tenant_id}"),
+                ));
+            }
+        }
+        Ok(scan(&txn.open_table(CREDENTIALS)?, decode_credential)?
+            .into_iter()
+            .map(|r| r.credential)
+            .filter(|c| {
+                c.tenant_id == tenant_id && principal_id.is_none_or(|p| c.principal_id == p)
+            })
+            .collect())
+    }
+
+    fn revoke_credential(
+        &self,
+        id: u64,
+        now_unix_ms: i64,
+    ) -> Result<(Credential, bool), StoreError> {
+        let txn = self.write()?;
+        let mut record = {
+            let table = txn.open_table(CREDENTIALS)?;
+            get(&table, id, decode_credential)?.ok_or_else(|| not_found("credential", id))?
+        };
+        if record.credential.revoked {
+            txn.abort()?;
+            return Ok((record.credential, false));
+        }
+        record.credential.revoked = true;
+        record.credential.revoked_at_unix_ms = now_unix_ms;
+        txn.open_table(CREDENTIALS)?
+            .insert(id, encode_credential(&record).as_slice())?;
+        txn.commit()?;
+        Ok((record.credential, true))
+    }
+
+    fn put_policy(&self, mut policy: Policy, expected_version: u64) -> Result<Policy, StoreError> {
+        let txn = self.write()?;
+        {
+            require_tenant(&txn.open_table(TENANTS)?, policy.tenant_id)?;
+            if let Some(Target::PrincipalId(pid)) = policy.target {
+                let p = require_principal(&txn.open_table(PRINCIPALS)?, pid)?;
+                if p.tenant_id != policy.tenant_id {
+                    return Err(not_found(
+                        "principal",
+                        format!("{pid} in tenant {}", policy.tenant_id),
+                    ));
+                }
+            }
+            let mut policies = txn.open_table(POLICIES)?;
+            if policy.id == 0 {
+                policy.id = allocate(&mut txn.open_table(META)?, NEXT_POLICY)?;
+                policy.version = 1;
+            } else {
+                let old = get(&policies, policy.id, decode_policy)?
+                    .ok_or_else(|| not_found("policy", policy.id))?;
+                if old.tenant_id != policy.tenant_id {
+                    return Err(StoreError::Invalid {
+                        field: "policy.tenant_id",
+                        reason: format!(
+                            "policy {} belongs to tenant {}; a policy cannot move",
+                            policy.id, old.tenant_id
+                        ),
+                    });
+                }
+                check_version("policy", policy.id, expected_version, old.version)?;
+                policy.version = old.version + 1;
+            }
+            policies.insert(policy.id, encode_policy(&policy).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(policy)
+    }
+
+    fn list_policies(&self, tenant_id: u64) -> Result<Vec<Policy>, StoreError> {
+        let txn = self.db.begin_read()?;
+        require_tenant(&txn.open_table(TENANTS)?, tenant_id)?;
+        Ok(scan(&txn.open_table(POLICIES)?, decode_policy)?
+            .into_iter()
+            .filter(|p| p.tenant_id == tenant_id)
+            .collect())
+    }
+
+    fn delete_policy(&self, id: u64) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        if txn.open_table(POLICIES)?.remove(id)?.is_none() {
+            return Err(not_found("policy", id));
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn load(&self) -> Result<StoreContents, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(StoreContents {
+            tenants: scan(&txn.open_table(TENANTS)?, decode_tenant)?,
+            principals: scan(&txn.open_table(PRINCIPALS)?, decode_principal)?,
+            credentials: scan(&txn.open_table(CREDENTIALS)?, decode_credential)?,
+            policies: scan(&txn.open_table(POLICIES)?, decode_policy)?,
+        })
+    }
+
+    fn next_epoch(&self, at_least: u64) -> Result<u64, StoreError> {
+        let txn = self.write()?;
+        let epoch = {
+            let mut meta = txn.open_table(META)?;
+            let last = meta.get(LAST_EPOCH)?.map_or(0, |v| v.value());
+            let epoch = last.saturating_add(1).max(at_least);
+            meta.insert(LAST_EPOCH, epoch)?;
+            epoch
+        };
+        txn.commit()?;
+        Ok(epoch)
+    }
+
+    fn import_tenants(
+        &self,
+        imports: &[ImportTenant],
+        once: Option<&str>,
+    ) -> Result<ImportReport, StoreError> {
+        let marker = once.map(|m| format!("marker:{m}"));
+        let txn = self.write()?;
+        if let Some(m) = &marker {
+            let done = txn.open_table(META)?.get(m.as_str())?.is_some();
+            if done {
+                txn.abort()?;
+                return Ok(ImportReport {
+                    already_done: true,
+                    ..ImportReport::default()
+                });
+            }
+        }
+        let mut report = ImportReport::default();
+        {
+            let mut meta = txn.open_table(META)?;
+            if let Some(m) = &marker {
+                meta.insert(m.as_str(), 1)?;
+            }
+            let mut tenants = txn.open_table(TENANTS)?;
+            let mut principals = txn.open_table(PRINCIPALS)?;
+            let mut credentials = txn.open_table(CREDENTIALS)?;
+            for t in imports {
+                if tenants.get(t.id)?.is_some() {
+                    report.skipped.push(t.id);
+                    continue;
+                }
+                if let Some(other) = tenant_name_taken(&tenants, &t.name)? {
+                    return Err(StoreError::Invalid {
+                        field: "tenants.name",
+                        reason: format!(
+                            "tenant {} is named {:?} like tenant {other}",
+                            t.id, t.name
+                        ),
+                    });
+                }
+                reserve(&mut meta, NEXT_TENANT, t.id)?;
+                let record = TenantRecord {
+                    tenant: Tenant {
+                        id: t.id,
+                        name: t.name.clone(),
+                        quotas: Some(Quotas::default()),
+                        created_at_unix_ms: t.created_at_unix_ms,
+                        version: 1,
+                    },
+                    signing_key: t.signing_key.clone(),
+                };
+                tenants.insert(t.id, encode_tenant(&record).as_slice())?;
+                for c in &t.credentials {
+                    match get(&principals, c.principal_id, decode_principal)? {
+                        Some(p) if p.tenant_id != t.id => {
+                            return Err(StoreError::Invalid {
+                                field: "tenants.credentials.principal_id",
+                                reason: format!(
+                                    "principal {} of tenant {} already belongs to tenant {}",
+                                    c.principal_id, t.id, p.tenant_id
+                                ),
+                            });
+                        }
+                        Some(_) => {}
+                        None => {
+                            if let Some(other) =
+                                principal_name_taken(&principals, t.id, &c.principal)?
+                            {
+                                return Err(StoreError::Invalid {
+                                    field: "tenants.credentials.principal",
+                                    reason: format!(
+                                        "principal {} is named {:?} like principal {other}",
+                                        c.principal_id, c.principal
+                                    ),
+                                });
+                            }
+                            reserve(&mut meta, NEXT_PRINCIPAL, c.principal_id)?;
+                            let p = Principal {
+                                id: c.principal_id,
+                                tenant_id: t.id,
+                                name: c.principal.clone(),
+                                roles: Vec::new(),
+                                quotas: Some(Quotas::default()),
+                                created_at_unix_ms: t.created_at_unix_ms,
+                                version: 1,
+                            };
+                            principals.insert(p.id, encode_principal(&p).as_slice())?;
+                        }
+                    }
+                    let id = allocate(&mut meta, NEXT_CREDENTIAL)?;
+                    let record = CredentialRecord {
+                        credential: Credential {
+                            id,
+                            tenant_id: t.id,
+                            principal_id: c.principal_id,
+                            kind: CredentialKind::Bearer.into(),
+                            created_at_unix_ms: t.created_at_unix_ms,
+                            expires_at_unix_ms: 0,
+                            revoked: false,
+                            revoked_at_unix_ms: 0,
+                            fingerprint: CredentialHash(c.token_sha256).fingerprint(),
+                        },
+                        token_sha256: Some(c.token_sha256),
+                    };
+                    credentials.insert(id, encode_credential(&record).as_slice())?;
+                }
+                report.created.push(t.id);
+            }
+        }
+        txn.commit()?;
+        Ok(report)
+    }
+
+    fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let secrets = txn.open_table(SECRETS)?;
+        match secrets.get(ADMIN_HASH)? {
+            None => Ok(None),
+            Some(v) => <[u8; 32]>::try_from(v.value())
+                .map(Some)
+                .map_err(|_| corrupt("secrets", ADMIN_HASH, "not 32 bytes")),
+        }
+    }
+
+    fn set_admin_token_hash(&self, hash: [u8; 32]) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        txn.open_table(SECRETS)?
+            .insert(ADMIN_HASH, hash.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,411 @@
+//! The store's contract, on a real redb file.
+
+#![allow(
+    clippy::many_single_char_names,
+    reason = "short names for the records under test"
+)]
+
+use ::redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use arqonbus_proto::control::policy::Target;
+use arqonbus_proto::control::{CredentialKind, Policy, Quotas, SubjectRules};
+
+use super::redb_store::{MIGRATIONS, Migration, migrate_v1};
+use super::*;
+use crate::seed::new_signing_key;
+
+fn open(dir: &tempfile::TempDir) -> RedbStore {
+    RedbStore::open(dir.path()).unwrap()
+}
+
+pub(crate) fn new_tenant(name: &str) -> NewTenant {
+    NewTenant {
+        name: name.into(),
+        quotas: Quotas::default(),
+        signing_key: new_signing_key().unwrap(),
+        created_at_unix_ms: 1_000,
+    }
+}
+
+pub(crate) fn new_principal(tenant_id: u64, name: &str, roles: &[&str]) -> NewPrincipal {
+    NewPrincipal {
+        tenant_id,
+        name: name.into(),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        quotas: Quotas::default(),
+        created_at_unix_ms: 1_000,
+    }
+}
+
+/// Issues a bearer credential whose token is `token`.
+pub(crate) fn bearer(store: &dyn Store, principal_id: u64, token: &str) -> Credential {
+    let new = NewCredential {
+        principal_id,
+        kind: CredentialKind::Bearer,
+        created_at_unix_ms: 1_000,
+        expires_at_unix_ms: 0,
+    };
+    let hash = arqonbus_core::auth::CredentialHash::of(token);
+    store
+        .issue_credential(new, &mut |_| {
+            Ok(Minted {
+                token: Secret::new(token.into()),
+                token_sha256: Some(hash.0),
+                fingerprint: hash.fingerprint(),
+            })
+        })
+        .unwrap()
+        .credential
+}
+
+fn policy(tenant_id: u64, target: Target, allow: &[&str]) -> Policy {
+    Policy {
+        tenant_id,
+        target: Some(target),
+        publish: Some(SubjectRules {
+            allow: allow.iter().map(|s| (*s).to_owned()).collect(),
+            deny: vec![],
+        }),
+        ..Policy::default()
+    }
+}
+
+#[test]
+fn tenants_principals_versions_and_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = s.create_tenant(new_tenant("acme")).unwrap();
+    assert_eq!((a.id, a.version), (1, 1));
+    assert!(matches!(
+        s.create_tenant(new_tenant("acme")),
+        Err(StoreError::AlreadyExists { what: "tenant", .. })
+    ));
+    let b = s.create_tenant(new_tenant("globex")).unwrap();
+    assert_eq!(b.id, 2);
+    assert_eq!(s.tenant_by_name("globex").unwrap(), b);
+    assert!(matches!(
+        s.tenant(9),
+        Err(StoreError::NotFound { what: "tenant", .. })
+    ));
+
+    let q = Quotas {
+        max_connections: 5,
+        ..Quotas::default()
+    };
+    let a2 = s.update_tenant(a.id, 1, Some(q)).unwrap();
+    assert_eq!((a2.version, a2.quotas), (2, Some(q)));
+    assert!(matches!(
+        s.update_tenant(a.id, 1, None),
+        Err(StoreError::VersionMismatch {
+            expected: 1,
+            actual: 2,
+            ..
+        })
+    ));
+    // 0 skips the check.
+    assert_eq!(s.update_tenant(a.id, 0, None).unwrap().version, 3);
+
+    let p = s
+        .create_principal(new_principal(a.id, "svc", &["ops"]))
+        .unwrap();
+    assert!(matches!(
+        s.create_principal(new_principal(a.id, "svc", &[])),
+        Err(StoreError::AlreadyExists {
+            what: "principal",
+            ..
+        })
+    ));
+    // Same name in another tenant is fine; ids are global.
+    let p2 = s.create_principal(new_principal(b.id, "svc", &[])).unwrap();
+    assert_ne!(p.id, p2.id);
+    assert!(matches!(
+        s.create_principal(new_principal(77, "x", &[])),
+        Err(StoreError::NotFound { what: "tenant", .. })
+    ));
+    let p3 = s
+        .update_principal(p.id, p.version, vec!["dev".into()], None)
+        .unwrap();
+    assert_eq!(
+        (p3.roles.as_slice(), p3.version),
+        (["dev".to_owned()].as_slice(), 2)
+    );
+    assert_eq!(s.list_principals(a.id).unwrap(), vec![p3]);
+}
+
+#[test]
+fn credentials_policies_and_cascading_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let t = s.create_tenant(new_tenant("acme")).unwrap();
+    let other = s.create_tenant(new_tenant("globex")).unwrap();
+    let p = s
+        .create_principal(new_principal(t.id, "svc", &["ops"]))
+        .unwrap();
+    let q = s.create_principal(new_principal(t.id, "web", &[])).unwrap();
+    let c1 = bearer(&s, p.id, "abt_one");
+    let c2 = bearer(&s, q.id, "abt_two");
+    assert_eq!(s.list_credentials(t.id, None).unwrap().len(), 2);
+    assert_eq!(
+        s.list_credentials(t.id, Some(q.id)).unwrap(),
+        vec![c2.clone()]
+    );
+    assert!(matches!(
+        s.list_credentials(other.id, Some(q.id)),
+        Err(StoreError::NotFound {
+            what: "principal",
+            ..
+        })
+    ));
+
+    let (r, changed) = s.revoke_credential(c1.id, 5_000).unwrap();
+    assert!(changed && r.revoked && r.revoked_at_unix_ms == 5_000);
+    let (r2, changed) = s.revoke_credential(c1.id, 6_000).unwrap();
+    assert!(!changed);
+    assert_eq!(
+        r2.revoked_at_unix_ms, 5_000,
+        "revoking twice changes nothing"
+    );
+
+    let by_id = s
+        .put_policy(policy(t.id, Target::PrincipalId(p.id), &["a.>"]), 0)
+        .unwrap();
+    assert_eq!(by_id.version, 1);
+    let by_role = s
+        .put_policy(policy(t.id, Target::Role("ops".into()), &["b.>"]), 0)
+        .unwrap();
+    let replaced = s
+        .put_policy(
+            Policy {
+                id: by_id.id,
+                ..policy(t.id, Target::PrincipalId(p.id), &["c.>"])
+            },
+            1,
+        )
+        .unwrap();
+    assert_eq!(replaced.version, 2);
+    assert!(matches!(
+        s.put_policy(
+            Policy {
+                id: by_id.id,
+                ..policy(t.id, Target::PrincipalId(p.id), &["c.>"])
+            },
+            1
+        ),
+        Err(StoreError::VersionMismatch { .. })
+    ));
+    assert!(matches!(
+        s.put_policy(
+            Policy {
+                id: by_id.id,
+                ..policy(other.id, Target::Role("x".into()), &[])
+            },
+            0
+        ),
+        Err(StoreError::Invalid {
+            field: "policy.tenant_id",
+            ..
+        })
+    ));
+    // A principal of another tenant cannot be targeted.
+    assert!(matches!(
+        s.put_policy(policy(other.id, Target::PrincipalId(p.id), &[]), 0),
+        Err(StoreError::NotFound {
+            what: "principal",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.put_policy(
+            Policy {
+                id: 99,
+                ..policy(t.id, Target::Role("r".into()), &[])
+            },
+            0
+        ),
+        Err(StoreError::NotFound { what: "policy", .. })
+    ));
+
+    // Deleting a principal takes its credentials and the policies naming
+    // it, not the role policies.
+    s.delete_principal(p.id).unwrap();
+    assert_eq!(s.list_credentials(t.id, None).unwrap(), vec![c2]);
+    assert_eq!(s.list_policies(t.id).unwrap(), vec![by_role]);
+    assert!(matches!(
+        s.delete_principal(p.id),
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // Deleting the tenant takes everything of it.
+    s.delete_tenant(t.id).unwrap();
+    let left = s.load().unwrap();
+    assert_eq!(left.tenants.len(), 1);
+    assert!(left.principals.is_empty() && left.credentials.is_empty() && left.policies.is_empty());
+    // Ids are never handed out again.
+    assert_eq!(s.create_tenant(new_tenant("acme")).unwrap().id, 3);
+}
+
+#[test]
+fn reopening_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let s = open(&dir);
+        let t = s.create_tenant(new_tenant("acme")).unwrap();
+        let p = s
+            .create_principal(new_principal(t.id, "svc", &["ops"]))
+            .unwrap();
+        bearer(&s, p.id, "abt_x");
+        s.put_policy(policy(t.id, Target::Role("ops".into()), &["a"]), 0)
+            .unwrap();
+        s.set_admin_token_hash([7; 32]).unwrap();
+        s.load().unwrap()
+    };
+    let s = open(&dir);
+    assert_eq!(s.load().unwrap(), before);
+    assert_eq!(s.admin_token_hash().unwrap(), Some([7; 32]));
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    // Counters survived too.
+    assert_eq!(s.create_tenant(new_tenant("b")).unwrap().id, 2);
+}
+
+#[test]
+fn epochs_strictly_increase_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(&dir);
+        assert_eq!(s.next_epoch(1).unwrap(), 1);
+        assert_eq!(s.next_epoch(1).unwrap(), 2);
+        assert_eq!(s.next_epoch(10).unwrap(), 10);
+    }
+    assert_eq!(open(&dir).next_epoch(1).unwrap(), 11);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STORE_FILE);
+    drop(open(&dir));
+    {
+        let db = ::redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(TableDefinition::<&str, u64>::new("meta"))
+            .unwrap()
+            .insert("schema_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = RedbStore::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found, supported } if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer than this binary supports"));
+}
+
+fn step_two(txn: &::redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(TableDefinition::<&str, u64>::new("meta"))?;
+    let runs = meta.get("test.step_two_runs")?.map_or(0, |v| v.value());
+    meta.insert("test.step_two_runs", runs + 1)?;
+    Ok(())
+}
+
+#[test]
+fn pending_migrations_run_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STORE_FILE);
+    let v1 = [Migration {
+        version: 1,
+        description: "v1",
+        run: migrate_v1,
+    }];
+    let v2 = [
+        Migration {
+            version: 1,
+            description: "v1",
+            run: migrate_v1,
+        },
+        Migration {
+            version: 2,
+            description: "test step",
+            run: step_two,
+        },
+    ];
+    let s = RedbStore::open_with(&path, &v1).unwrap();
+    assert_eq!(s.schema_version().unwrap(), 1);
+    let t = s.create_tenant(new_tenant("acme")).unwrap();
+    drop(s);
+    for _ in 0..2 {
+        let s = RedbStore::open_with(&path, &v2).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.tenant(t.id).unwrap(), t, "data survives migration");
+        let txn = s.database().begin_read().unwrap();
+        let meta = txn
+            .open_table(TableDefinition::<&str, u64>::new("meta"))
+            .unwrap();
+        assert_eq!(meta.get("test.step_two_runs").unwrap().unwrap().value(), 1);
+    }
+    // The real list is numbered 1..=n.
+    for (i, m) in MIGRATIONS.iter().enumerate() {
+        assert_eq!(m.version, i as u64 + 1);
+    }
+}
+
+fn import(id: u64, name: &str, creds: &[(u64, &str, u8)]) -> ImportTenant {
+    ImportTenant {
+        id,
+        name: name.into(),
+        signing_key: new_signing_key().unwrap(),
+        credentials: creds
+            .iter()
+            .map(|(pid, pname, h)| ImportCredential {
+                principal_id: *pid,
+                principal: (*pname).into(),
+                token_sha256: [*h; 32],
+            })
+            .collect(),
+        created_at_unix_ms: 1,
+    }
+}
+
+#[test]
+fn imports_keep_ids_and_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let file = [import(
+        5,
+        "default",
+        &[(8, "bootstrap", 1), (8, "bootstrap", 2)],
+    )];
+    let r = s.import_tenants(&file, Some("m")).unwrap();
+    assert_eq!(r.created, [5]);
+    let again = s.import_tenants(&file, Some("m")).unwrap();
+    assert!(again.already_done && again.created.is_empty());
+    let c = s.load().unwrap();
+    assert_eq!(c.principals.len(), 1, "one principal, two credentials");
+    assert_eq!(c.credentials.len(), 2);
+    assert_eq!(c.credentials[0].token_sha256, Some([1; 32]));
+    assert_eq!(c.principals[0].id, 8);
+    // Counters moved past the imported ids.
+    assert_eq!(s.create_tenant(new_tenant("next")).unwrap().id, 6);
+    assert_eq!(
+        s.create_principal(new_principal(6, "p", &[])).unwrap().id,
+        9
+    );
+
+    // Seeds: only absent ids; conflicts are refused.
+    let r = s
+        .import_tenants(&[import(5, "changed", &[]), import(7, "fresh", &[])], None)
+        .unwrap();
+    assert_eq!(
+        (r.skipped.as_slice(), r.created.as_slice()),
+        ([5].as_slice(), [7].as_slice())
+    );
+    assert_eq!(s.tenant(5).unwrap().name, "default");
+    assert!(matches!(
+        s.import_tenants(&[import(20, "fresh", &[])], None),
+        Err(StoreError::Invalid { .. })
+    ));
+    assert!(matches!(
+        s.import_tenants(&[import(21, "x", &[(8, "stolen", 3)])], None),
+        Err(StoreError::Invalid { .. })
+    ));
+    assert!(s.tenant(21).is_err(), "a failed import changes nothing");
+}
