@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arqonbus_client::{Client, Error, Headers, OutgoingMessage, Subscriber};
 use bytes::Bytes;
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 
 use crate::CliError;
 use crate::args::{Cmd, PubArgs, ReplyArgs, ReqArgs, Settings, SubArgs};
@@ -62,6 +62,9 @@ fn headers(pairs: &[(String, String)]) -> Headers {
 }
 
 async fn publish(client: &Client, args: PubArgs, payload: Bytes) -> Result<(), CliError> {
+    // The server answers a refused publish with an error frame before the
+    // flush's Pong, so every refusal is in the event stream by then.
+    let mut events = client.events();
     let mut message = OutgoingMessage::new(args.subject, payload).headers(headers(&args.headers));
     if let Some(reply) = args.reply {
         message = message.reply(reply);
@@ -70,6 +73,11 @@ async fn publish(client: &Client, args: PubArgs, payload: Bytes) -> Result<(), C
         client.publish_message(message.clone()).await?;
     }
     client.flush().await?;
+    while let Some(Some(event)) = tokio::task::unconstrained(events.next()).now_or_never() {
+        if let arqonbus_client::Event::ServerError(e) = event {
+            return Err(CliError::Refused(e));
+        }
+    }
     Ok(())
 }
 

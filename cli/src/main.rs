@@ -28,6 +28,10 @@ pub(crate) enum CliError {
     /// An operation on an established connection failed.
     #[error("{0}")]
     Bus(#[from] Error),
+    /// The server refused what was sent (a publish to a subject the
+    /// credential may not use, a payload over the limit).
+    #[error("the server refused the message: {0}")]
+    Refused(arqonbus_client::ServerError),
     /// A request found no subscriber.
     #[error("no responders on \"{0}\"")]
     NoResponders(String),

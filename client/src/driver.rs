@@ -611,6 +611,13 @@ impl Driver {
                     Some(PongWaiter::Drain(tx)) => *closing = Some(Ack::Drain(tx)),
                     None => tracing::debug!("ignoring a Pong nobody waited for"),
                 },
+                Kind::Drain(drain) => {
+                    tracing::info!(deadline_ms = drain.deadline_ms, "server is draining");
+                    self.emit(Event::ServerDraining {
+                        deadline: std::time::Duration::from_millis(u64::from(drain.deadline_ms)),
+                        reason: drain.reason,
+                    });
+                }
                 Kind::Error(frame) => {
                     let err = ServerError::from_frame(&frame);
                     if err.fatal {

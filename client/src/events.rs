@@ -40,6 +40,14 @@ pub enum Event {
     /// The server reported a non-fatal error (e.g. a rejected publish or
     /// subscription). Fatal ones show up as [`Event::Disconnected`].
     ServerError(ServerError),
+    /// The server is going away (lame duck) and will close this connection
+    /// within `deadline`; the client reconnects when it does.
+    ServerDraining {
+        /// How long the server gave.
+        deadline: std::time::Duration,
+        /// Why, for humans.
+        reason: String,
+    },
     /// A subscriber's buffer was full and messages were dropped; emitted once
     /// per overflow episode.
     SlowConsumer {

@@ -50,6 +50,7 @@ pub(crate) fn kind_name(kind: &Kind) -> &'static str {
         Kind::Ping(_) => "Ping",
         Kind::Pong(_) => "Pong",
         Kind::Error(_) => "Error",
+        Kind::Drain(_) => "Drain",
     }
 }
 

@@ -122,6 +122,13 @@ fn vectors() -> Vec<(&'static str, Kind)> {
                 payload: Bytes::new(),
             }),
         ),
+        (
+            "drain",
+            Kind::Drain(v1::Drain {
+                deadline_ms: 30_000,
+                reason: "server restarting".into(),
+            }),
+        ),
         ("ping", Kind::Ping(v1::Ping {})),
         ("pong", Kind::Pong(v1::Pong {})),
         (
@@ -194,6 +201,7 @@ fn every_frame_kind_has_a_vector() {
             Kind::Ping(_) => "ping",
             Kind::Pong(_) => "pong",
             Kind::Error(_) => "error",
+            Kind::Drain(_) => "drain",
         })
         .collect();
     for kind in [
@@ -206,6 +214,7 @@ fn every_frame_kind_has_a_vector() {
         "ping",
         "pong",
         "error",
+        "drain",
     ] {
         assert!(names.contains(&kind), "no golden vector for {kind}");
     }

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 /// Default port of the client protocol.
 pub const DEFAULT_PORT: u16 = 7420;
+/// Default port of the control API.
+pub const DEFAULT_CONTROL_PORT: u16 = 7421;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +27,8 @@ pub struct Config {
     pub server: ServerSection,
     /// TLS for client connections.
     pub tls: TlsSection,
+    /// The control API.
+    pub control: ControlSection,
     /// Per-connection limits.
     pub limits: Limits,
     /// Logging.
@@ -39,6 +43,7 @@ impl Default for Config {
             data_dir: PathBuf::from("arqonbus-data"),
             server: ServerSection::default(),
             tls: TlsSection::default(),
+            control: ControlSection::default(),
             limits: Limits::default(),
             log: LogSection::default(),
             tenants: Vec::new(),
@@ -107,6 +112,30 @@ impl Default for TlsSection {
             cert: None,
             key: None,
             extra_names: Vec::new(),
+        }
+    }
+}
+
+/// `[control]`: the gRPC control API (always TLS, admin credential).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlSection {
+    /// Serve the control API. Without it tenants and credentials come only
+    /// from `tenants.toml` and the `[[tenants]]` of this file, fixed at start.
+    pub enabled: bool,
+    /// Where the control API listens.
+    pub listen: SocketAddr,
+    /// PEM CA that operators' client certificates must chain to (mTLS);
+    /// unset: the admin token alone.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_CONTROL_PORT)),
+            client_ca: None,
         }
     }
 }

@@ -1,24 +1,34 @@
 //! The ArqonBus server process.
 //!
 //! This crate turns a configuration file into a running node: it validates
-//! the [`config`], prepares the data directory ([`bootstrap`]: tenants and the
-//! bootstrap credential; [`tls`]: the private CA and server certificate), and
-//! starts the glommio data plane. It owns no protocol or routing logic.
+//! the [`config`], prepares the data directory ([`bootstrap`]: the bootstrap
+//! tenant and credential; [`tls`]: the private CA and server certificate),
+//! opens the control plane (its store is the source of truth for tenants,
+//! credentials and policies), starts the glommio data plane with the control
+//! plane's first snapshot, and runs the control plane on its own tokio
+//! runtime thread. It owns no protocol or routing logic.
+//!
+//! Threads: one pinned executor per shard (data plane), one tokio runtime
+//! thread (control API), the rate rebalancer, and the caller's thread.
 
 pub mod bootstrap;
 pub mod config;
+mod control;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arqonbus_controlplane::{ControlPlane, ControlPlaneConfig, ControlPlaneError, SeedTenant};
 use arqonbus_dataplane::{DataPlane, DataPlaneConfig, StartError};
 
 use crate::bootstrap::BootstrapError;
 use crate::config::{Config, ConfigError};
+use crate::control::ControlRuntime;
 use crate::tls::TlsError;
 
 /// Why the server could not start.
@@ -33,9 +43,15 @@ pub enum ServerError {
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The control plane could not open (store, listener, admin credential).
+    #[error("control plane: {0}")]
+    Control(#[from] ControlPlaneError),
     /// The data plane did not start.
     #[error("data plane: {0}")]
     DataPlane(#[from] StartError),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// Where first-start material lives, for the operator.
@@ -45,6 +61,8 @@ pub struct Paths {
     pub ca: Option<PathBuf>,
     /// The bootstrap credential file (when it exists).
     pub bootstrap_token: Option<PathBuf>,
+    /// The admin credential for the control API (when the control plane runs).
+    pub admin_token: Option<PathBuf>,
     /// Whether TLS material was generated during this start.
     pub generated_tls: bool,
     /// Whether the bootstrap credential was created during this start.
@@ -54,51 +72,125 @@ pub struct Paths {
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
-    dataplane: DataPlane,
+    dataplane: Arc<DataPlane>,
+    control: Option<ControlRuntime>,
     paths: Paths,
+    config_path: Option<PathBuf>,
+    config: Config,
+}
+
+/// Converts the config file's tenants into control-plane seeds.
+fn seeds(config: &Config) -> Vec<SeedTenant> {
+    config
+        .tenants
+        .iter()
+        .map(|t| SeedTenant {
+            id: t.id,
+            name: t.name.clone(),
+            credentials: t
+                .credentials
+                .iter()
+                .map(|c| arqonbus_controlplane::SeedCredential {
+                    principal_id: c.principal_id,
+                    principal: c.principal.clone(),
+                    sha256: c.sha256.clone(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn reload_limits(path: &Path) -> Result<arqonbus_core::limits::Limits, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config.limits)
 }
 
 impl Server {
     /// Validates `config`, prepares the data directory and starts serving.
     pub fn start(config: &Config) -> Result<Self, ServerError> {
+        Self::start_with(config, None)
+    }
+
+    /// Like [`start`](Self::start); `config_path` is re-read on reload.
+    pub fn start_with(config: &Config, config_path: Option<&Path>) -> Result<Self, ServerError> {
         config.validate()?;
+        // First start: the bootstrap tenant and its credential (0600 file).
+        // With the control plane, its store imports them once.
         let creds = bootstrap::credentials(&config.data_dir, &config.tenants, &config.limits)?;
-        let tls = if config.tls.enabled {
-            Some(tls::prepare(&config.data_dir, &config.tls)?)
-        } else {
+        // The control API is always TLS, so the material exists even when the
+        // data plane serves plaintext.
+        let tls = tls::prepare(&config.data_dir, &config.tls)?;
+        if !config.tls.enabled {
             tracing::warn!("TLS is disabled: clients connect in plaintext");
-            None
+        }
+        let server_id = server_id();
+
+        let (control, first_snapshot) = if config.control.enabled {
+            let mut cp = ControlPlaneConfig::new(&config.data_dir, tls.server_config.clone());
+            cp.listen = config.control.listen;
+            cp.client_ca.clone_from(&config.control.client_ca);
+            cp.limits = config.limits.clone();
+            cp.seed_tenants = seeds(config);
+            cp.server_id.clone_from(&server_id);
+            if let Some(path) = config_path {
+                let path = path.to_owned();
+                cp.reload = Some(Box::new(move || reload_limits(&path)));
+            }
+            let (plane, snapshot) = ControlPlane::open(cp)?;
+            (Some(plane), snapshot)
+        } else {
+            (None, creds.auth.clone())
         };
+
         let shards = config.shard_count();
         let s = &config.server;
-        let mut dp = DataPlaneConfig::new(s.listen, shards, creds.auth);
+        let mut dp = DataPlaneConfig::new(s.listen, shards, first_snapshot);
         dp.cpus = if s.pin_cores {
             let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
             (0..cpus).collect()
         } else {
             Vec::new()
         };
-        dp.tls = tls.as_ref().map(|t| t.server_config.clone());
-        dp.server_id = server_id();
+        dp.tls = config.tls.enabled.then(|| tls.server_config.clone());
+        dp.server_id = server_id;
         dp.io_memory = s.io_memory;
         dp.ring_capacity = s.ring_capacity;
         dp.overflow_limit = s.overflow_limit;
         dp.read_buffer = s.read_buffer;
         dp.spin_before_park = (s.busy_poll_us > 0).then(|| Duration::from_micros(s.busy_poll_us));
         dp.tick = config.tick();
-        let dataplane = DataPlane::start(&dp)?;
+        let dataplane = Arc::new(DataPlane::start(&dp)?);
+
+        let admin_token = control.as_ref().map(|c| c.admin_token_path().to_owned());
+        let control = match control {
+            Some(plane) => Some(ControlRuntime::start(plane, dataplane.clone())?),
+            None => None,
+        };
         let paths = Paths {
-            ca: tls.as_ref().and_then(|t| t.ca_path.clone()),
+            ca: tls.ca_path.clone(),
             bootstrap_token: creds.bootstrap_token,
-            generated_tls: tls.as_ref().is_some_and(|t| t.generated),
+            admin_token,
+            generated_tls: tls.generated,
             created_credential: creds.created,
         };
-        Ok(Self { dataplane, paths })
+        Ok(Self {
+            dataplane,
+            control,
+            paths,
+            config_path: config_path.map(Path::to_owned),
+            config: config.clone(),
+        })
     }
 
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.dataplane.local_addr()
+    }
+
+    /// The address of the control API, when it runs.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().map(ControlRuntime::addr)
     }
 
     /// Where first-start material lives.
@@ -111,9 +203,38 @@ impl Server {
         &self.dataplane
     }
 
+    /// The configuration the server started with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Re-reads the configuration file and applies what can change live
+    /// (the per-connection limits); connections stay open.
+    pub fn reload(&self) -> Result<u64, String> {
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or("started without a configuration file; nothing to re-read")?;
+        let limits = reload_limits(path)?;
+        match &self.control {
+            Some(c) => c.handle().reload(limits).map(|s| s.epoch()),
+            None => Err("the control plane is disabled; restart to change limits".into()),
+        }
+    }
+
     /// Closes every connection and stops.
     pub fn shutdown(self) {
-        self.dataplane.shutdown();
+        let Self {
+            dataplane, control, ..
+        } = self;
+        if let Some(c) = control {
+            c.stop();
+        }
+        match Arc::try_unwrap(dataplane) {
+            Ok(dp) => dp.shutdown(),
+            // Someone still holds it; dropping the last handle stops it.
+            Err(shared) => drop(shared),
+        }
     }
 }
 

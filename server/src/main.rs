@@ -61,7 +61,7 @@ fn init_logging(config: &Config) {
     }
 }
 
-fn announce(paths: &Paths, addr: SocketAddr, tls: bool) {
+fn announce(paths: &Paths, addr: SocketAddr, tls: bool, control: Option<SocketAddr>) {
     let scheme = if tls { "tls" } else { "tcp" };
     tracing::info!(%addr, tls, "ArqonBus is serving");
     if let Some(ca) = &paths.ca {
@@ -69,6 +69,9 @@ fn announce(paths: &Paths, addr: SocketAddr, tls: bool) {
     }
     if let Some(token) = &paths.bootstrap_token {
         tracing::info!(path = %token.display(), created = paths.created_credential, "bootstrap credential file");
+    }
+    if let Some(admin) = &paths.admin_token {
+        tracing::info!(path = %admin.display(), "control API admin credential file");
     }
     // A short human summary; the secret itself is never printed.
     let mut lines = vec![format!("ArqonBus listening on {scheme}://{addr}")];
@@ -79,6 +82,12 @@ fn announce(paths: &Paths, addr: SocketAddr, tls: bool) {
         lines.push(format!(
             "  bootstrap credential: {} (mode 0600)",
             token.display()
+        ));
+    }
+    if let (Some(control), Some(admin)) = (control, &paths.admin_token) {
+        lines.push(format!(
+            "  control API:          https://{control} (admin credential: {})",
+            admin.display()
         ));
     }
     eprintln!("{}", lines.join("\n"));
@@ -98,19 +107,39 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     config.validate().map_err(|e| e.to_string())?;
     init_logging(&config);
 
-    let server = Server::start(&config).map_err(|e| e.to_string())?;
-    announce(server.paths(), server.local_addr(), config.tls.enabled);
+    let server = Server::start_with(&config, args.config.as_deref()).map_err(|e| e.to_string())?;
+    announce(
+        server.paths(),
+        server.local_addr(),
+        config.tls.enabled,
+        server.control_addr(),
+    );
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the control runtime: {e}"))?;
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+        let mut hup =
+            signal(SignalKind::hangup()).map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("SIGINT: shutting down");
+                    break;
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    break;
+                }
+                _ = hup.recv() => match server.reload() {
+                    Ok(epoch) => tracing::info!(epoch, "SIGHUP: configuration reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; nothing changed"),
+                },
+            }
         }
         Ok::<(), String>(())
     })?;

@@ -40,13 +40,17 @@ impl TestServer {
             ..Config::default()
         };
         config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.control.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.shards = 2;
         config.server.tick_ms = 20;
         config.log.format = LogFormat::Text;
         edit(&mut config);
         let server = Server::start(&config).expect("test server starts");
-        // Later restarts reuse the port the first start picked.
+        // Later restarts reuse the ports the first start picked.
         config.server.listen = server.local_addr();
+        if let Some(control) = server.control_addr() {
+            config.control.listen = control;
+        }
         Self {
             server: Some(server),
             config,
@@ -54,7 +58,8 @@ impl TestServer {
         }
     }
 
-    fn server(&self) -> &Server {
+    /// The running server.
+    pub fn server(&self) -> &Server {
         self.server.as_ref().expect("server is running")
     }
 
@@ -81,6 +86,16 @@ impl TestServer {
     /// The generated CA certificate.
     pub fn ca_path(&self) -> PathBuf {
         self.config.data_dir.join("tls/ca.pem")
+    }
+
+    /// `https://127.0.0.1:PORT` of the control API.
+    pub fn control_url(&self) -> String {
+        format!("https://{}", self.config.control.listen)
+    }
+
+    /// The admin credential file of the control API.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.config.data_dir.join("credentials/admin.token")
     }
 
     /// The bootstrap credential file.

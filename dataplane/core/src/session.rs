@@ -496,12 +496,13 @@ impl Session {
             }
             (State::Open, Kind::Ping(_)) => Step::Pong,
             (State::Open, Kind::Pong(_)) => Step::Nothing,
-            (State::Open, Kind::Welcome(_) | Kind::Message(_) | Kind::Error(_)) => {
-                Step::Reject(Rejection::fatal(
-                    ErrorCode::ProtocolViolation,
-                    "frame kind is server-to-client only",
-                ))
-            }
+            (
+                State::Open,
+                Kind::Welcome(_) | Kind::Message(_) | Kind::Error(_) | Kind::Drain(_),
+            ) => Step::Reject(Rejection::fatal(
+                ErrorCode::ProtocolViolation,
+                "frame kind is server-to-client only",
+            )),
             (State::Handshaking, _) => Step::Reject(Rejection::fatal(
                 ErrorCode::ProtocolViolation,
                 "frame before the TLS handshake finished",

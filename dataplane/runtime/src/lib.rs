@@ -162,7 +162,7 @@ pub enum StartError {
 }
 
 /// Why a running data plane did not answer an operator request.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
     /// A shard did not answer in time (overloaded or stopped).
     #[error("shard {0} did not answer")]

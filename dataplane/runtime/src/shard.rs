@@ -343,6 +343,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Rc<Latch>) {
             Some(Ok(stream)) => {
                 glommio::spawn_local(conn::serve(shard.clone(), stream)).detach();
             }
+            // Stopping: shutdown(SHUT_RD) made the pending accept fail.
+            Some(Err(_)) if stop.is_set() => break,
             Some(Err(e)) => {
                 // Typically EMFILE/ENFILE: back off instead of spinning.
                 tracing::warn!(shard = %shard.id, error = %e, "accept failed");

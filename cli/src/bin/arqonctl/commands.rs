@@ -1,0 +1,254 @@
+//! The subcommands: each turns its arguments into control API calls and the
+//! answers into a [`Report`].
+//!
+//! Invariants: every call goes through [`Control`], so it carries the admin
+//! token; read-modify-write updates (`tenants update`, `principals update`)
+//! send the version they read, so they never overwrite a concurrent change;
+//! a tenant named by name is resolved with `GetTenant` first, one lookup per
+//! command; nothing here prints, and the issued token only ever lives in the
+//! returned report.
+
+use arqonbus_proto::control::{
+    DeletePolicyRequest, DeletePrincipalRequest, DeleteTenantRequest, DrainShardRequest,
+    GetStatusRequest, GetTenantRequest, KickConnectionRequest, ListConnectionsRequest,
+    ListPoliciesRequest, ListPrincipalsRequest, ListTenantsRequest, Principal, ReloadRequest,
+    ResumeShardRequest, RevokeCredentialRequest, Tenant,
+};
+
+use crate::CliError;
+use crate::args::{
+    Cmd, ConnectionsCmd, CredentialsCmd, NodeCmd, PoliciesCmd, PrincipalsCmd, TenantArg, TenantsCmd,
+};
+use crate::connect::Control;
+use crate::render::{self, Report};
+use crate::requests;
+
+/// Runs one command; `now_ms` is the wall clock (for "expired").
+pub(crate) async fn run(control: &Control, command: Cmd, now_ms: i64) -> Result<Report, CliError> {
+    match command {
+        Cmd::Tenants(cmd) => tenants(control, cmd).await,
+        Cmd::Principals(cmd) => principals(control, cmd).await,
+        Cmd::Credentials(cmd) => credentials(control, cmd, now_ms).await,
+        Cmd::Policies(cmd) => policies(control, cmd).await,
+        Cmd::Connections(cmd) => connections(control, cmd).await,
+        Cmd::Node(cmd) => node(control, cmd).await,
+    }
+}
+
+async fn tenants(control: &Control, cmd: TenantsCmd) -> Result<Report, CliError> {
+    let mut client = control.tenants();
+    match cmd {
+        TenantsCmd::Create { name, quotas } => {
+            let request = requests::create_tenant(name, &quotas);
+            let tenant = client.create_tenant(request).await?.into_inner();
+            Ok(render::tenant(&tenant))
+        }
+        TenantsCmd::List => {
+            let list = client
+                .list_tenants(ListTenantsRequest {})
+                .await?
+                .into_inner();
+            Ok(render::tenants(&list.tenants))
+        }
+        TenantsCmd::Get { tenant } => Ok(render::tenant(&get_tenant(control, &tenant).await?)),
+        TenantsCmd::Update(args) => {
+            let current = get_tenant(control, &args.tenant).await?;
+            let request = requests::update_tenant(&current, &args);
+            let tenant = client.update_tenant(request).await?.into_inner();
+            Ok(render::tenant(&tenant))
+        }
+        TenantsCmd::Delete { tenant } => {
+            let id = tenant_id(control, &tenant).await?;
+            let response = client
+                .delete_tenant(DeleteTenantRequest { id })
+                .await?
+                .into_inner();
+            Ok(render::tenant_deleted(id, response.connections_closed))
+        }
+    }
+}
+
+async fn principals(control: &Control, cmd: PrincipalsCmd) -> Result<Report, CliError> {
+    let mut client = control.principals();
+    match cmd {
+        PrincipalsCmd::Create {
+            tenant,
+            name,
+            roles,
+            quotas,
+        } => {
+            let tenant_id = tenant_id(control, &tenant).await?;
+            let request = requests::create_principal(tenant_id, name, roles, &quotas);
+            let principal = client.create_principal(request).await?.into_inner();
+            Ok(render::principal(&principal))
+        }
+        PrincipalsCmd::List { tenant } => {
+            let tenant_id = tenant_id(control, &tenant).await?;
+            let list = client
+                .list_principals(ListPrincipalsRequest { tenant_id })
+                .await?
+                .into_inner();
+            Ok(render::principals(&list.principals))
+        }
+        PrincipalsCmd::Update(args) => {
+            let current = find_principal(control, args.id, args.tenant.as_ref()).await?;
+            let request = requests::update_principal(&current, &args);
+            let principal = client.update_principal(request).await?.into_inner();
+            Ok(render::principal(&principal))
+        }
+        PrincipalsCmd::Delete { id } => {
+            client
+                .delete_principal(DeletePrincipalRequest { id })
+                .await?;
+            Ok(render::principal_deleted(id))
+        }
+    }
+}
+
+async fn credentials(
+    control: &Control,
+    cmd: CredentialsCmd,
+    now_ms: i64,
+) -> Result<Report, CliError> {
+    let mut client = control.credentials();
+    match cmd {
+        CredentialsCmd::Issue {
+            principal,
+            signed,
+            ttl,
+        } => {
+            let request = requests::issue_credential(principal, signed, ttl);
+            let response = client.issue_credential(request).await?.into_inner();
+            let credential = response
+                .credential
+                .ok_or(CliError::IncompleteResponse("credential"))?;
+            if response.token.is_empty() {
+                return Err(CliError::IncompleteResponse("token"));
+            }
+            Ok(render::issued(&credential, &response.token))
+        }
+        CredentialsCmd::List { tenant, principal } => {
+            let tenant_id = tenant_id(control, &tenant).await?;
+            let request = requests::list_credentials(tenant_id, principal);
+            let list = client.list_credentials(request).await?.into_inner();
+            Ok(render::credentials(&list.credentials, now_ms))
+        }
+        CredentialsCmd::Revoke { id } => {
+            let response = client
+                .revoke_credential(RevokeCredentialRequest { id })
+                .await?
+                .into_inner();
+            let credential = response
+                .credential
+                .ok_or(CliError::IncompleteResponse("credential"))?;
+            Ok(render::revoked(&credential))
+        }
+    }
+}
+
+async fn policies(control: &Control, cmd: PoliciesCmd) -> Result<Report, CliError> {
+    let mut client = control.policies();
+    match cmd {
+        PoliciesCmd::Put(args) => {
+            let tenant_id = tenant_id(control, &args.tenant).await?;
+            let request = requests::put_policy(tenant_id, &args);
+            let policy = client.put_policy(request).await?.into_inner();
+            Ok(render::policy(&policy))
+        }
+        PoliciesCmd::List { tenant } => {
+            let tenant_id = tenant_id(control, &tenant).await?;
+            let list = client
+                .list_policies(ListPoliciesRequest { tenant_id })
+                .await?
+                .into_inner();
+            Ok(render::policies(&list.policies))
+        }
+        PoliciesCmd::Delete { id } => {
+            client.delete_policy(DeletePolicyRequest { id }).await?;
+            Ok(render::policy_deleted(id))
+        }
+    }
+}
+
+async fn connections(control: &Control, cmd: ConnectionsCmd) -> Result<Report, CliError> {
+    let mut client = control.connections();
+    match cmd {
+        ConnectionsCmd::List { tenant } => {
+            let tenant_id = match &tenant {
+                Some(tenant) => tenant_id(control, tenant).await?,
+                None => 0,
+            };
+            let list = client
+                .list_connections(ListConnectionsRequest { tenant_id })
+                .await?
+                .into_inner();
+            Ok(render::connections(&list.connections))
+        }
+        ConnectionsCmd::Kick { id } => {
+            client.kick_connection(KickConnectionRequest { id }).await?;
+            Ok(render::kicked(id))
+        }
+    }
+}
+
+async fn node(control: &Control, cmd: NodeCmd) -> Result<Report, CliError> {
+    let mut client = control.node();
+    let status = match cmd {
+        NodeCmd::Status => client.get_status(GetStatusRequest {}).await?,
+        NodeCmd::Drain { shard } => client.drain_shard(DrainShardRequest { shard }).await?,
+        NodeCmd::Resume { shard } => client.resume_shard(ResumeShardRequest { shard }).await?,
+        NodeCmd::Reload => client.reload(ReloadRequest {}).await?,
+    };
+    Ok(render::node(&status.into_inner()))
+}
+
+/// `GetTenant` by id or name.
+async fn get_tenant(control: &Control, tenant: &TenantArg) -> Result<Tenant, CliError> {
+    let request = GetTenantRequest {
+        tenant: Some(requests::tenant_ref(tenant)),
+    };
+    Ok(control.tenants().get_tenant(request).await?.into_inner())
+}
+
+/// The tenant's id: as given, or looked up by name.
+async fn tenant_id(control: &Control, tenant: &TenantArg) -> Result<u64, CliError> {
+    match tenant {
+        TenantArg::Id(id) => Ok(*id),
+        TenantArg::Name(_) => Ok(get_tenant(control, tenant).await?.id),
+    }
+}
+
+/// The API has no `GetPrincipal`: list the principals of the given tenant,
+/// or of every tenant, and pick the one with `id`.
+async fn find_principal(
+    control: &Control,
+    id: u64,
+    tenant: Option<&TenantArg>,
+) -> Result<Principal, CliError> {
+    let tenant_ids = match tenant {
+        Some(tenant) => vec![tenant_id(control, tenant).await?],
+        None => control
+            .tenants()
+            .list_tenants(ListTenantsRequest {})
+            .await?
+            .into_inner()
+            .tenants
+            .into_iter()
+            .map(|t| t.id)
+            .collect(),
+    };
+    let mut client = control.principals();
+    for tenant_id in tenant_ids {
+        let list = client
+            .list_principals(ListPrincipalsRequest { tenant_id })
+            .await?
+            .into_inner();
+        if let Some(found) = list.principals.into_iter().find(|p| p.id == id) {
+            return Ok(found);
+        }
+    }
+    Err(CliError::NotFound(match tenant {
+        Some(tenant) => format!("no principal {id} in tenant {tenant}"),
+        None => format!("no principal {id}"),
+    }))
+}
