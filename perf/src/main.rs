@@ -1,183 +1,335 @@
-//! `arqonbus-perf`: load scenarios against a running server.
+//! `arqonbus-perf`: load scenarios against ArqonBus, nats-server and the raw
+//! relay, and the side-by-side comparison runner.
 //!
-//! Every scenario prints one JSON object on stdout (machine-readable, one
-//! line) and a human summary on stderr. Scenarios are bounded by message or
-//! connection counts and stop by themselves; they only talk to the address
-//! given, which is loopback in every documented command.
+//! One scenario run prints one JSON object on stdout (machine-readable, one
+//! line) and a human summary on stderr, with a progress bar while it runs.
+//! `compare` starts the servers itself, runs the whole suite and writes
+//! `perf/results/<date>.{json,md}` and SVG charts. `relay` runs the raw
+//! relay server. Everything is bounded by time and count, and only talks to
+//! the addresses given (loopback in every documented command).
+//!
+//! # Layout
+//! - [`driver`]: lean blocking clients for the three protocols;
+//! - [`scenario`]: throughput, request/reply, idle and connect-storm runs;
+//! - [`relay`]: the raw relay server (the host's ceiling);
+//! - [`compare`]: the runner (processes, rounds, report, charts);
+//! - [`stats`], [`progress`]: histograms, CPU accounting, the progress bar.
 #![allow(clippy::print_stdout, reason = "printing results is the point")]
 #![allow(
     clippy::cast_precision_loss,
-    reason = "rates and averages over counts far below 2^52"
+    clippy::cast_sign_loss,
+    reason = "rates, averages and fractions over counts far below 2^52"
 )]
 
-mod native;
+mod compare;
+mod driver;
+mod progress;
+mod relay;
+mod scenario;
+mod stats;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arqonbus_proto::v1::{self, frame::Kind};
-use bytes::Bytes;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
 
-use crate::native::{Conn, DriverError, TAG_MESSAGE, TAG_PONG, Target};
+use crate::driver::{Proto, Target};
+use crate::progress::Progress;
+use crate::scenario::{IdleSpec, Outcome, ReqReplySpec, ScenarioError, StormSpec, ThroughputSpec};
+use crate::stats::{CpuProbe, CpuUsage};
 
 #[derive(Debug, Parser)]
-#[command(name = "arqonbus-perf", about = "ArqonBus load generator")]
+#[command(
+    name = "arqonbus-perf",
+    about = "ArqonBus load generator and comparison runner"
+)]
 struct Cli {
-    /// Server URL (tcp:// or tls://).
+    /// Protocol of the server under test.
+    #[arg(long, global = true, value_enum, default_value_t = Proto::Native)]
+    driver: Proto,
+    /// Server URL: tcp://HOST:PORT or tls://HOST:PORT.
     #[arg(long, global = true, default_value = "tcp://127.0.0.1:7420")]
     server: String,
     /// CA certificate for tls:// URLs.
     #[arg(long, global = true)]
     ca: Option<PathBuf>,
-    /// File holding the credential.
+    /// File holding the credential (ArqonBus).
     #[arg(long, global = true)]
     credential_file: Option<PathBuf>,
+    /// The server's process id: its CPU is reported (and `idle` reads its RSS).
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
     #[command(subcommand)]
-    scenario: Scenario,
+    command: Command,
+}
+
+/// Options shared by throughput scenarios.
+#[derive(Debug, Clone, Args)]
+struct Load {
+    /// Payload size, bytes.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// How long publishers write, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    duration: f64,
+    /// Stop earlier after this many messages per publisher.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Publish with one header (HPUB for NATS).
+    #[arg(long)]
+    headers: bool,
 }
 
 #[derive(Debug, Subcommand)]
-enum Scenario {
-    /// One publisher, one subscriber: messages per second.
-    Pubsub {
-        /// Payload size, bytes.
+enum Command {
+    /// One publisher, one subscriber.
+    #[command(alias = "one-to-one")]
+    Pubsub(Load),
+    /// One publisher, no subscriber: how fast the server takes messages.
+    PubOnly(Load),
+    /// One publisher, N subscribers of the same subject.
+    Fanout {
+        /// Subscribers.
+        #[arg(long, default_value_t = 8)]
+        subs: usize,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// N publishers, each with its own subject and subscriber.
+    NToN {
+        /// Publisher/subscriber pairs.
+        #[arg(long, default_value_t = 8)]
+        pairs: usize,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// One publisher, a queue group of N members.
+    Queue {
+        /// Members.
+        #[arg(long, default_value_t = 8)]
+        members: usize,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Request/reply latency at a fixed offered rate (open loop).
+    ReqReply {
+        /// Payload size, bytes (at least 8).
         #[arg(long, default_value_t = 128)]
         size: usize,
-        /// Messages to send.
-        #[arg(long, default_value_t = 1_000_000)]
-        count: u64,
+        /// Requests per second.
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        /// Seconds of requests.
+        #[arg(long, default_value_t = 2.0)]
+        duration: f64,
     },
-    /// Open idle connections and report the server's RSS growth.
+    /// Open idle connections and report the server's RSS growth per
+    /// connection (run it on a freshly started server; needs --server-pid).
     Idle {
         /// Connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
+    /// Open and close connections as fast as possible (handshake included).
+    ConnectStorm {
+        /// Connections in total.
         #[arg(long, default_value_t = 1000)]
         connections: usize,
-        /// The server's process id (its /proc/PID/status is read).
-        #[arg(long)]
-        server_pid: u32,
+        /// Client threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
     },
+    /// Run the raw relay server (the host's ceiling) until stopped.
+    Relay {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7430")]
+        listen: SocketAddr,
+        /// Pin the relay's thread to this CPU.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+    /// Start nats-server, ArqonBus and the raw relay, run the suite side by
+    /// side, and write the results, table and charts.
+    Compare(compare::CompareArgs),
 }
 
-fn credential(path: Option<&PathBuf>) -> Result<String, String> {
-    let path = path.ok_or("--credential-file is required")?;
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_owned())
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn wait_pong(c: &mut Conn) -> Result<(), DriverError> {
-    c.send(&Kind::Ping(v1::Ping {}))?;
-    c.scan(|tag, _| tag != TAG_PONG)
-}
-
-fn pubsub(target: &Target, size: usize, count: u64) -> Result<String, DriverError> {
-    let mut sub = Conn::open(target)?;
-    sub.send(&Kind::Subscribe(v1::Subscribe {
-        sid: 1,
-        pattern: Bytes::from_static(b"perf.pubsub"),
-        queue_group: Bytes::new(),
-    }))?;
-    wait_pong(&mut sub)?;
-    let mut publ = Conn::open(target)?;
-    let shards = (publ.welcome.shard, sub.welcome.shard);
-
-    let receiver = thread::spawn(move || -> Result<Instant, DriverError> {
-        let mut got = 0u64;
-        sub.scan(|tag, _| {
-            if tag == TAG_MESSAGE {
-                got += 1;
-            }
-            got < count
-        })
-        .map_err(|e| DriverError::Protocol(format!("subscriber after {got} messages: {e}")))?;
-        Ok(Instant::now())
-    });
-
-    let payload = vec![0x5a_u8; size];
-    let (batch, per) = native::publish_batch(b"perf.pubsub", &payload)?;
-    let frame_len = batch.len() / per;
-    let start = Instant::now();
-    let mut left = count;
-    while left > 0 {
-        let n = left.min(per as u64) as usize;
-        publ.write_all(&batch[..n * frame_len])?;
-        left -= n as u64;
+fn credential(path: Option<&PathBuf>, proto: Proto) -> Result<String, String> {
+    match (path, proto) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| format!("{}: {e}", path.display())),
+        (None, Proto::Native) => Err("--credential-file is required for ArqonBus".into()),
+        (None, _) => Ok(String::new()),
     }
-    wait_pong(&mut publ)?;
-    let done = receiver
-        .join()
-        .map_err(|_| DriverError::Protocol("receiver panicked".into()))??;
-    let secs = done.duration_since(start).as_secs_f64();
-    let rate = count as f64 / secs;
-    eprintln!(
-        "pubsub: {count} x {size} B in {secs:.3} s = {rate:.0} msgs/s ({:.1} MB/s); publisher on shard {}, subscriber on shard {}",
-        rate * size as f64 / 1e6,
-        shards.0,
-        shards.1
-    );
-    Ok(format!(
-        "{{\"scenario\":\"pubsub\",\"size\":{size},\"count\":{count},\"secs\":{secs:.6},\"msgs_per_sec\":{rate:.1},\"pub_shard\":{},\"sub_shard\":{}}}",
-        shards.0, shards.1
-    ))
 }
 
-fn rss_kib(pid: u32) -> Result<u64, DriverError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| DriverError::Protocol("no VmRSS".into()))
-}
-
-fn idle(target: &Target, connections: usize, pid: u32) -> Result<String, DriverError> {
-    // One connection first, so one-off allocations are not counted.
-    let warm = Conn::open(target)?;
-    let before = rss_kib(pid)?;
-    let started = Instant::now();
-    let mut conns = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        conns.push(Conn::open(target)?);
+fn throughput_spec(load: &Load, publishers: usize, fanout: usize, queue: usize) -> ThroughputSpec {
+    let duration = Duration::from_secs_f64(load.duration.max(0.0));
+    ThroughputSpec {
+        publishers,
+        fanout,
+        queue,
+        size: load.size,
+        duration,
+        max_messages: load.count,
+        headers: load.headers,
+        drain: Duration::from_secs(5).max(duration * 2),
     }
-    let open_secs = started.elapsed().as_secs_f64();
-    // Let the server settle: every connection has been welcomed already, so
-    // this only lets freed handshake buffers be returned.
-    thread::sleep(Duration::from_millis(200));
-    let after = rss_kib(pid)?;
-    let per_conn = (after.saturating_sub(before) as f64 * 1024.0) / connections as f64;
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    scenario: &'a str,
+    driver: Proto,
+    server: &'a str,
+    result: &'a Outcome,
+    cpu: &'a CpuUsage,
+}
+
+fn scenario(cli: &Cli) -> Result<String, String> {
+    let cred = credential(cli.credential_file.as_ref(), cli.driver)?;
+    let target =
+        Target::new(cli.driver, &cli.server, cli.ca.as_deref(), cred).map_err(|e| e.to_string())?;
+    let name = match &cli.command {
+        Command::Pubsub(_) => "pubsub",
+        Command::PubOnly(_) => "pub-only",
+        Command::Fanout { .. } => "fanout",
+        Command::NToN { .. } => "n-to-n",
+        Command::Queue { .. } => "queue",
+        Command::ReqReply { .. } => "req-reply",
+        Command::Idle { .. } => "idle",
+        Command::ConnectStorm { .. } => "connect-storm",
+        Command::Relay { .. } | Command::Compare(_) => return Err("not a scenario".into()),
+    };
+    let progress = Progress::standalone(name);
+    let probe = CpuProbe::start(cli.server_pid);
+    let outcome: Result<Outcome, ScenarioError> = match &cli.command {
+        Command::Pubsub(l) => {
+            scenario::throughput::run(&target, &throughput_spec(l, 1, 1, 0), &progress)
+                .map(Outcome::Throughput)
+        }
+        Command::PubOnly(l) => {
+            scenario::throughput::run(&target, &throughput_spec(l, 1, 0, 0), &progress)
+                .map(Outcome::Throughput)
+        }
+        Command::Fanout { subs, load } => {
+            scenario::throughput::run(&target, &throughput_spec(load, 1, *subs, 0), &progress)
+                .map(Outcome::Throughput)
+        }
+        Command::NToN { pairs, load } => {
+            scenario::throughput::run(&target, &throughput_spec(load, *pairs, 1, 0), &progress)
+                .map(Outcome::Throughput)
+        }
+        Command::Queue { members, load } => {
+            scenario::throughput::run(&target, &throughput_spec(load, 1, 0, *members), &progress)
+                .map(Outcome::Throughput)
+        }
+        Command::ReqReply {
+            size,
+            rate,
+            duration,
+        } => {
+            let spec = ReqReplySpec {
+                size: *size,
+                rate: *rate,
+                duration: Duration::from_secs_f64(duration.max(0.0)),
+                drain: Duration::from_secs(5),
+            };
+            scenario::reqreply::run(&target, &spec, &progress).map(Outcome::ReqReply)
+        }
+        Command::Idle { connections } => {
+            let pid = cli
+                .server_pid
+                .ok_or("idle needs --server-pid (the server's process id)")?;
+            let spec = IdleSpec {
+                connections: *connections,
+                server_pid: pid,
+                settle: Duration::from_millis(300),
+            };
+            scenario::conns::idle(&target, &spec, &progress).map(Outcome::Idle)
+        }
+        Command::ConnectStorm {
+            connections,
+            threads,
+        } => {
+            let spec = StormSpec {
+                connections: *connections,
+                threads: *threads,
+            };
+            scenario::conns::storm(&target, &spec, &progress).map(Outcome::Storm)
+        }
+        Command::Relay { .. } | Command::Compare(_) => return Err("not a scenario".into()),
+    };
+    progress.finish();
+    let outcome = outcome.map_err(|e| e.to_string())?;
+    let cpu = probe.finish(outcome.client_max_thread());
+    let (value, unit) = outcome.headline();
     eprintln!(
-        "idle: {connections} connections opened in {open_secs:.2} s; server RSS {before} KiB -> {after} KiB = {per_conn:.0} bytes per connection"
+        "{name} ({:?}, {}): {value:.1} {unit}; client {:.2} cores, server {:.2} cores, steal {:.1} %{}",
+        cli.driver,
+        cli.server,
+        cpu.client_cores,
+        cpu.server_cores,
+        cpu.steal_pct,
+        outcome
+            .latency()
+            .map(|p| format!(
+                "; latency p50 {:.0} µs p99 {:.0} µs max {:.0} µs",
+                p.p50_us, p.p99_us, p.max_us
+            ))
+            .unwrap_or_default()
     );
-    drop(conns);
-    drop(warm);
-    Ok(format!(
-        "{{\"scenario\":\"idle\",\"connections\":{connections},\"rss_before_kib\":{before},\"rss_after_kib\":{after},\"bytes_per_connection\":{per_conn:.0},\"connect_secs\":{open_secs:.3}}}"
-    ))
+    for e in outcome.errors() {
+        eprintln!("  error: {e}");
+    }
+    serde_json::to_string(&Report {
+        scenario: name,
+        driver: cli.driver,
+        server: &cli.server,
+        result: &outcome,
+        cpu: &cpu,
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Raises this process's open-file limit to its hard limit (10,000 idle
+/// connections need it; servers started by `compare` inherit it).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the `rlimit` we own; no
+    // other memory is involved.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim);
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let run = || -> Result<String, String> {
-        let cred = credential(cli.credential_file.as_ref())?;
-        let target =
-            Target::parse(&cli.server, cli.ca.as_deref(), cred).map_err(|e| e.to_string())?;
-        match cli.scenario {
-            Scenario::Pubsub { size, count } => pubsub(&target, size, count),
-            Scenario::Idle {
-                connections,
-                server_pid,
-            } => idle(&target, connections, server_pid),
-        }
-        .map_err(|e| e.to_string())
+    raise_fd_limit();
+    let result = match &cli.command {
+        Command::Relay { listen, cpu } => relay::serve(*listen, *cpu, |addr| {
+            eprintln!("raw relay listening on {addr}");
+        })
+        .map(|()| None)
+        .map_err(|e| e.to_string()),
+        Command::Compare(args) => compare::run(args).map(|()| None),
+        _ => scenario(&cli).map(Some),
     };
-    match run() {
-        Ok(json) => {
+    match result {
+        Ok(Some(json)) => {
             println!("{json}");
             ExitCode::SUCCESS
         }
+        Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("arqonbus-perf: {e}");
             ExitCode::FAILURE

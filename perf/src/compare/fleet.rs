@@ -1,0 +1,467 @@
+//! The servers a comparison runs against, as child processes.
+//!
+//! [`Fleet::start`] starts, on fresh temporary directories and free loopback
+//! ports, every server a round needs: ArqonBus in plaintext and in TLS,
+//! nats-server in plaintext and in TLS (with the certificate ArqonBus
+//! generated, so both serve the same key type), and the raw relay. All of
+//! them run under `taskset` on the same CPUs (the same core budget), with
+//! their output in log files.
+//!
+//! Every child is stopped when the fleet is dropped (SIGTERM, then SIGKILL
+//! after a grace period), on Ctrl-C or SIGTERM of the runner (see
+//! [`install_signal_handler`]), and by the kernel if the runner dies
+//! (`PR_SET_PDEATHSIG`).
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// How long a server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a server may take to stop after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Process ids of every child running, for the signal handler.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// The comparison's scratch directory, removed by the signal handler.
+static SCRATCH: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Tells the signal handler which scratch directory to remove.
+pub(crate) fn set_scratch(dir: Option<PathBuf>) {
+    if let Ok(mut s) = SCRATCH.lock() {
+        *s = dir;
+    }
+}
+
+/// Set by the signal handler before it stops the children.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// True once Ctrl-C or SIGTERM was received: the process is about to exit,
+/// and the servers are being stopped, so no new run should start.
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Why the fleet could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FleetError {
+    /// A process could not be spawned (binary missing?).
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        /// Which server.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A server exited or never listened; its log says why.
+    #[error("{what} did not come up within {secs} s (log: {log})")]
+    NotReady {
+        /// Which server.
+        what: String,
+        /// Seconds waited.
+        secs: u64,
+        /// Its log file.
+        log: String,
+    },
+    /// Files or ports could not be set up.
+    #[error("setup: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum System {
+    /// ArqonBus.
+    Arqonbus,
+    /// nats-server.
+    Nats,
+    /// The raw relay.
+    Relay,
+}
+
+impl System {
+    /// The name in tables and charts.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Arqonbus => "ArqonBus",
+            Self::Nats => "nats-server",
+            Self::Relay => "raw relay",
+        }
+    }
+
+    /// Parses a `--systems` entry.
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "arqonbus" => Ok(Self::Arqonbus),
+            "nats" | "nats-server" => Ok(Self::Nats),
+            "relay" | "raw" => Ok(Self::Relay),
+            other => Err(format!("unknown system {other:?} (arqonbus, nats, relay)")),
+        }
+    }
+}
+
+/// Where to reach one running server.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    /// Which server.
+    pub(crate) system: System,
+    /// `tcp://` or `tls://` URL.
+    pub(crate) url: String,
+    /// CA for TLS.
+    pub(crate) ca: Option<PathBuf>,
+    /// Credential (ArqonBus).
+    pub(crate) credential: String,
+    /// The server's process id.
+    pub(crate) pid: u32,
+}
+
+/// How to start the servers.
+#[derive(Debug, Clone)]
+pub(crate) struct FleetConfig {
+    /// The `arqonbus` binary.
+    pub(crate) arqonbus: PathBuf,
+    /// The `nats-server` binary.
+    pub(crate) nats: PathBuf,
+    /// This binary (for `relay`).
+    pub(crate) relay: PathBuf,
+    /// CPUs every server is pinned to (a `taskset -c` list).
+    pub(crate) cpus: Vec<usize>,
+    /// ArqonBus shards.
+    pub(crate) shards: usize,
+    /// Which systems to start.
+    pub(crate) systems: Vec<System>,
+    /// Also start the TLS servers.
+    pub(crate) tls: bool,
+}
+
+struct Proc {
+    what: String,
+    child: Child,
+}
+
+/// The running servers of one round.
+pub(crate) struct Fleet {
+    procs: Vec<Proc>,
+    dir: PathBuf,
+    /// Plaintext endpoints.
+    pub(crate) plain: Vec<Endpoint>,
+    /// TLS endpoints.
+    pub(crate) tls: Vec<Endpoint>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("dir", &self.dir)
+            .field("plain", &self.plain)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops every child on Ctrl-C or SIGTERM, then exits with 130.
+pub(crate) fn install_signal_handler() -> Result<(), String> {
+    ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        let pids = RUNNING.lock().map(|g| g.clone()).unwrap_or_default();
+        eprintln!(
+            "\narqonbus-perf: interrupted, stopping {} server(s)",
+            pids.len()
+        );
+        for &pid in &pids {
+            signal(pid, libc::SIGTERM);
+        }
+        thread::sleep(Duration::from_millis(500));
+        for &pid in &pids {
+            signal(pid, libc::SIGKILL);
+        }
+        if let Some(dir) = SCRATCH.lock().ok().and_then(|s| s.clone()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        // SAFETY: _exit(2) ends the process at once. Unlike `exit`, it runs
+        // no at-exit handlers, which could wait on locks held by the threads
+        // being interrupted.
+        unsafe { libc::_exit(130) }
+    })
+    .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) only sends a signal to a process id we started.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Fleet {
+    /// Starts every server of `cfg` on fresh directories under `parent`.
+    pub(crate) fn start(
+        cfg: &FleetConfig,
+        parent: &Path,
+        round: usize,
+    ) -> Result<Self, FleetError> {
+        let dir = parent.join(format!("round-{round}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut fleet = Self {
+            procs: Vec::new(),
+            dir,
+            plain: Vec::new(),
+            tls: Vec::new(),
+        };
+        for &system in &cfg.systems {
+            match system {
+                System::Arqonbus => {
+                    let e = fleet.arqonbus(cfg, false)?;
+                    fleet.plain.push(e);
+                    if cfg.tls {
+                        let e = fleet.arqonbus(cfg, true)?;
+                        fleet.tls.push(e);
+                    }
+                }
+                System::Nats => {
+                    let e = fleet.nats(cfg, None)?;
+                    fleet.plain.push(e);
+                }
+                System::Relay => {
+                    let e = fleet.relay(cfg)?;
+                    fleet.plain.push(e);
+                }
+            }
+        }
+        // nats-server over TLS serves the certificate ArqonBus generated.
+        if cfg.tls && cfg.systems.contains(&System::Nats) {
+            let tls_dir = if cfg.systems.contains(&System::Arqonbus) {
+                fleet.dir.join("arqonbus-tls/tls")
+            } else {
+                // Without ArqonBus there is no generated certificate.
+                return Ok(fleet);
+            };
+            let e = fleet.nats(cfg, Some(&tls_dir))?;
+            fleet.tls.push(e);
+        }
+        Ok(fleet)
+    }
+
+    fn spawn(
+        &mut self,
+        what: &str,
+        cfg: &FleetConfig,
+        program: &Path,
+        args: &[String],
+    ) -> Result<u32, FleetError> {
+        let log = File::create(self.dir.join(format!("{what}.log")))?;
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c")
+            .arg(cpu_list(&cfg.cpus))
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls prctl(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| FleetError::Spawn {
+            what: what.to_owned(),
+            source,
+        })?;
+        let pid = child.id();
+        if let Ok(mut running) = RUNNING.lock() {
+            running.push(pid);
+        }
+        self.procs.push(Proc {
+            what: what.to_owned(),
+            child,
+        });
+        Ok(pid)
+    }
+
+    /// Waits until `addr` accepts a connection, or the process exits.
+    fn wait_ready(
+        &mut self,
+        what: &str,
+        addr: SocketAddr,
+        ready: impl Fn() -> bool,
+    ) -> Result<(), FleetError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let not_ready = |dir: &Path| FleetError::NotReady {
+            what: what.to_owned(),
+            secs: START_TIMEOUT.as_secs(),
+            log: dir.join(format!("{what}.log")).display().to_string(),
+        };
+        loop {
+            let exited = self
+                .procs
+                .iter_mut()
+                .find(|p| p.what == what)
+                .is_none_or(|p| !matches!(p.child.try_wait(), Ok(None)));
+            if exited || Instant::now() > deadline {
+                return Err(not_ready(&self.dir));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() && ready() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn arqonbus(&mut self, cfg: &FleetConfig, tls: bool) -> Result<Endpoint, FleetError> {
+        let what = if tls { "arqonbus-tls" } else { "arqonbus" };
+        let data = self.dir.join(what);
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut args = vec![
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            addr.to_string(),
+            "--data-dir".to_owned(),
+            data.display().to_string(),
+            "--shards".to_owned(),
+            cfg.shards.to_string(),
+        ];
+        if !tls {
+            args.push("--plaintext".to_owned());
+        }
+        // ArqonBus pins shard i to CPU i of 0..n; if the budget is another
+        // set of CPUs, pinning is left to taskset.
+        let contiguous = cfg.cpus.iter().enumerate().all(|(i, &c)| i == c);
+        if !contiguous {
+            let file = self.dir.join(format!("{what}.toml"));
+            std::fs::write(&file, "[server]\npin_cores = false\n")?;
+            args.push("--config".to_owned());
+            args.push(file.display().to_string());
+        }
+        let pid = self.spawn(what, cfg, &cfg.arqonbus, &args)?;
+        let token = data.join("credentials/bootstrap.token");
+        let ca = data.join("tls/ca.pem");
+        let files = token.clone();
+        self.wait_ready(what, addr, || files.exists())?;
+        let credential = std::fs::read_to_string(&token)?.trim().to_owned();
+        let scheme = if tls { "tls" } else { "tcp" };
+        Ok(Endpoint {
+            system: System::Arqonbus,
+            url: format!("{scheme}://{addr}"),
+            ca: tls.then_some(ca),
+            credential,
+            pid,
+        })
+    }
+
+    fn nats(&mut self, cfg: &FleetConfig, tls_dir: Option<&Path>) -> Result<Endpoint, FleetError> {
+        let what = if tls_dir.is_some() {
+            "nats-tls"
+        } else {
+            "nats"
+        };
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut args = vec![
+            "-a".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            port.to_string(),
+        ];
+        if let Some(dir) = tls_dir {
+            args.extend([
+                "--tls".to_owned(),
+                "--tlscert".to_owned(),
+                dir.join("server.pem").display().to_string(),
+                "--tlskey".to_owned(),
+                dir.join("server.key").display().to_string(),
+            ]);
+        }
+        let pid = self.spawn(what, cfg, &cfg.nats, &args)?;
+        self.wait_ready(what, addr, || true)?;
+        let scheme = if tls_dir.is_some() { "tls" } else { "tcp" };
+        Ok(Endpoint {
+            system: System::Nats,
+            url: format!("{scheme}://{addr}"),
+            ca: tls_dir.map(|d| d.join("ca.pem")),
+            credential: String::new(),
+            pid,
+        })
+    }
+
+    fn relay(&mut self, cfg: &FleetConfig) -> Result<Endpoint, FleetError> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let args = vec!["relay".to_owned(), "--listen".to_owned(), addr.to_string()];
+        let pid = self.spawn("relay", cfg, &cfg.relay, &args)?;
+        self.wait_ready("relay", addr, || true)?;
+        Ok(Endpoint {
+            system: System::Relay,
+            url: format!("tcp://{addr}"),
+            ca: None,
+            credential: String::new(),
+            pid,
+        })
+    }
+
+    /// Stops every server: SIGTERM, then SIGKILL after a grace period.
+    pub(crate) fn stop(&mut self) {
+        for p in &self.procs {
+            signal(p.child.id(), libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for p in &mut self.procs {
+            loop {
+                match p.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = p.child.kill();
+                        let _ = p.child.wait();
+                        break;
+                    }
+                    Ok(None) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            if let Ok(mut running) = RUNNING.lock() {
+                let pid = p.child.id();
+                running.retain(|&r| r != pid);
+            }
+        }
+        self.procs.clear();
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
