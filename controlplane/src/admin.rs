@@ -172,6 +172,16 @@ impl AdminAuth {
         Self { hash, metrics }
     }
 
+    /// Whether `authorization` (an HTTP/gRPC header value) carries the
+    /// admin token; a refusal is counted.
+    pub(crate) fn check(&self, authorization: Option<&str>) -> bool {
+        let ok = self.accepts(authorization);
+        if !ok {
+            self.metrics.inc_auth_failure();
+        }
+        ok
+    }
+
     /// Whether `authorization` carries the admin token.
     fn accepts(&self, authorization: Option<&str>) -> bool {
         let Some(value) = authorization else {

@@ -1,22 +1,41 @@
 //! Counters of the control plane, readable by the server's metrics exporter.
 //!
 //! Plain atomics, `Relaxed`: each counter is independent and only ever
-//! increases; readers want a recent value, not a consistent cut.
+//! increases; readers want a recent value, not a consistent cut. RPC
+//! latencies go to a histogram under a mutex (control calls are rare).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use arqonbus_core::metrics::latency_histogram;
+use hdrhistogram::Histogram;
 
 /// Live counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     rpc_ok: AtomicU64,
     rpc_failed: AtomicU64,
     auth_failures: AtomicU64,
     snapshots_published: AtomicU64,
     snapshots_refusing: AtomicU64,
+    rpc_latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            rpc_ok: AtomicU64::new(0),
+            rpc_failed: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            snapshots_published: AtomicU64::new(0),
+            snapshots_refusing: AtomicU64::new(0),
+            rpc_latency: Mutex::new(latency_histogram()),
+        }
+    }
 }
 
 /// A copy of the counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetricsSnapshot {
     /// RPCs answered OK.
     pub rpc_ok: u64,
@@ -28,12 +47,19 @@ pub struct MetricsSnapshot {
     pub snapshots_published: u64,
     /// Snapshots pushed that refuse new sessions (fail closed).
     pub snapshots_refusing: u64,
+    /// How long control RPCs took, µs.
+    pub rpc_latency: Histogram<u64>,
 }
 
 impl Metrics {
-    pub(crate) fn inc_rpc(&self, ok: bool) {
+    pub(crate) fn inc_rpc(&self, ok: bool, elapsed_us: u64) {
         let c = if ok { &self.rpc_ok } else { &self.rpc_failed };
         c.fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .rpc_latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(elapsed_us.max(1));
     }
 
     pub(crate) fn inc_auth_failure(&self) {
@@ -56,6 +82,11 @@ impl Metrics {
             auth_failures: self.auth_failures.load(Ordering::Relaxed),
             snapshots_published: self.snapshots_published.load(Ordering::Relaxed),
             snapshots_refusing: self.snapshots_refusing.load(Ordering::Relaxed),
+            rpc_latency: self
+                .rpc_latency
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 }

@@ -155,6 +155,7 @@ pub enum ControlPlaneError {
 pub struct ControlPlaneHandle {
     publisher: Arc<Publisher>,
     metrics: Arc<Metrics>,
+    admin: AdminAuth,
 }
 
 impl ControlPlaneHandle {
@@ -176,6 +177,13 @@ impl ControlPlaneHandle {
     /// The counters.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
+    }
+
+    /// Whether an `Authorization` header value carries the admin credential
+    /// (for the server's HTTP monitoring endpoints). Constant time; refusals
+    /// are counted as authentication failures.
+    pub fn is_admin(&self, authorization: Option<&str>) -> bool {
+        self.admin.check(authorization)
     }
 
     /// Takes new per-connection limits (a re-read configuration file, as on
@@ -294,6 +302,7 @@ impl ControlPlane {
         ControlPlaneHandle {
             publisher: self.publisher.clone(),
             metrics: self.metrics.clone(),
+            admin: AdminAuth::new(self.admin.hash, self.metrics.clone()),
         }
     }
 

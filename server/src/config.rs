@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_PORT: u16 = 7420;
 /// Default port of the control API.
 pub const DEFAULT_CONTROL_PORT: u16 = 7421;
+/// Default port of the metrics and health endpoints.
+pub const DEFAULT_METRICS_PORT: u16 = 7422;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +31,8 @@ pub struct Config {
     pub tls: TlsSection,
     /// The control API.
     pub control: ControlSection,
+    /// Metrics, health and monitoring endpoints.
+    pub metrics: MetricsSection,
     /// Per-connection limits.
     pub limits: Limits,
     /// Logging.
@@ -44,6 +48,7 @@ impl Default for Config {
             server: ServerSection::default(),
             tls: TlsSection::default(),
             control: ControlSection::default(),
+            metrics: MetricsSection::default(),
             limits: Limits::default(),
             log: LogSection::default(),
             tenants: Vec::new(),
@@ -73,6 +78,10 @@ pub struct ServerSection {
     pub busy_poll_us: u64,
     /// Timer granularity for keep-alives and timeouts, milliseconds.
     pub tick_ms: u64,
+    /// On SIGTERM, clients are told to move and closed over this window,
+    /// milliseconds (lame duck); the process exits within the window plus
+    /// `limits.close_grace_ms`.
+    pub lame_duck_window_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -87,6 +96,7 @@ impl Default for ServerSection {
             read_buffer: 64 * 1024,
             busy_poll_us: 0,
             tick_ms: 250,
+            lame_duck_window_ms: 10_000,
         }
     }
 }
@@ -136,6 +146,34 @@ impl Default for ControlSection {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_CONTROL_PORT)),
             client_ca: None,
+        }
+    }
+}
+
+/// `[metrics]`: Prometheus metrics, health and monitoring over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Serve `/metrics`, `/healthz`, `/readyz`, `/varz`, `/connz`, `/subsz`
+    /// and sample latencies. Counters are kept either way.
+    pub enabled: bool,
+    /// Where the HTTP listener binds (plain HTTP: keep it on loopback or a
+    /// monitoring network).
+    pub listen: SocketAddr,
+    /// Tenants that get their own label; the rest are summed as `_other`.
+    pub max_tenant_labels: usize,
+    /// Time one published message in this many (publish-to-deliver
+    /// histogram).
+    pub latency_sample_every: u32,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)),
+            max_tenant_labels: 100,
+            latency_sample_every: 64,
         }
     }
 }
@@ -321,11 +359,17 @@ impl Config {
         if !(1..=10_000).contains(&s.tick_ms) {
             return Err(invalid("server.tick_ms", "must be in 1..=10000"));
         }
+        if s.lame_duck_window_ms > 600_000 {
+            return Err(invalid("server.lame_duck_window_ms", "at most 600000"));
+        }
         if s.busy_poll_us > 1_000_000 {
             return Err(invalid("server.busy_poll_us", "at most 1000000"));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(invalid("tls.cert", "tls.cert and tls.key go together"));
+        }
+        if self.metrics.max_tenant_labels > 10_000 {
+            return Err(invalid("metrics.max_tenant_labels", "at most 10000"));
         }
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));

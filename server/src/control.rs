@@ -16,6 +16,16 @@ use arqonbus_core::snapshot::ConfigSnapshot;
 use arqonbus_dataplane::{ControlError, DataPlane};
 use tokio::sync::oneshot;
 
+use crate::monitor::{self, Monitor};
+
+/// Where and how to serve the monitoring endpoints.
+#[derive(Debug)]
+pub(crate) struct MonitorSettings {
+    pub(crate) listener: std::net::TcpListener,
+    pub(crate) max_tenant_labels: usize,
+    pub(crate) server_id: String,
+}
+
 /// The data plane, as the control plane drives it.
 struct Adapter(Arc<DataPlane>);
 
@@ -63,13 +73,26 @@ pub(crate) struct ControlRuntime {
     stop: Option<oneshot::Sender<()>>,
     handle: ControlPlaneHandle,
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl ControlRuntime {
-    /// Starts serving `plane` against `dataplane` on a new thread.
-    pub(crate) fn start(plane: ControlPlane, dataplane: Arc<DataPlane>) -> std::io::Result<Self> {
+    /// Starts serving `plane` against `dataplane` on a new thread, and the
+    /// monitoring endpoints beside it when asked.
+    pub(crate) fn start(
+        plane: ControlPlane,
+        dataplane: Arc<DataPlane>,
+        monitoring: Option<MonitorSettings>,
+    ) -> std::io::Result<Self> {
         let handle = plane.handle();
         let addr = plane.local_addr();
+        let metrics_addr = match &monitoring {
+            Some(m) => Some(m.listener.local_addr()?),
+            None => None,
+        };
+        if let Some(m) = &monitoring {
+            m.listener.set_nonblocking(true)?;
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -78,25 +101,64 @@ impl ControlRuntime {
         let thread = std::thread::Builder::new()
             .name("arqonbus-control".into())
             .spawn(move || {
+                let monitor = monitoring.map(|m| {
+                    let started = std::time::Instant::now();
+                    let state = Arc::new(Monitor {
+                        dataplane: dataplane.clone(),
+                        control: plane.handle(),
+                        max_tenant_labels: m.max_tenant_labels,
+                        server_id: m.server_id,
+                        started,
+                        listen: metrics_addr.unwrap_or(addr),
+                    });
+                    (state, m.listener)
+                });
                 let adapter: Arc<dyn DataPlaneControl> = Arc::new(Adapter(dataplane));
-                let shutdown = async {
-                    let _ = stopped.await;
-                };
-                if let Err(e) = runtime.block_on(plane.serve(adapter, shutdown)) {
-                    tracing::error!(error = %e, "control plane stopped with an error");
-                }
+                let (stop_monitor, monitor_stopped) = oneshot::channel::<()>();
+                runtime.block_on(async move {
+                    let monitor_task =
+                        monitor.and_then(
+                            |(state, listener)| match tokio::net::TcpListener::from_std(listener) {
+                                Ok(l) => Some(tokio::spawn(monitor::serve(state, l, async {
+                                    let _ = monitor_stopped.await;
+                                }))),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "monitoring endpoints unavailable");
+                                    None
+                                }
+                            },
+                        );
+                    let shutdown = async {
+                        let _ = stopped.await;
+                    };
+                    if let Err(e) = plane.serve(adapter, shutdown).await {
+                        tracing::error!(error = %e, "control plane stopped with an error");
+                    }
+                    let _ = stop_monitor.send(());
+                    if let Some(t) = monitor_task {
+                        let _ = t.await;
+                    }
+                });
             })?;
         tracing::info!(%addr, "control API listening (TLS, admin credential required)");
+        if let Some(m) = metrics_addr {
+            tracing::info!(addr = %m, "metrics and health endpoints listening");
+        }
         Ok(Self {
             thread: Some(thread),
             stop: Some(stop),
             handle,
             addr,
+            metrics_addr,
         })
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub(crate) fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub(crate) fn handle(&self) -> &ControlPlaneHandle {

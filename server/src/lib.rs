@@ -14,6 +14,7 @@
 pub mod bootstrap;
 pub mod config;
 mod control;
+mod monitor;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod tls;
@@ -28,7 +29,7 @@ use arqonbus_dataplane::{DataPlane, DataPlaneConfig, StartError};
 
 use crate::bootstrap::BootstrapError;
 use crate::config::{Config, ConfigError};
-use crate::control::ControlRuntime;
+use crate::control::{ControlRuntime, MonitorSettings};
 use crate::tls::TlsError;
 
 /// Why the server could not start.
@@ -160,11 +161,28 @@ impl Server {
         dp.read_buffer = s.read_buffer;
         dp.spin_before_park = (s.busy_poll_us > 0).then(|| Duration::from_micros(s.busy_poll_us));
         dp.tick = config.tick();
+        dp.latency_sample_every = if config.metrics.enabled {
+            config.metrics.latency_sample_every
+        } else {
+            0
+        };
+        // Bind the monitoring listener before anything runs, so a port in
+        // use is a start-up error, not a log line.
+        let monitoring = if config.metrics.enabled && config.control.enabled {
+            let listener = std::net::TcpListener::bind(config.metrics.listen)?;
+            Some(MonitorSettings {
+                listener,
+                max_tenant_labels: config.metrics.max_tenant_labels,
+                server_id: dp.server_id.clone(),
+            })
+        } else {
+            None
+        };
         let dataplane = Arc::new(DataPlane::start(&dp)?);
 
         let admin_token = control.as_ref().map(|c| c.admin_token_path().to_owned());
         let control = match control {
-            Some(plane) => Some(ControlRuntime::start(plane, dataplane.clone())?),
+            Some(plane) => Some(ControlRuntime::start(plane, dataplane.clone(), monitoring)?),
             None => None,
         };
         let paths = Paths {
@@ -191,6 +209,11 @@ impl Server {
     /// The address of the control API, when it runs.
     pub fn control_addr(&self) -> Option<SocketAddr> {
         self.control.as_ref().map(ControlRuntime::addr)
+    }
+
+    /// The address of the metrics and health endpoints, when they run.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().and_then(ControlRuntime::metrics_addr)
     }
 
     /// Where first-start material lives.
@@ -220,6 +243,22 @@ impl Server {
             Some(c) => c.handle().reload(limits).map(|s| s.epoch()),
             None => Err("the control plane is disabled; restart to change limits".into()),
         }
+    }
+
+    /// Lame duck, then stop: stop accepting, tell every client to move
+    /// (`Drain`), close connections spread over the configured window, and
+    /// stop once they are gone or the window and the close grace passed.
+    pub fn shutdown_gracefully(self) {
+        let window = Duration::from_millis(self.config.server.lame_duck_window_ms);
+        let grace = Duration::from_millis(self.config.limits.close_grace_ms);
+        self.dataplane.lame_duck(window);
+        let idle = self
+            .dataplane
+            .wait_idle(std::time::Instant::now() + window + grace);
+        if !idle {
+            tracing::warn!("connections remained after the lame-duck window; closing them");
+        }
+        self.shutdown();
     }
 
     /// Closes every connection and stops.

@@ -61,7 +61,13 @@ fn init_logging(config: &Config) {
     }
 }
 
-fn announce(paths: &Paths, addr: SocketAddr, tls: bool, control: Option<SocketAddr>) {
+fn announce(
+    paths: &Paths,
+    addr: SocketAddr,
+    tls: bool,
+    control: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+) {
     let scheme = if tls { "tls" } else { "tcp" };
     tracing::info!(%addr, tls, "ArqonBus is serving");
     if let Some(ca) = &paths.ca {
@@ -90,6 +96,11 @@ fn announce(paths: &Paths, addr: SocketAddr, tls: bool, control: Option<SocketAd
             admin.display()
         ));
     }
+    if let Some(metrics) = metrics {
+        lines.push(format!(
+            "  metrics and health:   http://{metrics}/metrics /healthz /readyz"
+        ));
+    }
     eprintln!("{}", lines.join("\n"));
 }
 
@@ -113,13 +124,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         server.local_addr(),
         config.tls.enabled,
         server.control_addr(),
+        server.metrics_addr(),
     );
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the control runtime: {e}"))?;
-    rt.block_on(async {
+    let graceful = rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term =
             signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
@@ -128,12 +140,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {
-                    tracing::info!("SIGINT: shutting down");
-                    break;
+                    tracing::info!("SIGINT: shutting down now");
+                    break Ok::<bool, String>(false);
                 }
                 _ = term.recv() => {
-                    tracing::info!("SIGTERM: shutting down");
-                    break;
+                    tracing::info!("SIGTERM: lame duck, then shutting down");
+                    break Ok(true);
                 }
                 _ = hup.recv() => match server.reload() {
                     Ok(epoch) => tracing::info!(epoch, "SIGHUP: configuration reloaded"),
@@ -141,9 +153,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 },
             }
         }
-        Ok::<(), String>(())
     })?;
-    server.shutdown();
+    if graceful {
+        server.shutdown_gracefully();
+    } else {
+        server.shutdown();
+    }
     tracing::info!("stopped");
     Ok(())
 }

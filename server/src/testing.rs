@@ -41,6 +41,7 @@ impl TestServer {
         };
         config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.control.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.metrics.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.server.shards = 2;
         config.server.tick_ms = 20;
         config.log.format = LogFormat::Text;
@@ -50,6 +51,9 @@ impl TestServer {
         config.server.listen = server.local_addr();
         if let Some(control) = server.control_addr() {
             config.control.listen = control;
+        }
+        if let Some(metrics) = server.metrics_addr() {
+            config.metrics.listen = metrics;
         }
         Self {
             server: Some(server),
@@ -91,6 +95,11 @@ impl TestServer {
     /// `https://127.0.0.1:PORT` of the control API.
     pub fn control_url(&self) -> String {
         format!("https://{}", self.config.control.listen)
+    }
+
+    /// `host:port` of the metrics and health endpoints.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.config.metrics.listen
     }
 
     /// The admin credential file of the control API.

@@ -131,7 +131,7 @@ impl Api {
         let started = Instant::now();
         let result = body.instrument(span.clone()).await;
         let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.inner.metrics.inc_rpc(result.is_ok());
+        self.inner.metrics.inc_rpc(result.is_ok(), elapsed_us);
         span.record(
             "code",
             tracing::field::debug(result.as_ref().map_or_else(Status::code, |_| Code::Ok)),

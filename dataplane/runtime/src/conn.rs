@@ -88,6 +88,8 @@ pub(crate) struct ConnShared {
     pub(crate) deadline: Cell<Option<Instant>>,
     /// No more deliveries: the connection is closing.
     pub(crate) closing: Cell<bool>,
+    /// Lame duck: when to close this connection.
+    pub(crate) lame_at: Cell<Option<Instant>>,
     peer: Option<SocketAddr>,
     connected_at_ms: i64,
     pub(crate) tenant: Cell<Option<TenantId>>,
@@ -137,6 +139,7 @@ impl ConnShared {
             flags: Cell::new(0),
             deadline: Cell::new(None),
             closing: Cell::new(false),
+            lame_at: Cell::new(None),
             peer,
             connected_at_ms: unix_ms(),
             tenant: Cell::new(None),
@@ -363,7 +366,10 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     };
     tracing::debug!(shard = %shard.id, conn = %conn.id, ?peer, "accepted");
-    run(&shard, &conn, stream).await;
+    // One span per connection (TLS handshake, authentication, its life);
+    // disabled, it costs nothing.
+    let span = tracing::debug_span!("connection", shard = %shard.id, conn = %conn.id, peer = ?peer);
+    tracing::Instrument::instrument(run(&shard, &conn, stream), span).await;
     conn.closing.set(true);
     shard.unregister(&conn);
 }
@@ -489,8 +495,13 @@ impl ConnIo {
                 self.step(shard, conn, session, Event::SlowConsumer);
             }
             if flags & Flag::Tick as u8 != 0 {
-                if self.close_at.is_some_and(|t| t <= Instant::now()) {
+                let now = Instant::now();
+                if self.close_at.is_some_and(|t| t <= now) {
                     return Poll::Ready(Ended::GraceExpired);
+                }
+                if conn.lame_at.get().is_some_and(|t| t <= now) {
+                    conn.lame_at.set(None);
+                    self.step(shard, conn, session, Event::Shutdown);
                 }
                 self.step(shard, conn, session, Event::Tick);
                 // A stall may have ended early: retry a held publish now.
@@ -731,10 +742,14 @@ impl ConnIo {
             Step::Reject(r) => self.reject(shard, conn, &r, t.mono),
         }
         let config = shard.config.borrow();
-        conn.deadline.set(
-            self.close_at
-                .or_else(|| session.next_deadline(config.limits(), t)),
-        );
+        let next = self
+            .close_at
+            .or_else(|| session.next_deadline(config.limits(), t));
+        let lame = conn.lame_at.get();
+        conn.deadline.set(match (next, lame) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        });
     }
 
     fn welcome(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session) {
@@ -762,11 +777,16 @@ impl ConnIo {
         let max_payload = session.max_payload();
         let welcome = shard.welcome(conn.id, &id.tenant.name, max_payload);
         conn.out.borrow_mut().push_frame(&welcome);
+        let _auth = tracing::debug_span!(
+            "auth",
+            tenant = %id.tenant.id,
+            principal = %id.principal.id,
+            credential = %id.credential,
+        )
+        .entered();
         tracing::debug!(
             shard = %shard.id,
             conn = %conn.id,
-            tenant = %id.tenant.id,
-            principal = %id.principal.id,
             kind = ?session.client_kind(),
             name = session.client_name(),
             "authenticated"

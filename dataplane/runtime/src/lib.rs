@@ -528,6 +528,32 @@ impl DataPlane {
             .collect()
     }
 
+    /// Lame duck: every shard stops accepting, sends each client a `Drain`
+    /// notice, and closes its connections spread over `window`. Returns at
+    /// once; [`wait_idle`](Self::wait_idle) then [`shutdown`](Self::shutdown)
+    /// finish the job.
+    pub fn lame_duck(&self, window: Duration) {
+        for p in self.ports.iter() {
+            p.send(Command::LameDuck(window));
+        }
+    }
+
+    /// Waits until no connection is open or `deadline` passes; true when
+    /// idle.
+    pub fn wait_idle(&self, deadline: Instant) -> bool {
+        loop {
+            match self.total_stats() {
+                Ok(s) if s.connections == 0 => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+
     /// Stops accepting, closes every connection with `SERVER_SHUTTING_DOWN`,
     /// and waits for every shard to stop.
     pub fn shutdown(mut self) {

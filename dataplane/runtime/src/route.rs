@@ -27,6 +27,15 @@ use crate::conn::{ConnShared, Flag};
 use crate::mesh::{PeerMsg, RemoteMessage};
 use crate::shard::Shard;
 
+/// The trace id of a W3C `traceparent` header
+/// (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`), if there is one.
+fn trace_id(headers: &[v1::Header]) -> Option<&str> {
+    let h = headers.iter().find(|h| h.key.as_ref() == b"traceparent")?;
+    let value = std::str::from_utf8(&h.value).ok()?;
+    let id = value.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
 /// How far past `max_pending_bytes` a stalling subscriber's queue may grow
 /// with messages that were in flight when the stall began.
 const STALL_HEADROOM: usize = 4;
@@ -163,6 +172,17 @@ impl Shard {
 
     pub(crate) fn publish(&self, tenant: TenantId, conn: ConnId, echo: bool, msg: Publish) {
         let stamp = self.sample();
+        // Sampled messages get a span, correlated by their W3C trace id.
+        let _span = stamp.map(|_| {
+            tracing::debug_span!(
+                "publish",
+                shard = %self.id,
+                %tenant,
+                subject = %msg.subject,
+                trace_id = trace_id(&msg.headers).unwrap_or(""),
+            )
+            .entered()
+        });
         {
             let mut stats = self.stats.borrow_mut();
             stats.msgs_in += 1;
@@ -408,6 +428,16 @@ impl Shard {
 
     fn on_remote_message(&self, m: &RemoteMessage) {
         self.stats.borrow_mut().remote_in += 1;
+        let _span = m.stamp.map(|_| {
+            tracing::debug_span!(
+                "deliver",
+                shard = %self.id,
+                tenant = %m.tenant,
+                subject = %m.subject,
+                trace_id = trace_id(&m.headers).unwrap_or(""),
+            )
+            .entered()
+        });
         let mut plan = self.plan.borrow_mut();
         self.router.borrow_mut().route(
             m.tenant,
@@ -475,5 +505,34 @@ impl Shard {
         } else {
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn h(k: &'static str, v: &'static str) -> v1::Header {
+        v1::Header {
+            key: Bytes::from_static(k.as_bytes()),
+            value: Bytes::from_static(v.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        let good = h(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        assert_eq!(trace_id(&[good]), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(trace_id(&[h("traceparent", "00-nothex-00-01")]), None);
+        assert_eq!(
+            trace_id(&[h("other", "00-4bf92f3577b34da6a3ce929d0e0e4736-x-01")]),
+            None
+        );
+        assert_eq!(trace_id(&[]), None);
     }
 }

@@ -70,6 +70,9 @@ pub(crate) enum Command {
     RateReport(crossbeam_channel::Sender<Vec<(RateKey, RateUse)>>),
     /// New rate shares for this shard.
     RateShares(FxHashMap<RateKey, f64>),
+    /// Lame duck: stop accepting, tell every client to move (`Drain`), and
+    /// close the connections spread over the window.
+    LameDuck(Duration),
     /// Stop accepting, close every connection, then stop.
     Shutdown,
 }
@@ -577,6 +580,7 @@ impl Shard {
                 let _ = reply.send(found.is_some());
             }
             Command::Drain => self.drain(),
+            Command::LameDuck(window) => self.lame_duck(window),
             Command::Resume => self.resume(),
             Command::Status(reply) => {
                 let _ = reply.send(ShardStatus {
@@ -664,6 +668,32 @@ impl Shard {
             c.raise(Flag::Reauthorize);
         }
         tracing::debug!(shard = %self.id, epoch, "configuration applied");
+    }
+
+    /// Spreads closes over `window` so clients do not all reconnect at once;
+    /// each is told first with a `Drain` notice.
+    fn lame_duck(&self, window: Duration) {
+        self.draining.set(true);
+        self.stop_listening();
+        let now = Instant::now();
+        let deadline_ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
+        let notice = Kind::Drain(v1::Drain {
+            deadline_ms,
+            reason: "server shutting down".into(),
+        });
+        let conns = self.conns.borrow();
+        tracing::info!(shard = %self.id, connections = conns.len(), ?window, "lame duck: moving clients away");
+        for (_, c) in conns.iter() {
+            // A fixed spread per connection: a hash of its id over the window.
+            let spread =
+                (c.id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / (1u64 << 53) as f64;
+            let at = now + window.mul_f64(spread);
+            c.out.borrow_mut().push_frame(&notice);
+            c.lame_at.set(Some(at));
+            c.deadline
+                .set(Some(c.deadline.get().map_or(at, |d| d.min(at))));
+            c.wake();
+        }
     }
 
     fn drain(&self) {

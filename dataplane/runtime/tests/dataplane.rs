@@ -629,3 +629,32 @@ fn shards_measure_per_tenant_errors_and_latencies() {
     assert_eq!(delivered_samples, 10, "every message sampled");
     assert!(handshakes >= 2);
 }
+
+#[test]
+fn lame_duck_tells_every_client_then_closes_them_spread_over_the_window() {
+    let dp = start(&config());
+    let addr = dp.local_addr();
+    let mut clients: Vec<RawClient> = (0..6).map(|_| RawClient::connect(addr, TOKEN_A)).collect();
+    dp.lame_duck(std::time::Duration::from_millis(300));
+    for c in &mut clients {
+        match c.next() {
+            Some(Kind::Drain(d)) => assert_eq!(d.deadline_ms, 300),
+            other => panic!("expected Drain first, got {other:?}"),
+        }
+        expect_error(c, ErrorCode::ServerShuttingDown, true);
+        expect_closed(c);
+    }
+    assert!(dp.wait_idle(std::time::Instant::now() + std::time::Duration::from_secs(30)));
+    // Nobody is accepting any more.
+    let refused = std::net::TcpStream::connect(addr);
+    if let Ok(mut s) = refused {
+        use std::io::Read as _;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert!(
+            matches!(s.read(&mut b), Ok(0) | Err(_)),
+            "a listener still accepted"
+        );
+    }
+}

@@ -1,0 +1,925 @@
+//! Metrics, health and monitoring over HTTP, served on the control plane's
+//! tokio runtime.
+//!
+//! | path | auth | what |
+//! |---|---|---|
+//! | `/metrics` | none | Prometheus text: per shard, per tenant (capped), errors by code, latency histograms, control plane |
+//! | `/healthz` | none | liveness: the process and its control runtime answer |
+//! | `/readyz` | none | readiness with detail: shards answer, listeners bound, store readable, config epoch current |
+//! | `/varz` | admin | server identity, limits, totals |
+//! | `/connz` | admin | every connection |
+//! | `/subsz` | admin | subscriptions per shard |
+//!
+//! A scrape asks every shard for a copy of its figures (shards keep them
+//! without shared atomics) and merges them here; rendering is a pure function
+//! of that copy ([`render`]). Tenant labels are capped: the busiest
+//! `max_tenant_labels` tenants are named, the rest are summed as `_other`.
+//! Nothing here ever shows a credential or a payload.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arqonbus_controlplane::ControlPlaneHandle;
+use arqonbus_controlplane::metrics::MetricsSnapshot;
+use arqonbus_core::TenantId;
+use arqonbus_core::metrics::{ErrorCounts, ShardMetrics, TenantStats};
+use arqonbus_core::ops::ShardStatus;
+use arqonbus_core::snapshot::ConfigSnapshot;
+use arqonbus_core::stats::ShardStats;
+use arqonbus_dataplane::DataPlane;
+use arqonbus_proto::v1::ErrorCode;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+/// Upper bounds of the latency histogram buckets: (label, microseconds).
+const BUCKETS: [(&str, u64); 17] = [
+    ("0.00005", 50),
+    ("0.0001", 100),
+    ("0.00025", 250),
+    ("0.0005", 500),
+    ("0.001", 1_000),
+    ("0.0025", 2_500),
+    ("0.005", 5_000),
+    ("0.01", 10_000),
+    ("0.025", 25_000),
+    ("0.05", 50_000),
+    ("0.1", 100_000),
+    ("0.25", 250_000),
+    ("0.5", 500_000),
+    ("1", 1_000_000),
+    ("2.5", 2_500_000),
+    ("5", 5_000_000),
+    ("10", 10_000_000),
+];
+
+/// A metric name, its help text, and how to read it from a value.
+type Getter<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+/// The counters of one shard, by metric name.
+type ShardCounters = [(&'static str, &'static str, u64); 22];
+
+/// Everything a scrape collected.
+#[derive(Debug)]
+pub(crate) struct Scrape {
+    pub(crate) shards: Vec<ShardMetrics>,
+    pub(crate) control: MetricsSnapshot,
+    pub(crate) snapshot: Arc<ConfigSnapshot>,
+    pub(crate) accepting: bool,
+    pub(crate) max_tenant_labels: usize,
+}
+
+fn counter(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, labels: &str, h: &Histogram<u64>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (bound, micros) in BUCKETS {
+        let count = if h.is_empty() {
+            0
+        } else {
+            h.count_between(0, micros)
+        };
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.len());
+    let sum = h.mean() * h.len() as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
+}
+
+/// The shard counters exported, by metric name.
+fn shard_counters(s: &ShardStats) -> ShardCounters {
+    [
+        (
+            "connections_accepted_total",
+            "Connections accepted.",
+            s.connections_accepted,
+        ),
+        (
+            "connections_closed_total",
+            "Connections closed.",
+            s.connections_closed,
+        ),
+        (
+            "connections_refused_total",
+            "Connections refused (shard full or draining).",
+            s.connections_refused,
+        ),
+        (
+            "auth_failures_total",
+            "Failed authentications.",
+            s.auth_failures,
+        ),
+        (
+            "tls_failures_total",
+            "Failed TLS handshakes.",
+            s.tls_failures,
+        ),
+        (
+            "protocol_errors_total",
+            "Connections closed for protocol violations.",
+            s.protocol_errors,
+        ),
+        (
+            "client_errors_total",
+            "Non-fatal errors answered to clients.",
+            s.client_errors,
+        ),
+        (
+            "slow_consumers_total",
+            "Subscribers cut as slow consumers.",
+            s.slow_consumers,
+        ),
+        (
+            "stale_connections_total",
+            "Connections closed for unanswered pings.",
+            s.stale_connections,
+        ),
+        (
+            "messages_in_total",
+            "Messages published by this shard's clients.",
+            s.msgs_in,
+        ),
+        (
+            "bytes_in_total",
+            "Payload bytes published by this shard's clients.",
+            s.bytes_in,
+        ),
+        (
+            "messages_out_total",
+            "Messages delivered to this shard's clients.",
+            s.msgs_out,
+        ),
+        (
+            "bytes_out_total",
+            "Payload bytes delivered to this shard's clients.",
+            s.bytes_out,
+        ),
+        (
+            "remote_out_total",
+            "Message copies sent to other shards.",
+            s.remote_out,
+        ),
+        (
+            "remote_in_total",
+            "Message copies received from other shards.",
+            s.remote_in,
+        ),
+        (
+            "no_responders_total",
+            "Requests answered with NO_RESPONDERS.",
+            s.no_responders,
+        ),
+        (
+            "ring_full_total",
+            "Messages that waited beside a full shard-to-shard ring.",
+            s.ring_full,
+        ),
+        (
+            "dropped_total",
+            "Messages dropped by the drop-oldest slow-consumer policy.",
+            s.dropped,
+        ),
+        (
+            "throttled_total",
+            "Publishes that waited for a rate limit or a stall.",
+            s.throttled,
+        ),
+        (
+            "permission_denied_total",
+            "Publishes and subscriptions refused by a policy.",
+            s.permission_denied,
+        ),
+        (
+            "revoked_total",
+            "Sessions closed because their credential was revoked or expired.",
+            s.revoked,
+        ),
+        (
+            "kicked_total",
+            "Connections closed by an operator.",
+            s.kicked,
+        ),
+    ]
+}
+
+fn code_name(code: usize) -> String {
+    i32::try_from(code)
+        .ok()
+        .and_then(|c| ErrorCode::try_from(c).ok())
+        .map_or_else(
+            || format!("CODE_{code}"),
+            |c| c.as_str_name().trim_start_matches("ERROR_CODE_").to_owned(),
+        )
+}
+
+/// Per-tenant figures merged over shards, the busiest `cap` named and the
+/// rest summed as `_other`.
+fn tenants_capped(scrape: &Scrape) -> Vec<(String, TenantStats)> {
+    let mut merged: Vec<(TenantId, TenantStats)> = Vec::new();
+    for shard in &scrape.shards {
+        for (t, s) in &shard.tenants {
+            match merged.iter_mut().find(|(id, _)| id == t) {
+                Some((_, m)) => m.merge(s),
+                None => merged.push((*t, *s)),
+            }
+        }
+    }
+    merged.sort_by(|a, b| {
+        let load = |s: &TenantStats| s.msgs_in + s.msgs_out;
+        load(&b.1).cmp(&load(&a.1)).then(a.0.cmp(&b.0))
+    });
+    let mut out = Vec::new();
+    let mut other = TenantStats::default();
+    let mut any_other = false;
+    for (i, (id, s)) in merged.into_iter().enumerate() {
+        if i < scrape.max_tenant_labels {
+            let name = scrape
+                .snapshot
+                .tenant(id)
+                .map_or_else(|| format!("id:{id}"), |t| t.name.to_string());
+            out.push((name, s));
+        } else {
+            other.merge(&s);
+            any_other = true;
+        }
+    }
+    if any_other {
+        out.push(("_other".to_owned(), other));
+    }
+    out
+}
+
+/// The Prometheus text for one scrape.
+pub(crate) fn render(scrape: &Scrape) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    // Per-shard counters.
+    let per_shard: Vec<(u16, ShardCounters)> = scrape
+        .shards
+        .iter()
+        .map(|m| (m.shard, shard_counters(&m.stats)))
+        .collect();
+    if let Some((_, first)) = per_shard.first() {
+        for (i, (name, help, _)) in first.iter().enumerate() {
+            let full = format!("arqonbus_{name}");
+            counter(&mut out, &full, help);
+            for (shard, values) in &per_shard {
+                let _ = writeln!(out, "{full}{{shard=\"{shard}\"}} {}", values[i].2);
+            }
+        }
+    }
+    // Gauges.
+    let gauges: [Getter<ShardMetrics>; 4] = [
+        ("arqonbus_connections", "Open connections.", |m| {
+            m.stats.connections
+        }),
+        ("arqonbus_subscriptions", "Local subscriptions.", |m| {
+            m.stats.subscriptions
+        }),
+        (
+            "arqonbus_outbound_queue_bytes",
+            "Bytes queued for clients.",
+            |m| m.outbound_bytes,
+        ),
+        (
+            "arqonbus_ring_messages",
+            "Messages waiting in outgoing shard rings.",
+            |m| m.stats.ring_used,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        gauge(&mut out, name, help);
+        for m in &scrape.shards {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", m.shard, get(m));
+        }
+    }
+    // Errors by code, all shards together.
+    let mut errors = ErrorCounts::default();
+    for m in &scrape.shards {
+        errors.merge(&m.errors);
+    }
+    counter(
+        &mut out,
+        "arqonbus_errors_total",
+        "Error frames sent to clients, by code.",
+    );
+    for (code, n) in errors.0.iter().enumerate() {
+        if *n > 0 {
+            let _ = writeln!(
+                out,
+                "arqonbus_errors_total{{code=\"{}\"}} {n}",
+                code_name(code)
+            );
+        }
+    }
+    // Per tenant.
+    let tenants = tenants_capped(scrape);
+    let per_tenant: [Getter<TenantStats>; 7] = [
+        (
+            "arqonbus_tenant_messages_in_total",
+            "Messages published, by tenant.",
+            |t| t.msgs_in,
+        ),
+        (
+            "arqonbus_tenant_bytes_in_total",
+            "Payload bytes published, by tenant.",
+            |t| t.bytes_in,
+        ),
+        (
+            "arqonbus_tenant_messages_out_total",
+            "Messages delivered, by tenant.",
+            |t| t.msgs_out,
+        ),
+        (
+            "arqonbus_tenant_bytes_out_total",
+            "Payload bytes delivered, by tenant.",
+            |t| t.bytes_out,
+        ),
+        (
+            "arqonbus_tenant_slow_consumers_total",
+            "Subscribers cut as slow consumers, by tenant.",
+            |t| t.slow_consumers,
+        ),
+        (
+            "arqonbus_tenant_quota_rejections_total",
+            "Quota and policy rejections and rate-limit waits, by tenant.",
+            |t| t.quota_rejections,
+        ),
+        (
+            "arqonbus_tenant_connections",
+            "Open connections, by tenant.",
+            |t| t.connections,
+        ),
+    ];
+    for (name, help, get) in per_tenant {
+        if name.ends_with("_total") {
+            counter(&mut out, name, help);
+        } else {
+            gauge(&mut out, name, help);
+        }
+        for (tenant, s) in &tenants {
+            let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {}", label(tenant), get(s));
+        }
+    }
+    // Latencies, all shards merged.
+    let mut deliver = arqonbus_core::metrics::latency_histogram();
+    let mut handshake = arqonbus_core::metrics::latency_histogram();
+    for m in &scrape.shards {
+        let _ = deliver.add(&m.deliver_latency);
+        let _ = handshake.add(&m.handshake_latency);
+    }
+    histogram(
+        &mut out,
+        "arqonbus_publish_to_deliver_seconds",
+        "Sampled time from reading a publish to queueing it for a subscriber.",
+        "",
+        &deliver,
+    );
+    histogram(
+        &mut out,
+        "arqonbus_handshake_seconds",
+        "Time from accept to Welcome (TLS handshake and authentication).",
+        "",
+        &handshake,
+    );
+    histogram(
+        &mut out,
+        "arqonbus_control_rpc_seconds",
+        "Control API call latency.",
+        "",
+        &scrape.control.rpc_latency,
+    );
+    // Control plane.
+    let c = &scrape.control;
+    counter(
+        &mut out,
+        "arqonbus_control_rpcs_total",
+        "Control API calls, by outcome.",
+    );
+    let _ = writeln!(
+        out,
+        "arqonbus_control_rpcs_total{{outcome=\"ok\"}} {}",
+        c.rpc_ok
+    );
+    let _ = writeln!(
+        out,
+        "arqonbus_control_rpcs_total{{outcome=\"error\"}} {}",
+        c.rpc_failed
+    );
+    counter(
+        &mut out,
+        "arqonbus_control_auth_failures_total",
+        "Control and monitoring requests without a valid admin credential.",
+    );
+    let _ = writeln!(
+        out,
+        "arqonbus_control_auth_failures_total {}",
+        c.auth_failures
+    );
+    counter(
+        &mut out,
+        "arqonbus_config_snapshots_total",
+        "Configuration snapshots pushed to the shards.",
+    );
+    let _ = writeln!(
+        out,
+        "arqonbus_config_snapshots_total {}",
+        c.snapshots_published
+    );
+    gauge(
+        &mut out,
+        "arqonbus_config_epoch",
+        "The newest configuration epoch.",
+    );
+    let _ = writeln!(out, "arqonbus_config_epoch {}", scrape.snapshot.epoch());
+    gauge(
+        &mut out,
+        "arqonbus_accepting_sessions",
+        "1 when new sessions are accepted, 0 when failed closed.",
+    );
+    let _ = writeln!(
+        out,
+        "arqonbus_accepting_sessions {}",
+        u8::from(scrape.accepting)
+    );
+    out
+}
+
+/// What `/readyz` found.
+#[derive(Debug)]
+pub(crate) struct Readiness {
+    pub(crate) shards_running: bool,
+    pub(crate) listeners_bound: bool,
+    pub(crate) store_readable: bool,
+    pub(crate) config_current: bool,
+    pub(crate) detail: String,
+}
+
+impl Readiness {
+    pub(crate) fn ready(&self) -> bool {
+        self.shards_running && self.listeners_bound && self.store_readable && self.config_current
+    }
+
+    fn json(&self) -> String {
+        format!(
+            "{{\"ready\":{},\"checks\":{{\"shards_running\":{},\"listeners_bound\":{},\"store_readable\":{},\"config_current\":{}}},\"detail\":\"{}\"}}",
+            self.ready(),
+            self.shards_running,
+            self.listeners_bound,
+            self.store_readable,
+            self.config_current,
+            json_escape(&self.detail)
+        )
+    }
+}
+
+/// Decides readiness from the shards' status and the control plane's view.
+pub(crate) fn readiness(
+    status: &Result<Vec<ShardStatus>, String>,
+    accepting: bool,
+    reason: Option<&str>,
+    epoch: u64,
+) -> Readiness {
+    let mut detail = Vec::new();
+    let (shards_running, listeners_bound, config_current) = match status {
+        Ok(shards) => {
+            let draining: Vec<String> = shards
+                .iter()
+                .filter(|s| s.draining)
+                .map(|s| s.id.to_string())
+                .collect();
+            let stale: Vec<String> = shards
+                .iter()
+                .filter(|s| s.config_epoch < epoch)
+                .map(|s| format!("{} at {}", s.id, s.config_epoch))
+                .collect();
+            if !draining.is_empty() {
+                detail.push(format!("draining shards: {}", draining.join(", ")));
+            }
+            if !stale.is_empty() {
+                detail.push(format!("shards behind epoch {epoch}: {}", stale.join(", ")));
+            }
+            (true, draining.is_empty(), stale.is_empty())
+        }
+        Err(e) => {
+            detail.push(format!("shards: {e}"));
+            (false, false, false)
+        }
+    };
+    if !accepting {
+        detail.push(format!(
+            "refusing new sessions: {}",
+            reason.unwrap_or("configuration unavailable")
+        ));
+    }
+    Readiness {
+        shards_running,
+        listeners_bound,
+        store_readable: accepting,
+        config_current,
+        detail: detail.join("; "),
+    }
+}
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What the HTTP handlers need.
+pub(crate) struct Monitor {
+    pub(crate) dataplane: Arc<DataPlane>,
+    pub(crate) control: ControlPlaneHandle,
+    pub(crate) max_tenant_labels: usize,
+    pub(crate) server_id: String,
+    pub(crate) started: Instant,
+    pub(crate) listen: SocketAddr,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+impl Monitor {
+    /// Runs `f` against the data plane off the runtime's thread.
+    async fn dp<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&DataPlane) -> Result<T, arqonbus_dataplane::ControlError> + Send + 'static,
+    ) -> Result<T, String> {
+        let dp = self.dataplane.clone();
+        tokio::task::spawn_blocking(move || f(&dp).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    async fn scrape(&self) -> Result<Scrape, String> {
+        let shards = self.dp(DataPlane::metrics).await?;
+        let r = self.control.readiness();
+        Ok(Scrape {
+            shards,
+            control: self.control.metrics(),
+            snapshot: self.control.current_snapshot(),
+            accepting: r.accepting,
+            max_tenant_labels: self.max_tenant_labels,
+        })
+    }
+
+    async fn ready(&self) -> Readiness {
+        let status = self.dp(DataPlane::status).await;
+        let r = self.control.readiness();
+        let epoch = self.control.current_snapshot().epoch();
+        readiness(&status, r.accepting, r.reason.as_deref(), epoch)
+    }
+
+    async fn handle(&self, req: &Request<Incoming>) -> Reply {
+        if req.method() != Method::GET {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "GET only\n".into(),
+            );
+        }
+        let path = req.uri().path();
+        match path {
+            "/metrics" => match self.scrape().await {
+                Ok(s) => reply(StatusCode::OK, "text/plain; version=0.0.4", render(&s)),
+                Err(e) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{e}\n"),
+                ),
+            },
+            "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+            "/readyz" => {
+                let r = self.ready().await;
+                let code = if r.ready() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                reply(code, "application/json", r.json())
+            }
+            "/varz" | "/connz" | "/subsz" => {
+                let auth = req
+                    .headers()
+                    .get(hyper::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                if !self.control.is_admin(auth) {
+                    tracing::warn!(
+                        path,
+                        "monitoring request refused: no valid admin credential"
+                    );
+                    return reply(
+                        StatusCode::UNAUTHORIZED,
+                        "text/plain",
+                        "admin credential required\n".into(),
+                    );
+                }
+                match path {
+                    "/varz" => self.varz().await,
+                    "/connz" => self.connz().await,
+                    _ => self.subsz().await,
+                }
+            }
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        }
+    }
+
+    async fn varz(&self) -> Reply {
+        let totals = self.dp(DataPlane::total_stats).await;
+        let snap = self.control.current_snapshot();
+        let l = snap.limits();
+        let body = match totals {
+            Ok(t) => format!(
+                "{{\"server_id\":\"{}\",\"version\":\"{}\",\"uptime_secs\":{},\"shards\":{},\"data_addr\":\"{}\",\"metrics_addr\":\"{}\",\"config_epoch\":{},\"connections\":{},\"subscriptions\":{},\"msgs_in\":{},\"bytes_in\":{},\"msgs_out\":{},\"bytes_out\":{},\"slow_consumers\":{},\"limits\":{{\"max_payload\":{},\"max_subscriptions\":{},\"max_pending_bytes\":{},\"ping_interval_ms\":{},\"max_connections_per_shard\":{}}}}}",
+                json_escape(&self.server_id),
+                env!("CARGO_PKG_VERSION"),
+                self.started.elapsed().as_secs(),
+                self.dataplane.shards(),
+                self.dataplane.local_addr(),
+                self.listen,
+                snap.epoch(),
+                t.connections,
+                t.subscriptions,
+                t.msgs_in,
+                t.bytes_in,
+                t.msgs_out,
+                t.bytes_out,
+                t.slow_consumers,
+                l.max_payload,
+                l.max_subscriptions,
+                l.max_pending_bytes,
+                l.ping_interval_ms,
+                l.max_connections_per_shard,
+            ),
+            Err(e) => {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{e}\n"),
+                );
+            }
+        };
+        reply(StatusCode::OK, "application/json", body)
+    }
+
+    async fn connz(&self) -> Reply {
+        let conns = match self.dp(DataPlane::connections).await {
+            Ok(c) => c,
+            Err(e) => {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{e}\n"),
+                );
+            }
+        };
+        let mut body = String::from("{\"connections\":[");
+        for (i, c) in conns.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            let _ = write!(
+                body,
+                "{{\"id\":{},\"shard\":{},\"tenant\":{},\"principal\":\"{}\",\"client_name\":\"{}\",\"client_kind\":\"{}\",\"remote_addr\":\"{}\",\"subscriptions\":{},\"msgs_in\":{},\"bytes_in\":{},\"msgs_out\":{},\"bytes_out\":{},\"connected_at_unix_ms\":{}}}",
+                c.id,
+                c.shard,
+                c.tenant.map_or(0, |t| t.0),
+                json_escape(&c.principal_name),
+                json_escape(&c.client_name),
+                c.client_kind,
+                c.remote_addr,
+                c.subscriptions,
+                c.msgs_in,
+                c.bytes_in,
+                c.msgs_out,
+                c.bytes_out,
+                c.connected_at_unix_ms
+            );
+        }
+        body.push_str("]}");
+        reply(StatusCode::OK, "application/json", body)
+    }
+
+    async fn subsz(&self) -> Reply {
+        let status = match self.dp(DataPlane::status).await {
+            Ok(s) => s,
+            Err(e) => {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{e}\n"),
+                );
+            }
+        };
+        let total: u64 = status.iter().map(|s| s.subscriptions).sum();
+        let shards: Vec<String> = status
+            .iter()
+            .map(|s| {
+                format!(
+                    "{{\"shard\":{},\"subscriptions\":{}}}",
+                    s.id, s.subscriptions
+                )
+            })
+            .collect();
+        let body = format!(
+            "{{\"subscriptions\":{total},\"shards\":[{}]}}",
+            shards.join(",")
+        );
+        reply(StatusCode::OK, "application/json", body)
+    }
+}
+
+/// Serves the endpoints on `listener` until `shutdown`.
+pub(crate) async fn serve(
+    monitor: Arc<Monitor>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            continue;
+        };
+        let monitor = monitor.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let monitor = monitor.clone();
+                async move { Ok::<_, Infallible>(monitor.handle(&req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "monitoring connection ended");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arqonbus_core::limits::Limits;
+    use arqonbus_core::snapshot::{Quotas, TenantEntry};
+
+    use super::*;
+
+    fn shard(id: u16, tenants: Vec<(u64, u64)>) -> ShardMetrics {
+        let mut deliver = arqonbus_core::metrics::latency_histogram();
+        deliver.record(120).unwrap();
+        deliver.record(3_000).unwrap();
+        let mut errors = ErrorCounts::default();
+        errors.count(ErrorCode::SlowConsumer as i32);
+        ShardMetrics {
+            shard: id,
+            stats: ShardStats {
+                msgs_in: 5,
+                connections: 2,
+                ..ShardStats::default()
+            },
+            errors,
+            tenants: tenants
+                .into_iter()
+                .map(|(t, n)| {
+                    (
+                        TenantId(t),
+                        TenantStats {
+                            msgs_in: n,
+                            ..TenantStats::default()
+                        },
+                    )
+                })
+                .collect(),
+            outbound_bytes: 7,
+            deliver_latency: deliver,
+            handshake_latency: arqonbus_core::metrics::latency_histogram(),
+        }
+    }
+
+    fn scrape(max: usize) -> Scrape {
+        let mut snap = ConfigSnapshot::new(3, Limits::default());
+        for (id, name) in [(1, "acme"), (2, "beta\"q")] {
+            snap.insert_tenant(TenantEntry {
+                id: TenantId(id),
+                name: name.into(),
+                quotas: Quotas::default(),
+                verify_key: None,
+            });
+        }
+        Scrape {
+            shards: vec![
+                shard(0, vec![(1, 10), (2, 1)]),
+                shard(1, vec![(1, 5), (3, 4)]),
+            ],
+            control: MetricsSnapshot {
+                rpc_ok: 4,
+                rpc_failed: 1,
+                auth_failures: 2,
+                snapshots_published: 3,
+                snapshots_refusing: 0,
+                rpc_latency: arqonbus_core::metrics::latency_histogram(),
+            },
+            snapshot: Arc::new(snap),
+            accepting: true,
+            max_tenant_labels: max,
+        }
+    }
+
+    #[test]
+    fn renders_shards_tenants_errors_and_histograms() {
+        let text = render(&scrape(100));
+        assert!(text.contains("arqonbus_messages_in_total{shard=\"0\"} 5"));
+        assert!(text.contains("arqonbus_connections{shard=\"1\"} 2"));
+        assert!(text.contains("arqonbus_errors_total{code=\"SLOW_CONSUMER\"} 2"));
+        assert!(text.contains("arqonbus_tenant_messages_in_total{tenant=\"acme\"} 15"));
+        assert!(text.contains("arqonbus_tenant_messages_in_total{tenant=\"beta\\\"q\"} 1"));
+        assert!(text.contains("arqonbus_tenant_messages_in_total{tenant=\"id:3\"} 4"));
+        assert!(text.contains("arqonbus_publish_to_deliver_seconds_bucket{le=\"0.00025\"} 2"));
+        assert!(text.contains("arqonbus_publish_to_deliver_seconds_bucket{le=\"+Inf\"} 4"));
+        assert!(text.contains("arqonbus_publish_to_deliver_seconds_count{} 4"));
+        assert!(text.contains("arqonbus_config_epoch 3"));
+        assert!(text.contains("arqonbus_control_rpcs_total{outcome=\"error\"} 1"));
+        // Every sample line is "name{labels} value" or "name value".
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn tenant_labels_are_capped() {
+        let text = render(&scrape(1));
+        assert!(text.contains("arqonbus_tenant_messages_in_total{tenant=\"acme\"} 15"));
+        assert!(text.contains("arqonbus_tenant_messages_in_total{tenant=\"_other\"} 5"));
+        assert!(!text.contains("id:3"));
+    }
+
+    #[test]
+    fn readiness_names_what_is_wrong() {
+        let ok = vec![
+            ShardStatus {
+                id: 0,
+                config_epoch: 3,
+                ..ShardStatus::default()
+            },
+            ShardStatus {
+                id: 1,
+                config_epoch: 3,
+                ..ShardStatus::default()
+            },
+        ];
+        assert!(readiness(&Ok(ok.clone()), true, None, 3).ready());
+        let mut draining = ok.clone();
+        draining[1].draining = true;
+        let r = readiness(&Ok(draining), true, None, 3);
+        assert!(!r.ready() && r.detail.contains("draining shards: 1"));
+        let r = readiness(&Ok(ok.clone()), true, None, 4);
+        assert!(!r.config_current && r.detail.contains("behind epoch 4"));
+        let r = readiness(&Ok(ok), false, Some("store unreadable"), 3);
+        assert!(!r.store_readable && r.json().contains("store unreadable"));
+        let r = readiness(&Err("shard 1 did not answer".into()), true, None, 3);
+        assert!(!r.shards_running);
+    }
+}

@@ -1,0 +1,296 @@
+//! Operating the real server: the monitoring endpoints, trace context carried
+//! end to end, SIGHUP reload without dropping connections, and SIGTERM lame
+//! duck. Process-level tests run the `arqonbus` binary itself.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use arqonbus::testing::TestServer;
+use arqonbus_client::{Client, ConnectOptions, Event, Headers, OutgoingMessage};
+use futures_util::StreamExt as _;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A minimal HTTP/1.1 GET; returns (status, body).
+fn get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+fn options(s: &TestServer) -> ConnectOptions {
+    ConnectOptions::new()
+        .url(s.url())
+        .ca_file(s.ca_path())
+        .credential_file(s.token_path())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_monitoring_endpoints() {
+    let s = TestServer::start();
+    let metrics = s.metrics_addr();
+    let c = Client::connect(options(&s).name("observed")).await.unwrap();
+    let mut sub = c.subscribe("m.*").await.unwrap();
+    for _ in 0..20 {
+        c.publish("m.x", "hello").await.unwrap();
+    }
+    c.flush().await.unwrap();
+    for _ in 0..20 {
+        tokio::time::timeout(LIMIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    let (code, text) = tokio::task::spawn_blocking(move || get(metrics, "/metrics", None))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        text.contains("arqonbus_tenant_messages_in_total{tenant=\"default\"} 20"),
+        "{text}"
+    );
+    assert!(text.contains("arqonbus_handshake_seconds_count"));
+    assert!(text.contains("arqonbus_accepting_sessions 1"));
+    assert!(!text.contains("hello"), "payloads never appear in metrics");
+
+    let (code, body) = tokio::task::spawn_blocking(move || get(metrics, "/healthz", None))
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, body) = tokio::task::spawn_blocking(move || get(metrics, "/readyz", None))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"ready\":true"));
+
+    // Monitoring JSON needs the admin credential.
+    let (code, _) = tokio::task::spawn_blocking(move || get(metrics, "/connz", None))
+        .await
+        .unwrap();
+    assert_eq!(code, 401);
+    let admin = std::fs::read_to_string(s.admin_token_path()).unwrap();
+    let admin = admin.trim().to_owned();
+    let a = admin.clone();
+    let (code, body) = tokio::task::spawn_blocking(move || get(metrics, "/connz", Some(&a)))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("\"client_name\":\"observed\""), "{body}");
+    let a = admin.clone();
+    let (code, body) = tokio::task::spawn_blocking(move || get(metrics, "/varz", Some(&a)))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("\"msgs_in\":20"), "{body}");
+    let (code, body) = tokio::task::spawn_blocking(move || get(metrics, "/subsz", Some(&admin)))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("\"subscriptions\":1"), "{body}");
+
+    // A drained shard makes the node not ready, with the reason.
+    s.server().dataplane().drain(0).unwrap();
+    let (code, body) = tokio::task::spawn_blocking(move || get(metrics, "/readyz", None))
+        .await
+        .unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("draining shards: 0"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traceparent_header_travels_end_to_end() {
+    let s = TestServer::start();
+    let a = Client::connect(options(&s)).await.unwrap();
+    let b = Client::connect(options(&s)).await.unwrap();
+    let mut sub = b.subscribe("traced").await.unwrap();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = Headers::new();
+    headers.insert("traceparent", traceparent);
+    a.publish_message(OutgoingMessage::new("traced", "x").headers(headers))
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(LIMIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.headers.get("traceparent"), Some(traceparent.as_bytes()));
+}
+
+// ---- the binary -----------------------------------------------------------
+
+struct Process {
+    child: Child,
+    data: SocketAddr,
+    ca: std::path::PathBuf,
+    token: std::path::PathBuf,
+}
+
+/// Starts `arqonbus serve --config <file>` and reads its banner.
+fn spawn_server(config: &Path, data_dir: &Path) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arqonbus"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("ARQONBUS_CONFIG")
+        .env_remove("ARQONBUS_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut data = None;
+    let mut line = String::new();
+    while data.is_none() {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "server exited early"
+        );
+        if let Some(rest) = line.trim().strip_prefix("ArqonBus listening on tls://") {
+            data = Some(rest.parse().unwrap());
+        }
+    }
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = stderr.read_to_string(&mut sink);
+    });
+    Process {
+        child,
+        data: data.unwrap(),
+        ca: data_dir.join("tls/ca.pem"),
+        token: data_dir.join("credentials/bootstrap.token"),
+    }
+}
+
+fn write_config(path: &Path, data_dir: &Path, max_payload: u32) {
+    std::fs::write(
+        path,
+        format!(
+            "data_dir = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\ntick_ms = 20\nlame_duck_window_ms = 300\n\n[control]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[limits]\nmax_payload = {max_payload}\n\n[log]\nformat = \"text\"\nlevel = \"warn\"\n",
+            data_dir.display()
+        ),
+    )
+    .unwrap();
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_limits_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let config = dir.path().join("arqonbus.toml");
+    write_config(&config, &data_dir, 4096);
+    let mut p = spawn_server(&config, &data_dir);
+    let c = Client::connect(
+        ConnectOptions::new()
+            .url(format!("tls://{}", p.data))
+            .ca_file(&p.ca)
+            .credential_file(&p.token),
+    )
+    .await
+    .unwrap();
+    let session = c.server_info().session_id;
+    let mut events = c.events();
+    c.publish("big", vec![0u8; 3000]).await.unwrap();
+    c.flush().await.unwrap();
+
+    write_config(&config, &data_dir, 1024);
+    signal(&p.child, "-HUP");
+    // The new limit applies once the snapshot reaches the shard: publish
+    // until the server refuses the same payload (bounded).
+    let mut refused = false;
+    for _ in 0..500 {
+        c.publish("big", vec![0u8; 3000]).await.unwrap();
+        c.flush().await.unwrap();
+        while let Some(Some(e)) =
+            futures_util::FutureExt::now_or_never(tokio::task::unconstrained(events.next()))
+        {
+            if let Event::ServerError(err) = e {
+                assert_eq!(err.code, arqonbus_client::ErrorCode::MaxPayloadExceeded);
+                refused = true;
+            }
+        }
+        if refused {
+            break;
+        }
+    }
+    assert!(refused, "the reloaded max_payload never applied");
+    assert_eq!(
+        c.server_info().session_id,
+        session,
+        "the connection was kept"
+    );
+    c.publish("small", "fits").await.unwrap();
+    c.flush().await.unwrap();
+
+    signal(&p.child, "-INT");
+    assert!(p.child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_clients_then_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let config = dir.path().join("arqonbus.toml");
+    write_config(&config, &data_dir, 4096);
+    let mut p = spawn_server(&config, &data_dir);
+    let c = Client::connect(
+        ConnectOptions::new()
+            .url(format!("tls://{}", p.data))
+            .ca_file(&p.ca)
+            .credential_file(&p.token),
+    )
+    .await
+    .unwrap();
+    let mut events = c.events();
+    signal(&p.child, "-TERM");
+    let mut drained = false;
+    let mut disconnected = false;
+    while !(drained && disconnected) {
+        match tokio::time::timeout(LIMIT, events.next()).await.unwrap() {
+            Some(Event::ServerDraining { deadline, .. }) => {
+                assert_eq!(deadline, Duration::from_millis(300));
+                drained = true;
+            }
+            Some(Event::Disconnected { .. }) => {
+                assert!(drained, "the Drain notice comes first");
+                disconnected = true;
+            }
+            Some(_) => {}
+            None => panic!("events ended"),
+        }
+    }
+    c.close().await;
+    assert!(
+        p.child.wait().unwrap().success(),
+        "the server exits by itself"
+    );
+}
