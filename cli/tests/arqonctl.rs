@@ -296,3 +296,20 @@ fn bad_requests_are_invalid_argument_and_bad_admins_unauthenticated() {
     );
     std::io::stderr().flush().unwrap();
 }
+
+#[test]
+fn deleting_a_tenant_closes_its_connections() {
+    let s = TestServer::start();
+    let (_, _, token) = tenant_with_credential(&s, "doomed");
+    let mut sub = arqon(&s, &token);
+    sub.args(["sub", "x"]);
+    let (mut child, mut stderr) = subscriber(sub);
+    let tenant = json_u64(&ctl_json(&s, &["tenants", "get", "doomed"]), "id").to_string();
+    let deleted = ctl_json(&s, &["tenants", "delete", &tenant]);
+    assert_eq!(json_u64(&deleted, "connections_closed"), 1, "{deleted}");
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(!status.success(), "{rest}");
+    assert!(!ctl_json(&s, &["tenants", "list"]).contains("\"doomed\""));
+}

@@ -38,7 +38,9 @@ fn map(e: ControlError) -> DataPlaneError {
 
 impl DataPlaneControl for Adapter {
     fn apply(&self, snapshot: Arc<ConfigSnapshot>) {
-        self.0.apply(&snapshot);
+        if let Err(e) = self.0.apply(&snapshot) {
+            tracing::error!(error = %e, epoch = snapshot.epoch(), "a shard did not confirm the new configuration");
+        }
     }
 
     fn connections(&self) -> Result<Vec<ConnectionInfo>, DataPlaneError> {

@@ -132,6 +132,9 @@ impl RedbStore {
 
     pub(crate) fn open_with(path: &Path, migrations: &[Migration]) -> Result<Self, StoreError> {
         let db = Database::create(path)?;
+        // Signing keys and credential hashes live here: owner only.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let store = Self {
             db,
             path: path.to_owned(),

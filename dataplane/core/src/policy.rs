@@ -164,6 +164,17 @@ impl Permissions {
         }
     }
 
+    /// Whether the principal may receive messages on `subject` (a
+    /// subscription to exactly it would be allowed). A request's reply
+    /// subject must pass this: a responder's one permitted answer must not
+    /// reach a subject the requester could not subscribe to.
+    pub fn may_receive(&self, subject: &Subject) -> bool {
+        match self {
+            Self::AllowAll => true,
+            Self::Restricted { subscribe, .. } => subscribe.allows_subject(subject),
+        }
+    }
+
     /// Whether the principal may subscribe to `pattern`.
     pub fn may_subscribe(&self, pattern: &Pattern) -> bool {
         match self {
@@ -281,6 +292,9 @@ mod tests {
         assert!(perms.may_subscribe(&p("_INBOX.abc.*")));
         assert!(!perms.may_subscribe(&p("orders.>")), "overlaps a deny");
         assert!(!perms.may_subscribe(&p(">")));
+        assert!(perms.may_receive(&s("_INBOX.abc.1")));
+        assert!(!perms.may_receive(&s("orders.secret.x")));
+        assert!(!perms.may_receive(&s("billing.x")));
         assert!(!perms.allow_responses());
     }
 

@@ -798,8 +798,9 @@ impl ConnIo {
         let Some(id) = session.identity() else { return };
         let perms = &id.principal.permissions;
         let allowed = perms.unrestricted()
-            || perms.may_publish(&msg.subject)
-            || (perms.allow_responses() && conn.take_reply(&msg.subject));
+            || ((perms.may_publish(&msg.subject)
+                || (perms.allow_responses() && conn.take_reply(&msg.subject)))
+                && msg.reply.as_ref().is_none_or(|r| perms.may_receive(r)));
         if !allowed {
             shard.stats.borrow_mut().permission_denied += 1;
             conn.count_rejection();

@@ -234,8 +234,12 @@ fn rebalancer(ports: &[ShardPort], in_use: &AtomicBool, stopping: &AtomicBool) {
         for (i, port) in ports.iter().enumerate() {
             match ask(port, i, Command::RateReport) {
                 Ok(r) => reports.push(r.into_iter().collect()),
-                Err(_) => return,
+                // A shard too busy to answer: try again next window.
+                Err(_) => break,
             }
+        }
+        if reports.len() != ports.len() {
+            continue;
         }
         let mut keys: Vec<RateKey> = reports.iter().flat_map(|r| r.keys().copied()).collect();
         keys.sort_unstable_by_key(|k| match k {
@@ -468,12 +472,27 @@ impl DataPlane {
     /// Pushes a new configuration snapshot to every shard. Each applies it
     /// between two batches of work; sessions whose credential is no longer
     /// valid close, and changed permissions apply to existing sessions.
-    pub fn apply(&self, snapshot: &Arc<ConfigSnapshot>) {
+    ///
+    /// Returns once every shard has applied it (and flagged every connection
+    /// to re-check), so a revoked credential's sessions are already being
+    /// closed when this returns.
+    pub fn apply(&self, snapshot: &Arc<ConfigSnapshot>) -> Result<(), ControlError> {
         self.rates_in_use
             .store(uses_rates(snapshot), Ordering::Relaxed);
-        for p in self.ports.iter() {
-            p.send(Command::Apply(snapshot.clone()));
+        let replies: Vec<_> = self
+            .ports
+            .iter()
+            .map(|p| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                p.send(Command::Apply(snapshot.clone(), tx));
+                rx
+            })
+            .collect();
+        for (i, rx) in replies.into_iter().enumerate() {
+            rx.recv_timeout(ANSWER_WITHIN)
+                .map_err(|_| ControlError::Unresponsive(i as u16))?;
         }
+        Ok(())
     }
 
     /// Every open connection.

@@ -52,8 +52,9 @@ use crate::quota::{QuotaBook, RateKey, RateUse, Rates};
 pub(crate) enum Command {
     /// Reply with a copy of the shard's counters.
     Stats(crossbeam_channel::Sender<ShardStats>),
-    /// Apply a new configuration snapshot.
-    Apply(Arc<ConfigSnapshot>),
+    /// Apply a new configuration snapshot; reply once every connection was
+    /// told to re-check (its epoch).
+    Apply(Arc<ConfigSnapshot>, crossbeam_channel::Sender<u64>),
     /// Reply with every connection.
     Connections(crossbeam_channel::Sender<Vec<ConnectionInfo>>),
     /// Close one connection; reply whether it existed.
@@ -560,7 +561,10 @@ impl Shard {
                     .sum();
                 let _ = reply.send(s);
             }
-            Command::Apply(snapshot) => self.apply(snapshot),
+            Command::Apply(snapshot, reply) => {
+                self.apply(snapshot);
+                let _ = reply.send(self.config.borrow().epoch());
+            }
             Command::Connections(reply) => {
                 let router = self.router.borrow();
                 let list = self

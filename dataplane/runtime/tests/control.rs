@@ -221,7 +221,7 @@ fn revoking_a_credential_closes_its_live_sessions_only() {
     // Revoke TOKEN_A (credential 1).
     let mut next = Spec::new(2);
     next.principals[0].3 = vec![(2, "abt_second".into(), None)];
-    dp.apply(&next.build());
+    dp.apply(&next.build()).unwrap();
     for c in [&mut doomed, &mut other_shard] {
         expect_error(c, ErrorCode::CredentialRevoked, true);
         expect_closed(c);
@@ -273,7 +273,7 @@ fn permissions_bind_publish_subscribe_and_change_live() {
         subscribe_deny: vec![],
         allow_responses: false,
     });
-    dp.apply(&next.build());
+    dp.apply(&next.build()).unwrap();
     assert_eq!(
         expect_error(&mut c, ErrorCode::PermissionDenied, false).sid,
         audit
@@ -316,6 +316,30 @@ fn a_restricted_responder_may_answer_requests_it_received() {
     responder.publish("_INBOX.q.1", b"answer");
     let got = requester.message();
     assert_eq!((got.sid, &got.payload[..]), (inbox, &b"answer"[..]));
+    // A restricted requester cannot aim replies where it could not listen.
+    let mut nosy = Spec::new(2);
+    nosy.principals.push((
+        2,
+        Quotas::default(),
+        Some(PolicyRules {
+            publish_allow: vec![p("status.>")],
+            publish_deny: vec![],
+            subscribe_allow: vec![p("svc.>")],
+            subscribe_deny: vec![],
+            allow_responses: true,
+        }),
+        vec![(3, "abt_responder".into(), None)],
+    ));
+    nosy.principals[0].2 = Some(PolicyRules {
+        publish_allow: vec![p("svc.>")],
+        publish_deny: vec![],
+        subscribe_allow: vec![p("_INBOX.q.*")],
+        subscribe_deny: vec![],
+        allow_responses: false,
+    });
+    dp.apply(&nosy.build()).unwrap();
+    requester.publish_req("svc.echo", "status.hijack", b"hi");
+    expect_error(&mut requester, ErrorCode::PermissionDenied, false);
     // Once only: the same reply subject again is denied.
     responder.publish(std::str::from_utf8(&req.reply).unwrap(), b"again");
     expect_error(&mut responder, ErrorCode::PermissionDenied, false);
@@ -587,7 +611,7 @@ fn signed_tokens_authenticate_locally_and_are_revocable() {
     c.flush();
     let mut next = Spec::new(2);
     next.verify_key = spec.verify_key;
-    dp.apply(&next.build());
+    dp.apply(&next.build()).unwrap();
     expect_error(&mut c, ErrorCode::CredentialRevoked, true);
 }
 
@@ -600,7 +624,8 @@ fn a_fail_closed_snapshot_refuses_new_sessions_and_keeps_old_ones() {
     old.flush();
     dp.apply(&Arc::new(
         spec.build().refusing_new_sessions(2, "store unreadable"),
-    ));
+    ))
+    .unwrap();
     // The barrier proves the snapshot reached this connection's shard.
     old.flush();
     let (_, first) = connect_with(dp.local_addr(), TOKEN_A);
