@@ -208,7 +208,20 @@ fn signal(pid: u32, sig: libc::c_int) {
 
 /// A loopback port nothing listens on right now.
 fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(free_ports::<1>()?[0])
+}
+
+/// `N` distinct loopback ports nothing listens on right now (held together
+/// while they are chosen, so they differ).
+fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+    let held = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0u16; N];
+    for (p, l) in ports.iter_mut().zip(&held) {
+        *p = l.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 fn cpu_list(cpus: &[usize]) -> String {
@@ -344,7 +357,7 @@ impl Fleet {
     fn arqonbus(&mut self, cfg: &FleetConfig, tls: bool) -> Result<Endpoint, FleetError> {
         let what = if tls { "arqonbus-tls" } else { "arqonbus" };
         let data = self.dir.join(what);
-        let port = free_port()?;
+        let [port, control, metrics] = free_ports::<3>()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut args = vec![
             "serve".to_owned(),
@@ -358,15 +371,22 @@ impl Fleet {
         if !tls {
             args.push("--plaintext".to_owned());
         }
-        // ArqonBus pins shard i to CPU i of 0..n; if the budget is another
-        // set of CPUs, pinning is left to taskset.
-        let contiguous = cfg.cpus.iter().enumerate().all(|(i, &c)| i == c);
-        if !contiguous {
-            let file = self.dir.join(format!("{what}.toml"));
-            std::fs::write(&file, "[server]\npin_cores = false\n")?;
-            args.push("--config".to_owned());
-            args.push(file.display().to_string());
-        }
+        // Defaults, except: the control API and metrics listen on free ports
+        // (two instances run side by side), and, since ArqonBus pins shard i
+        // to CPU i of 0..n, pinning is left to taskset when the budget is
+        // another set of CPUs.
+        let pinning = if cfg.cpus.iter().enumerate().all(|(i, &c)| i == c) {
+            ""
+        } else {
+            "[server]\npin_cores = false\n\n"
+        };
+        let config = format!(
+            "{pinning}[control]\nlisten = \"127.0.0.1:{control}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
+        );
+        let file = self.dir.join(format!("{what}.toml"));
+        std::fs::write(&file, config)?;
+        args.push("--config".to_owned());
+        args.push(file.display().to_string());
         let pid = self.spawn(what, cfg, &cfg.arqonbus, &args)?;
         let token = data.join("credentials/bootstrap.token");
         let ca = data.join("tls/ca.pem");
