@@ -47,7 +47,7 @@ impl Default for Limits {
             max_subscriptions: 10_000,
             max_headers: 32,
             max_subject_len: 256,
-            max_pending_bytes: 16 * 1024 * 1024,
+            max_pending_bytes: 64 * 1024 * 1024,
             ping_interval_ms: 30_000,
             max_pings_outstanding: 2,
             auth_timeout_ms: 5_000,
