@@ -368,7 +368,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         Ok(conn) => conn,
         Err(refusal) => {
             tracing::warn!(shard = %shard.id, ?peer, code = ?refusal.code, "connection refused");
-            refuse(&shard, stream, &refusal).await;
+            // Boxed, like the other rare phases below, so the task every
+            // idle connection keeps alive stays small.
+            Box::pin(refuse(&shard, stream, &refusal)).await;
             return;
         }
     };
@@ -426,7 +428,7 @@ async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: TcpStream) {
     let mut session = Session::new(Instant::now(), shard.cfg.tls.is_some());
     conn.deadline
         .set(session.next_deadline(shard.config.borrow().limits(), now()));
-    let transport = match establish(shard, stream).await {
+    let transport = match Box::pin(establish(shard, stream)).await {
         Ok(t) => t,
         Err(e) => {
             tracing::info!(shard = %shard.id, conn = %conn.id, error = %e, "TLS handshake failed");
@@ -449,7 +451,7 @@ async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: TcpStream) {
 
     let ended = futures_lite::future::poll_fn(|cx| io.poll(cx, shard, conn, &mut session)).await;
     if let Ended::Closed(_) = ended {
-        io.linger(close_grace(shard)).await;
+        Box::pin(io.linger(close_grace(shard))).await;
     }
     tracing::debug!(
         shard = %shard.id,
@@ -969,7 +971,7 @@ impl ConnIo {
         let _ = self.transport.close().await;
         let grace = grace.min(Duration::from_secs(1));
         let drain = async {
-            let mut sink = [0u8; 4096];
+            let mut sink = vec![0u8; 4096];
             loop {
                 match self.transport.read(&mut sink).await {
                     Ok(0) | Err(_) => break,
