@@ -145,8 +145,6 @@ impl Shard {
 
     // ---- publishing ------------------------------------------------------
 
-    /// Routes a message published by `conn` (already authorised and
-    /// admitted by its rate limits).
     /// Whether to time this publish (one in `sample_every`).
     fn sample(&self) -> Option<Instant> {
         let every = self.cfg.sample_every;
@@ -170,6 +168,8 @@ impl Shard {
         }
     }
 
+    /// Routes a message published by `conn` (already authorised and
+    /// admitted by its rate limits).
     pub(crate) fn publish(&self, tenant: TenantId, conn: ConnId, echo: bool, msg: Publish) {
         let stamp = self.sample();
         // Sampled messages get a span, correlated by their W3C trace id.
