@@ -36,7 +36,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use crate::driver::{Proto, Target};
+use crate::driver::{Placement, Proto, Target};
 use crate::progress::Progress;
 use crate::scenario::{IdleSpec, Outcome, ReqReplySpec, ScenarioError, StormSpec, ThroughputSpec};
 use crate::stats::{CpuProbe, CpuUsage};
@@ -62,6 +62,11 @@ struct Cli {
     /// The server's process id: its CPU is reported (and `idle` reads its RSS).
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// ArqonBus with several shards: put each publisher (requester) on the
+    /// same shard as its first subscriber (responder), on another, or
+    /// wherever the kernel hashes it.
+    #[arg(long, global = true, value_enum, default_value_t = Placement::Any)]
+    placement: Placement,
     #[command(subcommand)]
     command: Command,
 }
@@ -191,8 +196,9 @@ struct Report<'a> {
 
 fn scenario(cli: &Cli) -> Result<String, String> {
     let cred = credential(cli.credential_file.as_ref(), cli.driver)?;
-    let target =
+    let mut target =
         Target::new(cli.driver, &cli.server, cli.ca.as_deref(), cred).map_err(|e| e.to_string())?;
+    target.placement = cli.placement;
     let name = match &cli.command {
         Command::Pubsub(_) => "pubsub",
         Command::PubOnly(_) => "pub-only",

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use self::fleet::{Endpoint, Fleet, FleetConfig, System};
 use self::report::{RunRecord, Scenario, SummaryRow};
-use crate::driver::{Proto, Target};
+use crate::driver::{Placement, Proto, Target};
 use crate::progress::Progress;
 use crate::scenario::{
     self, IdleSpec, Outcome, ReqReplySpec, ScenarioError, Shape, StormSpec, ThroughputSpec,
@@ -60,6 +60,11 @@ pub(crate) struct CompareArgs {
     /// ArqonBus shards.
     #[arg(long, default_value_t = 2)]
     shards: usize,
+    /// ArqonBus placement of each publisher (requester) relative to its first
+    /// subscriber (responder): cross-shard by default, the slower and
+    /// repeatable case (ignored with one shard).
+    #[arg(long, value_enum, default_value_t = Placement::Cross)]
+    placement: Placement,
     /// The arqonbus binary (default: next to this one, i.e.
     /// target/release/arqonbus after `cargo build --release -p arqonbus`).
     #[arg(long)]
@@ -134,6 +139,7 @@ struct Settings {
     systems: Vec<System>,
     server_cpus: Vec<usize>,
     arqonbus_shards: usize,
+    arqonbus_placement: Placement,
     idle_connections: usize,
     storm_connections: usize,
     storm_threads: usize,
@@ -184,6 +190,11 @@ impl CompareArgs {
             systems,
             server_cpus: self.cpus.clone(),
             arqonbus_shards: self.shards,
+            arqonbus_placement: if self.shards > 1 {
+                self.placement
+            } else {
+                Placement::Any
+            },
             idle_connections: self.idle_connections,
             storm_connections: self.storm_connections,
             storm_threads: 4,
@@ -266,12 +277,13 @@ fn run_one(
     s: &Settings,
     progress: &Progress,
 ) -> Result<Outcome, ScenarioError> {
-    let target = Target::new(
+    let mut target = Target::new(
         proto(e.system),
         &e.url,
         e.ca.as_deref(),
         e.credential.clone(),
     )?;
+    target.placement = s.arqonbus_placement;
     let duration = Duration::from_secs_f64(s.duration_secs);
     match plan.scenario {
         Scenario::Idle => scenario::conns::idle(
@@ -600,12 +612,13 @@ fn compare(args: &CompareArgs) -> Result<(), CompareError> {
     })?;
     std::fs::write(out.join(format!("{stem}.json")), json)?;
     let mut md = format!(
-        "# ArqonBus vs nats-server vs raw relay — {} (commit {})\n\n{} round(s), servers pinned to CPUs {:?}, ArqonBus {} shards, {} s per throughput run; {}.{}\n\n",
+        "# ArqonBus vs nats-server vs raw relay — {} (commit {})\n\n{} round(s), servers pinned to CPUs {:?}, ArqonBus {} shards ({}), {} s per throughput run; {}.{}\n\n",
         meta.date,
         meta.commit,
         s.rounds,
         s.server_cpus,
         s.arqonbus_shards,
+        s.arqonbus_placement.describe(),
         s.duration_secs,
         meta.nats_server_version,
         if s.smoke {

@@ -89,6 +89,37 @@ pub(crate) fn now_ns() -> u64 {
     (epoch().elapsed().as_nanos() as u64).max(1)
 }
 
+/// Where a connection that talks to another should land, relative to that
+/// other's shard (ArqonBus with more than one shard; other servers have no
+/// shards and ignore it). The kernel's `SO_REUSEPORT` hash places each
+/// connection by its ephemeral port, so without this a 1→1 run is same-shard
+/// or cross-shard by chance, and its throughput swings by about 2×.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Placement {
+    /// Wherever the kernel puts it.
+    #[default]
+    Any,
+    /// On the same shard (no ring hop).
+    Same,
+    /// On another shard (every message crosses a ring).
+    Cross,
+}
+
+impl Placement {
+    /// Where publishers land, in words (for reports).
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Self::Any => "publishers wherever the kernel hashes them",
+            Self::Same => "each publisher on its first subscriber's shard",
+            Self::Cross => "each publisher on a shard other than its first subscriber's",
+        }
+    }
+}
+
+/// Connections a placed open may make before giving up.
+const PLACEMENT_TRIES: usize = 64;
+
 /// Where and how to connect.
 #[derive(Clone)]
 pub(crate) struct Target {
@@ -99,6 +130,8 @@ pub(crate) struct Target {
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     /// The bearer credential (ArqonBus only).
     pub(crate) credential: String,
+    /// Where peers' connections land relative to each other.
+    pub(crate) placement: Placement,
 }
 
 impl std::fmt::Debug for Target {
@@ -107,6 +140,7 @@ impl std::fmt::Debug for Target {
             .field("proto", &self.proto)
             .field("addr", &self.addr)
             .field("tls", &self.tls.is_some())
+            .field("placement", &self.placement)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +184,7 @@ impl Target {
             addr: addr.to_owned(),
             tls,
             credential,
+            placement: Placement::Any,
         })
     }
 
@@ -481,6 +516,40 @@ impl Conn {
             Proto::Nats => Self::Nats(nats::Conn::open(t.tcp()?, t, role)?),
             Proto::Raw => Self::Raw(raw::Conn::open(stream_for(t.tcp()?)?, role)?),
         })
+    }
+
+    /// Like [`open`](Self::open), but reconnects until the connection lands
+    /// where [`Target::placement`] wants it relative to `peer` (another
+    /// connection's shard). Without a peer shard (other servers), or with
+    /// [`Placement::Any`], it is a plain open.
+    pub(crate) fn open_near(
+        t: &Target,
+        role: &Role<'_>,
+        peer: Option<u32>,
+    ) -> Result<Self, DriverError> {
+        let Some(peer) = peer.filter(|_| t.placement != Placement::Any) else {
+            return Self::open(t, role);
+        };
+        for _ in 0..PLACEMENT_TRIES {
+            let conn = Self::open(t, role)?;
+            let same = conn.shard() == Some(peer);
+            if same == (t.placement == Placement::Same) {
+                return Ok(conn);
+            }
+            conn.close();
+        }
+        Err(DriverError::Protocol(format!(
+            "no connection landed {:?} shard {peer} in {PLACEMENT_TRIES} tries (does the server have more than one shard?)",
+            t.placement
+        )))
+    }
+
+    /// The shard the server put this connection on (ArqonBus only).
+    pub(crate) fn shard(&self) -> Option<u32> {
+        match self {
+            Self::Native(c) => Some(c.shard),
+            Self::Nats(_) | Self::Raw(_) => None,
+        }
     }
 
     fn wire(&mut self) -> &mut Wire {

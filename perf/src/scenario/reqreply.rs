@@ -159,13 +159,14 @@ pub(crate) fn run(
             ..Role::default()
         },
     )?;
-    let mut requester = Conn::open(
+    let mut requester = Conn::open_near(
         t,
         &Role {
             subscribe: Some(&inbox),
             publish: Some(&svc),
             ..Role::default()
         },
+        responder.shard(),
     )?;
     let frame = t.publish_frame(&svc, &inbox, &vec![0u8; spec.size], false)?;
     let sock = requester.writer()?;

@@ -314,10 +314,13 @@ pub(crate) fn run(
     let group = format!("q{id}");
 
     // Subscribers first, each in effect on the whole server before any
-    // publisher starts. `tallies[i]` are publisher i's.
+    // publisher starts. `tallies[i]` are publisher i's; `anchors[i]` is the
+    // shard of its first subscriber, which the publisher is placed against.
     let mut subs: Vec<(Conn, Arc<Tally>)> = Vec::new();
     let mut tallies: Vec<Vec<Arc<Tally>>> = Vec::new();
+    let mut anchors: Vec<Option<u32>> = Vec::new();
     for subject in &subjects {
+        let first = subs.len();
         let mut mine = Vec::new();
         if spec.queue > 0 {
             let tally = Arc::new(Tally::new());
@@ -342,14 +345,15 @@ pub(crate) fn run(
             }
         }
         tallies.push(mine);
+        anchors.push(subs.get(first).and_then(|(c, _)| c.shard()));
     }
     let mut pubs = Vec::new();
-    for subject in &subjects {
+    for (subject, anchor) in subjects.iter().zip(&anchors) {
         let role = Role {
             publish: Some(subject),
             ..Role::default()
         };
-        let conn = Conn::open(t, &role)?;
+        let conn = Conn::open_near(t, &role, *anchor)?;
         pubs.push((conn, t.publish_batch(subject, spec.size, spec.headers)?));
     }
     let subscribers = subs.len();
