@@ -712,6 +712,7 @@ mod tests {
             systems: vec!["arqonbus".into(), "nats".into(), "relay".into()],
             cpus: vec![0, 1],
             shards: 2,
+            placement: Placement::Cross,
             arqonbus: None,
             nats_server: PathBuf::from("nats-server"),
             no_install: true,
