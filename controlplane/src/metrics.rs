@@ -10,11 +10,39 @@ use std::sync::{Mutex, PoisonError};
 use arqonbus_core::metrics::latency_histogram;
 use hdrhistogram::Histogram;
 
+/// How an RPC ended, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RpcOutcome {
+    /// Answered OK.
+    Ok,
+    /// Refused because of the request.
+    ClientError,
+    /// Failed because of the server.
+    ServerError,
+}
+
+impl RpcOutcome {
+    /// Classifies a gRPC status code.
+    pub(crate) fn of(code: tonic::Code) -> Self {
+        use tonic::Code;
+        match code {
+            Code::Ok => Self::Ok,
+            Code::Unavailable
+            | Code::Internal
+            | Code::Unknown
+            | Code::DataLoss
+            | Code::DeadlineExceeded => Self::ServerError,
+            _ => Self::ClientError,
+        }
+    }
+}
+
 /// Live counters.
 #[derive(Debug)]
 pub struct Metrics {
     rpc_ok: AtomicU64,
-    rpc_failed: AtomicU64,
+    rpc_client_errors: AtomicU64,
+    rpc_server_errors: AtomicU64,
     auth_failures: AtomicU64,
     snapshots_published: AtomicU64,
     snapshots_refusing: AtomicU64,
@@ -25,7 +53,8 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             rpc_ok: AtomicU64::new(0),
-            rpc_failed: AtomicU64::new(0),
+            rpc_client_errors: AtomicU64::new(0),
+            rpc_server_errors: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             snapshots_published: AtomicU64::new(0),
             snapshots_refusing: AtomicU64::new(0),
@@ -39,8 +68,12 @@ impl Default for Metrics {
 pub struct MetricsSnapshot {
     /// RPCs answered OK.
     pub rpc_ok: u64,
-    /// RPCs answered with an error status (authentication failures excluded).
-    pub rpc_failed: u64,
+    /// RPCs refused for the caller's mistake: a bad argument, a missing or
+    /// existing record, a stale version (authentication failures excluded).
+    pub rpc_client_errors: u64,
+    /// RPCs that failed on our side: the store unavailable or failing, an
+    /// internal error, a deadline passed. The availability SLI counts these.
+    pub rpc_server_errors: u64,
     /// Requests refused for a missing or wrong admin credential.
     pub auth_failures: u64,
     /// Snapshots pushed (refusing ones included).
@@ -52,8 +85,12 @@ pub struct MetricsSnapshot {
 }
 
 impl Metrics {
-    pub(crate) fn inc_rpc(&self, ok: bool, elapsed_us: u64) {
-        let c = if ok { &self.rpc_ok } else { &self.rpc_failed };
+    pub(crate) fn inc_rpc(&self, outcome: RpcOutcome, elapsed_us: u64) {
+        let c = match outcome {
+            RpcOutcome::Ok => &self.rpc_ok,
+            RpcOutcome::ClientError => &self.rpc_client_errors,
+            RpcOutcome::ServerError => &self.rpc_server_errors,
+        };
         c.fetch_add(1, Ordering::Relaxed);
         let _ = self
             .rpc_latency
@@ -78,7 +115,8 @@ impl Metrics {
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             rpc_ok: self.rpc_ok.load(Ordering::Relaxed),
-            rpc_failed: self.rpc_failed.load(Ordering::Relaxed),
+            rpc_client_errors: self.rpc_client_errors.load(Ordering::Relaxed),
+            rpc_server_errors: self.rpc_server_errors.load(Ordering::Relaxed),
             auth_failures: self.auth_failures.load(Ordering::Relaxed),
             snapshots_published: self.snapshots_published.load(Ordering::Relaxed),
             snapshots_refusing: self.snapshots_refusing.load(Ordering::Relaxed),
@@ -88,5 +126,33 @@ impl Metrics {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn outcomes_split_client_mistakes_from_server_faults() {
+        let m = Metrics::default();
+        for code in [
+            Code::Ok,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::FailedPrecondition,
+            Code::Unavailable,
+            Code::Internal,
+        ] {
+            m.inc_rpc(RpcOutcome::of(code), 10);
+        }
+        let s = m.snapshot();
+        assert_eq!(
+            (s.rpc_ok, s.rpc_client_errors, s.rpc_server_errors),
+            (1, 3, 2)
+        );
+        assert_eq!(s.rpc_latency.len(), 6);
     }
 }

@@ -50,6 +50,14 @@ pub enum ServerError {
     /// The data plane did not start.
     #[error("data plane: {0}")]
     DataPlane(#[from] StartError),
+    /// The metrics and health listener could not bind.
+    #[error("metrics listener on {addr}: {source}")]
+    MetricsListener {
+        /// The configured `[metrics] listen` address.
+        addr: std::net::SocketAddr,
+        /// Why binding failed (for example, the port is in use).
+        source: std::io::Error,
+    },
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -168,8 +176,15 @@ impl Server {
         };
         // Bind the monitoring listener before anything runs, so a port in
         // use is a start-up error, not a log line.
+        if config.metrics.enabled && !config.control.enabled {
+            tracing::warn!(
+                "[metrics] is ignored: the metrics and health endpoints run beside the control plane, and [control] enabled = false"
+            );
+        }
         let monitoring = if config.metrics.enabled && config.control.enabled {
-            let listener = std::net::TcpListener::bind(config.metrics.listen)?;
+            let addr = config.metrics.listen;
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|source| ServerError::MetricsListener { addr, source })?;
             Some(MonitorSettings {
                 listener,
                 max_tenant_labels: config.metrics.max_tenant_labels,

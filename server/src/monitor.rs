@@ -15,12 +15,17 @@
 //! of that copy ([`render`]). Tenant labels are capped: the busiest
 //! `max_tenant_labels` tenants are named, the rest are summed as `_other`.
 //! Nothing here ever shows a credential or a payload.
+//!
+//! The listener is plain HTTP (keep it on loopback or a monitoring network):
+//! at most [`MAX_CONNECTIONS`] connections at once (more are closed on
+//! accept), request headers within [`HEADER_TIMEOUT`], and no connection
+//! lives longer than [`CONNECTION_LIFETIME`].
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arqonbus_controlplane::ControlPlaneHandle;
 use arqonbus_controlplane::metrics::MetricsSnapshot;
@@ -36,7 +41,17 @@ use hdrhistogram::Histogram;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+/// Monitoring connections served at once.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send a request's headers (also bounds an
+/// idle keep-alive connection).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest one monitoring connection is served (scrapers reconnect).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Upper bounds of the latency histogram buckets: (label, microseconds).
 const BUCKETS: [(&str, u64); 17] = [
@@ -63,7 +78,7 @@ const BUCKETS: [(&str, u64); 17] = [
 type Getter<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 /// The counters of one shard, by metric name.
-type ShardCounters = [(&'static str, &'static str, u64); 22];
+type ShardCounters = [(&'static str, &'static str, u64); 24];
 
 /// Everything a scrape collected.
 #[derive(Debug)]
@@ -190,6 +205,16 @@ fn shard_counters(s: &ShardStats) -> ShardCounters {
             "no_responders_total",
             "Requests answered with NO_RESPONDERS.",
             s.no_responders,
+        ),
+        (
+            "queue_misses_total",
+            "Queue-group messages that found no member when they arrived on this shard.",
+            s.queue_misses,
+        ),
+        (
+            "stalls_total",
+            "Times a subscriber's full outbound buffer paused its tenant's publishers.",
+            s.stalls,
         ),
         (
             "ring_full_total",
@@ -415,18 +440,18 @@ pub(crate) fn render(scrape: &Scrape) -> String {
     counter(
         &mut out,
         "arqonbus_control_rpcs_total",
-        "Control API calls, by outcome.",
+        "Control API calls, by outcome (client_error: the request was refused; server_error: the node failed).",
     );
-    let _ = writeln!(
-        out,
-        "arqonbus_control_rpcs_total{{outcome=\"ok\"}} {}",
-        c.rpc_ok
-    );
-    let _ = writeln!(
-        out,
-        "arqonbus_control_rpcs_total{{outcome=\"error\"}} {}",
-        c.rpc_failed
-    );
+    for (outcome, n) in [
+        ("ok", c.rpc_ok),
+        ("client_error", c.rpc_client_errors),
+        ("server_error", c.rpc_server_errors),
+    ] {
+        let _ = writeln!(
+            out,
+            "arqonbus_control_rpcs_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
     counter(
         &mut out,
         "arqonbus_control_auth_failures_total",
@@ -446,6 +471,16 @@ pub(crate) fn render(scrape: &Scrape) -> String {
         out,
         "arqonbus_config_snapshots_total {}",
         c.snapshots_published
+    );
+    counter(
+        &mut out,
+        "arqonbus_config_snapshots_refusing_total",
+        "Snapshots pushed that refuse new sessions (the store failed: fail closed).",
+    );
+    let _ = writeln!(
+        out,
+        "arqonbus_config_snapshots_refusing_total {}",
+        c.snapshots_refusing
     );
     gauge(
         &mut out,
@@ -775,25 +810,34 @@ pub(crate) async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => break,
             a = listener.accept() => a,
         };
-        let Ok((stream, _peer)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "monitoring connection refused: too many open");
             continue;
         };
         let monitor = monitor.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let monitor = monitor.clone();
                 async move { Ok::<_, Infallible>(monitor.handle(&req).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "monitoring connection ended");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "monitoring connection ended"),
+                Err(_) => tracing::debug!("monitoring connection reached its lifetime"),
             }
         });
     }
@@ -855,7 +899,8 @@ mod tests {
             ],
             control: MetricsSnapshot {
                 rpc_ok: 4,
-                rpc_failed: 1,
+                rpc_client_errors: 1,
+                rpc_server_errors: 2,
                 auth_failures: 2,
                 snapshots_published: 3,
                 snapshots_refusing: 0,
@@ -880,7 +925,10 @@ mod tests {
         assert!(text.contains("arqonbus_publish_to_deliver_seconds_bucket{le=\"+Inf\"} 4"));
         assert!(text.contains("arqonbus_publish_to_deliver_seconds_count{} 4"));
         assert!(text.contains("arqonbus_config_epoch 3"));
-        assert!(text.contains("arqonbus_control_rpcs_total{outcome=\"error\"} 1"));
+        assert!(text.contains("arqonbus_control_rpcs_total{outcome=\"client_error\"} 1"));
+        assert!(text.contains("arqonbus_control_rpcs_total{outcome=\"server_error\"} 2"));
+        assert!(text.contains("arqonbus_queue_misses_total{shard=\"0\"}"));
+        assert!(text.contains("arqonbus_config_snapshots_refusing_total 0"));
         // Every sample line is "name{labels} value" or "name value".
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();

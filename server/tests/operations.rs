@@ -117,6 +117,79 @@ async fn metrics_health_and_monitoring_endpoints() {
     assert!(body.contains("draining shards: 0"), "{body}");
 }
 
+#[test]
+fn a_metrics_port_in_use_is_a_clear_start_up_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().map(|a| (taken, a)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = arqonbus::config::Config {
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.control.listen = "127.0.0.1:0".parse().unwrap();
+    config.metrics.listen = taken.1;
+    let err = arqonbus::Server::start(&config).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(err, arqonbus::ServerError::MetricsListener { addr, .. } if addr == taken.1),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&taken.1.to_string()), "{err}");
+}
+
+/// The monitoring listener serves at most 64 connections at once
+/// (`monitor::MAX_CONNECTIONS`); more are closed on accept, and a freed slot
+/// serves again.
+#[test]
+fn the_monitoring_listener_caps_its_connections() {
+    let s = TestServer::start();
+    let metrics = s.metrics_addr();
+    let mut held: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(metrics).unwrap())
+        .collect();
+    // Accepted in order: the 65th is closed without an answer.
+    let mut extra = TcpStream::connect(metrics).unwrap();
+    extra.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(extra, "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").ok();
+    let mut buf = [0u8; 64];
+    match extra.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection past the cap was served: {other:?}"),
+    }
+    // Held connections are served.
+    write!(
+        held[0],
+        "GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    held[0].read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // held[0] is closed now: its slot serves a new connection (once the
+    // server has seen the close).
+    held.remove(0);
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let mut c = TcpStream::connect(metrics).unwrap();
+        c.set_read_timeout(Some(LIMIT)).unwrap();
+        write!(
+            c,
+            "GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .ok();
+        let mut answer = String::new();
+        if c.read_to_string(&mut answer).is_ok() && answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a freed slot never served again"
+        );
+        std::thread::yield_now();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traceparent_header_travels_end_to_end() {
     let s = TestServer::start();

@@ -28,7 +28,7 @@ use tonic::{Code, Response, Status};
 use tracing::Instrument as _;
 
 use crate::dataplane::{DataPlaneControl, DataPlaneError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RpcOutcome};
 use crate::publish::Publisher;
 use crate::store::{Store, StoreError};
 
@@ -131,11 +131,9 @@ impl Api {
         let started = Instant::now();
         let result = body.instrument(span.clone()).await;
         let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.inner.metrics.inc_rpc(result.is_ok(), elapsed_us);
-        span.record(
-            "code",
-            tracing::field::debug(result.as_ref().map_or_else(Status::code, |_| Code::Ok)),
-        );
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.inner.metrics.inc_rpc(RpcOutcome::of(code), elapsed_us);
+        span.record("code", tracing::field::debug(code));
         match &result {
             Ok(_) if kind == Kind::Read => {
                 tracing::debug!(parent: &span, code = "OK", elapsed_us, "control RPC done");

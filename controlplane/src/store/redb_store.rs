@@ -15,6 +15,7 @@
 //! and records [`SCHEMA_VERSION`] in one write transaction, and refuses a
 //! file whose version is newer than this code.
 
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use arqonbus_core::auth::CredentialHash;
@@ -131,10 +132,19 @@ impl RedbStore {
     }
 
     pub(crate) fn open_with(path: &Path, migrations: &[Migration]) -> Result<Self, StoreError> {
+        // Signing keys and credential hashes live here: owner only, from the
+        // moment the file exists (and fixed if an older file is wider).
+        let owner_only =
+            |e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(owner_only)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(owner_only)?;
         let db = Database::create(path)?;
-        // Signing keys and credential hashes live here: owner only.
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let store = Self {
             db,
             path: path.to_owned(),

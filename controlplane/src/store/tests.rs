@@ -70,6 +70,20 @@ fn policy(tenant_id: u64, target: Target, allow: &[&str]) -> Policy {
 }
 
 #[test]
+fn the_store_file_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(super::redb_store::STORE_FILE);
+    let mode = || std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    drop(open(&dir));
+    assert_eq!(mode(), 0o600);
+    // A file made wider by hand is narrowed on the next open.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(open(&dir));
+    assert_eq!(mode(), 0o600);
+}
+
+#[test]
 fn tenants_principals_versions_and_names() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
