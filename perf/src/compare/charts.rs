@@ -29,9 +29,10 @@ fn color(s: System) -> RGBColor {
 }
 
 /// Throughput scenarios in panel order.
-const PANELS: [Scenario; 7] = [
+const PANELS: [Scenario; 8] = [
     Scenario::PubOnly,
     Scenario::OneToOne,
+    Scenario::OneToOneSameShard,
     Scenario::OneToOneTls,
     Scenario::Fanout8,
     Scenario::Fanout64,

@@ -228,15 +228,24 @@ fn plans(s: &Settings) -> Vec<Plan> {
         one(Scenario::ConnectStorm, None, false),
         one(Scenario::ConnectStormTls, None, true),
     ];
+    // With ArqonBus placed cross-shard, 1→1 and request/reply also run
+    // same-shard: a deployment sees both, and they differ by about 2×.
+    let both = s.arqonbus_placement == Placement::Cross;
     for shape in Shape::ALL {
         for &size in &s.sizes {
             p.push(one(scenario_of(shape), Some(size), false));
+            if both && shape == Shape::OneToOne {
+                p.push(one(Scenario::OneToOneSameShard, Some(size), false));
+            }
         }
     }
     for &size in &s.sizes {
         p.push(one(Scenario::OneToOneTls, Some(size), true));
     }
     p.push(one(Scenario::ReqReply, Some(s.rr_size), false));
+    if both {
+        p.push(one(Scenario::ReqReplySameShard, Some(s.rr_size), false));
+    }
     p
 }
 
@@ -254,7 +263,7 @@ fn scenario_of(shape: Shape) -> Scenario {
 fn shape_of(s: Scenario) -> Option<Shape> {
     Some(match s {
         Scenario::PubOnly => Shape::PubOnly,
-        Scenario::OneToOne | Scenario::OneToOneTls => Shape::OneToOne,
+        Scenario::OneToOne | Scenario::OneToOneSameShard | Scenario::OneToOneTls => Shape::OneToOne,
         Scenario::Fanout8 => Shape::Fanout8,
         Scenario::Fanout64 => Shape::Fanout64,
         Scenario::NToN => Shape::NToN,
@@ -283,7 +292,10 @@ fn run_one(
         e.ca.as_deref(),
         e.credential.clone(),
     )?;
-    target.placement = s.arqonbus_placement;
+    target.placement = match plan.scenario {
+        Scenario::OneToOneSameShard | Scenario::ReqReplySameShard => Placement::Same,
+        _ => s.arqonbus_placement,
+    };
     let duration = Duration::from_secs_f64(s.duration_secs);
     match plan.scenario {
         Scenario::Idle => scenario::conns::idle(
@@ -305,7 +317,7 @@ fn run_one(
             progress,
         )
         .map(Outcome::Storm),
-        Scenario::ReqReply => scenario::reqreply::run(
+        Scenario::ReqReply | Scenario::ReqReplySameShard => scenario::reqreply::run(
             &target,
             &ReqReplySpec {
                 size: plan.size.unwrap_or(s.rr_size),
@@ -728,7 +740,9 @@ mod tests {
         let s = args.settings().unwrap();
         assert_eq!(s.rounds, 1);
         let p = plans(&s);
-        // idle, 2 storms, 6 shapes x 4 sizes, TLS 1->1 x 4 sizes, req/reply
-        assert_eq!(p.len(), 3 + 24 + 4 + 1);
+        // idle, 2 storms, 6 shapes x 4 sizes, same-shard 1->1 x 4 sizes,
+        // TLS 1->1 x 4 sizes, req/reply cross- and same-shard
+        assert_eq!(s.arqonbus_placement, Placement::Cross);
+        assert_eq!(p.len(), 3 + 24 + 4 + 4 + 2);
     }
 }

@@ -28,8 +28,10 @@ pub(crate) enum Scenario {
     ConnectStormTls,
     /// Publish only.
     PubOnly,
-    /// 1→1.
+    /// 1→1 (ArqonBus: as `--placement` says, cross-shard by default).
     OneToOne,
+    /// 1→1, ArqonBus publisher on its subscriber's shard.
+    OneToOneSameShard,
     /// 1→1 over TLS.
     OneToOneTls,
     /// Fan-out 1→8.
@@ -40,8 +42,10 @@ pub(crate) enum Scenario {
     NToN,
     /// Queue group, 8 members.
     Queue8,
-    /// Request/reply.
+    /// Request/reply (ArqonBus: as `--placement` says).
     ReqReply,
+    /// Request/reply, ArqonBus requester on its responder's shard.
+    ReqReplySameShard,
 }
 
 impl Scenario {
@@ -53,18 +57,20 @@ impl Scenario {
             Self::ConnectStormTls => "connect storm (TLS)",
             Self::PubOnly => "publish only",
             Self::OneToOne => "1→1",
+            Self::OneToOneSameShard => "1→1, same shard",
             Self::OneToOneTls => "1→1 TLS",
             Self::Fanout8 => "fan-out 1→8",
             Self::Fanout64 => "fan-out 1→64",
             Self::NToN => "N→N (8 pairs)",
             Self::Queue8 => "queue group (8 members)",
             Self::ReqReply => "request/reply",
+            Self::ReqReplySameShard => "request/reply, same shard",
         }
     }
 
     /// Whether a larger number is better for its metrics.
     fn higher_is_better(self) -> bool {
-        !matches!(self, Self::Idle | Self::ReqReply)
+        !matches!(self, Self::Idle | Self::ReqReply | Self::ReqReplySameShard)
     }
 }
 
