@@ -218,6 +218,38 @@ struct Process {
     token: std::path::PathBuf,
 }
 
+impl Process {
+    /// Waits (bounded) for the server to exit by itself.
+    fn exit_status(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit within {LIMIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A failed test never leaves a server behind.
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `fut`, or a panic naming `what` after [`LIMIT`].
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {LIMIT:?}"))
+}
+
 /// Starts `arqonbus serve --config <file>` and reads its banner.
 fn spawn_server(config: &Path, data_dir: &Path) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_arqonbus"))
@@ -282,18 +314,21 @@ async fn sighup_reloads_limits_without_dropping_connections() {
     let config = dir.path().join("arqonbus.toml");
     write_config(&config, &data_dir, 4096);
     let mut p = spawn_server(&config, &data_dir);
-    let c = Client::connect(
-        ConnectOptions::new()
-            .url(format!("tls://{}", p.data))
-            .ca_file(&p.ca)
-            .credential_file(&p.token),
+    let c = within(
+        "connect",
+        Client::connect(
+            ConnectOptions::new()
+                .url(format!("tls://{}", p.data))
+                .ca_file(&p.ca)
+                .credential_file(&p.token),
+        ),
     )
     .await
     .unwrap();
     let session = c.server_info().session_id;
     let mut events = c.events();
     c.publish("big", vec![0u8; 3000]).await.unwrap();
-    c.flush().await.unwrap();
+    within("first flush", c.flush()).await.unwrap();
 
     write_config(&config, &data_dir, 1024);
     signal(&p.child, "-HUP");
@@ -302,7 +337,7 @@ async fn sighup_reloads_limits_without_dropping_connections() {
     let mut refused = false;
     for _ in 0..500 {
         c.publish("big", vec![0u8; 3000]).await.unwrap();
-        c.flush().await.unwrap();
+        within("flush after reload", c.flush()).await.unwrap();
         while let Some(Some(e)) =
             futures_util::FutureExt::now_or_never(tokio::task::unconstrained(events.next()))
         {
@@ -322,10 +357,10 @@ async fn sighup_reloads_limits_without_dropping_connections() {
         "the connection was kept"
     );
     c.publish("small", "fits").await.unwrap();
-    c.flush().await.unwrap();
+    within("last flush", c.flush()).await.unwrap();
 
     signal(&p.child, "-INT");
-    assert!(p.child.wait().unwrap().success());
+    assert!(p.exit_status().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,11 +370,14 @@ async fn sigterm_drains_clients_then_exits() {
     let config = dir.path().join("arqonbus.toml");
     write_config(&config, &data_dir, 4096);
     let mut p = spawn_server(&config, &data_dir);
-    let c = Client::connect(
-        ConnectOptions::new()
-            .url(format!("tls://{}", p.data))
-            .ca_file(&p.ca)
-            .credential_file(&p.token),
+    let c = within(
+        "connect",
+        Client::connect(
+            ConnectOptions::new()
+                .url(format!("tls://{}", p.data))
+                .ca_file(&p.ca)
+                .credential_file(&p.token),
+        ),
     )
     .await
     .unwrap();
@@ -361,9 +399,6 @@ async fn sigterm_drains_clients_then_exits() {
             None => panic!("events ended"),
         }
     }
-    c.close().await;
-    assert!(
-        p.child.wait().unwrap().success(),
-        "the server exits by itself"
-    );
+    within("close", c.close()).await;
+    assert!(p.exit_status().success(), "the server exits by itself");
 }
