@@ -2,8 +2,8 @@
 //!
 //! `arqonbus serve` runs a node on embedded defaults, or on `--config FILE`
 //! with flags overriding the file. The main thread runs a small tokio runtime
-//! that waits for SIGINT/SIGTERM; the data plane runs on its own pinned
-//! executors.
+//! that watches SIGINT (stop now), SIGTERM (lame duck) and SIGHUP (reload);
+//! the data plane runs on its own pinned executors.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -125,6 +125,26 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     config.validate().map_err(|e| e.to_string())?;
     init_logging(&config);
 
+    // Signals are watched before the server starts and says where it
+    // listens: a SIGTERM or SIGHUP sent as soon as the banner appears must
+    // reach these handlers, not the default action (which kills the process).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the signal runtime: {e}"))?;
+    let (mut int, mut term, mut hup) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _entered = rt.enter();
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| format!("cannot watch {name}: {e}"))
+        };
+        (
+            watch(SignalKind::interrupt(), "SIGINT")?,
+            watch(SignalKind::terminate(), "SIGTERM")?,
+            watch(SignalKind::hangup(), "SIGHUP")?,
+        )
+    };
+
     let server = Server::start_with(&config, args.config.as_deref()).map_err(|e| e.to_string())?;
     announce(
         server.paths(),
@@ -134,25 +154,16 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         server.metrics_addr(),
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the control runtime: {e}"))?;
     let graceful = rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term =
-            signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
-        let mut hup =
-            signal(SignalKind::hangup()).map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {
+                _ = int.recv() => {
                     tracing::info!("SIGINT: shutting down now");
-                    break Ok::<bool, String>(false);
+                    break false;
                 }
                 _ = term.recv() => {
                     tracing::info!("SIGTERM: lame duck, then shutting down");
-                    break Ok(true);
+                    break true;
                 }
                 _ = hup.recv() => match server.reload() {
                     Ok(epoch) => tracing::info!(epoch, "SIGHUP: configuration reloaded"),
@@ -160,7 +171,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 },
             }
         }
-    })?;
+    });
     if graceful {
         server.shutdown_gracefully();
     } else {
