@@ -85,9 +85,18 @@ pub struct DataPlaneConfig {
     /// Timer granularity for keep-alives and timeouts.
     pub tick: Duration,
     /// Time one published message in this many for the publish-to-deliver
-    /// latency histogram (0: never).
+    /// latency histogram (0: never). Sampled messages also get spans.
     pub latency_sample_every: u32,
+    /// Called with a sampled message's `publish` span, before it is entered,
+    /// when the message carries a `traceparent` header; `None` (the default)
+    /// costs nothing. The server sets it when a span exporter runs.
+    pub trace_parent: Option<TraceParentHook>,
 }
+
+/// Makes `span` a child of the remote span named by `traceparent` (the
+/// header's value; its trace id is well-formed) in a span exporter's eyes.
+/// The data plane knows no exporter: the server supplies this.
+pub type TraceParentHook = fn(span: &tracing::Span, traceparent: &str);
 
 impl DataPlaneConfig {
     /// A configuration with defaults for everything but what must be given.
@@ -106,6 +115,7 @@ impl DataPlaneConfig {
             spin_before_park: None,
             tick: Duration::from_millis(250),
             latency_sample_every: 64,
+            trace_parent: None,
         }
     }
 
@@ -339,6 +349,7 @@ impl DataPlane {
             overflow_limit: cfg.overflow_limit,
             shards: cfg.shards,
             sample_every: cfg.latency_sample_every,
+            trace_parent: cfg.trace_parent,
         });
         let quota = Arc::new(QuotaBook::default());
         let mut seed = [0u8; 8];
@@ -737,7 +748,7 @@ pub mod bench {
                     headers: Vec::new(),
                     payload: payload.clone(),
                     groups: SmallVec::new(),
-                    stamp: None,
+                    sample: None,
                 }));
                 if self.tx.push(msg).is_err() {
                     break;

@@ -33,8 +33,19 @@ pub(crate) struct RemoteMessage {
     pub(crate) payload: Bytes,
     /// Queue groups the receiving shard must serve.
     pub(crate) groups: SmallVec<[GroupKey; 1]>,
-    /// When the publish was read, for sampled latency.
-    pub(crate) stamp: Option<std::time::Instant>,
+    /// Set for a sampled message: its latency and its spans (boxed, so
+    /// the unsampled majority carries one word).
+    pub(crate) sample: Option<Box<Sample>>,
+}
+
+/// A sampled message, one publish in `latency_sample_every`.
+#[derive(Debug, Clone)]
+pub(crate) struct Sample {
+    /// When the publish was read, for the publish-to-deliver latency.
+    pub(crate) at: std::time::Instant,
+    /// Its `publish` span, the parent of each receiving shard's `deliver`
+    /// (disabled, and free to clone, unless a subscriber wants it).
+    pub(crate) span: tracing::Span,
 }
 
 /// Everything shards say to each other.

@@ -24,16 +24,22 @@ use arqonbus_proto::v1::{self, MessageStatus, frame::Kind};
 use bytes::Bytes;
 
 use crate::conn::{ConnShared, Flag};
-use crate::mesh::{PeerMsg, RemoteMessage};
+use crate::mesh::{PeerMsg, RemoteMessage, Sample};
 use crate::shard::Shard;
 
-/// The trace id of a W3C `traceparent` header
-/// (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`), if there is one.
-fn trace_id(headers: &[v1::Header]) -> Option<&str> {
+/// A W3C `traceparent` header
+/// (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`) whose trace id is
+/// well-formed, and that trace id.
+fn traceparent(headers: &[v1::Header]) -> Option<(&str, &str)> {
     let h = headers.iter().find(|h| h.key.as_ref() == b"traceparent")?;
     let value = std::str::from_utf8(&h.value).ok()?;
     let id = value.split('-').nth(1)?;
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some((value, id))
+}
+
+/// The trace id of a `traceparent` header, if there is a valid one.
+fn trace_id(headers: &[v1::Header]) -> Option<&str> {
+    traceparent(headers).map(|(_, id)| id)
 }
 
 /// How far past `max_pending_bytes` a stalling subscriber's queue may grow
@@ -161,28 +167,43 @@ impl Shard {
         }
     }
 
-    fn record_latency(&self, since: Option<Instant>) {
-        if let Some(t) = since {
-            let micros = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+    fn record_latency(&self, sample: Option<&Sample>) {
+        if let Some(s) = sample {
+            let micros = u64::try_from(s.at.elapsed().as_micros()).unwrap_or(u64::MAX);
             let _ = self.deliver_latency.borrow_mut().record(micros.max(1));
         }
+    }
+
+    /// A sampled publish: its time and its `publish` span, correlated by the
+    /// W3C trace id. When a span exporter runs (the `trace_parent` hook is
+    /// set and the span is enabled), the span joins the trace the
+    /// `traceparent` header names; otherwise this costs one branch.
+    fn sample_publish(&self, at: Instant, tenant: TenantId, msg: &Publish) -> Sample {
+        let tp = traceparent(&msg.headers);
+        let span = tracing::debug_span!(
+            "publish",
+            shard = %self.id,
+            %tenant,
+            subject = %msg.subject,
+            trace_id = tp.map_or("", |(_, id)| id),
+        );
+        if let Some(hook) = self.cfg.trace_parent
+            && let Some((value, _)) = tp
+            && !span.is_disabled()
+        {
+            hook(&span, value);
+        }
+        Sample { at, span }
     }
 
     /// Routes a message published by `conn` (already authorised and
     /// admitted by its rate limits).
     pub(crate) fn publish(&self, tenant: TenantId, conn: ConnId, echo: bool, msg: Publish) {
-        let stamp = self.sample();
-        // Sampled messages get a span, correlated by their W3C trace id.
-        let _span = stamp.map(|_| {
-            tracing::debug_span!(
-                "publish",
-                shard = %self.id,
-                %tenant,
-                subject = %msg.subject,
-                trace_id = trace_id(&msg.headers).unwrap_or(""),
-            )
-            .entered()
-        });
+        // Sampled messages get a span (unsampled ones: nothing at all).
+        let sample = self
+            .sample()
+            .map(|at| self.sample_publish(at, tenant, &msg));
+        let _entered = sample.as_ref().map(|s| s.span.enter());
         {
             let mut stats = self.stats.borrow_mut();
             stats.msgs_in += 1;
@@ -218,6 +239,18 @@ impl Shard {
         }
 
         if !plan.local.is_empty() {
+            // A sampled message's local deliveries: a `deliver` span inside
+            // `publish`, like the one a receiving shard opens.
+            let _deliver = sample.as_ref().map(|_| {
+                tracing::debug_span!(
+                    "deliver",
+                    shard = %self.id,
+                    %tenant,
+                    subject = %msg.subject,
+                    trace_id = trace_id(&msg.headers).unwrap_or(""),
+                )
+                .entered()
+            });
             let mut t = self.template.borrow_mut();
             t.prepare(
                 msg.subject.as_bytes(),
@@ -232,7 +265,7 @@ impl Shard {
                 &msg.payload,
                 msg.reply.as_ref().map(Subject::bytes),
             );
-            self.record_latency(stamp);
+            self.record_latency(sample.as_ref());
         }
         if !plan.remote.is_empty() {
             let mut links = self.links.borrow_mut();
@@ -256,7 +289,7 @@ impl Shard {
                     headers: m.headers,
                     payload: m.payload,
                     groups: copy.groups,
-                    stamp,
+                    sample: sample.clone().map(Box::new),
                 }))) {
                     stats.ring_full += 1;
                     overflowed = true;
@@ -428,8 +461,11 @@ impl Shard {
 
     fn on_remote_message(&self, m: &RemoteMessage) {
         self.stats.borrow_mut().remote_in += 1;
-        let _span = m.stamp.map(|_| {
+        // A child of the sender's `publish` span, so an exporter sees one
+        // trace across shards.
+        let _span = m.sample.as_deref().map(|s| {
             tracing::debug_span!(
+                parent: &s.span,
                 "deliver",
                 shard = %self.id,
                 tenant = %m.tenant,
@@ -464,7 +500,7 @@ impl Shard {
             &m.payload,
             m.reply.as_ref().map(Subject::bytes),
         );
-        self.record_latency(m.stamp);
+        self.record_latency(m.sample.as_deref());
     }
 
     /// End of a batch of work: acknowledge interest, push overflow into the
@@ -527,8 +563,16 @@ mod tests {
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         );
+        assert_eq!(
+            traceparent(std::slice::from_ref(&good)),
+            Some((
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "4bf92f3577b34da6a3ce929d0e0e4736"
+            ))
+        );
         assert_eq!(trace_id(&[good]), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         assert_eq!(trace_id(&[h("traceparent", "00-nothex-00-01")]), None);
+        assert_eq!(traceparent(&[h("traceparent", "00-nothex-00-01")]), None);
         assert_eq!(
             trace_id(&[h("other", "00-4bf92f3577b34da6a3ce929d0e0e4736-x-01")]),
             None

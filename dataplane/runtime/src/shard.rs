@@ -89,6 +89,8 @@ pub(crate) struct ShardConfig {
     pub(crate) shards: usize,
     /// Time one published message in this many (0: never).
     pub(crate) sample_every: u32,
+    /// Links sampled spans to their `traceparent` (a span exporter runs).
+    pub(crate) trace_parent: Option<crate::TraceParentHook>,
 }
 
 impl std::fmt::Debug for ShardConfig {
@@ -248,6 +250,7 @@ pub(crate) struct ShardConfigSend {
     pub(crate) overflow_limit: usize,
     pub(crate) shards: usize,
     pub(crate) sample_every: u32,
+    pub(crate) trace_parent: Option<crate::TraceParentHook>,
 }
 
 /// Runs a shard until it is shut down. Called on the shard's executor.
@@ -273,6 +276,7 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         overflow_limit: cfg.overflow_limit,
         shards: cfg.shards,
         sample_every: cfg.sample_every,
+        trace_parent: cfg.trace_parent,
     });
     let listen_fd = listener.into_raw_fd();
     // SAFETY: both descriptors were created for this shard, are open, and
