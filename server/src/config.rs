@@ -37,6 +37,8 @@ pub struct Config {
     pub limits: Limits,
     /// Logging.
     pub log: LogSection,
+    /// Trace export.
+    pub tracing: TracingSection,
     /// Tenants declared in the file, besides those in the data directory.
     pub tenants: Vec<TenantConfig>,
 }
@@ -51,6 +53,7 @@ impl Default for Config {
             metrics: MetricsSection::default(),
             limits: Limits::default(),
             log: LogSection::default(),
+            tracing: TracingSection::default(),
             tenants: Vec::new(),
         }
     }
@@ -205,6 +208,88 @@ impl Default for LogSection {
             format: LogFormat::Json,
             level: "info".into(),
         }
+    }
+}
+
+/// `[tracing]`: OTLP export of the server's spans (`connection`, `auth`,
+/// `publish`, `deliver`, `control_rpc`) over gRPC. Off unless
+/// `otlp_endpoint` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingSection {
+    /// The collector's OTLP/gRPC endpoint, `http://host:4317` or
+    /// `https://host:4317`; unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute of every exported span.
+    pub service_name: String,
+    /// Bound on one export (connect, request and retries) and on the flush
+    /// at shutdown, milliseconds.
+    pub export_timeout_ms: u64,
+    /// PEM CA that an `https://` collector's certificate must chain to;
+    /// unset: the public web PKI roots (Mozilla's list, built in).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for TracingSection {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "arqonbus".into(),
+            export_timeout_ms: 10_000,
+            ca_file: None,
+        }
+    }
+}
+
+impl TracingSection {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.otlp_endpoint.is_some()
+    }
+
+    /// The bound on one export and on the flush at shutdown.
+    pub fn export_timeout(&self) -> Duration {
+        Duration::from_millis(self.export_timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let rest = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"))
+                .ok_or_else(|| {
+                    invalid(
+                        "tracing.otlp_endpoint",
+                        "must be an http:// or https:// URL",
+                    )
+                })?;
+            let authority = rest.split('/').next().unwrap_or_default();
+            if authority.is_empty() || authority.contains(char::is_whitespace) {
+                return Err(invalid("tracing.otlp_endpoint", "must name a host"));
+            }
+            if self.ca_file.is_some() && !endpoint.starts_with("https://") {
+                return Err(invalid(
+                    "tracing.ca_file",
+                    "only for an https:// otlp_endpoint",
+                ));
+            }
+        } else if self.ca_file.is_some() {
+            return Err(invalid(
+                "tracing.ca_file",
+                "only for an https:// otlp_endpoint",
+            ));
+        }
+        let name = self.service_name.trim();
+        if name.is_empty() || self.service_name.len() > 255 {
+            return Err(invalid("tracing.service_name", "must be 1..=255 bytes"));
+        }
+        if !(100..=60_000).contains(&self.export_timeout_ms) {
+            return Err(invalid(
+                "tracing.export_timeout_ms",
+                "must be in 100..=60000",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -374,6 +459,7 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return Err(invalid("log.level", "must not be empty"));
         }
+        self.tracing.validate()?;
         self.limits.validate()?;
         validate_tenants("tenants", &self.tenants)?;
         Ok(())
@@ -450,6 +536,27 @@ mod tests {
             ("[tls]\ncert = \"a.pem\"\n", "tls.cert"),
             ("[limits]\nmax_payload = 0\n", "max_payload"),
             (
+                "[tracing]\notlp_endpoint = \"localhost:4317\"\n",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "[tracing]\notlp_endpoint = \"grpc://collector:4317\"\n",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "[tracing]\notlp_endpoint = \"http:///v1\"\n",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "[tracing]\notlp_endpoint = \"http://c:4317\"\nca_file = \"ca.pem\"\n",
+                "tracing.ca_file",
+            ),
+            ("[tracing]\nservice_name = \" \"\n", "tracing.service_name"),
+            (
+                "[tracing]\notlp_endpoint = \"http://c:4317\"\nexport_timeout_ms = 0\n",
+                "tracing.export_timeout_ms",
+            ),
+            (
                 "[[tenants]]\nid = 1\nname = \"a\"\n[[tenants]]\nid = 1\nname = \"b\"\n",
                 "tenants[1].id",
             ),
@@ -465,6 +572,24 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn trace_export_is_off_by_default_and_takes_http_or_https() {
+        let cfg = Config::default();
+        assert!(!cfg.tracing.exporting());
+        assert_eq!(cfg.tracing.service_name, "arqonbus");
+        for endpoint in ["http://127.0.0.1:4317", "https://collector.example:4317/"] {
+            let text = format!("[tracing]\notlp_endpoint = \"{endpoint}\"\n");
+            let cfg = Config::parse(&text, Path::new("t")).unwrap();
+            cfg.validate().unwrap();
+            assert!(cfg.tracing.exporting());
+        }
+        let text = "[tracing]\notlp_endpoint = \"https://c:4317\"\nca_file = \"ca.pem\"\n";
+        Config::parse(text, Path::new("t"))
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -6,15 +6,18 @@
 //! opens the control plane (its store is the source of truth for tenants,
 //! credentials and policies), starts the glommio data plane with the control
 //! plane's first snapshot, and runs the control plane on its own tokio
-//! runtime thread. It owns no protocol or routing logic.
+//! runtime thread. It owns no protocol or routing logic. [`otlp`] exports
+//! the server's spans when `[tracing] otlp_endpoint` is set.
 //!
 //! Threads: one pinned executor per shard (data plane), one tokio runtime
-//! thread (control API), the rate rebalancer, and the caller's thread.
+//! thread (control API), the rate rebalancer, the caller's thread, and with
+//! trace export the span processor's thread.
 
 pub mod bootstrap;
 pub mod config;
 mod control;
 mod monitor;
+pub mod otlp;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod tls;
@@ -169,11 +172,17 @@ impl Server {
         dp.read_buffer = s.read_buffer;
         dp.spin_before_park = (s.busy_poll_us > 0).then(|| Duration::from_micros(s.busy_poll_us));
         dp.tick = config.tick();
-        dp.latency_sample_every = if config.metrics.enabled {
+        // Sampled messages feed the latency histogram and get spans: trace
+        // export samples even when metrics are off.
+        let exporting = config.tracing.exporting();
+        dp.latency_sample_every = if config.metrics.enabled || exporting {
             config.metrics.latency_sample_every
         } else {
             0
         };
+        if exporting {
+            dp.trace_parent = Some(otlp::link_parent);
+        }
         // Bind the monitoring listener before anything runs, so a port in
         // use is a start-up error, not a log line.
         if config.metrics.enabled && !config.control.enabled {

@@ -2,16 +2,21 @@
 //!
 //! `arqonbus serve` runs a node on embedded defaults, or on `--config FILE`
 //! with flags overriding the file. The main thread runs a small tokio runtime
-//! that watches SIGINT (stop now), SIGTERM (lame duck) and SIGHUP (reload);
-//! the data plane runs on its own pinned executors.
+//! that watches SIGINT (stop now), SIGTERM (lame duck) and SIGHUP (reload),
+//! and carries the OTLP exporter's gRPC channel when `[tracing]` exports
+//! spans; the data plane runs on its own pinned executors.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use arqonbus::config::{Config, LogFormat, Overrides};
+use arqonbus::otlp::TraceExport;
 use arqonbus::{Paths, Server};
 use clap::{Parser, Subcommand};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Messages cross shards as heap blocks allocated on one core and freed on
 /// another. glibc's malloc serialises those frees on the allocating arena's
@@ -56,15 +61,31 @@ struct ServeArgs {
     plaintext: bool,
 }
 
-fn init_logging(config: &Config) {
+/// Logs to stderr, filtered by `[log] level` (or `RUST_LOG`); with trace
+/// export, a second layer with its own filter takes the spans, so the log
+/// level is the same either way.
+fn init_logging(config: &Config, export: Option<&TraceExport>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match config.log.format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(export.map(TraceExport::layer))
+        .init();
+}
+
+/// Flushes exported spans (bounded by `[tracing] export_timeout_ms`) while
+/// `rt` drives the exporter's channel.
+fn flush_traces(rt: &tokio::runtime::Runtime, export: TraceExport) {
+    let flushed = rt.block_on(rt.spawn_blocking(move || export.shutdown()));
+    match flushed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "trace export: spans were not all flushed"),
+        Err(e) => tracing::warn!(error = %e, "trace export: the flush did not finish"),
     }
 }
 
@@ -123,15 +144,34 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         plaintext: args.plaintext,
     });
     config.validate().map_err(|e| e.to_string())?;
-    init_logging(&config);
 
-    // Signals are watched before the server starts and says where it
-    // listens: a SIGTERM or SIGHUP sent as soon as the banner appears must
-    // reach these handlers, not the default action (which kills the process).
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the signal runtime: {e}"))?;
+    // The exporter's channel lives on this runtime, which the main thread
+    // drives while it waits for signals and while it flushes at exit.
+    let export = {
+        let _entered = rt.enter();
+        TraceExport::start(&config.tracing).map_err(|e| e.to_string())?
+    };
+    init_logging(&config, export.as_ref());
+    let result = run(&config, args.config.as_deref(), &rt);
+    if let Some(export) = export {
+        flush_traces(&rt, export);
+    }
+    result
+}
+
+/// Runs the server until a signal stops it.
+fn run(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(), String> {
+    // Signals are watched before the server starts and says where it
+    // listens: a SIGTERM or SIGHUP sent as soon as the banner appears must
+    // reach these handlers, not the default action (which kills the process).
     let (mut int, mut term, mut hup) = {
         use tokio::signal::unix::{SignalKind, signal};
         let _entered = rt.enter();
@@ -145,7 +185,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         )
     };
 
-    let server = Server::start_with(&config, args.config.as_deref()).map_err(|e| e.to_string())?;
+    let server = Server::start_with(config, config_path).map_err(|e| e.to_string())?;
     announce(
         server.paths(),
         server.local_addr(),
