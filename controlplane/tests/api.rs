@@ -67,15 +67,7 @@ async fn tenant_crud_with_exact_codes() {
     let ch = channel(&node, &pki).await;
     let mut c = clients(&ch, &Bearer::new(&node.token));
 
-    let acme = c
-        .tenants
-        .create_tenant(CreateTenantRequest {
-            name: "acme".into(),
-            quotas: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let acme = c.create_tenant("acme").await;
     assert_eq!(acme.version, 1);
     assert!(acme.created_at_unix_ms > 0);
     // The RPC answered after the data plane got a snapshot holding it.
@@ -279,15 +271,7 @@ async fn principals_credentials_and_policies() {
     let node = start(dir.path(), &pki, |_| {}).await;
     let ch = channel(&node, &pki).await;
     let mut c = clients(&ch, &Bearer::new(&node.token));
-    let t = c
-        .tenants
-        .create_tenant(CreateTenantRequest {
-            name: "acme".into(),
-            quotas: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let t = c.create_tenant("acme").await;
 
     // Principals.
     let principal = |tenant_id, name: &str, roles: &[&str]| CreatePrincipalRequest {

@@ -44,15 +44,7 @@ async fn tokens_are_never_logged() {
     let node = start(dir.path(), &pki, |_| {}).await;
     let ch = channel(&node, &pki).await;
     let mut c = clients(&ch, &Bearer::new(&node.token));
-    let t = c
-        .tenants
-        .create_tenant(CreateTenantRequest {
-            name: "acme".into(),
-            quotas: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let t = c.create_tenant("acme").await;
     let p = c
         .principals
         .create_principal(CreatePrincipalRequest {

@@ -74,15 +74,7 @@ async fn restart_keeps_everything_and_imports_tenants_toml_once() {
     let token = node.token.clone();
     let ch = channel(&node, &pki).await;
     let mut c = clients(&ch, &Bearer::new(&token));
-    let t = c
-        .tenants
-        .create_tenant(CreateTenantRequest {
-            name: "acme".into(),
-            quotas: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let t = c.create_tenant("acme").await;
     assert_eq!(t.id, 41, "ids continue after the imported and seeded ones");
     let p = c
         .principals
@@ -215,15 +207,7 @@ async fn a_damaged_policy_fails_closed_until_removed() {
     let token = node.token.clone();
     let ch = channel(&node, &pki).await;
     let mut c = clients(&ch, &Bearer::new(&token));
-    let t = c
-        .tenants
-        .create_tenant(CreateTenantRequest {
-            name: "acme".into(),
-            quotas: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let t = c.create_tenant("acme").await;
     let policy = c
         .policies
         .put_policy(PutPolicyRequest {

@@ -297,6 +297,20 @@ pub fn clients(channel: &Channel, auth: &Bearer) -> Clients {
     }
 }
 
+impl Clients {
+    /// Creates tenant `name` with default quotas; panics if refused.
+    pub async fn create_tenant(&mut self, name: &str) -> arqonbus_proto::control::Tenant {
+        self.tenants
+            .create_tenant(arqonbus_proto::control::CreateTenantRequest {
+                name: name.into(),
+                quotas: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
 /// Asserts `result` failed with `code` and a message containing `needle`.
 #[track_caller]
 pub fn assert_status<T: std::fmt::Debug>(

@@ -402,22 +402,29 @@ mod tests {
         assert_eq!(sink.calls, 1);
     }
 
+    /// A sink taking `step` bytes per write, after one write into it (none
+    /// when `step` is 0), so a frame may be in flight.
+    fn partly_written(out: &mut Outbound, step: usize) -> Trickle {
+        let mut sink = Trickle {
+            got: Vec::new(),
+            step,
+            calls: 0,
+        };
+        if step > 0 {
+            let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
+                Poll::Ready(cx.waker().clone())
+            }));
+            let _ = out.poll_write(&mut Context::from_waker(&waker), &mut sink);
+        }
+        sink
+    }
+
     #[test]
     fn dropping_the_oldest_frames_keeps_the_stream_valid() {
         for step in [0usize, 1, 7, 40] {
             let mut out = Outbound::new();
             queue_messages(&mut out, 30);
-            let mut sink = Trickle {
-                got: Vec::new(),
-                step,
-                calls: 0,
-            };
-            if step > 0 {
-                let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
-                    Poll::Ready(cx.waker().clone())
-                }));
-                let _ = out.poll_write(&mut Context::from_waker(&waker), &mut sink);
-            }
+            let mut sink = partly_written(&mut out, step);
             let before = out.pending();
             let dropped = out.drop_oldest(100);
             assert!(dropped > 0, "step {step}");
@@ -438,17 +445,7 @@ mod tests {
         for step in [0usize, 1, 5, 13, 30] {
             let mut out = Outbound::new();
             queue_messages(&mut out, 20);
-            let mut sink = Trickle {
-                got: Vec::new(),
-                step,
-                calls: 0,
-            };
-            if step > 0 {
-                let waker = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
-                    Poll::Ready(cx.waker().clone())
-                }));
-                let _ = out.poll_write(&mut Context::from_waker(&waker), &mut sink);
-            }
+            let mut sink = partly_written(&mut out, step);
             let mut written = BytesMut::from(&sink.got[..]);
             let mut already = 0;
             while let Ok(Some(_)) = codec::decode(&mut written, u32::MAX) {
