@@ -21,7 +21,9 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 /// Messages cross shards as heap blocks allocated on one core and freed on
 /// another. glibc's malloc serialises those frees on the allocating arena's
 /// lock (22 % of a cross-shard 1→1 run went to that lock's futex), while
-/// mimalloc returns them to their owner without a lock.
+/// mimalloc returns them to their owner without a lock. Without transparent
+/// huge pages (`no_thp`): with them a fresh node held 31 MB of anonymous
+/// memory instead of 3 MB, for no measurable throughput.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
