@@ -8,17 +8,16 @@
     reason = "test code"
 )]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+mod common;
+
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use arqonbus::testing::TestServer;
 use arqonbus_client::{Client, ConnectOptions, Event, Headers, OutgoingMessage};
+use common::{LIMIT, Node, Setup, within};
 use futures_util::StreamExt as _;
-
-const LIMIT: Duration = Duration::from_secs(20);
 
 /// A minimal HTTP/1.1 GET; returns (status, body).
 fn get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
@@ -211,127 +210,26 @@ async fn a_traceparent_header_travels_end_to_end() {
 
 // ---- the binary -----------------------------------------------------------
 
-struct Process {
-    child: Child,
-    data: SocketAddr,
-    ca: std::path::PathBuf,
-    token: std::path::PathBuf,
-}
-
-impl Process {
-    /// Waits (bounded) for the server to exit by itself.
-    fn exit_status(&mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + LIMIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the server did not exit within {LIMIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// A failed test never leaves a server behind.
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `fut`, or a panic naming `what` after [`LIMIT`].
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(LIMIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {LIMIT:?}"))
-}
-
-/// Starts `arqonbus serve --config <file>` and reads its banner.
-fn spawn_server(config: &Path, data_dir: &Path) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arqonbus"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env_remove("ARQONBUS_CONFIG")
-        .env_remove("ARQONBUS_DATA_DIR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut data = None;
-    let mut line = String::new();
-    while data.is_none() {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "server exited early"
-        );
-        if let Some(rest) = line.trim().strip_prefix("ArqonBus listening on tls://") {
-            data = Some(rest.parse().unwrap());
-        }
-    }
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = stderr.read_to_string(&mut sink);
-    });
-    Process {
-        child,
-        data: data.unwrap(),
-        ca: data_dir.join("tls/ca.pem"),
-        token: data_dir.join("credentials/bootstrap.token"),
-    }
-}
-
-fn write_config(path: &Path, data_dir: &Path, max_payload: u32) {
-    std::fs::write(
-        path,
-        format!(
-            "data_dir = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\ntick_ms = 20\nlame_duck_window_ms = 300\n\n[control]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[limits]\nmax_payload = {max_payload}\n\n[log]\nformat = \"text\"\nlevel = \"warn\"\n",
-            data_dir.display()
-        ),
-    )
-    .unwrap();
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+fn max_payload(bytes: u32) -> String {
+    format!("[limits]\nmax_payload = {bytes}\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_limits_without_dropping_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let config = dir.path().join("arqonbus.toml");
-    write_config(&config, &data_dir, 4096);
-    let mut p = spawn_server(&config, &data_dir);
-    let c = within(
-        "connect",
-        Client::connect(
-            ConnectOptions::new()
-                .url(format!("tls://{}", p.data))
-                .ca_file(&p.ca)
-                .credential_file(&p.token),
-        ),
-    )
-    .await
-    .unwrap();
+    let mut node = Node::spawn_with(Setup {
+        extra: max_payload(4096),
+        ..Setup::default()
+    });
+    let c = within("connect", Client::connect(node.options()))
+        .await
+        .unwrap();
     let session = c.server_info().session_id;
     let mut events = c.events();
     c.publish("big", vec![0u8; 3000]).await.unwrap();
     within("first flush", c.flush()).await.unwrap();
 
-    write_config(&config, &data_dir, 1024);
-    signal(&p.child, "-HUP");
+    node.rewrite_config(&max_payload(1024));
+    node.signal("-HUP");
     // The new limit applies once the snapshot reaches the shard: publish
     // until the server refuses the same payload (bounded in time, not in
     // tries: under load the reload may take many round trips).
@@ -361,34 +259,22 @@ async fn sighup_reloads_limits_without_dropping_connections() {
     c.publish("small", "fits").await.unwrap();
     within("last flush", c.flush()).await.unwrap();
 
-    signal(&p.child, "-INT");
-    assert!(p.exit_status().success());
+    node.signal("-INT");
+    assert!(node.exit_status().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_clients_then_exits() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("data");
-    let config = dir.path().join("arqonbus.toml");
-    write_config(&config, &data_dir, 4096);
-    let mut p = spawn_server(&config, &data_dir);
-    let c = within(
-        "connect",
-        Client::connect(
-            ConnectOptions::new()
-                .url(format!("tls://{}", p.data))
-                .ca_file(&p.ca)
-                .credential_file(&p.token),
-        ),
-    )
-    .await
-    .unwrap();
+    let mut node = Node::spawn();
+    let c = within("connect", Client::connect(node.options()))
+        .await
+        .unwrap();
     let mut events = c.events();
-    signal(&p.child, "-TERM");
+    node.signal("-TERM");
     let mut drained = false;
     let mut disconnected = false;
     while !(drained && disconnected) {
-        match tokio::time::timeout(LIMIT, events.next()).await.unwrap() {
+        match within("the next event", events.next()).await {
             Some(Event::ServerDraining { deadline, .. }) => {
                 assert_eq!(deadline, Duration::from_millis(300));
                 drained = true;
@@ -402,5 +288,5 @@ async fn sigterm_drains_clients_then_exits() {
         }
     }
     within("close", c.close()).await;
-    assert!(p.exit_status().success(), "the server exits by itself");
+    assert!(node.exit_status().success(), "the server exits by itself");
 }
