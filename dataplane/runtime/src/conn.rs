@@ -710,12 +710,9 @@ impl ConnIo {
             } => {
                 let Some(id) = session.identity() else { return };
                 if !id.principal.permissions.may_subscribe(&pattern) {
-                    shard.stats.borrow_mut().permission_denied += 1;
-                    conn.count_rejection();
-                    Self::soft_error(
+                    Self::deny(
                         shard,
                         conn,
-                        ErrorCode::PermissionDenied,
                         sid.0,
                         "not allowed to subscribe to this pattern",
                     );
@@ -817,15 +814,7 @@ impl ConnIo {
                 || (perms.allow_responses() && conn.take_reply(&msg.subject)))
                 && msg.reply.as_ref().is_none_or(|r| perms.may_receive(r)));
         if !allowed {
-            shard.stats.borrow_mut().permission_denied += 1;
-            conn.count_rejection();
-            Self::soft_error(
-                shard,
-                conn,
-                ErrorCode::PermissionDenied,
-                0,
-                "not allowed to publish to this subject",
-            );
+            Self::deny(shard, conn, 0, "not allowed to publish to this subject");
             return;
         }
         self.gate_and_publish(shard, conn, session, msg);
@@ -888,6 +877,15 @@ impl ConnIo {
                 );
             }
         }
+    }
+
+    /// A request the client's permissions do not allow: counted on the
+    /// shard and the connection, answered with a PERMISSION_DENIED error that
+    /// keeps the connection open.
+    fn deny(shard: &Shard, conn: &ConnShared, sid: u64, detail: &'static str) {
+        shard.stats.borrow_mut().permission_denied += 1;
+        conn.count_rejection();
+        Self::soft_error(shard, conn, ErrorCode::PermissionDenied, sid, detail);
     }
 
     fn soft_error(

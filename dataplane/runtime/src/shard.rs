@@ -554,16 +554,7 @@ impl Shard {
     fn command(self: &Rc<Self>, cmd: Command) {
         match cmd {
             Command::Stats(reply) => {
-                let mut s = *self.stats.borrow();
-                s.connections = self.conns.borrow().len() as u64;
-                s.subscriptions = self.router.borrow().local_subscriptions() as u64;
-                s.ring_used = self
-                    .links
-                    .borrow()
-                    .iter()
-                    .map(|l| (l.ring_used() + l.overflow_len()) as u64)
-                    .sum();
-                let _ = reply.send(s);
+                let _ = reply.send(self.current_stats());
             }
             Command::Apply(snapshot, reply) => {
                 self.apply(snapshot);
@@ -632,7 +623,9 @@ impl Shard {
             .clone()
     }
 
-    fn metrics(&self) -> ShardMetrics {
+    /// The counters with the gauges (connections, subscriptions, ring
+    /// occupancy) read now.
+    fn current_stats(&self) -> ShardStats {
         let mut stats = *self.stats.borrow();
         stats.connections = self.conns.borrow().len() as u64;
         stats.subscriptions = self.router.borrow().local_subscriptions() as u64;
@@ -642,6 +635,11 @@ impl Shard {
             .iter()
             .map(|l| (l.ring_used() + l.overflow_len()) as u64)
             .sum();
+        stats
+    }
+
+    fn metrics(&self) -> ShardMetrics {
+        let stats = self.current_stats();
         ShardMetrics {
             shard: self.id.0,
             stats,
