@@ -629,6 +629,11 @@ impl ConnIo {
     }
 
     /// Tries the held publish again when its timer fired. True when it went.
+    ///
+    /// Returns false only with a pending timer registered to wake this task
+    /// (or nothing held): a new timer that has already expired when first
+    /// polled (the thread was descheduled past a short wait) registers no
+    /// wake-up, so it is retried at once instead of parking on it.
     fn retry_held(
         &mut self,
         cx: &mut Context<'_>,
@@ -636,24 +641,21 @@ impl ConnIo {
         conn: &ConnShared,
         session: &Session,
     ) -> bool {
-        if let Some(timer) = self.timer.as_mut() {
-            if Pin::new(timer).poll(cx).is_pending() {
-                return false;
-            }
-            self.timer = None;
-        }
-        let Some(msg) = self.held.take() else {
-            return false;
-        };
-        self.gate_and_publish(shard, conn, session, msg);
-        if self.held.is_some() {
-            // Still waiting: poll the new timer so it wakes us.
+        loop {
             if let Some(timer) = self.timer.as_mut() {
-                let _ = Pin::new(timer).poll(cx);
+                if Pin::new(timer).poll(cx).is_pending() {
+                    return false;
+                }
+                self.timer = None;
             }
-            return false;
+            let Some(msg) = self.held.take() else {
+                return false;
+            };
+            self.gate_and_publish(shard, conn, session, msg);
+            if self.held.is_none() {
+                return true;
+            }
         }
-        true
     }
 
     /// Decodes and handles every whole frame in the receive buffer.
