@@ -55,6 +55,11 @@ pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7421);
 /// Longest time one control RPC may take.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long calls still open when the control plane is told to stop may
+/// go on. Streams that never end by themselves (a load balancer's health
+/// `Watch`) must not hold the process up; a write cut short here was never
+/// acknowledged, so nothing acknowledged is lost.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// How to run the control plane.
 pub struct ControlPlaneConfig {
@@ -306,8 +311,9 @@ impl ControlPlane {
         }
     }
 
-    /// Serves the control API until `shutdown` completes, applying every
-    /// new snapshot to `dataplane`. Runs on a tokio runtime.
+    /// Serves the control API until `shutdown` completes and the calls
+    /// still open have ended, for at most [`SHUTDOWN_GRACE`] more; applies
+    /// every new snapshot to `dataplane`. Runs on a tokio runtime.
     pub async fn serve<F>(
         self,
         dataplane: Arc<dyn DataPlaneControl>,
@@ -373,7 +379,12 @@ impl ControlPlane {
         let incoming = ReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
         tracing::info!(addr = %self.local_addr, "control API listening (TLS)");
 
-        let result = Server::builder()
+        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        };
+        let serve = Server::builder()
             .timeout(RPC_TIMEOUT)
             .add_service(health)
             .add_service(InterceptedService::new(reflection_v1, auth.clone()))
@@ -399,8 +410,24 @@ impl ControlPlane {
                 auth.clone(),
             ))
             .add_service(NodeServiceServer::with_interceptor(api, auth))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+            .serve_with_incoming_shutdown(incoming, shutdown);
+        let grace_over = async {
+            match stopping.await {
+                Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+                // The server ended on its own: `serve` decides.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            result = serve => result,
+            () = grace_over => {
+                tracing::warn!(
+                    grace_ms = SHUTDOWN_GRACE.as_millis() as u64,
+                    "control API calls still open after the shutdown grace; closing them"
+                );
+                Ok(())
+            }
+        };
         accept.abort();
         health_task.abort();
         tracing::info!("control API stopped");

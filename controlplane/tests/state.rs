@@ -317,23 +317,19 @@ async fn a_damaged_policy_fails_closed_until_removed() {
         .unwrap()
         .into_inner();
     assert!(status.accepting && status.reason.is_empty());
-    // The health watcher follows readiness asynchronously.
-    let mut serving = false;
-    for _ in 0..50 {
-        if health
-            .check(check.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .status()
-            == ServingStatus::Serving
-        {
-            serving = true;
-            break;
+    // The health watcher follows readiness asynchronously: watch for it,
+    // bounded so a missed update fails rather than hangs.
+    let mut updates = health.watch(check.clone()).await.unwrap().into_inner();
+    let serving = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(update) = updates.message().await.unwrap() {
+            if update.status() == ServingStatus::Serving {
+                return true;
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(serving, "health follows readiness");
+        false
+    })
+    .await;
+    assert_eq!(serving, Ok(true), "health follows readiness");
     assert_eq!(node.handle.metrics().snapshots_refusing, 2);
     drop((c, ch, health));
     node.stop().await;

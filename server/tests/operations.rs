@@ -18,6 +18,9 @@ use arqonbus::testing::TestServer;
 use arqonbus_client::{Client, ConnectOptions, Event, Headers, OutgoingMessage};
 use common::{LIMIT, Node, Setup, within};
 use futures_util::StreamExt as _;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// A minimal HTTP/1.1 GET; returns (status, body).
 fn get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
@@ -270,6 +273,18 @@ async fn sigterm_drains_clients_then_exits() {
         .await
         .unwrap();
     let mut events = c.events();
+    // A load balancer watching health holds a stream open that never ends
+    // by itself: the exit must not wait for it.
+    let (channel, _) = node.control_channel().await;
+    let mut health = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = within("health", health.message()).await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
     node.signal("-TERM");
     let mut drained = false;
     let mut disconnected = false;
@@ -289,4 +304,5 @@ async fn sigterm_drains_clients_then_exits() {
     }
     within("close", c.close()).await;
     assert!(node.exit_status().success(), "the server exits by itself");
+    drop(health);
 }
