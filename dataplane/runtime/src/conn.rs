@@ -456,7 +456,7 @@ async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: TcpStream) {
     tracing::debug!(
         shard = %shard.id,
         conn = %conn.id,
-        tenant = ?session.identity().map(|i| i.tenant.id),
+        tenant = session.identity().map(|i| i.tenant.id.0),
         reason = ?ended,
         "closed"
     );
@@ -941,9 +941,9 @@ impl ConnIo {
             }
         }
         if r.code == ErrorCode::SlowConsumer {
-            tracing::warn!(shard = %shard.id, conn = %conn.id, tenant = ?conn.tenant.get(), code = ?r.code, "closing slow consumer");
+            tracing::warn!(shard = %shard.id, conn = %conn.id, tenant = conn.tenant.get().map(|t| t.0), code = ?r.code, "closing slow consumer");
         } else if r.close {
-            tracing::info!(shard = %shard.id, conn = %conn.id, tenant = ?conn.tenant.get(), code = ?r.code, detail = r.detail, "closing connection");
+            tracing::info!(shard = %shard.id, conn = %conn.id, tenant = conn.tenant.get().map(|t| t.0), code = ?r.code, detail = r.detail, "closing connection");
         } else {
             tracing::debug!(shard = %shard.id, conn = %conn.id, code = ?r.code, sid = r.sid, "client error");
         }
