@@ -2,12 +2,13 @@
 # Two ArqonBus configurations side by side: A B A B ... over the same scenarios, the
 # median of each side, and a Markdown table with the command that made it.
 #
-# Each side is NAME:SHARDS:METRICS (METRICS = true or false for [metrics] enabled). Both
-# nodes run plaintext from the release build at the same time (an idle node costs ~0 CPU),
-# on ports 7520+ and 7530+. Runs alternate which side goes first, so drift favours neither.
+# Each side is NAME:SHARDS:METRICS[:BINARY] (METRICS = true or false for [metrics] enabled;
+# BINARY defaults to target/release/arqonbus, another path compares two builds). Both nodes
+# run plaintext at the same time (an idle node costs ~0 CPU), on ports 7520+ and 7530+.
+# Runs alternate which side goes first, so drift favours neither.
 #
 # Usage:
-#   perf/ab.sh --title TEXT --a NAME:SHARDS:METRICS --b NAME:SHARDS:METRICS
+#   perf/ab.sh --title TEXT --a NAME:SHARDS:METRICS[:BINARY] --b NAME:SHARDS:METRICS[:BINARY]
 #              [--rounds N] [--out FILE] [--scrape NAME] [--placement any|same|cross]
 #              -- 'SCENARIO ARGS' ['SCENARIO ARGS' ...]
 #   --scrape NAME: GET that side's /metrics once a second during the whole comparison.
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
 done
 SCENARIOS=("$@")
 if [ -z "$TITLE" ] || [ -z "$A" ] || [ -z "$B" ] || [ -z "$OUT" ] || [ ${#SCENARIOS[@]} -eq 0 ]; then
-    sed -n '2,14p' "$0" >&2
+    sed -n '2,16p' "$0" >&2
     exit 2
 fi
 COMMAND="$0 $(printf '%q ' --title "$TITLE" --a "$A" --b "$B" --rounds "$ROUNDS" --out "$OUT" ${SCRAPE:+--scrape "$SCRAPE"} --placement "$PLACEMENT" -- "${SCENARIOS[@]}")"
@@ -47,9 +48,10 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 declare -A PORT
-start() { # NAME:SHARDS:METRICS port
-    local name shards metrics port=$2
-    IFS=: read -r name shards metrics <<<"$1"
+start() { # NAME:SHARDS:METRICS[:BINARY] port
+    local name shards metrics binary port=$2
+    IFS=: read -r name shards metrics binary <<<"$1"
+    binary=${binary:-$BIN/arqonbus}
     PORT[$name]=$port
     mkdir -p "$WORK/$name"
     cat >"$WORK/$name.toml" <<EOF
@@ -67,7 +69,7 @@ listen = "127.0.0.1:$((port + 2))"
 [log]
 level = "warn"
 EOF
-    "$BIN/arqonbus" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+    "$binary" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 100); do
         [ -s "$WORK/$name/credentials/bootstrap.token" ] && return 0
@@ -112,7 +114,7 @@ lines = [
     f"# {title}",
     "",
     f"Command: `{command}` (commit {commit}, release build, plaintext). Sides: "
-    f"`{spec_a}` and `{spec_b}` (name:shards:metrics). Runs alternated, median of each side; "
+    f"`{spec_a}` and `{spec_b}` (name:shards:metrics[:binary]). Runs alternated, median of each side; "
     "deliveries per second.",
     "",
     f"| scenario | {a} | {b} | {a} / {b} | incomplete runs |",

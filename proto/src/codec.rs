@@ -69,11 +69,79 @@ pub fn frame_len(buf: &[u8], max_frame: u32) -> Result<Option<usize>, DecodeErro
 }
 
 /// Decodes one frame body (the bytes after the prefix).
+///
+/// A `Publish` without headers in canonical form (what every encoder
+/// writes) is decoded by [`publish_fast`]; anything else goes to prost, which
+/// decides. Both give the same result for every input the fast path takes.
 pub fn decode_body(body: Bytes) -> Result<Kind, DecodeError> {
+    if let Some(publish) = publish_fast(&body) {
+        return Ok(Kind::Publish(publish));
+    }
     Frame::decode(body)
         .map_err(|_| DecodeError::Malformed)?
         .kind
         .ok_or(DecodeError::UnknownKind)
+}
+
+/// `Frame` field 3 (`publish`), length-delimited.
+const KEY_FRAME_PUBLISH: u8 = 3 << 3 | 2;
+/// `Publish` fields `subject` (1), `reply` (2) and `payload` (15),
+/// length-delimited; each key is one byte.
+const KEY_SUBJECT: u8 = 1 << 3 | 2;
+const KEY_REPLY: u8 = 2 << 3 | 2;
+const KEY_PAYLOAD: u8 = 15 << 3 | 2;
+
+/// The hot path's decoder: a body that is exactly one `Frame.publish`
+/// whose fields are `subject`, `reply` and `payload`, each at most once and
+/// in field order. Returns `None` for anything else (headers, another kind,
+/// unknown or repeated fields, a truncated or overlong length), leaving the
+/// verdict to prost. `bytes` fields are slices of `body`, as with prost.
+fn publish_fast(body: &Bytes) -> Option<crate::v1::Publish> {
+    let b = body.as_ref();
+    if b.first() != Some(&KEY_FRAME_PUBLISH) {
+        return None;
+    }
+    let (len, n) = short_varint(&b[1..])?;
+    let mut pos = 1 + n;
+    if pos.checked_add(len)? != b.len() {
+        return None;
+    }
+    let mut publish = crate::v1::Publish::default();
+    let mut last = 0u8;
+    while pos < b.len() {
+        let key = b[pos];
+        if key <= last || !matches!(key, KEY_SUBJECT | KEY_REPLY | KEY_PAYLOAD) {
+            return None;
+        }
+        last = key;
+        let (len, n) = short_varint(&b[pos + 1..])?;
+        let start = pos + 1 + n;
+        let end = start.checked_add(len)?;
+        if end > b.len() {
+            return None;
+        }
+        let value = body.slice(start..end);
+        match key {
+            KEY_SUBJECT => publish.subject = value,
+            KEY_REPLY => publish.reply = value,
+            _ => publish.payload = value,
+        }
+        pos = end;
+    }
+    Some(publish)
+}
+
+/// A varint of at most four bytes (values below 2^28, more than any frame
+/// may hold) and its length; `None` for a longer or truncated one.
+fn short_varint(b: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, &byte) in b.iter().take(4).enumerate() {
+        value |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
 }
 
 /// Splits the first whole frame off `buf` and decodes it; `Ok(None)` when
@@ -450,6 +518,61 @@ mod tests {
             let mut slow = Vec::new();
             encode(&Kind::Publish(v1::Publish { subject, reply, headers, payload }), &mut slow).unwrap();
             prop_assert_eq!(hex::encode(fast), hex::encode(slow));
+        }
+
+        #[test]
+        fn publish_fast_path_decodes_what_prost_encodes(
+            subject in arb_bytes(40),
+            reply in arb_bytes(40),
+            payload in arb_bytes(300),
+        ) {
+            let publish = v1::Publish { subject, reply, headers: Vec::new(), payload };
+            let body = Bytes::from(Frame { kind: Some(Kind::Publish(publish.clone())) }.encode_to_vec());
+            prop_assert_eq!(publish_fast(&body), Some(publish));
+        }
+
+        /// Bodies built from publish-like fields with wrong, repeated,
+        /// unordered and unknown keys and lengths off by one: whatever the
+        /// fast path accepts, prost decodes to the same frame.
+        #[test]
+        fn publish_fast_path_agrees_with_prost(
+            fields in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just(KEY_SUBJECT), Just(KEY_REPLY), Just(KEY_PAYLOAD),
+                        Just(3u8 << 3 | 2), Just(KEY_FRAME_PUBLISH), any::<u8>()
+                    ],
+                    arb_bytes(20),
+                    prop_oneof![4 => Just(0i8), 1 => Just(-1i8), 1 => Just(1i8)],
+                ),
+                0..5,
+            ),
+            outer_skew in prop_oneof![4 => Just(0i8), 1 => Just(-1i8), 1 => Just(1i8)],
+            overlong in any::<bool>(),
+        ) {
+            let mut inner = Vec::new();
+            for (key, value, skew) in &fields {
+                inner.push(*key);
+                let len = (value.len() as u64).saturating_add_signed(i64::from(*skew));
+                if overlong {
+                    // The same length in one more byte than needed.
+                    encode_varint(len, &mut inner);
+                    let last = inner.len() - 1;
+                    inner[last] |= 0x80;
+                    inner.push(0);
+                } else {
+                    encode_varint(len, &mut inner);
+                }
+                inner.extend_from_slice(value);
+            }
+            let mut body = vec![KEY_FRAME_PUBLISH];
+            encode_varint((inner.len() as u64).saturating_add_signed(i64::from(outer_skew)), &mut body);
+            body.extend_from_slice(&inner);
+            let body = Bytes::from(body);
+            if let Some(fast) = publish_fast(&body) {
+                let slow = Frame::decode(body.clone()).map(|f| f.kind);
+                prop_assert_eq!(slow, Ok(Some(Kind::Publish(fast))));
+            }
         }
 
         #[test]
