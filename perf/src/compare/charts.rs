@@ -47,6 +47,49 @@ fn log_range(values: impl Iterator<Item = f64>) -> Option<std::ops::Range<f64>> 
     (lo <= hi).then(|| (lo / 2.0)..(hi * 2.0))
 }
 
+/// The category index a tick at `x` stands for, when it is on one of `n`.
+fn tick(x: f64, n: usize) -> Option<usize> {
+    let i = x.round();
+    ((x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < n).then_some(i as usize)
+}
+
+/// A chart with categories along x and a log-scale y.
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, LogCoord<f64>>,
+>;
+
+/// One line with dots per system (systems without points are skipped), and
+/// the legend at `legend`.
+fn draw_lines<'b>(
+    chart: &mut Chart<'b, 'b>,
+    lines: impl Iterator<Item = (System, Vec<(f64, f64)>)>,
+    legend: SeriesLabelPosition,
+) -> Result<(), String> {
+    for (system, points) in lines {
+        if points.is_empty() {
+            continue;
+        }
+        let c = color(system);
+        chart
+            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(system.label())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
+        chart
+            .draw_series(points.iter().map(|p| Circle::new(*p, 3, c.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(legend)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
 /// Draws the throughput chart into `path`.
 pub(crate) fn throughput(
     path: &Path,
@@ -86,22 +129,16 @@ pub(crate) fn throughput(
             .configure_mesh()
             .x_labels(sizes.len())
             .x_label_formatter(&|x| {
-                let i = x.round();
-                if (x - i).abs() < 0.01 && i >= 0.0 {
-                    sizes
-                        .get(i as usize)
-                        .map(|s| size_label(Some(*s)))
-                        .unwrap_or_default()
-                } else {
-                    String::new()
-                }
+                tick(*x, sizes.len())
+                    .map(|i| size_label(Some(sizes[i])))
+                    .unwrap_or_default()
             })
             .y_desc("msgs/s (median)")
             .y_label_formatter(&|v| super::report::human(*v))
             .draw()
             .map_err(|e| err(&e))?;
-        for &system in systems {
-            let points: Vec<(f64, f64)> = sizes
+        let lines = systems.iter().map(|&system| {
+            let points = sizes
                 .iter()
                 .enumerate()
                 .filter_map(|(i, size)| {
@@ -110,28 +147,9 @@ pub(crate) fn throughput(
                     (v > 0.0).then_some((i as f64, v))
                 })
                 .collect();
-            if points.is_empty() {
-                continue;
-            }
-            let c = color(system);
-            chart
-                .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
-                .map_err(|e| err(&e))?
-                .label(system.label())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
-                });
-            chart
-                .draw_series(points.iter().map(|p| Circle::new(*p, 3, c.filled())))
-                .map_err(|e| err(&e))?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerLeft)
-            .draw()
-            .map_err(|e| err(&e))?;
+            (system, points)
+        });
+        draw_lines(&mut chart, lines, SeriesLabelPosition::LowerLeft).map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))
 }
@@ -168,21 +186,15 @@ pub(crate) fn latency(
         .configure_mesh()
         .x_labels(metrics.len())
         .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 0.01 && i >= 0.0 {
-                metrics
-                    .get(i as usize)
-                    .map(|m| m.trim_end_matches(" µs").to_owned())
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            }
+            tick(*x, metrics.len())
+                .map(|i| metrics[i].trim_end_matches(" µs").to_owned())
+                .unwrap_or_default()
         })
         .y_desc("latency, µs (median of rounds)")
         .draw()
         .map_err(|e| err(&e))?;
-    for &system in systems {
-        let points: Vec<(f64, f64)> = metrics
+    let lines = systems.iter().map(|&system| {
+        let points = metrics
             .iter()
             .enumerate()
             .filter_map(|(i, m)| {
@@ -191,25 +203,8 @@ pub(crate) fn latency(
                 (v > 0.0).then_some((i as f64, v))
             })
             .collect();
-        if points.is_empty() {
-            continue;
-        }
-        let c = color(system);
-        chart
-            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(system.label())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
-        chart
-            .draw_series(points.iter().map(|p| Circle::new(*p, 3, c.filled())))
-            .map_err(|e| err(&e))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| err(&e))?;
+        (system, points)
+    });
+    draw_lines(&mut chart, lines, SeriesLabelPosition::UpperLeft).map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
 }
