@@ -199,6 +199,18 @@ mod tests {
         }
     }
 
+    /// A store in `dir` with tenant "acme" whose principal holds the
+    /// bearer token `abt_ok`; returns the store and the tenant's id.
+    fn one_tenant_with_token(dir: &std::path::Path) -> (Arc<RedbStore>, u64) {
+        let store = Arc::new(RedbStore::open(dir).unwrap());
+        let t = store.create_tenant(new_tenant("acme")).unwrap();
+        let p = store
+            .create_principal(new_principal(t.id, "svc", &[]))
+            .unwrap();
+        bearer(&*store, p.id, "abt_ok");
+        (store, t.id)
+    }
+
     fn corrupt_policy(store: &RedbStore, id: u64) {
         let txn = store.database().begin_write().unwrap();
         txn.open_table(TableDefinition::<u64, &[u8]>::new("policies"))
@@ -211,12 +223,7 @@ mod tests {
     #[test]
     fn a_corrupt_policy_fails_closed_and_a_repair_recovers() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
-        let t = store.create_tenant(new_tenant("acme")).unwrap();
-        let p = store
-            .create_principal(new_principal(t.id, "svc", &[]))
-            .unwrap();
-        bearer(&*store, p.id, "abt_ok");
+        let (store, tenant) = one_tenant_with_token(dir.path());
 
         let metrics = Arc::new(Metrics::default());
         let (publisher, first) =
@@ -238,7 +245,7 @@ mod tests {
         );
         // Built from the last good one: existing sessions keep their rights,
         // new ones are refused.
-        assert!(closed.tenant(TenantId(t.id)).is_some());
+        assert!(closed.tenant(TenantId(tenant)).is_some());
         assert!(closed.revalidate(&session, 0).is_ok());
         assert!(closed.authenticate("abt_ok", 0).is_err());
         let r = ready.borrow().clone();
@@ -272,17 +279,12 @@ mod tests {
     #[test]
     fn an_unreadable_store_at_start_refuses_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
-        let t = store.create_tenant(new_tenant("acme")).unwrap();
-        let p = store
-            .create_principal(new_principal(t.id, "svc", &[]))
-            .unwrap();
-        bearer(&*store, p.id, "abt_ok");
+        let (store, tenant) = one_tenant_with_token(dir.path());
         corrupt_policy(&store, 1);
         let (publisher, first) = Publisher::start(store, Limits::default(), Arc::default());
         assert!(!first.accepting());
         assert!(
-            first.tenant(TenantId(t.id)).is_none(),
+            first.tenant(TenantId(tenant)).is_none(),
             "no last good: empty"
         );
         assert!(first.authenticate("abt_ok", 0).is_err());

@@ -14,7 +14,6 @@ use arqonbus_controlplane::{
     ControlPlane, ControlPlaneConfig, ControlPlaneError, SeedCredential, SeedTenant, StoreError,
 };
 use arqonbus_core::TenantId;
-use arqonbus_proto::control::policy::Target;
 use arqonbus_proto::control::*;
 use common::*;
 use redb::{ReadableDatabase as _, TableDefinition};
@@ -97,21 +96,7 @@ async fn restart_keeps_everything_and_imports_tenants_toml_once() {
         .await
         .unwrap()
         .into_inner();
-    c.policies
-        .put_policy(PutPolicyRequest {
-            policy: Some(Policy {
-                tenant_id: t.id,
-                target: Some(Target::Role("ops".into())),
-                publish: Some(SubjectRules {
-                    allow: vec!["a.>".into()],
-                    deny: vec![],
-                }),
-                ..Policy::default()
-            }),
-            expected_version: 0,
-        })
-        .await
-        .unwrap();
+    c.allow_role_to_publish(t.id, "ops", "a.>").await;
     // An operator deletes the seed: it comes back at the next start while it
     // stays in the configuration.
     c.tenants
@@ -208,23 +193,7 @@ async fn a_damaged_policy_fails_closed_until_removed() {
     let ch = channel(&node, &pki).await;
     let mut c = clients(&ch, &Bearer::new(&token));
     let t = c.create_tenant("acme").await;
-    let policy = c
-        .policies
-        .put_policy(PutPolicyRequest {
-            policy: Some(Policy {
-                tenant_id: t.id,
-                target: Some(Target::Role("ops".into())),
-                publish: Some(SubjectRules {
-                    allow: vec!["a.>".into()],
-                    deny: vec![],
-                }),
-                ..Policy::default()
-            }),
-            expected_version: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let policy = c.allow_role_to_publish(t.id, "ops", "a.>").await;
     drop((c, ch));
     node.stop().await;
 

@@ -309,6 +309,34 @@ impl Clients {
             .unwrap()
             .into_inner()
     }
+
+    /// Puts a new policy letting role `role` of `tenant_id` publish to
+    /// `pattern`; panics if refused.
+    pub async fn allow_role_to_publish(
+        &mut self,
+        tenant_id: u64,
+        role: &str,
+        pattern: &str,
+    ) -> arqonbus_proto::control::Policy {
+        use arqonbus_proto::control::policy::Target;
+        use arqonbus_proto::control::{Policy, PutPolicyRequest, SubjectRules};
+        self.policies
+            .put_policy(PutPolicyRequest {
+                policy: Some(Policy {
+                    tenant_id,
+                    target: Some(Target::Role(role.into())),
+                    publish: Some(SubjectRules {
+                        allow: vec![pattern.into()],
+                        deny: vec![],
+                    }),
+                    ..Policy::default()
+                }),
+                expected_version: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
 }
 
 /// Asserts `result` failed with `code` and a message containing `needle`.
