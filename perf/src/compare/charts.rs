@@ -60,14 +60,24 @@ type Chart<'a, 'b> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, LogCoord<f64>>,
 >;
 
-/// One line with dots per system (systems without points are skipped), and
-/// the legend at `legend`.
+/// One line with dots per system through its medians in `columns` (the row
+/// at each x, if any; systems without points are skipped), and the legend at
+/// `legend`.
 fn draw_lines<'b>(
     chart: &mut Chart<'b, 'b>,
-    lines: impl Iterator<Item = (System, Vec<(f64, f64)>)>,
+    systems: &[System],
+    columns: &[Option<&SummaryRow>],
     legend: SeriesLabelPosition,
 ) -> Result<(), String> {
-    for (system, points) in lines {
+    for &system in systems {
+        let points: Vec<(f64, f64)> = columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, row)| {
+                let v = (*row)?.cells.get(&system)?.median;
+                (v > 0.0).then_some((i as f64, v))
+            })
+            .collect();
         if points.is_empty() {
             continue;
         }
@@ -137,19 +147,17 @@ pub(crate) fn throughput(
             .y_label_formatter(&|v| super::report::human(*v))
             .draw()
             .map_err(|e| err(&e))?;
-        let lines = systems.iter().map(|&system| {
-            let points = sizes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, size)| {
-                    let row = mine.iter().find(|r| r.size == Some(*size))?;
-                    let v = row.cells.get(&system)?.median;
-                    (v > 0.0).then_some((i as f64, v))
-                })
-                .collect();
-            (system, points)
-        });
-        draw_lines(&mut chart, lines, SeriesLabelPosition::LowerLeft).map_err(|e| err(&e))?;
+        let columns: Vec<_> = sizes
+            .iter()
+            .map(|size| mine.iter().find(|r| r.size == Some(*size)).copied())
+            .collect();
+        draw_lines(
+            &mut chart,
+            systems,
+            &columns,
+            SeriesLabelPosition::LowerLeft,
+        )
+        .map_err(|e| err(&e))?;
     }
     root.present().map_err(|e| err(&e))
 }
@@ -193,18 +201,16 @@ pub(crate) fn latency(
         .y_desc("latency, µs (median of rounds)")
         .draw()
         .map_err(|e| err(&e))?;
-    let lines = systems.iter().map(|&system| {
-        let points = metrics
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                let row = mine.iter().find(|r| r.metric == *m)?;
-                let v = row.cells.get(&system)?.median;
-                (v > 0.0).then_some((i as f64, v))
-            })
-            .collect();
-        (system, points)
-    });
-    draw_lines(&mut chart, lines, SeriesLabelPosition::UpperLeft).map_err(|e| err(&e))?;
+    let columns: Vec<_> = metrics
+        .iter()
+        .map(|m| mine.iter().find(|r| r.metric == *m).copied())
+        .collect();
+    draw_lines(
+        &mut chart,
+        systems,
+        &columns,
+        SeriesLabelPosition::UpperLeft,
+    )
+    .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
 }
