@@ -60,19 +60,7 @@ pub(crate) fn json_line(n: u64, message: &Message) -> String {
     out
 }
 
-/// Escapes control characters (newlines, escape sequences, ...) so text stays
-/// on one line and cannot drive the terminal.
-pub(crate) fn escape_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub(crate) use arqonbus_cli::escape_text;
 
 /// Appends `s` as a JSON string literal.
 fn json_string(out: &mut String, s: &str) {
@@ -112,13 +100,6 @@ mod tests {
         assert_eq!(json("l1\nl2\r\t"), "\"l1\\nl2\\r\\t\"");
         assert_eq!(json("\u{1b}[31m\u{0}"), "\"\\u001b[31m\\u0000\"");
         assert_eq!(json("é ✓"), "\"é ✓\"");
-    }
-
-    #[test]
-    fn text_stays_on_one_line() {
-        assert_eq!(escape_text("a\nb"), "a\\nb");
-        assert_eq!(escape_text("\u{1b}[2J"), "\\u{1b}[2J");
-        assert_eq!(escape_text("héllo wörld"), "héllo wörld");
     }
 
     #[test]

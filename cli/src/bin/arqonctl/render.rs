@@ -39,19 +39,7 @@ impl Report {
 
 // ------------------------------------------------------------ primitives
 
-/// Escapes control characters so text stays on one line and cannot drive
-/// the terminal.
-pub(crate) fn escape_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub(crate) use arqonbus_cli::escape_text;
 
 /// Columns separated by two spaces, each as wide as its widest cell.
 #[derive(Debug)]
