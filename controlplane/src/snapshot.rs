@@ -138,6 +138,7 @@ pub fn compile_snapshot(
             name: t.tenant.name.as_str().into(),
             quotas: quotas("tenant", id, t.tenant.quotas.as_ref())?,
             verify_key: Some(key),
+            placement: arqonbus_core::placement::TenantPlacement::default(),
         });
     }
 

@@ -68,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
         name: "t".into(),
         quotas: Quotas::default(),
         verify_key: None,
+        placement: arqonbus_core::placement::TenantPlacement::default(),
     });
     let _ = config.insert_principal(PrincipalEntry {
         id: PrincipalId(1),

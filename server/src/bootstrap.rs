@@ -174,6 +174,7 @@ pub fn snapshot(
             name: t.name.as_str().into(),
             quotas: Quotas::default(),
             verify_key: None,
+            placement: arqonbus_core::placement::TenantPlacement::default(),
         });
         for c in &t.credentials {
             let mut hash = [0u8; 32];

@@ -890,6 +890,7 @@ mod tests {
                 name: name.into(),
                 quotas: Quotas::default(),
                 verify_key: None,
+                placement: arqonbus_core::placement::TenantPlacement::default(),
             });
         }
         Scrape {

@@ -14,6 +14,7 @@
 //! - [`session`]: the connection state machine and input validation;
 //! - [`snapshot`]: the immutable configuration every shard applies (tenants,
 //!   principals, credentials, quotas); [`auth`]: bearer and signed tokens;
+//! - [`placement`]: steering modes, affinity rules, tenant home shards;
 //! - [`policy`]: subject permissions (allow/deny, deny wins);
 //! - [`ratelimit`]: token buckets for message and byte rates;
 //! - [`limits`]: per-connection limits; [`stats`]: per-shard counters;
@@ -30,6 +31,7 @@ pub mod index;
 pub mod limits;
 pub mod metrics;
 pub mod ops;
+pub mod placement;
 pub mod policy;
 pub mod ratelimit;
 pub mod router;

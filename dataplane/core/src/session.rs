@@ -631,6 +631,7 @@ mod tests {
                 ..Quotas::default()
             },
             verify_key: None,
+            placement: crate::placement::TenantPlacement::default(),
         });
         c.insert_principal(PrincipalEntry {
             id: PrincipalId(1),

@@ -19,6 +19,7 @@ use rustc_hash::FxHashMap;
 use crate::auth::{self, CredentialHash, SIGNED_PREFIX};
 use crate::ids::{CredentialId, PrincipalId, TenantId};
 use crate::limits::Limits;
+use crate::placement::{SteeringConfig, TenantPlacement};
 use crate::policy::Permissions;
 
 /// What happens to a subscriber whose outbound buffer is full.
@@ -64,6 +65,8 @@ pub struct TenantEntry {
     pub quotas: Quotas,
     /// Public key for signed tokens, when the tenant has one.
     pub verify_key: Option<[u8; 32]>,
+    /// Where its connections live.
+    pub placement: TenantPlacement,
 }
 
 /// A principal as the data plane sees it.
@@ -157,6 +160,9 @@ pub struct ConfigSnapshot {
     principals: FxHashMap<PrincipalId, Arc<PrincipalEntry>>,
     credentials: FxHashMap<CredentialId, CredentialEntry>,
     bearer: FxHashMap<CredentialHash, CredentialId>,
+    /// Steering set through the control API; `None`: the node's configured
+    /// default stays in force.
+    steering: Option<Arc<SteeringConfig>>,
 }
 
 impl ConfigSnapshot {
@@ -171,7 +177,19 @@ impl ConfigSnapshot {
             principals: FxHashMap::default(),
             credentials: FxHashMap::default(),
             bearer: FxHashMap::default(),
+            steering: None,
         }
+    }
+
+    /// Steering set through the control API, if any (else the node's
+    /// configured default applies).
+    pub fn steering(&self) -> Option<&Arc<SteeringConfig>> {
+        self.steering.as_ref()
+    }
+
+    /// Sets the steering the control API chose.
+    pub fn set_steering(&mut self, steering: SteeringConfig) {
+        self.steering = Some(Arc::new(steering));
     }
 
     /// This snapshot, renumbered, refusing new sessions because of `reason`
@@ -374,6 +392,7 @@ mod tests {
             name: "acme".into(),
             quotas: Quotas::default(),
             verify_key: key,
+            placement: crate::placement::TenantPlacement::default(),
         });
         s.insert_principal(PrincipalEntry {
             id: PrincipalId(10),

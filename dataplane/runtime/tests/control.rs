@@ -54,6 +54,7 @@ impl Spec {
             limits: Limits::default(),
             tenant_quotas: Quotas::default(),
             verify_key: None,
+            placement: arqonbus_core::placement::TenantPlacement::default(),
             principals: vec![(1, Quotas::default(), None, vec![(1, TOKEN_A.into(), None)])],
             signed: vec![],
         }
@@ -66,12 +67,14 @@ impl Spec {
             name: "a".into(),
             quotas: self.tenant_quotas.clone(),
             verify_key: self.verify_key,
+            placement: arqonbus_core::placement::TenantPlacement::default(),
         });
         c.insert_tenant(TenantEntry {
             id: TenantId(2),
             name: "b".into(),
             quotas: Quotas::default(),
             verify_key: None,
+            placement: arqonbus_core::placement::TenantPlacement::default(),
         });
         for (pid, quotas, rules, creds) in &self.principals {
             c.insert_principal(PrincipalEntry {

@@ -41,6 +41,7 @@ pub fn snapshot(epoch: u64, limits: Limits) -> ConfigSnapshot {
             name: name.into(),
             quotas: Quotas::default(),
             verify_key: None,
+            placement: arqonbus_core::placement::TenantPlacement::default(),
         });
         c.insert_principal(PrincipalEntry {
             id: PrincipalId(id),
