@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use arqonbus_core::metrics::ShardMetrics;
-use arqonbus_core::ops::{ConnectionInfo, ShardStatus};
+use arqonbus_core::ops::{ConnectionInfo, ShardStatus, SteeringStatus};
 use arqonbus_core::snapshot::ConfigSnapshot;
 
 /// Why the data plane could not carry out an operator command. Both come from
@@ -41,6 +41,13 @@ pub trait DataPlaneControl: Send + Sync + 'static {
     fn resume(&self, shard: u16) -> Result<(), DataPlaneError>;
     /// The state of every shard.
     fn status(&self) -> Result<Vec<ShardStatus>, DataPlaneError>;
+    /// The node's steering: what is in force and whether the program runs.
+    /// A new steering reaches the data plane in the snapshot
+    /// ([`ConfigSnapshot::set_steering`]); validate it against
+    /// [`shard_count`](Self::shard_count) first.
+    fn steering(&self) -> SteeringStatus;
+    /// How many shards the node runs (to validate shard numbers).
+    fn shard_count(&self) -> usize;
     /// What every shard measured (for `/metrics`); none by default.
     fn metrics(&self) -> Result<Vec<ShardMetrics>, DataPlaneError> {
         Ok(Vec::new())

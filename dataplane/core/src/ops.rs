@@ -52,6 +52,26 @@ pub struct ShardStatus {
     pub subscriptions: u64,
     /// The configuration epoch it has applied.
     pub config_epoch: u64,
+    /// Connections handed to this shard after authentication (their
+    /// tenant's home is here), since start.
+    pub moved_in: u64,
+    /// Connections this shard handed to their tenant's home shard.
+    pub moved_out: u64,
+}
+
+/// The node's steering, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SteeringStatus {
+    /// The steering in force (the control API's, or the configured default).
+    pub config: crate::placement::SteeringConfig,
+    /// Where `config` came from: `"config"` (the file or built-in default)
+    /// or `"api"` (set through the control API).
+    pub source: &'static str,
+    /// Whether the SK_REUSEPORT program is attached. When false, the
+    /// kernel's hash places connections whatever the mode says.
+    pub active: bool,
+    /// Why the program is not attached, when it is not.
+    pub fallback_reason: Option<String>,
 }
 
 /// The shard that owns a connection id.

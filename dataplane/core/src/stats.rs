@@ -53,6 +53,11 @@ pub struct ShardStats {
     pub revoked: u64,
     /// Connections closed by an operator.
     pub kicked: u64,
+    /// Connections handed to this shard, their tenant's home, after
+    /// authentication.
+    pub moved_in: u64,
+    /// Connections this shard handed to their tenant's home shard.
+    pub moved_out: u64,
     /// Gauge: open connections.
     pub connections: u64,
     /// Gauge: local subscriptions.
@@ -89,6 +94,8 @@ impl ShardStats {
             permission_denied,
             revoked,
             kicked,
+            moved_in,
+            moved_out,
             connections,
             subscriptions,
             ring_used,
@@ -117,6 +124,8 @@ impl ShardStats {
         self.permission_denied += permission_denied;
         self.revoked += revoked;
         self.kicked += kicked;
+        self.moved_in += moved_in;
+        self.moved_out += moved_out;
         self.connections += connections;
         self.subscriptions += subscriptions;
         self.ring_used += ring_used;
