@@ -16,6 +16,14 @@
 //! timer, and reading stops until it has gone: throttling is back-pressure,
 //! nothing is dropped.
 //!
+//! Placement: when a session authenticates, its tenant's home shard is
+//! asked for (`PlacementBook::place`). If it is another shard, the task
+//! stops before `Welcome`, takes the connection apart (socket, TLS session,
+//! bytes read but not processed, the authenticated [`Session`]) and hands it
+//! to the home shard as a [`Handoff`]; [`adopt`] serves it there, starting
+//! with the `Welcome`. A connection moves at most once, and nothing it sent
+//! after `Connect` is processed before the move.
+//!
 //! Closing: a fatal error frame is queued, reading stops, the queue is
 //! flushed within `close_grace`, the write side is shut down, and the input
 //! is drained briefly so the peer reads the error before the socket closes.
@@ -32,6 +40,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arqonbus_core::ops::ConnectionInfo;
+use arqonbus_core::placement::Placed;
 use arqonbus_core::router::SubscriptionError;
 use arqonbus_core::session::{Event, Now, Publish, Rejection, Session, State, Step};
 use arqonbus_core::snapshot::{Identity, SlowConsumerPolicy};
@@ -49,7 +58,7 @@ use crate::outbound::Outbound;
 use crate::quota::Holds;
 use crate::readbuf::ReadBuf;
 use crate::shard::{Shard, TenantCell};
-use crate::transport::{PlainStream, Transport};
+use crate::transport::{PlainStream, Transport, TransportParts};
 
 /// Reasons another task asks a connection's task to look at it.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +100,8 @@ pub(crate) struct ConnShared {
     /// Lame duck: when to close this connection.
     pub(crate) lame_at: Cell<Option<Instant>>,
     peer: Option<SocketAddr>,
+    /// Handed to its tenant's home shard: not closed, only gone from here.
+    pub(crate) moved: Cell<bool>,
     connected_at_ms: i64,
     pub(crate) tenant: Cell<Option<TenantId>>,
     principal: Cell<Option<PrincipalId>>,
@@ -131,7 +142,7 @@ fn unix_ms() -> i64 {
 }
 
 impl ConnShared {
-    pub(crate) fn new(id: ConnId, peer: Option<SocketAddr>) -> Self {
+    pub(crate) fn new(id: ConnId, peer: Option<SocketAddr>, accepted_at: Instant) -> Self {
         Self {
             id,
             out: RefCell::new(Outbound::new()),
@@ -141,6 +152,7 @@ impl ConnShared {
             closing: Cell::new(false),
             lame_at: Cell::new(None),
             peer,
+            moved: Cell::new(false),
             connected_at_ms: unix_ms(),
             tenant: Cell::new(None),
             principal: Cell::new(None),
@@ -153,7 +165,7 @@ impl ConnShared {
             replies: RefCell::new(None),
             holds: RefCell::new(None),
             tenant_cell: RefCell::new(None),
-            accepted_at: Instant::now(),
+            accepted_at,
             subs: Cell::new(0),
             msgs_in: Cell::new(0),
             bytes_in: Cell::new(0),
@@ -339,6 +351,33 @@ enum Ended {
     Io(io::ErrorKind),
     /// The final error could not be written within the grace period.
     GraceExpired,
+    /// Authenticated; to be handed to its tenant's home shard.
+    Moving(ShardId),
+}
+
+/// A connection on its way to its tenant's home shard: everything its task
+/// owned, `Send`, taken apart between two polls. Its `Debug` shows no keys
+/// and no received bytes.
+pub(crate) struct Handoff {
+    transport: TransportParts,
+    /// Bytes read but not processed (frames pipelined after `Connect`).
+    received: Vec<u8>,
+    /// Authenticated, `Welcome` not yet sent.
+    session: Session,
+    peer: Option<SocketAddr>,
+    accepted_at: Instant,
+    from: ShardId,
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff")
+            .field("from", &self.from)
+            .field("peer", &self.peer)
+            .field("tls", &self.transport.tls.is_some())
+            .field("received", &self.received.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Most loop rounds in one poll before yielding to other tasks.
@@ -364,7 +403,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(shard = %shard.id, error = %e, "TCP_NODELAY not set");
     }
-    let conn = match shard.register(peer) {
+    let conn = match shard.register(peer, Instant::now(), false) {
         Ok(conn) => conn,
         Err(refusal) => {
             tracing::warn!(shard = %shard.id, ?peer, code = ?refusal.code, "connection refused");
@@ -399,7 +438,7 @@ async fn establish(shard: &Shard, stream: TcpStream) -> io::Result<Transport> {
         .inspect_err(|_| {
             shard.stats.borrow_mut().tls_failures += 1;
         })?;
-    Ok(Transport::Tls(Box::new(tls)))
+    Ok(Transport::tls(tls))
 }
 
 fn close_grace(shard: &Shard) -> Duration {
@@ -409,9 +448,14 @@ fn close_grace(shard: &Shard) -> Duration {
 /// Tells a connection the shard cannot take it, then closes it.
 async fn refuse(shard: &Shard, stream: TcpStream, refusal: &Rejection) {
     shard.errors.borrow_mut().count(refusal.code.into());
-    let Ok(mut transport) = establish(shard, stream).await else {
+    let Ok(transport) = establish(shard, stream).await else {
         return;
     };
+    refuse_on(shard, transport, refusal).await;
+}
+
+/// Sends `refusal` on an established transport, then closes it.
+async fn refuse_on(shard: &Shard, mut transport: Transport, refusal: &Rejection) {
     let mut frame = Vec::new();
     if codec::encode(&refusal.to_frame(), &mut frame).is_err() {
         return;
@@ -435,23 +479,71 @@ async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: TcpStream) {
             return;
         }
     };
-    let mut io = ConnIo {
-        transport,
-        rbuf: ReadBuf::new(shard.cfg.read_chunk),
-        needs_flush: false,
-        close_at: None,
-        closed_with: ErrorCode::Unspecified,
-        held: None,
-        timer: None,
-        clock: now(),
-    };
+    let mut io = ConnIo::new(transport, ReadBuf::new(shard.cfg.read_chunk), false);
     if shard.cfg.tls.is_some() {
         io.step(shard, conn, &mut session, Event::TlsEstablished);
     }
+    drive(shard, conn, io, session).await;
+}
 
+/// Serves a connection another shard authenticated and handed over: this
+/// shard is its tenant's home. Sends the `Welcome`, processes what the
+/// client already sent, then serves it like any other.
+pub(crate) async fn adopt(shard: Rc<Shard>, handoff: Box<Handoff>) {
+    let Handoff {
+        transport,
+        received,
+        mut session,
+        peer,
+        accepted_at,
+        from,
+    } = *handoff;
+    let tenant = session.identity().map(|i| i.tenant.id);
+    let transport = Transport::from_parts(transport);
+    let conn = match shard.register(peer, accepted_at, true) {
+        Ok(conn) => conn,
+        Err(refusal) => {
+            if let Some(t) = tenant {
+                shard.placement.closed(t, shard.id);
+            }
+            tracing::warn!(shard = %shard.id, ?peer, code = ?refusal.code, "handed-over connection refused");
+            shard.errors.borrow_mut().count(refusal.code.into());
+            Box::pin(refuse_on(&shard, transport, &refusal)).await;
+            return;
+        }
+    };
+    shard.stats.borrow_mut().moved_in += 1;
+    let span = tracing::debug_span!("connection", shard = %shard.id, conn = %conn.id, peer = ?peer);
+    let serve = async {
+        let mut io = ConnIo::new(
+            transport,
+            ReadBuf::with_received(shard.cfg.read_chunk, &received),
+            true,
+        );
+        drop(received);
+        {
+            let _handoff = tracing::debug_span!("handoff", from = %from, to = %shard.id).entered();
+            io.welcome(&shard, &conn, &mut session);
+            io.set_deadline(&shard, &conn, &session);
+            io.process(&shard, &conn, &mut session);
+        }
+        drive(&shard, &conn, io, session).await;
+    };
+    tracing::Instrument::instrument(serve, span).await;
+    conn.closing.set(true);
+    shard.unregister(&conn);
+}
+
+/// Runs an established connection until it ends or moves.
+async fn drive(shard: &Rc<Shard>, conn: &Rc<ConnShared>, mut io: ConnIo, mut session: Session) {
     let ended = futures_lite::future::poll_fn(|cx| io.poll(cx, shard, conn, &mut session)).await;
-    if let Ended::Closed(_) = ended {
-        Box::pin(io.linger(close_grace(shard))).await;
+    match ended {
+        Ended::Moving(home) => {
+            io.hand_over(shard, conn, session, home);
+            return;
+        }
+        Ended::Closed(_) => Box::pin(io.linger(close_grace(shard))).await,
+        _ => {}
     }
     tracing::debug!(
         shard = %shard.id,
@@ -478,9 +570,67 @@ struct ConnIo {
     /// The time, read once per batch (clock reads are not free on the
     /// per-message path).
     clock: Now,
+    /// Authenticated, and its tenant's home is this shard.
+    moving: Option<ShardId>,
+    /// Handed over from another shard: it does not move again.
+    adopted: bool,
 }
 
 impl ConnIo {
+    fn new(transport: Transport, rbuf: ReadBuf, adopted: bool) -> Self {
+        Self {
+            transport,
+            rbuf,
+            needs_flush: false,
+            close_at: None,
+            closed_with: ErrorCode::Unspecified,
+            held: None,
+            timer: None,
+            clock: now(),
+            moving: None,
+            adopted,
+        }
+    }
+
+    /// Takes the connection apart and sends it to `home`. On any failure
+    /// the connection is lost (the client reconnects): nothing it sent was
+    /// acknowledged yet.
+    fn hand_over(self, shard: &Shard, conn: &ConnShared, session: Session, home: ShardId) {
+        let _span = tracing::debug_span!("handoff", from = %shard.id, to = %home).entered();
+        let tenant = session.identity().map(|i| i.tenant.id);
+        let received = self.rbuf.filled().to_vec();
+        let sent = match self.transport.into_parts() {
+            Ok(transport) => {
+                let handoff = Box::new(Handoff {
+                    transport,
+                    received,
+                    session,
+                    peer: conn.peer,
+                    accepted_at: conn.accepted_at,
+                    from: shard.id,
+                });
+                shard
+                    .peers
+                    .get(home.index())
+                    .is_some_and(|p| p.send(crate::shard::Command::Adopt(handoff)))
+            }
+            Err(e) => {
+                tracing::warn!(shard = %shard.id, conn = %conn.id, error = %e, "hand-over failed: no descriptor");
+                false
+            }
+        };
+        if sent {
+            conn.moved.set(true);
+            shard.stats.borrow_mut().moved_out += 1;
+            tracing::debug!(shard = %shard.id, conn = %conn.id, to = %home, "handed to the tenant's home shard");
+        } else {
+            if let Some(t) = tenant {
+                shard.placement.closed(t, home);
+            }
+            tracing::warn!(shard = %shard.id, conn = %conn.id, to = %home, "hand-over failed: home shard gone");
+        }
+    }
+
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -489,6 +639,9 @@ impl ConnIo {
         session: &mut Session,
     ) -> Poll<Ended> {
         for _ in 0..ROUNDS_PER_POLL {
+            if let Some(home) = self.moving {
+                return Poll::Ready(Ended::Moving(home));
+            }
             self.clock = now();
             let flags = conn.take_flags();
             if flags & Flag::Shutdown as u8 != 0 {
@@ -663,6 +816,7 @@ impl ConnIo {
         self.clock = now();
         loop {
             if self.held.is_some()
+                || self.moving.is_some()
                 || !matches!(session.state(), State::AwaitingConnect | State::Open)
             {
                 break;
@@ -755,10 +909,15 @@ impl ConnIo {
             Step::Ping => conn.out.borrow_mut().push_frame(&Kind::Ping(v1::Ping {})),
             Step::Reject(r) => self.reject(shard, conn, &r, t.mono),
         }
+        self.set_deadline(shard, conn, session);
+    }
+
+    /// When the tick loop should next look at this connection.
+    fn set_deadline(&self, shard: &Shard, conn: &ConnShared, session: &Session) {
         let config = shard.config.borrow();
         let next = self
             .close_at
-            .or_else(|| session.next_deadline(config.limits(), t));
+            .or_else(|| session.next_deadline(config.limits(), self.clock));
         let lame = conn.lame_at.get();
         conn.deadline.set(match (next, lame) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -768,8 +927,18 @@ impl ConnIo {
 
     fn welcome(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session) {
         let Some(id) = session.identity() else { return };
+        if !self.adopted
+            && let Placed::MoveTo(home) =
+                shard
+                    .placement
+                    .place(id.tenant.id, id.tenant.placement, shard.id)
+        {
+            self.moving = Some(home);
+            return;
+        }
         let holds = shard.quota.holds(id);
         if !holds.connect(id) {
+            shard.placement.closed(id.tenant.id, shard.id);
             shard
                 .tenant_cell(id.tenant.id)
                 .quota_rejections

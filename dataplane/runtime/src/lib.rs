@@ -1,8 +1,9 @@
 //! The ArqonBus data plane: thread-per-core on glommio (io_uring).
 //!
 //! [`DataPlane::start`] binds one `SO_REUSEPORT` listener per shard on the
-//! same address, builds the N×N mesh of SPSC rings, and starts one glommio
-//! executor per shard, pinned to its core. Each shard owns its connections,
+//! same address, attaches the steering program (`arqonbus-ebpf`) to the
+//! group when it can, builds the N×N mesh of SPSC rings, and starts one
+//! glommio executor per shard, pinned to its core. Each shard owns its connections,
 //! subscriptions and buffers; shards share no mutable state and talk only
 //! through the rings (and a doorbell to wake a parked shard).
 //!
@@ -16,7 +17,9 @@
 //! tenants' rate-limit shares between shards while any rate limit is in use.
 //!
 //! # Layout
-//! - `conn`: one connection's task (authorisation, quotas, throttling);
+//! - `conn`: one connection's task (authorisation, quotas, throttling, the
+//!   hand-over to its tenant's home shard);
+//! - `placement`: the steering program and the tenants' home shards;
 //! - `shard`: the shard's state, its accept, mesh and tick loops, commands;
 //! - `route`: publishing, delivery, the mesh protocol, the barrier, stalls;
 //! - `quota`: cross-shard counts and per-shard rate limiters;
@@ -28,6 +31,7 @@ mod conn;
 mod doorbell;
 mod mesh;
 mod outbound;
+mod placement;
 mod quota;
 mod readbuf;
 mod route;
@@ -44,7 +48,8 @@ use std::time::{Duration, Instant};
 use arqonbus_core::ShardId;
 use arqonbus_core::limits::LimitsError;
 use arqonbus_core::metrics::ShardMetrics;
-use arqonbus_core::ops::{ConnectionInfo, ShardStatus, shard_of};
+use arqonbus_core::ops::{ConnectionInfo, ShardStatus, SteeringStatus, shard_of};
+use arqonbus_core::placement::SteeringConfig;
 use arqonbus_core::ratelimit::{ShareReport, rebalance};
 use arqonbus_core::router::MAX_SHARDS;
 use arqonbus_core::snapshot::ConfigSnapshot;
@@ -53,6 +58,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use rustc_hash::FxHashMap;
 
 use crate::doorbell::Doorbell;
+use crate::placement::{PlacementBook, SteeringState};
 use crate::quota::{QuotaBook, RateKey, RateUse};
 use crate::shard::{Command, ShardConfigSend, ShardInit};
 
@@ -91,6 +97,12 @@ pub struct DataPlaneConfig {
     /// when the message carries a `traceparent` header; `None` (the default)
     /// costs nothing. The server sets it when a span exporter runs.
     pub trace_parent: Option<TraceParentHook>,
+    /// How the steering program places new connections, until the control
+    /// API sets another steering in a snapshot.
+    pub steering: SteeringConfig,
+    /// Refuse to start when the steering program cannot be attached
+    /// (instead of warning and leaving placement to the kernel's hash).
+    pub steering_required: bool,
 }
 
 /// Makes `span` a child of the remote span named by `traceparent` (the
@@ -116,6 +128,8 @@ impl DataPlaneConfig {
             tick: Duration::from_millis(250),
             latency_sample_every: 64,
             trace_parent: None,
+            steering: SteeringConfig::default(),
+            steering_required: false,
         }
     }
 
@@ -137,6 +151,9 @@ impl DataPlaneConfig {
             return Err(StartError::Config("tick must be > 0".into()));
         }
         self.config.limits().validate()?;
+        self.steering
+            .validate(self.shards)
+            .map_err(|e| StartError::Config(e.to_string()))?;
         Ok(())
     }
 }
@@ -166,6 +183,10 @@ pub enum StartError {
         /// What went wrong.
         reason: String,
     },
+    /// `steering.required` is set and the steering program could not be
+    /// attached (no CAP_BPF, or the kernel refused it).
+    #[error("steering.required is set, but the steering program could not be attached: {0}")]
+    Steering(String),
     /// Creating sockets or threads failed.
     #[error("data-plane setup failed: {0}")]
     Io(#[from] std::io::Error),
@@ -182,17 +203,22 @@ pub enum ControlError {
     NoSuchShard(u16),
 }
 
-/// The way to one shard's command channel (shared with the rebalancer).
+/// The way to one shard's command channel (shared with the rebalancer and
+/// with the other shards, which hand connections over through it).
 #[derive(Debug)]
-struct ShardPort {
+pub(crate) struct ShardPort {
     commands: crossbeam_channel::Sender<Command>,
     doorbell: Arc<Doorbell>,
 }
 
 impl ShardPort {
-    fn send(&self, cmd: Command) {
+    /// Sends a command and wakes the shard; false when the shard is gone.
+    pub(crate) fn send(&self, cmd: Command) -> bool {
         if self.commands.send(cmd).is_ok() {
             self.doorbell.ring();
+            true
+        } else {
+            false
         }
     }
 }
@@ -221,6 +247,10 @@ pub struct DataPlane {
     rates_in_use: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
     rebalancer: Option<JoinHandle<()>>,
+    placement: Arc<PlacementBook>,
+    /// The steering the node was configured with (used while no snapshot
+    /// carries one).
+    default_steering: SteeringConfig,
 }
 
 /// How often rate-limit shares are rebalanced.
@@ -304,6 +334,78 @@ fn uses_rates(snapshot: &ConfigSnapshot) -> bool {
         || snapshot.has_principal_rates()
 }
 
+/// What the steering program did, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SteeringCounters {
+    /// Whether the program is attached.
+    pub active: bool,
+    /// The mode in force.
+    pub mode: arqonbus_core::placement::SteeringMode,
+    /// Drained shards (bit i: shard i).
+    pub draining: u64,
+    /// Connections the program sent to a shard.
+    pub selected: u64,
+    /// Connections left to the kernel's hash: the chosen shard had no
+    /// listener in the map.
+    pub fallback_no_socket: u64,
+    /// Connections left to the kernel's hash: every shard was drained.
+    pub fallback_all_drained: u64,
+    /// Connections placed by an affinity rule.
+    pub affinity_hits: u64,
+    /// Connections placed by the CPU that took the SYN.
+    pub cpu_hits: u64,
+    /// Map updates that failed.
+    pub map_errors: u64,
+}
+
+/// Loads and attaches the steering program to the shards' listeners, or
+/// says why not (an error only when `steering.required` is set).
+fn attach_steering(
+    cfg: &DataPlaneConfig,
+    listeners: &[OwnedFd],
+) -> Result<SteeringState, StartError> {
+    use std::os::fd::AsFd;
+    let fds: Vec<_> = listeners.iter().map(AsFd::as_fd).collect();
+    let attached = arqonbus_ebpf::Steering::attach(&fds, placement::mode(cfg.steering.mode))
+        .and_then(|mut p| {
+            let rules: Vec<_> = cfg
+                .steering
+                .affinity
+                .iter()
+                .map(|r| (r.network, r.len, u32::from(r.shard.0)))
+                .collect();
+            p.set_affinity(&rules)?;
+            if !cfg.cpus.is_empty() {
+                let cpus: Vec<(u32, u32)> = (0..cfg.shards)
+                    .map(|i| (cfg.cpus[i % cfg.cpus.len()] as u32, i as u32))
+                    .collect();
+                p.set_cpus(&cpus)?;
+            }
+            Ok(p)
+        });
+    match attached {
+        Ok(program) => Ok(SteeringState {
+            program: Some(program),
+            fallback: None,
+            config: cfg.steering.clone(),
+            from_api: false,
+        }),
+        Err(e) if cfg.steering_required => Err(StartError::Steering(e.to_string())),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "steering program not attached: the kernel's hash places connections, drains close the listener (set steering.required = true to refuse to start instead)"
+            );
+            Ok(SteeringState {
+                program: None,
+                fallback: Some(e.to_string()),
+                config: cfg.steering.clone(),
+                from_api: false,
+            })
+        }
+    }
+}
+
 fn bind_group(addr: SocketAddr, n: usize) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
     let bind_err = |source| StartError::Bind { addr, source };
     let mut fds = Vec::with_capacity(n);
@@ -332,13 +434,25 @@ impl DataPlane {
     pub fn start(cfg: &DataPlaneConfig) -> Result<Self, StartError> {
         cfg.validate()?;
         let (listeners, local_addr) = bind_group(cfg.listen, cfg.shards)?;
+        let steering = attach_steering(cfg, &listeners)?;
+        let placement = Arc::new(PlacementBook::new(cfg.shards, steering));
         let mut bells = Vec::with_capacity(cfg.shards);
         let mut bell_rxs = Vec::with_capacity(cfg.shards);
+        let mut ports = Vec::with_capacity(cfg.shards);
+        let mut cmd_rxs = Vec::with_capacity(cfg.shards);
         for _ in 0..cfg.shards {
             let (bell, rx) = Doorbell::new()?;
-            bells.push(Arc::new(bell));
+            let bell = Arc::new(bell);
+            let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+            ports.push(ShardPort {
+                commands: cmd_tx,
+                doorbell: bell.clone(),
+            });
+            cmd_rxs.push(cmd_rx);
+            bells.push(bell);
             bell_rxs.push(rx);
         }
+        let ports = Arc::new(ports);
         let meshes = mesh::build(&bells, cfg.ring_capacity);
         let shared = Arc::new(ShardConfigSend {
             listen: local_addr,
@@ -358,19 +472,22 @@ impl DataPlane {
         let seed = u64::from_le_bytes(seed);
 
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(cfg.shards);
-        let mut ports = Vec::with_capacity(cfg.shards);
         let mut joins = Vec::with_capacity(cfg.shards);
         let mut spawn_error = None;
-        let parts = listeners.into_iter().zip(meshes).zip(bell_rxs).enumerate();
-        for (i, ((listener, mesh), bell_rx)) in parts {
+        let parts = listeners
+            .into_iter()
+            .zip(meshes)
+            .zip(bell_rxs)
+            .zip(cmd_rxs)
+            .enumerate();
+        for (i, (((listener, mesh), bell_rx), cmd_rx)) in parts {
             let id = ShardId(i as u16);
-            let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
-            let placement = if cfg.cpus.is_empty() {
+            let pin = if cfg.cpus.is_empty() {
                 Placement::Unbound
             } else {
                 Placement::Fixed(cfg.cpus[i % cfg.cpus.len()])
             };
-            let mut builder = LocalExecutorBuilder::new(placement)
+            let mut builder = LocalExecutorBuilder::new(pin)
                 .name(&format!("arqonbus-shard-{i}"))
                 .io_memory(cfg.io_memory);
             if let Some(spin) = cfg.spin_before_park {
@@ -386,19 +503,15 @@ impl DataPlane {
                 doorbell: bells[i].clone(),
                 bell_rx,
                 commands: cmd_rx,
+                peers: ports.clone(),
+                placement: placement.clone(),
                 seed: seed
                     .wrapping_add(i as u64)
                     .wrapping_mul(0x9e37_79b9_7f4a_7c15),
             };
             let ready = ready_tx.clone();
             match builder.spawn(move || shard::run(init, ready)) {
-                Ok(join) => {
-                    ports.push(ShardPort {
-                        commands: cmd_tx,
-                        doorbell: bells[i].clone(),
-                    });
-                    joins.push(Some(join));
-                }
+                Ok(join) => joins.push(Some(join)),
                 Err(e) => {
                     spawn_error = Some(StartError::Shard {
                         shard: id.0,
@@ -409,7 +522,6 @@ impl DataPlane {
             }
         }
         drop(ready_tx);
-        let ports = Arc::new(ports);
         let rates_in_use = Arc::new(AtomicBool::new(uses_rates(&cfg.config)));
         let stopping = Arc::new(AtomicBool::new(false));
         // Built before anything can fail: dropping `plane` stops every shard
@@ -421,10 +533,14 @@ impl DataPlane {
             rates_in_use: rates_in_use.clone(),
             stopping: stopping.clone(),
             rebalancer: None,
+            placement,
+            default_steering: cfg.steering.clone(),
         };
         if let Some(e) = spawn_error {
             return Err(e);
         }
+        // A steering set through the control API (stored) wins over the file.
+        plane.apply_steering(cfg.config.steering().map(|s| &**s));
         let mut started = vec![false; cfg.shards];
         for _ in 0..cfg.shards {
             if let Ok(id) = ready_rx.recv_timeout(Duration::from_secs(30)) {
@@ -442,7 +558,15 @@ impl DataPlane {
                 .name("arqonbus-rebalancer".into())
                 .spawn(move || rebalancer(&ports, &rates_in_use, &stopping))?,
         );
-        tracing::info!(addr = %local_addr, shards = cfg.shards, tls = cfg.tls.is_some(), "data plane listening");
+        let steering = plane.steering_status();
+        tracing::info!(
+            addr = %local_addr,
+            shards = cfg.shards,
+            tls = cfg.tls.is_some(),
+            steering = %steering.config.mode,
+            steering_active = steering.active,
+            "data plane listening"
+        );
         Ok(plane)
     }
 
@@ -490,6 +614,7 @@ impl DataPlane {
     pub fn apply(&self, snapshot: &Arc<ConfigSnapshot>) -> Result<(), ControlError> {
         self.rates_in_use
             .store(uses_rates(snapshot), Ordering::Relaxed);
+        self.apply_steering(snapshot.steering().map(|s| &**s));
         let replies: Vec<_> = self
             .ports
             .iter()
@@ -526,18 +651,96 @@ impl DataPlane {
         })
     }
 
-    /// Takes a shard out of service: it stops accepting (the kernel sends new
-    /// connections to the other shards) and its connections are closed with
-    /// `SERVER_SHUTTING_DOWN` so clients reconnect elsewhere.
+    /// Takes a shard out of service: new connections go to the other
+    /// shards, and its connections are closed with `SERVER_SHUTTING_DOWN`
+    /// so clients reconnect elsewhere. With the steering program the
+    /// listener stays open and its accept queue is served (nothing queued is
+    /// reset); without it the listener is closed, as the kernel's hash
+    /// cannot skip it.
     pub fn drain(&self, shard: u16) -> Result<(), ControlError> {
-        self.port(shard)?.send(Command::Drain);
+        let port = self.port(shard)?;
+        let steered = self.placement.set_draining(ShardId(shard), true);
+        port.send(Command::Drain {
+            close_listener: !steered,
+        });
         Ok(())
     }
 
     /// Puts a drained shard back into service.
     pub fn resume(&self, shard: u16) -> Result<(), ControlError> {
-        self.port(shard)?.send(Command::Resume);
+        let port = self.port(shard)?;
+        self.placement.set_draining(ShardId(shard), false);
+        port.send(Command::Resume);
         Ok(())
+    }
+
+    /// The steering in force and whether the program runs.
+    pub fn steering_status(&self) -> SteeringStatus {
+        let st = self.placement.steering();
+        SteeringStatus {
+            config: st.config.clone(),
+            source: if st.from_api { "api" } else { "config" },
+            active: st.program.is_some(),
+            fallback_reason: st.fallback.clone(),
+        }
+    }
+
+    /// What the steering program counted, and failed map updates.
+    pub fn steering_counters(&self) -> SteeringCounters {
+        let map_errors = self.placement.map_errors();
+        let st = self.placement.steering();
+        let c = st
+            .program
+            .as_ref()
+            .and_then(|p| p.counters().ok())
+            .unwrap_or_default();
+        SteeringCounters {
+            active: st.program.is_some(),
+            mode: st.config.mode,
+            draining: self.placement.draining(),
+            selected: c.selected,
+            fallback_no_socket: c.fallback_no_socket,
+            fallback_all_drained: c.fallback_all_drained,
+            affinity_hits: c.affinity_hits,
+            cpu_hits: c.cpu_hits,
+            map_errors,
+        }
+    }
+
+    /// Brings the program in line with the snapshot's steering (or the
+    /// configured default when the snapshot has none).
+    fn apply_steering(&self, wanted: Option<&SteeringConfig>) {
+        let from_api = wanted.is_some();
+        let wanted = wanted.unwrap_or(&self.default_steering);
+        let mut st = self.placement.steering();
+        if st.config == *wanted && st.from_api == from_api {
+            return;
+        }
+        if let Err(e) = wanted.validate(self.ports.len()) {
+            // The control plane validates first; a snapshot from elsewhere
+            // (a test, a future path) must not break placement.
+            tracing::error!(error = %e, "steering in the snapshot ignored");
+            return;
+        }
+        if let Some(program) = st.program.as_mut() {
+            let rules: Vec<_> = wanted
+                .affinity
+                .iter()
+                .map(|r| (r.network, r.len, u32::from(r.shard.0)))
+                .collect();
+            let applied = program
+                .set_affinity(&rules)
+                .and_then(|()| program.set_mode(placement::mode(wanted.mode)));
+            if let Err(e) = applied {
+                drop(st);
+                self.placement.count_map_error();
+                tracing::error!(error = %e, "steering: cannot apply the new mode");
+                return;
+            }
+        }
+        tracing::info!(mode = %wanted.mode, rules = wanted.affinity.len(), from_api, "steering changed");
+        st.config = wanted.clone();
+        st.from_api = from_api;
     }
 
     /// Everything every shard measured, for a scrape.

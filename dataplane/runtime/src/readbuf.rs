@@ -27,6 +27,17 @@ impl ReadBuf {
         }
     }
 
+    /// A buffer holding `bytes` already received (a connection handed over
+    /// from another shard with frames it did not process).
+    pub(crate) fn with_received(chunk: usize, bytes: &[u8]) -> Self {
+        let mut rb = Self::new(chunk);
+        if !bytes.is_empty() {
+            rb.unfilled(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+            rb.advance(bytes.len());
+        }
+        rb
+    }
+
     /// Received bytes not yet taken as frames.
     pub(crate) fn filled(&self) -> &[u8] {
         &self.buf[..self.filled]

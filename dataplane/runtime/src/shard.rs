@@ -42,9 +42,11 @@ use glommio::net::{TcpListener, UnixStream};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 
+use crate::ShardPort;
 use crate::conn::{self, ConnShared, Flag};
 use crate::doorbell::Doorbell;
 use crate::mesh::{Inbox, Link, ShardMesh};
+use crate::placement::PlacementBook;
 use crate::quota::{QuotaBook, RateKey, RateUse, Rates};
 
 /// Messages from the operator (the [`crate::DataPlane`] handle) to a shard.
@@ -59,8 +61,15 @@ pub(crate) enum Command {
     Connections(crossbeam_channel::Sender<Vec<ConnectionInfo>>),
     /// Close one connection; reply whether it existed.
     Kick(u64, crossbeam_channel::Sender<bool>),
-    /// Stop accepting and move every connection away.
-    Drain,
+    /// Stop accepting and move every connection away; close the listener
+    /// too when the steering program cannot skip this shard.
+    Drain {
+        /// Close the listener (no steering program).
+        close_listener: bool,
+    },
+    /// Serve a connection another shard authenticated: this shard is its
+    /// tenant's home.
+    Adopt(Box<conn::Handoff>),
     /// Accept again after a drain.
     Resume,
     /// Reply with the shard's status.
@@ -171,6 +180,10 @@ pub(crate) struct Shard {
     /// The configuration in force (replaced whole by `Command::Apply`).
     pub(crate) config: RefCell<Arc<ConfigSnapshot>>,
     pub(crate) quota: Arc<QuotaBook>,
+    /// Steering and tenant homes, shared by the shards.
+    pub(crate) placement: Arc<PlacementBook>,
+    /// Every shard's command port (this one's too), for hand-overs.
+    pub(crate) peers: Arc<Vec<ShardPort>>,
     pub(crate) rates: RefCell<Rates>,
     pub(crate) router: RefCell<Router>,
     pub(crate) conns: RefCell<Slab<Rc<ConnShared>>>,
@@ -236,6 +249,8 @@ pub(crate) struct ShardInit {
     pub(crate) doorbell: Arc<Doorbell>,
     pub(crate) bell_rx: std::os::fd::OwnedFd,
     pub(crate) commands: crossbeam_channel::Receiver<Command>,
+    pub(crate) peers: Arc<Vec<ShardPort>>,
+    pub(crate) placement: Arc<PlacementBook>,
     pub(crate) seed: u64,
 }
 
@@ -265,6 +280,8 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         doorbell,
         bell_rx,
         commands,
+        peers,
+        placement,
         seed,
     } = init;
     let cfg = Rc::new(ShardConfig {
@@ -293,6 +310,8 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         id,
         config: RefCell::new(config),
         quota,
+        placement,
+        peers,
         rates: RefCell::new(Rates::new(n)),
         router: RefCell::new(Router::new(id, seed)),
         conns: RefCell::new(Slab::new()),
@@ -370,11 +389,15 @@ async fn tick_loop(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(shard.cfg.tick).await;
         let now = Instant::now();
-        for (_, c) in shard.conns.borrow().iter() {
+        let conns = shard.conns.borrow();
+        for (_, c) in conns.iter() {
             if c.deadline.get().is_some_and(|d| d <= now) {
                 c.raise(Flag::Tick);
             }
         }
+        let live = conns.len() as u64 + shard.accept_queue();
+        drop(conns);
+        shard.placement.report_live(shard.id, live);
         shard.stalls.borrow_mut().retain(|_, until| *until > now);
         if shard.stopped.is_set() {
             break;
@@ -456,11 +479,21 @@ fn conn_index(id: ConnId) -> usize {
 impl Shard {
     // ---- connections -------------------------------------------------
 
-    /// Registers a new connection, or says why it is refused.
-    pub(crate) fn register(&self, peer: Option<SocketAddr>) -> Result<Rc<ConnShared>, Rejection> {
+    /// Registers a new connection (accepted here at `accepted_at`, or
+    /// `adopted` from another shard), or says why it is refused.
+    pub(crate) fn register(
+        &self,
+        peer: Option<SocketAddr>,
+        accepted_at: Instant,
+        adopted: bool,
+    ) -> Result<Rc<ConnShared>, Rejection> {
         let mut conns = self.conns.borrow_mut();
         let max = self.config.borrow().limits().max_connections_per_shard;
-        let refusal = if self.shutdown.is_set() || self.draining.get() {
+        // A shard drained by steering keeps accepting what its queue holds
+        // (those connections move to their tenant's home after
+        // authentication); one whose listener closed refuses.
+        let closed = self.draining.get() && self.listen_fd.get().is_none();
+        let refusal = if self.shutdown.is_set() || closed {
             Some((ErrorCode::ServerShuttingDown, "server shutting down"))
         } else if conns.len() >= max as usize {
             Some((
@@ -486,9 +519,12 @@ impl Shard {
         let id = ConnId(
             (u64::from(self.id.0) << 56) | (u64::from(generation) << 32) | entry.key() as u64,
         );
-        let conn = Rc::new(ConnShared::new(id, peer));
+        let conn = Rc::new(ConnShared::new(id, peer, accepted_at));
         entry.insert(conn.clone());
-        self.stats.borrow_mut().connections_accepted += 1;
+        self.placement.set_open(self.id, conns.len());
+        if !adopted {
+            self.stats.borrow_mut().connections_accepted += 1;
+        }
         Ok(conn)
     }
 
@@ -499,12 +535,18 @@ impl Shard {
         self.broadcast(&mut updates);
         drop(updates);
         conn.release_quota();
+        if let Some(tenant) = conn.tenant.get() {
+            self.placement.closed(tenant, self.id);
+        }
         let idx = conn_index(conn.id);
         let mut conns = self.conns.borrow_mut();
         if conns.get(idx).is_some_and(|c| c.id == conn.id) {
             conns.remove(idx);
         }
-        self.stats.borrow_mut().connections_closed += 1;
+        self.placement.set_open(self.id, conns.len());
+        if !conn.moved.get() {
+            self.stats.borrow_mut().connections_closed += 1;
+        }
         let empty = conns.is_empty();
         drop(conns);
         self.after_batch();
@@ -578,7 +620,10 @@ impl Shard {
                 }
                 let _ = reply.send(found.is_some());
             }
-            Command::Drain => self.drain(),
+            Command::Drain { close_listener } => self.drain(close_listener),
+            Command::Adopt(handoff) => {
+                glommio::spawn_local(conn::adopt(self.clone(), handoff)).detach();
+            }
             Command::LameDuck(window) => self.lame_duck(window),
             Command::Resume => self.resume(),
             Command::Status(reply) => {
@@ -588,6 +633,8 @@ impl Shard {
                     connections: self.conns.borrow().len() as u64,
                     subscriptions: self.router.borrow().local_subscriptions() as u64,
                     config_epoch: self.config.borrow().epoch(),
+                    moved_in: self.stats.borrow().moved_in,
+                    moved_out: self.stats.borrow().moved_out,
                 });
             }
             Command::Metrics(reply) => {
@@ -702,12 +749,16 @@ impl Shard {
         }
     }
 
-    fn drain(&self) {
+    fn drain(&self, close_listener: bool) {
         if self.draining.replace(true) {
             return;
         }
-        tracing::info!(shard = %self.id, "draining: not accepting, closing connections");
-        self.stop_listening();
+        if close_listener {
+            tracing::info!(shard = %self.id, "draining: listener closed (no steering program), closing connections");
+            self.stop_listening();
+        } else {
+            tracing::info!(shard = %self.id, "draining: steered away, accept queue still served, closing connections");
+        }
         for (_, c) in self.conns.borrow().iter() {
             c.raise(Flag::Shutdown);
         }
@@ -729,12 +780,48 @@ impl Shard {
         }
     }
 
+    /// The connections waiting in this shard's accept queue.
+    fn accept_queue(&self) -> u64 {
+        let Some(fd) = self.listen_fd.get() else {
+            return 0;
+        };
+        // SAFETY: `tcp_info` is plain data; the kernel writes at most `len`
+        // bytes of it. `fd` is the listener the accept loop still owns.
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &raw mut len,
+            );
+            // On a listener, tcpi_unacked is the accept queue's length.
+            if rc == 0 {
+                u64::from(info.tcpi_unacked)
+            } else {
+                0
+            }
+        }
+    }
+
     fn resume(self: &Rc<Self>) {
         if !self.draining.get() || self.shutdown.is_set() {
             return;
         }
+        if self.listen_fd.get().is_some() {
+            // Steered away only: the listener never closed.
+            self.draining.set(false);
+            tracing::info!(shard = %self.id, "resumed");
+            return;
+        }
         match listen_again(self.cfg.listen) {
             Ok(fd) => {
+                // SAFETY: `fd` is the fresh listener, open until the accept
+                // loop below closes it.
+                self.placement
+                    .replace_socket(self.id, unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
                 // SAFETY: a fresh, bound, listening socket owned by us.
                 let listener = unsafe { TcpListener::from_raw_fd(fd) };
                 let stop = Rc::new(Latch::default());

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use arqonbus_core::auth::{CredentialHash, sign_token};
 use arqonbus_core::limits::Limits;
+use arqonbus_core::placement::TenantPlacement;
 use arqonbus_core::policy::{PolicyRules, compile, parse_pattern};
 use arqonbus_core::snapshot::{
     ConfigSnapshot, CredentialEntry, PrincipalEntry, Quotas, SlowConsumerPolicy, TenantEntry,
@@ -54,7 +55,6 @@ impl Spec {
             limits: Limits::default(),
             tenant_quotas: Quotas::default(),
             verify_key: None,
-            placement: arqonbus_core::placement::TenantPlacement::default(),
             principals: vec![(1, Quotas::default(), None, vec![(1, TOKEN_A.into(), None)])],
             signed: vec![],
         }
@@ -67,14 +67,16 @@ impl Spec {
             name: "a".into(),
             quotas: self.tenant_quotas.clone(),
             verify_key: self.verify_key,
-            placement: arqonbus_core::placement::TenantPlacement::default(),
+            // These tests place connections on chosen shards themselves.
+            placement: TenantPlacement::Spread,
         });
         c.insert_tenant(TenantEntry {
             id: TenantId(2),
             name: "b".into(),
             quotas: Quotas::default(),
             verify_key: None,
-            placement: arqonbus_core::placement::TenantPlacement::default(),
+            // These tests place connections on chosen shards themselves.
+            placement: TenantPlacement::Spread,
         });
         for (pid, quotas, rules, creds) in &self.principals {
             c.insert_principal(PrincipalEntry {

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use arqonbus_core::auth::CredentialHash;
 use arqonbus_core::limits::Limits;
+use arqonbus_core::placement::TenantPlacement;
 use arqonbus_core::policy::Permissions;
 use arqonbus_core::snapshot::{
     ConfigSnapshot, CredentialEntry, PrincipalEntry, Quotas, TenantEntry,
@@ -32,7 +33,24 @@ pub const TOKEN_A: &str = "abt_tenant_a_token";
 pub const TOKEN_B: &str = "abt_tenant_b_token";
 
 /// Two tenants, one principal and bearer credential each, no policies.
+/// Both are `spread`: most tests place connections on chosen shards
+/// themselves (to force cross-shard paths).
 pub fn snapshot(epoch: u64, limits: Limits) -> ConfigSnapshot {
+    snapshot_placed(
+        epoch,
+        limits,
+        TenantPlacement::Spread,
+        TenantPlacement::Spread,
+    )
+}
+
+/// [`snapshot`] with tenant "a" placed `a` and tenant "b" placed `b`.
+pub fn snapshot_placed(
+    epoch: u64,
+    limits: Limits,
+    a: TenantPlacement,
+    b: TenantPlacement,
+) -> ConfigSnapshot {
     let mut c = ConfigSnapshot::new(epoch, limits);
     for (i, (token, name)) in [(TOKEN_A, "a"), (TOKEN_B, "b")].into_iter().enumerate() {
         let id = i as u64 + 1;
@@ -41,7 +59,7 @@ pub fn snapshot(epoch: u64, limits: Limits) -> ConfigSnapshot {
             name: name.into(),
             quotas: Quotas::default(),
             verify_key: None,
-            placement: arqonbus_core::placement::TenantPlacement::default(),
+            placement: if id == 1 { a } else { b },
         });
         c.insert_principal(PrincipalEntry {
             id: PrincipalId(id),
