@@ -2,8 +2,9 @@
 //! on tokio, over an embedded crash-safe store, pushing immutable
 //! configuration snapshots to the data plane.
 //!
-//! It owns the durable configuration (tenants, principals, credentials,
-//! policies, the admin credential) and turns every accepted change into a
+//! It owns the durable configuration (tenants with their placement,
+//! principals, credentials, policies, the steering set through the API, the
+//! admin credential) and turns every accepted change into a
 //! new [`ConfigSnapshot`](arqonbus_core::snapshot::ConfigSnapshot) applied
 //! to every shard before the RPC answers. It does not route messages, and
 //! does not link the glommio data plane: it reaches it through the

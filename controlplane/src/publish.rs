@@ -166,7 +166,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use arqonbus_core::TenantId;
-    use arqonbus_core::ops::{ConnectionInfo, ShardStatus};
+    use arqonbus_core::ops::{ConnectionInfo, ShardStatus, SteeringStatus};
     use redb::TableDefinition;
 
     use super::*;
@@ -196,6 +196,12 @@ mod tests {
         }
         fn status(&self) -> Result<Vec<ShardStatus>, DataPlaneError> {
             Ok(vec![])
+        }
+        fn steering(&self) -> SteeringStatus {
+            SteeringStatus::default()
+        }
+        fn shard_count(&self) -> usize {
+            1
         }
     }
 

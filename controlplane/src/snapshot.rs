@@ -3,8 +3,10 @@
 //! [`compile_snapshot`] is pure: store contents, an epoch, the server's
 //! limits and `now` in, a snapshot out. [`build_snapshot`] reads the store
 //! first. The rules:
-//! - each tenant carries its quotas (0 = unlimited, a 0 stall = 100 ms) and
-//!   the public half of its signing key;
+//! - each tenant carries its quotas (0 = unlimited, a 0 stall = 100 ms),
+//!   the public half of its signing key and its placement (empty: home);
+//! - the steering set through the API, if any, goes in with
+//!   [`ConfigSnapshot::set_steering`] (none: the configuration file's);
 //! - each principal's permissions are compiled by
 //!   [`arqonbus_core::policy::compile`] from every policy of its tenant that
 //!   targets its id or one of its roles (none: allow all; deny wins);
@@ -33,7 +35,7 @@ use arqonbus_proto::control::{CredentialKind, Quotas};
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
 use crate::store::{Store, StoreContents, StoreError};
-use crate::validate::{core_quotas, policy_rules};
+use crate::validate::{core_quotas, placement, policy_rules, steering_config};
 
 /// Why a snapshot could not be built. Every variant means the stored state
 /// cannot be trusted as a whole; the node fails closed until it is fixed.
@@ -76,6 +78,17 @@ pub enum BuildError {
         /// What is wrong.
         reason: String,
     },
+    /// A tenant's stored placement does not parse.
+    #[error("tenant {tenant}: {reason}")]
+    Placement {
+        /// The tenant.
+        tenant: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The stored steering does not parse.
+    #[error("steering: {0}")]
+    Steering(String),
     /// Records refer to records that do not exist.
     #[error(transparent)]
     Inconsistent(#[from] SnapshotError),
@@ -133,13 +146,23 @@ pub fn compile_snapshot(
         let id = t.tenant.id;
         let key = verify_key(&t.signing_key.0)
             .map_err(|reason| BuildError::SigningKey { tenant: id, reason })?;
+        let placement =
+            placement("placement", &t.tenant.placement).map_err(|e| BuildError::Placement {
+                tenant: id,
+                reason: e.to_string(),
+            })?;
         snap.insert_tenant(TenantEntry {
             id: TenantId(id),
             name: t.tenant.name.as_str().into(),
             quotas: quotas("tenant", id, t.tenant.quotas.as_ref())?,
             verify_key: Some(key),
-            placement: arqonbus_core::placement::TenantPlacement::default(),
+            placement,
         });
+    }
+    if let Some(s) = &contents.steering {
+        let steering = steering_config(&s.mode, &s.affinity)
+            .map_err(|e| BuildError::Steering(e.to_string()))?;
+        snap.set_steering(steering);
     }
 
     // Every stored policy must validate, whether or not it targets anyone.
@@ -399,6 +422,72 @@ mod tests {
                 .id,
             TenantId(other.id)
         );
+    }
+
+    #[test]
+    fn placement_and_steering_reach_the_snapshot() {
+        use arqonbus_core::ShardId;
+        use arqonbus_core::placement::{SteeringMode, TenantPlacement};
+        use arqonbus_proto::control::AffinityRule;
+
+        use crate::store::{NewTenant, SteeringRecord};
+
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        for (name, placement) in [("a", "home"), ("b", "spread"), ("c", "shard:3")] {
+            let t = s
+                .create_tenant(NewTenant {
+                    placement: placement.into(),
+                    ..new_tenant(name)
+                })
+                .unwrap();
+            ids.push(t.id);
+        }
+        let snap = build_snapshot(&s, 1, &Limits::default()).unwrap();
+        let placed: Vec<TenantPlacement> = ids
+            .iter()
+            .map(|id| snap.tenant(TenantId(*id)).unwrap().placement)
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                TenantPlacement::Home,
+                TenantPlacement::Spread,
+                // Not checked against a node here: the data plane decides
+                // what a shard it does not have means.
+                TenantPlacement::Pinned(ShardId(3)),
+            ]
+        );
+        assert!(snap.steering().is_none(), "nothing set: the file's");
+
+        s.set_steering(&SteeringRecord {
+            mode: "affinity".into(),
+            affinity: vec![AffinityRule {
+                prefix: "10.0.0.0/8".into(),
+                shard: 1,
+            }],
+            updated_at_unix_ms: 1,
+        })
+        .unwrap();
+        let snap = build_snapshot(&s, 2, &Limits::default()).unwrap();
+        let steering = snap.steering().unwrap();
+        assert_eq!(steering.mode, SteeringMode::Affinity);
+        assert_eq!(
+            steering.affinity_for("10.1.1.1".parse().unwrap()),
+            Some(ShardId(1))
+        );
+
+        // A stored value that does not parse fails the build.
+        let mut contents = s.load().unwrap();
+        contents.tenants[1].tenant.placement = "everywhere".into();
+        let err = compile_snapshot(&contents, 3, &Limits::default(), 0).unwrap_err();
+        assert!(matches!(err, BuildError::Placement { .. }), "{err}");
+        assert!(err.to_string().contains("unknown placement"), "{err}");
+        let mut contents = s.load().unwrap();
+        contents.steering.as_mut().unwrap().mode = "random".into();
+        let err = compile_snapshot(&contents, 3, &Limits::default(), 0).unwrap_err();
+        assert!(matches!(err, BuildError::Steering(_)), "{err}");
     }
 
     #[test]

@@ -1,19 +1,33 @@
-//! Request validation: names, roles, quotas and subject patterns.
+//! Request validation: names, roles, quotas, subject patterns, tenant
+//! placement and steering.
 //!
 //! Every check names the offending field, so a bad request gets
 //! `INVALID_ARGUMENT` with a message such as
 //! `policy.publish.allow[2]: invalid pattern`. Checks never panic, whatever
-//! the input. The snapshot builder reuses [`policy_rules`] and
-//! [`core_quotas`], so a record that passed validation when written is read
-//! back with the same rules.
+//! the input. The snapshot builder reuses [`policy_rules`], [`core_quotas`],
+//! [`placement`] and [`steering_config`], so a record that passed validation
+//! when written is read back with the same rules. Placement and steering
+//! reasons are the core's [`PlacementError`] messages; the field is the
+//! request's (`affinity[3].prefix`, not the core's `affinity.prefix`).
+//! Whether a shard exists is checked only when a request is accepted
+//! ([`placement_on_node`], [`steering_for_node`]): a node restarted with
+//! fewer shards still builds its snapshot, and the data plane skips what
+//! names a shard it does not have.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::time::Duration;
 
+use arqonbus_core::ShardId;
 use arqonbus_core::limits::MAX_PAYLOAD_CEILING;
+use arqonbus_core::placement::{
+    AffinityRule as CoreAffinityRule, MAX_AFFINITY_RULES, PlacementError, SteeringConfig,
+    SteeringMode, TenantPlacement,
+};
 use arqonbus_core::policy::{PolicyRules, parse_pattern};
 use arqonbus_core::snapshot::{Quotas as CoreQuotas, SlowConsumerPolicy as CoreSlowConsumer};
 use arqonbus_core::subject::Pattern;
-use arqonbus_proto::control::{Policy, Quotas, SlowConsumerPolicy, SubjectRules};
+use arqonbus_proto::control::{AffinityRule, Policy, Quotas, SlowConsumerPolicy, SubjectRules};
 
 /// Longest name of a tenant, principal or role, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
@@ -196,6 +210,107 @@ pub fn policy_rules(prefix: &str, p: &Policy) -> Result<PolicyRules, FieldError>
     })
 }
 
+/// A core placement error about the request's `field`: the reason is the
+/// core's message without the core's own field name.
+fn placement_error(field: impl Into<String>, e: &PlacementError) -> FieldError {
+    let message = e.to_string();
+    let reason = message
+        .split_once(": ")
+        .map_or(message.as_str(), |(_, r)| r);
+    FieldError::new(field, reason)
+}
+
+/// Parses a tenant placement: `home`, `spread` or `shard:N`; empty is
+/// `home`. Does not check that the shard exists.
+pub fn placement(field: &str, value: &str) -> Result<TenantPlacement, FieldError> {
+    if value.is_empty() {
+        return Ok(TenantPlacement::default());
+    }
+    value.parse().map_err(|e| placement_error(field, &e))
+}
+
+/// [`placement`], and a pinned shard must be one of the node's `shards`.
+pub fn placement_on_node(
+    field: &str,
+    value: &str,
+    shards: usize,
+) -> Result<TenantPlacement, FieldError> {
+    let p = placement(field, value)?;
+    p.validate(shards).map_err(|e| placement_error(field, &e))?;
+    Ok(p)
+}
+
+/// Parses a steering mode and its affinity rules: a known mode, at most
+/// [`MAX_AFFINITY_RULES`] rules, each an `ADDRESS/LEN` prefix given once.
+/// Does not check that the shards exist.
+pub fn steering_config(
+    mode: &str,
+    affinity: &[AffinityRule],
+) -> Result<SteeringConfig, FieldError> {
+    steering(mode, affinity, None)
+}
+
+/// [`steering_config`], and every rule's shard must be one of the node's
+/// `shards`.
+pub fn steering_for_node(
+    mode: &str,
+    affinity: &[AffinityRule],
+    shards: usize,
+) -> Result<SteeringConfig, FieldError> {
+    steering(mode, affinity, Some(shards))
+}
+
+fn steering(
+    mode: &str,
+    affinity: &[AffinityRule],
+    shards: Option<usize>,
+) -> Result<SteeringConfig, FieldError> {
+    let mode: SteeringMode = mode.parse().map_err(|e| placement_error("mode", &e))?;
+    if affinity.len() > MAX_AFFINITY_RULES {
+        let e = PlacementError::TooManyRules {
+            rules: affinity.len(),
+            max: MAX_AFFINITY_RULES,
+        };
+        return Err(placement_error("affinity", &e));
+    }
+    let mut rules = Vec::with_capacity(affinity.len());
+    let mut seen = HashMap::with_capacity(affinity.len());
+    for (i, r) in affinity.iter().enumerate() {
+        let no_such_shard = |shards| PlacementError::NoSuchShard {
+            field: "affinity.shard",
+            shard: r.shard,
+            shards,
+        };
+        let shard_field = || format!("affinity[{i}].shard");
+        if let Some(n) = shards
+            && usize::try_from(r.shard).map_or(true, |s| s >= n)
+        {
+            return Err(placement_error(shard_field(), &no_such_shard(n)));
+        }
+        let shard = u16::try_from(r.shard).map_err(|_| {
+            placement_error(shard_field(), &no_such_shard(usize::from(u16::MAX) + 1))
+        })?;
+        let rule = CoreAffinityRule::parse(&r.prefix, ShardId(shard))
+            .map_err(|e| placement_error(format!("affinity[{i}].prefix"), &e))?;
+        match seen.entry((rule.network, rule.len)) {
+            Entry::Occupied(first) => {
+                return Err(FieldError::new(
+                    format!("affinity[{i}].prefix"),
+                    format!("{rule} is already affinity[{}]", first.get()),
+                ));
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(i);
+            }
+        }
+        rules.push(rule);
+    }
+    Ok(SteeringConfig {
+        mode,
+        affinity: rules,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +391,94 @@ mod tests {
         };
         let r = policy_rules("policy", &ok).unwrap();
         assert_eq!((r.subscribe_allow.len(), r.subscribe_deny.len()), (1, 1));
+    }
+
+    fn rule(prefix: &str, shard: u32) -> AffinityRule {
+        AffinityRule {
+            prefix: prefix.into(),
+            shard,
+        }
+    }
+
+    #[test]
+    fn placements_parse_and_name_the_field() {
+        assert_eq!(placement("placement", ""), Ok(TenantPlacement::Home));
+        assert_eq!(
+            placement("placement", "spread"),
+            Ok(TenantPlacement::Spread)
+        );
+        assert_eq!(
+            placement_on_node("placement", "shard:1", 2),
+            Ok(TenantPlacement::Pinned(ShardId(1)))
+        );
+        let e = placement("placement", "nearby").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "placement: unknown placement \"nearby\" (home, spread or shard:N)"
+        );
+        let e = placement_on_node("placement", "shard:2", 2).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "placement: shard 2 does not exist (this node has 2)"
+        );
+        // Without a node, any shard parses (the snapshot builder's case).
+        assert!(placement("placement", "shard:9").is_ok());
+    }
+
+    #[test]
+    fn steering_is_checked_rule_by_rule() {
+        let ok = steering_for_node(
+            "affinity",
+            &[rule("10.1.0.0/16", 1), rule("fd00::/8", 0)],
+            2,
+        )
+        .unwrap();
+        assert_eq!(ok.mode, SteeringMode::Affinity);
+        assert_eq!(ok.affinity.len(), 2);
+        assert_eq!(ok.affinity[0].to_string(), "10.1.0.0/16");
+
+        let field = |mode: &str, rules: &[AffinityRule]| {
+            steering_for_node(mode, rules, 2).unwrap_err().field
+        };
+        assert_eq!(field("round-robin", &[]), "mode");
+        assert_eq!(field("", &[]), "mode");
+        assert_eq!(
+            field("affinity", &[rule("10.0.0.0/8", 0), rule("10.0.0.0/33", 1)]),
+            "affinity[1].prefix"
+        );
+        assert_eq!(
+            field("balance", &[rule("10.0.0.0/8", 2)]),
+            "affinity[0].shard"
+        );
+        assert_eq!(
+            field("balance", &[rule("10.0.0.0/8", u32::MAX)]),
+            "affinity[0].shard"
+        );
+        // The same network twice (host bits cleared) is refused.
+        let e = steering_for_node(
+            "affinity",
+            &[rule("10.0.0.0/8", 0), rule("10.9.9.9/8", 1)],
+            2,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "affinity[1].prefix: 10.0.0.0/8 is already affinity[0]"
+        );
+        let too_many: Vec<_> = (0..=MAX_AFFINITY_RULES)
+            .map(|i| rule(&format!("fd00::{i:x}"), 0))
+            .collect();
+        let e = steering_for_node("affinity", &too_many, 2).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "affinity: 4097 rules exceed the limit of 4096"
+        );
+        let e = steering_for_node("affinity", &[rule("10.0.0.0/8", 5)], 2).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "affinity[0].shard: shard 5 does not exist (this node has 2)"
+        );
+        // Without a node, any shard that fits parses.
+        assert!(steering_config("hash", &[rule("10.0.0.0/8", 5)]).is_ok());
     }
 }

@@ -76,6 +76,7 @@ async fn tenant_crud_with_exact_codes() {
     let create = |name: &str| CreateTenantRequest {
         name: name.into(),
         quotas: None,
+        placement: String::new(),
     };
     assert_status(
         c.tenants.create_tenant(create("acme")).await,
@@ -105,6 +106,7 @@ async fn tenant_crud_with_exact_codes() {
                     slow_consumer: 9,
                     ..Quotas::default()
                 }),
+                placement: String::new(),
             })
             .await,
         Code::InvalidArgument,
@@ -172,6 +174,7 @@ async fn tenant_crud_with_exact_codes() {
             id: acme.id,
             expected_version: 1,
             quotas: Some(quotas),
+            placement: String::new(),
         })
         .await
         .unwrap()
@@ -189,6 +192,7 @@ async fn tenant_crud_with_exact_codes() {
                 id: acme.id,
                 expected_version: 1,
                 quotas: None,
+                placement: String::new(),
             })
             .await,
         Code::FailedPrecondition,
@@ -200,6 +204,7 @@ async fn tenant_crud_with_exact_codes() {
                 id: 0,
                 expected_version: 0,
                 quotas: None,
+                placement: String::new(),
             })
             .await,
         Code::InvalidArgument,
@@ -211,6 +216,7 @@ async fn tenant_crud_with_exact_codes() {
                 id: 999,
                 expected_version: 0,
                 quotas: None,
+                placement: String::new(),
             })
             .await,
         Code::NotFound,

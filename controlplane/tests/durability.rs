@@ -47,6 +47,7 @@ async fn writer_child() {
             .create_tenant(CreateTenantRequest {
                 name: name.clone(),
                 quotas: None,
+                placement: String::new(),
             })
             .await
             .unwrap()

@@ -269,6 +269,7 @@ async fn a_damaged_policy_fails_closed_until_removed() {
         .create_tenant(CreateTenantRequest {
             name: "other".into(),
             quotas: None,
+            placement: String::new(),
         })
         .await
         .unwrap();

@@ -1,13 +1,47 @@
-//! `NodeService`: status, drain and resume a shard, reload.
+//! `NodeService`: status, drain and resume a shard, reload, steering.
+//!
+//! Steering is read from the data plane ([`DataPlaneControl::steering`]),
+//! so `GetSteering` and `NodeStatus.steering` report the mode in force and
+//! whether the program runs, not merely what was asked for. `SetSteering`
+//! checks the request against the node's shards, stores it (durable), and
+//! publishes a snapshot carrying it before it answers.
+//!
+//! [`DataPlaneControl::steering`]: crate::DataPlaneControl::steering
 
+use arqonbus_core::ops::SteeringStatus;
 use arqonbus_proto::control::node_service_server::NodeService;
 use arqonbus_proto::control::{
-    DrainShardRequest, GetStatusRequest, NodeStatus, ReloadRequest, ResumeShardRequest, ShardStatus,
+    AffinityRule, DrainShardRequest, GetStatusRequest, GetSteeringRequest, NodeStatus,
+    ReloadRequest, ResumeShardRequest, SetSteeringRequest, ShardStatus, Steering,
 };
 use tonic::{Request, Response, Status};
 
-use super::{Api, Inner, Kind, blocking, dataplane_status};
-use crate::validate::FieldError;
+use super::{Api, Inner, Kind, blocking, dataplane_status, store_status};
+use crate::snapshot::now_unix_ms;
+use crate::store::SteeringRecord;
+use crate::validate::{self, FieldError};
+
+/// Rules as the API shows them: canonical prefixes.
+fn affinity_rules(rules: &[arqonbus_core::placement::AffinityRule]) -> Vec<AffinityRule> {
+    rules
+        .iter()
+        .map(|r| AffinityRule {
+            prefix: r.to_string(),
+            shard: u32::from(r.shard.0),
+        })
+        .collect()
+}
+
+/// The API's view of the data plane's steering.
+fn steering_message(s: &SteeringStatus) -> Steering {
+    Steering {
+        mode: s.config.mode.as_str().to_owned(),
+        affinity: affinity_rules(&s.config.affinity),
+        active: s.active,
+        fallback_reason: s.fallback_reason.clone().unwrap_or_default(),
+        source: s.source.to_owned(),
+    }
+}
 
 /// The node's status (blocking: asks every shard).
 fn status(inner: &Inner) -> Result<NodeStatus, Status> {
@@ -25,10 +59,13 @@ fn status(inner: &Inner) -> Result<NodeStatus, Status> {
                 connections: s.connections,
                 subscriptions: s.subscriptions,
                 config_epoch: s.config_epoch,
+                moved_in: s.moved_in,
+                moved_out: s.moved_out,
             })
             .collect(),
         accepting: current.accepting(),
         reason: current.reason().unwrap_or_default().to_owned(),
+        steering: Some(steering_message(&inner.dataplane.steering())),
     })
 }
 
@@ -101,6 +138,42 @@ impl NodeService for Api {
                 }
                 inner.publisher.publish();
                 status(&inner)
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn get_steering(
+        &self,
+        _request: Request<GetSteeringRequest>,
+    ) -> Result<Response<Steering>, Status> {
+        self.rpc("GetSteering", Kind::Read, async {
+            let inner = self.inner.clone();
+            blocking(move || Ok(steering_message(&inner.dataplane.steering()))).await
+        })
+        .await
+    }
+
+    async fn set_steering(
+        &self,
+        request: Request<SetSteeringRequest>,
+    ) -> Result<Response<Steering>, Status> {
+        let req = request.into_inner();
+        self.rpc("SetSteering", Kind::Change, async {
+            let inner = self.inner.clone();
+            blocking(move || {
+                let shards = inner.dataplane.shard_count();
+                let config = validate::steering_for_node(&req.mode, &req.affinity, shards)?;
+                // Stored in canonical form: what GetSteering will show.
+                let record = SteeringRecord {
+                    mode: config.mode.as_str().to_owned(),
+                    affinity: affinity_rules(&config.affinity),
+                    updated_at_unix_ms: now_unix_ms(),
+                };
+                inner.store.set_steering(&record).map_err(store_status)?;
+                inner.publisher.publish();
+                Ok(steering_message(&inner.dataplane.steering()))
             })
             .await
         })

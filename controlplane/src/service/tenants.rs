@@ -1,4 +1,8 @@
 //! `TenantService`: create, get, list, update, delete tenants.
+//!
+//! A tenant's placement is checked against the node's shards (from the data
+//! plane) when it is set, and stored in canonical form (`home`, `spread`,
+//! `shard:N`).
 
 use arqonbus_core::TenantId;
 use arqonbus_proto::control::tenant_service_server::TenantService;
@@ -24,6 +28,11 @@ impl TenantService for Api {
         self.rpc("CreateTenant", Kind::Change, async {
             validate::name("name", &req.name)?;
             let quotas = validate::quotas("quotas", req.quotas.as_ref())?;
+            let placement = validate::placement_on_node(
+                "placement",
+                &req.placement,
+                self.inner.dataplane.shard_count(),
+            )?;
             let signing_key = new_signing_key().map_err(|e| {
                 tracing::error!(error = %e, "cannot generate a signing key");
                 Status::internal("cannot generate a signing key")
@@ -31,6 +40,7 @@ impl TenantService for Api {
             let new = NewTenant {
                 name: req.name,
                 quotas,
+                placement: placement.to_string(),
                 signing_key,
                 created_at_unix_ms: now_unix_ms(),
             };
@@ -85,8 +95,14 @@ impl TenantService for Api {
                 Some(q) => Some(validate::quotas("quotas", Some(q))?),
                 None => None,
             };
+            let placement = if req.placement.is_empty() {
+                None
+            } else {
+                let shards = self.inner.dataplane.shard_count();
+                Some(validate::placement_on_node("placement", &req.placement, shards)?.to_string())
+            };
             let expected = req.expected_version;
-            self.change(move |s| s.update_tenant(id, expected, quotas))
+            self.change(move |s| s.update_tenant(id, expected, quotas, placement))
                 .await
         })
         .await

@@ -1,8 +1,9 @@
 //! The control plane's durable state, behind the [`Store`] trait.
 //!
-//! The store owns tenants (with their ed25519 signing keys), principals,
-//! credentials (bearer token hashes, never tokens) and policies, the id
-//! counters, the last configuration epoch and the admin credential's hash.
+//! The store owns tenants (with their ed25519 signing keys and placement),
+//! principals, credentials (bearer token hashes, never tokens) and policies,
+//! the steering set through the API, the id counters, the last configuration
+//! epoch and the admin credential's hash.
 //! [`RedbStore`] is the embedded implementation (`<data_dir>/control.redb`);
 //! the trait exists so a Postgres backend can follow.
 //!
@@ -31,7 +32,9 @@ pub(crate) mod tests;
 
 use std::fmt;
 
-use arqonbus_proto::control::{Credential, CredentialKind, Policy, Principal, Quotas, Tenant};
+use arqonbus_proto::control::{
+    AffinityRule, Credential, CredentialKind, Policy, Principal, Quotas, Tenant,
+};
 
 pub use self::redb_store::{RedbStore, SCHEMA_VERSION, STORE_FILE};
 
@@ -176,6 +179,21 @@ pub struct StoreContents {
     pub credentials: Vec<CredentialRecord>,
     /// Every policy, by id.
     pub policies: Vec<Policy>,
+    /// The steering set through the API; `None`: the configuration file's.
+    pub steering: Option<SteeringRecord>,
+}
+
+/// The node's steering as set through the control API (`SetSteering`).
+/// Its syntax is validated by the service before it is stored; the snapshot
+/// builder parses it again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SteeringRecord {
+    /// The mode's name: `hash`, `balance`, `cpu` or `affinity`.
+    pub mode: String,
+    /// The affinity rules, prefixes in canonical form.
+    pub affinity: Vec<AffinityRule>,
+    /// When it was set, Unix milliseconds.
+    pub updated_at_unix_ms: i64,
 }
 
 /// A tenant to create.
@@ -185,6 +203,9 @@ pub struct NewTenant {
     pub name: String,
     /// Its quotas.
     pub quotas: Quotas,
+    /// Its placement in canonical form (`home`, `spread`, `shard:N`),
+    /// already validated.
+    pub placement: String,
     /// Its new signing key.
     pub signing_key: SigningKey,
     /// Now, Unix milliseconds.
@@ -310,12 +331,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn tenant_by_name(&self, name: &str) -> Result<Tenant, StoreError>;
     /// Every tenant, by id.
     fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
-    /// Replaces a tenant's quotas (when `quotas` is set) and bumps its version.
+    /// Replaces a tenant's quotas and placement (each when set) and bumps
+    /// its version.
     fn update_tenant(
         &self,
         id: u64,
         expected_version: u64,
         quotas: Option<Quotas>,
+        placement: Option<String>,
     ) -> Result<Tenant, StoreError>;
     /// Deletes a tenant with its principals, credentials and policies.
     fn delete_tenant(&self, id: u64) -> Result<(), StoreError>;
@@ -382,6 +405,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         tenants: &[ImportTenant],
         once: Option<&str>,
     ) -> Result<ImportReport, StoreError>;
+    /// The steering set through the API, if it ever was.
+    fn steering(&self) -> Result<Option<SteeringRecord>, StoreError>;
+    /// Replaces the steering set through the API. Durable.
+    fn set_steering(&self, steering: &SteeringRecord) -> Result<(), StoreError>;
     /// SHA-256 of the admin token, once created.
     fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError>;
     /// Records the admin token's SHA-256.

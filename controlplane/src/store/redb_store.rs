@@ -4,7 +4,13 @@
 //! (`records.rs`); `meta` (`&str` → `u64`) holds the schema version, the id
 //! counters (`next_*_id`, the next id to hand out), the last configuration
 //! epoch and one-time markers (`marker:<name>`); `secrets` (`&str` → bytes)
-//! holds the admin token's SHA-256.
+//! holds the admin token's SHA-256; `settings` (`&str` → prost-encoded
+//! record, schema 2) holds node-wide settings changed through the API, so
+//! far only `steering`.
+//!
+//! A tenant's placement lives in its record (the API's `Tenant.placement`):
+//! a record written before placement existed decodes with it empty, which
+//! reads as `home`.
 //!
 //! Durability: every write transaction commits with
 //! [`Durability::Immediate`] (redb fsyncs before `commit` returns), so a
@@ -28,10 +34,13 @@ use redb::{
     WriteTransaction,
 };
 
-use super::records::{StoredCredential, StoredPolicy, StoredPrincipal, StoredTenant};
+use super::records::{
+    StoredCredential, StoredPolicy, StoredPrincipal, StoredSteering, StoredTenant,
+};
 use super::{
     CredentialRecord, ImportReport, ImportTenant, Issued, MintContext, MintFn, NewCredential,
-    NewPrincipal, NewTenant, SigningKey, Store, StoreContents, StoreError, TenantRecord,
+    NewPrincipal, NewTenant, SigningKey, SteeringRecord, Store, StoreContents, StoreError,
+    TenantRecord,
 };
 
 /// The store's file name in the data directory.
@@ -43,6 +52,7 @@ const TENANTS: TableDefinition<u64, &[u8]> = TableDefinition::new("tenants");
 const PRINCIPALS: TableDefinition<u64, &[u8]> = TableDefinition::new("principals");
 const CREDENTIALS: TableDefinition<u64, &[u8]> = TableDefinition::new("credentials");
 const POLICIES: TableDefinition<u64, &[u8]> = TableDefinition::new("policies");
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 
 const SCHEMA_KEY: &str = "schema_version";
 const NEXT_TENANT: &str = "next_tenant_id";
@@ -51,6 +61,7 @@ const NEXT_CREDENTIAL: &str = "next_credential_id";
 const NEXT_POLICY: &str = "next_policy_id";
 const LAST_EPOCH: &str = "last_epoch";
 const ADMIN_HASH: &str = "admin_token_sha256";
+const STEERING: &str = "steering";
 
 /// One schema step: `run` brings a store from `version - 1` to `version`.
 pub(crate) struct Migration {
@@ -64,11 +75,18 @@ pub(crate) struct Migration {
 
 /// Every schema step, oldest first. Append only: a released step is never
 /// changed.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "tables for tenants, principals, credentials, policies; id counters",
-    run: migrate_v1,
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "tables for tenants, principals, credentials, policies; id counters",
+        run: migrate_v1,
+    },
+    Migration {
+        version: 2,
+        description: "settings table (steering set through the control API)",
+        run: migrate_v2,
+    },
+];
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -89,6 +107,11 @@ pub(crate) fn migrate_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
     if meta.get(LAST_EPOCH)?.is_none() {
         meta.insert(LAST_EPOCH, 0)?;
     }
+    Ok(())
+}
+
+pub(crate) fn migrate_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(SETTINGS)?;
     Ok(())
 }
 
@@ -222,11 +245,19 @@ fn corrupt(table: &'static str, key: impl ToString, reason: impl ToString) -> St
     }
 }
 
+/// The placement of a tenant stored before placement existed.
+fn default_placement() -> String {
+    arqonbus_core::placement::TenantPlacement::default().to_string()
+}
+
 fn decode_tenant(key: u64, bytes: &[u8]) -> Result<TenantRecord, StoreError> {
     let r = StoredTenant::decode(bytes).map_err(|e| corrupt("tenants", key, e))?;
-    let tenant = r
+    let mut tenant = r
         .tenant
         .ok_or_else(|| corrupt("tenants", key, "no tenant"))?;
+    if tenant.placement.is_empty() {
+        tenant.placement = default_placement();
+    }
     if tenant.id != key {
         return Err(corrupt(
             "tenants",
@@ -320,6 +351,33 @@ fn encode_policy(p: &Policy) -> Vec<u8> {
         policy: Some(p.clone()),
     }
     .encode_to_vec()
+}
+
+fn decode_steering(bytes: &[u8]) -> Result<SteeringRecord, StoreError> {
+    let r = StoredSteering::decode(bytes).map_err(|e| corrupt("settings", STEERING, e))?;
+    Ok(SteeringRecord {
+        mode: r.mode,
+        affinity: r.affinity,
+        updated_at_unix_ms: r.updated_at_unix_ms,
+    })
+}
+
+fn encode_steering(s: &SteeringRecord) -> Vec<u8> {
+    StoredSteering {
+        mode: s.mode.clone(),
+        affinity: s.affinity.clone(),
+        updated_at_unix_ms: s.updated_at_unix_ms,
+    }
+    .encode_to_vec()
+}
+
+fn read_steering(
+    settings: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<SteeringRecord>, StoreError> {
+    match settings.get(STEERING)? {
+        Some(v) => decode_steering(v.value()).map(Some),
+        None => Ok(None),
+    }
 }
 
 type Decode<T> = fn(u64, &[u8]) -> Result<T, StoreError>;
@@ -469,6 +527,7 @@ impl Store for RedbStore {
                     quotas: Some(new.quotas),
                     created_at_unix_ms: new.created_at_unix_ms,
                     version: 1,
+                    placement: new.placement,
                 },
                 signing_key: new.signing_key,
             };
@@ -506,6 +565,7 @@ impl Store for RedbStore {
         id: u64,
         expected_version: u64,
         quotas: Option<Quotas>,
+        placement: Option<String>,
     ) -> Result<Tenant, StoreError> {
         let txn = self.write()?;
         let tenant = {
@@ -514,6 +574,9 @@ impl Store for RedbStore {
             check_version("tenant", id, expected_version, record.tenant.version)?;
             if let Some(q) = quotas {
                 record.tenant.quotas = Some(q);
+            }
+            if let Some(p) = placement {
+                record.tenant.placement = p;
             }
             record.tenant.version += 1;
             tenants.insert(id, encode_tenant(&record).as_slice())?;
@@ -779,6 +842,7 @@ impl Store for RedbStore {
             principals: scan(&txn.open_table(PRINCIPALS)?, decode_principal)?,
             credentials: scan(&txn.open_table(CREDENTIALS)?, decode_credential)?,
             policies: scan(&txn.open_table(POLICIES)?, decode_policy)?,
+            steering: read_steering(&txn.open_table(SETTINGS)?)?,
         })
     }
 
@@ -843,6 +907,7 @@ impl Store for RedbStore {
                         quotas: Some(Quotas::default()),
                         created_at_unix_ms: t.created_at_unix_ms,
                         version: 1,
+                        placement: default_placement(),
                     },
                     signing_key: t.signing_key.clone(),
                 };
@@ -906,6 +971,19 @@ impl Store for RedbStore {
         }
         txn.commit()?;
         Ok(report)
+    }
+
+    fn steering(&self) -> Result<Option<SteeringRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        read_steering(&txn.open_table(SETTINGS)?)
+    }
+
+    fn set_steering(&self, steering: &SteeringRecord) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        txn.open_table(SETTINGS)?
+            .insert(STEERING, encode_steering(steering).as_slice())?;
+        txn.commit()?;
+        Ok(())
     }
 
     fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {

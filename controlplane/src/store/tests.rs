@@ -12,6 +12,7 @@ use arqonbus_proto::control::{CredentialKind, Policy, Quotas, SubjectRules};
 use super::redb_store::{MIGRATIONS, Migration, migrate_v1};
 use super::*;
 use crate::seed::new_signing_key;
+use arqonbus_proto::control::AffinityRule;
 
 fn open(dir: &tempfile::TempDir) -> RedbStore {
     RedbStore::open(dir.path()).unwrap()
@@ -21,6 +22,7 @@ pub(crate) fn new_tenant(name: &str) -> NewTenant {
     NewTenant {
         name: name.into(),
         quotas: Quotas::default(),
+        placement: "home".into(),
         signing_key: new_signing_key().unwrap(),
         created_at_unix_ms: 1_000,
     }
@@ -105,10 +107,10 @@ fn tenants_principals_versions_and_names() {
         max_connections: 5,
         ..Quotas::default()
     };
-    let a2 = s.update_tenant(a.id, 1, Some(q)).unwrap();
+    let a2 = s.update_tenant(a.id, 1, Some(q), None).unwrap();
     assert_eq!((a2.version, a2.quotas), (2, Some(q)));
     assert!(matches!(
-        s.update_tenant(a.id, 1, None),
+        s.update_tenant(a.id, 1, None, None),
         Err(StoreError::VersionMismatch {
             expected: 1,
             actual: 2,
@@ -116,7 +118,7 @@ fn tenants_principals_versions_and_names() {
         })
     ));
     // 0 skips the check.
-    assert_eq!(s.update_tenant(a.id, 0, None).unwrap().version, 3);
+    assert_eq!(s.update_tenant(a.id, 0, None, None).unwrap().version, 3);
 
     let p = s
         .create_principal(new_principal(a.id, "svc", &["ops"]))
@@ -422,4 +424,176 @@ fn imports_keep_ids_and_run_once() {
         Err(StoreError::Invalid { .. })
     ));
     assert!(s.tenant(21).is_err(), "a failed import changes nothing");
+}
+
+/// A tenant record as written before `Tenant.placement` existed (fields 1
+/// to 5 of the API's `Tenant`, wrapped like `StoredTenant`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct TenantBeforePlacement {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(string, tag = "2")]
+    name: String,
+    #[prost(message, optional, tag = "3")]
+    quotas: Option<Quotas>,
+    #[prost(int64, tag = "4")]
+    created_at_unix_ms: i64,
+    #[prost(uint64, tag = "5")]
+    version: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredTenantBeforePlacement {
+    #[prost(message, optional, tag = "1")]
+    tenant: Option<TenantBeforePlacement>,
+    #[prost(bytes = "vec", tag = "2")]
+    signing_key_pkcs8: Vec<u8>,
+}
+
+#[test]
+fn placement_is_kept_and_a_record_without_it_reads_as_home() {
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let t = s
+        .create_tenant(NewTenant {
+            placement: "spread".into(),
+            ..new_tenant("acme")
+        })
+        .unwrap();
+    assert_eq!(t.placement, "spread");
+    let t2 = s
+        .update_tenant(t.id, 1, None, Some("shard:1".into()))
+        .unwrap();
+    assert_eq!((t2.placement.as_str(), t2.version), ("shard:1", 2));
+    // No placement given: kept.
+    let t3 = s
+        .update_tenant(t.id, 2, Some(Quotas::default()), None)
+        .unwrap();
+    assert_eq!((t3.placement.as_str(), t3.version), ("shard:1", 3));
+
+    // A record written by a build that had no placement field.
+    let old = StoredTenantBeforePlacement {
+        tenant: Some(TenantBeforePlacement {
+            id: 7,
+            name: "legacy".into(),
+            quotas: Some(Quotas::default()),
+            created_at_unix_ms: 5,
+            version: 4,
+        }),
+        signing_key_pkcs8: new_signing_key().unwrap().0,
+    };
+    {
+        let txn = s.database().begin_write().unwrap();
+        txn.open_table(TableDefinition::<u64, &[u8]>::new("tenants"))
+            .unwrap()
+            .insert(7, old.encode_to_vec().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let legacy = s.tenant(7).unwrap();
+    assert_eq!((legacy.name.as_str(), legacy.version), ("legacy", 4));
+    assert_eq!(legacy.placement, "home");
+    let snap = crate::snapshot::compile_snapshot(
+        &s.load().unwrap(),
+        1,
+        &arqonbus_core::limits::Limits::default(),
+        0,
+    )
+    .unwrap();
+    assert_eq!(
+        snap.tenant(arqonbus_core::TenantId(7)).unwrap().placement,
+        arqonbus_core::placement::TenantPlacement::Home
+    );
+    // Imported tenants start at home too.
+    s.import_tenants(&[import(20, "imported", &[])], None)
+        .unwrap();
+    assert_eq!(s.tenant(20).unwrap().placement, "home");
+}
+
+fn steering_record(mode: &str, rules: &[(&str, u32)]) -> SteeringRecord {
+    SteeringRecord {
+        mode: mode.into(),
+        affinity: rules
+            .iter()
+            .map(|(prefix, shard)| AffinityRule {
+                prefix: (*prefix).into(),
+                shard: *shard,
+            })
+            .collect(),
+        updated_at_unix_ms: 9,
+    }
+}
+
+#[test]
+fn steering_is_stored_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(&dir);
+        assert_eq!(s.steering().unwrap(), None);
+        assert_eq!(s.load().unwrap().steering, None);
+        s.set_steering(&steering_record("affinity", &[("10.0.0.0/8", 1)]))
+            .unwrap();
+        s.set_steering(&steering_record(
+            "cpu",
+            &[("fd00::/8", 0), ("10.0.0.0/8", 1)],
+        ))
+        .unwrap();
+    }
+    let s = open(&dir);
+    let want = steering_record("cpu", &[("fd00::/8", 0), ("10.0.0.0/8", 1)]);
+    assert_eq!(s.steering().unwrap(), Some(want.clone()));
+    assert_eq!(s.load().unwrap().steering, Some(want));
+}
+
+#[test]
+fn a_schema_1_store_migrates_to_the_settings_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STORE_FILE);
+    let v1 = &MIGRATIONS[..1];
+    let t = {
+        let s = RedbStore::open_with(&path, v1).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 1);
+        let txn = s.database().begin_read().unwrap();
+        assert!(
+            txn.open_table(TableDefinition::<&str, &[u8]>::new("settings"))
+                .is_err(),
+            "schema 1 has no settings table"
+        );
+        drop(txn);
+        s.create_tenant(new_tenant("acme")).unwrap()
+    };
+    let s = open(&dir);
+    assert_eq!(s.schema_version().unwrap(), 2);
+    assert_eq!(s.tenant(t.id).unwrap(), t, "data survives migration");
+    assert_eq!(s.steering().unwrap(), None);
+    let c = s.load().unwrap();
+    assert_eq!((c.tenants.len(), c.steering), (1, None));
+    s.set_steering(&steering_record("hash", &[])).unwrap();
+    assert_eq!(s.steering().unwrap().unwrap().mode, "hash");
+}
+
+#[test]
+fn a_corrupt_steering_record_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    {
+        let txn = s.database().begin_write().unwrap();
+        txn.open_table(TableDefinition::<&str, &[u8]>::new("settings"))
+            .unwrap()
+            .insert("steering", [0xff_u8, 0xff, 0xff].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    assert!(matches!(
+        s.steering(),
+        Err(StoreError::Corrupt {
+            table: "settings",
+            ..
+        })
+    ));
+    assert!(matches!(s.load(), Err(StoreError::Corrupt { .. })));
+    // Setting it again repairs it.
+    s.set_steering(&steering_record("balance", &[])).unwrap();
+    assert!(s.load().is_ok());
 }

@@ -18,7 +18,8 @@ use arqonbus_controlplane::{
     ControlPlane, ControlPlaneConfig, ControlPlaneError, ControlPlaneHandle, DataPlaneControl,
     DataPlaneError,
 };
-use arqonbus_core::ops::{ConnectionInfo, ShardStatus};
+use arqonbus_core::ops::{ConnectionInfo, ShardStatus, SteeringStatus};
+use arqonbus_core::placement::SteeringConfig;
 use arqonbus_core::snapshot::ConfigSnapshot;
 use arqonbus_proto::control::connection_service_client::ConnectionServiceClient;
 use arqonbus_proto::control::credential_service_client::CredentialServiceClient;
@@ -96,6 +97,8 @@ pub fn pki() -> Pki {
 /// The data plane double: records snapshots, serves canned connections.
 #[derive(Default)]
 pub struct FakeDataPlane {
+    /// The snapshot the data plane started with (`ControlPlane::open`'s).
+    pub started_with: Mutex<Option<Arc<ConfigSnapshot>>>,
     pub applied: Mutex<Vec<Arc<ConfigSnapshot>>>,
     pub connections: Mutex<Vec<ConnectionInfo>>,
     pub draining: Mutex<Vec<u16>>,
@@ -161,10 +164,43 @@ impl DataPlaneControl for FakeDataPlane {
                 connections: conns.iter().filter(|c| c.shard == id).count() as u64,
                 subscriptions: 0,
                 config_epoch: epoch,
+                moved_in: u64::from(id) * 10,
+                moved_out: u64::from(id) * 10 + 1,
             })
             .collect())
     }
+
+    /// What the last snapshot (applied, or started with) asks for, as the
+    /// real data plane reports it: the API's steering when the snapshot
+    /// carries one, the built-in default otherwise; never attached (there
+    /// is no program here).
+    fn steering(&self) -> SteeringStatus {
+        let last = self
+            .applied
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .or_else(|| self.started_with.lock().unwrap().clone());
+        let (config, source) = match last.as_ref().and_then(|s| s.steering()) {
+            Some(s) => ((**s).clone(), "api"),
+            None => (SteeringConfig::default(), "config"),
+        };
+        SteeringStatus {
+            config,
+            source,
+            active: false,
+            fallback_reason: Some(FAKE_FALLBACK.into()),
+        }
+    }
+
+    fn shard_count(&self) -> usize {
+        usize::from(SHARDS)
+    }
 }
+
+/// The fallback reason the data plane double reports.
+pub const FAKE_FALLBACK: &str = "no steering program in the test double";
 
 /// A serving control plane.
 pub struct Node {
@@ -209,7 +245,10 @@ pub async fn start(dir: &Path, pki: &Pki, tweak: impl FnOnce(&mut ControlPlaneCo
     let token = std::fs::read_to_string(&token_path)
         .map(|t| t.trim().to_owned())
         .unwrap_or_default();
-    let dp = Arc::new(FakeDataPlane::default());
+    let dp = Arc::new(FakeDataPlane {
+        started_with: Mutex::new(Some(first.clone())),
+        ..FakeDataPlane::default()
+    });
     let (tx, rx) = oneshot::channel::<()>();
     let addr = cp.local_addr();
     let token_created = cp.admin_token_created();
@@ -303,7 +342,7 @@ impl Clients {
         self.tenants
             .create_tenant(arqonbus_proto::control::CreateTenantRequest {
                 name: name.into(),
-                quotas: None,
+                ..Default::default()
             })
             .await
             .unwrap()
