@@ -313,3 +313,81 @@ fn deleting_a_tenant_closes_its_connections() {
     assert!(!status.success(), "{rest}");
     assert!(!ctl_json(&s, &["tenants", "list"]).contains("\"doomed\""));
 }
+
+#[test]
+fn steering_and_tenant_placement_through_arqonctl() {
+    let mut s = TestServer::start();
+    let before = ctl_json(&s, &["steering", "get"]);
+    assert!(before.contains("\"source\":\"config\""), "{before}");
+
+    let set = ctl_json(
+        &s,
+        &[
+            "steering",
+            "set",
+            "--mode",
+            "affinity",
+            "--affinity",
+            "10.1.2.3/8=0",
+        ],
+    );
+    assert_eq!(json_str(&set, "mode"), "affinity", "{set}");
+    assert_eq!(json_str(&set, "source"), "api", "{set}");
+    assert!(
+        set.contains(r#""affinity":[{"prefix":"10.0.0.0/8","shard":0}]"#),
+        "{set}"
+    );
+    let text = ctl(&s, &["steering", "get"]);
+    assert!(text.status.success());
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.starts_with("mode:   affinity\nsource: api\n"),
+        "{text}"
+    );
+    assert!(text.contains("10.0.0.0/8  0\n"), "{text}");
+
+    let out = ctl(
+        &s,
+        &[
+            "steering",
+            "set",
+            "--mode",
+            "balance",
+            "--affinity",
+            "10.0.0.0/8=999",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid argument: affinity[0].shard: shard 999 does not exist"),
+        "{err}"
+    );
+
+    let status = ctl_json(&s, &["node", "status"]);
+    assert!(status.contains("\"steering\":{"), "{status}");
+    assert!(status.contains("\"moved_in\":"), "{status}");
+
+    let created = ctl_json(&s, &["tenants", "create", "big", "--placement", "spread"]);
+    assert_eq!(json_str(&created, "placement"), "spread", "{created}");
+    let updated = ctl_json(&s, &["tenants", "update", "big", "--placement", "shard:0"]);
+    assert_eq!(json_str(&updated, "placement"), "shard:0", "{updated}");
+    let out = ctl(
+        &s,
+        &["tenants", "create", "far", "--placement", "shard:999"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid argument: placement: shard 999 does not exist"),
+        "{err}"
+    );
+
+    // Both are stored.
+    s.restart();
+    let after = ctl_json(&s, &["steering", "get"]);
+    assert_eq!(json_str(&after, "mode"), "affinity", "{after}");
+    assert_eq!(json_str(&after, "source"), "api", "{after}");
+    let big = ctl_json(&s, &["tenants", "get", "big"]);
+    assert_eq!(json_str(&big, "placement"), "shard:0", "{big}");
+}

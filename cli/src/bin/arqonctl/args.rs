@@ -21,7 +21,7 @@ use clap::{
 pub(crate) const DEFAULT_PORT: u16 = 7421;
 
 /// ArqonBus operator CLI: manage tenants, principals, credentials, policies,
-/// connections and nodes through the control API.
+/// connections, nodes and connection steering through the control API.
 #[derive(Debug, Parser)]
 #[command(name = "arqonctl", version, propagate_version = true)]
 pub(crate) struct Cli {
@@ -117,6 +117,9 @@ pub(crate) enum Cmd {
     /// This node: status, shard drain and resume, reload.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Connection steering: which shard the kernel hands a new connection to.
+    #[command(subcommand)]
+    Steering(SteeringCmd),
 }
 
 /// `arqonctl tenants ...`.
@@ -126,6 +129,11 @@ pub(crate) enum TenantsCmd {
     Create {
         /// Tenant name: 1 to 64 of A-Z a-z 0-9 _ . -
         name: String,
+        /// Where its connections are served: home (one shard, chosen
+        /// least-loaded), spread (wherever steering puts them) or shard:N
+        /// [default: home].
+        #[arg(long, value_name = "PLACEMENT")]
+        placement: Option<PlacementArg>,
         #[command(flatten)]
         quotas: QuotaArgs,
     },
@@ -136,7 +144,8 @@ pub(crate) enum TenantsCmd {
         /// Tenant id or name (`name:NAME` for a name made of digits).
         tenant: TenantArg,
     },
-    /// Change a tenant's quotas (the flags given; the others keep their values).
+    /// Change a tenant's quotas or placement (the flags given; the others
+    /// keep their values).
     Update(TenantUpdateArgs),
     /// Delete a tenant with its principals, credentials and policies, and
     /// close its connections.
@@ -148,10 +157,20 @@ pub(crate) enum TenantsCmd {
 
 /// `arqonctl tenants update`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("changes").required(true).multiple(true).args(QUOTA_ARG_IDS)))]
+#[command(group(
+    ArgGroup::new("changes")
+        .required(true)
+        .multiple(true)
+        .args(QUOTA_ARG_IDS)
+        .arg("placement")
+))]
 pub(crate) struct TenantUpdateArgs {
     /// Tenant id or name.
     pub(crate) tenant: TenantArg,
+    /// New placement: home, spread or shard:N. Open connections stay where
+    /// they are; new ones follow it.
+    #[arg(long, value_name = "PLACEMENT")]
+    pub(crate) placement: Option<PlacementArg>,
     /// Fail unless the tenant is still at this version (default: the version
     /// read just before the update, so concurrent changes are never lost).
     #[arg(long, value_name = "V", value_parser = clap::value_parser!(u64).range(1..))]
@@ -346,6 +365,117 @@ pub(crate) enum NodeCmd {
     },
     /// Re-read the configuration file and the store and push a new snapshot.
     Reload,
+}
+
+/// `arqonctl steering ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SteeringCmd {
+    /// Show the steering in force and whether the steering program runs.
+    Get,
+    /// Set the steering mode and affinity rules (stored; it outlives restarts
+    /// and overrides the configuration file's [steering]).
+    Set(SteeringSetArgs),
+}
+
+/// `arqonctl steering set`.
+#[derive(Debug, Args)]
+pub(crate) struct SteeringSetArgs {
+    /// How a new connection's shard is chosen.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub(crate) mode: SteeringModeArg,
+    /// Client addresses in PREFIX go to shard SHARD (repeatable; e.g.
+    /// 10.0.0.0/8=1, fd00::/8=0, 192.0.2.7=2). The rules given replace all
+    /// current ones; mode affinity uses them.
+    #[arg(long = "affinity", value_name = "PREFIX=SHARD")]
+    pub(crate) affinity: Vec<AffinityArg>,
+}
+
+/// `--mode` values of `steering set`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SteeringModeArg {
+    /// The kernel's 4-tuple hash.
+    Hash,
+    /// The shard with the fewest live connections.
+    Balance,
+    /// The shard pinned on the CPU that handled the SYN.
+    Cpu,
+    /// The shard of the most specific --affinity rule matching the client's
+    /// address (balance when none matches).
+    Affinity,
+}
+
+impl SteeringModeArg {
+    /// The API's name of the mode.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Hash => "hash",
+            Self::Balance => "balance",
+            Self::Cpu => "cpu",
+            Self::Affinity => "affinity",
+        }
+    }
+}
+
+/// One `--affinity PREFIX=SHARD` rule. The prefix is checked by the server,
+/// which names the offending rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AffinityArg {
+    pub(crate) prefix: String,
+    pub(crate) shard: u32,
+}
+
+impl FromStr for AffinityArg {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let (prefix, shard) = raw
+            .rsplit_once('=')
+            .ok_or_else(|| format!("expected PREFIX=SHARD (e.g. 10.0.0.0/8=1), got {raw:?}"))?;
+        if prefix.is_empty() {
+            return Err(format!("no prefix before '=' in {raw:?}"));
+        }
+        let shard = shard
+            .parse()
+            .map_err(|_| format!("shard {shard:?} is not a shard number"))?;
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            shard,
+        })
+    }
+}
+
+/// A tenant's placement: `home`, `spread` or `shard:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PlacementArg {
+    Home,
+    Spread,
+    Shard(u16),
+}
+
+impl FromStr for PlacementArg {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw {
+            "home" => Ok(Self::Home),
+            "spread" => Ok(Self::Spread),
+            _ => raw
+                .strip_prefix("shard:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Shard)
+                .ok_or_else(|| format!("expected home, spread or shard:N, got {raw:?}")),
+        }
+    }
+}
+
+impl fmt::Display for PlacementArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Home => f.write_str("home"),
+            Self::Spread => f.write_str("spread"),
+            Self::Shard(n) => write!(f, "shard:{n}"),
+        }
+    }
 }
 
 /// The ids of the [`QuotaArgs`] arguments (for argument groups).
@@ -690,10 +820,16 @@ mod tests {
             "--json",
         ]);
         assert!(cli.json);
-        let Cmd::Tenants(TenantsCmd::Create { name, quotas }) = cli.command else {
+        let Cmd::Tenants(TenantsCmd::Create {
+            name,
+            quotas,
+            placement,
+        }) = cli.command
+        else {
             panic!("not tenants create")
         };
         assert_eq!(name, "acme");
+        assert_eq!(placement, None);
         assert_eq!(quotas.max_connections, Some(100));
         assert_eq!(quotas.slow_consumer, Some(SlowConsumerArg::DropOldest));
         assert_eq!(quotas.max_payload, None);
@@ -780,6 +916,30 @@ mod tests {
                 "--expected-version",
                 "2",
             ],
+            &["tenants", "create", "a", "--placement", "nearby"],
+            &["tenants", "create", "a", "--placement", "shard:"],
+            &["tenants", "create", "a", "--placement", "shard:70000"],
+            &["tenants", "update", "1", "--placement", "Home"],
+            &["steering", "set"],
+            &["steering", "set", "--mode", "round-robin"],
+            &[
+                "steering",
+                "set",
+                "--mode",
+                "affinity",
+                "--affinity",
+                "10.0.0.0/8",
+            ],
+            &["steering", "set", "--mode", "affinity", "--affinity", "=1"],
+            &[
+                "steering",
+                "set",
+                "--mode",
+                "affinity",
+                "--affinity",
+                "10.0.0.0/8=-1",
+            ],
+            &["steering", "get", "extra"],
             &["connections", "kick", "x"],
             &["node", "drain"],
             &["node", "drain", "-1"],
@@ -957,6 +1117,67 @@ mod tests {
             ok(&["node", "reload"]).command,
             Cmd::Node(NodeCmd::Reload)
         ));
+    }
+
+    #[test]
+    fn placement_and_steering_arguments() {
+        let cli = ok(&["tenants", "create", "acme", "--placement", "shard:3"]);
+        let Cmd::Tenants(TenantsCmd::Create { placement, .. }) = cli.command else {
+            panic!("not tenants create")
+        };
+        assert_eq!(placement, Some(PlacementArg::Shard(3)));
+        // --placement alone is a change.
+        let cli = ok(&["tenants", "update", "acme", "--placement", "spread"]);
+        let Cmd::Tenants(TenantsCmd::Update(u)) = cli.command else {
+            panic!("not tenants update")
+        };
+        assert_eq!(u.placement, Some(PlacementArg::Spread));
+        assert!(u.quotas.is_empty());
+        for p in ["home", "spread", "shard:0", "shard:65535"] {
+            assert_eq!(
+                p.parse::<PlacementArg>().map(|p| p.to_string()),
+                Ok(p.to_owned())
+            );
+        }
+
+        assert!(matches!(
+            ok(&["steering", "get"]).command,
+            Cmd::Steering(SteeringCmd::Get)
+        ));
+        let cli = ok(&[
+            "steering",
+            "set",
+            "--mode",
+            "affinity",
+            "--affinity",
+            "10.0.0.0/8=1",
+            "--affinity",
+            "fd00::/8=0",
+            "--json",
+        ]);
+        assert!(cli.json);
+        let Cmd::Steering(SteeringCmd::Set(s)) = cli.command else {
+            panic!("not steering set")
+        };
+        assert_eq!(s.mode, SteeringModeArg::Affinity);
+        assert_eq!(
+            s.affinity,
+            [
+                AffinityArg {
+                    prefix: "10.0.0.0/8".into(),
+                    shard: 1
+                },
+                AffinityArg {
+                    prefix: "fd00::/8".into(),
+                    shard: 0
+                }
+            ]
+        );
+        let Cmd::Steering(SteeringCmd::Set(s)) = ok(&["steering", "set", "--mode", "cpu"]).command
+        else {
+            panic!("not steering set")
+        };
+        assert_eq!((s.mode.as_str(), s.affinity.len()), ("cpu", 0));
     }
 
     #[test]

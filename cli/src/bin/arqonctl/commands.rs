@@ -10,14 +10,15 @@
 
 use arqonbus_proto::control::{
     DeletePolicyRequest, DeletePrincipalRequest, DeleteTenantRequest, DrainShardRequest,
-    GetStatusRequest, GetTenantRequest, KickConnectionRequest, ListConnectionsRequest,
-    ListPoliciesRequest, ListPrincipalsRequest, ListTenantsRequest, Principal, ReloadRequest,
-    ResumeShardRequest, RevokeCredentialRequest, Tenant,
+    GetStatusRequest, GetSteeringRequest, GetTenantRequest, KickConnectionRequest,
+    ListConnectionsRequest, ListPoliciesRequest, ListPrincipalsRequest, ListTenantsRequest,
+    Principal, ReloadRequest, ResumeShardRequest, RevokeCredentialRequest, Tenant,
 };
 
 use crate::CliError;
 use crate::args::{
-    Cmd, ConnectionsCmd, CredentialsCmd, NodeCmd, PoliciesCmd, PrincipalsCmd, TenantArg, TenantsCmd,
+    Cmd, ConnectionsCmd, CredentialsCmd, NodeCmd, PoliciesCmd, PrincipalsCmd, SteeringCmd,
+    TenantArg, TenantsCmd,
 };
 use crate::connect::Control;
 use crate::render::{self, Report};
@@ -32,14 +33,19 @@ pub(crate) async fn run(control: &Control, command: Cmd, now_ms: i64) -> Result<
         Cmd::Policies(cmd) => policies(control, cmd).await,
         Cmd::Connections(cmd) => connections(control, cmd).await,
         Cmd::Node(cmd) => node(control, cmd).await,
+        Cmd::Steering(cmd) => steering(control, cmd).await,
     }
 }
 
 async fn tenants(control: &Control, cmd: TenantsCmd) -> Result<Report, CliError> {
     let mut client = control.tenants();
     match cmd {
-        TenantsCmd::Create { name, quotas } => {
-            let request = requests::create_tenant(name, &quotas);
+        TenantsCmd::Create {
+            name,
+            quotas,
+            placement,
+        } => {
+            let request = requests::create_tenant(name, &quotas, placement);
             let tenant = client.create_tenant(request).await?.into_inner();
             Ok(render::tenant(&tenant))
         }
@@ -200,6 +206,15 @@ async fn node(control: &Control, cmd: NodeCmd) -> Result<Report, CliError> {
         NodeCmd::Reload => client.reload(ReloadRequest {}).await?,
     };
     Ok(render::node(&status.into_inner()))
+}
+
+async fn steering(control: &Control, cmd: SteeringCmd) -> Result<Report, CliError> {
+    let mut client = control.node();
+    let steering = match cmd {
+        SteeringCmd::Get => client.get_steering(GetSteeringRequest {}).await?,
+        SteeringCmd::Set(args) => client.set_steering(requests::set_steering(&args)).await?,
+    };
+    Ok(render::steering(&steering.into_inner()))
 }
 
 /// `GetTenant` by id or name.

@@ -1,7 +1,7 @@
 //! `arqonctl`: the ArqonBus operator CLI for the control API (gRPC over TLS).
 //!
 //! `arqonctl tenants | principals | credentials | policies | connections |
-//! node ...`, one subcommand per RPC. This file owns the process: parsing,
+//! node | steering ...`, one subcommand per RPC. This file owns the process: parsing,
 //! the runtime, the overall timeout, printing and turning every failure into
 //! one clear line on stderr.
 //!

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use arqonbus_proto::control::{
     Connection, Credential, CredentialKind, NodeStatus, Policy, Principal, Quotas, ShardStatus,
-    SlowConsumerPolicy, SubjectRules, Tenant, policy,
+    SlowConsumerPolicy, Steering, SubjectRules, Tenant, policy,
 };
 use serde_json::{Value, json};
 
@@ -264,10 +264,21 @@ fn quota_fields(fields: &mut Fields, q: &Quotas) {
 
 // --------------------------------------------------------------- tenants
 
+/// A tenant's placement; empty (a server that predates placement, or a
+/// record stored before it) is `home`.
+fn placement_name(t: &Tenant) -> &str {
+    if t.placement.is_empty() {
+        "home"
+    } else {
+        &t.placement
+    }
+}
+
 pub(crate) fn tenant_json(t: &Tenant) -> Value {
     json!({
         "id": t.id,
         "name": t.name,
+        "placement": placement_name(t),
         "quotas": quotas_json(&t.quotas.unwrap_or_default()),
         "created_at_unix_ms": t.created_at_unix_ms,
         "version": t.version,
@@ -279,6 +290,7 @@ pub(crate) fn tenant(t: &Tenant) -> Report {
     let mut f = Fields::default();
     f.add("id", t.id.to_string())
         .add("name", &t.name)
+        .add("placement", placement_name(t))
         .add("version", t.version.to_string())
         .add("created", format_unix_ms(t.created_at_unix_ms));
     quota_fields(&mut f, &t.quotas.unwrap_or_default());
@@ -286,12 +298,17 @@ pub(crate) fn tenant(t: &Tenant) -> Report {
 }
 
 pub(crate) fn tenants(list: &[Tenant]) -> Report {
-    let mut header = vec!["ID", "NAME", "VERSION"];
+    let mut header = vec!["ID", "NAME", "PLACEMENT", "VERSION"];
     header.extend(QUOTA_COLUMNS);
     header.push("CREATED");
     let mut table = Table::new(&header);
     for t in list {
-        let mut row = vec![t.id.to_string(), t.name.clone(), t.version.to_string()];
+        let mut row = vec![
+            t.id.to_string(),
+            t.name.clone(),
+            placement_name(t).to_owned(),
+            t.version.to_string(),
+        ];
         row.extend(quota_cells(&t.quotas.unwrap_or_default()));
         row.push(format_unix_ms(t.created_at_unix_ms));
         table.row(row);
@@ -636,6 +653,47 @@ pub(crate) fn kicked(id: u64) -> Report {
     )
 }
 
+// -------------------------------------------------------------- steering
+
+pub(crate) fn steering_json(s: &Steering) -> Value {
+    json!({
+        "mode": s.mode,
+        "affinity": s
+            .affinity
+            .iter()
+            .map(|r| json!({ "prefix": r.prefix, "shard": r.shard }))
+            .collect::<Vec<_>>(),
+        "active": s.active,
+        "fallback_reason": s.fallback_reason,
+        "source": s.source,
+    })
+}
+
+/// `yes`, or `NO` with what places connections instead and why.
+fn steering_active(s: &Steering) -> String {
+    match (s.active, s.fallback_reason.is_empty()) {
+        (true, _) => "yes".into(),
+        (false, true) => "NO (kernel hash in use)".into(),
+        (false, false) => format!("NO (kernel hash in use: {})", s.fallback_reason),
+    }
+}
+
+/// `steering get | set`: the mode, where it comes from, whether the
+/// program runs, and the affinity rules.
+pub(crate) fn steering(s: &Steering) -> Report {
+    let mut f = Fields::default();
+    f.add("mode", &s.mode)
+        .add("source", &s.source)
+        .add("active", steering_active(s));
+    let mut table = Table::new(&["PREFIX", "SHARD"]);
+    for r in &s.affinity {
+        table.row(vec![r.prefix.clone(), r.shard.to_string()]);
+    }
+    let mut text = f.render();
+    let _infallible = write!(text, "\n{}", table.render_or("No affinity rules."));
+    Report::new(steering_json(s), text)
+}
+
 // ------------------------------------------------------------------ node
 
 fn shard_json(s: &ShardStatus) -> Value {
@@ -645,6 +703,8 @@ fn shard_json(s: &ShardStatus) -> Value {
         "connections": s.connections,
         "subscriptions": s.subscriptions,
         "config_epoch": s.config_epoch,
+        "moved_in": s.moved_in,
+        "moved_out": s.moved_out,
     })
 }
 
@@ -655,8 +715,19 @@ pub(crate) fn node_json(n: &NodeStatus) -> Value {
         "config_epoch": n.config_epoch,
         "accepting": n.accepting,
         "reason": n.reason,
+        "steering": n.steering.as_ref().map(steering_json),
         "shards": n.shards.iter().map(shard_json).collect::<Vec<_>>(),
     })
+}
+
+/// One line: the mode and its source, and what places connections when the
+/// program does not run.
+fn steering_summary(s: Option<&Steering>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s.active => format!("{} ({})", s.mode, s.source),
+        Some(s) => format!("{} ({}), active: {}", s.mode, s.source, steering_active(s)),
+    }
 }
 
 pub(crate) fn node(n: &NodeStatus) -> Report {
@@ -669,12 +740,15 @@ pub(crate) fn node(n: &NodeStatus) -> Report {
     f.add("server", &n.server_id)
         .add("version", &n.version)
         .add("config epoch", n.config_epoch.to_string())
-        .add("accepting", accepting);
+        .add("accepting", accepting)
+        .add("steering", steering_summary(n.steering.as_ref()));
     let mut table = Table::new(&[
         "SHARD",
         "STATE",
         "CONNECTIONS",
         "SUBSCRIPTIONS",
+        "MOVED_IN",
+        "MOVED_OUT",
         "CONFIG_EPOCH",
     ]);
     for s in &n.shards {
@@ -684,6 +758,8 @@ pub(crate) fn node(n: &NodeStatus) -> Report {
             state.into(),
             s.connections.to_string(),
             s.subscriptions.to_string(),
+            s.moved_in.to_string(),
+            s.moved_out.to_string(),
             s.config_epoch.to_string(),
         ]);
     }
@@ -694,6 +770,8 @@ pub(crate) fn node(n: &NodeStatus) -> Report {
 
 #[cfg(test)]
 mod tests {
+    use arqonbus_proto::control::AffinityRule;
+
     use super::*;
 
     const T0: i64 = 1_748_772_000_000; // 2025-06-01T10:00:00Z
@@ -749,6 +827,7 @@ mod tests {
             }),
             created_at_unix_ms: T0,
             version: 2,
+            placement: "spread".into(),
         }
     }
 
@@ -758,14 +837,15 @@ mod tests {
         let r = tenants(std::slice::from_ref(&t));
         assert_eq!(
             r.text,
-            "ID  NAME  VERSION  MAX_CONNS  MAX_SUBS  MAX_PAYLOAD  MSGS/S  BYTES/S  SLOW_CONSUMER  CREATED\n\
-             3   acme  2        100        -         -            1000    -        drop-oldest    2025-06-01T10:00:00Z\n"
+            "ID  NAME  PLACEMENT  VERSION  MAX_CONNS  MAX_SUBS  MAX_PAYLOAD  MSGS/S  BYTES/S  SLOW_CONSUMER  CREATED\n\
+             3   acme  spread     2        100        -         -            1000    -        drop-oldest    2025-06-01T10:00:00Z\n"
         );
         assert_eq!(
             r.json,
             json!({"tenants": [{
                 "id": 3,
                 "name": "acme",
+                "placement": "spread",
                 "quotas": {
                     "max_connections": 100,
                     "max_subscriptions": 0,
@@ -782,11 +862,16 @@ mod tests {
         assert_eq!(tenants(&[]).text, "No tenants.\n");
         assert_eq!(tenants(&[]).json, json!({"tenants": []}));
 
-        let one = tenant(&Tenant { quotas: None, ..t });
+        let one = tenant(&Tenant {
+            quotas: None,
+            placement: "shard:1".into(),
+            ..t.clone()
+        });
         assert_eq!(
             one.text,
             "id:                3\n\
              name:              acme\n\
+             placement:         shard:1\n\
              version:           2\n\
              created:           2025-06-01T10:00:00Z\n\
              max connections:   unlimited\n\
@@ -798,6 +883,18 @@ mod tests {
              stall max:         100 ms (default)\n"
         );
         assert_eq!(one.json["quotas"]["slow_consumer"], "unspecified");
+        assert_eq!(one.json["placement"], "shard:1");
+        // A server that predates placement sends none: home.
+        let old = tenant(&Tenant {
+            placement: String::new(),
+            ..t
+        });
+        assert!(
+            old.text.contains("placement:         home\n"),
+            "{}",
+            old.text
+        );
+        assert_eq!(old.json["placement"], "home");
         let deleted = tenant_deleted(3, 12);
         assert_eq!(deleted.text, "Deleted tenant 3 (closed 12 connections).\n");
         assert_eq!(
@@ -990,6 +1087,83 @@ mod tests {
         assert_eq!(kicked(42).json, json!({"id": 42, "kicked": true}));
     }
 
+    fn steering_fixture() -> Steering {
+        Steering {
+            mode: "affinity".into(),
+            affinity: vec![
+                AffinityRule {
+                    prefix: "10.0.0.0/8".into(),
+                    shard: 1,
+                },
+                AffinityRule {
+                    prefix: "fd00::/8".into(),
+                    shard: 0,
+                },
+            ],
+            active: true,
+            fallback_reason: String::new(),
+            source: "api".into(),
+        }
+    }
+
+    #[test]
+    fn steering_output() {
+        let s = steering_fixture();
+        let r = steering(&s);
+        assert_eq!(
+            r.text,
+            "mode:   affinity\n\
+             source: api\n\
+             active: yes\n\
+             \n\
+             PREFIX      SHARD\n\
+             10.0.0.0/8  1\n\
+             fd00::/8    0\n"
+        );
+        assert_eq!(
+            r.json,
+            json!({
+                "mode": "affinity",
+                "affinity": [
+                    {"prefix": "10.0.0.0/8", "shard": 1},
+                    {"prefix": "fd00::/8", "shard": 0},
+                ],
+                "active": true,
+                "fallback_reason": "",
+                "source": "api",
+            })
+        );
+
+        // Not attached: the kernel's hash places connections, and why.
+        let fallback = Steering {
+            mode: "balance".into(),
+            affinity: vec![],
+            active: false,
+            fallback_reason: "loading the program needs CAP_BPF\n".into(),
+            source: "config".into(),
+        };
+        let r = steering(&fallback);
+        assert_eq!(
+            r.text,
+            "mode:   balance\n\
+             source: config\n\
+             active: NO (kernel hash in use: loading the program needs CAP_BPF\\n)\n\
+             \n\
+             No affinity rules.\n"
+        );
+        assert_eq!(r.json["active"], false);
+        assert_eq!(r.json["affinity"], json!([]));
+        let silent = Steering {
+            fallback_reason: String::new(),
+            ..fallback
+        };
+        assert!(
+            steering(&silent)
+                .text
+                .contains("active: NO (kernel hash in use)\n")
+        );
+    }
+
     #[test]
     fn node_output() {
         let n = NodeStatus {
@@ -1003,6 +1177,8 @@ mod tests {
                     connections: 3,
                     subscriptions: 10,
                     config_epoch: 9,
+                    moved_in: 12,
+                    moved_out: 1,
                 },
                 ShardStatus {
                     id: 1,
@@ -1010,10 +1186,17 @@ mod tests {
                     connections: 0,
                     subscriptions: 0,
                     config_epoch: 8,
+                    moved_in: 0,
+                    moved_out: 7,
                 },
             ],
             accepting: false,
             reason: "store unreadable".into(),
+            steering: Some(Steering {
+                active: false,
+                fallback_reason: "no CAP_BPF".into(),
+                ..steering_fixture()
+            }),
         };
         let r = node(&n);
         assert_eq!(
@@ -1022,14 +1205,38 @@ mod tests {
              version:      0.1.0\n\
              config epoch: 9\n\
              accepting:    NO (store unreadable)\n\
+             steering:     affinity (api), active: NO (kernel hash in use: no CAP_BPF)\n\
              \n\
-             SHARD  STATE     CONNECTIONS  SUBSCRIPTIONS  CONFIG_EPOCH\n\
-             0      serving   3            10             9\n\
-             1      draining  0            0              8\n"
+             SHARD  STATE     CONNECTIONS  SUBSCRIPTIONS  MOVED_IN  MOVED_OUT  CONFIG_EPOCH\n\
+             0      serving   3            10             12        1          9\n\
+             1      draining  0            0              0         7          8\n"
         );
         assert_eq!(r.json["shards"][1]["draining"], true);
+        assert_eq!(r.json["shards"][0]["moved_in"], 12);
+        assert_eq!(r.json["shards"][1]["moved_out"], 7);
         assert_eq!(r.json["accepting"], false);
         assert_eq!(r.json["reason"], "store unreadable");
+        assert_eq!(r.json["steering"]["mode"], "affinity");
+        assert_eq!(r.json["steering"]["active"], false);
+        assert_eq!(r.json["steering"]["fallback_reason"], "no CAP_BPF");
+        assert_eq!(r.json["steering"]["affinity"][1]["prefix"], "fd00::/8");
+
+        // Attached: just the mode and its source. An older server: none.
+        let active = node(&NodeStatus {
+            steering: Some(steering_fixture()),
+            ..n.clone()
+        });
+        assert!(
+            active.text.contains("steering:     affinity (api)\n"),
+            "{}",
+            active.text
+        );
+        let old = node(&NodeStatus {
+            steering: None,
+            ..n
+        });
+        assert!(old.text.contains("steering:     -\n"), "{}", old.text);
+        assert_eq!(old.json["steering"], Value::Null);
     }
 
     #[test]

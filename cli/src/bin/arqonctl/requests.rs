@@ -5,16 +5,19 @@
 //! leaves the field at 0 (unlimited), on update it keeps the value read from
 //! the server; an update without an explicit `--expected-version` is
 //! conditional on the version that was read, so a concurrent change is
-//! reported (FAILED_PRECONDITION) instead of being silently overwritten.
+//! reported (FAILED_PRECONDITION) instead of being silently overwritten;
+//! an absent `--placement` is sent empty (create: home; update: unchanged).
 
 use arqonbus_proto::control::{
-    CreatePrincipalRequest, CreateTenantRequest, CredentialKind, IssueCredentialRequest,
-    ListCredentialsRequest, Policy, Principal, PutPolicyRequest, Quotas, SlowConsumerPolicy,
-    SubjectRules, Tenant, TenantRef, UpdatePrincipalRequest, UpdateTenantRequest, policy,
+    AffinityRule, CreatePrincipalRequest, CreateTenantRequest, CredentialKind,
+    IssueCredentialRequest, ListCredentialsRequest, Policy, Principal, PutPolicyRequest, Quotas,
+    SetSteeringRequest, SlowConsumerPolicy, SubjectRules, Tenant, TenantRef,
+    UpdatePrincipalRequest, UpdateTenantRequest, policy,
 };
 
 use crate::args::{
-    PolicyPutArgs, PrincipalUpdateArgs, QuotaArgs, SlowConsumerArg, TenantArg, TenantUpdateArgs,
+    PlacementArg, PolicyPutArgs, PrincipalUpdateArgs, QuotaArgs, SlowConsumerArg, SteeringSetArgs,
+    TenantArg, TenantUpdateArgs,
 };
 
 impl From<SlowConsumerArg> for SlowConsumerPolicy {
@@ -64,14 +67,25 @@ pub(crate) fn tenant_ref(tenant: &TenantArg) -> TenantRef {
     }
 }
 
-pub(crate) fn create_tenant(name: String, flags: &QuotaArgs) -> CreateTenantRequest {
+/// A placement flag as the API takes it; absent: empty.
+fn placement(flag: Option<PlacementArg>) -> String {
+    flag.map(|p| p.to_string()).unwrap_or_default()
+}
+
+pub(crate) fn create_tenant(
+    name: String,
+    flags: &QuotaArgs,
+    placement_flag: Option<PlacementArg>,
+) -> CreateTenantRequest {
     CreateTenantRequest {
         name,
         quotas: new_quotas(flags),
+        placement: placement(placement_flag),
     }
 }
 
-/// Applies the quota flags to `current`, conditional on its version.
+/// Applies the quota and placement flags to `current`, conditional on its
+/// version.
 pub(crate) fn update_tenant(current: &Tenant, args: &TenantUpdateArgs) -> UpdateTenantRequest {
     UpdateTenantRequest {
         id: current.id,
@@ -80,6 +94,22 @@ pub(crate) fn update_tenant(current: &Tenant, args: &TenantUpdateArgs) -> Update
             &args.quotas,
             current.quotas.unwrap_or_default(),
         )),
+        placement: placement(args.placement),
+    }
+}
+
+/// The whole steering as given: the rules replace the current ones.
+pub(crate) fn set_steering(args: &SteeringSetArgs) -> SetSteeringRequest {
+    SetSteeringRequest {
+        mode: args.mode.as_str().to_owned(),
+        affinity: args
+            .affinity
+            .iter()
+            .map(|a| AffinityRule {
+                prefix: a.prefix.clone(),
+                shard: a.shard,
+            })
+            .collect(),
     }
 }
 
@@ -177,7 +207,7 @@ mod tests {
     use clap::Parser as _;
 
     use super::*;
-    use crate::args::{Cli, Cmd, PoliciesCmd, PrincipalsCmd, TenantsCmd};
+    use crate::args::{Cli, Cmd, PoliciesCmd, PrincipalsCmd, SteeringCmd, TenantsCmd};
 
     fn cli(args: &[&str]) -> Cmd {
         Cli::try_parse_from(std::iter::once("arqonctl").chain(args.iter().copied()))
@@ -247,9 +277,26 @@ mod tests {
     #[test]
     fn create_requests() {
         let flags = quota_flags(&["--max-payload", "65536"]);
-        let r = create_tenant("acme".into(), &flags);
+        let r = create_tenant("acme".into(), &flags, None);
         assert_eq!(r.name, "acme");
         assert_eq!(r.quotas.unwrap().max_payload, 65536);
+        assert_eq!(r.placement, "", "the server's default: home");
+        let Cmd::Tenants(TenantsCmd::Create {
+            name,
+            quotas,
+            placement,
+        }) = cli(&["tenants", "create", "big", "--placement", "spread"])
+        else {
+            panic!("not tenants create")
+        };
+        assert_eq!(
+            create_tenant(name, &quotas, placement),
+            CreateTenantRequest {
+                name: "big".into(),
+                quotas: None,
+                placement: "spread".into(),
+            }
+        );
 
         let Cmd::Principals(PrincipalsCmd::Create {
             name,
@@ -295,6 +342,7 @@ mod tests {
             }),
             created_at_unix_ms: 1,
             version: 7,
+            placement: "shard:1".into(),
         };
         let Cmd::Tenants(TenantsCmd::Update(args)) = cli(&[
             "tenants",
@@ -310,6 +358,7 @@ mod tests {
         let r = update_tenant(&current, &args);
         assert_eq!(r.id, 4);
         assert_eq!(r.expected_version, 7, "conditional on the version read");
+        assert_eq!(r.placement, "", "placement unchanged");
         assert_eq!(
             r.quotas,
             Some(Quotas {
@@ -334,7 +383,7 @@ mod tests {
         };
         let no_quotas = Tenant {
             quotas: None,
-            ..current
+            ..current.clone()
         };
         let r = update_tenant(&no_quotas, &args);
         assert_eq!(r.expected_version, 6);
@@ -345,6 +394,62 @@ mod tests {
                 ..Quotas::default()
             })
         );
+
+        // Placement alone: the quotas read are sent back as they were.
+        let Cmd::Tenants(TenantsCmd::Update(args)) =
+            cli(&["tenants", "update", "4", "--placement", "home"])
+        else {
+            panic!("not tenants update")
+        };
+        let r = update_tenant(&current, &args);
+        assert_eq!(r.placement, "home");
+        assert_eq!(r.quotas, current.quotas);
+        assert_eq!(r.expected_version, 7);
+    }
+
+    #[test]
+    fn steering_requests_carry_every_rule() {
+        let Cmd::Steering(SteeringCmd::Set(args)) = cli(&[
+            "steering",
+            "set",
+            "--mode",
+            "affinity",
+            "--affinity",
+            "10.0.0.0/8=1",
+            "--affinity",
+            "fd00::/8=0",
+        ]) else {
+            panic!("not steering set")
+        };
+        assert_eq!(
+            set_steering(&args),
+            SetSteeringRequest {
+                mode: "affinity".into(),
+                affinity: vec![
+                    AffinityRule {
+                        prefix: "10.0.0.0/8".into(),
+                        shard: 1
+                    },
+                    AffinityRule {
+                        prefix: "fd00::/8".into(),
+                        shard: 0
+                    },
+                ],
+            }
+        );
+        for (mode, want) in [
+            ("hash", "hash"),
+            ("balance", "balance"),
+            ("cpu", "cpu"),
+            ("affinity", "affinity"),
+        ] {
+            let Cmd::Steering(SteeringCmd::Set(args)) = cli(&["steering", "set", "--mode", mode])
+            else {
+                panic!("not steering set")
+            };
+            let r = set_steering(&args);
+            assert_eq!((r.mode.as_str(), r.affinity.len()), (want, 0));
+        }
     }
 
     #[test]
