@@ -49,6 +49,7 @@ use crate::seed::{self, SeedError, SeedTenant};
 use crate::service::{Api, Inner, ReloadFn};
 use crate::store::{RedbStore, Store, StoreError};
 use crate::tls::{self, TlsError};
+use arqonbus_core::placement::TenantPlacement;
 
 /// Default address of the control API.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -82,6 +83,9 @@ pub struct ControlPlaneConfig {
     pub reload: Option<Box<ReloadFn>>,
     /// This node's id in `NodeStatus`.
     pub server_id: String,
+    /// The placement of tenants created without one (API, seeds, the
+    /// tenants file): `home` unless the node is configured otherwise.
+    pub default_placement: TenantPlacement,
 }
 
 impl ControlPlaneConfig {
@@ -97,6 +101,7 @@ impl ControlPlaneConfig {
             seed_tenants: Vec::new(),
             reload: None,
             server_id: String::new(),
+            default_placement: TenantPlacement::default(),
         }
     }
 }
@@ -211,6 +216,7 @@ pub struct ControlPlane {
     local_addr: SocketAddr,
     reload: Option<Arc<ReloadFn>>,
     server_id: String,
+    default_placement: TenantPlacement,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -249,8 +255,9 @@ impl ControlPlane {
     ) -> Result<(Self, Arc<ConfigSnapshot>), ControlPlaneError> {
         create_private_dir(&config.data_dir)?;
         let store = Arc::new(RedbStore::open(&config.data_dir)?);
-        seed::import_tenants_file(&*store, &config.data_dir)?;
-        seed::import_seeds(&*store, &config.seed_tenants)?;
+        let placement = config.default_placement;
+        seed::import_tenants_file(&*store, &config.data_dir, placement)?;
+        seed::import_seeds(&*store, &config.seed_tenants, placement)?;
         let admin = admin::ensure(&*store, &config.data_dir)?;
         let tls = tls::control_config(&config.tls, config.client_ca.as_deref())?;
         let listen_err = |source| ControlPlaneError::Listen {
@@ -276,6 +283,7 @@ impl ControlPlane {
                 local_addr,
                 reload: config.reload.map(Arc::from),
                 server_id: config.server_id,
+                default_placement: config.default_placement,
             },
             first,
         ))
@@ -361,6 +369,7 @@ impl ControlPlane {
             reload: self.reload.clone(),
             server_id: self.server_id.clone(),
             metrics: self.metrics.clone(),
+            default_placement: self.default_placement,
         });
         let auth = AdminAuth::new(self.admin.hash, self.metrics.clone());
 

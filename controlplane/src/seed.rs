@@ -17,6 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
+use arqonbus_core::placement::TenantPlacement;
 use ring::rand::SystemRandom;
 use ring::signature::Ed25519KeyPair;
 use serde::{Deserialize, Serialize};
@@ -99,7 +100,11 @@ pub(crate) fn new_signing_key() -> Result<SigningKey, String> {
         .map_err(|e| e.to_string())
 }
 
-fn to_imports(origin: &str, seeds: &[SeedTenant]) -> Result<Vec<ImportTenant>, SeedError> {
+fn to_imports(
+    origin: &str,
+    seeds: &[SeedTenant],
+    placement: TenantPlacement,
+) -> Result<Vec<ImportTenant>, SeedError> {
     let invalid = |reason: String| SeedError::Invalid {
         origin: origin.to_owned(),
         reason,
@@ -138,15 +143,18 @@ fn to_imports(origin: &str, seeds: &[SeedTenant]) -> Result<Vec<ImportTenant>, S
             signing_key: new_signing_key().map_err(invalid)?,
             credentials,
             created_at_unix_ms: now,
+            placement: placement.to_string(),
         });
     }
     Ok(out)
 }
 
 /// Imports `<data_dir>/tenants.toml` unless the store already did.
+/// Tenants it creates get `placement`.
 pub(crate) fn import_tenants_file(
     store: &dyn Store,
     data_dir: &Path,
+    placement: TenantPlacement,
 ) -> Result<ImportReport, SeedError> {
     let path = data_dir.join(TENANTS_FILE);
     let origin = path.display().to_string();
@@ -162,7 +170,7 @@ pub(crate) fn import_tenants_file(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(source) => return Err(SeedError::Io { path, source }),
     };
-    let imports = to_imports(&origin, &seeds)?;
+    let imports = to_imports(&origin, &seeds, placement)?;
     let report = store
         .import_tenants(&imports, Some(TENANTS_FILE_MARKER))
         .map_err(|source| SeedError::Store {
@@ -180,12 +188,14 @@ pub(crate) fn import_tenants_file(
 }
 
 /// Inserts the seed tenants whose id is absent.
+/// Tenants it creates get `placement`.
 pub(crate) fn import_seeds(
     store: &dyn Store,
     seeds: &[SeedTenant],
+    placement: TenantPlacement,
 ) -> Result<ImportReport, SeedError> {
     let origin = "configuration tenants";
-    let imports = to_imports(origin, seeds)?;
+    let imports = to_imports(origin, seeds, placement)?;
     let report = store
         .import_tenants(&imports, None)
         .map_err(|source| SeedError::Store {

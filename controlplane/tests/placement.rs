@@ -419,3 +419,33 @@ async fn tenant_placement_is_stored_validated_and_pushed() {
     assert_eq!(entry(pinned.id), TenantPlacement::Pinned(ShardId(1)));
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_node_configured_spread_creates_tenants_spread_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let node = start(dir.path(), &pki, |c| {
+        c.default_placement = TenantPlacement::Spread;
+    })
+    .await;
+    let ch = channel(&node, &pki).await;
+    let mut c = clients(&ch, &Bearer::new(&node.token));
+    let plain = c.create_tenant("plain").await;
+    assert_eq!(plain.placement, "spread");
+    let home = c
+        .tenants
+        .create_tenant(create("small", "home"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(home.placement, "home");
+    let snap = node.dp.last();
+    assert_eq!(
+        snap.tenant(TenantId(plain.id)).unwrap().placement,
+        TenantPlacement::Spread
+    );
+    assert_eq!(
+        snap.tenant(TenantId(home.id)).unwrap().placement,
+        TenantPlacement::Home
+    );
+}

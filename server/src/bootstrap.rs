@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use arqonbus_core::auth::{CredentialHash, TOKEN_PREFIX};
 use arqonbus_core::limits::Limits;
+use arqonbus_core::placement::TenantPlacement;
 use arqonbus_core::policy::Permissions;
 use arqonbus_core::snapshot::{
     ConfigSnapshot, CredentialEntry, PrincipalEntry, Quotas, TenantEntry,
@@ -156,10 +157,12 @@ fn read_tenants(path: &Path) -> Result<Vec<TenantConfig>, BootstrapError> {
 }
 
 /// Builds the snapshot the data plane checks credentials against: every
-/// principal may use every subject of its tenant, no quotas.
+/// principal may use every subject of its tenant, no quotas, every tenant
+/// placed `placement`.
 pub fn snapshot(
     tenants: &[TenantConfig],
     limits: &Limits,
+    placement: TenantPlacement,
 ) -> Result<ConfigSnapshot, BootstrapError> {
     validate_tenants("tenants", tenants)?;
     let mut snap = ConfigSnapshot::new(1, limits.clone());
@@ -174,7 +177,7 @@ pub fn snapshot(
             name: t.name.as_str().into(),
             quotas: Quotas::default(),
             verify_key: None,
-            placement: arqonbus_core::placement::TenantPlacement::default(),
+            placement,
         });
         for c in &t.credentials {
             let mut hash = [0u8; 32];
@@ -212,6 +215,7 @@ pub fn credentials(
     data_dir: &Path,
     configured: &[TenantConfig],
     limits: &Limits,
+    placement: TenantPlacement,
 ) -> Result<Credentials, BootstrapError> {
     create_private_dir(data_dir).map_err(io(data_dir))?;
     let tenants_path = data_dir.join(TENANTS_FILE);
@@ -222,7 +226,7 @@ pub fn credentials(
     }
     let mut tenants = read_tenants(&tenants_path)?;
     tenants.extend(configured.iter().cloned());
-    let auth = snapshot(&tenants, limits)?;
+    let auth = snapshot(&tenants, limits, placement)?;
     if auth.credential_count() == 0 {
         tracing::warn!("no credentials are configured: every connection will be refused");
     }
@@ -244,7 +248,7 @@ mod tests {
     fn first_start_creates_one_secret_and_stores_only_its_hash() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let first = credentials(&data, &[], &Limits::default()).unwrap();
+        let first = credentials(&data, &[], &Limits::default(), TenantPlacement::Home).unwrap();
         assert!(first.created);
         let token_path = first.bootstrap_token.unwrap();
         let token = std::fs::read_to_string(&token_path).unwrap();
@@ -260,7 +264,7 @@ mod tests {
         assert_eq!(p.tenant.id, TenantId(1));
 
         // Second start: same credential, nothing new.
-        let second = credentials(&data, &[], &Limits::default()).unwrap();
+        let second = credentials(&data, &[], &Limits::default(), TenantPlacement::Home).unwrap();
         assert!(!second.created);
         assert!(second.auth.authenticate(token, 0).is_ok());
     }
@@ -277,13 +281,26 @@ mod tests {
                 sha256: token_hash_hex("abt_acme"),
             }],
         };
-        let c = credentials(dir.path(), std::slice::from_ref(&extra), &Limits::default()).unwrap();
-        assert_eq!(
-            c.auth.authenticate("abt_acme", 0).unwrap().tenant.id,
-            TenantId(2)
-        );
+        let c = credentials(
+            dir.path(),
+            std::slice::from_ref(&extra),
+            &Limits::default(),
+            TenantPlacement::Spread,
+        )
+        .unwrap();
+        let id = c.auth.authenticate("abt_acme", 0).unwrap();
+        assert_eq!(id.tenant.id, TenantId(2));
+        assert_eq!(id.tenant.placement, TenantPlacement::Spread);
         let clash = TenantConfig { id: 1, ..extra };
-        assert!(credentials(dir.path(), &[clash], &Limits::default()).is_err());
+        assert!(
+            credentials(
+                dir.path(),
+                &[clash],
+                &Limits::default(),
+                TenantPlacement::Home
+            )
+            .is_err()
+        );
     }
 
     #[test]

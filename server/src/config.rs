@@ -9,7 +9,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use arqonbus_core::ShardId;
 use arqonbus_core::limits::{Limits, LimitsError};
+use arqonbus_core::placement::{
+    AffinityRule, MAX_AFFINITY_RULES, SteeringConfig, SteeringMode, TenantPlacement,
+};
 use serde::{Deserialize, Serialize};
 
 /// Default port of the client protocol.
@@ -39,6 +43,8 @@ pub struct Config {
     pub log: LogSection,
     /// Trace export.
     pub tracing: TracingSection,
+    /// How new connections are placed on shards.
+    pub steering: SteeringSection,
     /// Tenants declared in the file, besides those in the data directory.
     pub tenants: Vec<TenantConfig>,
 }
@@ -54,6 +60,7 @@ impl Default for Config {
             limits: Limits::default(),
             log: LogSection::default(),
             tracing: TracingSection::default(),
+            steering: SteeringSection::default(),
             tenants: Vec::new(),
         }
     }
@@ -101,6 +108,86 @@ impl Default for ServerSection {
             tick_ms: 250,
             lame_duck_window_ms: 10_000,
         }
+    }
+}
+
+/// `[steering]`: the SK_REUSEPORT program that places new connections
+/// (`specs/placement.md`). The control API can change the mode and the
+/// affinity rules at run time; what it sets is stored and wins over this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SteeringSection {
+    /// `balance` (fewest live connections), `hash` (the kernel's hash),
+    /// `cpu` (the shard on the CPU that took the SYN) or `affinity`
+    /// (client prefix rules, else balance).
+    pub mode: String,
+    /// Refuse to start when the program cannot be attached (no CAP_BPF),
+    /// instead of warning and leaving placement to the kernel's hash.
+    pub required: bool,
+    /// Client prefixes pinned to shards, for `affinity`.
+    pub affinity: Vec<AffinityConfig>,
+    /// The placement given to tenants created without one (the bootstrap
+    /// tenant, configured and imported tenants, the control API's
+    /// `CreateTenant` with no placement): `home` (one home shard, chosen
+    /// least-loaded: a tenant's traffic stays on one core) or `spread`
+    /// (stay where steering put them). Tenants keep the placement they were
+    /// created with.
+    pub default_placement: String,
+}
+
+/// One affinity rule: clients in `prefix` go to `shard`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffinityConfig {
+    /// `ADDRESS/LEN`, IPv4 or IPv6.
+    pub prefix: String,
+    /// The shard.
+    pub shard: u16,
+}
+
+impl Default for SteeringSection {
+    fn default() -> Self {
+        Self {
+            mode: SteeringMode::default().as_str().to_owned(),
+            required: false,
+            affinity: Vec::new(),
+            default_placement: TenantPlacement::default().to_string(),
+        }
+    }
+}
+
+impl SteeringSection {
+    /// The placement of tenants created without one: `home` or `spread`.
+    pub fn default_placement(&self) -> Result<TenantPlacement, ConfigError> {
+        match self.default_placement.parse::<TenantPlacement>() {
+            Ok(p @ (TenantPlacement::Home | TenantPlacement::Spread)) => Ok(p),
+            _ => Err(invalid(
+                "steering.default_placement",
+                format!("{:?} is not home or spread", self.default_placement),
+            )),
+        }
+    }
+
+    /// The steering this section describes (shard numbers are checked
+    /// against the shard count when the data plane starts).
+    pub fn to_config(&self) -> Result<SteeringConfig, ConfigError> {
+        let mode = self
+            .mode
+            .parse::<SteeringMode>()
+            .map_err(|e| invalid("steering.mode", e.to_string()))?;
+        let affinity = self
+            .affinity
+            .iter()
+            .map(|a| AffinityRule::parse(&a.prefix, ShardId(a.shard)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("steering.affinity.prefix", e.to_string()))?;
+        if affinity.len() > MAX_AFFINITY_RULES {
+            return Err(invalid(
+                "steering.affinity",
+                format!("at most {MAX_AFFINITY_RULES} rules"),
+            ));
+        }
+        Ok(SteeringConfig { mode, affinity })
     }
 }
 
@@ -460,6 +547,8 @@ impl Config {
             return Err(invalid("log.level", "must not be empty"));
         }
         self.tracing.validate()?;
+        self.steering.to_config()?;
+        self.steering.default_placement()?;
         self.limits.validate()?;
         validate_tenants("tenants", &self.tenants)?;
         Ok(())

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 
 use arqonbus_controlplane::{ControlPlane, ControlPlaneHandle, DataPlaneControl, DataPlaneError};
 use arqonbus_core::metrics::ShardMetrics;
-use arqonbus_core::ops::{ConnectionInfo, ShardStatus};
+use arqonbus_core::ops::{ConnectionInfo, ShardStatus, SteeringStatus};
 use arqonbus_core::snapshot::ConfigSnapshot;
 use arqonbus_dataplane::{ControlError, DataPlane};
 use tokio::sync::oneshot;
@@ -65,6 +65,14 @@ impl DataPlaneControl for Adapter {
 
     fn metrics(&self) -> Result<Vec<ShardMetrics>, DataPlaneError> {
         self.0.metrics().map_err(map)
+    }
+
+    fn steering(&self) -> SteeringStatus {
+        self.0.steering_status()
+    }
+
+    fn shard_count(&self) -> usize {
+        self.0.shards()
     }
 }
 

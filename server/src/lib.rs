@@ -129,7 +129,13 @@ impl Server {
         config.validate()?;
         // First start: the bootstrap tenant and its credential (0600 file).
         // With the control plane, its store imports them once.
-        let creds = bootstrap::credentials(&config.data_dir, &config.tenants, &config.limits)?;
+        let default_placement = config.steering.default_placement()?;
+        let creds = bootstrap::credentials(
+            &config.data_dir,
+            &config.tenants,
+            &config.limits,
+            default_placement,
+        )?;
         // The control API is always TLS, so the material exists even when the
         // data plane serves plaintext.
         let tls = tls::prepare(&config.data_dir, &config.tls)?;
@@ -145,6 +151,7 @@ impl Server {
             cp.limits = config.limits.clone();
             cp.seed_tenants = seeds(config);
             cp.server_id.clone_from(&server_id);
+            cp.default_placement = default_placement;
             if let Some(path) = config_path {
                 let path = path.to_owned();
                 cp.reload = Some(Box::new(move || reload_limits(&path)));
@@ -172,6 +179,8 @@ impl Server {
         dp.read_buffer = s.read_buffer;
         dp.spin_before_park = (s.busy_poll_us > 0).then(|| Duration::from_micros(s.busy_poll_us));
         dp.tick = config.tick();
+        dp.steering = config.steering.to_config()?;
+        dp.steering_required = config.steering.required;
         // Sampled messages feed the latency histogram and get spans: trace
         // export samples even when metrics are off.
         let exporting = config.tracing.exporting();

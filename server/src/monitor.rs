@@ -3,9 +3,9 @@
 //!
 //! | path | auth | what |
 //! |---|---|---|
-//! | `/metrics` | none | Prometheus text: per shard, per tenant (capped), errors by code, latency histograms, control plane |
+//! | `/metrics` | none | Prometheus text: per shard, per tenant (capped), errors by code, latency histograms, control plane, steering |
 //! | `/healthz` | none | liveness: the process and its control runtime answer |
-//! | `/readyz` | none | readiness with detail: shards answer, listeners bound, store readable, config epoch current |
+//! | `/readyz` | none | readiness with detail: shards answer, listeners bound, store readable, config epoch current; whether the steering program places connections |
 //! | `/varz` | admin | server identity, limits, totals |
 //! | `/connz` | admin | every connection |
 //! | `/subsz` | admin | subscriptions per shard |
@@ -31,10 +31,11 @@ use arqonbus_controlplane::ControlPlaneHandle;
 use arqonbus_controlplane::metrics::MetricsSnapshot;
 use arqonbus_core::TenantId;
 use arqonbus_core::metrics::{ErrorCounts, ShardMetrics, TenantStats};
-use arqonbus_core::ops::ShardStatus;
+use arqonbus_core::ops::{ShardStatus, SteeringStatus};
+use arqonbus_core::placement::SteeringMode;
 use arqonbus_core::snapshot::ConfigSnapshot;
 use arqonbus_core::stats::ShardStats;
-use arqonbus_dataplane::DataPlane;
+use arqonbus_dataplane::{DataPlane, SteeringCounters};
 use arqonbus_proto::v1::ErrorCode;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -78,12 +79,13 @@ const BUCKETS: [(&str, u64); 17] = [
 type Getter<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 /// The counters of one shard, by metric name.
-type ShardCounters = [(&'static str, &'static str, u64); 24];
+type ShardCounters = [(&'static str, &'static str, u64); 26];
 
 /// Everything a scrape collected.
 #[derive(Debug)]
 pub(crate) struct Scrape {
     pub(crate) shards: Vec<ShardMetrics>,
+    pub(crate) steering: SteeringCounters,
     pub(crate) control: MetricsSnapshot,
     pub(crate) snapshot: Arc<ConfigSnapshot>,
     pub(crate) accepting: bool,
@@ -245,6 +247,16 @@ fn shard_counters(s: &ShardStats) -> ShardCounters {
             "kicked_total",
             "Connections closed by an operator.",
             s.kicked,
+        ),
+        (
+            "moved_in_total",
+            "Connections handed to this shard (their tenant's home) after authentication.",
+            s.moved_in,
+        ),
+        (
+            "moved_out_total",
+            "Connections this shard handed to their tenant's home shard.",
+            s.moved_out,
         ),
     ]
 }
@@ -498,7 +510,82 @@ pub(crate) fn render(scrape: &Scrape) -> String {
         "arqonbus_accepting_sessions {}",
         u8::from(scrape.accepting)
     );
+    render_steering(&mut out, &scrape.steering);
     out
+}
+
+/// The steering program's gauges and counters.
+fn render_steering(out: &mut String, s: &SteeringCounters) {
+    gauge(
+        out,
+        "arqonbus_steering_active",
+        "1 when the SK_REUSEPORT program places new connections, 0 when the kernel's hash does.",
+    );
+    let _ = writeln!(out, "arqonbus_steering_active {}", u8::from(s.active));
+    gauge(
+        out,
+        "arqonbus_steering_mode",
+        "The steering mode in force (1 for the mode named).",
+    );
+    for m in SteeringMode::ALL {
+        let _ = writeln!(
+            out,
+            "arqonbus_steering_mode{{mode=\"{m}\"}} {}",
+            u8::from(m == s.mode)
+        );
+    }
+    gauge(
+        out,
+        "arqonbus_steering_draining_shards",
+        "Shards drained (new connections steered away).",
+    );
+    let _ = writeln!(
+        out,
+        "arqonbus_steering_draining_shards {}",
+        s.draining.count_ones()
+    );
+    counter(
+        out,
+        "arqonbus_steering_selected_total",
+        "Connections the program sent to a shard.",
+    );
+    let _ = writeln!(out, "arqonbus_steering_selected_total {}", s.selected);
+    counter(
+        out,
+        "arqonbus_steering_fallbacks_total",
+        "Connections the program left to the kernel's hash, by reason.",
+    );
+    let _ = writeln!(
+        out,
+        "arqonbus_steering_fallbacks_total{{reason=\"no_socket\"}} {}",
+        s.fallback_no_socket
+    );
+    let _ = writeln!(
+        out,
+        "arqonbus_steering_fallbacks_total{{reason=\"all_drained\"}} {}",
+        s.fallback_all_drained
+    );
+    counter(
+        out,
+        "arqonbus_steering_hits_total",
+        "Connections placed by an affinity rule or by the SYN's CPU.",
+    );
+    let _ = writeln!(
+        out,
+        "arqonbus_steering_hits_total{{rule=\"affinity\"}} {}",
+        s.affinity_hits
+    );
+    let _ = writeln!(
+        out,
+        "arqonbus_steering_hits_total{{rule=\"cpu\"}} {}",
+        s.cpu_hits
+    );
+    counter(
+        out,
+        "arqonbus_steering_map_errors_total",
+        "Updates of the program's maps that failed.",
+    );
+    let _ = writeln!(out, "arqonbus_steering_map_errors_total {}", s.map_errors);
 }
 
 /// What `/readyz` found.
@@ -577,6 +664,17 @@ pub(crate) fn readiness(
     }
 }
 
+/// What `/readyz` says about steering when the program is not attached (the
+/// node serves, but the kernel's hash places connections).
+pub(crate) fn steering_note(s: &SteeringStatus) -> Option<String> {
+    (!s.active).then(|| {
+        format!(
+            "steering program not attached ({}): the kernel's hash places connections",
+            s.fallback_reason.as_deref().unwrap_or("unknown reason")
+        )
+    })
+}
+
 fn json_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -627,9 +725,11 @@ impl Monitor {
 
     async fn scrape(&self) -> Result<Scrape, String> {
         let shards = self.dp(DataPlane::metrics).await?;
+        let steering = self.dp(|d| Ok(d.steering_counters())).await?;
         let r = self.control.readiness();
         Ok(Scrape {
             shards,
+            steering,
             control: self.control.metrics(),
             snapshot: self.control.current_snapshot(),
             accepting: r.accepting,
@@ -639,9 +739,17 @@ impl Monitor {
 
     async fn ready(&self) -> Readiness {
         let status = self.dp(DataPlane::status).await;
+        let steering = self.dataplane.steering_status();
         let r = self.control.readiness();
         let epoch = self.control.current_snapshot().epoch();
-        readiness(&status, r.accepting, r.reason.as_deref(), epoch)
+        let mut ready = readiness(&status, r.accepting, r.reason.as_deref(), epoch);
+        if let Some(why) = steering_note(&steering) {
+            if !ready.detail.is_empty() {
+                ready.detail.push_str("; ");
+            }
+            ready.detail.push_str(&why);
+        }
+        ready
     }
 
     async fn handle(&self, req: &Request<Incoming>) -> Reply {
@@ -898,6 +1006,14 @@ mod tests {
                 shard(0, vec![(1, 10), (2, 1)]),
                 shard(1, vec![(1, 5), (3, 4)]),
             ],
+            steering: SteeringCounters {
+                active: true,
+                mode: SteeringMode::Balance,
+                draining: 0b10,
+                selected: 7,
+                fallback_no_socket: 1,
+                ..SteeringCounters::default()
+            },
             control: MetricsSnapshot {
                 rpc_ok: 4,
                 rpc_client_errors: 1,
@@ -918,6 +1034,13 @@ mod tests {
         let text = render(&scrape(100));
         assert!(text.contains("arqonbus_messages_in_total{shard=\"0\"} 5"));
         assert!(text.contains("arqonbus_connections{shard=\"1\"} 2"));
+        assert!(text.contains("arqonbus_steering_active 1"));
+        assert!(text.contains("arqonbus_steering_mode{mode=\"balance\"} 1"));
+        assert!(text.contains("arqonbus_steering_mode{mode=\"hash\"} 0"));
+        assert!(text.contains("arqonbus_steering_draining_shards 1"));
+        assert!(text.contains("arqonbus_steering_selected_total 7"));
+        assert!(text.contains("arqonbus_steering_fallbacks_total{reason=\"no_socket\"} 1"));
+        assert!(text.contains("arqonbus_moved_in_total{shard=\"1\"} 0"));
         assert!(text.contains("arqonbus_errors_total{code=\"SLOW_CONSUMER\"} 2"));
         assert!(text.contains("arqonbus_tenant_messages_in_total{tenant=\"acme\"} 15"));
         assert!(text.contains("arqonbus_tenant_messages_in_total{tenant=\"beta\\\"q\"} 1"));
@@ -960,6 +1083,22 @@ mod tests {
             },
         ];
         assert!(readiness(&Ok(ok.clone()), true, None, 3).ready());
+        let fallback = SteeringStatus {
+            active: false,
+            fallback_reason: Some("no CAP_BPF".into()),
+            ..SteeringStatus::default()
+        };
+        assert_eq!(
+            steering_note(&fallback).as_deref(),
+            Some(
+                "steering program not attached (no CAP_BPF): the kernel's hash places connections"
+            )
+        );
+        let attached = SteeringStatus {
+            active: true,
+            ..SteeringStatus::default()
+        };
+        assert_eq!(steering_note(&attached), None);
         let mut draining = ok.clone();
         draining[1].draining = true;
         let r = readiness(&Ok(draining), true, None, 3);

@@ -45,6 +45,9 @@ impl TestServer {
         config.server.shards = 2;
         config.server.tick_ms = 20;
         config.log.format = LogFormat::Text;
+        // The tests place connections on chosen shards themselves, to cross
+        // the mesh; placement tests set `home` back.
+        config.steering.default_placement = "spread".into();
         edit(&mut config);
         let server = Server::start(&config).expect("test server starts");
         // Later restarts reuse the ports the first start picked.

@@ -38,6 +38,7 @@ async fn tenant_with_token(
         .create_tenant(CreateTenantRequest {
             name: name.into(),
             quotas: Some(quotas),
+            ..CreateTenantRequest::default()
         })
         .await
         .unwrap()
@@ -167,6 +168,7 @@ async fn kill_9_of_the_server_during_a_burst_loses_no_acknowledged_write() {
             let request = CreateTenantRequest {
                 name: name.clone(),
                 quotas: None,
+                ..CreateTenantRequest::default()
             };
             match tenants.create_tenant(request).await {
                 Ok(t) => {

@@ -44,6 +44,8 @@ pub(crate) struct Inner {
     pub(crate) reload: Option<Arc<ReloadFn>>,
     pub(crate) server_id: String,
     pub(crate) metrics: Arc<Metrics>,
+    /// The placement of a tenant created without one.
+    pub(crate) default_placement: arqonbus_core::placement::TenantPlacement,
 }
 
 /// Implements every control service; cheap to clone.

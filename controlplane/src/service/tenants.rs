@@ -28,11 +28,15 @@ impl TenantService for Api {
         self.rpc("CreateTenant", Kind::Change, async {
             validate::name("name", &req.name)?;
             let quotas = validate::quotas("quotas", req.quotas.as_ref())?;
-            let placement = validate::placement_on_node(
-                "placement",
-                &req.placement,
-                self.inner.dataplane.shard_count(),
-            )?;
+            let placement = if req.placement.is_empty() {
+                self.inner.default_placement
+            } else {
+                validate::placement_on_node(
+                    "placement",
+                    &req.placement,
+                    self.inner.dataplane.shard_count(),
+                )?
+            };
             let signing_key = new_signing_key().map_err(|e| {
                 tracing::error!(error = %e, "cannot generate a signing key");
                 Status::internal("cannot generate a signing key")

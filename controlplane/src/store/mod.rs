@@ -295,6 +295,9 @@ pub struct ImportTenant {
     pub credentials: Vec<ImportCredential>,
     /// Now, Unix milliseconds.
     pub created_at_unix_ms: i64,
+    /// Its placement in canonical form, used only when it is created
+    /// (empty: home).
+    pub placement: String,
 }
 
 /// A bearer credential of an imported tenant.

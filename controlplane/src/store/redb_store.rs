@@ -907,7 +907,11 @@ impl Store for RedbStore {
                         quotas: Some(Quotas::default()),
                         created_at_unix_ms: t.created_at_unix_ms,
                         version: 1,
-                        placement: default_placement(),
+                        placement: if t.placement.is_empty() {
+                            default_placement()
+                        } else {
+                            t.placement.clone()
+                        },
                     },
                     signing_key: t.signing_key.clone(),
                 };

@@ -378,6 +378,7 @@ fn import(id: u64, name: &str, creds: &[(u64, &str, u8)]) -> ImportTenant {
             })
             .collect(),
         created_at_unix_ms: 1,
+        placement: String::new(),
     }
 }
 

@@ -203,7 +203,7 @@ fn write_config(dir: &Path, setup: &Setup) {
     std::fs::write(
         dir.join("arqonbus.toml"),
         format!(
-            "data_dir = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\ntick_ms = 20\nlame_duck_window_ms = 300\n\n[control]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}\n\n[log]\nformat = \"text\"\nlevel = \"warn\"\n\n{}",
+            "data_dir = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\ntick_ms = 20\nlame_duck_window_ms = 300\n\n[control]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}\n\n[log]\nformat = \"text\"\nlevel = \"warn\"\n\n[steering]\ndefault_placement = \"spread\"\n\n{}",
             dir.join("data").display(),
             setup.metrics,
             setup.extra,
