@@ -102,7 +102,8 @@ pub struct ShardMetrics {
     pub errors: ErrorCounts,
     /// Per-tenant figures.
     pub tenants: Vec<(TenantId, TenantStats)>,
-    /// Gauge: bytes queued for clients, all connections together.
+    /// Gauge: memory held by the queues of frames for clients (their bytes
+    /// plus per-frame bookkeeping), all connections together.
     pub outbound_bytes: u64,
     /// Sampled publish-to-deliver time inside the server, µs.
     pub deliver_latency: Histogram<u64>,

@@ -585,15 +585,17 @@ impl Session {
                 "sid must not be 0",
             ));
         }
+        // A subscription lives on: it gets memory of its own rather than
+        // pinning the receive buffer its frame was read into.
         let pattern = match Pattern::parse(s.pattern, limits.max_subject_len as usize) {
-            Ok(p) => p,
+            Ok(p) => p.detach(),
             Err(e) => return Step::Reject(subject_rejection(e, s.sid)),
         };
         let queue = if s.queue_group.is_empty() {
             None
         } else {
             match QueueGroup::parse(s.queue_group) {
-                Ok(q) => Some(q),
+                Ok(q) => Some(q.detach()),
                 Err(_) => {
                     return Step::Reject(Rejection::soft(
                         ErrorCode::InvalidQueueGroup,

@@ -3,7 +3,10 @@
 //! [`Subject`], [`Pattern`] and [`QueueGroup`] can only be built through their
 //! `parse` functions, so holding one proves it is valid. They wrap the
 //! [`Bytes`] they were parsed from: validating a subject sliced out of a
-//! receive buffer copies nothing.
+//! receive buffer copies nothing. A value kept past the read batch (a
+//! subscription's pattern and queue group, a reply permission) is
+//! [`detach`](Pattern::detach)ed first, so it never pins the receive buffer
+//! it came from (`specs/architecture.md`, "Ownership of received bytes").
 //!
 //! - subject: 1..=max_len bytes, 1..=[`MAX_TOKENS`] tokens joined by `.`, each
 //!   token non-empty printable ASCII without `.`, `*`, `>`;
@@ -155,6 +158,11 @@ impl Pattern {
         Ok(Self(raw))
     }
 
+    /// The same pattern in memory of its own (to keep past the batch).
+    pub fn detach(self) -> Self {
+        Self(Bytes::copy_from_slice(&self.0))
+    }
+
     /// The pattern's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -211,6 +219,11 @@ impl QueueGroup {
             return Err(SubjectError::InvalidByte(b));
         }
         Ok(Self(raw))
+    }
+
+    /// The same name in memory of its own (to keep past the batch).
+    pub fn detach(self) -> Self {
+        Self(Bytes::copy_from_slice(&self.0))
     }
 
     /// The name's bytes.

@@ -230,12 +230,16 @@ impl ConnShared {
         }
     }
 
-    /// A request with reply subject `reply` was delivered here.
+    /// A request with reply subject `reply` was delivered here. The
+    /// permission is kept in memory of its own: `reply` is a slice of the
+    /// requester's receive buffer, which it must not pin.
     pub(crate) fn allow_reply(&self, reply: &Bytes) {
         if let Some(set) = self.replies.borrow_mut().as_mut()
-            && set.set.insert(reply.clone())
+            && !set.set.contains(reply)
         {
-            set.order.push_back(reply.clone());
+            let reply = Bytes::copy_from_slice(reply);
+            set.set.insert(reply.clone());
+            set.order.push_back(reply);
             if set.order.len() > MAX_PENDING_REPLIES
                 && let Some(old) = set.order.pop_front()
             {
@@ -574,6 +578,9 @@ struct ConnIo {
     moving: Option<ShardId>,
     /// Handed over from another shard: it does not move again.
     adopted: bool,
+    /// Frames wait in the buffer because the connection's queue was full
+    /// when they came up; processed before anything more is read.
+    unprocessed: bool,
 }
 
 impl ConnIo {
@@ -589,6 +596,7 @@ impl ConnIo {
             clock: now(),
             moving: None,
             adopted,
+            unprocessed: false,
         }
     }
 
@@ -692,12 +700,17 @@ impl ConnIo {
                     self.process(shard, conn, session);
                     progress = true;
                 }
-            } else if conn.out.borrow().pending() as u64
+            } else if conn.out.borrow().held() as u64
                 > shard.config.borrow().limits().max_pending_bytes
             {
                 // The client does not read what we answer (pongs, errors):
                 // stop reading its requests until it does. The pending write
                 // above has registered the wake-up.
+            } else if self.unprocessed {
+                if !shard.backpressured(cx.waker()) {
+                    self.process(shard, conn, session);
+                    progress = true;
+                }
             } else if !shard.backpressured(cx.waker()) {
                 let need = self
                     .rbuf
@@ -773,7 +786,7 @@ impl ConnIo {
             return;
         }
         let max = shard.config.borrow().limits().max_pending_bytes;
-        if (conn.out.borrow().pending() as u64) < max / 2 {
+        if (conn.out.borrow().held() as u64) < max / 2 {
             conn.stalled_since.set(None);
             if let Some(t) = conn.tenant.get() {
                 shard.unstall(t);
@@ -812,13 +825,25 @@ impl ConnIo {
     }
 
     /// Decodes and handles every whole frame in the receive buffer.
+    ///
+    /// Stops early, leaving frames in the buffer (`unprocessed`), once the
+    /// connection's own queue holds more than `max_pending_bytes`: a client
+    /// that sends Pings (or frames answered with errors) and never reads
+    /// makes the server hold at most that much for it, not a whole read
+    /// buffer's worth of answers.
     fn process(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session) {
         self.clock = now();
+        self.unprocessed = false;
+        let max_pending = shard.config.borrow().limits().max_pending_bytes;
         loop {
             if self.held.is_some()
                 || self.moving.is_some()
                 || !matches!(session.state(), State::AwaitingConnect | State::Open)
             {
+                break;
+            }
+            if conn.out.borrow().held() as u64 > max_pending {
+                self.unprocessed = !self.rbuf.filled().is_empty();
                 break;
             }
             let max_frame = {

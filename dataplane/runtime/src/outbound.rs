@@ -6,8 +6,18 @@
 //! the queue into one vectored write of up to [`MAX_IOVECS`] slices, so many
 //! frames leave in one syscall and payloads are never copied.
 //!
+//! Accounting: limits are checked against [`Outbound::held`], the memory the
+//! queue holds, not its wire bytes. Each queued segment costs its bytes plus
+//! [`SEG_COST`] of bookkeeping, so a client that makes the server queue
+//! thousands of 6-byte Pongs pays for what they really take (a Pong costs
+//! about 50 bytes held, not 6). A payload segment costs its length: the
+//! receive buffer it shares is sized to what reads bring
+//! (`readbuf`), so what it pins beyond that stays within a small factor.
+//!
 //! Invariants:
 //! - `pending` is the exact number of queued, unwritten bytes;
+//! - `held` is the sum over queued segments of their length plus
+//!   [`SEG_COST`] (a partly written segment counts whole until it goes);
 //! - the inline bytes of queued segments are `inline[inline_start..]`, in
 //!   segment order;
 //! - [`Outbound::drop_queued`] only ever cuts at a frame boundary, so the
@@ -32,6 +42,10 @@ const COMPACT_AT: usize = 64 * 1024;
 
 /// Capacity an emptied queue keeps; more is given back.
 const IDLE_CAPACITY: usize = 16 * 1024;
+
+/// What one queued segment costs beyond its bytes: its slot in the
+/// segment ring.
+pub(crate) const SEG_COST: usize = std::mem::size_of::<Seg>();
 
 #[derive(Debug)]
 enum Data {
@@ -65,6 +79,7 @@ pub(crate) struct Outbound {
     /// Everything written so far ends on a frame boundary.
     at_boundary: bool,
     pending: usize,
+    held: usize,
 }
 
 impl Outbound {
@@ -84,6 +99,18 @@ impl Outbound {
         self.pending == 0
     }
 
+    /// Memory the queued frames hold (see the module docs): what limits
+    /// such as `max_pending_bytes` are checked against.
+    pub(crate) fn held(&self) -> usize {
+        self.held
+    }
+
+    /// What queuing a `Message` of `frame_len` wire bytes adds to
+    /// [`held`](Self::held) (its prefix and its payload, two segments).
+    pub(crate) fn message_cost(frame_len: usize) -> usize {
+        frame_len + 2 * SEG_COST
+    }
+
     /// Records `n` bytes just appended to `inline` as a segment. Segments are
     /// never merged, so [`drop_queued`](Self::drop_queued) can cut right
     /// after the frame in flight.
@@ -92,6 +119,7 @@ impl Outbound {
             return;
         }
         self.pending += n;
+        self.held += n + SEG_COST;
         self.segs.push_back(Seg {
             data: Data::Inline(n),
             frame_end,
@@ -120,6 +148,7 @@ impl Outbound {
         self.push_inline(self.inline.len() - before, payload.is_empty());
         if !payload.is_empty() {
             self.pending += payload.len();
+            self.held += payload.len() + SEG_COST;
             self.segs.push_back(Seg {
                 data: Data::Payload(payload.clone()),
                 frame_end: true,
@@ -150,11 +179,12 @@ impl Outbound {
         self.segs.truncate(keep);
         self.inline.truncate(self.inline_start + kept_inline);
         self.pending = self.segs.iter().map(Seg::len).sum::<usize>() - self.front_written;
+        self.held = self.segs.iter().map(|s| s.len() + SEG_COST).sum();
     }
 
     /// Drops whole queued frames, oldest first (never the frame in flight),
-    /// until at least `bytes` are freed or nothing more can go. Returns the
-    /// number of frames dropped.
+    /// until at least `bytes` of [`held`](Self::held) memory are freed or
+    /// nothing more can go. Returns the number of frames dropped.
     pub(crate) fn drop_oldest(&mut self, bytes: usize) -> usize {
         // Segments of the frame in flight stay: they start the queue and end
         // at the first frame boundary.
@@ -173,20 +203,25 @@ impl Outbound {
         let mut end = first;
         let mut frame_bytes = 0usize;
         let mut frame_inline = 0usize;
-        while freed < bytes && end < self.segs.len() {
+        let mut frame_segs = 0usize;
+        let mut freed_segs = 0usize;
+        while freed + freed_segs * SEG_COST < bytes && end < self.segs.len() {
             let seg = &self.segs[end];
             frame_bytes += seg.len();
+            frame_segs += 1;
             if let Data::Inline(n) = seg.data {
                 frame_inline += n;
             }
             end += 1;
             if seg.frame_end {
                 freed += frame_bytes;
+                freed_segs += frame_segs;
                 inline_cut += frame_inline;
                 frames += 1;
                 cut = end;
                 frame_bytes = 0;
                 frame_inline = 0;
+                frame_segs = 0;
             }
         }
         if frames == 0 {
@@ -206,6 +241,7 @@ impl Outbound {
         self.inline.drain(from..from + inline_cut);
         self.segs.drain(first..cut);
         self.pending -= freed;
+        self.held -= freed + freed_segs * SEG_COST;
         frames
     }
 
@@ -223,6 +259,7 @@ impl Outbound {
             }
             n -= left;
             self.front_written = 0;
+            self.held -= front.len() + SEG_COST;
             self.at_boundary = front.frame_end;
             if let Data::Inline(len) = front.data {
                 self.inline_start += len;
@@ -389,6 +426,44 @@ mod tests {
         }
     }
 
+    /// `held` is the queued bytes plus `SEG_COST` per segment, through
+    /// pushes, partial writes, drop-oldest and drop-queued.
+    fn check_held(out: &Outbound) {
+        let want: usize = out.segs.iter().map(|s| s.len() + SEG_COST).sum();
+        assert_eq!(out.held(), want);
+    }
+
+    #[test]
+    fn held_memory_counts_each_frame_s_bookkeeping() {
+        let mut out = Outbound::new();
+        for _ in 0..1000 {
+            out.push_frame(&Kind::Pong(v1::Pong {}));
+        }
+        // A Pong is a few bytes on the wire but a whole segment held.
+        assert!(out.pending() <= 1000 * 8, "{}", out.pending());
+        assert_eq!(out.held(), out.pending() + 1000 * SEG_COST);
+        assert!(out.held() >= 1000 * (SEG_COST + 2));
+        check_held(&out);
+        queue_messages(&mut out, 40);
+        check_held(&out);
+        let mut sink = Trickle {
+            got: Vec::new(),
+            step: 13,
+            calls: 0,
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..50 {
+            let _ = out.poll_write(&mut cx, &mut sink);
+            check_held(&out);
+        }
+        out.drop_oldest(500);
+        check_held(&out);
+        out.drop_queued();
+        check_held(&out);
+        drain(&mut out, &mut sink);
+        assert_eq!(out.held(), 0);
+    }
+
     #[test]
     fn many_frames_leave_in_one_write() {
         let mut out = Outbound::new();
@@ -425,10 +500,10 @@ mod tests {
             let mut out = Outbound::new();
             queue_messages(&mut out, 30);
             let mut sink = partly_written(&mut out, step);
-            let before = out.pending();
+            let before = out.held();
             let dropped = out.drop_oldest(100);
             assert!(dropped > 0, "step {step}");
-            assert!(before - out.pending() >= 100, "step {step}");
+            assert!(before - out.held() >= 100, "step {step}");
             sink.step = usize::MAX;
             drain(&mut out, &mut sink);
             let frames = decode_all(&sink.got);

@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 use crate::conn::{ConnShared, Flag};
 use crate::mesh::{PeerMsg, RemoteMessage, Sample};
+use crate::outbound::Outbound;
 use crate::shard::Shard;
 
 /// A W3C `traceparent` header
@@ -334,9 +335,9 @@ impl Shard {
             if c.closing.get() {
                 continue;
             }
-            let len = template.frame_len(d.sid.0);
+            let len = Outbound::message_cost(template.frame_len(d.sid.0));
             let mut out = c.out.borrow_mut();
-            if out.pending() + len > max {
+            if out.held() + len > max {
                 match c.policy.get() {
                     SlowConsumerPolicy::Disconnect => {
                         drop(out);
@@ -344,10 +345,10 @@ impl Shard {
                         continue;
                     }
                     SlowConsumerPolicy::DropOldest => {
-                        let excess = out.pending() + len - max;
+                        let excess = out.held() + len - max;
                         let dropped = out.drop_oldest(excess);
                         stats.dropped += dropped as u64;
-                        if out.pending() + len > max {
+                        if out.held() + len > max {
                             // Only the frame in flight is left: drop this one.
                             stats.dropped += 1;
                             continue;
@@ -360,7 +361,7 @@ impl Shard {
                             since.is_some_and(|t| now.duration_since(t) > c.stall_max.get());
                         // Headroom for what was already in flight (from
                         // other shards' rings) when the stall took hold.
-                        if over_time || out.pending() + len > max.saturating_mul(STALL_HEADROOM) {
+                        if over_time || out.held() + len > max.saturating_mul(STALL_HEADROOM) {
                             drop(out);
                             Self::cut(c, &mut stats);
                             continue;

@@ -701,7 +701,7 @@ impl Shard {
                 .conns
                 .borrow()
                 .iter()
-                .map(|(_, c)| c.out.borrow().pending() as u64)
+                .map(|(_, c)| c.out.borrow().held() as u64)
                 .sum(),
             deliver_latency: self.deliver_latency.borrow().clone(),
             handshake_latency: self.handshake_latency.borrow().clone(),
