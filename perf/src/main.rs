@@ -4,8 +4,10 @@
 //! One scenario run prints one JSON object on stdout (machine-readable, one
 //! line) and a human summary on stderr, with a progress bar while it runs.
 //! `compare` starts the servers itself, runs the whole suite and writes
-//! `perf/results/<date>.{json,md}` and SVG charts. `relay` runs the raw
-//! relay server. Everything is bounded by time and count, and only talks to
+//! `perf/results/<date>.{json,md}` and SVG charts. `placement` runs the
+//! steering and tenant-placement measurements and writes
+//! `perf/results/<date>-placement.{json,md}`. `relay` runs the raw relay
+//! server. Everything is bounded by time and count, and only talks to
 //! the addresses given (loopback in every documented command).
 //!
 //! # Layout
@@ -13,6 +15,8 @@
 //! - [`scenario`]: throughput, request/reply, idle and connect-storm runs;
 //! - [`relay`]: the raw relay server (the host's ceiling);
 //! - [`compare`]: the runner (processes, rounds, report, charts);
+//! - [`placement`]: the placement measurements (steering sides, drain,
+//!   tenants placed by the server);
 //! - [`stats`], [`progress`]: histograms, CPU accounting, the progress bar.
 #![allow(clippy::print_stdout, reason = "printing results is the point")]
 #![allow(
@@ -23,6 +27,7 @@
 
 mod compare;
 mod driver;
+mod placement;
 mod progress;
 mod relay;
 mod scenario;
@@ -108,6 +113,11 @@ enum Command {
         /// Publisher/subscriber pairs.
         #[arg(long, default_value_t = 8)]
         pairs: usize,
+        /// A file with one credential per line: pair i connects with line
+        /// i (modulo the lines), e.g. one tenant per pair. ArqonBus: bearer
+        /// tokens; NATS: `user:password`.
+        #[arg(long, value_name = "FILE")]
+        pair_credentials: Option<PathBuf>,
         #[command(flatten)]
         load: Load,
     },
@@ -159,6 +169,10 @@ enum Command {
     /// Start nats-server, ArqonBus and the raw relay, run the suite side by
     /// side, and write the results, table and charts.
     Compare(compare::CompareArgs),
+    /// Placement: connections per shard, connect rate and a drain during a
+    /// connect storm with the steering program and without, and 8 tenants
+    /// placed by the server against nats-server (starts its own servers).
+    Placement(placement::PlacementArgs),
 }
 
 fn credential(path: Option<&PathBuf>, proto: Proto) -> Result<String, String> {
@@ -182,6 +196,7 @@ fn throughput_spec(load: &Load, publishers: usize, fanout: usize, queue: usize) 
         max_messages: load.count,
         headers: load.headers,
         drain: Duration::from_secs(5).max(duration * 2),
+        credentials: Vec::new(),
     }
 }
 
@@ -208,7 +223,9 @@ fn scenario(cli: &Cli) -> Result<String, String> {
         Command::ReqReply { .. } => "req-reply",
         Command::Idle { .. } => "idle",
         Command::ConnectStorm { .. } => "connect-storm",
-        Command::Relay { .. } | Command::Compare(_) => return Err("not a scenario".into()),
+        Command::Relay { .. } | Command::Compare(_) | Command::Placement(_) => {
+            return Err("not a scenario".into());
+        }
     };
     let progress = Progress::standalone(name);
     let probe = CpuProbe::start(cli.server_pid);
@@ -225,9 +242,25 @@ fn scenario(cli: &Cli) -> Result<String, String> {
             scenario::throughput::run(&target, &throughput_spec(load, 1, *subs, 0), &progress)
                 .map(Outcome::Throughput)
         }
-        Command::NToN { pairs, load } => {
-            scenario::throughput::run(&target, &throughput_spec(load, *pairs, 1, 0), &progress)
-                .map(Outcome::Throughput)
+        Command::NToN {
+            pairs,
+            pair_credentials,
+            load,
+        } => {
+            let mut spec = throughput_spec(load, *pairs, 1, 0);
+            if let Some(file) = pair_credentials {
+                spec.credentials = std::fs::read_to_string(file)
+                    .map_err(|e| format!("{}: {e}", file.display()))?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if spec.credentials.is_empty() {
+                    return Err(format!("{}: no credential in it", file.display()));
+                }
+            }
+            scenario::throughput::run(&target, &spec, &progress).map(Outcome::Throughput)
         }
         Command::Queue { members, load } => {
             scenario::throughput::run(&target, &throughput_spec(load, 1, 0, *members), &progress)
@@ -267,7 +300,9 @@ fn scenario(cli: &Cli) -> Result<String, String> {
             };
             scenario::conns::storm(&target, &spec, &progress).map(Outcome::Storm)
         }
-        Command::Relay { .. } | Command::Compare(_) => return Err("not a scenario".into()),
+        Command::Relay { .. } | Command::Compare(_) | Command::Placement(_) => {
+            return Err("not a scenario".into());
+        }
     };
     progress.finish();
     let outcome = outcome.map_err(|e| e.to_string())?;
@@ -328,6 +363,7 @@ fn main() -> ExitCode {
         .map(|()| None)
         .map_err(|e| e.to_string()),
         Command::Compare(args) => compare::run(args).map(|()| None),
+        Command::Placement(args) => placement::run(args).map(|()| None),
         _ => scenario(&cli).map(Some),
     };
     match result {

@@ -7,11 +7,18 @@
 //! them run under `taskset` on the same CPUs (the same core budget), with
 //! their output in log files.
 //!
+//! The placement measurements (`crate::placement`) start their own servers
+//! through the same code, one at a time: [`Fleet::empty`], then
+//! [`Fleet::arqonbus_with`] (a steering mode, the placement of tenants that
+//! set none, and optionally without the capabilities that load the steering
+//! program) and [`Fleet::nats_with_config`] (nats-server with accounts).
+//!
 //! Every child is stopped when the fleet is dropped (SIGTERM, then SIGKILL
 //! after a grace period), on Ctrl-C or SIGTERM of the runner (see
 //! [`install_signal_handler`]), and by the kernel if the runner dies
 //! (`PR_SET_PDEATHSIG`).
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -124,7 +131,44 @@ pub(crate) struct Endpoint {
     pub(crate) credential: String,
     /// The server's process id.
     pub(crate) pid: u32,
+    /// ArqonBus: its control API, metrics listener and data directory.
+    pub(crate) admin: Option<Admin>,
 }
+
+/// Where an ArqonBus node is managed from (`arqonctl`, `/metrics`).
+#[derive(Debug, Clone)]
+pub(crate) struct Admin {
+    /// The control API (`https://`).
+    pub(crate) control: SocketAddr,
+    /// The metrics and health listener (`http://`).
+    pub(crate) metrics: SocketAddr,
+    /// The data directory (CA, admin token, bootstrap credential).
+    pub(crate) data_dir: PathBuf,
+}
+
+/// One ArqonBus node to start, beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ArqonSpec {
+    /// Its name in logs and the scratch directory (unique in a fleet).
+    pub(crate) name: String,
+    /// Serve TLS instead of plaintext.
+    pub(crate) tls: bool,
+    /// `[steering] mode` (`None`: the server's default).
+    pub(crate) steering_mode: Option<String>,
+    /// `[steering] default_placement`: the placement of tenants that set
+    /// none, the bootstrap tenant included (`None`: the server's default).
+    pub(crate) default_placement: Option<String>,
+    /// Start it without CAP_BPF, CAP_SYS_ADMIN and CAP_PERFMON
+    /// (`setpriv`), so the steering program cannot load: the kernel's
+    /// `SO_REUSEPORT` hash places connections, and drain closes the
+    /// listener (the behaviour before steering).
+    pub(crate) without_bpf: bool,
+}
+
+/// The capabilities that let a process load BPF programs: dropped from the
+/// inheritable, ambient and bounding sets, so `arqonbus` runs without them
+/// even as root.
+const BPF_CAPS: &str = "-bpf,-sys_admin,-perfmon";
 
 /// How to start the servers.
 #[derive(Debug, Clone)]
@@ -143,6 +187,11 @@ pub(crate) struct FleetConfig {
     pub(crate) systems: Vec<System>,
     /// Also start the TLS servers.
     pub(crate) tls: bool,
+    /// ArqonBus `[steering] default_placement` (`None`: the server's
+    /// default, `home`). The comparison places publishers itself
+    /// (`--placement cross|same`), which needs `spread`: a `home` tenant's
+    /// connections all meet on one shard.
+    pub(crate) default_placement: Option<String>,
 }
 
 struct Proc {
@@ -232,27 +281,47 @@ fn cpu_list(cpus: &[usize]) -> String {
 }
 
 impl Fleet {
+    /// A fleet with no server yet, its files in `parent/name`.
+    pub(crate) fn empty(parent: &Path, name: &str) -> Result<Self, FleetError> {
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            procs: Vec::new(),
+            dir,
+            plain: Vec::new(),
+            tls: Vec::new(),
+        })
+    }
+
+    /// The directory holding the servers' data and logs.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Starts every server of `cfg` on fresh directories under `parent`.
     pub(crate) fn start(
         cfg: &FleetConfig,
         parent: &Path,
         round: usize,
     ) -> Result<Self, FleetError> {
-        let dir = parent.join(format!("round-{round}"));
-        std::fs::create_dir_all(&dir)?;
-        let mut fleet = Self {
-            procs: Vec::new(),
-            dir,
-            plain: Vec::new(),
-            tls: Vec::new(),
-        };
+        let mut fleet = Self::empty(parent, &format!("round-{round}"))?;
         for &system in &cfg.systems {
             match system {
                 System::Arqonbus => {
-                    let e = fleet.arqonbus(cfg, false)?;
+                    let spec = ArqonSpec {
+                        name: "arqonbus".into(),
+                        default_placement: cfg.default_placement.clone(),
+                        ..ArqonSpec::default()
+                    };
+                    let e = fleet.arqonbus_with(cfg, &spec)?;
                     fleet.plain.push(e);
                     if cfg.tls {
-                        let e = fleet.arqonbus(cfg, true)?;
+                        let spec = ArqonSpec {
+                            name: "arqonbus-tls".into(),
+                            tls: true,
+                            ..spec
+                        };
+                        let e = fleet.arqonbus_with(cfg, &spec)?;
                         fleet.tls.push(e);
                     }
                 }
@@ -286,12 +355,19 @@ impl Fleet {
         cfg: &FleetConfig,
         program: &Path,
         args: &[String],
+        without_bpf: bool,
     ) -> Result<u32, FleetError> {
         let log = File::create(self.dir.join(format!("{what}.log")))?;
         let mut cmd = Command::new("taskset");
-        cmd.arg("-c")
-            .arg(cpu_list(&cfg.cpus))
-            .arg(program)
+        cmd.arg("-c").arg(cpu_list(&cfg.cpus));
+        if without_bpf {
+            cmd.arg("setpriv").args([
+                format!("--inh-caps={BPF_CAPS}"),
+                format!("--ambient-caps={BPF_CAPS}"),
+                format!("--bounding-set={BPF_CAPS}"),
+            ]);
+        }
+        cmd.arg(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -354,8 +430,13 @@ impl Fleet {
         }
     }
 
-    fn arqonbus(&mut self, cfg: &FleetConfig, tls: bool) -> Result<Endpoint, FleetError> {
-        let what = if tls { "arqonbus-tls" } else { "arqonbus" };
+    /// Starts one ArqonBus node as `spec` says.
+    pub(crate) fn arqonbus_with(
+        &mut self,
+        cfg: &FleetConfig,
+        spec: &ArqonSpec,
+    ) -> Result<Endpoint, FleetError> {
+        let what = spec.name.as_str();
         let data = self.dir.join(what);
         let [port, control, metrics] = free_ports::<3>()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -368,7 +449,7 @@ impl Fleet {
             "--shards".to_owned(),
             cfg.shards.to_string(),
         ];
-        if !tls {
+        if !spec.tls {
             args.push("--plaintext".to_owned());
         }
         // Defaults, except: the control API and metrics listen on free ports
@@ -380,26 +461,40 @@ impl Fleet {
         } else {
             "[server]\npin_cores = false\n\n"
         };
-        let config = format!(
+        let mut config = format!(
             "{pinning}[control]\nlisten = \"127.0.0.1:{control}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
         );
+        if spec.steering_mode.is_some() || spec.default_placement.is_some() {
+            config.push_str("\n[steering]\n");
+            if let Some(mode) = &spec.steering_mode {
+                let _ = writeln!(config, "mode = \"{mode}\"");
+            }
+            if let Some(placement) = &spec.default_placement {
+                let _ = writeln!(config, "default_placement = \"{placement}\"");
+            }
+        }
         let file = self.dir.join(format!("{what}.toml"));
         std::fs::write(&file, config)?;
         args.push("--config".to_owned());
         args.push(file.display().to_string());
-        let pid = self.spawn(what, cfg, &cfg.arqonbus, &args)?;
+        let pid = self.spawn(what, cfg, &cfg.arqonbus, &args, spec.without_bpf)?;
         let token = data.join("credentials/bootstrap.token");
         let ca = data.join("tls/ca.pem");
         let files = token.clone();
         self.wait_ready(what, addr, || files.exists())?;
         let credential = std::fs::read_to_string(&token)?.trim().to_owned();
-        let scheme = if tls { "tls" } else { "tcp" };
+        let scheme = if spec.tls { "tls" } else { "tcp" };
         Ok(Endpoint {
             system: System::Arqonbus,
             url: format!("{scheme}://{addr}"),
-            ca: tls.then_some(ca),
+            ca: spec.tls.then_some(ca),
             credential,
             pid,
+            admin: Some(Admin {
+                control: SocketAddr::from(([127, 0, 0, 1], control)),
+                metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
+                data_dir: data,
+            }),
         })
     }
 
@@ -426,7 +521,7 @@ impl Fleet {
                 dir.join("server.key").display().to_string(),
             ]);
         }
-        let pid = self.spawn(what, cfg, &cfg.nats, &args)?;
+        let pid = self.spawn(what, cfg, &cfg.nats, &args, false)?;
         self.wait_ready(what, addr, || true)?;
         let scheme = if tls_dir.is_some() { "tls" } else { "tcp" };
         Ok(Endpoint {
@@ -435,6 +530,39 @@ impl Fleet {
             ca: tls_dir.map(|d| d.join("ca.pem")),
             credential: String::new(),
             pid,
+            admin: None,
+        })
+    }
+
+    /// Starts nats-server, plaintext, with `config` as its configuration
+    /// file (accounts and users; the address and port are set here).
+    pub(crate) fn nats_with_config(
+        &mut self,
+        cfg: &FleetConfig,
+        what: &str,
+        config: &str,
+    ) -> Result<Endpoint, FleetError> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let file = self.dir.join(format!("{what}.conf"));
+        std::fs::write(&file, config)?;
+        let args = vec![
+            "-c".to_owned(),
+            file.display().to_string(),
+            "-a".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            port.to_string(),
+        ];
+        let pid = self.spawn(what, cfg, &cfg.nats, &args, false)?;
+        self.wait_ready(what, addr, || true)?;
+        Ok(Endpoint {
+            system: System::Nats,
+            url: format!("tcp://{addr}"),
+            ca: None,
+            credential: String::new(),
+            pid,
+            admin: None,
         })
     }
 
@@ -442,7 +570,7 @@ impl Fleet {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let args = vec!["relay".to_owned(), "--listen".to_owned(), addr.to_string()];
-        let pid = self.spawn("relay", cfg, &cfg.relay, &args)?;
+        let pid = self.spawn("relay", cfg, &cfg.relay, &args, false)?;
         self.wait_ready("relay", addr, || true)?;
         Ok(Endpoint {
             system: System::Relay,
@@ -450,6 +578,7 @@ impl Fleet {
             ca: None,
             credential: String::new(),
             pid,
+            admin: None,
         })
     }
 

@@ -17,7 +17,7 @@
 //! and `<out>/<date>-throughput.svg`, `<out>/<date>-latency.svg`.
 
 mod charts;
-mod fleet;
+pub(crate) mod fleet;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -342,7 +342,7 @@ fn run_one(
 }
 
 /// Today's date (UTC) as `YYYY-MM-DD`, and the time as `HHMMSS`.
-fn utc_now() -> (String, String) {
+pub(crate) fn utc_now() -> (String, String) {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -364,14 +364,15 @@ fn utc_now() -> (String, String) {
     )
 }
 
-fn command_output(program: &str, args: &[&str]) -> Option<String> {
+pub(crate) fn command_output(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn commit() -> String {
+/// The commit checked out, `-dirty` when tracked files differ from it.
+pub(crate) fn commit() -> String {
     let Some(head) = command_output("git", &["rev-parse", "--short=12", "HEAD"]) else {
         return "unknown".into();
     };
@@ -403,7 +404,11 @@ fn resolve_nats(bin: &Path) -> Option<PathBuf> {
 }
 
 /// The nats-server to run, installed from Debian's package if missing.
-fn ensure_nats(bin: &Path, no_install: bool, progress: &Progress) -> Result<PathBuf, CompareError> {
+pub(crate) fn ensure_nats(
+    bin: &Path,
+    no_install: bool,
+    progress: &Progress,
+) -> Result<PathBuf, CompareError> {
     if let Some(found) = resolve_nats(bin) {
         return Ok(found);
     }
@@ -448,10 +453,12 @@ fn rotated(systems: &[System], round: usize) -> Vec<System> {
 
 /// The servers' data and logs, removed when the comparison ends (also on
 /// error).
-struct WorkDir(PathBuf, bool);
+pub(crate) struct WorkDir(PathBuf, bool);
 
 impl WorkDir {
-    fn create(keep: bool) -> std::io::Result<Self> {
+    /// A fresh scratch directory under the system's temporary directory
+    /// (kept at the end when `keep`).
+    pub(crate) fn create(keep: bool) -> std::io::Result<Self> {
         let dir = std::env::temp_dir().join(format!("arqonbus-perf-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         if !keep {
@@ -460,7 +467,8 @@ impl WorkDir {
         Ok(Self(dir, keep))
     }
 
-    fn path(&self) -> &Path {
+    /// Where it is.
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -518,6 +526,9 @@ fn compare(args: &CompareArgs) -> Result<(), CompareError> {
         shards: s.arqonbus_shards,
         systems: s.systems.clone(),
         tls: true,
+        // Publishers placed by the harness (cross or same shard) need a
+        // tenant whose connections stay where steering put them.
+        default_placement: (s.arqonbus_placement != Placement::Any).then(|| "spread".to_owned()),
     };
     let work = WorkDir::create(args.keep_logs)?;
     let work = work.path();

@@ -20,7 +20,7 @@ pub(crate) mod nats;
 pub(crate) mod raw;
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -132,6 +132,10 @@ pub(crate) struct Target {
     pub(crate) credential: String,
     /// Where peers' connections land relative to each other.
     pub(crate) placement: Placement,
+    /// A bound on the TCP connect and on each read and write of the
+    /// handshake, instead of [`CONTROL_TIMEOUT`] on the latter and the
+    /// kernel's SYN retries on the former (a storm that must end on time).
+    pub(crate) handshake_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Target {
@@ -185,7 +189,23 @@ impl Target {
             tls,
             credential,
             placement: Placement::Any,
+            handshake_timeout: None,
         })
+    }
+
+    /// The same target with another credential (ArqonBus: a bearer token;
+    /// NATS: `user:password`).
+    pub(crate) fn with_credential(&self, credential: &str) -> Self {
+        Self {
+            credential: credential.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The longest a control exchange may take on this target's
+    /// connections.
+    pub(crate) fn control_limit(&self) -> Duration {
+        self.handshake_timeout.unwrap_or(CONTROL_TIMEOUT)
     }
 
     /// True when connections use TLS.
@@ -196,10 +216,22 @@ impl Target {
     /// A connected TCP socket with `TCP_NODELAY`; reads and writes give up
     /// after [`CONTROL_TIMEOUT`] until [`Wire`] takes over.
     fn tcp(&self) -> Result<TcpStream, DriverError> {
-        let tcp = TcpStream::connect(&self.addr)?;
+        let tcp = match self.handshake_timeout {
+            None => TcpStream::connect(&self.addr)?,
+            Some(limit) => {
+                let addr = self.addr.to_socket_addrs()?.next().ok_or_else(|| {
+                    DriverError::Io(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{} resolves to no address", self.addr),
+                    ))
+                })?;
+                TcpStream::connect_timeout(&addr, limit)?
+            }
+        };
         tcp.set_nodelay(true)?;
-        tcp.set_read_timeout(Some(CONTROL_TIMEOUT))?;
-        tcp.set_write_timeout(Some(CONTROL_TIMEOUT))?;
+        let limit = self.control_limit();
+        tcp.set_read_timeout(Some(limit))?;
+        tcp.set_write_timeout(Some(limit))?;
         Ok(tcp)
     }
 
@@ -323,6 +355,8 @@ pub(crate) enum Fill {
 /// A stream with a receive buffer that frames are walked in place.
 pub(crate) struct Wire {
     stream: Stream,
+    /// The longest a control exchange may take.
+    limit: Duration,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -331,12 +365,14 @@ pub(crate) struct Wire {
 
 impl Wire {
     /// Reads time out after [`READ_POLL`] (callers check their deadlines
-    /// between reads); a write blocked for [`CONTROL_TIMEOUT`] fails.
-    fn new(stream: Stream) -> Result<Self, DriverError> {
+    /// between reads); a write blocked for `limit` fails, and so does a
+    /// control exchange that takes longer.
+    fn new(stream: Stream, limit: Duration) -> Result<Self, DriverError> {
         stream.tcp().set_read_timeout(Some(READ_POLL))?;
-        stream.tcp().set_write_timeout(Some(CONTROL_TIMEOUT))?;
+        stream.tcp().set_write_timeout(Some(limit))?;
         Ok(Self {
             stream,
+            limit,
             buf: vec![0; READ_BUF_START],
             start: 0,
             end: 0,
@@ -385,10 +421,10 @@ impl Wire {
         }
     }
 
-    /// Reads until `avail()` holds at least `n` bytes, for at most
-    /// [`CONTROL_TIMEOUT`].
+    /// Reads until `avail()` holds at least `n` bytes, for at most the
+    /// wire's limit ([`CONTROL_TIMEOUT`] unless the target says otherwise).
     fn fill_to(&mut self, n: usize) -> Result<(), DriverError> {
-        let deadline = Instant::now() + CONTROL_TIMEOUT;
+        let deadline = Instant::now() + self.limit;
         while self.end - self.start < n {
             if self.fill()? == Fill::Timeout && Instant::now() > deadline {
                 return Err(DriverError::Io(io::ErrorKind::TimedOut.into()));
@@ -539,7 +575,8 @@ impl Conn {
             conn.close();
         }
         Err(DriverError::Protocol(format!(
-            "no connection landed {:?} shard {peer} in {PLACEMENT_TRIES} tries (does the server have more than one shard?)",
+            "no connection landed {:?} shard {peer} in {PLACEMENT_TRIES} tries (does the server have more than one shard? \
+             is the tenant `spread`? a `home` tenant's connections all meet on one shard)",
             t.placement
         )))
     }

@@ -58,7 +58,7 @@ impl Conn {
     /// the subscription to be in effect on every shard (Ping/Pong barrier).
     pub(super) fn open(stream: Stream, t: &Target, role: &Role<'_>) -> Result<Self, DriverError> {
         let mut c = Self {
-            wire: Wire::new(stream)?,
+            wire: Wire::new(stream, t.control_limit())?,
             shard: 0,
         };
         c.send(&Kind::Connect(v1::Connect {

@@ -49,6 +49,17 @@ pub(super) fn publish_frame(subject: &str, reply: &str, payload: &[u8], headers:
     Frame { bytes, stamp_end }
 }
 
+/// `,"user":…,"pass":…` for a `user:password` credential (a server with
+/// accounts), nothing for an empty one.
+fn user_fields(credential: &str) -> String {
+    if credential.is_empty() {
+        return String::new();
+    }
+    let (user, pass) = credential.split_once(':').unwrap_or((credential, ""));
+    let quote = |v: &str| serde_json::Value::from(v).to_string();
+    format!(",\"user\":{},\"pass\":{}", quote(user), quote(pass))
+}
+
 /// Reads the server's `INFO` line byte by byte from the plain socket (the
 /// server sends nothing else before `CONNECT`, and TLS may follow it).
 fn read_info(tcp: &mut TcpStream) -> Result<serde_json::Value, DriverError> {
@@ -194,12 +205,13 @@ impl Conn {
             )));
         }
         let mut c = Self {
-            wire: Wire::new(t.secure(tcp)?)?,
+            wire: Wire::new(t.secure(tcp)?, t.control_limit())?,
         };
         let mut hello = format!(
-            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"tls_required\":{},\"name\":\"arqonbus-perf\",\"lang\":\"rust\",\"version\":\"{}\",\"protocol\":1,\"echo\":true,\"headers\":true,\"no_responders\":true}}\r\n",
+            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"tls_required\":{},\"name\":\"arqonbus-perf\",\"lang\":\"rust\",\"version\":\"{}\",\"protocol\":1,\"echo\":true,\"headers\":true,\"no_responders\":true{}}}\r\n",
             t.is_tls(),
-            env!("CARGO_PKG_VERSION")
+            env!("CARGO_PKG_VERSION"),
+            user_fields(&t.credential)
         );
         if let Some(subject) = role.subscribe {
             match role.queue {
@@ -339,6 +351,12 @@ mod tests {
         }
         assert_eq!(seen, ["PING", "abc", "12345678"]);
         assert_eq!(&buf[used..], b"MSG a 1 5\r\nab");
+    }
+
+    #[test]
+    fn credentials_become_user_and_pass() {
+        assert_eq!(user_fields(""), "");
+        assert_eq!(user_fields("u1:p\"1"), r#","user":"u1","pass":"p\"1""#);
     }
 
     #[test]

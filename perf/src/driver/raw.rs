@@ -37,7 +37,7 @@ impl Conn {
     /// Sends the hello line and waits for `OK`.
     pub(super) fn open(stream: Stream, role: &Role<'_>) -> Result<Self, DriverError> {
         let mut c = Self {
-            wire: Wire::new(stream)?,
+            wire: Wire::new(stream, super::CONTROL_TIMEOUT)?,
         };
         let hello = format!(
             "RELAY pub={} sub={} mode={}\n",

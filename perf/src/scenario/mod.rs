@@ -9,9 +9,12 @@
 //!   fan-out, N→N, queue group);
 //! - [`reqreply`]: open-loop request/reply at a fixed offered rate, latency
 //!   from the scheduled send time (corrected for coordinated omission);
-//! - [`conns`]: idle connections and server RSS, and the connect storm.
+//! - [`conns`]: idle connections and server RSS, and the connect storm;
+//! - [`placement`]: where new connections land (connections per shard), and
+//!   a connect storm while a shard is drained and resumed.
 
 pub(crate) mod conns;
+pub(crate) mod placement;
 pub(crate) mod reqreply;
 pub(crate) mod throughput;
 

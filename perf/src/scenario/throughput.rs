@@ -101,6 +101,10 @@ pub(crate) struct ThroughputSpec {
     /// How long subscribers may take, after the publishers finished, to
     /// receive the rest.
     pub(crate) drain: Duration,
+    /// One credential per publisher and its subscribers (publisher `i`
+    /// uses entry `i` modulo the length): each pair its own tenant or
+    /// account. Empty: every connection uses the target's.
+    pub(crate) credentials: Vec<String>,
 }
 
 impl ThroughputSpec {
@@ -116,6 +120,16 @@ impl ThroughputSpec {
             max_messages: None,
             headers: false,
             drain: Duration::from_secs(5).max(duration * 2),
+            credentials: Vec::new(),
+        }
+    }
+
+    /// The target publisher `i` and its subscribers connect to.
+    fn target_of(&self, t: &Target, i: usize) -> Target {
+        if self.credentials.is_empty() {
+            t.clone()
+        } else {
+            t.with_credential(&self.credentials[i % self.credentials.len()])
         }
     }
 }
@@ -319,7 +333,8 @@ pub(crate) fn run(
     let mut subs: Vec<(Conn, Arc<Tally>)> = Vec::new();
     let mut tallies: Vec<Vec<Arc<Tally>>> = Vec::new();
     let mut anchors: Vec<Option<u32>> = Vec::new();
-    for subject in &subjects {
+    for (i, subject) in subjects.iter().enumerate() {
+        let t = &spec.target_of(t, i);
         let first = subs.len();
         let mut mine = Vec::new();
         if spec.queue > 0 {
@@ -348,7 +363,8 @@ pub(crate) fn run(
         anchors.push(subs.get(first).and_then(|(c, _)| c.shard()));
     }
     let mut pubs = Vec::new();
-    for (subject, anchor) in subjects.iter().zip(&anchors) {
+    for (i, (subject, anchor)) in subjects.iter().zip(&anchors).enumerate() {
+        let t = &spec.target_of(t, i);
         let role = Role {
             publish: Some(subject),
             ..Role::default()
