@@ -10,7 +10,10 @@
 //!   shard, and a connection authenticated elsewhere is handed to it before
 //!   its `Welcome`, so a small tenant's traffic never crosses cores.
 //!   [`HomeTable`] keeps the homes: sticky while the tenant has connections,
-//!   chosen least-loaded (among shards not drained) when it has none.
+//!   chosen least-loaded (among shards not drained) when it has none, and
+//!   moved off a shard that runs hot ([`HomeTable::rebalance`]): the whole
+//!   tenant gets a new home and its connections there are asked to
+//!   reconnect, so it is never split.
 //!
 //! Invariants: a shard index is always checked against the node's shard
 //! count before it is used; a connection is moved at most once.
@@ -285,7 +288,27 @@ pub enum Placed {
 struct Home {
     shard: ShardId,
     connections: u64,
+    /// Chosen by the operator (`shard:N`): never moved by a rebalance.
+    pinned: bool,
 }
+
+/// A tenant moved off a hot shard by [`HomeTable::rebalance`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rehome {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Its old home: its connections there are asked to reconnect.
+    pub from: ShardId,
+    /// Its new home.
+    pub to: ShardId,
+    /// Its connections on `from` when it moved.
+    pub connections: u64,
+}
+
+/// When a shard counts as hot: its load is above `mean × HOT_NUM /
+/// HOT_DEN` and at least `min_gap` above the least-loaded shard.
+const HOT_NUM: u64 = 5;
+const HOT_DEN: u64 = 4;
 
 /// The tenants' home shards on one node. Shared by the shards behind a lock
 /// taken once per authentication and once per close of a homed connection,
@@ -328,16 +351,20 @@ impl HomeTable {
                 _ => least_loaded(loads, draining, current),
             },
         };
+        let pinned = matches!(placement, TenantPlacement::Pinned(_));
         let home = self.homes.entry(tenant).or_insert(Home {
             shard: target,
             connections: 0,
+            pinned,
         });
         if home.shard == target {
             home.connections += 1;
+            home.pinned = pinned;
         } else if home.connections == 0 || drained(home.shard) {
             *home = Home {
                 shard: target,
                 connections: 1,
+                pinned,
             };
         }
         if target == current {
@@ -363,6 +390,61 @@ impl HomeTable {
     /// The tenant's current home, if it has connections.
     pub fn home_of(&self, tenant: TenantId) -> Option<ShardId> {
         self.homes.get(&tenant).map(|h| h.shard)
+    }
+
+    /// Moves one tenant off the busiest shard when it runs hot.
+    ///
+    /// `loads[i]` is shard `i`'s open connections. The busiest shard not
+    /// drained is hot when its load is above 1.25 × the mean and at least
+    /// `min_gap` above the least-loaded shard not drained. Then the
+    /// unpinned tenant homed there whose connections come closest to half
+    /// the gap without passing it (moving it narrows the gap and cannot
+    /// overshoot, so two shards never trade a tenant back and forth) gets
+    /// the least-loaded shard as its new home, with no connection counted
+    /// yet. The caller asks its connections on the old home to reconnect;
+    /// they land on the new one, so the tenant is moved whole, never
+    /// split. `None` when nothing is hot or no tenant fits.
+    pub fn rebalance(&mut self, loads: &[u64], draining: u64, min_gap: u64) -> Option<Rehome> {
+        let open = |i: usize| i >= 64 || draining & (1u64 << i) == 0;
+        let candidates: Vec<(usize, u64)> = loads
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|&(i, _)| open(i))
+            .collect();
+        if candidates.len() < 2 {
+            return None;
+        }
+        let &(hot, max) = candidates
+            .iter()
+            .max_by_key(|&&(i, l)| (l, usize::MAX - i))?;
+        let &(cold, min) = candidates.iter().min_by_key(|&&(i, l)| (l, i))?;
+        let total: u64 = candidates.iter().map(|&(_, l)| l).sum();
+        let n = candidates.len() as u64;
+        let gap = max - min;
+        // max > mean × 5/4, without division: max × n × 4 > total × 5.
+        if gap < min_gap || max * n * HOT_DEN <= total * HOT_NUM {
+            return None;
+        }
+        let hot = ShardId(hot as u16);
+        let (tenant, home) = self
+            .homes
+            .iter_mut()
+            .filter(|(_, h)| h.shard == hot && !h.pinned && h.connections > 0)
+            .filter(|(_, h)| h.connections * 2 <= gap)
+            .max_by_key(|(t, h)| (h.connections, std::cmp::Reverse(t.0)))?;
+        let moved = Rehome {
+            tenant: *tenant,
+            from: hot,
+            to: ShardId(cold as u16),
+            connections: home.connections,
+        };
+        *home = Home {
+            shard: moved.to,
+            connections: 0,
+            pinned: false,
+        };
+        Some(moved)
     }
 }
 
@@ -489,6 +571,66 @@ mod tests {
             t.place(T1, TenantPlacement::Home, ShardId(0), &[7, 2], 0),
             Placed::MoveTo(ShardId(1))
         );
+    }
+
+    #[test]
+    fn a_hot_shard_gives_up_the_tenant_that_best_fits_half_the_gap() {
+        let mut t = HomeTable::new();
+        // Shard 0: tenant 1 with 30 connections, tenant 2 with 10, tenant 3
+        // pinned with 20. Shard 1: tenant 4 with 4.
+        let home = |t: &mut HomeTable, tenant, n, placement, shard: u16| {
+            for _ in 0..n {
+                let loads = [0, 0];
+                let _ = t.place(TenantId(tenant), placement, ShardId(shard), &loads, 0);
+            }
+        };
+        home(&mut t, 1, 30, TenantPlacement::Pinned(ShardId(0)), 0);
+        // Tenant 1 was pinned while it connected; make it an ordinary home.
+        t.homes.get_mut(&TenantId(1)).unwrap().pinned = false;
+        home(&mut t, 2, 10, TenantPlacement::Pinned(ShardId(0)), 0);
+        t.homes.get_mut(&TenantId(2)).unwrap().pinned = false;
+        home(&mut t, 3, 20, TenantPlacement::Pinned(ShardId(0)), 0);
+        home(&mut t, 4, 4, TenantPlacement::Pinned(ShardId(1)), 1);
+        let loads = [60, 4];
+        // Gap 56: tenant 1 (30) would overshoot, tenant 3 is pinned, so
+        // tenant 2 (10) moves.
+        let moved = t.rebalance(&loads, 0, 16).unwrap();
+        assert_eq!(
+            moved,
+            Rehome {
+                tenant: TenantId(2),
+                from: ShardId(0),
+                to: ShardId(1),
+                connections: 10
+            }
+        );
+        assert_eq!(t.home_of(TenantId(2)), Some(ShardId(1)));
+        // Its connections reconnect and meet on the new home.
+        assert_eq!(
+            t.place(TenantId(2), TenantPlacement::Home, ShardId(0), &[50, 4], 0),
+            Placed::MoveTo(ShardId(1))
+        );
+        // Closing an old connection on shard 0 does not touch the new home.
+        t.closed(TenantId(2), ShardId(0));
+        assert_eq!(t.home_of(TenantId(2)), Some(ShardId(1)));
+    }
+
+    #[test]
+    fn balanced_or_small_gaps_move_nothing() {
+        let mut t = HomeTable::new();
+        for _ in 0..8 {
+            t.place(T1, TenantPlacement::Home, ShardId(0), &[0, 0], 0);
+        }
+        // Within 1.25 × the mean.
+        assert_eq!(t.rebalance(&[10, 9], 0, 1), None);
+        // Hot, but the gap is under the minimum.
+        assert_eq!(t.rebalance(&[40, 2], 0, 64), None);
+        // Hot, but the only tenant (8 connections) is more than half the gap.
+        assert_eq!(t.rebalance(&[12, 0], 0, 4), None);
+        // A drained shard is neither hot nor a destination.
+        assert_eq!(t.rebalance(&[100, 0], 0b10, 4), None);
+        // One shard: nothing to do.
+        assert_eq!(t.rebalance(&[100], 0, 4), None);
     }
 
     #[test]

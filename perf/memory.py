@@ -1,0 +1,380 @@
+#!/usr/bin/env python3
+"""What hostile or careless clients make an ArqonBus node hold.
+
+Starts `arqonbus serve` (plaintext, 2 shards, loopback, fresh data dir), runs
+each scenario against a fresh server, and compares the server's RSS growth
+with what the server accounts for (`arqonbus_outbound_queue_bytes`, the
+memory its client queues hold). Bounded in count and time; loopback only;
+stops every process it started. Standard library only.
+
+    perf/memory.py [--bin target/release/arqonbus] [--out perf/results]
+
+Writes <out>/<date>-memory.{md,json} with the command that made them.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+MIB = 1024 * 1024
+
+
+# ---- the wire: 4-byte big-endian length, then a protobuf `Frame` ----------
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def field(num, wire, payload):
+    key = varint((num << 3) | wire)
+    if wire == 0:
+        return key + varint(payload)
+    return key + varint(len(payload)) + payload
+
+
+def frame(kind_field, body):
+    msg = field(kind_field, 2, body)
+    return struct.pack(">I", len(msg)) + msg
+
+
+def connect(token):
+    return frame(1, field(1, 0, 1) + field(2, 2, token.encode()) + field(3, 2, b"memory-probe"))
+
+
+PING = frame(7, b"")
+
+
+def subscribe(sid, pattern):
+    return frame(4, field(1, 0, sid) + field(2, 2, pattern.encode()))
+
+
+def unsubscribe(sid):
+    return frame(5, field(1, 0, sid))
+
+
+def publish(subject, payload, reply=b""):
+    body = field(1, 2, subject.encode())
+    if reply:
+        body += field(2, 2, reply)
+    return frame(3, body + field(15, 2, payload))
+
+
+def read_frame(sock):
+    head = recv_exact(sock, 4)
+    (n,) = struct.unpack(">I", head)
+    body = recv_exact(sock, n)
+    # The oneof's field number tells the kind.
+    return body[0] >> 3, body
+
+
+def recv_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return bytes(buf)
+
+
+def open_conn(addr, token, welcome=True):
+    s = socket.create_connection(addr, timeout=20)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if welcome:
+        s.sendall(connect(token))
+        kind, _ = read_frame(s)
+        if kind != 2:
+            raise RuntimeError(f"expected Welcome, got frame kind {kind}")
+    return s
+
+
+def barrier(s):
+    """Ping, then read until the Pong."""
+    s.sendall(PING)
+    while True:
+        kind, _ = read_frame(s)
+        if kind == 8:
+            return
+
+
+def flood(s, data, max_bytes):
+    """Writes `data` repeatedly without reading until the socket blocks."""
+    s.settimeout(0.3)
+    sent = 0
+    try:
+        while sent < max_bytes:
+            sent += s.send(data)
+    except (socket.timeout, BlockingIOError):
+        pass
+    s.settimeout(20)
+    return sent
+
+
+# ---- the server -----------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, binary, extra=""):
+        self.dir = tempfile.mkdtemp(prefix="arqonbus-memory-")
+        self.port = free_port()
+        self.metrics = free_port()
+        conf = os.path.join(self.dir, "arqonbus.toml")
+        with open(conf, "w") as f:
+            f.write(
+                f'data_dir = "{self.dir}/data"\n\n[server]\nlisten = "127.0.0.1:{self.port}"\n'
+                f'shards = 2\npin_cores = false\n\n[tls]\nenabled = false\n\n'
+                f'[control]\nlisten = "127.0.0.1:{free_port()}"\n\n'
+                f'[metrics]\nlisten = "127.0.0.1:{self.metrics}"\n\n'
+                f'[log]\nlevel = "warn"\n{extra}'
+            )
+        self.log = open(os.path.join(self.dir, "server.log"), "w")
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--config", conf], stdout=self.log, stderr=self.log
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            self.stop()
+            raise RuntimeError("server did not listen")
+        token_file = os.path.join(self.dir, "data", "credentials", "bootstrap.token")
+        self.token = open(token_file).read().strip()
+        self.addr = ("127.0.0.1", self.port)
+        # Warm up: the first connections grow per-shard tables and the
+        # allocator's arenas, which would otherwise be charged to a scenario.
+        warm = [open_conn(self.addr, self.token) for _ in range(1000)]
+        for c in warm:
+            c.close()
+        time.sleep(0.5)
+
+    def rss(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def metric(self, name):
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics}/metrics", timeout=10
+        ).read().decode()
+        total = 0
+        for line in text.splitlines():
+            m = re.match(rf"^{name}(\{{[^}}]*\}})? (\d+)$", line)
+            if m:
+                total += int(m.group(2))
+        return total
+
+    def settle(self):
+        time.sleep(0.5)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---- scenarios: each returns (rss growth, accounted bytes, note) ------------
+
+def ping_flood(srv):
+    s = open_conn(srv.addr, srv.token)
+    before = srv.rss()
+    sent = flood(s, PING * 4096, 64 * MIB)
+    srv.settle()
+    grew, held = srv.rss() - before, srv.metric("arqonbus_outbound_queue_bytes")
+    s.close()
+    return grew, held, f"{len(PING)}-byte Pings written without reading: {sent // len(PING):,}"
+
+
+def error_flood(srv):
+    s = open_conn(srv.addr, srv.token)
+    before = srv.rss()
+    bad = unsubscribe(999_999)
+    sent = flood(s, bad * 4096, 64 * MIB)
+    srv.settle()
+    grew, held = srv.rss() - before, srv.metric("arqonbus_outbound_queue_bytes")
+    s.close()
+    return grew, held, f"unknown-sid Unsubscribes written without reading: {sent // len(bad):,}"
+
+
+def slow_consumer(srv):
+    sub = open_conn(srv.addr, srv.token)
+    sub.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sub.sendall(subscribe(1, "slow.>"))
+    barrier(sub)
+    pub = open_conn(srv.addr, srv.token)
+    before = srv.rss()
+    peak_rss, peak_held = 0, 0
+    batch = publish("slow.x", b"x" * 128) * 2000
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        pub.sendall(batch)
+        barrier(pub)
+        peak_rss = max(peak_rss, srv.rss() - before)
+        peak_held = max(peak_held, srv.metric("arqonbus_outbound_queue_bytes"))
+        if srv.metric("arqonbus_slow_consumers_total") > 0:
+            break
+    sub.close()
+    pub.close()
+    return peak_rss, peak_held, "128 B messages to a subscriber that never reads, until it is cut (peak RSS)"
+
+
+def one_subscription_per_read(srv):
+    s = open_conn(srv.addr, srv.token)
+    barrier(s)
+    before = srv.rss()
+    n = 10_000
+    for sid in range(1, n + 1):
+        s.sendall(subscribe(sid, f"per.read.{sid}.>"))
+        if sid % 50 == 0:
+            barrier(s)  # keeps each write in a read of its own, mostly
+    barrier(s)
+    srv.settle()
+    grew = srv.rss() - before
+    s.close()
+    return grew, 0, f"{n:,} subscriptions, one per write: {grew / n:,.0f} B each"
+
+
+def one_byte_and_wait(srv):
+    n = 5000
+    before = srv.rss()
+    conns = []
+    for _ in range(n):
+        c = socket.create_connection(srv.addr, timeout=20)
+        c.sendall(b"\x00")
+        conns.append(c)
+    srv.settle()
+    grew = srv.rss() - before
+    for c in conns:
+        c.close()
+    return grew, 0, f"{n:,} connections that sent 1 byte: {grew / n:,.0f} B each"
+
+
+def reply_flood(srv):
+    responder = open_conn(srv.addr, srv.token)
+    responder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    responder.sendall(subscribe(1, "svc.echo"))
+    barrier(responder)
+    req = open_conn(srv.addr, srv.token)
+    before = srv.rss()
+    for i in range(0, 20_000, 500):
+        req.sendall(b"".join(publish("svc.echo", b"?", f"_INBOX.{j}".encode()) for j in range(i, i + 500)))
+        barrier(req)
+    srv.settle()
+    grew, held = srv.rss() - before, srv.metric("arqonbus_outbound_queue_bytes")
+    responder.close()
+    req.close()
+    return grew, held, "20,000 requests with distinct reply subjects to a responder that never answers"
+
+
+def quiet_connections_woken(srv):
+    n = 10_000
+    base = srv.rss()
+    conns = [open_conn(srv.addr, srv.token) for _ in range(n)]
+    srv.settle()
+    idle = srv.rss() - base
+    for c in conns:
+        c.sendall(PING)
+    for c in conns:
+        kind, _ = read_frame(c)
+        assert kind == 8
+    srv.settle()
+    woken = srv.rss() - base
+    for c in conns:
+        c.close()
+    return woken, 0, (
+        f"{n:,} authenticated idle connections: {idle / n:,.0f} B each; "
+        f"after one Ping each: {woken / n:,.0f} B each"
+    )
+
+
+SCENARIOS = [
+    ("Ping flood, never reads", ping_flood),
+    ("error flood, never reads", error_flood),
+    ("slow consumer at its cap", slow_consumer),
+    ("1 subscription per read x 10,000", one_subscription_per_read),
+    ("1 byte, then waits", one_byte_and_wait),
+    ("reply permissions flood", reply_flood),
+    ("10,000 quiet connections woken once", quiet_connections_woken),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bin", default="target/release/arqonbus")
+    ap.add_argument("--out", default="perf/results")
+    ap.add_argument("--only", default="", help="comma-separated scenario numbers (1-based)")
+    args = ap.parse_args()
+    pick = {int(x) for x in args.only.split(",") if x}
+    rows = []
+    for i, (name, run) in enumerate(SCENARIOS, 1):
+        if pick and i not in pick:
+            continue
+        srv = Server(args.bin)
+        try:
+            start = srv.rss()
+            grew, held, note = run(srv)
+        finally:
+            srv.stop()
+        ratio = grew / held if held else None
+        rows.append(
+            {"scenario": name, "start_rss": start, "rss_growth": grew, "accounted": held,
+             "ratio": ratio, "note": note}
+        )
+        print(f"{name:40} RSS +{grew / MIB:8.1f} MiB  accounted {held / MIB:8.1f} MiB  {note}",
+              file=sys.stderr)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M%S")
+    os.makedirs(args.out, exist_ok=True)
+    cmd = " ".join(["perf/memory.py"] + sys.argv[1:])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    with open(os.path.join(args.out, f"{stamp}-memory.json"), "w") as f:
+        json.dump({"command": cmd, "commit": commit, "rows": rows}, f, indent=1)
+    with open(os.path.join(args.out, f"{stamp}-memory.md"), "w") as f:
+        f.write(f"# Memory under hostile clients\n\n`{cmd}` at commit {commit}, "
+                f"2 shards, plaintext, loopback. RSS from /proc; accounted = "
+                f"`arqonbus_outbound_queue_bytes`.\n\n")
+        f.write("| scenario | server RSS growth | accounted | growth / accounted | what |\n")
+        f.write("|---|---:|---:|---:|---|\n")
+        for r in rows:
+            ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
+            f.write(f"| {r['scenario']} | {r['rss_growth'] / MIB:.1f} MiB | "
+                    f"{r['accounted'] / MIB:.1f} MiB | {ratio} | {r['note']} |\n")
+
+
+if __name__ == "__main__":
+    main()
