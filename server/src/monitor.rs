@@ -336,7 +336,7 @@ pub(crate) fn render(scrape: &Scrape) -> String {
         }),
         (
             "arqonbus_outbound_queue_bytes",
-            "Bytes queued for clients.",
+            "Memory held by frames queued for clients (bytes plus per-frame bookkeeping).",
             |m| m.outbound_bytes,
         ),
         (
