@@ -140,8 +140,19 @@ impl ThreadClock {
     }
 }
 
-/// The machine-wide `cpu` line of `/proc/stat`: all ticks and steal ticks.
-fn system_ticks() -> Option<(u64, u64)> {
+/// The machine-wide `cpu` line of `/proc/stat`, in ticks.
+#[derive(Debug, Clone, Copy)]
+struct SystemTicks {
+    /// Everything (idle and steal included).
+    total: u64,
+    /// Stolen by the hypervisor.
+    steal: u64,
+    /// Idle or waiting for I/O.
+    idle: u64,
+}
+
+/// The machine-wide `cpu` line of `/proc/stat`.
+fn system_ticks() -> Option<SystemTicks> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let fields: Vec<u64> = line
@@ -153,7 +164,8 @@ fn system_ticks() -> Option<(u64, u64)> {
     // time is already inside user.
     let total: u64 = fields.iter().take(8).sum();
     let steal = fields.get(7).copied().unwrap_or(0);
-    Some((total, steal))
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Some(SystemTicks { total, steal, idle })
 }
 
 /// CPU use over one run: client, servers, and the hypervisor's steal.
@@ -169,6 +181,19 @@ pub(crate) struct CpuUsage {
     pub(crate) steal_pct: f64,
     /// The busiest client thread's share of one core (0..1).
     pub(crate) client_max_thread: f64,
+    /// Cores the whole machine kept busy on average (every process and the
+    /// kernel; steal excluded). Minus client and server: what other
+    /// processes took (on a shared host, a build running beside the run).
+    #[serde(default)]
+    pub(crate) machine_busy_cores: f64,
+}
+
+impl CpuUsage {
+    /// Cores used by neither the client nor the server (other processes,
+    /// other servers, the kernel's work outside both).
+    pub(crate) fn other_cores(&self) -> f64 {
+        (self.machine_busy_cores - self.client_cores - self.server_cores).max(0.0)
+    }
 }
 
 /// A CPU snapshot to diff at the end of a run.
@@ -178,7 +203,7 @@ pub(crate) struct CpuProbe {
     client: Option<u64>,
     server_pid: Option<u32>,
     server: Option<u64>,
-    system: Option<(u64, u64)>,
+    system: Option<SystemTicks>,
 }
 
 impl CpuProbe {
@@ -200,11 +225,15 @@ impl CpuProbe {
             (Some(a), Some(b)) => (b.saturating_sub(a) as f64 / TICKS_PER_SEC) / wall,
             _ => 0.0,
         };
-        let steal_pct = match (self.system, system_ticks()) {
-            (Some((t0, s0)), Some((t1, s1))) if t1 > t0 => {
-                100.0 * (s1.saturating_sub(s0)) as f64 / (t1 - t0) as f64
+        let (steal_pct, machine_busy_cores) = match (self.system, system_ticks()) {
+            (Some(a), Some(b)) if b.total > a.total => {
+                let total = (b.total - a.total) as f64;
+                let steal = b.steal.saturating_sub(a.steal) as f64;
+                let idle = b.idle.saturating_sub(a.idle) as f64;
+                let busy = (total - steal - idle).max(0.0) / TICKS_PER_SEC / wall;
+                (100.0 * steal / total, busy)
             }
-            _ => 0.0,
+            _ => (0.0, 0.0),
         };
         CpuUsage {
             wall_secs: wall,
@@ -212,6 +241,7 @@ impl CpuProbe {
             server_cores: cores(self.server, self.server_pid.and_then(process_ticks)),
             steal_pct,
             client_max_thread,
+            machine_busy_cores,
         }
     }
 }

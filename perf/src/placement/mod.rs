@@ -90,6 +90,10 @@ pub(crate) struct PlacementArgs {
     /// `rate`: client threads of the connect storm.
     #[arg(long, default_value_t = 4)]
     storm_threads: usize,
+    /// `rate`: connect storms per side and tenant in each round (the sides
+    /// alternate between them).
+    #[arg(long, default_value_t = 3)]
+    rate_repeats: usize,
     /// `drain`: client threads connecting and closing.
     #[arg(long, default_value_t = 16)]
     drain_threads: usize,
@@ -296,6 +300,7 @@ pub(crate) struct Settings {
     pub(crate) connections: usize,
     pub(crate) storm_connections: usize,
     pub(crate) storm_threads: usize,
+    pub(crate) rate_repeats: usize,
     pub(crate) drain_threads: usize,
     pub(crate) drain_secs: f64,
     pub(crate) drained_shard: u32,
@@ -328,6 +333,7 @@ impl PlacementArgs {
             connections: self.connections,
             storm_connections: self.storm_connections,
             storm_threads: self.storm_threads.max(1),
+            rate_repeats: self.rate_repeats.max(1),
             drain_threads: self.drain_threads.max(1),
             drain_secs: self.drain_secs.max(0.3),
             drained_shard: DRAINED_SHARD,
@@ -345,6 +351,7 @@ impl PlacementArgs {
             s.rounds = 1;
             s.connections = 100;
             s.storm_connections = 200;
+            s.rate_repeats = 1;
             s.drain_secs = 1.0;
             s.duration_secs = 0.2;
             s.rr_rate = 1000.0;
@@ -485,9 +492,12 @@ pub(crate) fn run(args: &PlacementArgs) -> Result<(), String> {
         }
     }
     let steering_parts = s.parts.iter().filter(|p| **p != Part::Tenants).count();
-    let total = s.rounds as u64
-        * (steering_parts as u64 * 6
-            + u64::from(s.parts.contains(&Part::Tenants)) * (4 * s.sizes.len() as u64 + 2));
+    let has = |p| u64::from(s.parts.contains(&p));
+    let per_round = has(Part::Spread) * 6
+        + has(Part::Rate) * 6 * s.rate_repeats as u64
+        + has(Part::Drain) * 3
+        + has(Part::Tenants) * (4 * s.sizes.len() as u64 + 2);
+    let total = s.rounds as u64 * per_round;
     let progress = Progress::suite(total);
     let nats = if s.parts.contains(&Part::Tenants) {
         ensure_nats(&args.nats_server, args.no_install, &progress).map_err(|e| e.to_string())?
@@ -684,7 +694,8 @@ fn steering_rounds(
             }
         }
         if s.parts.contains(&Part::Rate) {
-            for (pos, &i) in order.iter().enumerate() {
+            let alternated = (0..s.rate_repeats).flat_map(|_| order.iter().enumerate());
+            for (pos, &i) in alternated {
                 for tenancy in [Tenancy::Spread, Tenancy::Home] {
                     let node = &nodes[i];
                     node.wait_idle()?;
@@ -909,6 +920,7 @@ mod tests {
             connections: 1000,
             storm_connections: 3000,
             storm_threads: 4,
+            rate_repeats: 3,
             drain_threads: 16,
             drain_secs: 3.0,
             sizes: vec![16, 128],

@@ -187,6 +187,27 @@ pub(crate) fn markdown(meta: &Meta, runs: &[Run]) -> String {
         fmt_opt(steal, |v| format!("{v:.1}")),
         runs.len()
     );
+    md.push_str(
+        "\nCPU taken by neither this load generator nor the server under test (other processes \
+         on the host, such as a build, the idle servers of the run, and kernel work such as \
+         loopback softirqs counted outside both), in cores, median / max over the runs of each \
+         part:",
+    );
+    for part in &s.parts {
+        let other: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.part == *part)
+            .map(|r| r.cpu.other_cores())
+            .collect();
+        let max = other.iter().copied().fold(0.0, f64::max);
+        let _ = write!(
+            md,
+            " {part:?} {} / {max:.2};",
+            fmt_opt(median(&other), |v| format!("{v:.2}"))
+        );
+    }
+    md.pop();
+    md.push_str(".\n");
     if !failed.is_empty() {
         let _ = writeln!(md, "\nFailed runs: {}.", failed.join("; "));
     }
@@ -287,9 +308,11 @@ fn rate_section(md: &mut String, goals: &mut Vec<Goal>, s: &Settings, runs: &[Ru
     let _ = writeln!(
         md,
         "## 2. Connect rate with the program and without\n\nThe connect storm (`connect-storm`): {} \
-         connections, each connect + handshake (`Connect` → `Welcome`) + close, from {} threads. \
-         Connections per second; ratios to the kernel side of the same run.\n",
-        s.storm_connections, s.storm_threads
+         connections, each connect + handshake (`Connect` → `Welcome`) + close, from {} threads, \
+         {} times per side and tenant in each round (sides alternated: A B C A B C …). \
+         Connections per second, median of all those runs; ratios to the kernel side of the same \
+         run.\n",
+        s.storm_connections, s.storm_threads, s.rate_repeats
     );
     md.push_str(
         "| tenant | kernel | program, hash | program, balance | hash / kernel | balance / kernel | every run (kernel; hash; balance) |\n\
@@ -358,8 +381,8 @@ fn drain_section(md: &mut String, goals: &mut Vec<Goal>, s: &Settings, runs: &[R
         s.drained_shard
     );
     md.push_str(
-        "| side | connects | failed | failed per run | failures by kind | new on the drained shard while drained | handshake p99 / max (µs, median run) | conns/s (median) |\n\
-         |---|---:|---:|---|---|---:|---|---:|\n",
+        "| side | connects | failed | failed per run | of which started while `node drain` ran | failures by kind | new on the drained shard while drained | handshake p99 / max (µs, median run) | conns/s (median) |\n\
+         |---|---:|---:|---|---:|---|---:|---|---:|\n",
     );
     let mut failed_by_side = BTreeMap::new();
     for side in [Side::Kernel, Side::Hash, Side::Balance] {
@@ -385,6 +408,11 @@ fn drain_section(md: &mut String, goals: &mut Vec<Goal>, s: &Settings, runs: &[R
             .filter_map(|x| x.phases.get(PHASES[2]))
             .filter_map(|p| p.per_shard.get(s.drained_shard as usize))
             .sum();
+        let in_drain: u64 = rs
+            .iter()
+            .filter_map(|x| x.phases.get(PHASES[1]))
+            .map(|p| p.failed)
+            .sum();
         let p99 = median(
             &rs.iter()
                 .filter_map(|x| x.handshake.as_ref().map(|h| h.p99_us))
@@ -400,7 +428,7 @@ fn drain_section(md: &mut String, goals: &mut Vec<Goal>, s: &Settings, runs: &[R
         failed_by_side.insert(side, (failed, attempts, rs.len()));
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} / {} | {} |{}",
+            "| {} | {} | {} | {} | {in_drain} | {} | {} | {} / {} | {} |{}",
             side.label(),
             count(attempts as f64),
             failed,
