@@ -16,7 +16,11 @@
 //!   principals, credentials, quotas); [`auth`]: bearer and signed tokens;
 //! - [`placement`]: steering modes, affinity rules, tenant home shards;
 //! - [`policy`]: subject permissions (allow/deny, deny wins);
-//! - [`ratelimit`]: token buckets for message and byte rates;
+//! - [`authorize`]: every decision about what an authenticated client may
+//!   do: publish and subscribe permissions, one-shot reply permissions,
+//!   connection and subscription quotas, rate limits and publisher stalls;
+//! - [`ratelimit`]: token buckets, a shard's rate limiters and how a rate is
+//!   shared between shards;
 //! - [`limits`]: per-connection limits; [`stats`]: per-shard counters;
 //!   [`ops`]: what shards report to operators (connections, shard status);
 //!   [`metrics`]: what shards measure (per tenant, errors, latencies);
@@ -26,6 +30,7 @@
 //! seeds.
 
 pub mod auth;
+pub mod authorize;
 pub mod ids;
 pub mod index;
 pub mod limits;

@@ -1,5 +1,5 @@
-//! Token buckets for message and byte rates, and how a tenant's rate is
-//! shared between shards.
+//! Token buckets for message and byte rates, one shard's rate limiters, and
+//! how a tenant's rate is shared between shards.
 //!
 //! No clock: callers pass `now`. A bucket refills at `rate` tokens per second
 //! up to `burst`. [`TokenBucket::check`] says whether `n` tokens are there or
@@ -7,13 +7,24 @@
 //! long (throttling by back-pressure: nothing is dropped); [`TokenBucket::take`]
 //! then spends them.
 //!
+//! [`Rates`] holds one shard's buckets: per tenant and per principal with a
+//! message or byte rate ([`RateKey`]), created on first use. A message is
+//! admitted only when every bucket that applies to it has room; it then
+//! takes from all of them, so a refused message costs nothing.
+//!
 //! A tenant-wide rate is split across shards: each shard's bucket refills at
 //! `share × rate`, shares summing to 1. Every few hundred milliseconds
 //! [`rebalance`] moves share towards the shards that used theirs and were
 //! throttled, so the tenant's total stays at its rate however its
-//! connections are spread.
+//! connections are spread. Shards report their use with [`Rates::report`]
+//! and take new shares with [`Rates::set_shares`].
 
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+use crate::snapshot::{Identity, Quotas};
+use crate::{PrincipalId, TenantId};
 
 /// A token bucket.
 #[derive(Debug, Clone)]
@@ -81,6 +92,200 @@ impl TokenBucket {
         self.check(n, now)?;
         self.take(n);
         Ok(())
+    }
+}
+
+/// What a rate limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// A tenant's rate, over all its principals.
+    Tenant(TenantId),
+    /// One principal's own rate.
+    Principal(PrincipalId),
+}
+
+/// Whether `q` names a message or byte rate.
+pub fn has_rate(q: &Quotas) -> bool {
+    q.messages_per_second > 0 || q.bytes_per_second > 0
+}
+
+/// Whether the tenant or the principal of `id` has a rate limit.
+pub fn is_rate_limited(id: &Identity) -> bool {
+    has_rate(&id.tenant.quotas) || has_rate(&id.principal.quotas)
+}
+
+/// One key's buckets on this shard.
+#[derive(Debug)]
+struct Limiter {
+    msgs: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+    msg_rate: f64,
+    byte_rate: f64,
+    share: f64,
+    granted_msgs: f64,
+    granted_bytes: f64,
+    throttled: bool,
+}
+
+/// Burst: a tenth of a second at the shard's share of the rate.
+fn burst(rate: f64) -> f64 {
+    (rate * 0.1).max(1.0)
+}
+
+impl Limiter {
+    fn new(q: &Quotas, share: f64, now: Instant) -> Self {
+        let msg_rate = q.messages_per_second as f64;
+        let byte_rate = q.bytes_per_second as f64;
+        let bucket = |rate: f64| {
+            (rate > 0.0).then(|| TokenBucket::new(rate * share, burst(rate * share), now))
+        };
+        Self {
+            msgs: bucket(msg_rate),
+            bytes: bucket(byte_rate),
+            msg_rate,
+            byte_rate,
+            share,
+            granted_msgs: 0.0,
+            granted_bytes: 0.0,
+            throttled: false,
+        }
+    }
+
+    fn check(&mut self, bytes: f64, now: Instant) -> Result<(), Duration> {
+        let m = self.msgs.as_mut().map_or(Ok(()), |b| b.check(1.0, now));
+        let b = self.bytes.as_mut().map_or(Ok(()), |b| b.check(bytes, now));
+        match (m, b) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(a), Err(b)) => Err(a.max(b)),
+            (Err(w), _) | (_, Err(w)) => Err(w),
+        }
+    }
+
+    fn take(&mut self, bytes: f64) {
+        if let Some(b) = self.msgs.as_mut() {
+            b.take(1.0);
+        }
+        if let Some(b) = self.bytes.as_mut() {
+            b.take(bytes);
+        }
+        self.granted_msgs += 1.0;
+        self.granted_bytes += bytes;
+    }
+
+    fn set_share(&mut self, share: f64, now: Instant) {
+        self.share = share;
+        if let Some(b) = self.msgs.as_mut() {
+            let r = self.msg_rate * share;
+            b.set_rate(r, burst(r), now);
+        }
+        if let Some(b) = self.bytes.as_mut() {
+            let r = self.byte_rate * share;
+            b.set_rate(r, burst(r), now);
+        }
+    }
+}
+
+/// What a shard tells the rebalancer about one key for the last window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateUse {
+    /// The share this shard had.
+    pub share: f64,
+    /// Messages granted, and the key's whole message rate (0: unlimited).
+    pub msgs: (f64, f64),
+    /// Bytes granted, and the key's whole byte rate (0: unlimited).
+    pub bytes: (f64, f64),
+    /// Whether a message had to wait.
+    pub throttled: bool,
+}
+
+/// One shard's rate limiters.
+#[derive(Debug)]
+pub struct Rates {
+    limiters: FxHashMap<RateKey, Limiter>,
+    shares: FxHashMap<RateKey, f64>,
+    default_share: f64,
+}
+
+impl Rates {
+    /// No limiters yet; every key starts with an equal share of `shards`.
+    pub fn new(shards: usize) -> Self {
+        Self {
+            limiters: FxHashMap::default(),
+            shares: FxHashMap::default(),
+            default_share: 1.0 / shards.max(1) as f64,
+        }
+    }
+
+    fn limiter(&mut self, key: RateKey, q: &Quotas, now: Instant) -> &mut Limiter {
+        let share = self.shares.get(&key).copied().unwrap_or(self.default_share);
+        self.limiters
+            .entry(key)
+            .or_insert_with(|| Limiter::new(q, share, now))
+    }
+
+    /// Admits one message of `bytes` from `id`, or says how long to wait
+    /// (the longest wait of the tenant's and the principal's buckets).
+    pub fn admit(&mut self, id: &Identity, bytes: usize, now: Instant) -> Result<(), Duration> {
+        let keys = [
+            (RateKey::Tenant(id.tenant.id), &id.tenant.quotas),
+            (RateKey::Principal(id.principal.id), &id.principal.quotas),
+        ];
+        let bytes = bytes as f64;
+        let mut wait = None::<Duration>;
+        for (key, q) in keys {
+            if !has_rate(q) {
+                continue;
+            }
+            let limiter = self.limiter(key, q, now);
+            if let Err(w) = limiter.check(bytes, now) {
+                limiter.throttled = true;
+                wait = Some(wait.map_or(w, |x| x.max(w)));
+            }
+        }
+        if let Some(w) = wait {
+            return Err(w);
+        }
+        for (key, q) in keys {
+            if !has_rate(q) {
+                continue;
+            }
+            self.limiter(key, q, now).take(bytes);
+        }
+        Ok(())
+    }
+
+    /// Forgets every limiter (quotas may have changed); shares are kept.
+    pub fn reset(&mut self) {
+        self.limiters.clear();
+    }
+
+    /// This window's use per key; counters restart.
+    pub fn report(&mut self) -> Vec<(RateKey, RateUse)> {
+        self.limiters
+            .iter_mut()
+            .map(|(k, l)| {
+                let r = RateUse {
+                    share: l.share,
+                    msgs: (l.granted_msgs, l.msg_rate),
+                    bytes: (l.granted_bytes, l.byte_rate),
+                    throttled: l.throttled,
+                };
+                l.granted_msgs = 0.0;
+                l.granted_bytes = 0.0;
+                l.throttled = false;
+                (*k, r)
+            })
+            .collect()
+    }
+
+    /// New shares from the rebalancer.
+    pub fn set_shares(&mut self, shares: &FxHashMap<RateKey, f64>, now: Instant) {
+        for (key, share) in shares {
+            self.shares.insert(*key, *share);
+            if let Some(l) = self.limiters.get_mut(key) {
+                l.set_share(*share, now);
+            }
+        }
     }
 }
 
