@@ -9,12 +9,17 @@
 //! from the same poll, means the socket is never shared and no wake-up is
 //! lost.
 //!
-//! Authorisation happens here, with the identity the session resolved:
-//! permissions before a publish or subscribe is carried out, quotas when the
-//! session opens and on each subscription, rate limits (and publisher stalls)
-//! before a publish is routed. A publish that must wait is held, with a
-//! timer, and reading stops until it has gone: throttling is back-pressure,
-//! nothing is dropped.
+//! Authorisation is decided by the core (`arqonbus_core::authorize`), with
+//! the identity the session resolved, and carried out here: permissions
+//! before a publish or subscribe (`authorize::publish`, `subscribe`), quotas
+//! when the session opens and on each subscription (`authorize::connect`,
+//! `subscribe`, counting in the shared [`Holds`]), rate limits and publisher
+//! stalls before a publish is routed (the shard's `Throttle::admit`). A
+//! refusal is answered with the error frame the decision names. A publish
+//! that must wait is held, with a timer, and reading stops until it has
+//! gone: throttling is back-pressure, nothing is dropped. The connection's
+//! one-shot reply permissions (`authorize::ReplyPermissions`) live in its
+//! [`ConnShared`], since deliveries from other tasks grant them.
 //!
 //! Placement: when a session authenticates, its tenant's home shard is
 //! asked for (`PlacementBook::place`). If it is another shard, the task
@@ -29,7 +34,6 @@
 //! is drained briefly so the peer reads the error before the socket closes.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -39,20 +43,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arqonbus_core::authorize::{self, Admission, Decision, Denial, ReplyPermissions};
 use arqonbus_core::ops::ConnectionInfo;
 use arqonbus_core::placement::Placed;
 use arqonbus_core::router::SubscriptionError;
 use arqonbus_core::session::{Event, Now, Publish, Rejection, Session, State, Step};
 use arqonbus_core::snapshot::{Identity, SlowConsumerPolicy};
-use arqonbus_core::subject::Subject;
-use arqonbus_core::{ConnId, PrincipalId, ShardId, TenantId};
+use arqonbus_core::{ConnId, PrincipalId, ShardId, Sid, TenantId};
 use arqonbus_proto::codec::{self, LEN_PREFIX};
 use arqonbus_proto::v1::{self, ErrorCode, frame::Kind};
 use bytes::{Buf, Bytes};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use rustc_hash::FxHashSet;
 
 use crate::outbound::Outbound;
 use crate::quota::Holds;
@@ -76,16 +79,6 @@ pub(crate) enum Flag {
     /// A new configuration snapshot was applied.
     Reauthorize = 16,
 }
-
-/// Reply subjects a restricted principal may answer once (requests it
-/// received), bounded; the oldest are forgotten first.
-#[derive(Debug, Default)]
-pub(crate) struct ReplySet {
-    order: VecDeque<Bytes>,
-    set: FxHashSet<Bytes>,
-}
-
-const MAX_PENDING_REPLIES: usize = 1024;
 
 /// The part of a connection other tasks of the shard may touch.
 pub(crate) struct ConnShared {
@@ -113,7 +106,9 @@ pub(crate) struct ConnShared {
     pub(crate) stall_max: Cell<Duration>,
     /// Set while this subscriber is stalling its tenant's publishers.
     pub(crate) stalled_since: Cell<Option<Instant>>,
-    replies: RefCell<Option<ReplySet>>,
+    /// Requests it received that it may answer once (restricted principals
+    /// with `allow_responses` only).
+    replies: RefCell<Option<ReplyPermissions>>,
     holds: RefCell<Option<Holds>>,
     /// This connection's tenant's figures on this shard, once authenticated.
     tenant_cell: RefCell<Option<Rc<TenantCell>>>,
@@ -220,45 +215,22 @@ impl ConnShared {
         } else {
             q.stall_max
         });
-        let perms = &id.principal.permissions;
-        let wants_replies = !perms.unrestricted() && perms.allow_responses();
+        let wants_replies = ReplyPermissions::needed(&id.principal.permissions);
         let mut replies = self.replies.borrow_mut();
         match (wants_replies, replies.is_some()) {
-            (true, false) => *replies = Some(ReplySet::default()),
+            (true, false) => *replies = Some(ReplyPermissions::default()),
             (false, true) => *replies = None,
             _ => {}
         }
     }
 
-    /// A request with reply subject `reply` was delivered here. The
-    /// permission is kept in memory of its own: `reply` is a slice of the
-    /// requester's receive buffer, which it must not pin.
+    /// A request with reply subject `reply` was delivered here: it may be
+    /// answered once. The permission is a copy (`ReplyPermissions::grant`):
+    /// `reply` is a slice of the requester's receive buffer, which it must
+    /// not pin.
     pub(crate) fn allow_reply(&self, reply: &Bytes) {
-        if let Some(set) = self.replies.borrow_mut().as_mut()
-            && !set.set.contains(reply)
-        {
-            let reply = Bytes::copy_from_slice(reply);
-            set.set.insert(reply.clone());
-            set.order.push_back(reply);
-            if set.order.len() > MAX_PENDING_REPLIES
-                && let Some(old) = set.order.pop_front()
-            {
-                set.set.remove(&old);
-            }
-        }
-    }
-
-    /// Uses up the permission to answer on `subject`, if there is one.
-    fn take_reply(&self, subject: &Subject) -> bool {
-        let mut replies = self.replies.borrow_mut();
-        let Some(set) = replies.as_mut() else {
-            return false;
-        };
-        if set.set.remove(subject.as_bytes()) {
-            set.order.retain(|r| r.as_ref() != subject.as_bytes());
-            true
-        } else {
-            false
+        if let Some(replies) = self.replies.borrow_mut().as_mut() {
+            replies.grant(reply);
         }
     }
 
@@ -392,13 +364,6 @@ fn now() -> Now {
         mono: Instant::now(),
         unix: unix_ms() / 1000,
     }
-}
-
-/// Whether the tenant or the principal has a message or byte rate limit.
-fn has_rate_limit(id: &Identity) -> bool {
-    let q =
-        |q: &arqonbus_core::snapshot::Quotas| q.messages_per_second > 0 || q.bytes_per_second > 0;
-    q(&id.tenant.quotas) || q(&id.principal.quotas)
 }
 
 /// Serves one accepted connection until it ends.
@@ -890,45 +855,39 @@ impl ConnIo {
                 queue,
             } => {
                 let Some(id) = session.identity() else { return };
-                if !id.principal.permissions.may_subscribe(&pattern) {
-                    Self::deny(
-                        shard,
-                        conn,
-                        sid.0,
-                        "not allowed to subscribe to this pattern",
-                    );
+                let decision = {
+                    let holds = conn.holds.borrow();
+                    authorize::subscribe(
+                        id,
+                        sid,
+                        &pattern,
+                        holds.as_ref().map(Holds::subscriptions),
+                    )
+                };
+                if let Decision::Deny(denial) = decision {
+                    if denial.code == ErrorCode::PermissionDenied {
+                        Self::deny(shard, conn, denial);
+                    } else {
+                        shard.stats.borrow_mut().client_errors += 1;
+                        conn.count_rejection();
+                        Self::soft_error(shard, conn, denial);
+                    }
                     return;
                 }
-                let held = conn.holds.borrow();
-                if let Some(h) = held.as_ref()
-                    && !h.subscribe(id)
-                {
-                    shard.stats.borrow_mut().client_errors += 1;
-                    conn.count_rejection();
-                    Self::soft_error(
-                        shard,
-                        conn,
-                        ErrorCode::MaxSubscriptionsExceeded,
-                        sid.0,
-                        "tenant or principal at max_subscriptions",
-                    );
-                    return;
-                }
-                drop(held);
                 match shard.subscribe(id.tenant.id, conn.id, sid, pattern, queue) {
                     Ok(()) => conn.subscription_added(),
                     Err(e) => {
                         if let Some(h) = conn.holds.borrow().as_ref() {
                             h.unsubscribe(1);
                         }
-                        Self::reject_subscription(shard, conn, sid.0, e);
+                        Self::reject_subscription(shard, conn, sid, e);
                     }
                 }
             }
             Step::Unsubscribe { sid, after } => match shard.unsubscribe(conn.id, sid, after) {
                 Ok(()) if after == 0 => conn.subscription_released(),
                 Ok(()) => {}
-                Err(e) => Self::reject_subscription(shard, conn, sid.0, e),
+                Err(e) => Self::reject_subscription(shard, conn, sid, e),
             },
             Step::Pong => shard.pong(conn),
             Step::Ping => conn.out.borrow_mut().push_frame(&Kind::Ping(v1::Ping {})),
@@ -962,17 +921,15 @@ impl ConnIo {
             return;
         }
         let holds = shard.quota.holds(id);
-        if !holds.connect(id) {
+        if let Decision::Deny(Denial { code, detail, .. }) =
+            authorize::connect(id, holds.connections())
+        {
             shard.placement.closed(id.tenant.id, shard.id);
             shard
                 .tenant_cell(id.tenant.id)
                 .quota_rejections
                 .set(shard.tenant_cell(id.tenant.id).quota_rejections.get() + 1);
-            let refuse = Event::Close {
-                code: ErrorCode::MaxConnectionsExceeded,
-                detail: "tenant or principal at max_connections",
-            };
-            self.step(shard, conn, session, refuse);
+            self.step(shard, conn, session, Event::Close { code, detail });
             return;
         }
         *conn.holds.borrow_mut() = Some(holds);
@@ -1001,23 +958,25 @@ impl ConnIo {
         );
     }
 
-    /// Checks permissions, then rate limits and stalls, then routes.
+    /// Asks the core whether the principal may publish `msg`, then gates
+    /// and routes it.
     fn publish(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &Session, msg: Publish) {
         let Some(id) = session.identity() else { return };
-        let perms = &id.principal.permissions;
-        let allowed = perms.unrestricted()
-            || ((perms.may_publish(&msg.subject)
-                || (perms.allow_responses() && conn.take_reply(&msg.subject)))
-                && msg.reply.as_ref().is_none_or(|r| perms.may_receive(r)));
-        if !allowed {
-            Self::deny(shard, conn, 0, "not allowed to publish to this subject");
+        let decision = authorize::publish(
+            &id.principal.permissions,
+            conn.replies.borrow_mut().as_mut(),
+            &msg.subject,
+            msg.reply.as_ref(),
+        );
+        if let Decision::Deny(denial) = decision {
+            Self::deny(shard, conn, denial);
             return;
         }
         self.gate_and_publish(shard, conn, session, msg);
     }
 
-    /// Routes `msg` now, or holds it until its rate limit or a publisher
-    /// stall allows it.
+    /// Routes `msg` now, or holds it as long as the shard's `Throttle`
+    /// says (a rate limit or a publisher stall).
     fn gate_and_publish(
         &mut self,
         shard: &Rc<Shard>,
@@ -1026,22 +985,16 @@ impl ConnIo {
         msg: Publish,
     ) {
         let Some(id) = session.identity() else { return };
-        let limited = has_rate_limit(id) || !shard.stalls.borrow().is_empty();
-        let wait = if limited {
-            let now = Instant::now();
-            match shard.stalled_until(id.tenant.id, now) {
-                Some(until) => Err(until - now),
-                None => shard.rates.borrow_mut().admit(id, msg.payload.len(), now),
-            }
-        } else {
-            Ok(())
-        };
-        match wait {
-            Ok(()) => {
+        let admission = shard
+            .throttle
+            .borrow_mut()
+            .admit(id, msg.payload.len(), Instant::now);
+        match admission {
+            Admission::Go => {
                 conn.count_in(msg.payload.len());
                 shard.publish(id.tenant.id, conn.id, session.echo(), msg);
             }
-            Err(wait) => {
+            Admission::Wait(wait) => {
                 shard.stats.borrow_mut().throttled += 1;
                 conn.count_rejection();
                 self.held = Some(msg);
@@ -1058,64 +1011,38 @@ impl ConnIo {
         }
         let subs = shard.router.borrow().subscriptions_of(conn.id);
         for (sid, pattern) in subs {
-            if id.principal.permissions.may_subscribe(&pattern) {
+            let Decision::Deny(denial) =
+                authorize::keep_subscription(&id.principal.permissions, sid, &pattern)
+            else {
                 continue;
-            }
+            };
             if shard.unsubscribe(conn.id, sid, 0).is_ok() {
                 conn.subscription_released();
                 shard.stats.borrow_mut().permission_denied += 1;
-                Self::soft_error(
-                    shard,
-                    conn,
-                    ErrorCode::PermissionDenied,
-                    sid.0,
-                    "subscription no longer allowed; removed",
-                );
+                Self::soft_error(shard, conn, denial);
             }
         }
     }
 
     /// A request the client's permissions do not allow: counted on the
-    /// shard and the connection, answered with a PERMISSION_DENIED error that
-    /// keeps the connection open.
-    fn deny(shard: &Shard, conn: &ConnShared, sid: u64, detail: &'static str) {
+    /// shard and the connection, answered with the PERMISSION_DENIED error
+    /// the core named, which keeps the connection open.
+    fn deny(shard: &Shard, conn: &ConnShared, denial: Denial) {
         shard.stats.borrow_mut().permission_denied += 1;
         conn.count_rejection();
-        Self::soft_error(shard, conn, ErrorCode::PermissionDenied, sid, detail);
+        Self::soft_error(shard, conn, denial);
     }
 
-    fn soft_error(
-        shard: &Shard,
-        conn: &ConnShared,
-        code: ErrorCode,
-        sid: u64,
-        detail: &'static str,
-    ) {
-        shard.errors.borrow_mut().count(code.into());
-        conn.out.borrow_mut().push_frame(
-            &Rejection {
-                code,
-                close: false,
-                sid,
-                detail,
-            }
-            .to_frame(),
-        );
+    /// Queues the error frame of `denial`; the connection stays open.
+    fn soft_error(shard: &Shard, conn: &ConnShared, denial: Denial) {
+        shard.errors.borrow_mut().count(denial.code.into());
+        conn.out.borrow_mut().push_frame(&denial.soft().to_frame());
     }
 
-    fn reject_subscription(shard: &Shard, conn: &ConnShared, sid: u64, e: SubscriptionError) {
-        let (code, detail) = match e {
-            SubscriptionError::InvalidSid => (ErrorCode::InvalidSid, "sid is 0 or already in use"),
-            SubscriptionError::TooMany(_) => (
-                ErrorCode::MaxSubscriptionsExceeded,
-                "connection holds max_subscriptions subscriptions",
-            ),
-            SubscriptionError::UnknownSid => {
-                (ErrorCode::UnknownSid, "no subscription with that sid")
-            }
-        };
+    /// A subscribe or unsubscribe the router refused.
+    fn reject_subscription(shard: &Shard, conn: &ConnShared, sid: Sid, e: SubscriptionError) {
         shard.stats.borrow_mut().client_errors += 1;
-        Self::soft_error(shard, conn, code, sid, detail);
+        Self::soft_error(shard, conn, Denial::subscription(e, sid));
     }
 
     fn reject(&mut self, shard: &Shard, conn: &ConnShared, r: &Rejection, now: Instant) {

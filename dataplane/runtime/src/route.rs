@@ -7,7 +7,12 @@
 //!   `MessageTemplate` and the payload `Bytes`, remote ones go on the rings.
 //! - **Delivery** never waits. A subscriber whose queue is full is handled by
 //!   its slow-consumer policy: cut (default), drop its oldest messages, or
-//!   stall the tenant's publishers for at most `stall_max` and then cut.
+//!   stall the tenant's publishers for at most `stall_max` and then cut. A
+//!   request queued for a connection grants it a one-shot reply permission
+//!   (`ConnShared::allow_reply`).
+//! - **Stalls** are announced to every shard (`PeerMsg::Stall`, `Unstall`)
+//!   and kept in each shard's `Throttle`, which makes the tenant's publishes
+//!   wait (`Throttle::admit`, in the core).
 //! - **Barrier**: every interest update carries an increasing `seq`; peers
 //!   acknowledge the highest one they applied; a client's `Ping` is answered
 //!   once every peer acknowledged the `seq` current when it arrived.
@@ -399,7 +404,7 @@ impl Shard {
 
     /// Pauses `tenant`'s publishers on every shard until `until`.
     pub(crate) fn stall(&self, tenant: TenantId, until: Instant) {
-        self.stalls.borrow_mut().insert(tenant, until);
+        self.throttle.borrow_mut().stall(tenant, until);
         let mut links = self.links.borrow_mut();
         for link in links.iter_mut() {
             link.send(PeerMsg::Stall { tenant, until });
@@ -420,21 +425,12 @@ impl Shard {
     /// Ends a stall of `tenant` on this shard and wakes its paused
     /// publishers (they wait on timers set for the stall's full length).
     fn resume_publishers(&self, tenant: TenantId) {
-        self.stalls.borrow_mut().remove(&tenant);
+        self.throttle.borrow_mut().unstall(tenant);
         for (_, c) in self.conns.borrow().iter() {
             if c.tenant.get() == Some(tenant) {
                 c.raise(Flag::Tick);
             }
         }
-    }
-
-    /// Until when `tenant`'s publishers must wait, if they must.
-    pub(crate) fn stalled_until(&self, tenant: TenantId, now: Instant) -> Option<Instant> {
-        self.stalls
-            .borrow()
-            .get(&tenant)
-            .copied()
-            .filter(|u| *u > now)
     }
 
     // ---- the mesh ----------------------------------------------------------
@@ -454,7 +450,7 @@ impl Shard {
             }
             PeerMsg::Deliver(m) => self.on_remote_message(&m),
             PeerMsg::Stall { tenant, until } => {
-                self.stalls.borrow_mut().insert(tenant, until);
+                self.throttle.borrow_mut().stall(tenant, until);
             }
             PeerMsg::Unstall { tenant } => self.resume_publishers(tenant),
         }

@@ -1,7 +1,8 @@
 //! One shard: a pinned glommio executor and everything it owns.
 //!
 //! A [`Shard`] owns its connections, its `Router`, its end of the mesh, its
-//! rate limiters and its counters. Nothing here is shared with another thread
+//! `Throttle` (the core's rate limiters and the publisher stalls it knows of)
+//! and its counters. Nothing here is shared with another thread
 //! except through the rings, the doorbell, the command channel, the immutable
 //! configuration snapshot and the quota counters (touched on connect and
 //! subscribe only). Every `RefCell` is borrowed only between two `await`
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use arqonbus_core::authorize::Throttle;
 use arqonbus_core::metrics::{ErrorCounts, ShardMetrics, TenantStats, latency_histogram};
 use arqonbus_core::ops::{ConnectionInfo, ShardStatus};
 use arqonbus_core::router::{InterestUpdate, RoutePlan, Router};
@@ -47,7 +49,7 @@ use crate::conn::{self, ConnShared, Flag};
 use crate::doorbell::Doorbell;
 use crate::mesh::{Inbox, Link, ShardMesh};
 use crate::placement::PlacementBook;
-use crate::quota::{QuotaBook, RateKey, RateUse, Rates};
+use crate::quota::{QuotaBook, RateKey, RateUse};
 
 /// Messages from the operator (the [`crate::DataPlane`] handle) to a shard.
 #[derive(Debug)]
@@ -184,7 +186,8 @@ pub(crate) struct Shard {
     pub(crate) placement: Arc<PlacementBook>,
     /// Every shard's command port (this one's too), for hand-overs.
     pub(crate) peers: Arc<Vec<ShardPort>>,
-    pub(crate) rates: RefCell<Rates>,
+    /// Rate limiters and publisher stalls: whether a publish may go now.
+    pub(crate) throttle: RefCell<Throttle>,
     pub(crate) router: RefCell<Router>,
     pub(crate) conns: RefCell<Slab<Rc<ConnShared>>>,
     next_conn: Cell<u32>,
@@ -207,8 +210,6 @@ pub(crate) struct Shard {
     /// The mesh loop, while it is parked: woken when a ring overflows, since
     /// only the mesh loop retries overflowed messages.
     pub(crate) mesh_waker: Cell<Option<Waker>>,
-    /// Tenants whose publishers are paused (stall-publisher policy), until.
-    pub(crate) stalls: RefCell<FxHashMap<TenantId, Instant>>,
     /// `Error` frames sent, by code.
     pub(crate) errors: RefCell<ErrorCounts>,
     /// Per-tenant figures; connections keep their tenant's cell.
@@ -312,7 +313,7 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         quota,
         placement,
         peers,
-        rates: RefCell::new(Rates::new(n)),
+        throttle: RefCell::new(Throttle::new(n)),
         router: RefCell::new(Router::new(id, seed)),
         conns: RefCell::new(Slab::new()),
         next_conn: Cell::new(0),
@@ -328,7 +329,6 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         backpressure: Cell::new(false),
         bp_waiters: RefCell::new(Vec::new()),
         mesh_waker: Cell::new(None),
-        stalls: RefCell::new(FxHashMap::default()),
         errors: RefCell::new(ErrorCounts::default()),
         tenant_stats: RefCell::new(FxHashMap::default()),
         deliver_latency: RefCell::new(latency_histogram()),
@@ -398,7 +398,7 @@ async fn tick_loop(shard: Rc<Shard>) {
         let live = conns.len() as u64 + shard.accept_queue();
         drop(conns);
         shard.placement.report_live(shard.id, live);
-        shard.stalls.borrow_mut().retain(|_, until| *until > now);
+        shard.throttle.borrow_mut().expire(now);
         if shard.stopped.is_set() {
             break;
         }
@@ -641,10 +641,13 @@ impl Shard {
                 let _ = reply.send(self.metrics());
             }
             Command::RateReport(reply) => {
-                let _ = reply.send(self.rates.borrow_mut().report());
+                let _ = reply.send(self.throttle.borrow_mut().rates().report());
             }
             Command::RateShares(shares) => {
-                self.rates.borrow_mut().set_shares(&shares, Instant::now());
+                self.throttle
+                    .borrow_mut()
+                    .rates()
+                    .set_shares(&shares, Instant::now());
             }
             Command::Shutdown => {
                 tracing::info!(shard = %self.id, "shutting down");
@@ -716,7 +719,7 @@ impl Shard {
             return;
         }
         *self.config.borrow_mut() = snapshot;
-        self.rates.borrow_mut().reset();
+        self.throttle.borrow_mut().rates().reset();
         for (_, c) in self.conns.borrow().iter() {
             c.raise(Flag::Reauthorize);
         }
