@@ -1,21 +1,40 @@
 //! Fuzz target: arbitrary client bytes through the frame decoder, the
-//! connection state machine and the router, exactly as a shard drives them.
+//! connection state machine, the core's authorisation decisions and the
+//! router, exactly as a shard drives them.
 //!
 //! Input layout: byte 0 picks TLS on/off; byte 1 picks the read chunk size;
-//! the rest is the client's byte stream. The authentication snapshot accepts
-//! the credential of `proto/golden/connect.bin`, so seeding the corpus with
-//! the golden vectors lets the fuzzer reach the `Open` state quickly.
+//! the rest is the client's byte stream. The first byte of each chunk also
+//! moves the clock, and, when its top bit is set, stalls the tenant's
+//! publishers for up to 127 ms. The authentication snapshot accepts the
+//! credential of `proto/golden/connect.bin`, so seeding the corpus with the
+//! golden vectors lets the fuzzer reach the `Open` state quickly.
+//!
+//! Decisions are the core's own (`arqonbus_core::authorize`): `connect` when
+//! the session opens, `subscribe` and its quota counts, `publish` with the
+//! connection's one-shot reply permissions (granted, as a shard does, when a
+//! request is delivered to it), and the shard's `Throttle` (rate limits and
+//! stalls), whose waits are carried out by moving the clock.
 //!
 //! Checked: nothing panics; the codec decodes every body as prost does; a
 //! closing session produces no further work; no frame larger than the limit
-//! is ever buffered; routing never names the publisher when echo is off.
+//! is ever buffered; routing never names the publisher when echo is off; a
+//! publish is allowed only by the publish rules or by a reply permission,
+//! which it then uses up, and only with a receivable reply subject; a
+//! refusal names the protocol's error and sid; the subscription counts equal
+//! the subscriptions the router holds and stay within their quotas; a
+//! second session of the principal is refused at `max_connections`; a
+//! throttled publish goes once it has waited what it was told.
 #![no_main]
 #![allow(clippy::panic, reason = "a fuzz target reports bugs by panicking")]
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arqonbus_core::auth::CredentialHash;
+use arqonbus_core::authorize::{
+    self, Admission, Counts, Decision, Denial, MAX_PENDING_REPLIES, ReplyPermissions, Throttle,
+};
 use arqonbus_core::limits::Limits;
 use arqonbus_core::policy::{PolicyRules, compile, parse_pattern};
 use arqonbus_core::router::{Origin, RoutePlan, Router};
@@ -25,12 +44,15 @@ use arqonbus_core::snapshot::{
 };
 use arqonbus_core::{ConnId, CredentialId, PrincipalId, ShardId, TenantId};
 use arqonbus_proto::codec::{self, LEN_PREFIX};
-use arqonbus_proto::v1::Frame;
+use arqonbus_proto::v1::{ErrorCode, Frame};
 use bytes::{Buf, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
 
 const GOLDEN_TOKEN: &str = "abt_example-not-a-real-token";
+/// The tenant's subscription quota (the principal's is smaller).
+const TENANT_MAX_SUBS: u32 = 12;
+const PRINCIPAL_MAX_SUBS: u32 = 8;
 
 fn pattern(text: &str) -> arqonbus_core::subject::Pattern {
     match parse_pattern(text) {
@@ -63,10 +85,18 @@ fuzz_target!(|data: &[u8]| {
         allow_responses: true,
     };
     let mut config = ConfigSnapshot::new(1, limits);
+    // Quotas small enough to be reached: subscriptions, one session of the
+    // principal, and rates whose waits stay under a second (the longest a
+    // token bucket names), so a held publish always goes after its wait.
     config.insert_tenant(TenantEntry {
         id: TenantId(1),
         name: "t".into(),
-        quotas: Quotas::default(),
+        quotas: Quotas {
+            max_subscriptions: TENANT_MAX_SUBS,
+            messages_per_second: 50,
+            bytes_per_second: 40_960,
+            ..Quotas::default()
+        },
         verify_key: None,
         placement: arqonbus_core::placement::TenantPlacement::default(),
     });
@@ -75,7 +105,11 @@ fuzz_target!(|data: &[u8]| {
         tenant: TenantId(1),
         name: "p".into(),
         roles: vec![],
-        quotas: Quotas::default(),
+        quotas: Quotas {
+            max_subscriptions: PRINCIPAL_MAX_SUBS,
+            max_connections: 1,
+            ..Quotas::default()
+        },
         permissions: Arc::new(compile([&rules])),
     });
     let _ = config.insert_bearer(
@@ -97,6 +131,21 @@ fuzz_target!(|data: &[u8]| {
     let mut plan = RoutePlan::default();
     let mut interest = Vec::new();
     let mut buf = BytesMut::new();
+    // What the shard keeps for the connection: quota counts (here the only
+    // connection of its tenant and principal), reply permissions, and the
+    // shard's throttle.
+    let (conns_t, conns_p) = (Cell::new(0u32), Cell::new(0u32));
+    let connections = Counts {
+        tenant: &conns_t,
+        principal: &conns_p,
+    };
+    let (subs_t, subs_p) = (Cell::new(0u32), Cell::new(0u32));
+    let subscriptions = Counts {
+        tenant: &subs_t,
+        principal: &subs_p,
+    };
+    let mut replies: Option<ReplyPermissions> = None;
+    let mut throttle = Throttle::new(1);
 
     if tls {
         session.handle(Event::TlsEstablished, now, &config);
@@ -105,6 +154,12 @@ fuzz_target!(|data: &[u8]| {
         buf.extend_from_slice(piece);
         now.mono += Duration::from_millis(u64::from(piece[0]) * 100);
         now.unix += i64::from(piece[0]) / 10;
+        if piece[0] & 0x80 != 0 {
+            throttle.stall(
+                TenantId(1),
+                now.mono + Duration::from_millis(u64::from(piece[0] & 0x7f)),
+            );
+        }
         let _ = session.handle(Event::Tick, now, &config);
         loop {
             if !matches!(session.state(), State::AwaitingConnect | State::Open) {
@@ -137,42 +192,133 @@ fuzz_target!(|data: &[u8]| {
             if was_closing {
                 assert!(matches!(step, Step::Nothing));
             }
-            let tenant = session.identity().map(|i| i.tenant.id);
-            let perms = session.identity().map(|i| i.principal.permissions.clone());
+            let id = session.identity();
             match step {
+                Step::Welcome => {
+                    let Some(id) = id else {
+                        panic!("welcomed without an identity");
+                    };
+                    assert_eq!(authorize::connect(id, connections), Decision::Allow);
+                    // The principal's second session is over its quota.
+                    assert_eq!(
+                        authorize::connect(id, connections),
+                        Decision::Deny(Denial {
+                            code: ErrorCode::MaxConnectionsExceeded,
+                            sid: 0,
+                            detail: "tenant or principal at max_connections",
+                        })
+                    );
+                    assert_eq!((conns_t.get(), conns_p.get()), (1, 1));
+                    if ReplyPermissions::needed(&id.principal.permissions) {
+                        replies = Some(ReplyPermissions::default());
+                    }
+                }
                 Step::Subscribe {
                     sid,
                     pattern,
                     queue,
                 } => {
-                    if let Some(t) = tenant
-                        && perms.as_ref().is_some_and(|p| p.may_subscribe(&pattern))
-                    {
-                        let _ = router.subscribe(
-                            t,
-                            conn,
-                            sid,
-                            pattern,
-                            queue,
-                            limits.max_subscriptions,
-                            &mut interest,
-                        );
+                    let Some(id) = id else {
+                        panic!("subscribed without an identity");
+                    };
+                    let perms = &id.principal.permissions;
+                    let before = subs_p.get();
+                    match authorize::subscribe(id, sid, &pattern, Some(subscriptions)) {
+                        Decision::Allow => {
+                            assert!(perms.may_subscribe(&pattern));
+                            let made = router.subscribe(
+                                id.tenant.id,
+                                conn,
+                                sid,
+                                pattern,
+                                queue,
+                                limits.max_subscriptions,
+                                &mut interest,
+                            );
+                            if let Err(e) = made {
+                                subscriptions.release(1);
+                                assert_eq!(Denial::subscription(e, sid).sid, sid.0);
+                            }
+                        }
+                        Decision::Deny(d) => {
+                            assert_eq!(d.sid, sid.0);
+                            assert_eq!(subs_p.get(), before, "a refusal takes no count");
+                            match d.code {
+                                ErrorCode::PermissionDenied => {
+                                    assert!(!perms.may_subscribe(&pattern));
+                                }
+                                ErrorCode::MaxSubscriptionsExceeded => {
+                                    assert!(before >= PRINCIPAL_MAX_SUBS);
+                                }
+                                code => panic!("subscribe refused with {code:?}"),
+                            }
+                        }
                     }
                 }
                 Step::Unsubscribe { sid, after } => {
-                    let _ = router.unsubscribe(conn, sid, after, &mut interest);
+                    let removed = router.unsubscribe(conn, sid, after, &mut interest);
+                    if removed.is_ok() && after == 0 {
+                        subscriptions.release(1);
+                    }
                 }
                 Step::Publish(p) => {
-                    if let Some(t) = tenant
-                        && perms
+                    let Some(id) = id else {
+                        panic!("published without an identity");
+                    };
+                    let perms = &id.principal.permissions;
+                    let granted = replies
+                        .as_ref()
+                        .is_some_and(|r| r.contains(p.subject.as_bytes()));
+                    let decision =
+                        authorize::publish(perms, replies.as_mut(), &p.subject, p.reply.as_ref());
+                    let by_rules = perms.may_publish(&p.subject);
+                    let used = granted
+                        && !replies
                             .as_ref()
-                            .is_some_and(|perm| perm.may_publish(&p.subject))
-                    {
-                        let echo = session.echo();
-                        router.route(t, &p.subject, Origin::Local { conn, echo }, &mut plan);
-                        if !echo {
-                            assert!(plan.local.iter().all(|d| d.conn != conn));
+                            .is_some_and(|r| r.contains(p.subject.as_bytes()));
+                    // A reply permission is used only when the rules do not
+                    // allow the subject, and then whatever the outcome.
+                    assert_eq!(used, granted && !by_rules && perms.allow_responses());
+                    match decision {
+                        Decision::Allow => {
+                            assert!(perms.unrestricted() || by_rules || used);
+                            if let Some(r) = &p.reply {
+                                assert!(perms.may_receive(r));
+                            }
                         }
+                        Decision::Deny(d) => {
+                            assert_eq!((d.code, d.sid), (ErrorCode::PermissionDenied, 0));
+                            continue;
+                        }
+                    }
+                    // Held until the throttle lets it go, as a shard does.
+                    let mut waits = 0;
+                    while let Admission::Wait(w) = throttle.admit(id, p.payload.len(), || now.mono)
+                    {
+                        assert!(!w.is_zero() && w <= Duration::from_secs(1), "{w:?}");
+                        assert!(waits < 2, "still held after waiting as told");
+                        waits += 1;
+                        now.mono += w + Duration::from_millis(1);
+                    }
+                    let echo = session.echo();
+                    router.route(
+                        id.tenant.id,
+                        &p.subject,
+                        Origin::Local { conn, echo },
+                        &mut plan,
+                    );
+                    if !echo {
+                        assert!(plan.local.iter().all(|d| d.conn != conn));
+                    }
+                    for _ in plan.expired.drain(..) {
+                        subscriptions.release(1);
+                    }
+                    // A request delivered to this connection may be answered.
+                    if let (Some(reply), Some(set)) = (&p.reply, replies.as_mut()) {
+                        for _ in plan.local.iter().filter(|d| d.conn == conn) {
+                            set.grant(reply.as_bytes());
+                        }
+                        assert!(set.len() <= MAX_PENDING_REPLIES);
                     }
                 }
                 Step::Reject(r) if r.close => {
@@ -180,9 +326,18 @@ fuzz_target!(|data: &[u8]| {
                 }
                 _ => {}
             }
+            // The counts are the subscriptions held, within both quotas.
+            let held = router.subscription_count(conn) as u32;
+            assert_eq!((subs_t.get(), subs_p.get()), (held, held));
+            assert!(held <= PRINCIPAL_MAX_SUBS.min(TENANT_MAX_SUBS));
         }
     }
     router.remove_conn(conn, &mut interest);
+    subscriptions.release(subs_p.get());
+    if session.identity().is_some() {
+        connections.release(1);
+    }
+    assert_eq!((conns_t.get(), conns_p.get(), subs_t.get()), (0, 0, 0));
     // Permissions never let a denied subject through.
     if let Some(id) = session.identity() {
         let denied = arqonbus_core::subject::Subject::parse(
