@@ -356,6 +356,11 @@ impl std::fmt::Debug for Handoff {
     }
 }
 
+/// The most one client frame's answer adds to its own queue (a Pong, an
+/// error frame with its detail): room for it is kept below
+/// `max_pending_bytes` before the frame is taken.
+const MAX_ANSWER: usize = 256;
+
 /// Most loop rounds in one poll before yielding to other tasks.
 const ROUNDS_PER_POLL: usize = 8;
 
@@ -665,7 +670,7 @@ impl ConnIo {
                     self.process(shard, conn, session);
                     progress = true;
                 }
-            } else if conn.out.borrow().held() as u64
+            } else if conn.out.borrow().held_after(MAX_ANSWER, 0, 1) as u64
                 > shard.config.borrow().limits().max_pending_bytes
             {
                 // The client does not read what we answer (pongs, errors):
@@ -751,7 +756,7 @@ impl ConnIo {
             return;
         }
         let max = shard.config.borrow().limits().max_pending_bytes;
-        if (conn.out.borrow().held() as u64) < max / 2 {
+        if (conn.out.borrow().items() as u64) < max / 2 {
             conn.stalled_since.set(None);
             if let Some(t) = conn.tenant.get() {
                 shard.unstall(t);
@@ -807,7 +812,9 @@ impl ConnIo {
             {
                 break;
             }
-            if conn.out.borrow().held() as u64 > max_pending {
+            // Room for the answer this frame may queue (control frames
+            // are small), growth of the queue's buffers included.
+            if conn.out.borrow().held_after(MAX_ANSWER, 0, 1) as u64 > max_pending {
                 self.unprocessed = !self.rbuf.filled().is_empty();
                 break;
             }

@@ -6,17 +6,25 @@
 //! the queue into one vectored write of up to [`MAX_IOVECS`] slices, so many
 //! frames leave in one syscall and payloads are never copied.
 //!
-//! Accounting: limits are checked against [`Outbound::held`], the memory the
-//! queue holds, not its wire bytes. Each queued segment costs its bytes plus
-//! [`SEG_COST`] of bookkeeping, so a client that makes the server queue
-//! thousands of 6-byte Pongs pays for what they really take (a Pong costs
-//! about 50 bytes held, not 6). A payload segment costs its length: the
-//! receive buffer it shares is sized to what reads bring
-//! (`readbuf`), so what it pins beyond that stays within a small factor.
+//! Accounting: limits are checked against what the queue holds, not its
+//! wire bytes, so a client that makes the server queue millions of 6-byte
+//! Pongs pays for what they really take.
+//! - [`Outbound::held`] is the memory: the inline buffer's and the segment
+//!   ring's capacity plus the payload bytes queued. A payload shares the
+//!   receive buffer it arrived in, which is sized to what reads bring
+//!   (`readbuf`), so what it pins beyond its length stays within a small
+//!   factor. Memory limits (`max_pending_bytes`) are checked against
+//!   [`Outbound::held_after`] a push, growth of the buffers included, so
+//!   the queue never holds more than the limit; the metric reports `held`.
+//! - [`Outbound::items`] is the cost of the frames queued: each segment's
+//!   bytes plus [`SEG_COST`] of bookkeeping. It goes down as soon as frames
+//!   are written or dropped, so the drop-oldest policy and the end of a
+//!   publisher stall use it (capacity is only given back when the queue
+//!   empties).
 //!
 //! Invariants:
 //! - `pending` is the exact number of queued, unwritten bytes;
-//! - `held` is the sum over queued segments of their length plus
+//! - `items` is the sum over queued segments of their length plus
 //!   [`SEG_COST`] (a partly written segment counts whole until it goes);
 //! - the inline bytes of queued segments are `inline[inline_start..]`, in
 //!   segment order;
@@ -42,6 +50,9 @@ const COMPACT_AT: usize = 64 * 1024;
 
 /// Capacity an emptied queue keeps; more is given back.
 const IDLE_CAPACITY: usize = 16 * 1024;
+
+/// Segment slots an emptied queue keeps.
+const IDLE_SEGS: usize = 16;
 
 /// What one queued segment costs beyond its bytes: its slot in the
 /// segment ring.
@@ -79,7 +90,7 @@ pub(crate) struct Outbound {
     /// Everything written so far ends on a frame boundary.
     at_boundary: bool,
     pending: usize,
-    held: usize,
+    items: usize,
 }
 
 impl Outbound {
@@ -99,16 +110,50 @@ impl Outbound {
         self.pending == 0
     }
 
-    /// Memory the queued frames hold (see the module docs): what limits
+    /// Memory the queue holds (see the module docs): what memory limits
     /// such as `max_pending_bytes` are checked against.
     pub(crate) fn held(&self) -> usize {
-        self.held
+        let inline_queued = self.inline.len() - self.inline_start;
+        let payloads = self.items - self.segs.len() * SEG_COST - inline_queued;
+        self.inline.capacity() + self.segs.capacity() * SEG_COST + payloads
+    }
+
+    /// The cost of the frames queued: their bytes plus [`SEG_COST`] per
+    /// segment (see the module docs).
+    pub(crate) fn items(&self) -> usize {
+        self.items
     }
 
     /// What queuing a `Message` of `frame_len` wire bytes adds to
-    /// [`held`](Self::held) (its prefix and its payload, two segments).
+    /// [`items`](Self::items) (its prefix and its payload, two segments).
     pub(crate) fn message_cost(frame_len: usize) -> usize {
         frame_len + 2 * SEG_COST
+    }
+
+    /// [`held`](Self::held) after queuing `inline` more inline bytes,
+    /// `payload` more payload bytes and `segs` more segments, counting the
+    /// growth of the buffers it would cause (a `Vec` or `VecDeque` that is
+    /// full doubles): an upper bound. Checking a limit against this, not
+    /// against `held`, makes it a bound on memory: no push goes over it.
+    pub(crate) fn held_after(&self, inline: usize, payload: usize, segs: usize) -> usize {
+        let inline_cap = if self.inline.len() + inline > self.inline.capacity() {
+            (self.inline.capacity() * 2)
+                .max(self.inline.len() + inline)
+                .max(8)
+        } else {
+            self.inline.capacity()
+        };
+        let segs_cap = if self.segs.len() + segs > self.segs.capacity() {
+            (self.segs.capacity() * 2)
+                .max(self.segs.len() + segs)
+                .max(4)
+        } else {
+            self.segs.capacity()
+        };
+        self.held() - self.inline.capacity() - self.segs.capacity() * SEG_COST
+            + inline_cap
+            + segs_cap * SEG_COST
+            + payload
     }
 
     /// Records `n` bytes just appended to `inline` as a segment. Segments are
@@ -119,7 +164,7 @@ impl Outbound {
             return;
         }
         self.pending += n;
-        self.held += n + SEG_COST;
+        self.items += n + SEG_COST;
         self.segs.push_back(Seg {
             data: Data::Inline(n),
             frame_end,
@@ -148,7 +193,7 @@ impl Outbound {
         self.push_inline(self.inline.len() - before, payload.is_empty());
         if !payload.is_empty() {
             self.pending += payload.len();
-            self.held += payload.len() + SEG_COST;
+            self.items += payload.len() + SEG_COST;
             self.segs.push_back(Seg {
                 data: Data::Payload(payload.clone()),
                 frame_end: true,
@@ -179,11 +224,11 @@ impl Outbound {
         self.segs.truncate(keep);
         self.inline.truncate(self.inline_start + kept_inline);
         self.pending = self.segs.iter().map(Seg::len).sum::<usize>() - self.front_written;
-        self.held = self.segs.iter().map(|s| s.len() + SEG_COST).sum();
+        self.items = self.segs.iter().map(|s| s.len() + SEG_COST).sum();
     }
 
     /// Drops whole queued frames, oldest first (never the frame in flight),
-    /// until at least `bytes` of [`held`](Self::held) memory are freed or
+    /// until at least `bytes` of [`items`](Self::items) are freed or
     /// nothing more can go. Returns the number of frames dropped.
     pub(crate) fn drop_oldest(&mut self, bytes: usize) -> usize {
         // Segments of the frame in flight stay: they start the queue and end
@@ -241,7 +286,7 @@ impl Outbound {
         self.inline.drain(from..from + inline_cut);
         self.segs.drain(first..cut);
         self.pending -= freed;
-        self.held -= freed + freed_segs * SEG_COST;
+        self.items -= freed + freed_segs * SEG_COST;
         frames
     }
 
@@ -259,7 +304,7 @@ impl Outbound {
             }
             n -= left;
             self.front_written = 0;
-            self.held -= front.len() + SEG_COST;
+            self.items -= front.len() + SEG_COST;
             self.at_boundary = front.frame_end;
             if let Data::Inline(len) = front.data {
                 self.inline_start += len;
@@ -272,7 +317,9 @@ impl Outbound {
             // An idle connection should not keep a burst's worth of memory.
             if self.inline.capacity() > IDLE_CAPACITY {
                 self.inline.shrink_to(IDLE_CAPACITY);
-                self.segs.shrink_to(16);
+            }
+            if self.segs.capacity() > IDLE_SEGS {
+                self.segs.shrink_to(IDLE_SEGS);
             }
         } else if self.inline_start > COMPACT_AT && self.inline_start * 2 > self.inline.len() {
             self.inline.drain(..self.inline_start);
@@ -426,11 +473,45 @@ mod tests {
         }
     }
 
-    /// `held` is the queued bytes plus `SEG_COST` per segment, through
-    /// pushes, partial writes, drop-oldest and drop-queued.
+    /// `items` is the queued bytes plus `SEG_COST` per segment, and `held`
+    /// the capacities plus the payload bytes, through pushes, partial
+    /// writes, drop-oldest and drop-queued.
     fn check_held(out: &Outbound) {
         let want: usize = out.segs.iter().map(|s| s.len() + SEG_COST).sum();
-        assert_eq!(out.held(), want);
+        assert_eq!(out.items(), want);
+        let payloads: usize = out
+            .segs
+            .iter()
+            .filter_map(|s| match &s.data {
+                Data::Payload(b) => Some(b.len()),
+                Data::Inline(_) => None,
+            })
+            .sum();
+        assert_eq!(
+            out.held(),
+            out.inline.capacity() + out.segs.capacity() * SEG_COST + payloads
+        );
+        assert!(out.held() + out.pending() >= out.items());
+    }
+
+    #[test]
+    fn the_memory_after_a_push_counts_the_growth_it_causes() {
+        let mut out = Outbound::new();
+        for _ in 0..100 {
+            let pong = Kind::Pong(v1::Pong {});
+            let mut wire = Vec::new();
+            codec::encode(&pong, &mut wire).unwrap();
+            let predicted = out.held_after(wire.len(), 0, 1);
+            out.push_frame(&pong);
+            assert!(out.held() <= predicted, "{} > {predicted}", out.held());
+        }
+        let payload = Bytes::from(vec![1u8; 300]);
+        let mut t = MessageTemplate::new();
+        t.prepare(b"a.b", b"", &[], 0, payload.len());
+        let prefix = t.frame_len(9) - payload.len();
+        let predicted = out.held_after(prefix, payload.len(), 2);
+        out.push_message(&t, 9, &payload);
+        assert!(out.held() <= predicted, "{} > {predicted}", out.held());
     }
 
     #[test]
@@ -441,7 +522,7 @@ mod tests {
         }
         // A Pong is a few bytes on the wire but a whole segment held.
         assert!(out.pending() <= 1000 * 8, "{}", out.pending());
-        assert_eq!(out.held(), out.pending() + 1000 * SEG_COST);
+        assert_eq!(out.items(), out.pending() + 1000 * SEG_COST);
         assert!(out.held() >= 1000 * (SEG_COST + 2));
         check_held(&out);
         queue_messages(&mut out, 40);
@@ -461,7 +542,8 @@ mod tests {
         out.drop_queued();
         check_held(&out);
         drain(&mut out, &mut sink);
-        assert_eq!(out.held(), 0);
+        assert_eq!(out.items(), 0);
+        assert!(out.held() <= IDLE_CAPACITY + IDLE_SEGS * SEG_COST);
     }
 
     #[test]
@@ -500,10 +582,10 @@ mod tests {
             let mut out = Outbound::new();
             queue_messages(&mut out, 30);
             let mut sink = partly_written(&mut out, step);
-            let before = out.held();
+            let before = out.items();
             let dropped = out.drop_oldest(100);
             assert!(dropped > 0, "step {step}");
-            assert!(before - out.held() >= 100, "step {step}");
+            assert!(before - out.items() >= 100, "step {step}");
             sink.step = usize::MAX;
             drain(&mut out, &mut sink);
             let frames = decode_all(&sink.got);

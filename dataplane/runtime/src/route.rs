@@ -340,20 +340,31 @@ impl Shard {
             if c.closing.get() {
                 continue;
             }
-            let len = Outbound::message_cost(template.frame_len(d.sid.0));
+            let frame_len = template.frame_len(d.sid.0);
+            let len = Outbound::message_cost(frame_len);
             let mut out = c.out.borrow_mut();
-            if out.held() + len > max {
-                match c.policy.get() {
+            let policy = c.policy.get();
+            // Drop-oldest measures what dropping frees (items, since buffer
+            // capacity is only given back when the queue empties); the
+            // others the memory the queue would hold after this message.
+            let over = if policy == SlowConsumerPolicy::DropOldest {
+                out.items() + len > max
+            } else {
+                let prefix = frame_len - payload.len();
+                out.held_after(prefix, payload.len(), 2) > max
+            };
+            if over {
+                match policy {
                     SlowConsumerPolicy::Disconnect => {
                         drop(out);
                         Self::cut(c, &mut stats);
                         continue;
                     }
                     SlowConsumerPolicy::DropOldest => {
-                        let excess = out.held() + len - max;
+                        let excess = out.items() + len - max;
                         let dropped = out.drop_oldest(excess);
                         stats.dropped += dropped as u64;
-                        if out.held() + len > max {
+                        if out.items() + len > max {
                             // Only the frame in flight is left: drop this one.
                             stats.dropped += 1;
                             continue;
