@@ -133,6 +133,11 @@ pub struct SteeringSection {
     /// (stay where steering put them). Tenants keep the placement they were
     /// created with.
     pub default_placement: String,
+    /// A shard holding this many more open connections than the
+    /// least-loaded one (and over 1.25 × the mean) gives one home tenant a
+    /// new home; its connections there get a `Drain` notice and reconnect
+    /// to it. 0 turns moving tenants off.
+    pub rebalance_min_gap: u64,
 }
 
 /// One affinity rule: clients in `prefix` go to `shard`.
@@ -152,6 +157,7 @@ impl Default for SteeringSection {
             required: false,
             affinity: Vec::new(),
             default_placement: TenantPlacement::default().to_string(),
+            rebalance_min_gap: 64,
         }
     }
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arqonbus_controlplane::{ControlPlane, ControlPlaneConfig, ControlPlaneError, SeedTenant};
-use arqonbus_dataplane::{DataPlane, DataPlaneConfig, StartError};
+use arqonbus_dataplane::{DataPlane, DataPlaneConfig, Rehoming, StartError};
 
 use crate::bootstrap::BootstrapError;
 use crate::config::{Config, ConfigError};
@@ -181,6 +181,10 @@ impl Server {
         dp.tick = config.tick();
         dp.steering = config.steering.to_config()?;
         dp.steering_required = config.steering.required;
+        dp.rehome = (config.steering.rebalance_min_gap > 0).then(|| Rehoming {
+            min_gap: config.steering.rebalance_min_gap,
+            ..Rehoming::default()
+        });
         // Sampled messages feed the latency histogram and get spans: trace
         // export samples even when metrics are off.
         let exporting = config.tracing.exporting();

@@ -582,6 +582,12 @@ fn render_steering(out: &mut String, s: &SteeringCounters) {
     );
     counter(
         out,
+        "arqonbus_tenants_rehomed_total",
+        "Tenants given a new home because their shard ran hot.",
+    );
+    let _ = writeln!(out, "arqonbus_tenants_rehomed_total {}", s.rehomed);
+    counter(
+        out,
         "arqonbus_steering_map_errors_total",
         "Updates of the program's maps that failed.",
     );

@@ -103,6 +103,32 @@ pub struct DataPlaneConfig {
     /// Refuse to start when the steering program cannot be attached
     /// (instead of warning and leaving placement to the kernel's hash).
     pub steering_required: bool,
+    /// How often a shard running hot gives up one home tenant, and the
+    /// least gap (open connections, busiest minus least-loaded shard) that
+    /// counts as hot; `None` never moves tenants.
+    pub rehome: Option<Rehoming>,
+}
+
+/// Moving whole tenants off a shard that runs hot (`HomeTable::rebalance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rehoming {
+    /// How often the shards' loads are compared.
+    pub every: Duration,
+    /// The least gap, in open connections, that counts as hot.
+    pub min_gap: u64,
+    /// The window over which the moved tenant's connections are asked to
+    /// reconnect (each gets a `Drain` notice, then is closed).
+    pub window: Duration,
+}
+
+impl Default for Rehoming {
+    fn default() -> Self {
+        Self {
+            every: Duration::from_secs(2),
+            min_gap: 64,
+            window: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Makes `span` a child of the remote span named by `traceparent` (the
@@ -130,6 +156,7 @@ impl DataPlaneConfig {
             trace_parent: None,
             steering: SteeringConfig::default(),
             steering_required: false,
+            rehome: Some(Rehoming::default()),
         }
     }
 
@@ -256,15 +283,55 @@ pub struct DataPlane {
 /// How often rate-limit shares are rebalanced.
 const REBALANCE_EVERY: Duration = Duration::from_millis(200);
 
-/// Moves each rate-limited key's share towards the shards that use it.
-fn rebalancer(ports: &[ShardPort], in_use: &AtomicBool, stopping: &AtomicBool) {
+/// Moves a tenant off a shard that runs hot, when one does: its new home
+/// takes its next connections, and the old home asks its connections there
+/// to reconnect.
+fn rehome(ports: &[ShardPort], placement: &PlacementBook, r: Rehoming) {
+    if let Some(m) = placement.rebalance(r.min_gap) {
+        tracing::info!(
+            tenant = m.tenant.0,
+            from = %m.from,
+            to = %m.to,
+            connections = m.connections,
+            "placement: shard {} runs hot, tenant re-homed", m.from
+        );
+        if let Some(port) = ports.get(m.from.index()) {
+            port.send(Command::MoveTenant {
+                tenant: m.tenant,
+                window: r.window,
+            });
+        }
+    }
+}
+
+/// Moves each rate-limited key's share towards the shards that use it, and
+/// tenants off shards that run hot.
+fn rebalancer(
+    ports: &[ShardPort],
+    placement: &PlacementBook,
+    rehoming: Option<Rehoming>,
+    in_use: &AtomicBool,
+    stopping: &AtomicBool,
+) {
     let mut last = Instant::now();
+    let mut last_rehome = last;
     while !stopping.load(Ordering::Relaxed) {
-        std::thread::park_timeout(REBALANCE_EVERY);
+        std::thread::park_timeout(
+            rehoming.map_or(REBALANCE_EVERY, |r| r.every.min(REBALANCE_EVERY)),
+        );
         if stopping.load(Ordering::Relaxed) {
             break;
         }
         let now = Instant::now();
+        if let Some(r) = rehoming
+            && now.duration_since(last_rehome) >= r.every
+        {
+            last_rehome = now;
+            rehome(ports, placement, r);
+        }
+        if now.duration_since(last) < REBALANCE_EVERY {
+            continue;
+        }
         let window = now.duration_since(last).as_secs_f64().max(1e-3);
         last = now;
         if !in_use.load(Ordering::Relaxed) {
@@ -356,6 +423,8 @@ pub struct SteeringCounters {
     pub cpu_hits: u64,
     /// Map updates that failed.
     pub map_errors: u64,
+    /// Tenants moved off a shard that ran hot.
+    pub rehomed: u64,
 }
 
 /// Loads and attaches the steering program to the shards' listeners, or
@@ -553,10 +622,14 @@ impl DataPlane {
                 });
             }
         }
+        let book = plane.placement.clone();
+        let rehoming = cfg.rehome;
         plane.rebalancer = Some(
             std::thread::Builder::new()
                 .name("arqonbus-rebalancer".into())
-                .spawn(move || rebalancer(&ports, &rates_in_use, &stopping))?,
+                .spawn(move || {
+                    rebalancer(&ports, &book, rehoming, &rates_in_use, &stopping);
+                })?,
         );
         let steering = plane.steering_status();
         tracing::info!(
@@ -704,6 +777,7 @@ impl DataPlane {
             affinity_hits: c.affinity_hits,
             cpu_hits: c.cpu_hits,
             map_errors,
+            rehomed: self.placement.rehomed(),
         }
     }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use arqonbus_core::placement::{
-    HomeTable, Placed, SteeringConfig, SteeringMode, TenantPlacement, least_loaded,
+    HomeTable, Placed, Rehome, SteeringConfig, SteeringMode, TenantPlacement, least_loaded,
 };
 use arqonbus_core::{ShardId, TenantId};
 use arqonbus_ebpf::{Mode, Steering};
@@ -53,6 +53,8 @@ pub(crate) struct PlacementBook {
     steering: Mutex<SteeringState>,
     /// Map updates that failed (the program keeps its last values).
     map_errors: AtomicU64,
+    /// Tenants moved off a hot shard.
+    rehomed: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,6 +81,7 @@ impl PlacementBook {
             draining: AtomicU64::new(0),
             steering: Mutex::new(steering),
             map_errors: AtomicU64::new(0),
+            rehomed: AtomicU64::new(0),
         }
     }
 
@@ -113,6 +116,30 @@ impl PlacementBook {
             };
         }
         lock(&self.homes).place(tenant, placement, current, &loads, draining)
+    }
+
+    /// Moves one tenant off a shard that runs hot (`HomeTable::rebalance`),
+    /// if one does; the caller asks its connections there to reconnect.
+    pub(crate) fn rebalance(&self, min_gap: u64) -> Option<Rehome> {
+        if self.loads.len() < 2 {
+            return None;
+        }
+        let loads: smallvec::SmallVec<[u64; 16]> = self
+            .loads
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .collect();
+        let draining = self.draining.load(Ordering::Relaxed);
+        let moved = lock(&self.homes).rebalance(&loads, draining, min_gap);
+        if moved.is_some() {
+            self.rehomed.fetch_add(1, Ordering::Relaxed);
+        }
+        moved
+    }
+
+    /// Tenants moved off a hot shard so far.
+    pub(crate) fn rehomed(&self) -> u64 {
+        self.rehomed.load(Ordering::Relaxed)
     }
 
     /// A connection of `tenant` on `shard` closed.

@@ -72,6 +72,14 @@ pub(crate) enum Command {
     /// Serve a connection another shard authenticated: this shard is its
     /// tenant's home.
     Adopt(Box<conn::Handoff>),
+    /// The tenant has a new home: ask its connections here to reconnect
+    /// (a `Drain` notice each, closes spread over `window`).
+    MoveTenant {
+        /// The tenant.
+        tenant: TenantId,
+        /// Spread of the closes.
+        window: Duration,
+    },
     /// Accept again after a drain.
     Resume,
     /// Reply with the shard's status.
@@ -621,6 +629,9 @@ impl Shard {
                 let _ = reply.send(found.is_some());
             }
             Command::Drain { close_listener } => self.drain(close_listener),
+            Command::MoveTenant { tenant, window } => {
+                self.send_away(window, "tenant moved to another shard", Some(tenant));
+            }
             Command::Adopt(handoff) => {
                 glommio::spawn_local(conn::adopt(self.clone(), handoff)).detach();
             }
@@ -731,15 +742,25 @@ impl Shard {
     fn lame_duck(&self, window: Duration) {
         self.draining.set(true);
         self.stop_listening();
+        self.send_away(window, "server shutting down", None);
+    }
+
+    /// Tells connections (all, or those of `tenant`) to move with a `Drain`
+    /// notice, and closes each at a fixed point of `window` so they do not
+    /// all reconnect at once.
+    fn send_away(&self, window: Duration, reason: &str, tenant: Option<TenantId>) {
         let now = Instant::now();
         let deadline_ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
         let notice = Kind::Drain(v1::Drain {
             deadline_ms,
-            reason: "server shutting down".into(),
+            reason: reason.into(),
         });
         let conns = self.conns.borrow();
-        tracing::info!(shard = %self.id, connections = conns.len(), ?window, "lame duck: moving clients away");
+        tracing::info!(shard = %self.id, connections = conns.len(), tenant = tenant.map(|t| t.0), ?window, reason, "moving clients away");
         for (_, c) in conns.iter() {
+            if tenant.is_some() && c.tenant.get() != tenant {
+                continue;
+            }
             // A fixed spread per connection: a hash of its id over the window.
             let spread =
                 (c.id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / (1u64 << 53) as f64;

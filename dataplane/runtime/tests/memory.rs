@@ -44,16 +44,16 @@ fn flood(c: &mut RawClient, frame: &Kind, max: usize) -> (usize, Vec<u8>) {
     }
     c.sock.set_write_timeout(None).unwrap();
     let cut = total % one.len();
-    let tail = if cut == 0 { Vec::new() } else { one[cut..].to_vec() };
+    let tail = if cut == 0 {
+        Vec::new()
+    } else {
+        one[cut..].to_vec()
+    };
     (total / one.len(), tail)
 }
 
 fn held_for_clients(dp: &arqonbus_dataplane::DataPlane) -> u64 {
-    dp.metrics()
-        .unwrap()
-        .iter()
-        .map(|m| m.outbound_bytes)
-        .sum()
+    dp.metrics().unwrap().iter().map(|m| m.outbound_bytes).sum()
 }
 
 fn limited() -> arqonbus_dataplane::DataPlaneConfig {

@@ -251,3 +251,47 @@ fn without_the_capability_the_node_falls_back_to_the_kernel_hash_or_refuses_if_r
     .join()
     .unwrap();
 }
+
+#[test]
+fn a_shard_that_runs_hot_hands_a_whole_tenant_to_the_coldest_shard() {
+    let mut cfg = config(TenantPlacement::Home, TenantPlacement::Spread);
+    cfg.rehome = Some(arqonbus_dataplane::Rehoming {
+        every: std::time::Duration::from_millis(50),
+        min_gap: 8,
+        window: std::time::Duration::from_millis(100),
+    });
+    let dp = common::start(&cfg);
+    let addr = dp.local_addr();
+    // Tenant "a" (home) settles on one shard with 4 connections.
+    let mut a: Vec<_> = (0..4).map(|_| RawClient::connect(addr, TOKEN_A)).collect();
+    let old_home = a[0].shard();
+    assert!(a.iter().all(|c| c.shard() == old_home));
+    // Tenant "b" is then pinned to the same shard with 16 connections: it
+    // runs hot (20 against 0), and only "a" can move.
+    let pinned = TenantPlacement::Pinned(arqonbus_core::ShardId(old_home as u16));
+    dp.apply(&Arc::new(common::snapshot_placed(
+        2,
+        Limits::default(),
+        TenantPlacement::Home,
+        pinned,
+    )))
+    .unwrap();
+    let b: Vec<_> = (0..16).map(|_| RawClient::connect(addr, TOKEN_B)).collect();
+    assert!(b.iter().all(|c| c.shard() == old_home));
+    // Every connection of "a" is told to move, then closed.
+    for c in &mut a {
+        match c.next() {
+            Some(Kind::Drain(d)) => assert_eq!(d.reason, "tenant moved to another shard"),
+            other => panic!("expected a Drain notice, got {other:?}"),
+        }
+        assert!(matches!(c.next(), Some(Kind::Error(_)) | None));
+    }
+    // Reconnecting, "a" meets again on its new home.
+    let again: Vec<_> = (0..4).map(|_| RawClient::connect(addr, TOKEN_A)).collect();
+    let new_home = again[0].shard();
+    assert_ne!(new_home, old_home);
+    assert!(again.iter().all(|c| c.shard() == new_home));
+    assert_eq!(dp.steering_counters().rehomed, 1);
+    drop((b, again));
+    dp.shutdown();
+}
