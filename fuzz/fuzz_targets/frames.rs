@@ -144,7 +144,7 @@ fuzz_target!(|data: &[u8]| {
         tenant: &subs_t,
         principal: &subs_p,
     };
-    let mut replies: Option<ReplyPermissions> = None;
+    let replies = ReplyPermissions::default();
     let mut throttle = Throttle::new(1);
 
     if tls {
@@ -209,9 +209,7 @@ fuzz_target!(|data: &[u8]| {
                         })
                     );
                     assert_eq!((conns_t.get(), conns_p.get()), (1, 1));
-                    if ReplyPermissions::needed(&id.principal.permissions) {
-                        replies = Some(ReplyPermissions::default());
-                    }
+                    replies.set_permissions(&id.principal.permissions);
                 }
                 Step::Subscribe {
                     sid,
@@ -266,16 +264,11 @@ fuzz_target!(|data: &[u8]| {
                         panic!("published without an identity");
                     };
                     let perms = &id.principal.permissions;
-                    let granted = replies
-                        .as_ref()
-                        .is_some_and(|r| r.contains(p.subject.as_bytes()));
+                    let granted = replies.contains(p.subject.as_bytes());
                     let decision =
-                        authorize::publish(perms, replies.as_mut(), &p.subject, p.reply.as_ref());
+                        authorize::publish(perms, &replies, &p.subject, p.reply.as_ref());
                     let by_rules = perms.may_publish(&p.subject);
-                    let used = granted
-                        && !replies
-                            .as_ref()
-                            .is_some_and(|r| r.contains(p.subject.as_bytes()));
+                    let used = granted && !replies.contains(p.subject.as_bytes());
                     // A reply permission is used only when the rules do not
                     // allow the subject, and then whatever the outcome.
                     assert_eq!(used, granted && !by_rules && perms.allow_responses());
@@ -314,12 +307,14 @@ fuzz_target!(|data: &[u8]| {
                         subscriptions.release(1);
                     }
                     // A request delivered to this connection may be answered.
-                    if let (Some(reply), Some(set)) = (&p.reply, replies.as_mut()) {
+                    if let Some(reply) = &p.reply {
                         for _ in plan.local.iter().filter(|d| d.conn == conn) {
-                            set.grant(reply.as_bytes());
+                            replies.grant(reply.as_bytes());
                         }
-                        assert!(set.len() <= MAX_PENDING_REPLIES);
                     }
+                    assert!(replies.len() <= MAX_PENDING_REPLIES);
+                    // Kept only for a principal that may need them.
+                    assert!(ReplyPermissions::needed(perms) || replies.is_empty());
                 }
                 Step::Reject(r) if r.close => {
                     assert_eq!(session.state(), State::Closing);

@@ -33,7 +33,7 @@
 //! requester's receive buffer, which a permission kept for later must not
 //! pin. Nothing on the publish path allocates.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -121,9 +121,23 @@ pub const MAX_PENDING_REPLIES: usize = 1024;
 /// Reply subjects a restricted principal may answer once: the requests it
 /// received. Bounded at [`MAX_PENDING_REPLIES`]; the oldest is forgotten
 /// first. Each entry is a copy, never a slice of a receive buffer.
+///
+/// Shared by the connection's task (which uses them up when it publishes)
+/// and the deliveries of its shard (which grant them), hence `&self`
+/// methods. Kept only for a principal that needs them
+/// ([`ReplyPermissions::needed`]); otherwise grants are ignored and none is
+/// held. Unused, it allocates nothing, and a publish allowed by its rules
+/// never touches it.
 #[derive(Debug, Default)]
 pub struct ReplyPermissions {
-    /// Oldest first; each entry also in `set`, once.
+    /// Whether the principal needs them (set by [`Self::set_permissions`]).
+    kept: Cell<bool>,
+    pending: RefCell<Pending>,
+}
+
+/// The permissions held, oldest first; each entry also in `set`, once.
+#[derive(Debug, Default)]
+struct Pending {
     order: VecDeque<Bytes>,
     set: FxHashSet<Bytes>,
 }
@@ -136,68 +150,91 @@ impl ReplyPermissions {
         !perms.unrestricted() && perms.allow_responses()
     }
 
+    /// Reply permissions for a principal with `perms` (none held yet).
+    pub fn for_permissions(perms: &Permissions) -> Self {
+        let r = Self::default();
+        r.set_permissions(perms);
+        r
+    }
+
+    /// The principal's permissions are now `perms`: keeps what is held if it
+    /// still needs reply permissions, forgets everything if not.
+    pub fn set_permissions(&self, perms: &Permissions) {
+        let kept = Self::needed(perms);
+        if self.kept.replace(kept) && !kept {
+            *self.pending.borrow_mut() = Pending::default();
+        }
+    }
+
     /// A request with reply subject `reply` was delivered: it may be
-    /// answered once. Already permitted: nothing changes.
-    pub fn grant(&mut self, reply: &[u8]) {
-        if self.set.contains(reply) {
+    /// answered once. Already permitted, or not kept: nothing changes.
+    pub fn grant(&self, reply: &[u8]) {
+        if !self.kept.get() {
+            return;
+        }
+        let mut p = self.pending.borrow_mut();
+        if p.set.contains(reply) {
             return;
         }
         let reply = Bytes::copy_from_slice(reply);
-        self.set.insert(reply.clone());
-        self.order.push_back(reply);
-        if self.order.len() > MAX_PENDING_REPLIES
-            && let Some(old) = self.order.pop_front()
+        p.set.insert(reply.clone());
+        p.order.push_back(reply);
+        if p.order.len() > MAX_PENDING_REPLIES
+            && let Some(old) = p.order.pop_front()
         {
-            self.set.remove(&old);
+            p.set.remove(&old);
         }
     }
 
     /// Uses up the permission to answer on `subject`, if there is one.
-    pub fn take(&mut self, subject: &Subject) -> bool {
-        let s = subject.as_bytes();
-        if !self.set.remove(s) {
+    pub fn take(&self, subject: &Subject) -> bool {
+        if !self.kept.get() {
             return false;
         }
-        if let Some(i) = self.order.iter().position(|r| r.as_ref() == s) {
-            self.order.remove(i);
+        let mut p = self.pending.borrow_mut();
+        let s = subject.as_bytes();
+        if !p.set.remove(s) {
+            return false;
+        }
+        if let Some(i) = p.order.iter().position(|r| r.as_ref() == s) {
+            p.order.remove(i);
         }
         true
     }
 
     /// Whether answering on `reply` is permitted now.
     pub fn contains(&self, reply: &[u8]) -> bool {
-        self.set.contains(reply)
+        self.pending.borrow().set.contains(reply)
     }
 
-    /// How many permissions are kept.
+    /// How many permissions are held.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.pending.borrow().order.len()
     }
 
-    /// True when none are kept.
+    /// True when none is held.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.pending.borrow().order.is_empty()
     }
 }
 
 /// May a principal with `perms` publish to `subject`, naming `reply`?
 ///
-/// `replies` are the connection's reply permissions (`None` when it keeps
-/// none). One is used up when the publish needs it, that is when the
-/// subject's publish rules alone do not allow it; it is used up even when
-/// the reply subject is then refused.
+/// `replies` are the connection's reply permissions. One is used up when
+/// the publish needs it, that is when the subject's publish rules alone do
+/// not allow it; it is used up even when the reply subject is then refused.
 #[inline]
 pub fn publish(
     perms: &Permissions,
-    replies: Option<&mut ReplyPermissions>,
+    replies: &ReplyPermissions,
     subject: &Subject,
     reply: Option<&Subject>,
 ) -> Decision {
     if perms.unrestricted() {
         return Decision::Allow;
     }
-    let to_subject = perms.may_publish(subject)
-        || (perms.allow_responses() && replies.is_some_and(|r| r.take(subject)));
+    let to_subject =
+        perms.may_publish(subject) || (perms.allow_responses() && replies.take(subject));
     if to_subject && reply.is_none_or(|r| perms.may_receive(r)) {
         Decision::Allow
     } else {
@@ -498,6 +535,11 @@ mod tests {
         q
     }
 
+    /// No reply permission held.
+    fn none() -> ReplyPermissions {
+        ReplyPermissions::default()
+    }
+
     fn is_denied(d: Decision, code: ErrorCode) -> bool {
         matches!(d, Decision::Deny(x) if x.code == code)
     }
@@ -507,7 +549,8 @@ mod tests {
     #[test]
     fn given_no_policy_when_publishing_anywhere_then_allowed() {
         let perms = compile([]);
-        let d = publish(&perms, None, &s("any.thing"), Some(&s("billing.x")));
+        let replies = ReplyPermissions::for_permissions(&perms);
+        let d = publish(&perms, &replies, &s("any.thing"), Some(&s("billing.x")));
         assert_eq!(d, Decision::Allow);
     }
 
@@ -515,17 +558,20 @@ mod tests {
     fn given_an_allowed_subject_when_publishing_then_allowed() {
         let perms = restricted(false);
         assert_eq!(
-            publish(&perms, None, &s("orders.eu"), None),
+            publish(&perms, &none(), &s("orders.eu"), None),
             Decision::Allow
         );
-        assert_eq!(publish(&perms, None, &s("jobs.a.b"), None), Decision::Allow);
+        assert_eq!(
+            publish(&perms, &none(), &s("jobs.a.b"), None),
+            Decision::Allow
+        );
     }
 
     #[test]
     fn given_a_subject_allowed_and_denied_when_publishing_then_deny_wins() {
         let perms = restricted(false);
         assert_eq!(
-            publish(&perms, None, &s("orders.secret"), None),
+            publish(&perms, &none(), &s("orders.secret"), None),
             Decision::Deny(Denial {
                 code: ErrorCode::PermissionDenied,
                 sid: 0,
@@ -533,7 +579,7 @@ mod tests {
             })
         );
         assert!(is_denied(
-            publish(&perms, None, &s("billing.x"), None),
+            publish(&perms, &none(), &s("billing.x"), None),
             ErrorCode::PermissionDenied
         ));
     }
@@ -543,14 +589,14 @@ mod tests {
         let perms = restricted(false);
         let inbox = s("_INBOX.me.1");
         assert_eq!(
-            publish(&perms, None, &s("orders.eu"), Some(&inbox)),
+            publish(&perms, &none(), &s("orders.eu"), Some(&inbox)),
             Decision::Allow
         );
         // orders.secret.x matches the subscribe allow `orders.>` and the
         // deny `orders.secret.>`: deny wins.
         for reply in ["orders.secret.x", "billing.inbox"] {
             assert!(is_denied(
-                publish(&perms, None, &s("orders.eu"), Some(&s(reply))),
+                publish(&perms, &none(), &s("orders.eu"), Some(&s(reply))),
                 ErrorCode::PermissionDenied
             ));
         }
@@ -559,20 +605,17 @@ mod tests {
     #[test]
     fn given_a_received_request_when_answering_then_allowed_once() {
         let perms = restricted(true);
-        let mut replies = ReplyPermissions::default();
+        let replies = ReplyPermissions::for_permissions(&perms);
         let answer = s("billing.reply.1");
         assert!(is_denied(
-            publish(&perms, Some(&mut replies), &answer, None),
+            publish(&perms, &replies, &answer, None),
             ErrorCode::PermissionDenied
         ));
         replies.grant(answer.as_bytes());
-        assert_eq!(
-            publish(&perms, Some(&mut replies), &answer, None),
-            Decision::Allow
-        );
+        assert_eq!(publish(&perms, &replies, &answer, None), Decision::Allow);
         assert!(replies.is_empty());
         assert!(is_denied(
-            publish(&perms, Some(&mut replies), &answer, None),
+            publish(&perms, &replies, &answer, None),
             ErrorCode::PermissionDenied
         ));
     }
@@ -582,10 +625,10 @@ mod tests {
         // allow_responses: the one permitted answer passes even where the
         // publish rules deny the subject.
         let perms = restricted(true);
-        let mut replies = ReplyPermissions::default();
+        let replies = ReplyPermissions::for_permissions(&perms);
         replies.grant(b"orders.secret");
         assert_eq!(
-            publish(&perms, Some(&mut replies), &s("orders.secret"), None),
+            publish(&perms, &replies, &s("orders.secret"), None),
             Decision::Allow
         );
     }
@@ -593,39 +636,56 @@ mod tests {
     #[test]
     fn given_an_allowed_subject_when_publishing_then_no_reply_permission_is_used() {
         let perms = restricted(true);
-        let mut replies = ReplyPermissions::default();
+        let replies = ReplyPermissions::for_permissions(&perms);
         replies.grant(b"orders.eu");
         assert_eq!(
-            publish(&perms, Some(&mut replies), &s("orders.eu"), None),
+            publish(&perms, &replies, &s("orders.eu"), None),
             Decision::Allow
         );
         assert!(replies.contains(b"orders.eu"));
     }
 
     #[test]
-    fn given_responses_not_allowed_when_answering_then_permissions_are_ignored() {
+    fn given_responses_not_allowed_when_a_request_is_delivered_then_no_permission_is_kept() {
         let perms = restricted(false);
         assert!(!ReplyPermissions::needed(&perms));
         assert!(ReplyPermissions::needed(&restricted(true)));
         assert!(!ReplyPermissions::needed(&compile([])));
-        let mut replies = ReplyPermissions::default();
+        let replies = ReplyPermissions::for_permissions(&perms);
         replies.grant(b"billing.reply");
+        assert!(replies.is_empty());
         assert!(is_denied(
-            publish(&perms, Some(&mut replies), &s("billing.reply"), None),
+            publish(&perms, &replies, &s("billing.reply"), None),
             ErrorCode::PermissionDenied
         ));
-        assert_eq!(replies.len(), 1, "not used up");
+    }
+
+    #[test]
+    fn given_permissions_that_change_then_replies_are_kept_only_while_needed() {
+        let replies = ReplyPermissions::for_permissions(&restricted(true));
+        replies.grant(b"a.1");
+        // Still needed: what is held stays.
+        replies.set_permissions(&restricted(true));
+        assert!(replies.contains(b"a.1"));
+        // No longer needed: everything is forgotten, and grants are ignored.
+        replies.set_permissions(&compile([]));
+        assert!(replies.is_empty());
+        replies.grant(b"a.2");
+        assert!(replies.is_empty());
+        replies.set_permissions(&restricted(true));
+        replies.grant(b"a.3");
+        assert_eq!(replies.len(), 1);
     }
 
     #[test]
     fn given_an_answer_naming_a_refused_reply_subject_then_denied_and_the_permission_is_used() {
         let perms = restricted(true);
-        let mut replies = ReplyPermissions::default();
+        let replies = ReplyPermissions::for_permissions(&perms);
         replies.grant(b"billing.reply");
         assert!(is_denied(
             publish(
                 &perms,
-                Some(&mut replies),
+                &replies,
                 &s("billing.reply"),
                 Some(&s("billing.inbox"))
             ),
@@ -636,7 +696,7 @@ mod tests {
 
     #[test]
     fn given_1024_reply_permissions_when_one_more_is_granted_then_the_oldest_is_forgotten() {
-        let mut replies = ReplyPermissions::default();
+        let replies = ReplyPermissions::for_permissions(&restricted(true));
         for i in 0..MAX_PENDING_REPLIES {
             replies.grant(format!("r.{i}").as_bytes());
         }
@@ -660,9 +720,10 @@ mod tests {
     #[test]
     fn given_a_reply_slice_of_a_big_buffer_when_granted_then_the_permission_is_a_copy() {
         let buffer = Bytes::from(vec![b'a'; 64 * 1024]);
-        let mut replies = ReplyPermissions::default();
+        let replies = ReplyPermissions::for_permissions(&restricted(true));
         replies.grant(&buffer[..8]);
-        let kept = replies.order.front().unwrap();
+        let pending = replies.pending.borrow();
+        let kept = pending.order.front().unwrap();
         assert_eq!(kept.len(), 8);
         assert!(!buffer.as_ptr_range().contains(&kept.as_ptr()));
     }

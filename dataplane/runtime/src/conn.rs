@@ -106,9 +106,9 @@ pub(crate) struct ConnShared {
     pub(crate) stall_max: Cell<Duration>,
     /// Set while this subscriber is stalling its tenant's publishers.
     pub(crate) stalled_since: Cell<Option<Instant>>,
-    /// Requests it received that it may answer once (restricted principals
-    /// with `allow_responses` only).
-    replies: RefCell<Option<ReplyPermissions>>,
+    /// Requests it received that it may answer once (kept for restricted
+    /// principals with `allow_responses` only).
+    replies: ReplyPermissions,
     holds: RefCell<Option<Holds>>,
     /// This connection's tenant's figures on this shard, once authenticated.
     tenant_cell: RefCell<Option<Rc<TenantCell>>>,
@@ -157,7 +157,7 @@ impl ConnShared {
             policy: Cell::new(SlowConsumerPolicy::Disconnect),
             stall_max: Cell::new(Duration::from_millis(100)),
             stalled_since: Cell::new(None),
-            replies: RefCell::new(None),
+            replies: ReplyPermissions::default(),
             holds: RefCell::new(None),
             tenant_cell: RefCell::new(None),
             accepted_at,
@@ -215,13 +215,7 @@ impl ConnShared {
         } else {
             q.stall_max
         });
-        let wants_replies = ReplyPermissions::needed(&id.principal.permissions);
-        let mut replies = self.replies.borrow_mut();
-        match (wants_replies, replies.is_some()) {
-            (true, false) => *replies = Some(ReplyPermissions::default()),
-            (false, true) => *replies = None,
-            _ => {}
-        }
+        self.replies.set_permissions(&id.principal.permissions);
     }
 
     /// A request with reply subject `reply` was delivered here: it may be
@@ -229,9 +223,7 @@ impl ConnShared {
     /// `reply` is a slice of the requester's receive buffer, which it must
     /// not pin.
     pub(crate) fn allow_reply(&self, reply: &Bytes) {
-        if let Some(replies) = self.replies.borrow_mut().as_mut() {
-            replies.grant(reply);
-        }
+        self.replies.grant(reply);
     }
 
     pub(crate) fn count_out(&self, bytes: usize) {
@@ -971,7 +963,7 @@ impl ConnIo {
         let Some(id) = session.identity() else { return };
         let decision = authorize::publish(
             &id.principal.permissions,
-            conn.replies.borrow_mut().as_mut(),
+            &conn.replies,
             &msg.subject,
             msg.reply.as_ref(),
         );
