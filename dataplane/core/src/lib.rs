@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`subject`]: the subject, pattern and queue-group grammar;
 //! - [`index`]: the token trie from patterns to per-pattern slots;
+//! - [`barrier`]: when a client's `Ping` may be answered (every other shard
+//!   applied the interest updates sent before it);
 //! - [`router`]: one shard's subscriptions, its replica of the other shards'
 //!   interest, and routing decisions (local deliveries, one copy per
 //!   interested remote shard, queue-group choice);
@@ -31,6 +33,7 @@
 
 pub mod auth;
 pub mod authorize;
+pub mod barrier;
 pub mod ids;
 pub mod index;
 pub mod limits;

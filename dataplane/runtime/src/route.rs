@@ -15,7 +15,9 @@
 //!   wait (`Throttle::admit`, in the core).
 //! - **Barrier**: every interest update carries an increasing `seq`; peers
 //!   acknowledge the highest one they applied; a client's `Ping` is answered
-//!   once every peer acknowledged the `seq` current when it arrived.
+//!   once every peer acknowledged the `seq` current when it arrived. The
+//!   numbers and who acknowledged what are the core's `Barrier`; this file
+//!   sends them over the rings and queues the `Pong`s.
 
 use std::time::Instant;
 
@@ -93,9 +95,9 @@ impl Shard {
         }
         let mut links = self.links.borrow_mut();
         let mut full = 0;
+        let mut barrier = self.barrier.borrow_mut();
         for update in updates.drain(..) {
-            let seq = self.interest_seq.get() + 1;
-            self.interest_seq.set(seq);
+            let seq = barrier.number();
             for link in links.iter_mut() {
                 if !link.send(PeerMsg::Interest {
                     seq,
@@ -118,40 +120,19 @@ impl Shard {
         }
     }
 
-    fn min_acked(&self) -> u64 {
-        let acked = self.acked.borrow();
-        self.links
-            .borrow()
-            .iter()
-            .map(|l| acked[l.peer.index()])
-            .min()
-            .unwrap_or(u64::MAX)
-    }
-
     /// Answers a client's `Ping` now, or when the barrier allows.
     pub(crate) fn pong(&self, conn: &ConnShared) {
-        let seq = self.interest_seq.get();
-        if seq <= self.min_acked() {
+        if self.barrier.borrow_mut().ping(conn.id) {
             conn.out.borrow_mut().push_frame(&Kind::Pong(v1::Pong {}));
-        } else {
-            self.pending_pongs.borrow_mut().push_back((seq, conn.id));
         }
     }
 
+    /// Answers the pings the barrier now lets through.
     fn release_pongs(&self) {
-        let min = self.min_acked();
         loop {
-            let next = {
-                let mut pending = self.pending_pongs.borrow_mut();
-                match pending.front() {
-                    Some(&(seq, id)) if seq <= min => {
-                        pending.pop_front();
-                        id
-                    }
-                    _ => break,
-                }
-            };
-            self.send_frame(next, &Kind::Pong(v1::Pong {}));
+            let next = self.barrier.borrow_mut().next_ready();
+            let Some(id) = next else { break };
+            self.send_frame(id, &Kind::Pong(v1::Pong {}));
         }
     }
 
@@ -450,13 +431,10 @@ impl Shard {
         match msg {
             PeerMsg::Interest { seq, update } => {
                 self.router.borrow_mut().apply_interest(from, &update);
-                self.acks_due.borrow_mut()[from.index()] = Some(seq);
+                self.barrier.borrow_mut().applied(from, seq);
             }
             PeerMsg::InterestAck { seq } => {
-                let mut acked = self.acked.borrow_mut();
-                let slot = &mut acked[from.index()];
-                *slot = (*slot).max(seq);
-                drop(acked);
+                self.barrier.borrow_mut().acknowledged(from, seq);
                 self.release_pongs();
             }
             PeerMsg::Deliver(m) => self.on_remote_message(&m),
@@ -514,10 +492,10 @@ impl Shard {
     /// End of a batch of work: acknowledge interest, push overflow into the
     /// rings, ring the peers' doorbells, update back-pressure.
     pub(crate) fn after_batch(&self) {
-        let mut due = self.acks_due.borrow_mut();
+        let mut barrier = self.barrier.borrow_mut();
         let mut links = self.links.borrow_mut();
         for link in links.iter_mut() {
-            if let Some(seq) = due[link.peer.index()].take()
+            if let Some(seq) = barrier.take_due(link.peer)
                 && !link.send(PeerMsg::InterestAck { seq })
             {
                 self.wake_mesh();

@@ -21,7 +21,6 @@
 //! `route.rs`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
@@ -30,6 +29,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use arqonbus_core::authorize::Throttle;
+use arqonbus_core::barrier::Barrier;
 use arqonbus_core::metrics::{ErrorCounts, ShardMetrics, TenantStats, latency_histogram};
 use arqonbus_core::ops::{ConnectionInfo, ShardStatus};
 use arqonbus_core::router::{InterestUpdate, RoutePlan, Router};
@@ -205,14 +205,9 @@ pub(crate) struct Shard {
     pub(crate) plan: RefCell<RoutePlan>,
     pub(crate) template: RefCell<MessageTemplate>,
     pub(crate) interest_out: RefCell<Vec<InterestUpdate>>,
-    /// Sequence number of the last interest update this shard sent.
-    pub(crate) interest_seq: Cell<u64>,
-    /// Highest of our interest updates each shard has applied (by index).
-    pub(crate) acked: RefCell<Vec<u64>>,
-    /// Highest interest update from each shard we applied and not yet acked.
-    pub(crate) acks_due: RefCell<Vec<Option<u64>>>,
-    /// Pongs waiting for the barrier: (required seq, connection).
-    pub(crate) pending_pongs: RefCell<VecDeque<(u64, ConnId)>>,
+    /// The subscription barrier: interest update numbers, acknowledgements
+    /// and the pings waiting for them.
+    pub(crate) barrier: RefCell<Barrier>,
     pub(crate) backpressure: Cell<bool>,
     pub(crate) bp_waiters: RefCell<Vec<Waker>>,
     /// The mesh loop, while it is parked: woken when a ring overflows, since
@@ -330,10 +325,7 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         plan: RefCell::new(RoutePlan::default()),
         template: RefCell::new(MessageTemplate::new()),
         interest_out: RefCell::new(Vec::new()),
-        interest_seq: Cell::new(0),
-        acked: RefCell::new(vec![0; n]),
-        acks_due: RefCell::new(vec![None; n]),
-        pending_pongs: RefCell::new(VecDeque::new()),
+        barrier: RefCell::new(Barrier::new(id, n)),
         backpressure: Cell::new(false),
         bp_waiters: RefCell::new(Vec::new()),
         mesh_waker: Cell::new(None),
