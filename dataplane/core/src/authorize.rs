@@ -130,9 +130,9 @@ pub const MAX_PENDING_REPLIES: usize = 1024;
 /// never touches it.
 #[derive(Debug, Default)]
 pub struct ReplyPermissions {
-    /// Whether the principal needs them (set by [`Self::set_permissions`]).
-    kept: Cell<bool>,
-    pending: RefCell<Pending>,
+    /// `None` while the principal does not need them (see
+    /// [`Self::set_permissions`]).
+    pending: RefCell<Option<Pending>>,
 }
 
 /// The permissions held, oldest first; each entry also in `set`, once.
@@ -160,19 +160,19 @@ impl ReplyPermissions {
     /// The principal's permissions are now `perms`: keeps what is held if it
     /// still needs reply permissions, forgets everything if not.
     pub fn set_permissions(&self, perms: &Permissions) {
-        let kept = Self::needed(perms);
-        if self.kept.replace(kept) && !kept {
-            *self.pending.borrow_mut() = Pending::default();
+        let mut pending = self.pending.borrow_mut();
+        match (Self::needed(perms), pending.is_some()) {
+            (true, false) => *pending = Some(Pending::default()),
+            (false, true) => *pending = None,
+            _ => {}
         }
     }
 
     /// A request with reply subject `reply` was delivered: it may be
     /// answered once. Already permitted, or not kept: nothing changes.
     pub fn grant(&self, reply: &[u8]) {
-        if !self.kept.get() {
-            return;
-        }
-        let mut p = self.pending.borrow_mut();
+        let mut pending = self.pending.borrow_mut();
+        let Some(p) = pending.as_mut() else { return };
         if p.set.contains(reply) {
             return;
         }
@@ -188,10 +188,10 @@ impl ReplyPermissions {
 
     /// Uses up the permission to answer on `subject`, if there is one.
     pub fn take(&self, subject: &Subject) -> bool {
-        if !self.kept.get() {
+        let mut pending = self.pending.borrow_mut();
+        let Some(p) = pending.as_mut() else {
             return false;
-        }
-        let mut p = self.pending.borrow_mut();
+        };
         let s = subject.as_bytes();
         if !p.set.remove(s) {
             return false;
@@ -204,17 +204,20 @@ impl ReplyPermissions {
 
     /// Whether answering on `reply` is permitted now.
     pub fn contains(&self, reply: &[u8]) -> bool {
-        self.pending.borrow().set.contains(reply)
+        self.pending
+            .borrow()
+            .as_ref()
+            .is_some_and(|p| p.set.contains(reply))
     }
 
     /// How many permissions are held.
     pub fn len(&self) -> usize {
-        self.pending.borrow().order.len()
+        self.pending.borrow().as_ref().map_or(0, |p| p.order.len())
     }
 
     /// True when none is held.
     pub fn is_empty(&self) -> bool {
-        self.pending.borrow().order.is_empty()
+        self.len() == 0
     }
 }
 
@@ -723,7 +726,7 @@ mod tests {
         let replies = ReplyPermissions::for_permissions(&restricted(true));
         replies.grant(&buffer[..8]);
         let pending = replies.pending.borrow();
-        let kept = pending.order.front().unwrap();
+        let kept = pending.as_ref().unwrap().order.front().unwrap();
         assert_eq!(kept.len(), 8);
         assert!(!buffer.as_ptr_range().contains(&kept.as_ptr()));
     }
