@@ -149,6 +149,9 @@ struct SystemTicks {
     steal: u64,
     /// Idle or waiting for I/O.
     idle: u64,
+    /// Serving interrupts and softirqs (loopback TCP's receive path runs
+    /// there, for client and server alike).
+    irq: u64,
 }
 
 /// The machine-wide `cpu` line of `/proc/stat`.
@@ -164,8 +167,38 @@ fn system_ticks() -> Option<SystemTicks> {
     // time is already inside user.
     let total: u64 = fields.iter().take(8).sum();
     let steal = fields.get(7).copied().unwrap_or(0);
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    Some(SystemTicks { total, steal, idle })
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    Some(SystemTicks {
+        total,
+        steal,
+        idle: field(3) + field(4),
+        irq: field(5) + field(6),
+    })
+}
+
+/// CPU ticks used so far by the kernel's own threads (children of
+/// `kthreadd`, pid 2: `ksoftirqd`, kworkers, io_uring workers of no
+/// process): loopback TCP's deferred softirqs run there.
+fn kernel_thread_ticks() -> Option<u64> {
+    let mut sum = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name: state, then the parent's pid.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let ppid = rest.split_ascii_whitespace().nth(1);
+        if pid == 2 || ppid == Some("2") {
+            sum += ticks_of(&format!("/proc/{pid}/stat")).unwrap_or(0);
+        }
+    }
+    Some(sum)
 }
 
 /// CPU use over one run: client, servers, and the hypervisor's steal.
@@ -181,18 +214,30 @@ pub(crate) struct CpuUsage {
     pub(crate) steal_pct: f64,
     /// The busiest client thread's share of one core (0..1).
     pub(crate) client_max_thread: f64,
-    /// Cores the whole machine kept busy on average (every process and the
-    /// kernel; steal excluded). Minus client and server: what other
-    /// processes took (on a shared host, a build running beside the run).
+    /// Cores the machine's processes kept busy on average (user and system
+    /// time of every process; interrupts, softirqs and steal excluded).
+    /// Minus client and server: what other processes took (on a shared
+    /// host, a build running beside the run).
     #[serde(default)]
     pub(crate) machine_busy_cores: f64,
+    /// Cores spent serving interrupts and softirqs (loopback TCP included).
+    #[serde(default)]
+    pub(crate) machine_irq_cores: f64,
+    /// Cores the kernel's own threads used (`ksoftirqd` among them), part
+    /// of `machine_busy_cores`.
+    #[serde(default)]
+    pub(crate) kernel_threads_cores: f64,
 }
 
 impl CpuUsage {
-    /// Cores used by neither the client nor the server (other processes,
-    /// other servers, the kernel's work outside both).
+    /// Cores other processes took: process time used by neither the
+    /// client, nor the server, nor the kernel's threads.
     pub(crate) fn other_cores(&self) -> f64 {
-        (self.machine_busy_cores - self.client_cores - self.server_cores).max(0.0)
+        (self.machine_busy_cores
+            - self.client_cores
+            - self.server_cores
+            - self.kernel_threads_cores)
+            .max(0.0)
     }
 }
 
@@ -204,6 +249,7 @@ pub(crate) struct CpuProbe {
     server_pid: Option<u32>,
     server: Option<u64>,
     system: Option<SystemTicks>,
+    kernel_threads: Option<u64>,
 }
 
 impl CpuProbe {
@@ -215,6 +261,7 @@ impl CpuProbe {
             server_pid,
             server: server_pid.and_then(process_ticks),
             system: system_ticks(),
+            kernel_threads: kernel_thread_ticks(),
         }
     }
 
@@ -225,15 +272,21 @@ impl CpuProbe {
             (Some(a), Some(b)) => (b.saturating_sub(a) as f64 / TICKS_PER_SEC) / wall,
             _ => 0.0,
         };
-        let (steal_pct, machine_busy_cores) = match (self.system, system_ticks()) {
+        let (steal_pct, machine_busy_cores, machine_irq_cores) = match (self.system, system_ticks())
+        {
             (Some(a), Some(b)) if b.total > a.total => {
                 let total = (b.total - a.total) as f64;
                 let steal = b.steal.saturating_sub(a.steal) as f64;
                 let idle = b.idle.saturating_sub(a.idle) as f64;
-                let busy = (total - steal - idle).max(0.0) / TICKS_PER_SEC / wall;
-                (100.0 * steal / total, busy)
+                let irq = b.irq.saturating_sub(a.irq) as f64;
+                let cores = |ticks: f64| ticks.max(0.0) / TICKS_PER_SEC / wall;
+                (
+                    100.0 * steal / total,
+                    cores(total - steal - idle - irq),
+                    cores(irq),
+                )
             }
-            _ => (0.0, 0.0),
+            _ => (0.0, 0.0, 0.0),
         };
         CpuUsage {
             wall_secs: wall,
@@ -242,8 +295,20 @@ impl CpuProbe {
             steal_pct,
             client_max_thread,
             machine_busy_cores,
+            machine_irq_cores,
+            kernel_threads_cores: cores(self.kernel_threads, kernel_thread_ticks()),
         }
     }
+}
+
+/// Cores the host's processes keep busy right now, measured over
+/// `window` (interrupts, softirqs and steal excluded).
+pub(crate) fn busy_cores_now(window: std::time::Duration) -> Option<f64> {
+    let a = system_ticks()?;
+    std::thread::sleep(window);
+    let b = system_ticks()?;
+    let busy = |t: SystemTicks| t.total - t.steal - t.idle - t.irq;
+    Some(busy(b).saturating_sub(busy(a)) as f64 / TICKS_PER_SEC / window.as_secs_f64())
 }
 
 /// Cores this process may run on.
@@ -295,6 +360,7 @@ mod tests {
         assert!(process_ticks(std::process::id()).is_some());
         assert!(rss_kib(std::process::id()).unwrap() > 0);
         assert!(system_ticks().is_some());
+        assert!(kernel_thread_ticks().is_some());
         let c = ThreadClock::start();
         assert!(c.busy() >= 0.0);
     }

@@ -56,13 +56,21 @@ use crate::scenario::{
     self, ReqReplyResult, ReqReplySpec, ScenarioError, StormResult, StormSpec, ThroughputResult,
     ThroughputSpec,
 };
-use crate::stats::{CpuProbe, CpuUsage, client_bound, cores};
+use crate::stats::{CpuProbe, CpuUsage, busy_cores_now, client_bound, cores};
 
 /// Tenants (and nats-server accounts) of the `tenants` part.
 const TENANTS: usize = 8;
 
 /// The shard drained and resumed in the `drain` part.
 const DRAINED_SHARD: u32 = 1;
+
+/// Before each run, the runner waits (at most [`QUIET_WAIT`]) until the
+/// host's processes use fewer cores than this: another build on a shared
+/// host would take the CPUs the servers are pinned to.
+const QUIET_CORES: f64 = 0.5;
+
+/// The longest wait for a quiet host before a run starts anyway.
+const QUIET_WAIT: Duration = Duration::from_secs(30);
 
 /// `arqonbus-perf placement` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -289,6 +297,8 @@ pub(crate) struct Run {
     pub(crate) cpu: CpuUsage,
     /// Why the client looks like the bottleneck, if it does.
     pub(crate) client_bound: Option<String>,
+    /// Seconds the run waited for the host to be quiet before it started.
+    pub(crate) waited_secs: f64,
 }
 
 /// The settings after `--smoke`.
@@ -437,6 +447,15 @@ impl Runner<'_> {
             slot.size.map(|b| format!(", {b} B")).unwrap_or_default()
         );
         let run_progress = self.progress.run(&label);
+        let waited = Instant::now();
+        // A smoke run's numbers mean nothing: it does not wait.
+        while !self.s.smoke
+            && waited.elapsed() < QUIET_WAIT
+            && busy_cores_now(Duration::from_millis(100)).is_some_and(|b| b > QUIET_CORES)
+        {
+            run_progress.update(0.0, "waiting for the host to be quiet");
+        }
+        let waited_secs = waited.elapsed().as_secs_f64();
         let moved_before = moved();
         let probe = CpuProbe::start(Some(pid));
         let result = f(&run_progress);
@@ -466,6 +485,7 @@ impl Runner<'_> {
             moved,
             cpu,
             client_bound: bound,
+            waited_secs,
         });
         self.progress.run_done();
     }

@@ -94,6 +94,9 @@ fn runs_of(
     })
 }
 
+/// Other processes' cores above which a run counts as disturbed.
+const DISTURBED: f64 = 0.3;
+
 /// Picks one percentile.
 type Pick = fn(&Percentiles) -> f64;
 
@@ -187,11 +190,15 @@ pub(crate) fn markdown(meta: &Meta, runs: &[Run]) -> String {
         fmt_opt(steal, |v| format!("{v:.1}")),
         runs.len()
     );
-    md.push_str(
-        "\nCPU taken by neither this load generator nor the server under test (other processes \
-         on the host, such as a build, the idle servers of the run, and kernel work such as \
-         loopback softirqs counted outside both), in cores, median / max over the runs of each \
-         part:",
+    let _ = write!(
+        md,
+        "\nOther processes on the host (process time used by neither this load generator nor \
+         the server under test; before each run the runner waited, at most {} s, until the host's \
+         processes used under {} cores, {:.0} s in all), in cores, median / max over the runs, and \
+         runs where they took over {DISTURBED} cores:",
+        super::QUIET_WAIT.as_secs(),
+        super::QUIET_CORES,
+        runs.iter().map(|r| r.waited_secs).sum::<f64>()
     );
     for part in &s.parts {
         let other: Vec<f64> = runs
@@ -200,10 +207,12 @@ pub(crate) fn markdown(meta: &Meta, runs: &[Run]) -> String {
             .map(|r| r.cpu.other_cores())
             .collect();
         let max = other.iter().copied().fold(0.0, f64::max);
+        let disturbed = other.iter().filter(|&&o| o > DISTURBED).count();
         let _ = write!(
             md,
-            " {part:?} {} / {max:.2};",
-            fmt_opt(median(&other), |v| format!("{v:.2}"))
+            " {part:?} {} / {max:.2}, {disturbed} of {};",
+            fmt_opt(median(&other), |v| format!("{v:.2}")),
+            other.len()
         );
     }
     md.pop();
