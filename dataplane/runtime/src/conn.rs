@@ -733,6 +733,7 @@ impl ConnIo {
 
             if !progress {
                 self.rbuf.shrink_if_idle();
+                conn.out.borrow_mut().release_if_empty();
                 conn.park(cx.waker());
                 return Poll::Pending;
             }

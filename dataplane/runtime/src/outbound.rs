@@ -156,6 +156,16 @@ impl Outbound {
             + payload
     }
 
+    /// Gives back all the queue's memory when nothing is queued: called
+    /// when the connection parks, so an idle connection holds no buffer.
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.segs.is_empty() && self.inline.capacity() + self.segs.capacity() > 0 {
+            self.inline = Vec::new();
+            self.inline_start = 0;
+            self.segs = VecDeque::new();
+        }
+    }
+
     /// Records `n` bytes just appended to `inline` as a segment. Segments are
     /// never merged, so [`drop_queued`](Self::drop_queued) can cut right
     /// after the frame in flight.
@@ -544,6 +554,8 @@ mod tests {
         drain(&mut out, &mut sink);
         assert_eq!(out.items(), 0);
         assert!(out.held() <= IDLE_CAPACITY + IDLE_SEGS * SEG_COST);
+        out.release_if_empty();
+        assert_eq!(out.held(), 0);
     }
 
     #[test]
