@@ -170,10 +170,10 @@ class Server:
         self.addr = ("127.0.0.1", self.port)
         # Warm up: the first connections grow per-shard tables and the
         # allocator's arenas, which would otherwise be charged to a scenario.
-        warm = [open_conn(self.addr, self.token) for _ in range(1000)]
+        warm = [open_conn(self.addr, self.token) for _ in range(200)]
         for c in warm:
             c.close()
-        time.sleep(0.5)
+        time.sleep(2.0)
 
     def rss(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -181,6 +181,20 @@ class Server:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         return 0
+
+    def steady_rss(self):
+        """RSS once it stops moving (the node frees start-up memory for a
+        few seconds after it starts): 5 samples 200 ms apart within 64 KiB,
+        or whatever it is after 15 s."""
+        samples = []
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            samples.append(self.rss())
+            last = samples[-5:]
+            if len(last) == 5 and max(last) - min(last) < 64 * 1024:
+                break
+            time.sleep(0.2)
+        return samples[-1]
 
     def metric(self, name):
         text = urllib.request.urlopen(
@@ -212,7 +226,7 @@ class Server:
 
 def ping_flood(srv):
     s = open_conn(srv.addr, srv.token)
-    before = srv.rss()
+    before = srv.steady_rss()
     sent = flood(s, PING * 4096, 64 * MIB)
     srv.settle()
     grew, held = srv.rss() - before, srv.metric("arqonbus_outbound_queue_bytes")
@@ -222,7 +236,7 @@ def ping_flood(srv):
 
 def error_flood(srv):
     s = open_conn(srv.addr, srv.token)
-    before = srv.rss()
+    before = srv.steady_rss()
     bad = unsubscribe(999_999)
     sent = flood(s, bad * 4096, 64 * MIB)
     srv.settle()
@@ -237,7 +251,7 @@ def slow_consumer(srv):
     sub.sendall(subscribe(1, "slow.>"))
     barrier(sub)
     pub = open_conn(srv.addr, srv.token)
-    before = srv.rss()
+    before = srv.steady_rss()
     peak_rss, peak_held = 0, 0
     batch = publish("slow.x", b"x" * 128) * 2000
     deadline = time.time() + 60
@@ -254,34 +268,38 @@ def slow_consumer(srv):
 
 
 def one_subscription_per_read(srv):
+    # The cost of a subscription is the slope between 5,000 and 10,000 of
+    # them: a baseline alone is unreliable, since the allocator gives back
+    # start-up memory lazily, while the scenario runs.
     s = open_conn(srv.addr, srv.token)
     barrier(s)
-    before = srv.rss()
-    n = 10_000
-    for sid in range(1, n + 1):
+    marks = {}
+    for sid in range(1, 10_001):
         s.sendall(subscribe(sid, f"per.read.{sid}.>"))
         if sid % 50 == 0:
             barrier(s)  # keeps each write in a read of its own, mostly
-    barrier(s)
-    srv.settle()
-    grew = srv.rss() - before
+        if sid in (5_000, 10_000):
+            barrier(s)
+            marks[sid] = srv.steady_rss()
+    per = (marks[10_000] - marks[5_000]) / 5_000
     s.close()
-    return grew, 0, f"{n:,} subscriptions, one per write: {grew / n:,.0f} B each"
+    return per * 10_000, 0, f"10,000 subscriptions, one per write: {per:,.0f} B each (slope 5k..10k)"
 
 
 def one_byte_and_wait(srv):
-    n = 5000
-    before = srv.rss()
     conns = []
-    for _ in range(n):
+    marks = {}
+    for i in range(1, 5_001):
         c = socket.create_connection(srv.addr, timeout=20)
         c.sendall(b"\x00")
         conns.append(c)
-    srv.settle()
-    grew = srv.rss() - before
+        if i in (2_500, 5_000):
+            time.sleep(0.3)
+            marks[i] = srv.steady_rss()
+    per = (marks[5_000] - marks[2_500]) / 2_500
     for c in conns:
         c.close()
-    return grew, 0, f"{n:,} connections that sent 1 byte: {grew / n:,.0f} B each"
+    return per * 5_000, 0, f"5,000 connections that sent 1 byte: {per:,.0f} B each (slope 2.5k..5k)"
 
 
 def reply_flood(srv):
@@ -290,7 +308,7 @@ def reply_flood(srv):
     responder.sendall(subscribe(1, "svc.echo"))
     barrier(responder)
     req = open_conn(srv.addr, srv.token)
-    before = srv.rss()
+    before = srv.steady_rss()
     for i in range(0, 20_000, 500):
         req.sendall(b"".join(publish("svc.echo", b"?", f"_INBOX.{j}".encode()) for j in range(i, i + 500)))
         barrier(req)
@@ -302,23 +320,30 @@ def reply_flood(srv):
 
 
 def quiet_connections_woken(srv):
-    n = 10_000
-    base = srv.rss()
-    conns = [open_conn(srv.addr, srv.token) for _ in range(n)]
-    srv.settle()
-    idle = srv.rss() - base
-    for c in conns:
+    conns = []
+    marks = {}
+    for i in range(1, 10_001):
+        conns.append(open_conn(srv.addr, srv.token))
+        if i in (5_000, 10_000):
+            marks[i] = srv.steady_rss()
+    idle = (marks[10_000] - marks[5_000]) / 5_000
+    for c in conns[:5_000]:
         c.sendall(PING)
-    for c in conns:
+    for c in conns[:5_000]:
         kind, _ = read_frame(c)
         assert kind == 8
-    srv.settle()
-    woken = srv.rss() - base
+    half = srv.steady_rss()
+    for c in conns[5_000:]:
+        c.sendall(PING)
+    for c in conns[5_000:]:
+        kind, _ = read_frame(c)
+        assert kind == 8
+    woken = (srv.steady_rss() - half) / 5_000 + idle
     for c in conns:
         c.close()
-    return woken, 0, (
-        f"{n:,} authenticated idle connections: {idle / n:,.0f} B each; "
-        f"after one Ping each: {woken / n:,.0f} B each"
+    return woken * 10_000, 0, (
+        f"10,000 authenticated idle connections: {idle:,.0f} B each (slope 5k..10k); "
+        f"after one Ping each: {woken:,.0f} B each"
     )
 
 
@@ -346,7 +371,7 @@ def main():
             continue
         srv = Server(args.bin)
         try:
-            start = srv.rss()
+            start = srv.steady_rss()
             grew, held, note = run(srv)
         finally:
             srv.stop()
