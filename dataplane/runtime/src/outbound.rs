@@ -328,7 +328,10 @@ impl Outbound {
             if self.inline.capacity() > IDLE_CAPACITY {
                 self.inline.shrink_to(IDLE_CAPACITY);
             }
-            if self.segs.capacity() > IDLE_SEGS {
+            // Like the inline bytes: a burst's worth is given back, a
+            // batch's worth is kept for the next batch (a connection that
+            // parks gives back everything, `release_if_empty`).
+            if self.segs.capacity() * SEG_COST > IDLE_CAPACITY {
                 self.segs.shrink_to(IDLE_SEGS);
             }
         } else if self.inline_start > COMPACT_AT && self.inline_start * 2 > self.inline.len() {
