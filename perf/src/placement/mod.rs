@@ -72,6 +72,13 @@ const QUIET_CORES: f64 = 0.5;
 /// The longest wait for a quiet host before a run starts anyway.
 const QUIET_WAIT: Duration = Duration::from_secs(30);
 
+/// Other processes' cores above which a run counts as disturbed, and is
+/// run again (at most [`REPEATS`] times).
+pub(crate) const DISTURBED: f64 = 0.3;
+
+/// How many times a disturbed run is repeated.
+const REPEATS: usize = 2;
+
 /// `arqonbus-perf placement` options.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct PlacementArgs {
@@ -299,6 +306,9 @@ pub(crate) struct Run {
     pub(crate) client_bound: Option<String>,
     /// Seconds the run waited for the host to be quiet before it started.
     pub(crate) waited_secs: f64,
+    /// Other processes took more than [`DISTURBED`] cores during this run,
+    /// so it was run again; tables use the repeat.
+    pub(crate) superseded: bool,
 }
 
 /// The settings after `--smoke`.
@@ -430,7 +440,7 @@ impl Runner<'_> {
         slot: Slot,
         pid: u32,
         moved: impl Fn() -> Option<u64>,
-        f: impl FnOnce(&Progress) -> Result<Measured, ScenarioError>,
+        f: impl Fn(&Progress) -> Result<Measured, ScenarioError>,
     ) {
         if !self.may_start() {
             return;
@@ -447,46 +457,61 @@ impl Runner<'_> {
             slot.size.map(|b| format!(", {b} B")).unwrap_or_default()
         );
         let run_progress = self.progress.run(&label);
-        let waited = Instant::now();
-        // A smoke run's numbers mean nothing: it does not wait.
-        while !self.s.smoke
-            && waited.elapsed() < QUIET_WAIT
-            && busy_cores_now(Duration::from_millis(100)).is_some_and(|b| b > QUIET_CORES)
-        {
-            run_progress.update(0.0, "waiting for the host to be quiet");
+        for attempt in 0..=REPEATS {
+            let waited = Instant::now();
+            // A smoke run's numbers mean nothing: it does not wait.
+            while !self.s.smoke
+                && waited.elapsed() < QUIET_WAIT
+                && busy_cores_now(Duration::from_millis(100)).is_some_and(|b| b > QUIET_CORES)
+            {
+                run_progress.update(0.0, "waiting for the host to be quiet");
+            }
+            let waited_secs = waited.elapsed().as_secs_f64();
+            let moved_before = moved();
+            let probe = CpuProbe::start(Some(pid));
+            let result = f(&run_progress);
+            let max_thread = match &result {
+                Ok(Measured::Throughput(t)) => t.client_max_thread,
+                Ok(Measured::ReqReply(r)) => r.client_max_thread,
+                _ => 0.0,
+            };
+            let cpu = probe.finish(max_thread);
+            let moved = moved_before.zip(moved()).map(|(a, b)| b.saturating_sub(a));
+            let bound = match &result {
+                Ok(Measured::Throughput(_) | Measured::ReqReply(_)) => {
+                    client_bound(&cpu, self.machine)
+                }
+                _ => None,
+            };
+            if let Err(e) = &result {
+                self.progress.println(&format!("{label}: FAILED: {e}"));
+            }
+            // Another process took CPU the run needed: run it again (the
+            // table uses the last attempt; the JSON keeps every one).
+            let superseded = !self.s.smoke
+                && attempt < REPEATS
+                && result.is_ok()
+                && cpu.other_cores() > DISTURBED
+                && self.may_start();
+            self.runs.push(Run {
+                part: slot.part,
+                round: slot.round,
+                order: slot.order,
+                side: slot.side,
+                tenancy: slot.tenancy,
+                size: slot.size,
+                error: result.as_ref().err().map(ToString::to_string),
+                outcome: result.ok(),
+                moved,
+                cpu,
+                client_bound: bound,
+                waited_secs,
+                superseded,
+            });
+            if !superseded {
+                break;
+            }
         }
-        let waited_secs = waited.elapsed().as_secs_f64();
-        let moved_before = moved();
-        let probe = CpuProbe::start(Some(pid));
-        let result = f(&run_progress);
-        let max_thread = match &result {
-            Ok(Measured::Throughput(t)) => t.client_max_thread,
-            Ok(Measured::ReqReply(r)) => r.client_max_thread,
-            _ => 0.0,
-        };
-        let cpu = probe.finish(max_thread);
-        let moved = moved_before.zip(moved()).map(|(a, b)| b.saturating_sub(a));
-        let bound = match &result {
-            Ok(Measured::Throughput(_) | Measured::ReqReply(_)) => client_bound(&cpu, self.machine),
-            _ => None,
-        };
-        if let Err(e) = &result {
-            self.progress.println(&format!("{label}: FAILED: {e}"));
-        }
-        self.runs.push(Run {
-            part: slot.part,
-            round: slot.round,
-            order: slot.order,
-            side: slot.side,
-            tenancy: slot.tenancy,
-            size: slot.size,
-            error: result.as_ref().err().map(ToString::to_string),
-            outcome: result.ok(),
-            moved,
-            cpu,
-            client_bound: bound,
-            waited_secs,
-        });
         self.progress.run_done();
     }
 }

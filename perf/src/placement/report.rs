@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Measured, Part, Run, Settings, Side, Tenancy};
+use super::{DISTURBED, Measured, Part, Run, Settings, Side, Tenancy};
 use crate::scenario::placement::PHASES;
 use crate::stats::Percentiles;
 
@@ -86,16 +86,14 @@ fn runs_of(
     size: Option<usize>,
 ) -> impl Iterator<Item = &Run> {
     runs.iter().filter(move |r| {
-        r.part == part
+        !r.superseded
+            && r.part == part
             && r.side == side
             && (tenancy.is_none() || r.tenancy == tenancy)
             && r.size == size
             && r.outcome.is_some()
     })
 }
-
-/// Other processes' cores above which a run counts as disturbed.
-const DISTURBED: f64 = 0.3;
 
 /// Picks one percentile.
 type Pick = fn(&Percentiles) -> f64;
@@ -108,8 +106,12 @@ struct Goal {
 }
 
 /// The Markdown summary.
-pub(crate) fn markdown(meta: &Meta, runs: &[Run]) -> String {
+pub(crate) fn markdown(meta: &Meta, all: &[Run]) -> String {
     let s = &meta.settings;
+    // Runs another process disturbed were run again; the tables use the
+    // repeats.
+    let kept: Vec<Run> = all.iter().filter(|r| !r.superseded).cloned().collect();
+    let runs = &kept[..];
     let mut md = String::new();
     let mut goals: Vec<Goal> = Vec::new();
     let _ = writeln!(
@@ -192,13 +194,13 @@ pub(crate) fn markdown(meta: &Meta, runs: &[Run]) -> String {
     );
     let _ = write!(
         md,
-        "\nOther processes on the host (process time used by neither this load generator nor \
-         the server under test; before each run the runner waited, at most {} s, until the host's \
+        "\nOther processes on the host (process time used by neither this load generator, nor \
+         the server under test, nor the kernel's threads; before each run the runner waited, at most {} s, until the host's \
          processes used under {} cores, {:.0} s in all), in cores, median / max over the runs, and \
          runs where they took over {DISTURBED} cores:",
         super::QUIET_WAIT.as_secs(),
         super::QUIET_CORES,
-        runs.iter().map(|r| r.waited_secs).sum::<f64>()
+        all.iter().map(|r| r.waited_secs).sum::<f64>()
     );
     for part in &s.parts {
         let other: Vec<f64> = runs
@@ -210,13 +212,18 @@ pub(crate) fn markdown(meta: &Meta, runs: &[Run]) -> String {
         let disturbed = other.iter().filter(|&&o| o > DISTURBED).count();
         let _ = write!(
             md,
-            " {part:?} {} / {max:.2}, {disturbed} of {};",
+            " {part:?} {} / {max:.2}, {disturbed} of {} still disturbed;",
             fmt_opt(median(&other), |v| format!("{v:.2}")),
             other.len()
         );
     }
     md.pop();
-    md.push_str(".\n");
+    let _ = writeln!(
+        md,
+        ". Runs disturbed beyond {DISTURBED} cores were run again (at most twice; the tables use \
+         the last attempt, the JSON keeps every one): {} superseded.",
+        all.len() - runs.len()
+    );
     if !failed.is_empty() {
         let _ = writeln!(md, "\nFailed runs: {}.", failed.join("; "));
     }
