@@ -776,7 +776,12 @@ impl Shard {
             tracing::info!(shard = %self.id, "draining: steered away, accept queue still served, closing connections");
         }
         for (_, c) in self.conns.borrow().iter() {
-            c.raise(Flag::Shutdown);
+            // With the listener open, a connection still authenticating
+            // finishes and is handed to a shard not drained (placement
+            // never picks a drained one), so it is not refused.
+            if close_listener || c.tenant.get().is_some() {
+                c.raise(Flag::Shutdown);
+            }
         }
     }
 

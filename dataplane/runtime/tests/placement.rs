@@ -166,6 +166,7 @@ fn balance_places_connections_evenly_and_drain_steers_new_ones_away() {
     assert!(during.iter().all(|c| c.shard() == 0));
     let st = dp.status().unwrap();
     assert!(st[1].draining);
+    drop(during);
     dp.resume(1).unwrap();
     // Back in service: the emptier shard gets the next connections.
     let after = RawClient::connect(addr, TOKEN_B);
@@ -173,7 +174,42 @@ fn balance_places_connections_evenly_and_drain_steers_new_ones_away() {
     let counters = dp.steering_counters();
     assert!(counters.selected >= 61, "{counters:?}");
     assert_eq!(counters.map_errors, 0);
-    drop((clients, during, after));
+    drop((clients, after));
+
+    // Connections still authenticating when their shard is drained finish
+    // and move on, none refused: open them on both shards, drain one, then
+    // send their Connect.
+    let pending: Vec<_> = (0..6).map(|_| RawClient::open(addr)).collect();
+    // Balance has put half of them on each shard once their SYNs are in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while dp
+        .status()
+        .unwrap()
+        .iter()
+        .map(|s| s.connections)
+        .sum::<u64>()
+        < 6
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shards never accepted them"
+        );
+        std::thread::yield_now();
+    }
+    dp.drain(0).unwrap();
+    for mut c in pending {
+        c.send(&Kind::Connect(v1::Connect {
+            protocol_version: 1,
+            credential: TOKEN_B.into(),
+            client_name: "mid-handshake".into(),
+            ..Default::default()
+        }));
+        match c.next() {
+            Some(Kind::Welcome(w)) => assert_eq!(w.shard, 1, "moved off the drained shard"),
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+    dp.resume(0).unwrap();
     dp.shutdown();
 }
 
