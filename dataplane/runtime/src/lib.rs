@@ -437,12 +437,7 @@ fn attach_steering(
     let fds: Vec<_> = listeners.iter().map(AsFd::as_fd).collect();
     let attached = arqonbus_ebpf::Steering::attach(&fds, placement::mode(cfg.steering.mode))
         .and_then(|mut p| {
-            let rules: Vec<_> = cfg
-                .steering
-                .affinity
-                .iter()
-                .map(|r| (r.network, r.len, u32::from(r.shard.0)))
-                .collect();
+            let rules = placement::rules(&cfg.steering);
             p.set_affinity(&rules)?;
             if !cfg.cpus.is_empty() {
                 let cpus: Vec<(u32, u32)> = (0..cfg.shards)
@@ -797,11 +792,7 @@ impl DataPlane {
             return;
         }
         if let Some(program) = st.program.as_mut() {
-            let rules: Vec<_> = wanted
-                .affinity
-                .iter()
-                .map(|r| (r.network, r.len, u32::from(r.shard.0)))
-                .collect();
+            let rules = placement::rules(wanted);
             let applied = program
                 .set_affinity(&rules)
                 .and_then(|()| program.set_mode(placement::mode(wanted.mode)));

@@ -63,6 +63,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The program's affinity rules for a steering configuration.
+pub(crate) fn rules(cfg: &SteeringConfig) -> Vec<(std::net::Ipv6Addr, u8, u32)> {
+    cfg.affinity
+        .iter()
+        .map(|r| (r.network, r.len, u32::from(r.shard.0)))
+        .collect()
+}
+
 /// The program's mode for a steering mode.
 pub(crate) fn mode(m: SteeringMode) -> Mode {
     match m {
@@ -85,6 +93,14 @@ impl PlacementBook {
         }
     }
 
+    /// Every shard's open connections, now.
+    fn loads(&self) -> smallvec::SmallVec<[u64; 16]> {
+        self.loads
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Where a connection of `tenant`, authenticated on `current`, belongs
     /// (counted there from now on).
     pub(crate) fn place(
@@ -101,11 +117,7 @@ impl PlacementBook {
         if placement == TenantPlacement::Spread && !drained_here {
             return Placed::Stay;
         }
-        let loads: smallvec::SmallVec<[u64; 16]> = self
-            .loads
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .collect();
+        let loads = self.loads();
         if placement == TenantPlacement::Spread {
             // Accepted from a drained shard's queue: any other shard will do.
             let to = least_loaded(&loads, draining, current);
@@ -124,11 +136,7 @@ impl PlacementBook {
         if self.loads.len() < 2 {
             return None;
         }
-        let loads: smallvec::SmallVec<[u64; 16]> = self
-            .loads
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .collect();
+        let loads = self.loads();
         let draining = self.draining.load(Ordering::Relaxed);
         let moved = lock(&self.homes).rebalance(&loads, draining, min_gap);
         if moved.is_some() {
