@@ -23,6 +23,8 @@
 //!   connection and subscription quotas, rate limits and publisher stalls;
 //! - [`ratelimit`]: token buckets, a shard's rate limiters and how a rate is
 //!   shared between shards;
+//! - [`throttle`]: login throttling, per source address and per claimed
+//!   principal, in fixed-size tables;
 //! - [`limits`]: per-connection limits; [`stats`]: per-shard counters;
 //!   [`ops`]: what shards report to operators (connections, shard status);
 //!   [`metrics`]: what shards measure (per tenant, errors, latencies);
@@ -47,5 +49,6 @@ pub mod session;
 pub mod snapshot;
 pub mod stats;
 pub mod subject;
+pub mod throttle;
 
 pub use ids::{ConnId, CredentialId, PrincipalId, ShardId, Sid, TenantId};
