@@ -28,6 +28,8 @@
 //! - [`limits`]: per-connection limits; [`stats`]: per-shard counters;
 //!   [`ops`]: what shards report to operators (connections, shard status);
 //!   [`metrics`]: what shards measure (per tenant, errors, latencies);
+//! - [`presence`]: who is on a subject, join/leave events, the query;
+//!   [`origin`]: WebSocket clients' allowed origins;
 //! - [`ids`]: newtype identities.
 //!
 //! No async runtime, no clock, no randomness source: callers pass `now` and
@@ -41,8 +43,10 @@ pub mod index;
 pub mod limits;
 pub mod metrics;
 pub mod ops;
+pub mod origin;
 pub mod placement;
 pub mod policy;
+pub mod presence;
 pub mod ratelimit;
 pub mod router;
 pub mod session;
