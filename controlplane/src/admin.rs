@@ -7,6 +7,17 @@
 //! but the file exists (a first start interrupted between the two writes,
 //! or a store restored from scratch), the file's token is adopted.
 //!
+//! Once the store holds a hash, the file must hold the matching token: a
+//! missing, malformed or mismatched file refuses the start
+//! ([`AdminError::Missing`], [`AdminError::Mismatch`]) instead of leaving
+//! the operator locked out of a running node. [`rotate`] replaces the
+//! credential (offline as `arqonbus admin rotate-token`, which is also the
+//! recovery for a lost file): the new token goes to `admin.token.new`
+//! (0600, synced), its hash into the store, then the file is renamed over
+//! `admin.token`. A crash in between is finished at the next start: a
+//! `.new` file matching the store is renamed into place, any other is
+//! removed, so the file and the store never disagree for long.
+//!
 //! `AdminAuth` is the tonic interceptor: it wants
 //! `authorization: Bearer <token>` and compares the SHA-256 of what it got
 //! with the stored one in constant time. A failure is `UNAUTHENTICATED` with
@@ -40,8 +51,28 @@ pub enum AdminError {
         source: std::io::Error,
     },
     /// The token file exists but does not hold a token.
-    #[error("{path}: not an ArqonBus token; move it away to create a new admin credential")]
+    #[error(
+        "{path}: not an ArqonBus token; write a new admin credential with `arqonbus admin rotate-token` (node stopped)"
+    )]
     Malformed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The store holds an admin credential but its file is gone.
+    #[error(
+        "{path} is missing, but the store holds an admin credential: write a new one with \
+         `arqonbus admin rotate-token` (node stopped), or restore the file"
+    )]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file's token is not the one the store knows.
+    #[error(
+        "{path} does not hold the store's admin credential: write a new one with \
+         `arqonbus admin rotate-token` (node stopped), or restore the file"
+    )]
+    Mismatch {
         /// The file.
         path: PathBuf,
     },
@@ -95,10 +126,72 @@ pub(crate) struct AdminCredential {
     pub(crate) created: bool,
 }
 
+/// The token in `path`, checked.
+fn read_token(path: &Path) -> Result<Secret, AdminError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let token = text.trim();
+    if !looks_like_token(token) {
+        return Err(AdminError::Malformed {
+            path: path.to_owned(),
+        });
+    }
+    Ok(Secret::new(token.to_owned()))
+}
+
+/// The half-written rotation file next to `path`.
+fn pending_path(path: &Path) -> PathBuf {
+    path.with_extension("token.new")
+}
+
+/// Writes `token` to `path` (0600, created exclusively, synced).
+fn write_token(path: &Path, token: &Secret) -> Result<(), AdminError> {
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    file.write_all(format!("{}\n", token.expose()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), AdminError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// Finishes or undoes a rotation a crash interrupted.
+fn settle_pending(path: &Path, stored: [u8; 32]) -> Result<(), AdminError> {
+    let pending = pending_path(path);
+    if !pending.exists() {
+        return Ok(());
+    }
+    let matches = read_token(&pending)
+        .is_ok_and(|t| bool::from(CredentialHash::of(t.expose()).0.ct_eq(&stored)));
+    if matches {
+        std::fs::rename(&pending, path).map_err(io(path))?;
+        tracing::info!(path = %path.display(), "finished an interrupted admin credential rotation");
+    } else {
+        std::fs::remove_file(&pending).map_err(io(&pending))?;
+    }
+    Ok(())
+}
+
 /// Loads the admin credential, creating it on first open.
 pub(crate) fn ensure(store: &dyn Store, data_dir: &Path) -> Result<AdminCredential, AdminError> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if let Some(hash) = store.admin_token_hash()? {
+        settle_pending(&path, hash)?;
+        if !path.exists() {
+            return Err(AdminError::Missing { path });
+        }
+        let token = read_token(&path)?;
+        if !bool::from(CredentialHash::of(token.expose()).0.ct_eq(&hash)) {
+            return Err(AdminError::Mismatch { path });
+        }
         return Ok(AdminCredential {
             hash,
             path,
@@ -106,12 +199,8 @@ pub(crate) fn ensure(store: &dyn Store, data_dir: &Path) -> Result<AdminCredenti
         });
     }
     if path.exists() {
-        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let token = text.trim();
-        if !looks_like_token(token) {
-            return Err(AdminError::Malformed { path });
-        }
-        let hash = CredentialHash::of(token).0;
+        let token = read_token(&path)?;
+        let hash = CredentialHash::of(token.expose()).0;
         store.set_admin_token_hash(hash)?;
         tracing::info!(path = %path.display(), "adopted the existing admin token file");
         return Ok(AdminCredential {
@@ -141,9 +230,7 @@ pub(crate) fn ensure(store: &dyn Store, data_dir: &Path) -> Result<AdminCredenti
     file.write_all(format!("{}\n", token.expose()).as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(io(&path))?;
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(&dir))?;
+    sync_dir(&dir)?;
     let hash = CredentialHash::of(token.expose()).0;
     store.set_admin_token_hash(hash)?;
     tracing::info!(path = %path.display(), "created the admin credential (mode 0600)");
@@ -152,6 +239,54 @@ pub(crate) fn ensure(store: &dyn Store, data_dir: &Path) -> Result<AdminCredenti
         path,
         created: true,
     })
+}
+
+/// What [`rotate`] did.
+#[derive(Debug)]
+pub struct Rotated {
+    /// The file now holding the new token (0600).
+    pub path: PathBuf,
+    /// First eight hex digits of the new token's SHA-256.
+    pub fingerprint: String,
+}
+
+/// Replaces the admin credential: a new token in
+/// `<data_dir>/credentials/admin.token` (0600), its hash in the store; the
+/// old token stops working. Offline: the node must be stopped (the store
+/// is opened by the caller, which a running node prevents).
+pub fn rotate(store: &dyn Store, data_dir: &Path) -> Result<Rotated, AdminError> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    let dir = path
+        .parent()
+        .map_or_else(|| data_dir.to_owned(), Path::to_owned);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(&dir))?;
+    let token = new_token().map_err(AdminError::Random)?;
+    let pending = pending_path(&path);
+    write_token(&pending, &token)?;
+    sync_dir(&dir)?;
+    let hash = CredentialHash::of(token.expose());
+    store.set_admin_token_hash(hash.0)?;
+    std::fs::rename(&pending, &path).map_err(io(&path))?;
+    sync_dir(&dir)?;
+    tracing::info!(path = %path.display(), "rotated the admin credential (mode 0600)");
+    Ok(Rotated {
+        path,
+        fingerprint: hash.fingerprint(),
+    })
+}
+
+/// The hash of the token in `<data_dir>/credentials/admin.token`, if the
+/// file exists and holds a token (for `arqonbus restore`).
+pub fn token_file_hash(data_dir: &Path) -> Result<Option<[u8; 32]>, AdminError> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    read_token(&path).map(|t| Some(CredentialHash::of(t.expose()).0))
 }
 
 /// The interceptor that requires the admin credential.

@@ -11,6 +11,15 @@
 //!    serves the six control services, `grpc.health.v1.Health` and gRPC
 //!    reflection (v1 and v1alpha) until `shutdown` completes.
 //!
+//! Damage is never silent: a node whose admin credential file exists was
+//! initialised, so a missing or empty store refuses to start
+//! ([`ControlPlaneError::StoreMissing`]), a store that fails its page check
+//! is [`ControlPlaneError::StoreDamaged`], and a missing or mismatched admin
+//! token is an [`AdminError`]; each message names the file and the command
+//! that recovers. While serving, a storage error closes the store and a
+//! background task reopens it with backoff (100 ms doubling to 30 s);
+//! `Reload` and SIGHUP ([`ControlPlaneHandle::reload`]) reopen it at once.
+//!
 //! Authentication: every control service and reflection require the admin
 //! credential (reflection describes the API to whoever may use it). Health
 //! is open, so load balancers and orchestrators can probe it without a
@@ -47,7 +56,7 @@ use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::publish::{Publisher, Readiness};
 use crate::seed::{self, SeedError, SeedTenant};
 use crate::service::{Api, Inner, ReloadFn};
-use crate::store::{RedbStore, Store, StoreError};
+use crate::store::{RedbStore, STORE_FILE, Store, StoreError, StoreHealth};
 use crate::tls::{self, TlsError};
 use arqonbus_core::placement::TenantPlacement;
 
@@ -134,6 +143,30 @@ pub enum ControlPlaneError {
     /// The store could not be opened or migrated.
     #[error("control store: {0}")]
     Store(#[from] StoreError),
+    /// The node was initialised but its store is gone or empty: starting
+    /// would silently serve an empty configuration.
+    #[error(
+        "{path} is missing or empty, but this node was initialised ({evidence} exists): restore \
+         the store with `arqonbus restore --from BACKUP`, or start with an empty store on purpose \
+         with `arqonbus serve --recreate-missing`"
+    )]
+    StoreMissing {
+        /// The store file.
+        path: PathBuf,
+        /// What shows the node was initialised.
+        evidence: PathBuf,
+    },
+    /// The store file does not check out (damaged pages, not a store).
+    #[error(
+        "{path} is damaged ({reason}): restore a backup with `arqonbus restore --from BACKUP`, \
+         or move the file away and start empty on purpose with `arqonbus serve --recreate-missing`"
+    )]
+    StoreDamaged {
+        /// The store file.
+        path: PathBuf,
+        /// What the check found.
+        reason: String,
+    },
     /// `tenants.toml` or the seed tenants could not be imported.
     #[error("importing tenants: {0}")]
     Seed(#[from] SeedError),
@@ -163,6 +196,7 @@ pub enum ControlPlaneError {
 /// the [`ControlPlane`].
 #[derive(Debug, Clone)]
 pub struct ControlPlaneHandle {
+    store: Arc<RedbStore>,
     publisher: Arc<Publisher>,
     metrics: Arc<Metrics>,
     admin: AdminAuth,
@@ -196,10 +230,19 @@ impl ControlPlaneHandle {
         self.admin.check(authorization)
     }
 
+    /// The control store's state (failed, reopen attempts), for metrics.
+    pub fn store_health(&self) -> StoreHealth {
+        self.store.health()
+    }
+
     /// Takes new per-connection limits (a re-read configuration file, as on
-    /// SIGHUP) and pushes a new snapshot; connections stay open.
+    /// SIGHUP) and pushes a new snapshot; connections stay open. A store
+    /// closed by an I/O error is reopened first.
     pub fn reload(&self, limits: Limits) -> Result<Arc<ConfigSnapshot>, String> {
         limits.validate().map_err(|e| e.to_string())?;
+        self.store
+            .recover()
+            .map_err(|e| format!("control store could not be reopened: {e}"))?;
         self.publisher.set_limits(limits);
         Ok(self.publisher.publish())
     }
@@ -241,6 +284,61 @@ fn create_private_dir(dir: &Path) -> Result<(), ControlPlaneError> {
         })
 }
 
+/// Opens the store, refusing to start a node that was initialised (its
+/// admin credential file exists) on a missing or empty store, and naming
+/// the recovery for a damaged one.
+fn open_store(data_dir: &Path) -> Result<RedbStore, ControlPlaneError> {
+    let path = data_dir.join(STORE_FILE);
+    let evidence = data_dir.join(admin::ADMIN_TOKEN_FILE);
+    let empty = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
+    if empty && evidence.exists() {
+        return Err(ControlPlaneError::StoreMissing { path, evidence });
+    }
+    RedbStore::open(data_dir).map_err(|e| match e {
+        StoreError::Corrupt { reason, .. } => ControlPlaneError::StoreDamaged { path, reason },
+        other => ControlPlaneError::Store(other),
+    })
+}
+
+/// First wait before reopening a failed store, doubled after each failed
+/// attempt up to [`REOPEN_MAX_DELAY`].
+pub const REOPEN_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// Longest wait between two reopen attempts.
+pub const REOPEN_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Reopens the store after each storage failure, with backoff, and
+/// publishes a snapshot once it is back (the node then accepts again).
+async fn reopen_loop(store: Arc<RedbStore>, publisher: Arc<Publisher>) {
+    loop {
+        store.failed().await;
+        let mut delay = REOPEN_FIRST_DELAY;
+        loop {
+            tokio::time::sleep(delay).await;
+            let (s, p) = (store.clone(), publisher.clone());
+            let attempt = tokio::task::spawn_blocking(move || match s.recover() {
+                Ok(reopened) => {
+                    if reopened {
+                        // Shards that miss this snapshot are reported by
+                        // the publisher; the store is back either way.
+                        let _ = p.publish();
+                    }
+                    true
+                }
+                Err(_) => false,
+            })
+            .await;
+            if attempt.unwrap_or(false) {
+                break;
+            }
+            tracing::warn!(
+                retry_in_ms = (delay * 2).min(REOPEN_MAX_DELAY).as_millis() as u64,
+                "control store still unavailable"
+            );
+            delay = (delay * 2).min(REOPEN_MAX_DELAY);
+        }
+    }
+}
+
 impl ControlPlane {
     /// Opens the store (migrating and importing), prepares the admin
     /// credential and TLS, binds the listener, and builds the first
@@ -254,7 +352,7 @@ impl ControlPlane {
         config: ControlPlaneConfig,
     ) -> Result<(Self, Arc<ConfigSnapshot>), ControlPlaneError> {
         create_private_dir(&config.data_dir)?;
-        let store = Arc::new(RedbStore::open(&config.data_dir)?);
+        let store = Arc::new(open_store(&config.data_dir)?);
         let placement = config.default_placement;
         seed::import_tenants_file(&*store, &config.data_dir, placement)?;
         seed::import_seeds(&*store, &config.seed_tenants, placement)?;
@@ -313,6 +411,7 @@ impl ControlPlane {
     /// A view that stays usable while serving.
     pub fn handle(&self) -> ControlPlaneHandle {
         ControlPlaneHandle {
+            store: self.store.clone(),
             publisher: self.publisher.clone(),
             metrics: self.metrics.clone(),
             admin: AdminAuth::new(self.admin.hash, self.metrics.clone()),
@@ -331,6 +430,7 @@ impl ControlPlane {
         F: Future<Output = ()> + Send,
     {
         self.publisher.attach(dataplane.clone());
+        let reopen_task = tokio::spawn(reopen_loop(self.store.clone(), self.publisher.clone()));
 
         let (reporter, health) = tonic_health::server::health_reporter();
         let mut ready = self.publisher.readiness();
@@ -439,6 +539,7 @@ impl ControlPlane {
         };
         accept.abort();
         health_task.abort();
+        reopen_task.abort();
         tracing::info!("control API stopped");
         result.map_err(ControlPlaneError::from)
     }

@@ -11,8 +11,9 @@
 use arqonbus_core::ops::SteeringStatus;
 use arqonbus_proto::control::node_service_server::NodeService;
 use arqonbus_proto::control::{
-    AffinityRule, DrainShardRequest, GetStatusRequest, GetSteeringRequest, NodeStatus,
-    ReloadRequest, ResumeShardRequest, SetSteeringRequest, ShardStatus, Steering,
+    AffinityRule, BackupChunk, BackupRequest, DrainShardRequest, GetStatusRequest,
+    GetSteeringRequest, NodeStatus, ReloadRequest, ResumeShardRequest, SetSteeringRequest,
+    ShardStatus, Steering,
 };
 use tonic::{Request, Response, Status};
 
@@ -75,6 +76,23 @@ fn shard(value: u32) -> Result<u16, FieldError> {
 
 #[tonic::async_trait]
 impl NodeService for Api {
+    type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<BackupChunk, Status>>>;
+
+    async fn backup(
+        &self,
+        _request: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        self.rpc("Backup", Kind::Read, async {
+            let inner = self.inner.clone();
+            let bytes = blocking(move || inner.store.backup().map_err(store_status)).await?;
+            let chunks = crate::store::backup_chunks(&bytes);
+            Ok(tokio_stream::iter(
+                chunks.into_iter().map(Ok).collect::<Vec<_>>(),
+            ))
+        })
+        .await
+    }
+
     async fn get_status(
         &self,
         _request: Request<GetStatusRequest>,
@@ -127,6 +145,10 @@ impl NodeService for Api {
         self.rpc("Reload", Kind::Change, async {
             let inner = self.inner.clone();
             blocking(move || {
+                // A store closed by an I/O error is reopened first.
+                inner.store.recover().map_err(|e| {
+                    Status::unavailable(format!("control store could not be reopened: {e}"))
+                })?;
                 if let Some(reload) = &inner.reload {
                     let limits = reload().map_err(|e| {
                         Status::failed_precondition(format!("configuration file: {e}"))

@@ -21,10 +21,16 @@
 //!   deleting a principal deletes its credentials and the policies that
 //!   target it by id.
 //!
+//! - a storage error (disk full, failed write) never ends the process: the
+//!   store reports [`StoreError::Backend`] until [`Store::recover`] reopens
+//!   it; opening checks every page of the file, and a file that does not
+//!   check out is [`StoreError::Corrupt`], never a panic.
+//!
 //! The store checks consistency (existence, uniqueness, versions, which
 //! tenant a record belongs to); request syntax (names, patterns, quotas) is
 //! checked by the services before they call it.
 
+mod backup;
 mod records;
 mod redb_store;
 #[cfg(test)]
@@ -36,7 +42,9 @@ use arqonbus_proto::control::{
     AffinityRule, Credential, CredentialKind, Policy, Principal, Quotas, Tenant,
 };
 
-pub use self::redb_store::{RedbStore, SCHEMA_VERSION, STORE_FILE};
+pub(crate) use self::backup::chunks as backup_chunks;
+pub use self::backup::{CHUNK_BYTES, RestoreReport, restore, write_backup};
+pub use self::redb_store::{RedbStore, SCHEMA_VERSION, STORE_FILE, StoreHealth};
 
 /// Why a store operation failed. The first four are the caller's fault (the
 /// request names something absent, taken or stale) and map to gRPC codes;
@@ -416,4 +424,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError>;
     /// Records the admin token's SHA-256.
     fn set_admin_token_hash(&self, hash: [u8; 32]) -> Result<(), StoreError>;
+    /// Reopens the store if a storage error closed it; `Ok(true)`: it was
+    /// reopened, `Ok(false)`: nothing to do. Stores that never close
+    /// answer `Ok(false)`.
+    fn recover(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    /// A consistent copy of the whole store while it serves, in the
+    /// implementation's own file format (a redb file for [`RedbStore`]).
+    fn backup(&self) -> Result<Vec<u8>, StoreError> {
+        Err(StoreError::Backend("this store cannot make backups".into()))
+    }
 }

@@ -23,6 +23,7 @@
 
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use arqonbus_core::auth::CredentialHash;
 use arqonbus_proto::control::{
@@ -46,13 +47,13 @@ use super::{
 /// The store's file name in the data directory.
 pub const STORE_FILE: &str = "control.redb";
 
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
-const TENANTS: TableDefinition<u64, &[u8]> = TableDefinition::new("tenants");
-const PRINCIPALS: TableDefinition<u64, &[u8]> = TableDefinition::new("principals");
-const CREDENTIALS: TableDefinition<u64, &[u8]> = TableDefinition::new("credentials");
-const POLICIES: TableDefinition<u64, &[u8]> = TableDefinition::new("policies");
-const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+pub(crate) const TENANTS: TableDefinition<u64, &[u8]> = TableDefinition::new("tenants");
+pub(crate) const PRINCIPALS: TableDefinition<u64, &[u8]> = TableDefinition::new("principals");
+pub(crate) const CREDENTIALS: TableDefinition<u64, &[u8]> = TableDefinition::new("credentials");
+pub(crate) const POLICIES: TableDefinition<u64, &[u8]> = TableDefinition::new("policies");
+pub(crate) const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 
 const SCHEMA_KEY: &str = "schema_version";
 const NEXT_TENANT: &str = "next_tenant_id";
@@ -64,6 +65,7 @@ const ADMIN_HASH: &str = "admin_token_sha256";
 const STEERING: &str = "steering";
 
 /// One schema step: `run` brings a store from `version - 1` to `version`.
+#[derive(Clone, Copy)]
 pub(crate) struct Migration {
     /// The version after this step.
     pub(crate) version: u64,
@@ -134,65 +136,50 @@ backend_errors!(
     redb::SetDurabilityError
 );
 
-/// The embedded store. Cheap to share behind an `Arc`; redb serialises
-/// writers and lets readers run beside them.
+/// One open redb database with the store's logic; [`RedbStore`] holds it
+/// and replaces it when an I/O error forces a reopen.
 #[derive(Debug)]
-pub struct RedbStore {
-    db: Database,
-    path: PathBuf,
+pub(crate) struct Db {
+    pub(crate) db: Database,
 }
 
-impl RedbStore {
-    /// Opens (creating if needed) `<data_dir>/control.redb` and runs the
-    /// pending migrations.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        Self::open_file(&data_dir.join(STORE_FILE))
-    }
-
-    /// Opens (creating if needed) the store at `path` and migrates it.
-    pub fn open_file(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with(path, MIGRATIONS)
-    }
-
-    pub(crate) fn open_with(path: &Path, migrations: &[Migration]) -> Result<Self, StoreError> {
-        // Signing keys and credential hashes live here: owner only, from the
-        // moment the file exists (and fixed if an older file is wider).
-        let owner_only =
-            |e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(owner_only)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(owner_only)?;
-        let db = Database::create(path)?;
-        let store = Self {
-            db,
-            path: path.to_owned(),
+impl Db {
+    /// Opens (creating if needed) the file, checks every page of it
+    /// (`set_check_integrity_on_open`), and runs the pending migrations.
+    /// A file that does not check out is [`StoreError::Corrupt`]; should the
+    /// storage engine panic on it anyway, the panic is caught and reported
+    /// the same way, so a damaged file never crashes the process.
+    fn open(path: &Path, migrations: &[Migration]) -> Result<Self, StoreError> {
+        let opened = std::panic::catch_unwind(|| {
+            let mut builder = redb::Builder::new();
+            builder.set_check_integrity_on_open(true);
+            builder.create(path)
+        });
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(open_error(path, e)),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown failure".to_owned());
+                return Err(file_corrupt(
+                    path,
+                    format!("the storage engine failed reading it ({what})"),
+                ));
+            }
         };
-        store.migrate(migrations)?;
-        Ok(store)
-    }
-
-    /// Where the file is.
-    pub fn path(&self) -> &Path {
-        &self.path
+        let db = Self { db };
+        db.migrate(migrations)?;
+        Ok(db)
     }
 
     /// The schema version recorded in the file.
-    pub fn schema_version(&self) -> Result<u64, StoreError> {
+    fn schema_version(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(SCHEMA_KEY)?.map_or(0, |v| v.value()))
-    }
-
-    /// The underlying database, for tests that damage records on purpose.
-    #[cfg(test)]
-    #[allow(dead_code, reason = "used by some test modules only")]
-    pub(crate) fn database(&self) -> &Database {
-        &self.db
     }
 
     fn migrate(&self, migrations: &[Migration]) -> Result<(), StoreError> {
@@ -228,6 +215,233 @@ impl RedbStore {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         Ok(txn)
+    }
+}
+
+/// A whole file that cannot be trusted.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers pass temporaries; by value reads better at every call site"
+)]
+fn file_corrupt(path: &Path, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table: "(file)",
+        key: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// What an error opening the file means for the operator.
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+            file_corrupt(path, reason)
+        }
+        redb::DatabaseError::DatabaseAlreadyOpen => {
+            StoreError::Backend(format!("{}: {IN_USE}", path.display()))
+        }
+        redb::DatabaseError::UpgradeRequired(v) => file_corrupt(
+            path,
+            format!("not a store this version reads (file format {v})"),
+        ),
+        other => StoreError::Backend(format!("{}: {other}", path.display())),
+    }
+}
+
+/// What an open of a file held by another process says.
+pub(crate) const IN_USE: &str = "in use by another process (is the node running?)";
+
+/// The embedded store. Cheap to share behind an `Arc`; redb serialises
+/// writers and lets readers run beside them.
+///
+/// It survives I/O errors: a storage failure (disk full, a failed write)
+/// leaves redb refusing every later call until the file is reopened, so the
+/// first such error marks the store failed and wakes whoever waits in
+/// [`RedbStore::failed`]; [`Store::recover`] (called on `Reload`, SIGHUP and by
+/// the control plane's reopen task with backoff) closes the database and
+/// opens the file again, checking every page. Every call holds a read lock
+/// on the open database for its whole transaction; a reopen takes the write
+/// lock, so it never pulls the file from under a call in flight.
+pub struct RedbStore {
+    db: RwLock<Option<Db>>,
+    path: PathBuf,
+    migrations: Vec<Migration>,
+    health: Mutex<StoreHealth>,
+    failed_notify: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .field("health", &self.health())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The store's state, for logs, readiness and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// An I/O error closed the store and it has not been reopened since.
+    pub failed: bool,
+    /// Reopen attempts since the process started.
+    pub reopen_attempts: u64,
+    /// Successful reopens since the process started.
+    pub reopens: u64,
+    /// The last storage error seen (no secrets: redb's own message).
+    pub last_error: Option<String>,
+}
+
+/// A read guard on the open database (tests damage records through it).
+#[cfg(test)]
+pub(crate) struct DbGuard<'a>(std::sync::RwLockReadGuard<'a, Option<Db>>);
+
+#[cfg(test)]
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        match self.0.as_ref() {
+            Some(db) => &db.db,
+            // `database()` builds a guard only over an open database.
+            None => unreachable!("guard over a closed store"),
+        }
+    }
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) `<data_dir>/control.redb`, checks it and
+    /// runs the pending migrations.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_file(&data_dir.join(STORE_FILE))
+    }
+
+    /// Opens (creating if needed) the store at `path`, checks and migrates it.
+    pub fn open_file(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, MIGRATIONS)
+    }
+
+    pub(crate) fn open_with(path: &Path, migrations: &[Migration]) -> Result<Self, StoreError> {
+        // Signing keys and credential hashes live here: owner only, from the
+        // moment the file exists (and fixed if an older file is wider).
+        let owner_only =
+            |e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(owner_only)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(owner_only)?;
+        let db = Db::open(path, migrations)?;
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            path: path.to_owned(),
+            migrations: migrations.to_vec(),
+            health: Mutex::new(StoreHealth::default()),
+            failed_notify: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        self.with(Db::schema_version)
+    }
+
+    /// The store's state now.
+    pub fn health(&self) -> StoreHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Completes once a storage error has marked the store failed (at once
+    /// if it did since the last wait).
+    pub async fn failed(&self) {
+        self.failed_notify.notified().await;
+    }
+
+    /// Closes the database and opens the file again, checking every page.
+    /// On failure the store stays closed (every call fails with
+    /// [`StoreError::Backend`]) and failed.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let attempt = {
+            let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            h.reopen_attempts += 1;
+            h.reopen_attempts
+        };
+        // The old database holds the file's lock: it must be gone before
+        // the file is opened again.
+        drop(slot.take());
+        match Db::open(&self.path, &self.migrations) {
+            Ok(db) => {
+                *slot = Some(db);
+                let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+                h.failed = false;
+                h.reopens += 1;
+                tracing::info!(attempt, path = %self.path.display(), "control store reopened");
+                Ok(())
+            }
+            Err(e) => {
+                let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+                h.failed = true;
+                h.last_error = Some(e.to_string());
+                tracing::warn!(attempt, error = %e, "control store reopen failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// The underlying database, for tests that damage records on purpose.
+    #[cfg(test)]
+    #[allow(dead_code, reason = "used by some test modules only")]
+    pub(crate) fn database(&self) -> DbGuard<'_> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        assert!(guard.is_some(), "the store is closed");
+        DbGuard(guard)
+    }
+
+    /// Runs `f` on the open database; a storage error marks the store
+    /// failed (once) and wakes the reopen task.
+    fn with<T>(&self, f: impl FnOnce(&Db) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = guard.as_ref() else {
+            let last = self.health().last_error.unwrap_or_default();
+            return Err(StoreError::Backend(format!(
+                "closed after an I/O error, reopening ({last})"
+            )));
+        };
+        let result = f(db);
+        if let Err(StoreError::Backend(reason)) = &result {
+            let first = {
+                let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+                let first = !h.failed;
+                h.failed = true;
+                h.last_error = Some(reason.clone());
+                first
+            };
+            if first {
+                tracing::error!(
+                    error = %reason,
+                    "control store failed: it will be reopened (node reload, SIGHUP, or by itself with backoff)"
+                );
+                self.failed_notify.notify_one();
+            }
+        }
+        result
+    }
+
+    /// A consistent copy of the whole store, as the bytes of a redb file
+    /// (see `backup.rs`).
+    pub fn backup_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        self.with(|db| super::backup::copy_database(&db.db))
     }
 }
 
@@ -508,7 +722,7 @@ fn remove_where<T>(
     Ok(())
 }
 
-impl Store for RedbStore {
+impl Store for Db {
     fn create_tenant(&self, new: NewTenant) -> Result<Tenant, StoreError> {
         let txn = self.write()?;
         let tenant = {
@@ -1007,5 +1221,117 @@ impl Store for RedbStore {
             .insert(ADMIN_HASH, hash.as_slice())?;
         txn.commit()?;
         Ok(())
+    }
+}
+
+impl Store for RedbStore {
+    fn create_tenant(&self, new: NewTenant) -> Result<Tenant, StoreError> {
+        self.with(|db| db.create_tenant(new))
+    }
+    fn tenant(&self, id: u64) -> Result<Tenant, StoreError> {
+        self.with(|db| db.tenant(id))
+    }
+    fn tenant_by_name(&self, name: &str) -> Result<Tenant, StoreError> {
+        self.with(|db| db.tenant_by_name(name))
+    }
+    fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        self.with(Db::list_tenants)
+    }
+    fn update_tenant(
+        &self,
+        id: u64,
+        expected_version: u64,
+        quotas: Option<Quotas>,
+        placement: Option<String>,
+    ) -> Result<Tenant, StoreError> {
+        self.with(|db| db.update_tenant(id, expected_version, quotas, placement))
+    }
+    fn delete_tenant(&self, id: u64) -> Result<(), StoreError> {
+        self.with(|db| db.delete_tenant(id))
+    }
+    fn create_principal(&self, new: NewPrincipal) -> Result<Principal, StoreError> {
+        self.with(|db| db.create_principal(new))
+    }
+    fn principal(&self, id: u64) -> Result<Principal, StoreError> {
+        self.with(|db| db.principal(id))
+    }
+    fn list_principals(&self, tenant_id: u64) -> Result<Vec<Principal>, StoreError> {
+        self.with(|db| db.list_principals(tenant_id))
+    }
+    fn update_principal(
+        &self,
+        id: u64,
+        expected_version: u64,
+        roles: Vec<String>,
+        quotas: Option<Quotas>,
+    ) -> Result<Principal, StoreError> {
+        self.with(|db| db.update_principal(id, expected_version, roles, quotas))
+    }
+    fn delete_principal(&self, id: u64) -> Result<(), StoreError> {
+        self.with(|db| db.delete_principal(id))
+    }
+    fn issue_credential(
+        &self,
+        new: NewCredential,
+        mint: &mut MintFn<'_>,
+    ) -> Result<Issued, StoreError> {
+        self.with(|db| db.issue_credential(new, mint))
+    }
+    fn list_credentials(
+        &self,
+        tenant_id: u64,
+        principal_id: Option<u64>,
+    ) -> Result<Vec<Credential>, StoreError> {
+        self.with(|db| db.list_credentials(tenant_id, principal_id))
+    }
+    fn revoke_credential(
+        &self,
+        id: u64,
+        now_unix_ms: i64,
+    ) -> Result<(Credential, bool), StoreError> {
+        self.with(|db| db.revoke_credential(id, now_unix_ms))
+    }
+    fn put_policy(&self, policy: Policy, expected_version: u64) -> Result<Policy, StoreError> {
+        self.with(|db| db.put_policy(policy, expected_version))
+    }
+    fn list_policies(&self, tenant_id: u64) -> Result<Vec<Policy>, StoreError> {
+        self.with(|db| db.list_policies(tenant_id))
+    }
+    fn delete_policy(&self, id: u64) -> Result<(), StoreError> {
+        self.with(|db| db.delete_policy(id))
+    }
+    fn load(&self) -> Result<StoreContents, StoreError> {
+        self.with(Db::load)
+    }
+    fn next_epoch(&self, at_least: u64) -> Result<u64, StoreError> {
+        self.with(|db| db.next_epoch(at_least))
+    }
+    fn import_tenants(
+        &self,
+        tenants: &[ImportTenant],
+        once: Option<&str>,
+    ) -> Result<ImportReport, StoreError> {
+        self.with(|db| db.import_tenants(tenants, once))
+    }
+    fn steering(&self) -> Result<Option<SteeringRecord>, StoreError> {
+        self.with(Db::steering)
+    }
+    fn set_steering(&self, steering: &SteeringRecord) -> Result<(), StoreError> {
+        self.with(|db| db.set_steering(steering))
+    }
+    fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        self.with(Db::admin_token_hash)
+    }
+    fn set_admin_token_hash(&self, hash: [u8; 32]) -> Result<(), StoreError> {
+        self.with(|db| db.set_admin_token_hash(hash))
+    }
+    fn recover(&self) -> Result<bool, StoreError> {
+        if !self.health().failed {
+            return Ok(false);
+        }
+        self.reopen().map(|()| true)
+    }
+    fn backup(&self) -> Result<Vec<u8>, StoreError> {
+        self.backup_bytes()
     }
 }
