@@ -62,7 +62,7 @@ async def test_connect_shows_the_welcome(node: Node, tenant: Tenant) -> None:
     assert info.limits.max_payload > 0 and info.shard in (0, 1)
     assert c.is_connected
     conns = node.ctl("connections", "list")["connections"]
-    mine = [x for x in conns if x["tenant_id"] == tenant.tenant_id]
+    mine = [x for x in conns if int(x["tenant_id"]) == tenant.tenant_id]
     assert mine and mine[0]["client_name"] == "py-test" and mine[0]["client_kind"] == "agent"
     await c.close()
     await c.close()  # idempotent

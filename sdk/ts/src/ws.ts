@@ -92,9 +92,13 @@ export function webSocket(url: string, options: WebSocketOptions = {}): Transpor
           ws.close(1003, "binary frames only");
         }
       };
-      ws.onerror = () => {
-        // The close event that follows carries the code; before open there is none.
-        if (!open) finish(new TransportError(`cannot connect to ${url}`));
+      ws.onerror = (ev) => {
+        // Browsers give no detail (the close event that follows has the
+        // code); Node's `ws` gives a message.
+        const detail = (ev as { message?: unknown }).message;
+        if (!open) {
+          finish(new TransportError(`cannot connect to ${url}${typeof detail === "string" ? `: ${detail}` : ""}`));
+        }
       };
       ws.onclose = (ev) => {
         finish(

@@ -98,8 +98,13 @@ describe("against the server over TLS TCP", () => {
     expect(c.serverInfo?.tenant).toBe(t.name);
     expect(c.serverInfo?.protocolVersion).toBe(1);
     expect(c.status).toBe("connected");
-    const conns = (await node.ctl("connections", "list")).connections as Array<Record<string, unknown>>;
-    const mine = conns.find((x) => x.tenant_id === t.tenantId);
+    // The listing is gathered from the shards; poll (bounded) until it shows the session.
+    let mine: Record<string, unknown> | undefined;
+    for (let i = 0; i < 100 && !mine; i++) {
+      const conns = (await node.ctl("connections", "list")).connections as Array<Record<string, unknown>>;
+      mine = conns.find((x) => Number(x.tenant_id) === t.tenantId);
+      if (!mine) await new Promise((r) => setTimeout(r, 50));
+    }
     expect(mine?.client_name).toBe("ts-test");
     expect(mine?.client_kind).toBe("agent");
     await c.close();

@@ -6,7 +6,7 @@
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { access, constants, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
+import { connect as connectTcp, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -36,6 +36,18 @@ async function freePort(): Promise<number> {
   });
 }
 
+/** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+function listening(port: number): Promise<boolean> {
+  return new Promise((res) => {
+    const s = connectTcp({ host: "127.0.0.1", port });
+    s.once("connect", () => {
+      s.destroy();
+      res(true);
+    });
+    s.once("error", () => res(false));
+  });
+}
+
 export interface Tenant {
   name: string;
   tenantId: number;
@@ -48,7 +60,7 @@ export class Node {
   dir = "";
   port = 0;
   control = "";
-  /** The WebSocket edge's URL when the server prints one. */
+  /** The WebSocket edge's URL, when the binary has the edge. */
   wsUrl: string | undefined;
   private proc: ChildProcess | undefined;
   private exited: Promise<void> = Promise.resolve();
@@ -76,13 +88,40 @@ export class Node {
     return join(this.dataDir, "credentials", "bootstrap.token");
   }
 
+  /** Whether the binary knows `[websocket]` (learnt at the first start). */
+  private wsSupported: boolean | undefined;
+  private wsPort = 0;
+
+  /**
+   * Starts the binary. The configuration asks for the WebSocket edge on a
+   * free port; a binary without the edge refuses the `[websocket]` section,
+   * and the node then starts without it (`wsUrl` stays undefined).
+   */
   async start(): Promise<void> {
+    if (this.wsSupported !== false) {
+      if (!this.wsPort) this.wsPort = await freePort();
+      try {
+        await this.startOnce(true);
+        this.wsSupported = true;
+        // A binary may know the section before it serves the edge.
+        this.wsUrl = (await listening(this.wsPort)) ? `wss://127.0.0.1:${this.wsPort}/` : undefined;
+        return;
+      } catch (e) {
+        if (this.wsSupported === true || !/websocket/i.test(String(e))) throw e;
+        this.wsSupported = false;
+      }
+    }
+    await this.startOnce(false);
+  }
+
+  private async startOnce(ws: boolean): Promise<void> {
     const config = join(this.dir, "arqonbus.toml");
+    const wsSection = ws ? `[websocket]\nenabled = true\nlisten = "127.0.0.1:${this.wsPort}"\n\n` : "";
     await writeFile(
       config,
       `data_dir = "${this.dataDir}"\n\n[server]\nlisten = "127.0.0.1:${this.port}"\nshards = 2\ntick_ms = 20\nlame_duck_window_ms = 1000\n\n` +
         `[control]\nlisten = "127.0.0.1:0"\n\n[metrics]\nlisten = "127.0.0.1:0"\n\n[log]\nformat = "text"\nlevel = "warn"\n\n` +
-        `[steering]\ndefault_placement = "spread"\n\n${this.extra}`,
+        `[steering]\ndefault_placement = "spread"\n\n${wsSection}${this.extra}`,
     );
     const env = Object.fromEntries(
       Object.entries(process.env).filter(([k]) => !k.startsWith("ARQONBUS_") && k !== "RUST_LOG"),
@@ -104,8 +143,6 @@ export class Node {
         last.push(line);
         if (last.length > 20) last.shift();
         if (line.startsWith("ArqonBus listening on ")) data = true;
-        const ws = /(wss?:\/\/[^\s)]+)/.exec(line);
-        if (ws && /websocket/i.test(line)) this.wsUrl = ws[1];
         if (line.startsWith("control API:")) this.control = line.slice("control API:".length).trim().split(" ")[0]!;
         if (data && this.control) {
           clearTimeout(timer);
