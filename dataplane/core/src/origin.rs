@@ -120,4 +120,29 @@ mod tests {
         let none: [&str; 0] = [];
         assert!(allowed(&none, Some("https://anything.example")));
     }
+
+    #[test]
+    fn a_snapshot_keeps_each_tenants_list() {
+        use crate::TenantId;
+        use crate::limits::Limits;
+        use crate::snapshot::ConfigSnapshot;
+
+        let mut snap = ConfigSnapshot::new(1, Limits::default());
+        snap.set_allowed_origins(TenantId(1), vec!["https://a.example".into()]);
+        assert!(allowed(
+            snap.allowed_origins(TenantId(1)),
+            Some("https://a.example")
+        ));
+        assert!(!allowed(
+            snap.allowed_origins(TenantId(1)),
+            Some("https://b.example")
+        ));
+        // Another tenant, or a list set empty: any origin.
+        assert!(snap.allowed_origins(TenantId(2)).is_empty());
+        snap.set_allowed_origins(TenantId(1), Vec::new());
+        assert!(allowed(
+            snap.allowed_origins(TenantId(1)),
+            Some("https://b.example")
+        ));
+    }
 }

@@ -163,6 +163,9 @@ pub struct ConfigSnapshot {
     /// Steering set through the control API; `None`: the node's configured
     /// default stays in force.
     steering: Option<Arc<SteeringConfig>>,
+    /// Origins each tenant's WebSocket clients may come from (absent or
+    /// empty: any); `origin::allowed` decides.
+    origins: FxHashMap<TenantId, Arc<[Box<str>]>>,
 }
 
 impl ConfigSnapshot {
@@ -178,6 +181,7 @@ impl ConfigSnapshot {
             credentials: FxHashMap::default(),
             bearer: FxHashMap::default(),
             steering: None,
+            origins: FxHashMap::default(),
         }
     }
 
@@ -190,6 +194,23 @@ impl ConfigSnapshot {
     /// Sets the steering the control API chose.
     pub fn set_steering(&mut self, steering: SteeringConfig) {
         self.steering = Some(Arc::new(steering));
+    }
+
+    /// Sets the origins `tenant`'s WebSocket clients may come from (entries
+    /// checked with `origin::validate` by whoever builds the snapshot);
+    /// empty: any origin.
+    pub fn set_allowed_origins(&mut self, tenant: TenantId, origins: Vec<String>) {
+        if origins.is_empty() {
+            self.origins.remove(&tenant);
+        } else {
+            let list: Vec<Box<str>> = origins.into_iter().map(String::into_boxed_str).collect();
+            self.origins.insert(tenant, list.into());
+        }
+    }
+
+    /// The origins `tenant`'s WebSocket clients may come from; empty: any.
+    pub fn allowed_origins(&self, tenant: TenantId) -> &[Box<str>] {
+        self.origins.get(&tenant).map_or(&[], |o| &o[..])
     }
 
     /// This snapshot, renumbered, refusing new sessions because of `reason`
