@@ -64,6 +64,16 @@ pub struct ShardStats {
     pub subscriptions: u64,
     /// Gauge: messages waiting in this shard's outgoing rings and overflow.
     pub ring_used: u64,
+    /// WebSocket upgrades completed (`specs/websocket.md`).
+    pub ws_upgrades: u64,
+    /// WebSocket upgrades refused (subprotocol, origin, not an upgrade) or
+    /// failed (timeout, socket).
+    pub ws_upgrade_failures: u64,
+    /// WebSocket connections closed for a violation (malformed frame, text
+    /// message, oversized message).
+    pub ws_violations: u64,
+    /// Gauge: open WebSocket connections (also counted in `connections`).
+    pub ws_connections: u64,
 }
 
 impl ShardStats {
@@ -99,6 +109,10 @@ impl ShardStats {
             connections,
             subscriptions,
             ring_used,
+            ws_upgrades,
+            ws_upgrade_failures,
+            ws_violations,
+            ws_connections,
         } = other;
         self.connections_accepted += connections_accepted;
         self.connections_closed += connections_closed;
@@ -129,5 +143,9 @@ impl ShardStats {
         self.connections += connections;
         self.subscriptions += subscriptions;
         self.ring_used += ring_used;
+        self.ws_upgrades += ws_upgrades;
+        self.ws_upgrade_failures += ws_upgrade_failures;
+        self.ws_violations += ws_violations;
+        self.ws_connections += ws_connections;
     }
 }
