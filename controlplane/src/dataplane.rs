@@ -25,12 +25,38 @@ pub enum DataPlaneError {
     NoSuchShard(u16),
 }
 
+/// Shards that did not confirm a snapshot in time. The snapshot stays
+/// queued for them; pushing the same or a newer one again is how the
+/// control plane asks whether they have caught up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not yet applied by shard(s) {} (configuration epoch {epoch})",
+    list(shards)
+)]
+pub struct NotApplied {
+    /// The snapshot's epoch.
+    pub epoch: u64,
+    /// The shards that did not confirm it, in order; never empty.
+    pub shards: Vec<u16>,
+}
+
+fn list(shards: &[u16]) -> String {
+    shards
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What the control plane needs from the data plane. Implemented by the
 /// server crate for `arqonbus_dataplane::DataPlane`. Calls may block briefly
 /// (they talk to shard threads): call them from `tokio::task::spawn_blocking`.
 pub trait DataPlaneControl: Send + Sync + 'static {
-    /// Push a new snapshot to every shard (they apply it between batches).
-    fn apply(&self, snapshot: Arc<ConfigSnapshot>);
+    /// Push a snapshot to every shard (they apply it between batches) and
+    /// wait for them: `Ok` once every shard runs it (a stopped shard counts
+    /// as done), else the shards that did not confirm in time. Pushing a
+    /// snapshot a shard already runs only asks it to confirm.
+    fn apply(&self, snapshot: Arc<ConfigSnapshot>) -> Result<(), NotApplied>;
     /// Every open connection on every shard.
     fn connections(&self) -> Result<Vec<ConnectionInfo>, DataPlaneError>;
     /// Close one connection with DISCONNECTED_BY_OPERATOR; Ok(false) if no such connection.

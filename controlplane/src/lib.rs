@@ -43,7 +43,7 @@ pub mod store;
 pub mod tls;
 pub mod validate;
 
-pub use dataplane::{DataPlaneControl, DataPlaneError};
+pub use dataplane::{DataPlaneControl, DataPlaneError, NotApplied};
 pub use plane::{ControlPlane, ControlPlaneConfig, ControlPlaneError, ControlPlaneHandle};
 pub use publish::Readiness;
 pub use seed::{SeedCredential, SeedTenant};

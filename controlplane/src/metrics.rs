@@ -47,6 +47,22 @@ pub struct Metrics {
     snapshots_published: AtomicU64,
     snapshots_refusing: AtomicU64,
     rpc_latency: Mutex<Histogram<u64>>,
+    applies_confirmed: AtomicU64,
+    applies_unconfirmed: AtomicU64,
+    apply_latency: Mutex<Histogram<u64>>,
+}
+
+/// How snapshot pushes to the shards went (`Publisher`): a separate copy so
+/// [`MetricsSnapshot`] keeps its fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplyMetrics {
+    /// Pushes every shard confirmed in time.
+    pub confirmed: u64,
+    /// Pushes some shard did not confirm in time (the RPC failed with
+    /// UNAVAILABLE naming them).
+    pub unconfirmed: u64,
+    /// How long a push waited for the shards, µs (both outcomes).
+    pub latency: Histogram<u64>,
 }
 
 impl Default for Metrics {
@@ -59,6 +75,9 @@ impl Default for Metrics {
             snapshots_published: AtomicU64::new(0),
             snapshots_refusing: AtomicU64::new(0),
             rpc_latency: Mutex::new(latency_histogram()),
+            applies_confirmed: AtomicU64::new(0),
+            applies_unconfirmed: AtomicU64::new(0),
+            apply_latency: Mutex::new(latency_histogram()),
         }
     }
 }
@@ -109,6 +128,34 @@ impl Metrics {
 
     pub(crate) fn inc_refusing(&self) {
         self.snapshots_refusing.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_apply(&self, took: std::time::Duration, confirmed: bool) {
+        let c = if confirmed {
+            &self.applies_confirmed
+        } else {
+            &self.applies_unconfirmed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let _ = self
+            .apply_latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(us.max(1));
+    }
+
+    /// How snapshot pushes went.
+    pub fn apply_metrics(&self) -> ApplyMetrics {
+        ApplyMetrics {
+            confirmed: self.applies_confirmed.load(Ordering::Relaxed),
+            unconfirmed: self.applies_unconfirmed.load(Ordering::Relaxed),
+            latency: self
+                .apply_latency
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
     }
 
     /// The current values.

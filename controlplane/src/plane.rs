@@ -52,7 +52,7 @@ use tonic_health::ServingStatus;
 
 use crate::admin::{self, AdminAuth, AdminCredential, AdminError};
 use crate::dataplane::DataPlaneControl;
-use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::metrics::{ApplyMetrics, Metrics, MetricsSnapshot};
 use crate::publish::{Publisher, Readiness};
 use crate::seed::{self, SeedError, SeedTenant};
 use crate::service::{Api, Inner, ReloadFn};
@@ -223,6 +223,12 @@ impl ControlPlaneHandle {
         self.metrics.snapshot()
     }
 
+    /// How snapshot pushes to the shards went (confirmed, unconfirmed,
+    /// latency).
+    pub fn apply_metrics(&self) -> ApplyMetrics {
+        self.metrics.apply_metrics()
+    }
+
     /// Whether an `Authorization` header value carries the admin credential
     /// (for the server's HTTP monitoring endpoints). Constant time; refusals
     /// are counted as authentication failures.
@@ -244,7 +250,7 @@ impl ControlPlaneHandle {
             .recover()
             .map_err(|e| format!("control store could not be reopened: {e}"))?;
         self.publisher.set_limits(limits);
-        Ok(self.publisher.publish())
+        self.publisher.publish().map_err(|e| e.to_string())
     }
 }
 

@@ -1,10 +1,11 @@
-//! Publishing snapshots: build, number, push, and report readiness.
+//! Publishing snapshots: build, number, push, confirm, and report readiness.
 //!
 //! The `Publisher` owns the last snapshot pushed, the last *good* one, the
-//! server's limits and the data plane handle. `Publisher::publish` reads
-//! the store, builds a snapshot with a fresh epoch and applies it to the data
-//! plane, all under one lock, so shards receive snapshots in epoch order and
-//! every snapshot reflects every write acknowledged before it.
+//! build cache, the server's limits and the data plane handle.
+//! `Publisher::publish` reads the store, builds a snapshot with a fresh epoch
+//! (incrementally: [`crate::snapshot::BuildCache`]) and applies it to the
+//! data plane, all under one lock, so shards receive snapshots in epoch
+//! order and every snapshot reflects every write acknowledged before it.
 //!
 //! Invariants:
 //! - epochs strictly increase, across restarts too (the last one is kept in
@@ -13,18 +14,23 @@
 //! - fail closed: when a build fails, the snapshot pushed is the last good
 //!   one renumbered and refusing new sessions, with the reason; readiness
 //!   (health, `NodeStatus.accepting`) follows the last snapshot pushed;
+//! - acknowledged means applied: `publish` and `confirm` return `Ok` only
+//!   when every shard runs the snapshot (or a newer one); otherwise they name
+//!   the shards that did not confirm, and remember it, so the next `confirm`
+//!   pushes the current snapshot again until every shard has it;
 //! - `DataPlaneControl::apply` is called with the lock held: it must not call
 //!   back into the control plane.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use arqonbus_core::limits::Limits;
 use arqonbus_core::snapshot::ConfigSnapshot;
 use tokio::sync::watch;
 
-use crate::dataplane::DataPlaneControl;
+use crate::dataplane::{DataPlaneControl, NotApplied};
 use crate::metrics::Metrics;
-use crate::snapshot::{BuildError, build_snapshot};
+use crate::snapshot::{BuildCache, BuildError, build_snapshot_cached};
 use crate::store::Store;
 
 /// Whether the node accepts new sessions, as of the last snapshot pushed.
@@ -52,6 +58,9 @@ struct State {
     limits: Limits,
     last_good: Option<Arc<ConfigSnapshot>>,
     current: Arc<ConfigSnapshot>,
+    cache: BuildCache,
+    /// The shards that did not confirm `current`, if any.
+    unapplied: Option<NotApplied>,
     dataplane: Option<Arc<dyn DataPlaneControl>>,
 }
 
@@ -87,12 +96,16 @@ impl Publisher {
                 limits,
                 last_good: None,
                 current: empty,
+                cache: BuildCache::default(),
+                unapplied: None,
                 dataplane: None,
             }),
             readiness,
             metrics,
         };
-        let first = publisher.publish();
+        let mut st = publisher.lock();
+        let first = publisher.build(&mut st);
+        drop(st);
         (publisher, first)
     }
 
@@ -123,19 +136,46 @@ impl Publisher {
     }
 
     /// Builds a snapshot from the store, pushes it to the data plane and
-    /// returns it; fails closed as the module documentation says.
-    pub(crate) fn publish(&self) -> Arc<ConfigSnapshot> {
+    /// waits for every shard; fails closed as the module documentation
+    /// says. `Err` names the shards that did not confirm it in time (the
+    /// snapshot is the current one all the same).
+    pub(crate) fn publish(&self) -> Result<Arc<ConfigSnapshot>, NotApplied> {
         let mut st = self.lock();
+        let snapshot = self.build(&mut st);
+        self.push(&mut st).map(|()| snapshot)
+    }
+
+    /// `Ok` once every shard runs the current snapshot: at once when the
+    /// last push was confirmed everywhere, else after pushing it again.
+    pub(crate) fn confirm(&self) -> Result<(), NotApplied> {
+        let mut st = self.lock();
+        if st.unapplied.is_none() {
+            return Ok(());
+        }
+        self.push(&mut st)
+    }
+
+    /// Builds the next snapshot and makes it the current one.
+    fn build(&self, st: &mut State) -> Arc<ConfigSnapshot> {
         let floor = st.current.epoch().saturating_add(1);
+        let started = Instant::now();
         let (epoch, built) = match self.store.next_epoch(floor) {
-            Ok(epoch) => (epoch, build_snapshot(&*self.store, epoch, &st.limits)),
+            Ok(epoch) => (
+                epoch,
+                build_snapshot_cached(&*self.store, epoch, &st.limits, &mut st.cache),
+            ),
             Err(e) => (floor, Err(BuildError::Store(e))),
         };
         let snapshot = match built {
-            Ok(s) => {
+            Ok((s, stats)) => {
                 let s = Arc::new(s);
                 st.last_good = Some(s.clone());
-                tracing::info!(epoch, "configuration snapshot published");
+                tracing::info!(
+                    epoch,
+                    build_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    rebuilt = ?stats,
+                    "configuration snapshot published"
+                );
                 s
             }
             Err(e) => {
@@ -154,12 +194,31 @@ impl Publisher {
             }
         };
         st.current = snapshot.clone();
-        if let Some(dp) = &st.dataplane {
-            dp.apply(snapshot.clone());
-        }
         self.metrics.inc_published();
         self.readiness.send_replace(Readiness::of(&snapshot));
         snapshot
+    }
+
+    /// Pushes the current snapshot and waits for every shard.
+    fn push(&self, st: &mut State) -> Result<(), NotApplied> {
+        let Some(dp) = &st.dataplane else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let result = dp.apply(st.current.clone());
+        self.metrics.record_apply(started.elapsed(), result.is_ok());
+        match &result {
+            Ok(()) => {
+                if let Some(was) = st.unapplied.take() {
+                    tracing::info!(epoch = st.current.epoch(), late = ?was.shards, "every shard confirmed the configuration");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, epoch = e.epoch, shards = ?e.shards, "shards did not confirm the configuration in time: the change is stored, not yet applied everywhere");
+                st.unapplied = Some(e.clone());
+            }
+        }
+        result
     }
 }
 
@@ -179,8 +238,9 @@ mod tests {
     struct Recorder(Mutex<Vec<Arc<ConfigSnapshot>>>);
 
     impl DataPlaneControl for Recorder {
-        fn apply(&self, snapshot: Arc<ConfigSnapshot>) {
+        fn apply(&self, snapshot: Arc<ConfigSnapshot>) -> Result<(), NotApplied> {
             self.0.lock().unwrap().push(snapshot);
+            Ok(())
         }
         fn connections(&self) -> Result<Vec<ConnectionInfo>, DataPlaneError> {
             Ok(vec![])
@@ -241,7 +301,7 @@ mod tests {
         let ready = publisher.readiness();
 
         corrupt_policy(&store, 99);
-        let closed = publisher.publish();
+        let closed = publisher.publish().unwrap();
         assert!(!closed.accepting());
         assert!(closed.epoch() > first.epoch());
         assert!(
@@ -263,11 +323,11 @@ mod tests {
         );
 
         // Still refusing while it stays corrupt; epochs keep increasing.
-        let again = publisher.publish();
+        let again = publisher.publish().unwrap();
         assert!(!again.accepting() && again.epoch() > closed.epoch());
 
         store.delete_policy(99).unwrap();
-        let repaired = publisher.publish();
+        let repaired = publisher.publish().unwrap();
         assert!(repaired.accepting() && repaired.epoch() > again.epoch());
         assert!(ready.borrow().accepting);
         let applied: Vec<u64> = recorder
@@ -280,6 +340,79 @@ mod tests {
         assert!(applied.windows(2).all(|w| w[0] < w[1]), "{applied:?}");
         let m = metrics.snapshot();
         assert_eq!((m.snapshots_published, m.snapshots_refusing), (4, 2));
+    }
+
+    /// Shard 1 confirms nothing while `late` is set.
+    #[derive(Default)]
+    struct LateShard {
+        late: std::sync::atomic::AtomicBool,
+        pushed: Mutex<Vec<u64>>,
+    }
+
+    impl DataPlaneControl for LateShard {
+        fn apply(&self, snapshot: Arc<ConfigSnapshot>) -> Result<(), NotApplied> {
+            self.pushed.lock().unwrap().push(snapshot.epoch());
+            if self.late.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(NotApplied {
+                    epoch: snapshot.epoch(),
+                    shards: vec![1],
+                });
+            }
+            Ok(())
+        }
+        fn connections(&self) -> Result<Vec<ConnectionInfo>, DataPlaneError> {
+            Ok(vec![])
+        }
+        fn kick(&self, _: u64) -> Result<bool, DataPlaneError> {
+            Ok(false)
+        }
+        fn drain(&self, s: u16) -> Result<(), DataPlaneError> {
+            Err(DataPlaneError::NoSuchShard(s))
+        }
+        fn resume(&self, s: u16) -> Result<(), DataPlaneError> {
+            Err(DataPlaneError::NoSuchShard(s))
+        }
+        fn status(&self) -> Result<Vec<ShardStatus>, DataPlaneError> {
+            Ok(vec![])
+        }
+        fn steering(&self) -> SteeringStatus {
+            SteeringStatus::default()
+        }
+        fn shard_count(&self) -> usize {
+            2
+        }
+    }
+
+    #[test]
+    fn a_push_a_shard_did_not_confirm_is_pushed_again_until_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = one_tenant_with_token(dir.path());
+        let metrics = Arc::new(Metrics::default());
+        let (publisher, _) = Publisher::start(store, Limits::default(), metrics.clone());
+        let dp = Arc::new(LateShard::default());
+        publisher.attach(dp.clone());
+
+        publisher.confirm().unwrap();
+        assert!(dp.pushed.lock().unwrap().is_empty(), "nothing pending");
+
+        dp.late.store(true, std::sync::atomic::Ordering::Relaxed);
+        let err = publisher.publish().unwrap_err();
+        assert_eq!(err.shards, [1]);
+        assert_eq!(err.epoch, publisher.current().epoch());
+        assert!(err.to_string().contains("shard(s) 1"), "{err}");
+        assert_eq!(publisher.confirm().unwrap_err(), err, "still late");
+
+        dp.late.store(false, std::sync::atomic::Ordering::Relaxed);
+        publisher.confirm().unwrap();
+        publisher.confirm().unwrap();
+        let pushed = dp.pushed.lock().unwrap().clone();
+        assert_eq!(
+            pushed, [err.epoch; 3],
+            "the same snapshot, once more each time"
+        );
+        let m = metrics.apply_metrics();
+        assert_eq!((m.confirmed, m.unconfirmed), (1, 2));
+        assert_eq!(m.latency.len(), 3);
     }
 
     #[test]

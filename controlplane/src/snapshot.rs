@@ -14,6 +14,18 @@
 //!   its expiry; revoked credentials and those expired at build time are
 //!   left out, so the shards close their sessions.
 //!
+//! Incremental: [`BuildCache`] keeps what the last successful build
+//! compiled — tenant entries (with their verified key), parsed policies,
+//! compiled permissions and principal entries — keyed by id and checked
+//! against the stored record (which carries its `version`). A build reuses
+//! the same `Arc` for every record that did not change, compiles a
+//! principal's permissions again only when one of the policies that apply
+//! to it changed, and compiles each distinct set of policies once (every
+//! principal of a role shares one `Permissions`). Shards compare the
+//! `Arc`s: a session whose principal's permissions are the same `Arc`
+//! re-checks none of its subscriptions. A failed build leaves the cache as
+//! it was.
+//!
 //! Fail closed: anything that does not decode or validate (a policy pattern,
 //! a quota, a signing key, a dangling reference) fails the whole build. The
 //! caller ([`crate::publish`]) then pushes the last good snapshot marked as
@@ -25,16 +37,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arqonbus_core::auth::CredentialHash;
 use arqonbus_core::limits::Limits;
-use arqonbus_core::policy::{PolicyRules, compile};
+use arqonbus_core::policy::{Permissions, PolicyRules, compile};
 use arqonbus_core::snapshot::{
     ConfigSnapshot, CredentialEntry, PrincipalEntry, SnapshotError, TenantEntry,
 };
 use arqonbus_core::{CredentialId, PrincipalId, TenantId};
 use arqonbus_proto::control::policy::Target;
-use arqonbus_proto::control::{CredentialKind, Quotas};
+use arqonbus_proto::control::{CredentialKind, Policy, Principal, Quotas};
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
-use crate::store::{Store, StoreContents, StoreError};
+use crate::store::{Store, StoreContents, StoreError, TenantRecord};
 use crate::validate::{core_quotas, placement, policy_rules, steering_config};
 
 /// Why a snapshot could not be built. Every variant means the stored state
@@ -125,6 +137,38 @@ fn quotas(
     })
 }
 
+/// Permissions compiled from a set of policies, with those policies (held
+/// so their addresses, the key, stay theirs).
+#[derive(Debug)]
+struct Compiled {
+    _rules: Vec<Arc<PolicyRules>>,
+    permissions: Arc<Permissions>,
+}
+
+/// What the last successful build compiled, for the next one to reuse.
+#[derive(Debug, Default)]
+pub struct BuildCache {
+    tenants: HashMap<u64, (TenantRecord, Arc<TenantEntry>)>,
+    policies: HashMap<u64, (Policy, Arc<PolicyRules>)>,
+    /// By the addresses of the policies' `Arc`s (held by `policies` and by
+    /// the value), in the order they apply.
+    permissions: HashMap<Vec<usize>, Compiled>,
+    principals: HashMap<u64, (Principal, Arc<PrincipalEntry>)>,
+}
+
+/// What one build had to do, beyond reusing [`BuildCache`] entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuildStats {
+    /// Tenant entries built (their signing key verified).
+    pub tenants: usize,
+    /// Policies parsed and validated.
+    pub policies: usize,
+    /// Distinct sets of policies compiled into permissions.
+    pub permissions: usize,
+    /// Principal entries built (the rest are the previous snapshot's).
+    pub principals: usize,
+}
+
 /// Reads the store and builds the snapshot numbered `epoch`.
 pub fn build_snapshot(
     store: &dyn Store,
@@ -134,30 +178,70 @@ pub fn build_snapshot(
     compile_snapshot(&store.load()?, epoch, limits, now_unix())
 }
 
-/// Builds the snapshot numbered `epoch` from `contents` as of `now_unix`.
+/// Reads the store and builds the snapshot numbered `epoch`, reusing and
+/// then replacing `cache` (left as it was on error).
+pub fn build_snapshot_cached(
+    store: &dyn Store,
+    epoch: u64,
+    limits: &Limits,
+    cache: &mut BuildCache,
+) -> Result<(ConfigSnapshot, BuildStats), BuildError> {
+    compile_snapshot_cached(store.load()?, epoch, limits, now_unix(), cache)
+}
+
+/// Builds the snapshot numbered `epoch` from `contents` as of `now_unix`,
+/// from scratch.
 pub fn compile_snapshot(
     contents: &StoreContents,
     epoch: u64,
     limits: &Limits,
     now_unix: i64,
 ) -> Result<ConfigSnapshot, BuildError> {
+    let mut cache = BuildCache::default();
+    compile_snapshot_cached(contents.clone(), epoch, limits, now_unix, &mut cache).map(|(s, _)| s)
+}
+
+fn tenant_entry(t: &TenantRecord) -> Result<TenantEntry, BuildError> {
+    let id = t.tenant.id;
+    let key = verify_key(&t.signing_key.0)
+        .map_err(|reason| BuildError::SigningKey { tenant: id, reason })?;
+    let placement =
+        placement("placement", &t.tenant.placement).map_err(|e| BuildError::Placement {
+            tenant: id,
+            reason: e.to_string(),
+        })?;
+    Ok(TenantEntry {
+        id: TenantId(id),
+        name: t.tenant.name.as_str().into(),
+        quotas: quotas("tenant", id, t.tenant.quotas.as_ref())?,
+        verify_key: Some(key),
+        placement,
+    })
+}
+
+/// Builds the snapshot numbered `epoch` from `contents` as of `now_unix`,
+/// reusing what `cache` holds for records that did not change; on success
+/// `cache` holds this build's parts.
+pub fn compile_snapshot_cached(
+    contents: StoreContents,
+    epoch: u64,
+    limits: &Limits,
+    now_unix: i64,
+    cache: &mut BuildCache,
+) -> Result<(ConfigSnapshot, BuildStats), BuildError> {
+    let mut stats = BuildStats::default();
+    let mut next = BuildCache::default();
     let mut snap = ConfigSnapshot::new(epoch, limits.clone());
-    for t in &contents.tenants {
-        let id = t.tenant.id;
-        let key = verify_key(&t.signing_key.0)
-            .map_err(|reason| BuildError::SigningKey { tenant: id, reason })?;
-        let placement =
-            placement("placement", &t.tenant.placement).map_err(|e| BuildError::Placement {
-                tenant: id,
-                reason: e.to_string(),
-            })?;
-        snap.insert_tenant(TenantEntry {
-            id: TenantId(id),
-            name: t.tenant.name.as_str().into(),
-            quotas: quotas("tenant", id, t.tenant.quotas.as_ref())?,
-            verify_key: Some(key),
-            placement,
-        });
+    for t in contents.tenants {
+        let entry = match cache.tenants.get(&t.tenant.id) {
+            Some((old, entry)) if *old == t => entry.clone(),
+            _ => {
+                stats.tenants += 1;
+                Arc::new(tenant_entry(&t)?)
+            }
+        };
+        snap.insert_tenant_shared(entry.clone());
+        next.tenants.insert(t.tenant.id, (t, entry));
     }
     if let Some(s) = &contents.steering {
         let steering = steering_config(&s.mode, &s.affinity)
@@ -166,16 +250,27 @@ pub fn compile_snapshot(
     }
 
     // Every stored policy must validate, whether or not it targets anyone.
-    let mut by_principal: HashMap<u64, Vec<PolicyRules>> = HashMap::new();
-    let mut by_role: HashMap<(u64, &str), Vec<PolicyRules>> = HashMap::new();
-    for p in &contents.policies {
-        let rules = policy_rules("policy", p).map_err(|e| BuildError::Policy {
-            policy: p.id,
-            reason: e.to_string(),
-        })?;
+    let mut by_principal: HashMap<u64, Vec<Arc<PolicyRules>>> = HashMap::new();
+    let mut by_role: HashMap<(u64, String), Vec<Arc<PolicyRules>>> = HashMap::new();
+    for p in contents.policies {
+        let rules = match cache.policies.get(&p.id) {
+            Some((old, rules)) if *old == p => rules.clone(),
+            _ => {
+                stats.policies += 1;
+                Arc::new(policy_rules("policy", &p).map_err(|e| BuildError::Policy {
+                    policy: p.id,
+                    reason: e.to_string(),
+                })?)
+            }
+        };
         match &p.target {
-            Some(Target::PrincipalId(pid)) => by_principal.entry(*pid).or_default().push(rules),
-            Some(Target::Role(role)) => by_role.entry((p.tenant_id, role)).or_default().push(rules),
+            Some(Target::PrincipalId(pid)) => {
+                by_principal.entry(*pid).or_default().push(rules.clone());
+            }
+            Some(Target::Role(role)) => by_role
+                .entry((p.tenant_id, role.clone()))
+                .or_default()
+                .push(rules.clone()),
             None => {
                 return Err(BuildError::Policy {
                     policy: p.id,
@@ -183,28 +278,56 @@ pub fn compile_snapshot(
                 });
             }
         }
+        next.policies.insert(p.id, (p, rules));
     }
 
     let mut principal_tenant = HashMap::new();
-    for p in &contents.principals {
-        let mut rules: Vec<&PolicyRules> = by_principal.get(&p.id).into_iter().flatten().collect();
+    let mut role_key = (0_u64, String::new());
+    for p in contents.principals {
+        let mut rules: Vec<Arc<PolicyRules>> = by_principal
+            .get(&p.id)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         for role in &p.roles {
-            rules.extend(
-                by_role
-                    .get(&(p.tenant_id, role.as_str()))
-                    .into_iter()
-                    .flatten(),
-            );
+            role_key.0 = p.tenant_id;
+            role.clone_into(&mut role_key.1);
+            rules.extend(by_role.get(&role_key).into_iter().flatten().cloned());
         }
-        snap.insert_principal(PrincipalEntry {
-            id: PrincipalId(p.id),
-            tenant: TenantId(p.tenant_id),
-            name: p.name.as_str().into(),
-            roles: p.roles.iter().map(|r| r.as_str().into()).collect(),
-            quotas: quotas("principal", p.id, p.quotas.as_ref())?,
-            permissions: Arc::new(compile(rules)),
-        })?;
+        let key: Vec<usize> = rules.iter().map(|r| Arc::as_ptr(r) as usize).collect();
+        let known = next
+            .permissions
+            .get(&key)
+            .or_else(|| cache.permissions.get(&key))
+            .map(|c| c.permissions.clone());
+        let permissions = known.unwrap_or_else(|| {
+            stats.permissions += 1;
+            Arc::new(compile(rules.iter().map(|r| &**r)))
+        });
+        next.permissions.entry(key).or_insert_with(|| Compiled {
+            _rules: rules,
+            permissions: permissions.clone(),
+        });
+        let entry = match cache.principals.get(&p.id) {
+            Some((old, entry)) if *old == p && Arc::ptr_eq(&entry.permissions, &permissions) => {
+                entry.clone()
+            }
+            _ => {
+                stats.principals += 1;
+                Arc::new(PrincipalEntry {
+                    id: PrincipalId(p.id),
+                    tenant: TenantId(p.tenant_id),
+                    name: p.name.as_str().into(),
+                    roles: p.roles.iter().map(|r| r.as_str().into()).collect(),
+                    quotas: quotas("principal", p.id, p.quotas.as_ref())?,
+                    permissions,
+                })
+            }
+        };
+        snap.insert_principal_shared(entry.clone())?;
         principal_tenant.insert(p.id, p.tenant_id);
+        next.principals.insert(p.id, (p, entry));
     }
 
     for r in &contents.credentials {
@@ -251,7 +374,8 @@ pub fn compile_snapshot(
             }
         }
     }
-    Ok(snap)
+    *cache = next;
+    Ok((snap, stats))
 }
 
 #[cfg(test)]
@@ -488,6 +612,115 @@ mod tests {
         contents.steering.as_mut().unwrap().mode = "random".into();
         let err = compile_snapshot(&contents, 3, &Limits::default(), 0).unwrap_err();
         assert!(matches!(err, BuildError::Steering(_)), "{err}");
+    }
+
+    #[test]
+    fn a_build_rebuilds_only_what_changed_and_shares_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let acme = s.create_tenant(new_tenant("acme")).unwrap();
+        let globex = s.create_tenant(new_tenant("globex")).unwrap();
+        let writers: Vec<u64> = (0..3)
+            .map(|i| {
+                s.create_principal(new_principal(acme.id, &format!("w{i}"), &["writer"]))
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        let other = s
+            .create_principal(new_principal(globex.id, "other", &[]))
+            .unwrap();
+        let role = |allow: &str| Policy {
+            tenant_id: acme.id,
+            target: Some(Target::Role("writer".into())),
+            publish: rules(&[allow], &[]),
+            ..Policy::default()
+        };
+        let policy = s.put_policy(role("orders.>"), 0).unwrap();
+        let limits = Limits::default();
+        let mut cache = BuildCache::default();
+        let (first, stats) = build_snapshot_cached(&s, 1, &limits, &mut cache).unwrap();
+        assert_eq!(
+            stats,
+            BuildStats {
+                tenants: 2,
+                policies: 1,
+                permissions: 2,
+                principals: 4
+            },
+            "from scratch; one compile per distinct set of policies"
+        );
+        let perms = |snap: &ConfigSnapshot, id: u64| {
+            snap.principal(PrincipalId(id)).unwrap().permissions.clone()
+        };
+        assert!(Arc::ptr_eq(
+            &perms(&first, writers[0]),
+            &perms(&first, writers[2])
+        ));
+
+        // An unrelated write: one principal rebuilt, nothing compiled, every
+        // other entry the same Arc.
+        s.update_principal(other.id, 0, vec!["ops".into()], None)
+            .unwrap();
+        let (second, stats) = build_snapshot_cached(&s, 2, &limits, &mut cache).unwrap();
+        assert_eq!(
+            stats,
+            BuildStats {
+                principals: 1,
+                ..BuildStats::default()
+            }
+        );
+        for w in &writers {
+            assert!(Arc::ptr_eq(
+                second.principal(PrincipalId(*w)).unwrap(),
+                first.principal(PrincipalId(*w)).unwrap()
+            ));
+        }
+        assert!(Arc::ptr_eq(
+            second.tenant(TenantId(acme.id)).unwrap(),
+            first.tenant(TenantId(acme.id)).unwrap()
+        ));
+
+        // A failed build leaves the cache as it was.
+        let mut broken = s.load().unwrap();
+        broken.policies[0].publish = rules(&["a..b"], &[]);
+        assert!(compile_snapshot_cached(broken, 3, &limits, 0, &mut cache).is_err());
+        let (third, stats) = build_snapshot_cached(&s, 4, &limits, &mut cache).unwrap();
+        assert_eq!(stats, BuildStats::default());
+        assert!(Arc::ptr_eq(
+            &perms(&third, writers[0]),
+            &perms(&first, writers[0])
+        ));
+
+        // The role's policy changes: compiled once for its three principals,
+        // which get new permissions; the other principal keeps its own.
+        s.put_policy(
+            Policy {
+                id: policy.id,
+                ..role("billing.>")
+            },
+            0,
+        )
+        .unwrap();
+        let (fourth, stats) = build_snapshot_cached(&s, 5, &limits, &mut cache).unwrap();
+        assert_eq!(
+            stats,
+            BuildStats {
+                policies: 1,
+                permissions: 1,
+                principals: 3,
+                ..BuildStats::default()
+            }
+        );
+        assert!(!Arc::ptr_eq(
+            &perms(&fourth, writers[1]),
+            &perms(&third, writers[1])
+        ));
+        assert!(perms(&fourth, writers[1]).may_publish(&subject("billing.x")));
+        assert!(Arc::ptr_eq(
+            &perms(&fourth, other.id),
+            &perms(&third, other.id)
+        ));
     }
 
     #[test]

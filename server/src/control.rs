@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use arqonbus_controlplane::{ControlPlane, ControlPlaneHandle, DataPlaneControl, DataPlaneError};
+use arqonbus_controlplane::{
+    ControlPlane, ControlPlaneHandle, DataPlaneControl, DataPlaneError, NotApplied,
+};
 use arqonbus_core::metrics::ShardMetrics;
 use arqonbus_core::ops::{ConnectionInfo, ShardStatus, SteeringStatus};
 use arqonbus_core::snapshot::ConfigSnapshot;
@@ -37,10 +39,11 @@ fn map(e: ControlError) -> DataPlaneError {
 }
 
 impl DataPlaneControl for Adapter {
-    fn apply(&self, snapshot: Arc<ConfigSnapshot>) {
-        if let Err(e) = self.0.apply(&snapshot) {
-            tracing::error!(error = %e, epoch = snapshot.epoch(), "a shard did not confirm the new configuration");
-        }
+    fn apply(&self, snapshot: Arc<ConfigSnapshot>) -> Result<(), NotApplied> {
+        self.0.apply(&snapshot).map_err(|e| NotApplied {
+            epoch: e.epoch,
+            shards: e.shards,
+        })
     }
 
     fn connections(&self) -> Result<Vec<ConnectionInfo>, DataPlaneError> {

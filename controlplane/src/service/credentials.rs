@@ -17,7 +17,8 @@ use arqonbus_proto::v1::SignedTokenClaims;
 use ring::signature::Ed25519KeyPair;
 use tonic::{Request, Response, Status};
 
-use super::{Api, Kind, blocking, store_status};
+use super::retry::RetryKey;
+use super::{Api, Kind, store_status};
 use crate::admin::new_token;
 use crate::snapshot::now_unix_ms;
 use crate::store::{MintContext, Minted, NewCredential, Secret, StoreError};
@@ -63,6 +64,7 @@ impl CredentialService for Api {
         request: Request<IssueCredentialRequest>,
     ) -> Result<Response<IssueCredentialResponse>, Status> {
         let req = request.into_inner();
+        let key = RetryKey::of("IssueCredential", &req);
         self.rpc("IssueCredential", Kind::Change, async {
             let principal_id = validate::id("principal_id", req.principal_id)?;
             let Ok(kind @ (CredentialKind::Bearer | CredentialKind::Signed)) =
@@ -98,7 +100,7 @@ impl CredentialService for Api {
                 },
             };
             let issued = self
-                .change(move |s| s.issue_credential(new, &mut mint))
+                .change(key, move |s| s.issue_credential(new, &mut mint))
                 .await?;
             Ok(IssueCredentialResponse {
                 credential: Some(issued.credential),
@@ -129,20 +131,18 @@ impl CredentialService for Api {
         request: Request<RevokeCredentialRequest>,
     ) -> Result<Response<RevokeCredentialResponse>, Status> {
         let req = request.into_inner();
+        let key = RetryKey::of("RevokeCredential", &req);
         self.rpc("RevokeCredential", Kind::Change, async {
             let id = validate::id("id", req.id)?;
-            let inner = self.inner.clone();
-            blocking(move || {
+            self.commit(Some(key), move |inner| {
                 let (credential, changed) = inner
                     .store
                     .revoke_credential(id, now_unix_ms())
                     .map_err(store_status)?;
-                if changed {
-                    inner.publisher.publish();
-                }
-                Ok(RevokeCredentialResponse {
+                let answer = RevokeCredentialResponse {
                     credential: Some(credential),
-                })
+                };
+                Ok((answer, changed))
             })
             .await
         })

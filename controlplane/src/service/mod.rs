@@ -9,25 +9,33 @@
 //!
 //! Every change follows the same order: validate (INVALID_ARGUMENT naming
 //! the field), commit to the store (durable), publish a new snapshot to the
-//! data plane, answer. Store and data plane calls block, so they run on
-//! tokio's blocking pool.
+//! data plane and wait for every shard to apply it, answer. When a shard
+//! does not confirm in time the answer is UNAVAILABLE naming the shards
+//! (the change is stored); a retry of the same request gets the first
+//! answer once every shard has applied it ([`retry`]). A change that
+//! changes nothing (revoking a revoked credential) still waits until every
+//! shard runs the current snapshot. Store and data plane calls block, so
+//! they run on tokio's blocking pool.
 
 mod connections;
 pub(crate) mod credentials;
 mod node;
 mod policies;
 mod principals;
+mod retry;
 mod tenants;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use self::retry::{RetryKey, Unconfirmed};
+
 use arqonbus_core::limits::Limits;
 use tonic::{Code, Response, Status};
 use tracing::Instrument as _;
 
-use crate::dataplane::{DataPlaneControl, DataPlaneError};
+use crate::dataplane::{DataPlaneControl, DataPlaneError, NotApplied};
 use crate::metrics::{Metrics, RpcOutcome};
 use crate::publish::Publisher;
 use crate::store::{Store, StoreError};
@@ -52,6 +60,7 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub(crate) struct Api {
     inner: Arc<Inner>,
+    retries: Arc<Unconfirmed>,
 }
 
 impl std::fmt::Debug for Api {
@@ -97,6 +106,14 @@ pub(crate) fn dataplane_status(e: DataPlaneError) -> Status {
     }
 }
 
+/// The status of a change stored but not applied by every shard in time:
+/// UNAVAILABLE (retryable), naming the shards.
+pub(crate) fn unapplied_status(e: &NotApplied) -> Status {
+    Status::unavailable(format!(
+        "the change is stored but {e}: retry the same request to confirm"
+    ))
+}
+
 /// Runs `f` on the blocking pool, inside the current span.
 async fn blocking<T, F>(f: F) -> Result<T, Status>
 where
@@ -116,6 +133,7 @@ impl Api {
     pub(crate) fn new(inner: Inner) -> Self {
         Self {
             inner: Arc::new(inner),
+            retries: Arc::default(),
         }
     }
 
@@ -171,17 +189,60 @@ impl Api {
         blocking(move || f(&*inner.store).map_err(store_status)).await
     }
 
-    /// Commits a change, then publishes a snapshot, on the blocking pool.
-    async fn change<T, F>(&self, f: F) -> Result<T, Status>
+    /// Commits a change, then publishes a snapshot and waits for every
+    /// shard, on the blocking pool; `key` identifies the request for its
+    /// retries (see [`Self::commit`]).
+    async fn change<T, F>(&self, key: RetryKey, f: F) -> Result<T, Status>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     {
+        self.commit(Some(key), move |inner| {
+            f(&*inner.store)
+                .map(|out| (out, true))
+                .map_err(store_status)
+        })
+        .await
+    }
+
+    /// Runs `f` on the blocking pool; it commits a change and says whether
+    /// it changed anything. Then publishes a snapshot when it did, and
+    /// answers once every shard runs the current snapshot.
+    ///
+    /// When a shard does not confirm in time the answer is
+    /// [`unapplied_status`], and `f`'s result is kept under `key`: a retry
+    /// of the same request does not run `f` again but gets that result once
+    /// every shard has caught up. `key` is `None` for changes that are
+    /// idempotent as they are (setting the steering, a reload).
+    async fn commit<T, F>(&self, key: Option<RetryKey>, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<(T, bool), Status> + Send + 'static,
+    {
         let inner = self.inner.clone();
+        let retries = self.retries.clone();
         blocking(move || {
-            let out = f(&*inner.store).map_err(store_status)?;
-            inner.publisher.publish();
-            Ok(out)
+            let kept = key.and_then(|k| retries.take::<T>(k, Instant::now()));
+            let (out, ack) = if let Some(out) = kept {
+                (out, inner.publisher.confirm())
+            } else {
+                let (out, changed) = f(&inner)?;
+                let ack = if changed {
+                    inner.publisher.publish().map(drop)
+                } else {
+                    inner.publisher.confirm()
+                };
+                (out, ack)
+            };
+            match ack {
+                Ok(()) => Ok(out),
+                Err(e) => {
+                    if let Some(k) = key {
+                        retries.keep(k, out, Instant::now());
+                    }
+                    Err(unapplied_status(&e))
+                }
+            }
         })
         .await
     }

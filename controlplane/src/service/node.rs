@@ -17,7 +17,7 @@ use arqonbus_proto::control::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{Api, Inner, Kind, blocking, dataplane_status, store_status};
+use super::{Api, Inner, Kind, blocking, dataplane_status, store_status, unapplied_status};
 use crate::snapshot::now_unix_ms;
 use crate::store::SteeringRecord;
 use crate::validate::{self, FieldError};
@@ -158,7 +158,10 @@ impl NodeService for Api {
                     })?;
                     inner.publisher.set_limits(limits);
                 }
-                inner.publisher.publish();
+                inner
+                    .publisher
+                    .publish()
+                    .map_err(|e| unapplied_status(&e))?;
                 status(&inner)
             })
             .await
@@ -194,7 +197,10 @@ impl NodeService for Api {
                     updated_at_unix_ms: now_unix_ms(),
                 };
                 inner.store.set_steering(&record).map_err(store_status)?;
-                inner.publisher.publish();
+                inner
+                    .publisher
+                    .publish()
+                    .map_err(|e| unapplied_status(&e))?;
                 Ok(steering_message(&inner.dataplane.steering()))
             })
             .await

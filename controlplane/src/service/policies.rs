@@ -8,6 +8,7 @@ use arqonbus_proto::control::{
 };
 use tonic::{Request, Response, Status};
 
+use super::retry::RetryKey;
 use super::{Api, Kind};
 use crate::validate::{self, FieldError};
 
@@ -37,6 +38,7 @@ impl PolicyService for Api {
         request: Request<PutPolicyRequest>,
     ) -> Result<Response<Policy>, Status> {
         let req = request.into_inner();
+        let key = RetryKey::of("PutPolicy", &req);
         self.rpc("PutPolicy", Kind::Change, async {
             let mut policy = req
                 .policy
@@ -45,7 +47,8 @@ impl PolicyService for Api {
             // Output only: the store sets it.
             policy.version = 0;
             let expected = req.expected_version;
-            self.change(move |s| s.put_policy(policy, expected)).await
+            self.change(key, move |s| s.put_policy(policy, expected))
+                .await
         })
         .await
     }
@@ -68,9 +71,10 @@ impl PolicyService for Api {
         request: Request<DeletePolicyRequest>,
     ) -> Result<Response<DeletePolicyResponse>, Status> {
         let req = request.into_inner();
+        let key = RetryKey::of("DeletePolicy", &req);
         self.rpc("DeletePolicy", Kind::Change, async {
             let id = validate::id("id", req.id)?;
-            self.change(move |s| s.delete_policy(id)).await?;
+            self.change(key, move |s| s.delete_policy(id)).await?;
             Ok(DeletePolicyResponse {})
         })
         .await

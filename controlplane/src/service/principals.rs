@@ -7,6 +7,7 @@ use arqonbus_proto::control::{
 };
 use tonic::{Request, Response, Status};
 
+use super::retry::RetryKey;
 use super::{Api, Kind};
 use crate::snapshot::now_unix_ms;
 use crate::store::NewPrincipal;
@@ -19,6 +20,7 @@ impl PrincipalService for Api {
         request: Request<CreatePrincipalRequest>,
     ) -> Result<Response<Principal>, Status> {
         let req = request.into_inner();
+        let key = RetryKey::of("CreatePrincipal", &req);
         self.rpc("CreatePrincipal", Kind::Change, async {
             let tenant_id = validate::id("tenant_id", req.tenant_id)?;
             validate::name("name", &req.name)?;
@@ -31,7 +33,7 @@ impl PrincipalService for Api {
                 quotas,
                 created_at_unix_ms: now_unix_ms(),
             };
-            self.change(move |s| s.create_principal(new)).await
+            self.change(key, move |s| s.create_principal(new)).await
         })
         .await
     }
@@ -54,6 +56,7 @@ impl PrincipalService for Api {
         request: Request<UpdatePrincipalRequest>,
     ) -> Result<Response<Principal>, Status> {
         let req = request.into_inner();
+        let key = RetryKey::of("UpdatePrincipal", &req);
         self.rpc("UpdatePrincipal", Kind::Change, async {
             let id = validate::id("id", req.id)?;
             let roles = validate::roles("roles", &req.roles)?;
@@ -62,8 +65,10 @@ impl PrincipalService for Api {
                 None => None,
             };
             let expected = req.expected_version;
-            self.change(move |s| s.update_principal(id, expected, roles, quotas))
-                .await
+            self.change(key, move |s| {
+                s.update_principal(id, expected, roles, quotas)
+            })
+            .await
         })
         .await
     }
@@ -73,9 +78,10 @@ impl PrincipalService for Api {
         request: Request<DeletePrincipalRequest>,
     ) -> Result<Response<DeletePrincipalResponse>, Status> {
         let req = request.into_inner();
+        let key = RetryKey::of("DeletePrincipal", &req);
         self.rpc("DeletePrincipal", Kind::Change, async {
             let id = validate::id("id", req.id)?;
-            self.change(move |s| s.delete_principal(id)).await?;
+            self.change(key, move |s| s.delete_principal(id)).await?;
             Ok(DeletePrincipalResponse {})
         })
         .await

@@ -12,7 +12,8 @@ use arqonbus_proto::control::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{Api, Kind, blocking, store_status};
+use super::retry::RetryKey;
+use super::{Api, Kind, store_status};
 use crate::seed::new_signing_key;
 use crate::snapshot::now_unix_ms;
 use crate::store::NewTenant;
@@ -25,6 +26,7 @@ impl TenantService for Api {
         request: Request<CreateTenantRequest>,
     ) -> Result<Response<Tenant>, Status> {
         let req = request.into_inner();
+        let key = RetryKey::of("CreateTenant", &req);
         self.rpc("CreateTenant", Kind::Change, async {
             validate::name("name", &req.name)?;
             let quotas = validate::quotas("quotas", req.quotas.as_ref())?;
@@ -48,7 +50,7 @@ impl TenantService for Api {
                 signing_key,
                 created_at_unix_ms: now_unix_ms(),
             };
-            self.change(move |s| s.create_tenant(new)).await
+            self.change(key, move |s| s.create_tenant(new)).await
         })
         .await
     }
@@ -93,6 +95,7 @@ impl TenantService for Api {
         request: Request<UpdateTenantRequest>,
     ) -> Result<Response<Tenant>, Status> {
         let req = request.into_inner();
+        let key = RetryKey::of("UpdateTenant", &req);
         self.rpc("UpdateTenant", Kind::Change, async {
             let id = validate::id("id", req.id)?;
             let quotas = match req.quotas.as_ref() {
@@ -106,8 +109,10 @@ impl TenantService for Api {
                 Some(validate::placement_on_node("placement", &req.placement, shards)?.to_string())
             };
             let expected = req.expected_version;
-            self.change(move |s| s.update_tenant(id, expected, quotas, placement))
-                .await
+            self.change(key, move |s| {
+                s.update_tenant(id, expected, quotas, placement)
+            })
+            .await
         })
         .await
     }
@@ -117,10 +122,10 @@ impl TenantService for Api {
         request: Request<DeleteTenantRequest>,
     ) -> Result<Response<DeleteTenantResponse>, Status> {
         let req = request.into_inner();
+        let key = RetryKey::of("DeleteTenant", &req);
         self.rpc("DeleteTenant", Kind::Change, async {
             let id = validate::id("id", req.id)?;
-            let inner = self.inner.clone();
-            blocking(move || {
+            self.commit(Some(key), move |inner| {
                 inner.store.tenant(id).map_err(store_status)?;
                 // Counted before the snapshot that closes them is applied.
                 let closed = match inner.dataplane.connections() {
@@ -134,10 +139,10 @@ impl TenantService for Api {
                     }
                 };
                 inner.store.delete_tenant(id).map_err(store_status)?;
-                inner.publisher.publish();
-                Ok(DeleteTenantResponse {
+                let answer = DeleteTenantResponse {
                     connections_closed: closed,
-                })
+                };
+                Ok((answer, true))
             })
             .await
         })

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use arqonbus_controlplane::{
     ControlPlane, ControlPlaneConfig, ControlPlaneError, ControlPlaneHandle, DataPlaneControl,
-    DataPlaneError,
+    DataPlaneError, NotApplied,
 };
 use arqonbus_core::ops::{ConnectionInfo, ShardStatus, SteeringStatus};
 use arqonbus_core::placement::SteeringConfig;
@@ -122,8 +122,9 @@ impl FakeDataPlane {
 }
 
 impl DataPlaneControl for FakeDataPlane {
-    fn apply(&self, snapshot: Arc<ConfigSnapshot>) {
+    fn apply(&self, snapshot: Arc<ConfigSnapshot>) -> Result<(), NotApplied> {
         self.applied.lock().unwrap().push(snapshot);
+        Ok(())
     }
 
     fn connections(&self) -> Result<Vec<ConnectionInfo>, DataPlaneError> {

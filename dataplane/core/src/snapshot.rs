@@ -149,6 +149,34 @@ pub enum SnapshotError {
     },
 }
 
+/// What one shard answered when a snapshot was pushed to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyReply {
+    /// It answered with the epoch it now runs (its own when the snapshot
+    /// pushed was not newer).
+    Applied(u64),
+    /// It is gone (stopped): it has no sessions left to apply anything to.
+    Gone,
+    /// It did not answer in time.
+    Silent,
+}
+
+/// The shards (by index in `replies`) that have not applied snapshot
+/// `epoch`: the silent ones, and any that answered with an older epoch.
+/// Empty: the push is acknowledged everywhere.
+pub fn unconfirmed(epoch: u64, replies: &[ApplyReply]) -> Vec<u16> {
+    replies
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| match r {
+            ApplyReply::Applied(e) => *e < epoch,
+            ApplyReply::Gone => false,
+            ApplyReply::Silent => true,
+        })
+        .map(|(i, _)| u16::try_from(i).unwrap_or(u16::MAX))
+        .collect()
+}
+
 /// One immutable version of everything the data plane needs to decide.
 #[derive(Debug, Clone)]
 pub struct ConfigSnapshot {
@@ -276,15 +304,33 @@ impl ConfigSnapshot {
         self.tenants.insert(tenant.id, Arc::new(tenant));
     }
 
+    /// Adds (or replaces) a tenant already shared with another snapshot:
+    /// sessions resolved from either see the same entry.
+    pub fn insert_tenant_shared(&mut self, tenant: Arc<TenantEntry>) {
+        self.tenants.insert(tenant.id, tenant);
+    }
+
     /// Adds (or replaces) a principal of a tenant already added.
     pub fn insert_principal(&mut self, principal: PrincipalEntry) -> Result<(), SnapshotError> {
+        self.insert_principal_shared(Arc::new(principal))
+    }
+
+    /// Adds (or replaces) a principal already shared with another snapshot,
+    /// of a tenant already added. Sharing it keeps its `permissions` the
+    /// same `Arc`, so sessions of that principal see no permission change
+    /// ([`crate::session::Step::PermissionsChanged`] compares pointers) and
+    /// re-check none of their subscriptions.
+    pub fn insert_principal_shared(
+        &mut self,
+        principal: Arc<PrincipalEntry>,
+    ) -> Result<(), SnapshotError> {
         if !self.tenants.contains_key(&principal.tenant) {
             return Err(SnapshotError::UnknownTenant {
                 principal: principal.id,
                 tenant: principal.tenant,
             });
         }
-        self.principals.insert(principal.id, Arc::new(principal));
+        self.principals.insert(principal.id, principal);
         Ok(())
     }
 
@@ -505,6 +551,27 @@ mod tests {
             fresh.authenticate(&token, 100).unwrap_err(),
             AuthError::Revoked
         );
+    }
+
+    #[test]
+    fn a_push_is_acknowledged_when_every_live_shard_runs_its_epoch() {
+        use ApplyReply::{Applied, Gone, Silent};
+        assert!(unconfirmed(7, &[Applied(7), Applied(9), Gone]).is_empty());
+        assert_eq!(unconfirmed(7, &[Applied(7), Silent, Applied(6)]), [1, 2]);
+        assert!(unconfirmed(7, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_shared_principal_keeps_its_permissions_pointer() {
+        let old = snapshot(None);
+        let kept = old.principal(PrincipalId(10)).unwrap().clone();
+        let mut next = ConfigSnapshot::new(2, Limits::default());
+        next.insert_tenant_shared(old.tenant(TenantId(1)).unwrap().clone());
+        next.insert_principal_shared(kept.clone()).unwrap();
+        let now = next.principal(PrincipalId(10)).unwrap();
+        assert!(Arc::ptr_eq(&now.permissions, &kept.permissions));
+        let orphan = ConfigSnapshot::new(3, Limits::default()).insert_principal_shared(kept);
+        assert!(matches!(orphan, Err(SnapshotError::UnknownTenant { .. })));
     }
 
     #[test]

@@ -41,7 +41,7 @@ mod transport;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,7 @@ use arqonbus_core::ops::{ConnectionInfo, ShardStatus, SteeringStatus, shard_of};
 use arqonbus_core::placement::SteeringConfig;
 use arqonbus_core::ratelimit::{ShareReport, rebalance};
 use arqonbus_core::router::MAX_SHARDS;
-use arqonbus_core::snapshot::ConfigSnapshot;
+use arqonbus_core::snapshot::{ApplyReply, ConfigSnapshot, unconfirmed};
 use arqonbus_core::stats::ShardStats;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use rustc_hash::FxHashMap;
@@ -230,6 +230,25 @@ pub enum ControlError {
     NoSuchShard(u16),
 }
 
+/// Shards that did not confirm a configuration snapshot in time
+/// ([`DataPlane::apply`]). The snapshot is still queued for them: each
+/// applies it when it next reads its commands, unless a newer one came first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shard(s) {shards:?} did not apply configuration epoch {epoch} in time")]
+pub struct ApplyError {
+    /// The snapshot's epoch.
+    pub epoch: u64,
+    /// The shards that did not confirm it, in order.
+    pub shards: Vec<u16>,
+}
+
+/// Holds one shard's thread still until dropped ([`DataPlane::hold_shard`]).
+/// Test-only: it makes a shard as late as a stuck one would be.
+#[derive(Debug)]
+pub struct ShardHold {
+    _release: crossbeam_channel::Receiver<ShardStatus>,
+}
+
 /// The way to one shard's command channel (shared with the rebalancer and
 /// with the other shards, which hand connections over through it).
 #[derive(Debug)]
@@ -250,7 +269,9 @@ impl ShardPort {
     }
 }
 
-/// How long an operator request waits for a shard.
+/// How long an operator request waits for a shard, and by default how long
+/// a snapshot push waits for every shard's confirmation
+/// ([`DataPlane::set_apply_within`]).
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 fn ask<T>(
@@ -278,6 +299,8 @@ pub struct DataPlane {
     /// The steering the node was configured with (used while no snapshot
     /// carries one).
     default_steering: SteeringConfig,
+    /// How long [`DataPlane::apply`] waits for every shard, milliseconds.
+    apply_within_ms: AtomicU64,
 }
 
 /// How often rate-limit shares are rebalanced.
@@ -599,6 +622,7 @@ impl DataPlane {
             rebalancer: None,
             placement,
             default_steering: cfg.steering.clone(),
+            apply_within_ms: AtomicU64::new(ANSWER_WITHIN.as_millis() as u64),
         };
         if let Some(e) = spawn_error {
             return Err(e);
@@ -676,27 +700,71 @@ impl DataPlane {
     /// between two batches of work; sessions whose credential is no longer
     /// valid close, and changed permissions apply to existing sessions.
     ///
-    /// Returns once every shard has applied it (and flagged every connection
-    /// to re-check), so a revoked credential's sessions are already being
-    /// closed when this returns.
-    pub fn apply(&self, snapshot: &Arc<ConfigSnapshot>) -> Result<(), ControlError> {
+    /// Returns `Ok` once every shard has applied it (and flagged every
+    /// connection to re-check), so a revoked credential's sessions are
+    /// already being closed; a shard that is gone (stopped) counts as done.
+    /// Waits at most [`set_apply_within`](Self::set_apply_within) for all of
+    /// them together; the shards still silent then are named in the error
+    /// (`arqonbus_core::snapshot::unconfirmed` decides). Pushing the same
+    /// snapshot again is harmless: a shard already at its epoch just
+    /// confirms.
+    pub fn apply(&self, snapshot: &Arc<ConfigSnapshot>) -> Result<(), ApplyError> {
         self.rates_in_use
             .store(uses_rates(snapshot), Ordering::Relaxed);
         self.apply_steering(snapshot.steering().map(|s| &**s));
-        let replies: Vec<_> = self
+        let deadline = Instant::now()
+            + Duration::from_millis(self.apply_within_ms.load(Ordering::Relaxed));
+        let sent: Vec<_> = self
             .ports
             .iter()
             .map(|p| {
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                p.send(Command::Apply(snapshot.clone(), tx));
-                rx
+                p.send(Command::Apply(snapshot.clone(), tx)).then_some(rx)
             })
             .collect();
-        for (i, rx) in replies.into_iter().enumerate() {
-            rx.recv_timeout(ANSWER_WITHIN)
-                .map_err(|_| ControlError::Unresponsive(i as u16))?;
+        let replies: Vec<ApplyReply> = sent
+            .into_iter()
+            .map(|rx| match rx {
+                None => ApplyReply::Gone,
+                Some(rx) => match rx.recv_deadline(deadline) {
+                    Ok(epoch) => ApplyReply::Applied(epoch),
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => ApplyReply::Gone,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => ApplyReply::Silent,
+                },
+            })
+            .collect();
+        let shards = unconfirmed(snapshot.epoch(), &replies);
+        if shards.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError {
+                epoch: snapshot.epoch(),
+                shards,
+            })
         }
-        Ok(())
+    }
+
+    /// Sets how long [`apply`](Self::apply) waits for every shard to confirm
+    /// a snapshot (default 10 s; at least 1 ms).
+    pub fn set_apply_within(&self, within: Duration) {
+        let ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.apply_within_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Test-only: stops `shard`'s thread (its connections, commands and
+    /// rings) until the returned [`ShardHold`] is dropped, as a shard stuck
+    /// in a long batch would be. The shard stops when it reads this request,
+    /// after the commands queued before it; every command sent after waits.
+    /// For tests of what the control plane does about a late shard; nothing
+    /// in the server calls it.
+    #[doc(hidden)]
+    pub fn hold_shard(&self, shard: u16) -> Result<ShardHold, ControlError> {
+        let port = self.port(shard)?;
+        // A rendezvous channel: the shard's reply blocks its thread until
+        // the receiver reads it or is dropped.
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        port.send(Command::Status(tx));
+        Ok(ShardHold { _release: rx })
     }
 
     /// Every open connection.
