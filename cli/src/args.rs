@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use arqonbus_client::{ClientKind, ConnectOptions, Credential, OptionsError};
+use arqonbus_client::{ClientKind, ConnectOptions, Credential, OptionsError, ReconnectPolicy};
 use clap::parser::ValueSource;
 use clap::{
     ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum,
@@ -82,6 +82,43 @@ pub(crate) struct ConnArgs {
     /// What kind of client this is.
     #[arg(long, value_enum, default_value_t = KindArg::Human, global = true)]
     pub(crate) kind: KindArg,
+
+    /// After a lost connection, try to reconnect this many times in a row
+    /// (with backoff, 50 ms doubling to 5 s) before giving up with exit code
+    /// 1; 0 never reconnects, `unlimited` never gives up.
+    #[arg(
+        long,
+        env = "ARQON_RECONNECT_ATTEMPTS",
+        default_value = "10",
+        global = true,
+        value_name = "N",
+        value_parser = parse_attempts
+    )]
+    pub(crate) reconnect_attempts: Attempts,
+}
+
+/// A reconnect budget: `Some(n)` attempts, or `None` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Attempts(pub(crate) Option<u32>);
+
+impl std::fmt::Display for Attempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("unlimited"),
+        }
+    }
+}
+
+/// Parses `--reconnect-attempts`: a count or `unlimited`.
+fn parse_attempts(raw: &str) -> Result<Attempts, String> {
+    if raw.trim().eq_ignore_ascii_case("unlimited") {
+        return Ok(Attempts(None));
+    }
+    raw.trim()
+        .parse()
+        .map(|n| Attempts(Some(n)))
+        .map_err(|_| format!("expected a number of attempts or \"unlimited\", got {raw:?}"))
 }
 
 /// `--kind` values.
@@ -225,6 +262,8 @@ pub(crate) struct Settings {
     pub(crate) credential: CredentialChoice,
     pub(crate) name: String,
     pub(crate) kind: ClientKind,
+    /// Reconnect attempts in a row before giving up (`None`: never).
+    pub(crate) reconnect_attempts: Option<u32>,
 }
 
 impl ConnArgs {
@@ -253,6 +292,7 @@ impl ConnArgs {
             credential,
             name: self.name.clone(),
             kind: self.kind.into(),
+            reconnect_attempts: self.reconnect_attempts.0,
         }
     }
 }
@@ -263,7 +303,8 @@ impl Settings {
         let mut opts = ConnectOptions::new()
             .url(self.url.clone())
             .name(self.name.clone())
-            .kind(self.kind);
+            .kind(self.kind)
+            .reconnect(ReconnectPolicy::new().max_attempts(self.reconnect_attempts));
         if let Some(ca) = &self.ca {
             opts = opts.ca_file(ca);
         }
@@ -463,6 +504,26 @@ mod tests {
         let debug = format!("{cli:?}");
         assert!(!debug.contains("supersecret"), "{debug}");
         assert!(parse(&["--credential", "", "sub", "a"]).is_err());
+    }
+
+    #[test]
+    fn the_reconnect_budget_is_bounded_by_default() {
+        let (cli, sources) = parse(&["sub", "a"]).unwrap();
+        if std::env::var_os("ARQON_RECONNECT_ATTEMPTS").is_none() {
+            assert_eq!(cli.conn.settings(sources).reconnect_attempts, Some(10));
+        }
+        let (cli, sources) = parse(&["sub", "a", "--reconnect-attempts", "0"]).unwrap();
+        assert_eq!(cli.conn.settings(sources).reconnect_attempts, Some(0));
+        let (cli, sources) = parse(&["--reconnect-attempts", "unlimited", "sub", "a"]).unwrap();
+        assert_eq!(cli.conn.settings(sources).reconnect_attempts, None);
+        for bad in ["", "-1", "many", "1.5"] {
+            assert!(
+                parse(&["sub", "a", "--reconnect-attempts", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(Attempts(None).to_string(), "unlimited");
+        assert_eq!(Attempts(Some(3)).to_string(), "3");
     }
 
     #[test]

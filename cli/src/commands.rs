@@ -3,12 +3,15 @@
 //! Invariants: every command leaves the connection cleanly (flush, drain or
 //! close) before returning; stdout carries only the command's output (one
 //! line per message), everything else goes to stderr; Ctrl-C ends `sub` and
-//! `reply` without an error.
+//! `reply` without an error; a drain notice, a lost connection and a
+//! reconnect are each one plain `arqon: ...` line on stderr
+//! ([`report_events`]), and a subscription that ends because reconnecting
+//! gave up is [`CliError::GaveUp`].
 
 use std::io::{self, IsTerminal as _, Read as _, Write as _};
 use std::time::Duration;
 
-use arqonbus_client::{Client, Error, Headers, OutgoingMessage, Subscriber};
+use arqonbus_client::{Client, Error, Event, Events, Headers, OutgoingMessage, Subscriber};
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt as _};
 
@@ -33,14 +36,62 @@ pub(crate) async fn run(settings: &Settings, command: Cmd) -> Result<(), CliErro
         tenant = %client.server_info().tenant,
         "connected"
     );
+    let reporter = tokio::spawn(report_events(
+        client.events(),
+        settings.url.clone(),
+        settings.reconnect_attempts,
+    ));
+    let attempts = settings.reconnect_attempts;
     let result = match command {
         Cmd::Pub(args) => publish(&client, args, payload).await,
-        Cmd::Sub(args) => subscribe(&client, args).await,
+        Cmd::Sub(args) => subscribe(&client, args, attempts).await,
         Cmd::Req(args) => request(&client, args, payload).await,
-        Cmd::Reply(args) => reply(&client, args).await,
+        Cmd::Reply(args) => reply(&client, args, attempts).await,
     };
     client.close().await;
+    // The reporter ends with the client's event stream; its lines are out.
+    let _finished = reporter.await;
     result
+}
+
+/// One plain stderr line per connection event, while the client lives:
+/// what happened, and what `arqon` does next. Payloads never appear here;
+/// server text is escaped.
+pub(crate) async fn report_events(mut events: Events, url: String, attempts: Option<u32>) {
+    let url = output::escape_text(&url);
+    while let Some(event) = events.next().await {
+        if let Some(line) = describe_event(&event, &url, attempts) {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// The line for `event`, if it deserves one.
+pub(crate) fn describe_event(event: &Event, url: &str, attempts: Option<u32>) -> Option<String> {
+    match event {
+        Event::ServerDraining { deadline, reason } => Some(format!(
+            "arqon: the server at {url} is draining ({}): it closes this connection within {}, \
+             then arqon reconnects",
+            output::escape_text(if reason.is_empty() {
+                "no reason given"
+            } else {
+                reason
+            }),
+            describe_duration(*deadline)
+        )),
+        Event::Disconnected { reason } if reconnectable(reason) && attempts != Some(0) => {
+            Some(format!(
+                "arqon: lost the connection to {url}: {}; reconnecting ({})",
+                output::escape_text(&reason.to_string()),
+                match attempts {
+                    Some(n) => format!("up to {n} attempts"),
+                    None => "until it works".to_owned(),
+                }
+            ))
+        }
+        Event::Reconnected { .. } => Some(format!("arqon: reconnected to {url}")),
+        _ => None,
+    }
 }
 
 /// The payload argument, or all of stdin.
@@ -81,7 +132,7 @@ async fn publish(client: &Client, args: PubArgs, payload: Bytes) -> Result<(), C
     Ok(())
 }
 
-async fn subscribe(client: &Client, args: SubArgs) -> Result<(), CliError> {
+async fn subscribe(client: &Client, args: SubArgs, attempts: Option<u32>) -> Result<(), CliError> {
     // Polled while subscribing, which installs the handler before the
     // "Listening" line: a Ctrl-C from then on is a clean exit.
     let ctrl_c = tokio::signal::ctrl_c();
@@ -113,7 +164,7 @@ async fn subscribe(client: &Client, args: SubArgs) -> Result<(), CliError> {
         writeln!(stdout, "{line}").map_err(CliError::Stdout)?;
         stdout.flush().map_err(CliError::Stdout)?;
     }
-    finish_subscription(&sub)
+    finish_subscription(&sub, attempts)
 }
 
 async fn request(client: &Client, args: ReqArgs, payload: Bytes) -> Result<(), CliError> {
@@ -135,7 +186,7 @@ async fn request(client: &Client, args: ReqArgs, payload: Bytes) -> Result<(), C
     stdout.flush().map_err(CliError::Stdout)
 }
 
-async fn reply(client: &Client, args: ReplyArgs) -> Result<(), CliError> {
+async fn reply(client: &Client, args: ReplyArgs, attempts: Option<u32>) -> Result<(), CliError> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut sub = tokio::select! {
@@ -172,8 +223,10 @@ async fn reply(client: &Client, args: ReplyArgs) -> Result<(), CliError> {
         stdout.flush().map_err(CliError::Stdout)?;
     }
     // Make sure the last answer left before the connection closes.
-    client.flush().await?;
-    finish_subscription(&sub)
+    if sub.error().is_none() {
+        client.flush().await?;
+    }
+    finish_subscription(&sub, attempts)
 }
 
 async fn open_subscription(
@@ -187,8 +240,9 @@ async fn open_subscription(
     })
 }
 
-/// Reports a subscription that ended because of an error.
-fn finish_subscription(sub: &Subscriber) -> Result<(), CliError> {
+/// Reports a subscription that ended because of an error: a connection
+/// failure that reconnecting could have cured means the budget ran out.
+fn finish_subscription(sub: &Subscriber, attempts: Option<u32>) -> Result<(), CliError> {
     if sub.dropped() > 0 {
         eprintln!(
             "warning: {} messages were dropped because output was too slow",
@@ -196,9 +250,19 @@ fn finish_subscription(sub: &Subscriber) -> Result<(), CliError> {
         );
     }
     match sub.error() {
+        Some(err) if reconnectable(err) => Err(CliError::GaveUp {
+            attempts,
+            reason: err.clone(),
+        }),
         Some(err) => Err(CliError::Bus(err.clone())),
         None => Ok(()),
     }
+}
+
+/// Whether the SDK reconnects after losing a connection to `err` (its own
+/// rule: retryable errors, and TLS failures the server side may fix).
+fn reconnectable(err: &Error) -> bool {
+    matches!(err, Error::Tls(_)) || err.is_retryable()
 }
 
 /// How long `req` waited, for messages.

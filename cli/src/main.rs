@@ -5,7 +5,12 @@
 //! into one clear line on stderr. Invariants: exit code 0 only on success
 //! (Ctrl-C on `sub`/`reply` counts as success), 1 for runtime failures, 2
 //! for bad arguments (clap's convention); credentials never reach stdout,
-//! stderr or logs. Logs (`ARQON_LOG`, e.g. `ARQON_LOG=debug`) go to stderr.
+//! stderr or logs. Logs (`ARQON_LOG`, e.g. `ARQON_LOG=debug`) go to stderr,
+//! with colour only when stderr is a terminal and `NO_COLOR` is unset.
+//! What happens to the connection (a drain notice, a lost connection, a
+//! reconnect) is reported on stderr as plain `arqon: ...` lines whatever
+//! `ARQON_LOG` says; after `--reconnect-attempts` failed attempts in a row
+//! the command gives up with exit code 1.
 
 mod args;
 mod commands;
@@ -15,7 +20,7 @@ use std::io;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use arqonbus_client::{Error, OptionsError};
+use arqonbus_client::{Error, ErrorCode, OptionsError};
 
 use crate::args::{CredentialChoice, Settings};
 
@@ -44,6 +49,31 @@ pub(crate) enum CliError {
     /// Stdout could not be written.
     #[error("cannot write to stdout: {0}")]
     Stdout(io::Error),
+    /// The connection was lost and reconnecting failed `attempts` times in a
+    /// row (`Some(0)`: reconnecting is off).
+    #[error("{}", gave_up(*.attempts, .reason))]
+    GaveUp {
+        /// The budget that ran out.
+        attempts: Option<u32>,
+        /// The last failure.
+        reason: Error,
+    },
+}
+
+/// `lost the connection ... and gave up after N reconnect attempts: ...`.
+fn gave_up(attempts: Option<u32>, reason: &Error) -> String {
+    let reason = arqonbus_cli::escape_text(&reason.to_string());
+    match attempts {
+        Some(0) => {
+            format!("lost the connection: {reason} (reconnecting is off: --reconnect-attempts 0)")
+        }
+        Some(n) => format!(
+            "lost the connection and gave up after {n} reconnect attempt{s}: {reason} \
+             (raise --reconnect-attempts, or set it to unlimited)",
+            s = if n == 1 { "" } else { "s" }
+        ),
+        None => format!("lost the connection: {reason}"),
+    }
 }
 
 fn main() -> ExitCode {
@@ -76,12 +106,15 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
+    // The SDK's own warnings about the connection are reported by `arqon`
+    // as plain lines (`commands::report_events`); `ARQON_LOG` shows them.
     let filter = tracing_subscriber::EnvFilter::try_from_env("ARQON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,arqonbus_client=error"));
     // Fails only if a subscriber is already installed: keep that one.
     let _already_set = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        .with_ansi(arqonbus_cli::colour_allowed(&io::stderr()))
         .try_init();
 }
 
@@ -122,6 +155,10 @@ fn explain(err: &CliError, settings: &Settings) -> String {
         Error::UnsupportedVersion { .. } => {
             format!("the server at {url} does not speak this client's protocol version")
         }
+        Error::Server(e) if e.code == ErrorCode::AuthThrottled => format!(
+            "too many failed logins from this address: the server at {url} refuses to check \
+             credentials for a while; wait and retry"
+        ),
         other => other.to_string(),
     }
 }
@@ -142,6 +179,7 @@ mod tests {
             credential,
             name: "arqon".into(),
             kind: ClientKind::Human,
+            reconnect_attempts: Some(10),
         }
     }
 
@@ -165,6 +203,20 @@ mod tests {
         );
         let timeout = CliError::RequestTimeout("svc".into(), Duration::from_secs(2));
         assert_eq!(explain(&timeout, &file), "no reply on \"svc\" within 2s");
+        let gave_up = CliError::GaveUp {
+            attempts: Some(3),
+            reason: Error::Io(Arc::new(io::Error::from(io::ErrorKind::ConnectionRefused))),
+        };
+        let line = explain(&gave_up, &file);
+        assert!(
+            line.starts_with("lost the connection and gave up after 3 reconnect attempts: "),
+            "{line}"
+        );
+        let off = CliError::GaveUp {
+            attempts: Some(0),
+            reason: Error::ConnectionReset,
+        };
+        assert!(explain(&off, &file).contains("--reconnect-attempts 0"));
         let none = CliError::NoResponders("svc".into());
         assert_eq!(explain(&none, &file), "no responders on \"svc\"");
         for message in [

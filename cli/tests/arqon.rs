@@ -11,6 +11,7 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::time::Duration;
 
 use arqonbus::testing::TestServer;
 
@@ -168,4 +169,106 @@ fn ctrl_c_ends_sub_cleanly() {
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     assert!(status.success(), "{status:?}: {rest}");
+}
+
+/// Reads stderr lines until one contains `want`; returns every line read.
+fn read_until(stderr: &mut BufReader<ChildStderr>, want: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).unwrap();
+        assert!(n > 0, "stderr ended before {want:?}: {seen}");
+        seen.push_str(&line);
+        if line.contains(want) {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn sub_reports_the_drain_and_gives_up_when_the_server_stays_gone() {
+    let s = TestServer::start();
+    let mut sub = arqon(&s);
+    sub.args(["sub", "x", "--reconnect-attempts", "2"]);
+    let (mut child, mut stderr) = listening(sub, "Listening on");
+    // The lame duck: a Drain notice to every client, then the closes.
+    s.server().dataplane().lame_duck(Duration::from_millis(200));
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(1), "{rest}");
+    let url = s.url();
+    assert!(
+        rest.contains(&format!("arqon: the server at {url} is draining (")),
+        "the drain is reported without ARQON_LOG: {rest}"
+    );
+    assert!(
+        rest.contains(&format!("arqon: lost the connection to {url}: ")),
+        "{rest}"
+    );
+    assert!(rest.contains("reconnecting (up to 2 attempts)"), "{rest}");
+    assert!(
+        rest.lines().last().is_some_and(|l| l
+            .starts_with("arqon: lost the connection and gave up after 2 reconnect attempts: ")),
+        "{rest}"
+    );
+    assert!(
+        !rest.contains('\u{1b}'),
+        "no colour codes into a pipe: {rest:?}"
+    );
+    assert!(!rest.contains("WARN"), "no log lines by default: {rest}");
+}
+
+#[test]
+fn sub_says_when_it_lost_the_connection_and_when_it_is_back() {
+    let s = TestServer::start();
+    let mut sub = arqon(&s);
+    sub.args(["sub", "y"]);
+    let (mut child, mut stderr) = listening(sub, "Listening on");
+    // An operator's kick: the client is told, reconnects and resubscribes.
+    let list = Command::new(env!("CARGO_BIN_EXE_arqonctl"))
+        .arg("--server")
+        .arg(s.control_url())
+        .arg("--data-dir")
+        .arg(s.data_dir())
+        .args(["--json", "connections", "list"])
+        .env_remove("ARQONCTL_SERVER")
+        .env_remove("ARQONCTL_CA")
+        .env_remove("ARQONCTL_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let id = json["connections"][0]["id"].as_str().unwrap().to_owned();
+    let kick = Command::new(env!("CARGO_BIN_EXE_arqonctl"))
+        .arg("--server")
+        .arg(s.control_url())
+        .arg("--data-dir")
+        .arg(s.data_dir())
+        .args(["connections", "kick", &id])
+        .output()
+        .unwrap();
+    assert!(kick.status.success(), "{}", text(&kick.stderr));
+    let seen = read_until(&mut stderr, "arqon: reconnected to");
+    assert!(seen.contains("arqon: lost the connection to"), "{seen}");
+    assert!(seen.contains("DISCONNECTED_BY_OPERATOR"), "{seen}");
+    assert!(seen.contains("reconnecting (up to 10 attempts)"), "{seen}");
+    assert!(!seen.contains('\u{1b}'), "{seen:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn pub_into_a_stopped_server_is_one_line_without_colour() {
+    let mut s = TestServer::start();
+    let url = s.url();
+    s.stop();
+    let mut publ = arqon(&s);
+    publ.args(["pub", "x", "y"]);
+    let out = run(publ, b"");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }

@@ -69,6 +69,14 @@ fn json_u64(json: &str, key: &str) -> u64 {
         .unwrap()
 }
 
+/// The id after `"key":` in a JSON text (the first occurrence): ids are
+/// JSON strings of digits.
+fn json_id(json: &str, key: &str) -> u64 {
+    json_str(json, key)
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is a string of digits in {json}"))
+}
+
 /// The string after `"key":"` in a JSON text.
 fn json_str(json: &str, key: &str) -> String {
     let at = json
@@ -115,9 +123,9 @@ fn subscriber(mut c: Command) -> (Child, BufReader<ChildStderr>) {
 /// (principal id, credential id, token file).
 fn tenant_with_credential(s: &TestServer, name: &str) -> (u64, u64, std::path::PathBuf) {
     let tenant = ctl_json(s, &["tenants", "create", name]);
-    let tenant_id = json_u64(&tenant, "id").to_string();
+    let tenant_id = json_id(&tenant, "id").to_string();
     let principal = ctl_json(s, &["principals", "create", "--tenant", &tenant_id, "svc"]);
-    let principal_id = json_u64(&principal, "id");
+    let principal_id = json_id(&principal, "id");
     let issued = ctl_json(
         s,
         &[
@@ -129,7 +137,7 @@ fn tenant_with_credential(s: &TestServer, name: &str) -> (u64, u64, std::path::P
     );
     let token = json_str(&issued, "token");
     assert!(token.starts_with("abt_"));
-    let credential_id = json_u64(&issued, "id");
+    let credential_id = json_id(&issued, "id");
     let file = s.root().join(format!("{name}.token"));
     std::fs::write(&file, format!("{token}\n")).unwrap();
     (principal_id, credential_id, file)
@@ -181,7 +189,7 @@ fn revoking_a_credential_cuts_its_live_session() {
 fn policies_deny_publish_and_subscribe_with_clear_errors() {
     let s = TestServer::start();
     let (principal, _, token) = tenant_with_credential(&s, "acme");
-    let tenant = json_u64(&ctl_json(&s, &["tenants", "get", "acme"]), "id").to_string();
+    let tenant = json_id(&ctl_json(&s, &["tenants", "get", "acme"]), "id").to_string();
     ctl_json(
         &s,
         &[
@@ -233,7 +241,7 @@ fn operators_see_and_kick_connections_and_drain_shards() {
     let (mut child, _err) = subscriber(sub);
     let listed = ctl_json(&s, &["connections", "list"]);
     assert!(listed.contains("\"watcher\""), "{listed}");
-    let id = json_u64(&listed, "id");
+    let id = json_id(&listed, "id");
     ctl_json(&s, &["connections", "kick", &id.to_string()]);
     // Kicked: the server says so; the client reconnects on its own, so stop it.
     let kicked = s.stats().kicked;
@@ -304,7 +312,7 @@ fn deleting_a_tenant_closes_its_connections() {
     let mut sub = arqon(&s, &token);
     sub.args(["sub", "x"]);
     let (mut child, mut stderr) = subscriber(sub);
-    let tenant = json_u64(&ctl_json(&s, &["tenants", "get", "doomed"]), "id").to_string();
+    let tenant = json_id(&ctl_json(&s, &["tenants", "get", "doomed"]), "id").to_string();
     let deleted = ctl_json(&s, &["tenants", "delete", &tenant]);
     assert_eq!(json_u64(&deleted, "connections_closed"), 1, "{deleted}");
     let status = child.wait().unwrap();
@@ -390,4 +398,93 @@ fn steering_and_tenant_placement_through_arqonctl() {
     assert_eq!(json_str(&after, "source"), "api", "{after}");
     let big = ctl_json(&s, &["tenants", "get", "big"]);
     assert_eq!(json_str(&big, "placement"), "shard:0", "{big}");
+}
+
+#[test]
+fn json_ids_are_exact_strings_and_kick_finds_a_shard_1_connection() {
+    let s = TestServer::start();
+    let token = s.token_path();
+    // Two subscribers, so at least one is on shard 1 whatever the steering
+    // (balance puts them on both shards; the hash may not: then more).
+    let mut subs = Vec::new();
+    let mut on_shard_1 = None;
+    for i in 0..16 {
+        let mut sub = arqon(&s, &token);
+        sub.args(["sub", "ids", "--name", &format!("sub-{i}")]);
+        subs.push(subscriber(sub));
+        let listed = ctl_json(&s, &["connections", "list"]);
+        let json: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        on_shard_1 = json["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["shard"] == 1)
+            .cloned();
+        if on_shard_1.is_some() {
+            break;
+        }
+    }
+    let conn = on_shard_1.expect("a connection on shard 1");
+    let id = conn["id"].as_str().expect("the id is a JSON string");
+    let exact: u64 = id.parse().unwrap();
+    assert!(exact > 1 << 53, "shard 1's ids exceed 2^53: {exact}");
+    assert!(conn["tenant_id"].is_string() && conn["principal_id"].is_string());
+    let kicked = ctl_json(&s, &["connections", "kick", id]);
+    assert!(kicked.contains(&format!(r#""id":"{id}""#)), "{kicked}");
+    assert_eq!(s.stats().kicked, 1);
+    for (mut child, _) in subs {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_tenant_named_with_digits_is_reachable_by_name_and_id_prefixes() {
+    let s = TestServer::start();
+    // The bootstrap tenant has id 1; "99" is a name no tenant id matches.
+    let created = ctl_json(&s, &["tenants", "create", "99"]);
+    let id = json_id(&created, "id");
+    assert_ne!(id, 99);
+    // Bare digits: no tenant has id 99, one is named "99": that one.
+    let got = ctl_json(&s, &["tenants", "get", "99"]);
+    assert_eq!(json_id(&got, "id"), id, "{got}");
+    assert_eq!(json_str(&got, "name"), "99");
+    let by_name = ctl_json(&s, &["tenants", "get", "name:99"]);
+    assert_eq!(json_id(&by_name, "id"), id);
+    let by_id = ctl_json(&s, &["tenants", "get", &format!("id:{id}")]);
+    assert_eq!(json_str(&by_id, "name"), "99");
+    // Bare digits that are an id keep meaning the id (scripts keep working).
+    let default = ctl_json(&s, &["tenants", "get", "1"]);
+    assert_eq!(json_str(&default, "name"), "default");
+    // A tenant named like another's id: bare digits are ambiguous.
+    let named_1 = ctl_json(&s, &["tenants", "create", "1"]);
+    let named_1_id = json_id(&named_1, "id");
+    let out = ctl(&s, &["tenants", "get", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "\"1\" is ambiguous: tenant 1 and tenant {named_1_id} named \"1\" both exist (write id:1 or name:1)"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        json_str(&ctl_json(&s, &["tenants", "get", "id:1"]), "name"),
+        "default"
+    );
+    assert_eq!(
+        json_id(&ctl_json(&s, &["tenants", "get", "name:1"]), "id"),
+        named_1_id
+    );
+    // --tenant takes the same forms.
+    let p = ctl_json(&s, &["principals", "create", "--tenant", "name:99", "svc"]);
+    assert_eq!(json_id(&p, "tenant_id"), id, "{p}");
+    let out = ctl(&s, &["tenants", "get", "12345"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("not found: no tenant has id 12345 or is named \"12345\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

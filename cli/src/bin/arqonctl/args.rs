@@ -141,7 +141,7 @@ pub(crate) enum TenantsCmd {
     List,
     /// Show one tenant.
     Get {
-        /// Tenant id or name (`name:NAME` for a name made of digits).
+        /// Tenant id or name (`id:N` or `name:NAME` to say which).
         tenant: TenantArg,
     },
     /// Change a tenant's quotas or placement (the flags given; the others
@@ -150,7 +150,7 @@ pub(crate) enum TenantsCmd {
     /// Delete a tenant with its principals, credentials and policies, and
     /// close its connections.
     Delete {
-        /// Tenant id or name.
+        /// Tenant id or name (`id:N` or `name:NAME` to say which).
         tenant: TenantArg,
     },
 }
@@ -165,7 +165,7 @@ pub(crate) enum TenantsCmd {
         .arg("placement")
 ))]
 pub(crate) struct TenantUpdateArgs {
-    /// Tenant id or name.
+    /// Tenant id or name (`id:N` or `name:NAME` to say which).
     pub(crate) tenant: TenantArg,
     /// New placement: home, spread or shard:N. Open connections stay where
     /// they are; new ones follow it.
@@ -184,7 +184,7 @@ pub(crate) struct TenantUpdateArgs {
 pub(crate) enum PrincipalsCmd {
     /// Create a principal in a tenant.
     Create {
-        /// Tenant id or name.
+        /// Tenant id or name (`id:N` or `name:NAME` to say which).
         #[arg(long, value_name = "TENANT")]
         tenant: TenantArg,
         /// Principal name, unique within the tenant.
@@ -197,7 +197,7 @@ pub(crate) enum PrincipalsCmd {
     },
     /// List the principals of a tenant.
     List {
-        /// Tenant id or name.
+        /// Tenant id or name (`id:N` or `name:NAME` to say which).
         #[arg(long, value_name = "TENANT")]
         tenant: TenantArg,
     },
@@ -257,7 +257,7 @@ pub(crate) enum CredentialsCmd {
     },
     /// List the credentials of a tenant.
     List {
-        /// Tenant id or name.
+        /// Tenant id or name (`id:N` or `name:NAME` to say which).
         #[arg(long, value_name = "TENANT")]
         tenant: TenantArg,
         /// Only this principal's credentials.
@@ -283,7 +283,7 @@ pub(crate) enum PoliciesCmd {
     Put(PolicyPutArgs),
     /// List the policies of a tenant.
     List {
-        /// Tenant id or name.
+        /// Tenant id or name (`id:N` or `name:NAME` to say which).
         #[arg(long, value_name = "TENANT")]
         tenant: TenantArg,
     },
@@ -298,7 +298,7 @@ pub(crate) enum PoliciesCmd {
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["principal", "role"])))]
 pub(crate) struct PolicyPutArgs {
-    /// Tenant id or name.
+    /// Tenant id or name (`id:N` or `name:NAME` to say which).
     #[arg(long, value_name = "TENANT")]
     pub(crate) tenant: TenantArg,
     /// The policy applies to this principal.
@@ -537,16 +537,26 @@ pub(crate) enum SlowConsumerArg {
 }
 
 /// A tenant named by id or by name.
+///
+/// `id:N` is always the id N and `name:NAME` always the name NAME. Bare
+/// digits (`99`) keep meaning an id when a tenant has that id, and reach a
+/// tenant named `99` otherwise; when both exist the command fails and asks
+/// for `id:` or `name:` (see `commands::resolve_tenant`). Anything else is a
+/// name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TenantArg {
+    /// `id:N`: the id, whatever tenants are named.
     Id(u64),
+    /// `name:NAME`, or a name that is not all digits.
     Name(String),
+    /// Bare digits, as given: the id, or the name when no tenant has that
+    /// id. Always a valid u64.
+    Digits(String),
 }
 
 impl FromStr for TenantArg {
     type Err = String;
 
-    /// Digits are an id, `name:NAME` is always a name, anything else a name.
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         if let Some(name) = raw.strip_prefix("name:") {
             if name.is_empty() {
@@ -554,14 +564,20 @@ impl FromStr for TenantArg {
             }
             return Ok(Self::Name(name.to_owned()));
         }
+        if let Some(id) = raw.strip_prefix("id:") {
+            return id
+                .parse()
+                .map(Self::Id)
+                .map_err(|_| format!("expected a tenant id after \"id:\", got {id:?}"));
+        }
         if raw.is_empty() {
             return Err("expected a tenant id or name".into());
         }
         if raw.bytes().all(|b| b.is_ascii_digit()) {
             return raw
-                .parse()
-                .map(Self::Id)
-                .map_err(|_| format!("tenant id {raw} is out of range"));
+                .parse::<u64>()
+                .map(|_| Self::Digits(raw.to_owned()))
+                .map_err(|_| format!("tenant id {raw} is out of range (name:{raw} for a name)"));
         }
         Ok(Self::Name(raw.to_owned()))
     }
@@ -571,6 +587,7 @@ impl fmt::Display for TenantArg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Id(id) => write!(f, "{id}"),
+            Self::Digits(digits) => f.write_str(digits),
             Self::Name(name) => write!(f, "{name:?}"),
         }
     }
@@ -838,7 +855,7 @@ mod tests {
         let Cmd::Tenants(TenantsCmd::Get { tenant }) = cli.command else {
             panic!("not tenants get")
         };
-        assert_eq!(tenant, TenantArg::Id(42));
+        assert_eq!(tenant, TenantArg::Digits("42".into()));
 
         let cli = ok(&[
             "tenants",
@@ -863,8 +880,8 @@ mod tests {
         assert!(matches!(
             ok(&["tenants", "delete", "7"]).command,
             Cmd::Tenants(TenantsCmd::Delete {
-                tenant: TenantArg::Id(7)
-            })
+                tenant: TenantArg::Digits(d)
+            }) if d == "7"
         ));
     }
 
@@ -1006,7 +1023,7 @@ mod tests {
             panic!("not principals update")
         };
         assert_eq!(u.quotas.max_subscriptions, Some(9));
-        assert_eq!(u.tenant, Some(TenantArg::Id(3)));
+        assert_eq!(u.tenant, Some(TenantArg::Digits("3".into())));
     }
 
     #[test]
@@ -1039,9 +1056,9 @@ mod tests {
         assert!(matches!(
             cli.command,
             Cmd::Credentials(CredentialsCmd::List {
-                tenant: TenantArg::Id(2),
+                tenant: TenantArg::Digits(d),
                 principal: Some(4)
-            })
+            }) if d == "2"
         ));
         assert!(matches!(
             ok(&["credentials", "revoke", "9"]).command,
@@ -1075,7 +1092,7 @@ mod tests {
         let Cmd::Policies(PoliciesCmd::Put(p)) = cli.command else {
             panic!("not policies put")
         };
-        assert_eq!(p.tenant, TenantArg::Id(1));
+        assert_eq!(p.tenant, TenantArg::Digits("1".into()));
         assert_eq!((p.principal, p.role.as_deref()), (None, Some("sensor")));
         assert_eq!(p.pub_allow, ["telemetry.>", "status.*"]);
         assert_eq!(p.pub_deny, ["telemetry.secret"]);
@@ -1182,12 +1199,18 @@ mod tests {
 
     #[test]
     fn tenant_references() {
-        assert_eq!("12".parse(), Ok(TenantArg::Id(12)));
+        assert_eq!("12".parse(), Ok(TenantArg::Digits("12".into())));
+        assert_eq!("id:12".parse(), Ok(TenantArg::Id(12)));
+        assert!("id:".parse::<TenantArg>().is_err());
+        assert!("id:acme".parse::<TenantArg>().is_err());
+        assert!("id:-1".parse::<TenantArg>().is_err());
         assert_eq!("acme".parse(), Ok(TenantArg::Name("acme".into())));
         assert_eq!("a1".parse(), Ok(TenantArg::Name("a1".into())));
         assert_eq!("name:12".parse(), Ok(TenantArg::Name("12".into())));
         assert!("".parse::<TenantArg>().is_err());
         assert!("name:".parse::<TenantArg>().is_err());
+        assert_eq!(TenantArg::Digits("3".into()).to_string(), "3");
+        assert_eq!("007".parse(), Ok(TenantArg::Digits("007".into())));
         assert_eq!(TenantArg::Id(3).to_string(), "3");
         assert_eq!(TenantArg::Name("acme".into()).to_string(), "\"acme\"");
     }

@@ -5,8 +5,9 @@
 //! token; read-modify-write updates (`tenants update`, `principals update`)
 //! send the version they read, so they never overwrite a concurrent change;
 //! a tenant named by name is resolved with `GetTenant` first, one lookup per
-//! command; nothing here prints, and the issued token only ever lives in the
-//! returned report.
+//! command (two for bare digits, looked up as an id and as a name, which fail
+//! when they find two different tenants); nothing here prints, and the issued
+//! token only ever lives in the returned report.
 
 use arqonbus_proto::control::{
     DeletePolicyRequest, DeletePrincipalRequest, DeleteTenantRequest, DrainShardRequest,
@@ -217,19 +218,49 @@ async fn steering(control: &Control, cmd: SteeringCmd) -> Result<Report, CliErro
     Ok(render::steering(&steering.into_inner()))
 }
 
-/// `GetTenant` by id or name.
+/// The tenant `tenant` names: `GetTenant` by id or name; bare digits are
+/// looked up both ways (see [`TenantArg`]).
 async fn get_tenant(control: &Control, tenant: &TenantArg) -> Result<Tenant, CliError> {
+    let TenantArg::Digits(digits) = tenant else {
+        return lookup_tenant(control, tenant).await;
+    };
+    let id = digits.parse().unwrap_or_default();
+    let by_id = found(lookup_tenant(control, &TenantArg::Id(id)).await)?;
+    let by_name = found(lookup_tenant(control, &TenantArg::Name(digits.clone())).await)?;
+    match (by_id, by_name) {
+        (Some(a), Some(b)) if a.id != b.id => Err(CliError::AmbiguousTenant {
+            digits: digits.clone(),
+            named_id: b.id,
+        }),
+        (Some(t), _) | (None, Some(t)) => Ok(t),
+        (None, None) => Err(CliError::NotFound(format!(
+            "no tenant has id {digits} or is named \"{digits}\""
+        ))),
+    }
+}
+
+/// One `GetTenant`.
+async fn lookup_tenant(control: &Control, tenant: &TenantArg) -> Result<Tenant, CliError> {
     let request = GetTenantRequest {
         tenant: Some(requests::tenant_ref(tenant)),
     };
     Ok(control.tenants().get_tenant(request).await?.into_inner())
 }
 
-/// The tenant's id: as given, or looked up by name.
+/// `NOT_FOUND` as `None`.
+fn found(result: Result<Tenant, CliError>) -> Result<Option<Tenant>, CliError> {
+    match result {
+        Ok(t) => Ok(Some(t)),
+        Err(CliError::Rpc(status)) if status.code() == tonic::Code::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The tenant's id: as given with `id:`, or looked up.
 async fn tenant_id(control: &Control, tenant: &TenantArg) -> Result<u64, CliError> {
     match tenant {
         TenantArg::Id(id) => Ok(*id),
-        TenantArg::Name(_) => Ok(get_tenant(control, tenant).await?.id),
+        TenantArg::Name(_) | TenantArg::Digits(_) => Ok(get_tenant(control, tenant).await?.id),
     }
 }
 

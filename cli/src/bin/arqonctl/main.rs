@@ -10,7 +10,8 @@
 //! table, a `key: value` block, or one JSON document with `--json`), notes
 //! and errors go to stderr; the admin token is never printed or logged, and
 //! an issued token is printed exactly once, to stdout. Logs (`ARQONCTL_LOG`,
-//! e.g. `ARQONCTL_LOG=debug`) go to stderr.
+//! e.g. `ARQONCTL_LOG=debug`) go to stderr, coloured only on a terminal
+//! without `NO_COLOR`. `--json` prints u64 ids as strings (see `render`).
 
 mod args;
 mod commands;
@@ -44,6 +45,17 @@ pub(crate) enum CliError {
     /// A lookup done by the CLI itself found nothing.
     #[error("not found: {0}")]
     NotFound(String),
+    /// Bare digits name one tenant by id and another by name.
+    #[error(
+        "\"{digits}\" is ambiguous: tenant {digits} and tenant {named_id} named \"{digits}\" \
+         both exist (write id:{digits} or name:{digits})"
+    )]
+    AmbiguousTenant {
+        /// The digits as given.
+        digits: String,
+        /// The id of the tenant named by the digits.
+        named_id: u64,
+    },
     /// The server's answer lacks a field it must carry.
     #[error("the server's answer has no {0}")]
     IncompleteResponse(&'static str),
@@ -85,6 +97,7 @@ fn init_logging() {
     let _already_set = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        .with_ansi(arqonbus_cli::colour_allowed(&io::stderr()))
         .try_init();
 }
 

@@ -5,8 +5,11 @@
 //! value that came from a client (a connection's name, say) can neither
 //! break a table's lines nor send escape sequences to the terminal; JSON is
 //! produced by `serde_json`, so it is always valid; JSON field names are the
-//! proto field names (snake_case), ids and counters are JSON numbers, times
-//! are Unix milliseconds and enums are the lower-case names the flags use.
+//! proto field names (snake_case); u64 ids (tenants, principals,
+//! credentials, policies, connections) are JSON strings of their decimal
+//! digits, since JSON numbers lose precision above 2^53 in most readers;
+//! counters, versions and shard numbers are JSON numbers; times are Unix
+//! milliseconds and enums are the lower-case names the flags use.
 //! Text output never ends a line with spaces.
 
 use std::fmt::Write as _;
@@ -195,6 +198,12 @@ fn join(items: &[String]) -> String {
     }
 }
 
+/// A u64 identifier as a JSON string: ids above 2^53 (connection ids on
+/// shards 1 and up) do not survive JSON numbers in JavaScript or `jq`.
+pub(crate) fn json_id(id: u64) -> Value {
+    Value::String(id.to_string())
+}
+
 fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
@@ -276,7 +285,7 @@ fn placement_name(t: &Tenant) -> &str {
 
 pub(crate) fn tenant_json(t: &Tenant) -> Value {
     json!({
-        "id": t.id,
+        "id": json_id(t.id),
         "name": t.name,
         "placement": placement_name(t),
         "quotas": quotas_json(&t.quotas.unwrap_or_default()),
@@ -321,7 +330,7 @@ pub(crate) fn tenants(list: &[Tenant]) -> Report {
 
 pub(crate) fn tenant_deleted(id: u64, connections_closed: u64) -> Report {
     Report::new(
-        json!({ "id": id, "deleted": true, "connections_closed": connections_closed }),
+        json!({ "id": json_id(id), "deleted": true, "connections_closed": connections_closed }),
         format!("Deleted tenant {id} (closed {connections_closed} connections).\n"),
     )
 }
@@ -330,8 +339,8 @@ pub(crate) fn tenant_deleted(id: u64, connections_closed: u64) -> Report {
 
 pub(crate) fn principal_json(p: &Principal) -> Value {
     json!({
-        "id": p.id,
-        "tenant_id": p.tenant_id,
+        "id": json_id(p.id),
+        "tenant_id": json_id(p.tenant_id),
         "name": p.name,
         "roles": p.roles,
         "quotas": quotas_json(&p.quotas.unwrap_or_default()),
@@ -377,7 +386,7 @@ pub(crate) fn principals(list: &[Principal]) -> Report {
 
 pub(crate) fn principal_deleted(id: u64) -> Report {
     Report::new(
-        json!({ "id": id, "deleted": true }),
+        json!({ "id": json_id(id), "deleted": true }),
         format!("Deleted principal {id}.\n"),
     )
 }
@@ -404,9 +413,9 @@ fn expires(c: &Credential) -> String {
 
 pub(crate) fn credential_json(c: &Credential) -> Value {
     json!({
-        "id": c.id,
-        "tenant_id": c.tenant_id,
-        "principal_id": c.principal_id,
+        "id": json_id(c.id),
+        "tenant_id": json_id(c.tenant_id),
+        "principal_id": json_id(c.principal_id),
         "kind": credential_kind_name(c.kind),
         "fingerprint": c.fingerprint,
         "created_at_unix_ms": c.created_at_unix_ms,
@@ -498,8 +507,8 @@ fn target_text(p: &Policy) -> String {
 
 pub(crate) fn policy_json(p: &Policy) -> Value {
     let mut v = json!({
-        "id": p.id,
-        "tenant_id": p.tenant_id,
+        "id": json_id(p.id),
+        "tenant_id": json_id(p.tenant_id),
         "publish": rules_json(&p.publish.clone().unwrap_or_default()),
         "subscribe": rules_json(&p.subscribe.clone().unwrap_or_default()),
         "allow_responses": p.allow_responses,
@@ -508,7 +517,7 @@ pub(crate) fn policy_json(p: &Policy) -> Value {
     if let Value::Object(map) = &mut v {
         match &p.target {
             Some(policy::Target::PrincipalId(id)) => {
-                map.insert("principal_id".into(), json!(id));
+                map.insert("principal_id".into(), json_id(*id));
             }
             Some(policy::Target::Role(role)) => {
                 map.insert("role".into(), json!(role));
@@ -570,7 +579,7 @@ pub(crate) fn policies(list: &[Policy]) -> Report {
 
 pub(crate) fn policy_deleted(id: u64) -> Report {
     Report::new(
-        json!({ "id": id, "deleted": true }),
+        json!({ "id": json_id(id), "deleted": true }),
         format!("Deleted policy {id}.\n"),
     )
 }
@@ -579,10 +588,10 @@ pub(crate) fn policy_deleted(id: u64) -> Report {
 
 pub(crate) fn connection_json(c: &Connection) -> Value {
     json!({
-        "id": c.id,
+        "id": json_id(c.id),
         "shard": c.shard,
-        "tenant_id": c.tenant_id,
-        "principal_id": c.principal_id,
+        "tenant_id": json_id(c.tenant_id),
+        "principal_id": json_id(c.principal_id),
         "principal": c.principal,
         "client_name": c.client_name,
         "client_kind": c.client_kind,
@@ -648,7 +657,7 @@ pub(crate) fn connections(list: &[Connection]) -> Report {
 
 pub(crate) fn kicked(id: u64) -> Report {
     Report::new(
-        json!({ "id": id, "kicked": true }),
+        json!({ "id": json_id(id), "kicked": true }),
         format!("Kicked connection {id}.\n"),
     )
 }
@@ -843,7 +852,7 @@ mod tests {
         assert_eq!(
             r.json,
             json!({"tenants": [{
-                "id": 3,
+                "id": "3",
                 "name": "acme",
                 "placement": "spread",
                 "quotas": {
@@ -899,7 +908,7 @@ mod tests {
         assert_eq!(deleted.text, "Deleted tenant 3 (closed 12 connections).\n");
         assert_eq!(
             deleted.json,
-            json!({"id": 3, "deleted": true, "connections_closed": 12})
+            json!({"id": "3", "deleted": true, "connections_closed": 12})
         );
     }
 
@@ -917,7 +926,8 @@ mod tests {
             text.contains(r#""client_name":"say \"hi\"\n\u001b[31m\\""#),
             "{text}"
         );
-        assert!(text.contains(r#""id":18446744073709551615"#), "{text}");
+        // Ids are strings (exact in every JSON reader); counters numbers.
+        assert!(text.contains(r#""id":"18446744073709551615""#), "{text}");
         let back: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back["connections"][0]["client_name"], c.client_name);
         assert_eq!(back["connections"][0]["bytes_out"].as_u64(), Some(u64::MAX));
@@ -997,7 +1007,8 @@ mod tests {
         let issued_r = issued(&forever, "abt_s3cret");
         assert_eq!(issued_r.text, "abt_s3cret\n");
         assert_eq!(issued_r.json["token"], "abt_s3cret");
-        assert_eq!(issued_r.json["credential"]["id"], 7);
+        assert_eq!(issued_r.json["credential"]["id"], "7");
+        assert_eq!(issued_r.json["credential"]["principal_id"], "5");
         assert_eq!(issued_r.notes.len(), 2);
         assert!(issued_r.notes.iter().all(|n| !n.contains("s3cret")));
         assert!(issued_r.notes[1].starts_with("warning: "));
@@ -1034,8 +1045,8 @@ mod tests {
         assert_eq!(
             r.json,
             json!({"policies": [{
-                "id": 8,
-                "tenant_id": 3,
+                "id": "8",
+                "tenant_id": "3",
                 "role": "sensor",
                 "publish": {"allow": ["telemetry.>", "status.*"], "deny": []},
                 "subscribe": {"allow": [], "deny": []},
@@ -1053,9 +1064,9 @@ mod tests {
             "{}",
             one.text
         );
-        assert_eq!(one.json["principal_id"], 5);
+        assert_eq!(one.json["principal_id"], "5");
         assert!(one.json.get("role").is_none());
-        assert_eq!(policy_deleted(8).json, json!({"id": 8, "deleted": true}));
+        assert_eq!(policy_deleted(8).json, json!({"id": "8", "deleted": true}));
     }
 
     #[test]
@@ -1076,7 +1087,24 @@ mod tests {
             bytes_out: 2000,
             connected_at_unix_ms: T0,
         };
-        let r = connections(&[c]);
+        let r = connections(std::slice::from_ref(&c));
+        assert_eq!(
+            (
+                &r.json["connections"][0]["id"],
+                &r.json["connections"][0]["tenant_id"],
+                &r.json["connections"][0]["principal_id"],
+                &r.json["connections"][0]["shard"],
+            ),
+            (&json!("42"), &json!("3"), &json!("5"), &json!(1))
+        );
+        // A connection id of shard 1 (above 2^53) survives a JSON reader
+        // that parses numbers as doubles.
+        let big = Connection {
+            id: (1 << 56) + 1,
+            ..c
+        };
+        let text = connections(&[big]).json.to_string();
+        assert!(text.contains(r#""id":"72057594037927937""#), "{text}");
         assert_eq!(
             r.text,
             "ID  SHARD  TENANT  PRINCIPAL  CLIENT    KIND    REMOTE          SUBS  MSGS_IN  BYTES_IN  MSGS_OUT  BYTES_OUT  CONNECTED\n\
@@ -1084,7 +1112,7 @@ mod tests {
         );
         assert_eq!(connections(&[]).text, "No connections.\n");
         assert_eq!(kicked(42).text, "Kicked connection 42.\n");
-        assert_eq!(kicked(42).json, json!({"id": 42, "kicked": true}));
+        assert_eq!(kicked(42).json, json!({"id": "42", "kicked": true}));
     }
 
     fn steering_fixture() -> Steering {

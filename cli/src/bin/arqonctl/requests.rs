@@ -64,6 +64,12 @@ pub(crate) fn tenant_ref(tenant: &TenantArg) -> TenantRef {
             id: 0,
             name: name.clone(),
         },
+        // Resolved by `commands::get_tenant` (by id and by name); as a
+        // reference on its own, digits are the id, as they always were.
+        TenantArg::Digits(digits) => TenantRef {
+            id: digits.parse().unwrap_or_default(),
+            name: String::new(),
+        },
     }
 }
 
