@@ -66,9 +66,10 @@ impl Ctl<'_> {
     fn tenant(&self, name: &str, placement: Tenancy) -> Result<String, String> {
         self.run(&["tenants", "create", name, "--placement", placement.as_str()])?;
         let principal = self.run(&["principals", "create", "--tenant", name, "load"])?;
+        // `arqonctl --json` gives ids as strings (older versions: numbers).
         let id = principal
             .get("id")
-            .and_then(serde_json::Value::as_u64)
+            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
             .ok_or("principals create: no id")?;
         let issued = self.run(&["credentials", "issue", "--principal", &id.to_string()])?;
         issued
