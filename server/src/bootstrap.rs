@@ -9,6 +9,17 @@
 //!
 //! Every start merges the tenants of `tenants.toml` with those of the config
 //! file into one immutable [`ConfigSnapshot`] for the data plane.
+//!
+//! Damage and loss are never silent ([`check_data_dir`], run by
+//! `arqonbus serve` before anything is created): a node is *initialised*
+//! once any of `tenants.toml`, `tls/ca.pem`, `tls/ca.key`, `control.redb` or
+//! `credentials/admin.token` exists, and an initialised node refuses to
+//! start when a file its configuration needs is missing or empty
+//! ([`BootstrapError::Damaged`], naming the file and the command that
+//! recovers it); the contents are checked where they are read (`tls.rs`,
+//! the control plane). Re-creating is explicit: [`recreate_missing`]
+//! (`arqonbus serve --recreate-missing`) makes a new CA, an empty store or
+//! a new admin token for exactly what is missing, and logs each at warn.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -58,6 +69,180 @@ pub enum BootstrapError {
     /// The system random source failed.
     #[error("no randomness available: {0}")]
     Random(String),
+    /// A file an initialised node needs is missing or empty.
+    #[error("{path} {reason}, but this node was initialised ({evidence} exists): {recovery}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// "is missing" or "is empty".
+        reason: &'static str,
+        /// A file showing the node was initialised.
+        evidence: PathBuf,
+        /// The command that recovers.
+        recovery: &'static str,
+    },
+    /// `--recreate-missing` could not re-create something.
+    #[error("re-creating {what}: {reason}")]
+    Recreate {
+        /// What.
+        what: &'static str,
+        /// Why not.
+        reason: String,
+    },
+}
+
+/// The files whose presence shows a node was initialised, relative to the
+/// data directory.
+pub const INITIALISED_BY: [&str; 5] = [
+    TENANTS_FILE,
+    "tls/ca.pem",
+    "tls/ca.key",
+    arqonbus_controlplane::store::STORE_FILE,
+    arqonbus_controlplane::admin::ADMIN_TOKEN_FILE,
+];
+
+const RESTORE_OR_RECREATE: &str = "restore it from a backup, or re-create it on purpose with \
+     `arqonbus serve --recreate-missing`";
+const RESTORE_STORE: &str = "restore the store with `arqonbus restore --from BACKUP`, or start \
+     with an empty store on purpose with `arqonbus serve --recreate-missing`";
+const NEW_CA: &str = "restore it from a backup, or create a new CA on purpose with `arqonbus \
+     serve --recreate-missing` (every client then needs the new ca.pem)";
+const NEW_ADMIN: &str = "write a new admin credential with `arqonbus admin rotate-token` (node \
+     stopped), or restore the file";
+
+/// Whether `path` is missing or empty (`None`: present with content).
+fn absence(path: &Path) -> Option<&'static str> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() == 0 => Some("is empty"),
+        Ok(_) => None,
+        Err(_) => Some("is missing"),
+    }
+}
+
+/// What an initialised node needs under `config`, with each one's recovery.
+fn needed(config: &crate::config::Config) -> Vec<(&'static str, &'static str)> {
+    let mut files = Vec::new();
+    if !config.control.enabled {
+        files.push((TENANTS_FILE, RESTORE_OR_RECREATE));
+    }
+    if config.tls.cert.is_none() || config.tls.key.is_none() {
+        files.push(("tls/ca.pem", NEW_CA));
+        files.push(("tls/ca.key", NEW_CA));
+    }
+    if config.control.enabled {
+        files.push((arqonbus_controlplane::store::STORE_FILE, RESTORE_STORE));
+        files.push((arqonbus_controlplane::admin::ADMIN_TOKEN_FILE, NEW_ADMIN));
+    }
+    files
+}
+
+/// Refuses to start an initialised node that lacks a file its
+/// configuration needs (see the module documentation). A data directory
+/// with none of [`INITIALISED_BY`] is a first start and passes.
+pub fn check_data_dir(config: &crate::config::Config) -> Result<(), BootstrapError> {
+    let dir = &config.data_dir;
+    let Some(evidence) = INITIALISED_BY
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| absence(p).is_none())
+    else {
+        return Ok(());
+    };
+    for (file, recovery) in needed(config) {
+        let path = dir.join(file);
+        if let Some(reason) = absence(&path) {
+            return Err(BootstrapError::Damaged {
+                path,
+                reason,
+                evidence,
+                recovery,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Moves `path` aside to `<path>.lost-<unix seconds>` if it exists.
+fn move_aside(path: &Path) -> Result<(), BootstrapError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".lost-{secs}"));
+    std::fs::rename(path, &aside).map_err(io(path))
+}
+
+/// `--recreate-missing`: re-creates on purpose what an initialised node
+/// lacks, each logged at warn. A new CA (the remaining CA files and the
+/// server certificate are moved aside to `*.lost-<secs>`); an empty store
+/// (a 0-byte file is replaced; the admin token file and `tenants.toml` are
+/// imported into it at start); a new admin token (the store must open).
+/// Damaged contents are not touched: restore those, or move them away.
+pub fn recreate_missing(config: &crate::config::Config) -> Result<(), BootstrapError> {
+    use arqonbus_controlplane::store::{RedbStore, STORE_FILE, Store as _};
+    let dir = &config.data_dir;
+    let generated_tls = config.tls.cert.is_none() || config.tls.key.is_none();
+    let tls = dir.join("tls");
+    if generated_tls
+        && [tls.join("ca.pem"), tls.join("ca.key")]
+            .iter()
+            .any(|p| absence(p).is_some())
+    {
+        for f in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+            move_aside(&tls.join(f))?;
+        }
+        crate::tls::new_ca(dir).map_err(|e| BootstrapError::Recreate {
+            what: "the CA",
+            reason: e.to_string(),
+        })?;
+        tracing::warn!(
+            dir = %tls.display(),
+            "--recreate-missing: the CA was missing; a new CA is created and every client needs the new ca.pem"
+        );
+    }
+    if !config.control.enabled {
+        return Ok(());
+    }
+    let store = dir.join(STORE_FILE);
+    if absence(&store).is_some() {
+        move_aside(&store)?;
+        RedbStore::open(dir).map_err(|e| BootstrapError::Recreate {
+            what: "the control store",
+            reason: e.to_string(),
+        })?;
+        tracing::warn!(
+            path = %store.display(),
+            "--recreate-missing: the control store was missing; starting with an empty store"
+        );
+    }
+    let admin = dir.join(arqonbus_controlplane::admin::ADMIN_TOKEN_FILE);
+    if absence(&admin).is_some() {
+        let recreate = |reason: String| BootstrapError::Recreate {
+            what: "the admin credential",
+            reason,
+        };
+        let opened = RedbStore::open(dir).map_err(|e| recreate(e.to_string()))?;
+        // A store without an admin credential gets one at start anyway.
+        if opened
+            .admin_token_hash()
+            .map_err(|e| recreate(e.to_string()))?
+            .is_none()
+        {
+            return Ok(());
+        }
+        move_aside(&admin)?;
+        let rotated = arqonbus_controlplane::admin::rotate(&opened, dir)
+            .map_err(|e| recreate(e.to_string()))?;
+        tracing::warn!(
+            path = %rotated.path.display(),
+            fingerprint = %rotated.fingerprint,
+            "--recreate-missing: the admin credential was missing; a new one was written (mode 0600)"
+        );
+    }
+    Ok(())
 }
 
 /// The on-disk shape of `tenants.toml`.

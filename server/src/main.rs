@@ -1,7 +1,15 @@
 //! `arqonbus`: the server binary.
 //!
 //! `arqonbus serve` runs a node on embedded defaults, or on `--config FILE`
-//! with flags overriding the file. The main thread runs a small tokio runtime
+//! with flags overriding the file. Before anything is created it refuses an
+//! initialised data directory that lacks a file it needs
+//! (`bootstrap::check_data_dir`), unless `--recreate-missing` asks for the
+//! missing pieces to be re-created on purpose. The maintenance commands work
+//! on a stopped node's data directory (found the same way, from `--config`
+//! or `--data-dir`): `restore --from FILE` (a store backup, see
+//! `arqonctl backup`), `admin rotate-token`, `ca rotate`. Each prints one
+//! result line on stdout, and any failure as one line on stderr with a
+//! non-zero exit. The main thread runs a small tokio runtime
 //! that watches SIGINT (stop now), SIGTERM (lame duck) and SIGHUP (reload),
 //! and carries the OTLP exporter's gRPC channel when `[tracing]` exports
 //! spans; the data plane runs on its own pinned executors.
@@ -10,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use arqonbus::bootstrap;
 use arqonbus::config::{Config, LogFormat, Overrides};
 use arqonbus::otlp::TraceExport;
 use arqonbus::{Paths, Server};
@@ -42,6 +51,58 @@ struct Cli {
 enum Command {
     /// Run a node (TLS and authentication on; see deploy/arqonbus.toml).
     Serve(ServeArgs),
+    /// Replace the control store with a backup (node stopped). The current
+    /// file is kept as control.redb.replaced-<secs>.
+    Restore(RestoreArgs),
+    /// The control API's admin credential.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// The node's generated certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// Where the data directory is, for the maintenance commands.
+#[derive(Debug, clap::Args)]
+struct DirArgs {
+    /// Configuration file (TOML); its `data_dir` is used.
+    #[arg(long, short, env = "ARQONBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the configuration file's).
+    #[arg(long, env = "ARQONBUS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// The backup file (from `arqonctl backup FILE`).
+    #[arg(long, value_name = "FILE")]
+    from: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Write a new admin token to credentials/admin.token (0600) and make
+    /// the old one invalid (node stopped). Also the recovery for a lost file.
+    RotateToken(DirArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a new CA, cross-signed by the old one for the overlap, and
+    /// re-issue the server certificate (takes effect at the next start).
+    Rotate(CaRotateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CaRotateArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+    /// Days during which clients that trust only the old CA keep working.
+    #[arg(long, default_value_t = 30)]
+    overlap_days: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +122,10 @@ struct ServeArgs {
     /// Serve plaintext instead of TLS. Only for trusted networks and benchmarks.
     #[arg(long)]
     plaintext: bool,
+    /// On an initialised node, re-create on purpose what is missing (a new
+    /// CA, an empty control store, a new admin token) instead of refusing.
+    #[arg(long)]
+    recreate_missing: bool,
 }
 
 /// Logs to stderr, filtered by `[log] level` (or `RUST_LOG`); with trace
@@ -158,7 +223,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         TraceExport::start(&config.tracing).map_err(|e| e.to_string())?
     };
     init_logging(&config, export.as_ref());
-    let result = run(&config, args.config.as_deref(), &rt);
+    let result = run(&config, args.config.as_deref(), args.recreate_missing, &rt);
     if let Some(export) = export {
         flush_traces(&rt, export);
     }
@@ -169,6 +234,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 fn run(
     config: &Config,
     config_path: Option<&std::path::Path>,
+    recreate_missing: bool,
     rt: &tokio::runtime::Runtime,
 ) -> Result<(), String> {
     // Signals are watched before the server starts and says where it
@@ -187,6 +253,11 @@ fn run(
         )
     };
 
+    if recreate_missing {
+        bootstrap::recreate_missing(config).map_err(|e| e.to_string())?;
+    } else {
+        bootstrap::check_data_dir(config).map_err(|e| e.to_string())?;
+    }
     let server = Server::start_with(config, config_path).map_err(|e| e.to_string())?;
     announce(
         server.paths(),
@@ -223,10 +294,103 @@ fn run(
     Ok(())
 }
 
+/// The configuration a maintenance command works on.
+fn dir_config(args: DirArgs) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    config.apply(&Overrides {
+        data_dir: args.data_dir,
+        ..Overrides::default()
+    });
+    Ok(config)
+}
+
+/// Logs of the maintenance commands: warnings and errors, as text.
+fn init_tool_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
+}
+
+/// One result line on stdout.
+fn say(line: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout(), "{line}").map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+fn restore(args: RestoreArgs) -> Result<(), String> {
+    let config = dir_config(args.dir)?;
+    let dir = &config.data_dir;
+    // The restored store must accept the admin token the operator holds.
+    let admin = arqonbus_controlplane::admin::token_file_hash(dir).map_err(|e| e.to_string())?;
+    let report =
+        arqonbus_controlplane::store::restore(&args.from, dir, admin).map_err(|e| e.to_string())?;
+    let replaced = report.replaced.map_or_else(String::new, |p| {
+        format!("; the previous file is {}", p.display())
+    });
+    say(&format!(
+        "restored {} from {}: {} tenants, {} principals, {} credentials{replaced}",
+        dir.join(arqonbus_controlplane::store::STORE_FILE).display(),
+        args.from.display(),
+        report.tenants,
+        report.principals,
+        report.credentials,
+    ))
+}
+
+fn rotate_admin(args: DirArgs) -> Result<(), String> {
+    let config = dir_config(args)?;
+    let dir = &config.data_dir;
+    let path = dir.join(arqonbus_controlplane::store::STORE_FILE);
+    if !path.exists() {
+        return Err(format!("{}: no control store here", path.display()));
+    }
+    let store = arqonbus_controlplane::store::RedbStore::open(dir).map_err(|e| e.to_string())?;
+    let rotated = arqonbus_controlplane::admin::rotate(&store, dir).map_err(|e| e.to_string())?;
+    say(&format!(
+        "new admin credential in {} (mode 0600, fingerprint {}); the old one no longer works",
+        rotated.path.display(),
+        rotated.fingerprint
+    ))
+}
+
+fn rotate_ca(args: CaRotateArgs) -> Result<(), String> {
+    let config = dir_config(args.dir)?;
+    if config.tls.cert.is_some() && config.tls.key.is_some() {
+        return Err(
+            "tls.cert and tls.key are configured: the operator's CA is not rotated here".into(),
+        );
+    }
+    let r = arqonbus::tls::rotate_ca(&config.data_dir, &config.tls.extra_names, args.overlap_days)
+        .map_err(|e| e.to_string())?;
+    say(&format!(
+        "new CA in {} (new CA first, then the old one): give it to clients before {}; restart the node to serve the new certificate",
+        r.ca_pem.display(),
+        r.overlap_ends
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Restore(args) => {
+            init_tool_logging();
+            restore(args)
+        }
+        Command::Admin(AdminCommand::RotateToken(args)) => {
+            init_tool_logging();
+            rotate_admin(args)
+        }
+        Command::Ca(CaCommand::Rotate(args)) => {
+            init_tool_logging();
+            rotate_ca(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

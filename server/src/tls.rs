@@ -6,6 +6,26 @@
 //! certificate that expires within [`RENEW_BEFORE_DAYS`] days, or lacks a
 //! configured name, is re-issued from the CA at start. Keys are written with
 //! mode 0600 from creation, never widened.
+//!
+//! Loss is never silent: a CA is generated only on a first start (no CA
+//! file and no server certificate). A missing, empty or unreadable `ca.pem`
+//! or `ca.key`, a key that does not match the certificate, or a server
+//! certificate left without its CA is [`TlsError::Damaged`], naming the file
+//! and the recovery (restore it, or `arqonbus serve --recreate-missing` for
+//! a new CA on purpose).
+//!
+//! CA rotation ([`rotate_ca`], `arqonbus ca rotate`) has an overlap: the
+//! new CA is also cross-signed by the old one (`ca-cross.pem`, valid for the
+//! overlap), the server certificate is re-issued under the new CA and served
+//! with the cross-signed certificate as its intermediate, so clients that
+//! trust only the old CA keep verifying the server, and clients given the
+//! new `ca.pem` (new CA first, old CA after it) verify it directly. The old
+//! CA is kept as `ca-previous.pem`/`ca-previous.key`. The first start after
+//! the overlap ends drops the cross certificate and the old CA from
+//! `ca.pem` and re-issues the server certificate under the new CA alone.
+//! Only the server is certified by this CA: the data plane asks no client
+//! certificate, and operator client certificates (`control.client_ca`) come
+//! from the operator's own CA, so there is no client side to overlap.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -28,6 +48,16 @@ pub const ALPN: &[u8] = b"arqonbus/1";
 pub const RENEW_BEFORE_DAYS: i64 = 30;
 const SERVER_CERT_DAYS: i64 = 397;
 const CA_DAYS: i64 = 3650;
+/// The CA certificate clients trust (during a rotation: new CA, then old).
+pub const CA_PEM: &str = "ca.pem";
+/// The CA's private key (0600).
+pub const CA_KEY: &str = "ca.key";
+/// The new CA signed by the old one, served during a rotation's overlap.
+pub const CA_CROSS: &str = "ca-cross.pem";
+/// The CA before the last rotation, kept for a rollback.
+pub const CA_PREVIOUS_PEM: &str = "ca-previous.pem";
+/// Its key (0600).
+pub const CA_PREVIOUS_KEY: &str = "ca-previous.key";
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +84,20 @@ pub enum TlsError {
     /// rustls rejected the certificate or key.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// CA material of an initialised node is missing or unusable.
+    #[error(
+        "{path} {reason}: restore it from a backup, or create a new CA on purpose with \
+         `arqonbus serve --recreate-missing` (every client then needs the new ca.pem)"
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong ("is missing", "is empty", "does not parse: …").
+        reason: String,
+    },
+    /// A CA rotation cannot start.
+    #[error("CA rotation: {0}")]
+    Rotation(String),
 }
 
 /// What [`prepare`] produced.
@@ -115,12 +159,10 @@ fn required_names(extra: &[String]) -> Vec<String> {
     names
 }
 
-fn generate_ca(dir: &Path) -> Result<(String, KeyPair), TlsError> {
-    let key = KeyPair::generate()?;
+/// The parameters of a generated CA named `name`.
+fn ca_params(name: &str, days: i64) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "ArqonBus local CA");
+    params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -128,14 +170,45 @@ fn generate_ca(dir: &Path) -> Result<(String, KeyPair), TlsError> {
         KeyUsagePurpose::DigitalSignature,
     ];
     params.not_before = now() - Duration::days(1);
-    params.not_after = now() + Duration::days(CA_DAYS);
-    let cert = params.self_signed(&key)?;
+    params.not_after = now() + Duration::days(days);
+    Ok(params)
+}
+
+fn generate_ca(dir: &Path) -> Result<(String, KeyPair), TlsError> {
+    let key = KeyPair::generate()?;
+    let cert = ca_params("ArqonBus local CA", CA_DAYS)?.self_signed(&key)?;
     let pem = cert.pem();
-    let ca_pem = dir.join("ca.pem");
-    let ca_key = dir.join("ca.key");
+    let ca_pem = dir.join(CA_PEM);
+    let ca_key = dir.join(CA_KEY);
     write_file(&ca_key, key.serialize_pem().as_bytes(), 0o600).map_err(io_err(&ca_key))?;
     write_file(&ca_pem, pem.as_bytes(), 0o644).map_err(io_err(&ca_pem))?;
     Ok((pem, key))
+}
+
+/// Generates a new CA in `<data_dir>/tls` on purpose (`--recreate-missing`),
+/// over whatever is there: the caller moved the old files aside.
+pub fn new_ca(data_dir: &Path) -> Result<(), TlsError> {
+    let dir = data_dir.join("tls");
+    crate::bootstrap::create_private_dir(&dir).map_err(io_err(&dir))?;
+    generate_ca(&dir).map(drop)
+}
+
+/// The first PEM certificate block of `pem` (the current CA of a bundle).
+fn first_pem_block(pem: &str) -> Option<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let start = pem.find("-----BEGIN CERTIFICATE-----")?;
+    let end = pem[start..].find(END)? + start + END.len();
+    Some(format!("{}\n", &pem[start..end]))
+}
+
+/// The cross-signed certificate, when a rotation's overlap is running.
+fn live_cross(dir: &Path) -> Option<String> {
+    let pem = std::fs::read_to_string(dir.join(CA_CROSS)).ok()?;
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    (cert.validity().not_after.timestamp() > now().unix_timestamp()).then_some(pem)
 }
 
 fn issue_server_cert(
@@ -144,7 +217,11 @@ fn issue_server_cert(
     ca_key: KeyPair,
     names: &[String],
 ) -> Result<(), TlsError> {
-    let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key)?;
+    let current_ca = first_pem_block(ca_pem).ok_or_else(|| TlsError::Damaged {
+        path: dir.join(CA_PEM),
+        reason: "holds no certificate".into(),
+    })?;
+    let issuer = Issuer::from_ca_cert_pem(&current_ca, ca_key)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names.to_vec())?;
     params
@@ -156,7 +233,10 @@ fn issue_server_cert(
     params.not_before = now() - Duration::days(1);
     params.not_after = now() + Duration::days(SERVER_CERT_DAYS);
     let cert = params.signed_by(&key, &issuer)?;
-    let chain = format!("{}{ca_pem}", cert.pem());
+    // During a rotation's overlap the intermediate is the new CA signed by
+    // the old one, so clients trusting either CA verify the chain.
+    let intermediate = live_cross(dir).unwrap_or(current_ca);
+    let chain = format!("{}{intermediate}", cert.pem());
     let key_path = dir.join("server.key");
     let cert_path = dir.join("server.pem");
     write_file(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io_err(&key_path))?;
@@ -254,22 +334,33 @@ pub fn prepare(data_dir: &Path, tls: &TlsSection) -> Result<TlsMaterial, TlsErro
     }
     let dir = data_dir.join("tls");
     crate::bootstrap::create_private_dir(&dir).map_err(io_err(&dir))?;
-    let ca_pem_path = dir.join("ca.pem");
-    let ca_key_path = dir.join("ca.key");
+    let ca_pem_path = dir.join(CA_PEM);
+    let ca_key_path = dir.join(CA_KEY);
     let mut generated = false;
-    let (ca_pem, ca_key) = if ca_pem_path.exists() && ca_key_path.exists() {
-        let pem = std::fs::read_to_string(&ca_pem_path).map_err(io_err(&ca_pem_path))?;
-        let key_pem = std::fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
-        (pem, KeyPair::from_pem(&key_pem)?)
-    } else {
+    // A CA is generated on a first start only: nothing of the node exists
+    // yet (the control store and admin token are created after TLS).
+    let first_start = [
+        ca_pem_path.clone(),
+        ca_key_path.clone(),
+        dir.join("server.pem"),
+        data_dir.join("control.redb"),
+        data_dir.join("credentials/admin.token"),
+    ]
+    .iter()
+    .all(|p| !p.exists());
+    let (ca_pem, ca_key) = if first_start {
         generated = true;
         generate_ca(&dir)?
+    } else {
+        finish_rotation_if_over(&dir)?;
+        load_ca(&dir)?
     };
     let names = required_names(&tls.extra_names);
     let cert_path = dir.join("server.pem");
     let key_path = dir.join("server.key");
     // A fresh CA did not sign the old certificate: always re-issue then.
     let current = !generated
+        && !dir.join(REISSUE_MARK).exists()
         && std::fs::read(&cert_path)
             .ok()
             .is_some_and(|pem| server_cert_is_current(&pem, &names))
@@ -277,11 +368,154 @@ pub fn prepare(data_dir: &Path, tls: &TlsSection) -> Result<TlsMaterial, TlsErro
     if !current {
         generated = true;
         issue_server_cert(&dir, &ca_pem, ca_key, &names)?;
+        let _ = std::fs::remove_file(dir.join(REISSUE_MARK));
     }
     Ok(TlsMaterial {
         server_config: server_config(load_chain(&cert_path)?, load_key(&key_path)?)?,
         ca_path: Some(ca_pem_path),
         generated,
+    })
+}
+
+/// Present when the server certificate must be re-issued at the next
+/// start (a rotation's overlap ended).
+const REISSUE_MARK: &str = "reissue";
+
+/// Reads a CA file of an initialised node: missing or empty is damage.
+fn read_ca_file(path: &Path) -> Result<String, TlsError> {
+    let damaged = |reason: &str| TlsError::Damaged {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => Err(damaged("is empty")),
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(damaged("is missing")),
+        Err(e) => Err(TlsError::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+/// The CA of an initialised node: both files present, parseable, and the
+/// key the one certified.
+fn load_ca(dir: &Path) -> Result<(String, KeyPair), TlsError> {
+    let pem_path = dir.join(CA_PEM);
+    let key_path = dir.join(CA_KEY);
+    let pem = read_ca_file(&pem_path)?;
+    let key_pem = read_ca_file(&key_path)?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Damaged {
+        path: key_path.clone(),
+        reason: format!("does not parse ({e})"),
+    })?;
+    let bad_pem = |reason: String| TlsError::Damaged {
+        path: pem_path.clone(),
+        reason,
+    };
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| bad_pem("holds no certificate".into()))?
+        .map_err(|e| bad_pem(format!("does not parse ({e})")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| bad_pem(format!("does not parse ({e})")))?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(TlsError::Damaged {
+            path: key_path,
+            reason: format!("is not the key of the CA in {}", pem_path.display()),
+        });
+    }
+    Ok((pem, key))
+}
+
+/// Ends a rotation whose overlap is over: the cross certificate goes, the
+/// old CA leaves `ca.pem`, and the server certificate is re-issued.
+fn finish_rotation_if_over(dir: &Path) -> Result<(), TlsError> {
+    let cross = dir.join(CA_CROSS);
+    if !cross.exists() || live_cross(dir).is_some() {
+        return Ok(());
+    }
+    let pem_path = dir.join(CA_PEM);
+    let pem = read_ca_file(&pem_path)?;
+    let current = first_pem_block(&pem).ok_or_else(|| TlsError::Damaged {
+        path: pem_path.clone(),
+        reason: "holds no certificate".into(),
+    })?;
+    let mark = dir.join(REISSUE_MARK);
+    write_file(&mark, b"", 0o600).map_err(io_err(&mark))?;
+    write_file(&pem_path, current.as_bytes(), 0o644).map_err(io_err(&pem_path))?;
+    std::fs::remove_file(&cross).map_err(io_err(&cross))?;
+    tracing::info!(
+        path = %pem_path.display(),
+        "CA rotation finished: the overlap is over, the previous CA is no longer served"
+    );
+    Ok(())
+}
+
+/// What [`rotate_ca`] did.
+#[derive(Debug)]
+pub struct CaRotation {
+    /// The CA bundle to give clients (new CA, then old).
+    pub ca_pem: PathBuf,
+    /// When the old CA stops being accepted through the cross certificate.
+    pub overlap_ends: OffsetDateTime,
+}
+
+/// Rotates the generated CA with an overlap of `overlap_days` (see the
+/// module documentation). Files only: a running node keeps its certificate
+/// until its next start. `extra_names` are the configured `tls.extra_names`.
+pub fn rotate_ca(
+    data_dir: &Path,
+    extra_names: &[String],
+    overlap_days: u32,
+) -> Result<CaRotation, TlsError> {
+    let dir = data_dir.join("tls");
+    if live_cross(&dir).is_some() {
+        return Err(TlsError::Rotation(format!(
+            "the previous rotation's overlap is still running ({} exists); rotate again after it ends",
+            dir.join(CA_CROSS).display()
+        )));
+    }
+    finish_rotation_if_over(&dir)?;
+    let (old_pem_all, old_key) = load_ca(&dir)?;
+    let old_pem = first_pem_block(&old_pem_all).ok_or_else(|| TlsError::Damaged {
+        path: dir.join(CA_PEM),
+        reason: "holds no certificate".into(),
+    })?;
+    let old_issuer = Issuer::from_ca_cert_pem(&old_pem, old_key)?;
+    let name = format!("ArqonBus local CA {}", now().unix_timestamp());
+    let new_key = KeyPair::generate()?;
+    let new_ca = ca_params(&name, CA_DAYS)?.self_signed(&new_key)?;
+    let overlap_ends = now() + Duration::days(i64::from(overlap_days));
+    let mut cross_params = ca_params(&name, CA_DAYS)?;
+    cross_params.not_after = overlap_ends;
+    let cross = cross_params.signed_by(&new_key, &old_issuer)?;
+
+    let path = |f: &str| dir.join(f);
+    let write = |f: &str, data: &[u8], mode: u32| {
+        let p = path(f);
+        write_file(&p, data, mode).map_err(io_err(&p))
+    };
+    // Old material first (a rollback needs it), the new key before the
+    // bundle naming it: a crash leaves either the old CA whole, or a
+    // mismatch `load_ca` refuses, never a silent mix.
+    let old_key_pem = std::fs::read(path(CA_KEY)).map_err(io_err(&path(CA_KEY)))?;
+    write(CA_PREVIOUS_KEY, &old_key_pem, 0o600)?;
+    write(CA_PREVIOUS_PEM, old_pem.as_bytes(), 0o644)?;
+    write(CA_CROSS, cross.pem().as_bytes(), 0o644)?;
+    let new_key_pem = new_key.serialize_pem();
+    write(CA_KEY, new_key_pem.as_bytes(), 0o600)?;
+    let bundle = format!("{}{old_pem}", new_ca.pem());
+    write(CA_PEM, bundle.as_bytes(), 0o644)?;
+    let names = required_names(extra_names);
+    issue_server_cert(&dir, &bundle, KeyPair::from_pem(&new_key_pem)?, &names)?;
+    tracing::info!(
+        overlap_ends = %overlap_ends,
+        "rotated the CA: clients trusting the old CA keep working until the overlap ends"
+    );
+    Ok(CaRotation {
+        ca_pem: path(CA_PEM),
+        overlap_ends,
     })
 }
 
@@ -309,23 +543,124 @@ mod tests {
     }
 
     #[test]
-    fn a_new_ca_reissues_the_server_certificate() {
+    fn lost_ca_material_is_refused_and_recreated_only_on_purpose() {
         let dir = tempfile::tempdir().unwrap();
         prepare(dir.path(), &TlsSection::default()).unwrap();
-        let before = std::fs::read(dir.path().join("tls/server.pem")).unwrap();
-        std::fs::remove_file(dir.path().join("tls/ca.key")).unwrap();
-        let m = prepare(dir.path(), &TlsSection::default()).unwrap();
-        assert!(m.generated);
-        let after = std::fs::read(dir.path().join("tls/server.pem")).unwrap();
-        assert_ne!(
-            before, after,
-            "the old certificate was signed by the old CA"
-        );
-        let ca = std::fs::read_to_string(dir.path().join("tls/ca.pem")).unwrap();
+        let tls = dir.path().join("tls");
+        let key = std::fs::read(tls.join(CA_KEY)).unwrap();
+        for (file, damage) in [
+            (CA_KEY, None),
+            (CA_KEY, Some(&b""[..])),
+            (CA_KEY, Some(&b"-----BEGIN PRIVATE KEY-----\nAAAA\n"[..])),
+            (CA_PEM, None),
+        ] {
+            let saved = std::fs::read(tls.join(file)).unwrap();
+            match damage {
+                None => std::fs::remove_file(tls.join(file)).unwrap(),
+                Some(bytes) => std::fs::write(tls.join(file), bytes).unwrap(),
+            }
+            let err = prepare(dir.path(), &TlsSection::default()).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, TlsError::Damaged { .. }), "{text}");
+            assert!(
+                text.contains(file) && text.contains("--recreate-missing"),
+                "{text}"
+            );
+            std::fs::write(tls.join(file), saved).unwrap();
+        }
+        // A key that is not the CA's is refused too.
+        std::fs::write(
+            tls.join(CA_KEY),
+            KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+        assert!(matches!(
+            prepare(dir.path(), &TlsSection::default()),
+            Err(TlsError::Damaged { .. })
+        ));
+        std::fs::write(tls.join(CA_KEY), &key).unwrap();
         assert!(
-            String::from_utf8(after).unwrap().ends_with(&ca),
-            "chain ends with the new CA"
+            !prepare(dir.path(), &TlsSection::default())
+                .unwrap()
+                .generated
         );
+
+        // On purpose: every CA file moved away, then a new CA.
+        for f in [CA_KEY, CA_PEM, "server.pem", "server.key"] {
+            std::fs::remove_file(tls.join(f)).unwrap();
+        }
+        assert!(
+            prepare(dir.path(), &TlsSection::default())
+                .unwrap()
+                .generated
+        );
+        let ca = std::fs::read_to_string(tls.join(CA_PEM)).unwrap();
+        let chain = std::fs::read_to_string(tls.join("server.pem")).unwrap();
+        assert!(chain.ends_with(&ca), "chain ends with the new CA");
+    }
+
+    /// The certificates of a PEM file, as DER.
+    fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_file_iter(path)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn a_rotation_serves_a_chain_both_cas_verify_until_the_overlap_ends() {
+        use rustls::client::danger::ServerCertVerifier as _;
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), &TlsSection::default()).unwrap();
+        let tls = dir.path().join("tls");
+        let old_ca = certs(&tls.join(CA_PEM)).remove(0);
+        let r = rotate_ca(dir.path(), &[], 30).unwrap();
+        let bundle = certs(&r.ca_pem);
+        assert_eq!(bundle.len(), 2, "new CA, then old");
+        assert_eq!(bundle[1], old_ca);
+        assert!(
+            matches!(rotate_ca(dir.path(), &[], 30), Err(TlsError::Rotation(_))),
+            "one rotation at a time"
+        );
+        let m = prepare(dir.path(), &TlsSection::default()).unwrap();
+        assert!(!m.generated, "the rotation already issued the certificate");
+        let chain = certs(&tls.join("server.pem"));
+        assert_eq!(chain.len(), 2, "leaf and the cross-signed CA");
+        let verify = |anchor: &CertificateDer<'static>| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(anchor.clone()).unwrap();
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .build()
+            .unwrap();
+            verifier.verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+        };
+        assert!(verify(&old_ca).is_ok(), "old clients keep working");
+        assert!(verify(&bundle[0]).is_ok(), "new clients trust the new CA");
+    }
+
+    #[test]
+    fn a_zero_day_overlap_ends_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), &TlsSection::default()).unwrap();
+        let tls = dir.path().join("tls");
+        rotate_ca(dir.path(), &[], 0).unwrap();
+        let m = prepare(dir.path(), &TlsSection::default()).unwrap();
+        assert!(m.generated, "re-issued without the cross certificate");
+        assert!(!tls.join(CA_CROSS).exists());
+        let ca = certs(&tls.join(CA_PEM));
+        assert_eq!(ca.len(), 1, "only the new CA is left");
+        let chain = certs(&tls.join("server.pem"));
+        assert_eq!(chain, vec![chain[0].clone(), ca[0].clone()]);
+        assert!(tls.join(CA_PREVIOUS_KEY).exists());
     }
 
     #[test]

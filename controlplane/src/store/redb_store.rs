@@ -237,6 +237,12 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
         redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
             file_corrupt(path, reason)
         }
+        // "Not a redb database" and other unreadable contents.
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            file_corrupt(path, e)
+        }
         redb::DatabaseError::DatabaseAlreadyOpen => {
             StoreError::Backend(format!("{}: {IN_USE}", path.display()))
         }
