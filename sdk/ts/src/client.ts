@@ -612,6 +612,8 @@ export class Client {
           this.shutdown(err);
           return;
         }
+        // Login throttling: retrying soon prolongs it; wait the longest.
+        if (err instanceof ServerError && err.code === ErrorCode.AUTH_THROTTLED) attempt = Math.max(attempt, 32);
         last = err;
       }
     }

@@ -580,6 +580,9 @@ class Client:
                     self._shutdown(e)
                     return None
                 log.debug("reconnect attempt %d failed: %s", attempt, e)
+                if isinstance(e, ServerError) and e.code == pb.ERROR_CODE_AUTH_THROTTLED:
+                    # Login throttling: retrying soon prolongs it; wait the longest.
+                    attempt = max(attempt, 32)
                 last = e
 
     async def _keepalive(self, conn: _Conn) -> None:

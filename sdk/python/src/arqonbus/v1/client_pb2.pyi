@@ -43,6 +43,14 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_DISCONNECTED_BY_OPERATOR: _ClassVar[ErrorCode]
     ERROR_CODE_CREDENTIAL_REVOKED: _ClassVar[ErrorCode]
     ERROR_CODE_UNAVAILABLE: _ClassVar[ErrorCode]
+    ERROR_CODE_PRESENCE_LIMIT_EXCEEDED: _ClassVar[ErrorCode]
+    ERROR_CODE_AUTH_THROTTLED: _ClassVar[ErrorCode]
+
+class PresenceAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRESENCE_ACTION_UNSPECIFIED: _ClassVar[PresenceAction]
+    PRESENCE_ACTION_JOIN: _ClassVar[PresenceAction]
+    PRESENCE_ACTION_LEAVE: _ClassVar[PresenceAction]
 CLIENT_KIND_UNSPECIFIED: ClientKind
 CLIENT_KIND_HUMAN: ClientKind
 CLIENT_KIND_DEVICE: ClientKind
@@ -71,6 +79,11 @@ ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_DISCONNECTED_BY_OPERATOR: ErrorCode
 ERROR_CODE_CREDENTIAL_REVOKED: ErrorCode
 ERROR_CODE_UNAVAILABLE: ErrorCode
+ERROR_CODE_PRESENCE_LIMIT_EXCEEDED: ErrorCode
+ERROR_CODE_AUTH_THROTTLED: ErrorCode
+PRESENCE_ACTION_UNSPECIFIED: PresenceAction
+PRESENCE_ACTION_JOIN: PresenceAction
+PRESENCE_ACTION_LEAVE: PresenceAction
 
 class Frame(_message.Message):
     __slots__ = ("connect", "welcome", "publish", "subscribe", "unsubscribe", "message", "ping", "pong", "error", "drain")
@@ -229,3 +242,81 @@ class Error(_message.Message):
     close: bool
     sid: int
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., close: _Optional[bool] = ..., sid: _Optional[int] = ...) -> None: ...
+
+class PresenceTrack(_message.Message):
+    __slots__ = ("sid", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    sid: int
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, sid: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PresenceWatch(_message.Message):
+    __slots__ = ("watch_id", "subject", "stop")
+    WATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    watch_id: int
+    subject: bytes
+    stop: bool
+    def __init__(self, watch_id: _Optional[int] = ..., subject: _Optional[bytes] = ..., stop: _Optional[bool] = ...) -> None: ...
+
+class PresenceQuery(_message.Message):
+    __slots__ = ("request_id", "subject")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    subject: bytes
+    def __init__(self, request_id: _Optional[int] = ..., subject: _Optional[bytes] = ...) -> None: ...
+
+class PresenceMember(_message.Message):
+    __slots__ = ("client_id", "client_kind", "client_name", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KIND_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    client_id: int
+    client_kind: ClientKind
+    client_name: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, client_id: _Optional[int] = ..., client_kind: _Optional[_Union[ClientKind, str]] = ..., client_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PresenceReply(_message.Message):
+    __slots__ = ("request_id", "subject", "members", "truncated", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    subject: bytes
+    members: _containers.RepeatedCompositeFieldContainer[PresenceMember]
+    truncated: bool
+    error: ErrorCode
+    def __init__(self, request_id: _Optional[int] = ..., subject: _Optional[bytes] = ..., members: _Optional[_Iterable[_Union[PresenceMember, _Mapping]]] = ..., truncated: _Optional[bool] = ..., error: _Optional[_Union[ErrorCode, str]] = ...) -> None: ...
+
+class PresenceEvent(_message.Message):
+    __slots__ = ("watch_id", "subject", "action", "member")
+    WATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    watch_id: int
+    subject: bytes
+    action: PresenceAction
+    member: PresenceMember
+    def __init__(self, watch_id: _Optional[int] = ..., subject: _Optional[bytes] = ..., action: _Optional[_Union[PresenceAction, str]] = ..., member: _Optional[_Union[PresenceMember, _Mapping]] = ...) -> None: ...

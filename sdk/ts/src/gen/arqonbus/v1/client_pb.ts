@@ -28,7 +28,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file arqonbus/v1/client.proto.
  */
 export const file_arqonbus_v1_client: GenFile = /*@__PURE__*/
-  fileDesc("ChhhcnFvbmJ1cy92MS9jbGllbnQucHJvdG8SC2FycW9uYnVzLnYxIqEDCgVGcmFtZRInCgdjb25uZWN0GAEgASgLMhQuYXJxb25idXMudjEuQ29ubmVjdEgAEicKB3dlbGNvbWUYAiABKAsyFC5hcnFvbmJ1cy52MS5XZWxjb21lSAASJwoHcHVibGlzaBgDIAEoCzIULmFycW9uYnVzLnYxLlB1Ymxpc2hIABIrCglzdWJzY3JpYmUYBCABKAsyFi5hcnFvbmJ1cy52MS5TdWJzY3JpYmVIABIvCgt1bnN1YnNjcmliZRgFIAEoCzIYLmFycW9uYnVzLnYxLlVuc3Vic2NyaWJlSAASJwoHbWVzc2FnZRgGIAEoCzIULmFycW9uYnVzLnYxLk1lc3NhZ2VIABIhCgRwaW5nGAcgASgLMhEuYXJxb25idXMudjEuUGluZ0gAEiEKBHBvbmcYCCABKAsyES5hcnFvbmJ1cy52MS5Qb25nSAASIwoFZXJyb3IYCSABKAsyEi5hcnFvbmJ1cy52MS5FcnJvckgAEiMKBWRyYWluGAogASgLMhIuYXJxb25idXMudjEuRHJhaW5IAEIGCgRraW5kIqMBCgdDb25uZWN0EhgKEHByb3RvY29sX3ZlcnNpb24YASABKA0SEgoKY3JlZGVudGlhbBgCIAEoCRITCgtjbGllbnRfbmFtZRgDIAEoCRIsCgtjbGllbnRfa2luZBgEIAEoDjIXLmFycW9uYnVzLnYxLkNsaWVudEtpbmQSFgoOY2xpZW50X3ZlcnNpb24YBSABKAkSDwoHbm9fZWNobxgGIAEoCCKuAQoGTGltaXRzEhMKC21heF9wYXlsb2FkGAEgASgNEhEKCW1heF9mcmFtZRgCIAEoDRIZChFtYXhfc3Vic2NyaXB0aW9ucxgDIAEoDRITCgttYXhfaGVhZGVycxgEIAEoDRIXCg9tYXhfc3ViamVjdF9sZW4YBSABKA0SGAoQcGluZ19pbnRlcnZhbF9tcxgGIAEoDRIZChFtYXhfcGVuZGluZ19ieXRlcxgHIAEoBCKmAQoHV2VsY29tZRIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEhEKCXNlcnZlcl9pZBgCIAEoCRISCgpzZXNzaW9uX2lkGAMgASgEEiMKBmxpbWl0cxgEIAEoCzITLmFycW9uYnVzLnYxLkxpbWl0cxINCgVzaGFyZBgFIAEoDRIWCg5zZXJ2ZXJfdmVyc2lvbhgGIAEoCRIOCgZ0ZW5hbnQYByABKAkiJAoGSGVhZGVyEgsKA2tleRgBIAEoDBINCgV2YWx1ZRgCIAEoDCJgCgdQdWJsaXNoEg8KB3N1YmplY3QYASABKAwSDQoFcmVwbHkYAiABKAwSJAoHaGVhZGVycxgDIAMoCzITLmFycW9uYnVzLnYxLkhlYWRlchIPCgdwYXlsb2FkGA8gASgMIj4KCVN1YnNjcmliZRILCgNzaWQYASABKAQSDwoHcGF0dGVybhgCIAEoDBITCgtxdWV1ZV9ncm91cBgDIAEoDCIyCgtVbnN1YnNjcmliZRILCgNzaWQYASABKAQSFgoOYWZ0ZXJfbWVzc2FnZXMYAiABKAQimQEKB01lc3NhZ2USCwoDc2lkGAEgASgEEg8KB3N1YmplY3QYAiABKAwSDQoFcmVwbHkYAyABKAwSJAoHaGVhZGVycxgEIAMoCzITLmFycW9uYnVzLnYxLkhlYWRlchIqCgZzdGF0dXMYBSABKA4yGi5hcnFvbmJ1cy52MS5NZXNzYWdlU3RhdHVzEg8KB3BheWxvYWQYDyABKAwiBgoEUGluZyIGCgRQb25nIiwKBURyYWluEhMKC2RlYWRsaW5lX21zGAEgASgNEg4KBnJlYXNvbhgCIAEoCSJaCgVFcnJvchIkCgRjb2RlGAEgASgOMhYuYXJxb25idXMudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFY2xvc2UYAyABKAgSCwoDc2lkGAQgASgEKm8KCkNsaWVudEtpbmQSGwoXQ0xJRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIVChFDTElFTlRfS0lORF9IVU1BThABEhYKEkNMSUVOVF9LSU5EX0RFVklDRRACEhUKEUNMSUVOVF9LSU5EX0FHRU5UEAMqSAoNTWVzc2FnZVN0YXR1cxIVChFNRVNTQUdFX1NUQVRVU19PSxAAEiAKHE1FU1NBR0VfU1RBVFVTX05PX1JFU1BPTkRFUlMQASrtBQoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIhCh1FUlJPUl9DT0RFX1BST1RPQ09MX1ZJT0xBVElPThABEiIKHkVSUk9SX0NPREVfVU5TVVBQT1JURURfVkVSU0lPThACEiQKIEVSUk9SX0NPREVfQVVUSEVOVElDQVRJT05fRkFJTEVEEAMSGwoXRVJST1JfQ09ERV9BVVRIX1RJTUVPVVQQBBIeChpFUlJPUl9DT0RFX0ZSQU1FX1RPT19MQVJHRRAFEiMKH0VSUk9SX0NPREVfTUFYX1BBWUxPQURfRVhDRUVERUQQBhIeChpFUlJPUl9DT0RFX0lOVkFMSURfU1VCSkVDVBAHEiIKHkVSUk9SX0NPREVfSU5WQUxJRF9RVUVVRV9HUk9VUBAIEh4KGkVSUk9SX0NPREVfSU5WQUxJRF9IRUFERVJTEAkSKQolRVJST1JfQ09ERV9NQVhfU1VCU0NSSVBUSU9OU19FWENFRURFRBAKEhoKFkVSUk9SX0NPREVfSU5WQUxJRF9TSUQQCxIaChZFUlJPUl9DT0RFX1VOS05PV05fU0lEEAwSIAocRVJST1JfQ09ERV9QRVJNSVNTSU9OX0RFTklFRBANEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhAOEh8KG0VSUk9SX0NPREVfU1RBTEVfQ09OTkVDVElPThAPEiMKH0VSUk9SX0NPREVfU0VSVkVSX1NIVVRUSU5HX0RPV04QEBInCiNFUlJPUl9DT0RFX01BWF9DT05ORUNUSU9OU19FWENFRURFRBAREhcKE0VSUk9SX0NPREVfSU5URVJOQUwQEhInCiNFUlJPUl9DT0RFX0RJU0NPTk5FQ1RFRF9CWV9PUEVSQVRPUhATEiEKHUVSUk9SX0NPREVfQ1JFREVOVElBTF9SRVZPS0VEEBQSGgoWRVJST1JfQ09ERV9VTkFWQUlMQUJMRRAVYgZwcm90bzM");
+  fileDesc("ChhhcnFvbmJ1cy92MS9jbGllbnQucHJvdG8SC2FycW9uYnVzLnYxIqEDCgVGcmFtZRInCgdjb25uZWN0GAEgASgLMhQuYXJxb25idXMudjEuQ29ubmVjdEgAEicKB3dlbGNvbWUYAiABKAsyFC5hcnFvbmJ1cy52MS5XZWxjb21lSAASJwoHcHVibGlzaBgDIAEoCzIULmFycW9uYnVzLnYxLlB1Ymxpc2hIABIrCglzdWJzY3JpYmUYBCABKAsyFi5hcnFvbmJ1cy52MS5TdWJzY3JpYmVIABIvCgt1bnN1YnNjcmliZRgFIAEoCzIYLmFycW9uYnVzLnYxLlVuc3Vic2NyaWJlSAASJwoHbWVzc2FnZRgGIAEoCzIULmFycW9uYnVzLnYxLk1lc3NhZ2VIABIhCgRwaW5nGAcgASgLMhEuYXJxb25idXMudjEuUGluZ0gAEiEKBHBvbmcYCCABKAsyES5hcnFvbmJ1cy52MS5Qb25nSAASIwoFZXJyb3IYCSABKAsyEi5hcnFvbmJ1cy52MS5FcnJvckgAEiMKBWRyYWluGAogASgLMhIuYXJxb25idXMudjEuRHJhaW5IAEIGCgRraW5kIqMBCgdDb25uZWN0EhgKEHByb3RvY29sX3ZlcnNpb24YASABKA0SEgoKY3JlZGVudGlhbBgCIAEoCRITCgtjbGllbnRfbmFtZRgDIAEoCRIsCgtjbGllbnRfa2luZBgEIAEoDjIXLmFycW9uYnVzLnYxLkNsaWVudEtpbmQSFgoOY2xpZW50X3ZlcnNpb24YBSABKAkSDwoHbm9fZWNobxgGIAEoCCKuAQoGTGltaXRzEhMKC21heF9wYXlsb2FkGAEgASgNEhEKCW1heF9mcmFtZRgCIAEoDRIZChFtYXhfc3Vic2NyaXB0aW9ucxgDIAEoDRITCgttYXhfaGVhZGVycxgEIAEoDRIXCg9tYXhfc3ViamVjdF9sZW4YBSABKA0SGAoQcGluZ19pbnRlcnZhbF9tcxgGIAEoDRIZChFtYXhfcGVuZGluZ19ieXRlcxgHIAEoBCKmAQoHV2VsY29tZRIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEhEKCXNlcnZlcl9pZBgCIAEoCRISCgpzZXNzaW9uX2lkGAMgASgEEiMKBmxpbWl0cxgEIAEoCzITLmFycW9uYnVzLnYxLkxpbWl0cxINCgVzaGFyZBgFIAEoDRIWCg5zZXJ2ZXJfdmVyc2lvbhgGIAEoCRIOCgZ0ZW5hbnQYByABKAkiJAoGSGVhZGVyEgsKA2tleRgBIAEoDBINCgV2YWx1ZRgCIAEoDCJgCgdQdWJsaXNoEg8KB3N1YmplY3QYASABKAwSDQoFcmVwbHkYAiABKAwSJAoHaGVhZGVycxgDIAMoCzITLmFycW9uYnVzLnYxLkhlYWRlchIPCgdwYXlsb2FkGA8gASgMIj4KCVN1YnNjcmliZRILCgNzaWQYASABKAQSDwoHcGF0dGVybhgCIAEoDBITCgtxdWV1ZV9ncm91cBgDIAEoDCIyCgtVbnN1YnNjcmliZRILCgNzaWQYASABKAQSFgoOYWZ0ZXJfbWVzc2FnZXMYAiABKAQimQEKB01lc3NhZ2USCwoDc2lkGAEgASgEEg8KB3N1YmplY3QYAiABKAwSDQoFcmVwbHkYAyABKAwSJAoHaGVhZGVycxgEIAMoCzITLmFycW9uYnVzLnYxLkhlYWRlchIqCgZzdGF0dXMYBSABKA4yGi5hcnFvbmJ1cy52MS5NZXNzYWdlU3RhdHVzEg8KB3BheWxvYWQYDyABKAwiBgoEUGluZyIGCgRQb25nIiwKBURyYWluEhMKC2RlYWRsaW5lX21zGAEgASgNEg4KBnJlYXNvbhgCIAEoCSJaCgVFcnJvchIkCgRjb2RlGAEgASgOMhYuYXJxb25idXMudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFY2xvc2UYAyABKAgSCwoDc2lkGAQgASgEIokBCg1QcmVzZW5jZVRyYWNrEgsKA3NpZBgBIAEoBBI6CghtZXRhZGF0YRgCIAMoCzIoLmFycW9uYnVzLnYxLlByZXNlbmNlVHJhY2suTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQAoNUHJlc2VuY2VXYXRjaBIQCgh3YXRjaF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgMEgwKBHN0b3AYAyABKAgiNAoNUHJlc2VuY2VRdWVyeRISCgpyZXF1ZXN0X2lkGAEgASgEEg8KB3N1YmplY3QYAiABKAwi1AEKDlByZXNlbmNlTWVtYmVyEhEKCWNsaWVudF9pZBgBIAEoBBIsCgtjbGllbnRfa2luZBgCIAEoDjIXLmFycW9uYnVzLnYxLkNsaWVudEtpbmQSEwoLY2xpZW50X25hbWUYAyABKAkSOwoIbWV0YWRhdGEYBCADKAsyKS5hcnFvbmJ1cy52MS5QcmVzZW5jZU1lbWJlci5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKcAQoNUHJlc2VuY2VSZXBseRISCgpyZXF1ZXN0X2lkGAEgASgEEg8KB3N1YmplY3QYAiABKAwSLAoHbWVtYmVycxgDIAMoCzIbLmFycW9uYnVzLnYxLlByZXNlbmNlTWVtYmVyEhEKCXRydW5jYXRlZBgEIAEoCBIlCgVlcnJvchgFIAEoDjIWLmFycW9uYnVzLnYxLkVycm9yQ29kZSKMAQoNUHJlc2VuY2VFdmVudBIQCgh3YXRjaF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgMEisKBmFjdGlvbhgDIAEoDjIbLmFycW9uYnVzLnYxLlByZXNlbmNlQWN0aW9uEisKBm1lbWJlchgEIAEoCzIbLmFycW9uYnVzLnYxLlByZXNlbmNlTWVtYmVyKm8KCkNsaWVudEtpbmQSGwoXQ0xJRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIVChFDTElFTlRfS0lORF9IVU1BThABEhYKEkNMSUVOVF9LSU5EX0RFVklDRRACEhUKEUNMSUVOVF9LSU5EX0FHRU5UEAMqSAoNTWVzc2FnZVN0YXR1cxIVChFNRVNTQUdFX1NUQVRVU19PSxAAEiAKHE1FU1NBR0VfU1RBVFVTX05PX1JFU1BPTkRFUlMQASq0BgoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIhCh1FUlJPUl9DT0RFX1BST1RPQ09MX1ZJT0xBVElPThABEiIKHkVSUk9SX0NPREVfVU5TVVBQT1JURURfVkVSU0lPThACEiQKIEVSUk9SX0NPREVfQVVUSEVOVElDQVRJT05fRkFJTEVEEAMSGwoXRVJST1JfQ09ERV9BVVRIX1RJTUVPVVQQBBIeChpFUlJPUl9DT0RFX0ZSQU1FX1RPT19MQVJHRRAFEiMKH0VSUk9SX0NPREVfTUFYX1BBWUxPQURfRVhDRUVERUQQBhIeChpFUlJPUl9DT0RFX0lOVkFMSURfU1VCSkVDVBAHEiIKHkVSUk9SX0NPREVfSU5WQUxJRF9RVUVVRV9HUk9VUBAIEh4KGkVSUk9SX0NPREVfSU5WQUxJRF9IRUFERVJTEAkSKQolRVJST1JfQ09ERV9NQVhfU1VCU0NSSVBUSU9OU19FWENFRURFRBAKEhoKFkVSUk9SX0NPREVfSU5WQUxJRF9TSUQQCxIaChZFUlJPUl9DT0RFX1VOS05PV05fU0lEEAwSIAocRVJST1JfQ09ERV9QRVJNSVNTSU9OX0RFTklFRBANEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhAOEh8KG0VSUk9SX0NPREVfU1RBTEVfQ09OTkVDVElPThAPEiMKH0VSUk9SX0NPREVfU0VSVkVSX1NIVVRUSU5HX0RPV04QEBInCiNFUlJPUl9DT0RFX01BWF9DT05ORUNUSU9OU19FWENFRURFRBAREhcKE0VSUk9SX0NPREVfSU5URVJOQUwQEhInCiNFUlJPUl9DT0RFX0RJU0NPTk5FQ1RFRF9CWV9PUEVSQVRPUhATEiEKHUVSUk9SX0NPREVfQ1JFREVOVElBTF9SRVZPS0VEEBQSGgoWRVJST1JfQ09ERV9VTkFWQUlMQUJMRRAVEiYKIkVSUk9SX0NPREVfUFJFU0VOQ0VfTElNSVRfRVhDRUVERUQQFhIdChlFUlJPUl9DT0RFX0FVVEhfVEhST1RUTEVEEBcqZgoOUHJlc2VuY2VBY3Rpb24SHwobUFJFU0VOQ0VfQUNUSU9OX1VOU1BFQ0lGSUVEEAASGAoUUFJFU0VOQ0VfQUNUSU9OX0pPSU4QARIZChVQUkVTRU5DRV9BQ1RJT05fTEVBVkUQAmIGcHJvdG8z");
 
 /**
  * One unit on the wire. Exactly one kind is set.
@@ -552,6 +552,208 @@ export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
   messageDesc(file_arqonbus_v1_client, 12);
 
 /**
+ * Client -> server. List subscription `sid` (whose pattern is a literal
+ * subject) in that subject's presence while the subscription lives.
+ *
+ * @generated from message arqonbus.v1.PresenceTrack
+ */
+export type PresenceTrack = Message$1<"arqonbus.v1.PresenceTrack"> & {
+  /**
+   * @generated from field: uint64 sid = 1;
+   */
+  sid: bigint;
+
+  /**
+   * What others see besides the client id, kind and name: at most 8
+   * entries, keys 1..=32 printable ASCII bytes, values at most 128 bytes,
+   * 1 KiB in all.
+   *
+   * @generated from field: map<string, string> metadata = 2;
+   */
+  metadata: { [key: string]: string };
+};
+
+/**
+ * Describes the message arqonbus.v1.PresenceTrack.
+ * Use `create(PresenceTrackSchema)` to create a new message.
+ */
+export const PresenceTrackSchema: GenMessage<PresenceTrack> = /*@__PURE__*/
+  messageDesc(file_arqonbus_v1_client, 13);
+
+/**
+ * Client -> server. Start (or, with `stop`, end) receiving join and leave
+ * events of `subject` under the client-chosen `watch_id` (never 0, unique
+ * on the connection). Needs the presence permission on `subject`.
+ *
+ * @generated from message arqonbus.v1.PresenceWatch
+ */
+export type PresenceWatch = Message$1<"arqonbus.v1.PresenceWatch"> & {
+  /**
+   * @generated from field: uint64 watch_id = 1;
+   */
+  watchId: bigint;
+
+  /**
+   * @generated from field: bytes subject = 2;
+   */
+  subject: Uint8Array;
+
+  /**
+   * @generated from field: bool stop = 3;
+   */
+  stop: boolean;
+};
+
+/**
+ * Describes the message arqonbus.v1.PresenceWatch.
+ * Use `create(PresenceWatchSchema)` to create a new message.
+ */
+export const PresenceWatchSchema: GenMessage<PresenceWatch> = /*@__PURE__*/
+  messageDesc(file_arqonbus_v1_client, 14);
+
+/**
+ * Client -> server. Who is on `subject` now. Needs the presence permission.
+ *
+ * @generated from message arqonbus.v1.PresenceQuery
+ */
+export type PresenceQuery = Message$1<"arqonbus.v1.PresenceQuery"> & {
+  /**
+   * Client-chosen; echoed in the reply.
+   *
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: bytes subject = 2;
+   */
+  subject: Uint8Array;
+};
+
+/**
+ * Describes the message arqonbus.v1.PresenceQuery.
+ * Use `create(PresenceQuerySchema)` to create a new message.
+ */
+export const PresenceQuerySchema: GenMessage<PresenceQuery> = /*@__PURE__*/
+  messageDesc(file_arqonbus_v1_client, 15);
+
+/**
+ * One member of a subject's presence.
+ *
+ * @generated from message arqonbus.v1.PresenceMember
+ */
+export type PresenceMember = Message$1<"arqonbus.v1.PresenceMember"> & {
+  /**
+   * The member connection's `Welcome.session_id`.
+   *
+   * @generated from field: uint64 client_id = 1;
+   */
+  clientId: bigint;
+
+  /**
+   * @generated from field: arqonbus.v1.ClientKind client_kind = 2;
+   */
+  clientKind: ClientKind;
+
+  /**
+   * @generated from field: string client_name = 3;
+   */
+  clientName: string;
+
+  /**
+   * @generated from field: map<string, string> metadata = 4;
+   */
+  metadata: { [key: string]: string };
+};
+
+/**
+ * Describes the message arqonbus.v1.PresenceMember.
+ * Use `create(PresenceMemberSchema)` to create a new message.
+ */
+export const PresenceMemberSchema: GenMessage<PresenceMember> = /*@__PURE__*/
+  messageDesc(file_arqonbus_v1_client, 16);
+
+/**
+ * Server -> client. The answer to `PresenceQuery`.
+ *
+ * @generated from message arqonbus.v1.PresenceReply
+ */
+export type PresenceReply = Message$1<"arqonbus.v1.PresenceReply"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: bytes subject = 2;
+   */
+  subject: Uint8Array;
+
+  /**
+   * Ordered by client id.
+   *
+   * @generated from field: repeated arqonbus.v1.PresenceMember members = 3;
+   */
+  members: PresenceMember[];
+
+  /**
+   * More members exist than the server lists in one answer.
+   *
+   * @generated from field: bool truncated = 4;
+   */
+  truncated: boolean;
+
+  /**
+   * Unspecified when the query was answered; PERMISSION_DENIED or
+   * INVALID_SUBJECT otherwise (then `members` is empty).
+   *
+   * @generated from field: arqonbus.v1.ErrorCode error = 5;
+   */
+  error: ErrorCode;
+};
+
+/**
+ * Describes the message arqonbus.v1.PresenceReply.
+ * Use `create(PresenceReplySchema)` to create a new message.
+ */
+export const PresenceReplySchema: GenMessage<PresenceReply> = /*@__PURE__*/
+  messageDesc(file_arqonbus_v1_client, 17);
+
+/**
+ * Server -> client. A member joined or left a watched subject.
+ *
+ * @generated from message arqonbus.v1.PresenceEvent
+ */
+export type PresenceEvent = Message$1<"arqonbus.v1.PresenceEvent"> & {
+  /**
+   * @generated from field: uint64 watch_id = 1;
+   */
+  watchId: bigint;
+
+  /**
+   * @generated from field: bytes subject = 2;
+   */
+  subject: Uint8Array;
+
+  /**
+   * @generated from field: arqonbus.v1.PresenceAction action = 3;
+   */
+  action: PresenceAction;
+
+  /**
+   * @generated from field: arqonbus.v1.PresenceMember member = 4;
+   */
+  member?: PresenceMember | undefined;
+};
+
+/**
+ * Describes the message arqonbus.v1.PresenceEvent.
+ * Use `create(PresenceEventSchema)` to create a new message.
+ */
+export const PresenceEventSchema: GenMessage<PresenceEvent> = /*@__PURE__*/
+  messageDesc(file_arqonbus_v1_client, 18);
+
+/**
  * What kind of peer a connection serves. Used for limits and observability.
  *
  * @generated from enum arqonbus.v1.ClientKind
@@ -776,6 +978,25 @@ export enum ErrorCode {
    * @generated from enum value: ERROR_CODE_UNAVAILABLE = 21;
    */
   UNAVAILABLE = 21,
+
+  /**
+   * Added in 1.2: a presence bound was reached (members of the subject or
+   * of the tenant, or watches of the connection). Not fatal.
+   *
+   * @generated from enum value: ERROR_CODE_PRESENCE_LIMIT_EXCEEDED = 22;
+   */
+  PRESENCE_LIMIT_EXCEEDED = 22,
+
+  /**
+   * Added in 1.2: too many failed authentications from this source address
+   * (or naming this principal, from a source that failed too). The
+   * credential was not checked; the server closes the connection. Retry
+   * after a pause: attempting again at once prolongs it. Older clients see
+   * an unknown code on a closing error, like any fatal error.
+   *
+   * @generated from enum value: ERROR_CODE_AUTH_THROTTLED = 23;
+   */
+  AUTH_THROTTLED = 23,
 }
 
 /**
@@ -783,4 +1004,30 @@ export enum ErrorCode {
  */
 export const ErrorCodeSchema: GenEnum<ErrorCode> = /*@__PURE__*/
   enumDesc(file_arqonbus_v1_client, 2);
+
+/**
+ * @generated from enum arqonbus.v1.PresenceAction
+ */
+export enum PresenceAction {
+  /**
+   * @generated from enum value: PRESENCE_ACTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: PRESENCE_ACTION_JOIN = 1;
+   */
+  JOIN = 1,
+
+  /**
+   * @generated from enum value: PRESENCE_ACTION_LEAVE = 2;
+   */
+  LEAVE = 2,
+}
+
+/**
+ * Describes the enum arqonbus.v1.PresenceAction.
+ */
+export const PresenceActionSchema: GenEnum<PresenceAction> = /*@__PURE__*/
+  enumDesc(file_arqonbus_v1_client, 3);
 
