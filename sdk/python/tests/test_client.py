@@ -375,3 +375,59 @@ async def test_publishes_fail_fast_when_the_reconnect_buffer_is_full() -> None:
         assert isinstance(events.seen[-1], arqonbus.Closed)
     finally:
         node.stop()
+
+
+async def test_an_expired_signed_token_is_replaced_by_the_provider_on_reconnect(
+    node: Node, tenant: Tenant
+) -> None:
+    """A session whose signed token expires ends with CREDENTIAL_REVOKED; the
+    client asks its credential function for a fresh token and resubscribes."""
+    minted: list[int] = []
+
+    async def mint() -> str:
+        # The first token lives 2 s; the ones that replace it an hour, so
+        # the rest of the test cannot race a second expiry.
+        fresh = await asyncio.to_thread(
+            node.credential, tenant.name, tenant.tenant_id, tenant.principal_id,
+            signed_ttl="2s" if not minted else "1h",
+        )
+        minted.append(fresh.credential_id)
+        return fresh.token()
+
+    events = Events()
+    c = await within(
+        arqonbus.connect(
+            node.url, ca_file=node.ca_path, credential=mint, on_event=events,
+            reconnect=arqonbus.ReconnectPolicy(initial_delay=0.05, max_delay=0.2),
+        )
+    )
+    sub = await within(c.subscribe("expiry.>"))
+    lost = await events.wait(arqonbus.Disconnected)
+    assert isinstance(lost.reason, arqonbus.ServerError)
+    assert lost.reason.code_name == "CREDENTIAL_REVOKED"
+    await events.wait(arqonbus.Reconnected)
+    assert len(minted) >= 2 and len(set(minted)) == len(minted)
+    other = await client(node, tenant)
+    await other.publish("expiry.after", b"still here")
+    assert (await sub.next_msg(timeout=LIMIT)).data == b"still here"
+    await c.close()
+    await other.close()
+
+
+async def test_a_full_subscription_drops_and_counts_without_blocking(
+    node: Node, tenant: Tenant
+) -> None:
+    events = Events()
+    c = await client(node, tenant, on_event=events)
+    other = await client(node, tenant)
+    sub = await within(c.subscribe("flood.>", capacity=5))
+    for i in range(50):
+        await other.publish("flood.x", str(i))
+    await within(other.flush())
+    await within(c.flush())  # the reader kept going: pongs still arrive
+    slow = await events.wait(arqonbus.SlowConsumer)
+    assert slow.sid == sub.sid
+    assert sub.dropped == 45
+    assert [(await sub.next_msg(timeout=LIMIT)).text() for _ in range(5)] == ["0", "1", "2", "3", "4"]
+    await c.close()
+    await other.close()

@@ -300,6 +300,57 @@ describe("against the server over TLS TCP", () => {
     await expect(c.flush()).rejects.toBeInstanceOf(ClosedError);
   });
 
+  it("replaces an expired signed token through the credential function on reconnect", async () => {
+    const t = await fresh();
+    const minted: number[] = [];
+    const mint = async () => {
+      // The first token lives 2 s; its replacements an hour (no second expiry mid-test).
+      const signed = await node.credential(t.name, t.tenantId, t.principalId, { signedTtl: minted.length ? "1h" : "2s" });
+      minted.push(signed.credentialId);
+      return node.token(signed);
+    };
+    const events = new Events();
+    const c = await within(
+      connect({
+        url: node.url,
+        caFile: node.caFile,
+        credential: mint,
+        onEvent: events.on,
+        reconnect: { initialDelayMs: 50, maxDelayMs: 200 },
+      }),
+    );
+    const sub = await within(c.subscribe("expiry.>"));
+    const lost = await events.wait("disconnected");
+    expect((lost.reason as ServerError).codeName).toBe("CREDENTIAL_REVOKED");
+    await events.wait("reconnected");
+    expect(minted.length).toBeGreaterThanOrEqual(2);
+    expect(new Set(minted).size).toBe(minted.length);
+    const other = await open(node, t);
+    other.publish("expiry.after", "still here");
+    expect((await sub.next(LIMIT_MS))!.text()).toBe("still here");
+    await c.close();
+    await other.close();
+  });
+
+  it("drops and counts when a subscription is full, without blocking the reader", async () => {
+    const t = await fresh();
+    const events = new Events();
+    const c = await open(node, t, { onEvent: events.on });
+    const other = await open(node, t);
+    const sub = await within(c.subscribe("flood.>", { capacity: 5 }));
+    for (let i = 0; i < 50; i++) other.publish("flood.x", String(i));
+    await within(other.flush());
+    await within(c.flush()); // pongs still arrive
+    const slow = await events.wait("slowConsumer");
+    expect(slow.sid).toBe(sub.sid);
+    expect(sub.dropped).toBe(45);
+    const got: string[] = [];
+    for (let i = 0; i < 5; i++) got.push((await sub.next(LIMIT_MS))!.text());
+    expect(got).toEqual(["0", "1", "2", "3", "4"]);
+    await c.close();
+    await other.close();
+  });
+
   it("drain delivers what was sent, then closes", async () => {
     const t = await fresh();
     const c = await open(node, t);
