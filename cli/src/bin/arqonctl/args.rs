@@ -120,6 +120,13 @@ pub(crate) enum Cmd {
     /// Connection steering: which shard the kernel hands a new connection to.
     #[command(subcommand)]
     Steering(SteeringCmd),
+    /// Copy the control store while the node serves into FILE (created
+    /// 0600; it holds signing keys and credential hashes). Restore it with
+    /// `arqonbus restore --from FILE` on the stopped node.
+    Backup {
+        /// The file to create (must not exist).
+        file: std::path::PathBuf,
+    },
 }
 
 /// `arqonctl tenants ...`.

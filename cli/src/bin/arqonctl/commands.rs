@@ -35,7 +35,69 @@ pub(crate) async fn run(control: &Control, command: Cmd, now_ms: i64) -> Result<
         Cmd::Connections(cmd) => connections(control, cmd).await,
         Cmd::Node(cmd) => node(control, cmd).await,
         Cmd::Steering(cmd) => steering(control, cmd).await,
+        Cmd::Backup { file } => backup(control, &file).await,
     }
+}
+
+/// `NodeService.Backup` into `file`: received whole and checked against
+/// the announced size into `<file>.partial` (0600), synced, then renamed.
+async fn backup(control: &Control, file: &std::path::Path) -> Result<Report, CliError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let fail = |what: String| CliError::Backup(what);
+    if file.exists() {
+        return Err(fail(format!(
+            "{} exists; choose a new file",
+            file.display()
+        )));
+    }
+    let mut stream = control
+        .node()
+        .backup(arqonbus_proto::control::BackupRequest {})
+        .await?
+        .into_inner();
+    let mut bytes = Vec::new();
+    let (mut total, mut sha256) = (None, String::new());
+    while let Some(chunk) = stream.message().await? {
+        if total.is_none() {
+            total = Some(chunk.total_bytes);
+            sha256.clone_from(&chunk.sha256);
+        }
+        bytes.extend_from_slice(&chunk.data);
+    }
+    let total = total.ok_or(CliError::IncompleteResponse("backup chunk"))?;
+    if bytes.len() as u64 != total {
+        return Err(fail(format!("received {} of {total} bytes", bytes.len())));
+    }
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    let io = |e: std::io::Error| fail(format!("{}: {e}", partial.display()));
+    let _ = std::fs::remove_file(&partial);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(io)?;
+    f.write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&partial, file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+    let json = serde_json::json!({
+        "file": file.display().to_string(),
+        "bytes": total,
+        "sha256": sha256,
+    });
+    let text = format!(
+        "backup: {} ({total} bytes, sha256 {sha256}, mode 0600)\n",
+        file.display()
+    );
+    Ok(Report {
+        json,
+        text,
+        notes: Vec::new(),
+    })
 }
 
 async fn tenants(control: &Control, cmd: TenantsCmd) -> Result<Report, CliError> {

@@ -68,6 +68,9 @@ pub(crate) enum CliError {
     /// Stdout could not be written.
     #[error("cannot write to stdout: {0}")]
     Stdout(io::Error),
+    /// A backup could not be received or written.
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 fn main() -> ExitCode {
