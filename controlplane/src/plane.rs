@@ -312,35 +312,52 @@ pub const REOPEN_FIRST_DELAY: Duration = Duration::from_millis(100);
 /// Longest wait between two reopen attempts.
 pub const REOPEN_MAX_DELAY: Duration = Duration::from_secs(30);
 
-/// Reopens the store after each storage failure, with backoff, and
-/// publishes a snapshot once it is back (the node then accepts again).
+/// Reopens the store after each storage failure, with backoff. A reopen
+/// counts as a success only once the store stays healthy: when the node
+/// failed closed meanwhile, the snapshot published after the reopen must
+/// commit its epoch too (on a disk still full it fails, and the next attempt
+/// waits longer). A node still accepting keeps its snapshot: nothing
+/// changed while the store was closed.
+///
+/// The delay carries over when the store fails again within
+/// [`REOPEN_MAX_DELAY`] of a reopen (a disk still full fails the next
+/// write), so a steady stream of failing writes does not reopen the file
+/// ten times a second.
 async fn reopen_loop(store: Arc<RedbStore>, publisher: Arc<Publisher>) {
+    let mut delay = REOPEN_FIRST_DELAY;
+    let mut last_reopen: Option<std::time::Instant> = None;
     loop {
         store.failed().await;
-        let mut delay = REOPEN_FIRST_DELAY;
+        match last_reopen {
+            Some(at) if at.elapsed() < REOPEN_MAX_DELAY => {
+                delay = (delay * 2).min(REOPEN_MAX_DELAY);
+            }
+            _ => delay = REOPEN_FIRST_DELAY,
+        }
         loop {
             tokio::time::sleep(delay).await;
             let (s, p) = (store.clone(), publisher.clone());
-            let attempt = tokio::task::spawn_blocking(move || match s.recover() {
+            let healthy = tokio::task::spawn_blocking(move || match s.recover() {
                 Ok(reopened) => {
-                    if reopened {
+                    if reopened && !p.current().accepting() {
                         // Shards that miss this snapshot are reported by
-                        // the publisher; the store is back either way.
+                        // the publisher; the store is judged by its epoch.
                         let _ = p.publish();
                     }
-                    true
+                    !s.health().failed
                 }
                 Err(_) => false,
             })
             .await;
-            if attempt.unwrap_or(false) {
+            if healthy.unwrap_or(false) {
+                last_reopen = Some(std::time::Instant::now());
                 break;
             }
+            delay = (delay * 2).min(REOPEN_MAX_DELAY);
             tracing::warn!(
-                retry_in_ms = (delay * 2).min(REOPEN_MAX_DELAY).as_millis() as u64,
+                retry_in_ms = delay.as_millis() as u64,
                 "control store still unavailable"
             );
-            delay = (delay * 2).min(REOPEN_MAX_DELAY);
         }
     }
 }
