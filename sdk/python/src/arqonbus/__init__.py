@@ -41,6 +41,7 @@ from .events import (
 )
 from .message import Limits, Msg, ServerInfo
 from .options import ClientKind, Credential, ReconnectPolicy, ServerUrl
+from .presence import PresenceEvent, PresenceMember, PresenceSnapshot, PresenceWatch
 
 __all__ = [
     "__version__",
@@ -54,6 +55,10 @@ __all__ = [
     "Credential",
     "ReconnectPolicy",
     "ServerUrl",
+    "PresenceEvent",
+    "PresenceMember",
+    "PresenceSnapshot",
+    "PresenceWatch",
     "Event",
     "Disconnected",
     "Reconnected",

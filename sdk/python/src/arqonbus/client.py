@@ -60,6 +60,8 @@ from .events import (
     SlowConsumer,
 )
 from .message import Msg, ServerInfo
+from . import presence as _presence
+from .presence import PresenceEvent, PresenceFrame, PresenceMember, PresenceSnapshot, PresenceWatch
 from .options import (
     MAX_CLIENT_NAME,
     ClientKind,
@@ -109,7 +111,9 @@ def _allows_reconnect(err: ArqonBusError) -> bool:
     return err.retryable or isinstance(err, TlsError)
 
 
-async def _read_frame(reader: asyncio.StreamReader, max_frame: int) -> pb.Frame:
+async def _read_frame(
+    reader: asyncio.StreamReader, max_frame: int
+) -> Union[pb.Frame, PresenceFrame]:
     head = await reader.readexactly(4)
     (n,) = _LEN.unpack(head)
     if n > max_frame:
@@ -121,6 +125,15 @@ async def _read_frame(reader: asyncio.StreamReader, max_frame: int) -> pb.Frame:
     except Exception:  # protobuf raises DecodeError (a plain Exception subclass)
         raise ProtocolError("a frame that does not decode") from None
     if frame.WhichOneof("kind") is None:
+        # Presence frames by field number, while the generated Frame lacks them.
+        raw = _presence.decode(body)
+        if raw is not None and raw[0] in (_presence.REPLY, _presence.EVENT):
+            msg: PresenceFrame = pb.PresenceReply() if raw[0] == _presence.REPLY else pb.PresenceEvent()
+            try:
+                msg.ParseFromString(raw[1])
+            except Exception:
+                raise ProtocolError("a presence frame that does not decode") from None
+            return msg
         raise ProtocolError("a frame with no kind this client knows")
     return frame
 
@@ -184,6 +197,9 @@ class Subscription:
         self.dropped = 0
         #: Why the subscription ended, when it was not asked to.
         self.error: Optional[ArqonBusError] = None
+        #: Presence metadata while the subscription is listed (track()).
+        self._presence: Optional[dict[str, str]] = None
+        self._track_error: Optional[ArqonBusError] = None
 
     # -- called by the client -------------------------------------------------
     def _push(self, msg: Msg) -> bool:
@@ -243,6 +259,14 @@ class Subscription:
 
     async def __anext__(self) -> Msg:
         return await self.next_msg()
+
+    async def track(self, metadata: Optional[dict[str, str]] = None) -> None:
+        """Lists this subscription (its subject must be literal) in the
+        subject's presence, with ``metadata`` (at most 8 entries, keys up to 32
+        bytes, values up to 128, 1 KiB in all), until it ends. Listed again
+        after a reconnect. Raises the server's ``PRESENCE_LIMIT_EXCEEDED`` or
+        ``INVALID_HEADERS`` (the subscription itself stays)."""
+        await self._client._track(self, metadata)
 
     async def unsubscribe(self) -> None:
         """Stops the subscription now. Buffered messages can still be read."""
@@ -329,6 +353,9 @@ class Client:
         self._tokens = itertools.count(1)
         self._requests: dict[int, tuple[str, asyncio.Future[Msg]]] = {}
         self._event_tasks: set[asyncio.Task[None]] = set()
+        self._watches: dict[int, PresenceWatch] = {}
+        self._queries: dict[int, tuple[str, asyncio.Future[PresenceSnapshot]]] = {}
+        self._query_ids = itertools.count(1)
 
     # ------------------------------------------------------------------ connect
     @classmethod
@@ -453,6 +480,8 @@ class Client:
             await writer.drain()
             while True:
                 frame = await _read_frame(reader, PRE_WELCOME_MAX_FRAME)
+                if not isinstance(frame, pb.Frame):
+                    raise ProtocolError("a presence frame before Welcome")
                 kind = frame.WhichOneof("kind")
                 if kind == "welcome":
                     info = ServerInfo.from_welcome(frame.welcome)
@@ -493,6 +522,13 @@ class Client:
             conn.write(_frame(subscribe=sub_frame))
             if sub._remaining is not None:
                 conn.write(_frame(unsubscribe=pb.Unsubscribe(sid=sid, after_messages=sub._remaining)))
+            if sub._presence is not None:
+                conn.write(self._track_frame(sid, sub._presence))
+        for wid in sorted(self._watches):
+            conn.write(self._watch_frame(wid, self._watches[wid].subject, False))
+        for qid, (subject, fut) in sorted(self._queries.items()):
+            if not fut.done():
+                conn.write(self._query_frame(qid, subject))
         while self._queued:
             item = self._queued.popleft()
             if isinstance(item, bytes):
@@ -612,9 +648,14 @@ class Client:
         except OSError as e:
             conn.fail(TransportError(f"i/o: {e.strerror or e}"))
 
-    def _on_frame(self, conn: _Conn, frame: pb.Frame) -> None:
+    def _on_frame(self, conn: _Conn, frame: Union[pb.Frame, PresenceFrame]) -> None:
+        if isinstance(frame, (pb.PresenceReply, pb.PresenceEvent)):
+            self._on_presence(frame)
+            return
         kind = frame.WhichOneof("kind")
-        if kind == "message":
+        if kind in ("presence_reply", "presence_event"):
+            self._on_presence(getattr(frame, str(kind)))
+        elif kind == "message":
             self._deliver(frame.message)
         elif kind == "ping":
             conn.write(_PONG)
@@ -667,9 +708,19 @@ class Client:
     def _on_server_error(self, err: ServerError) -> None:
         log.warning("server reported an error: %s (sid %s)", err, err.sid)
         if err.sid is not None:
-            sub = self._subs.pop(err.sid, None)
-            if sub is not None:
-                sub._end(err)
+            watch = self._watches.pop(err.sid, None)
+            if watch is not None:
+                watch._end(err)
+            elif err.code in (pb.ERROR_CODE_PRESENCE_LIMIT_EXCEEDED, pb.ERROR_CODE_INVALID_HEADERS) and (
+                tracked := self._subs.get(err.sid)
+            ) is not None:
+                # A refused listing: the subscription stays, unlisted.
+                tracked._presence = None
+                tracked._track_error = err
+            else:
+                sub = self._subs.pop(err.sid, None)
+                if sub is not None:
+                    sub._end(err)
         self._emit(ServerErrorEvent(err))
 
     def _emit(self, event: Event) -> None:
@@ -697,6 +748,13 @@ class Client:
             if not fut.done():
                 fut.set_exception(ClosedError(reason) if reason is not None else err)
         self._requests.clear()
+        for watch in self._watches.values():
+            watch._end(reason)
+        self._watches.clear()
+        for _, qfut in self._queries.values():
+            if not qfut.done():
+                qfut.set_exception(ClosedError(reason))
+        self._queries.clear()
         for item in self._queued:
             if not isinstance(item, bytes) and not item.done():
                 item.set_exception(ClosedError(reason))
@@ -910,6 +968,129 @@ class Client:
             raise RequestTimeoutError(f"no reply on {subject!r} within {limit} s") from None
         finally:
             self._requests.pop(token, None)
+
+    # ------------------------------------------------------------- presence
+    @staticmethod
+    def _track_frame(sid: int, metadata: dict[str, str]) -> bytes:
+        return _presence.encode(
+            _presence.TRACK, pb.PresenceTrack(sid=sid, metadata=metadata).SerializeToString()
+        )
+
+    @staticmethod
+    def _watch_frame(watch_id: int, subject: str, stop: bool) -> bytes:
+        body = pb.PresenceWatch(
+            watch_id=watch_id, subject=subject.encode("ascii"), stop=stop
+        ).SerializeToString()
+        return _presence.encode(_presence.WATCH, body)
+
+    @staticmethod
+    def _query_frame(request_id: int, subject: str) -> bytes:
+        body = pb.PresenceQuery(request_id=request_id, subject=subject.encode("ascii")).SerializeToString()
+        return _presence.encode(_presence.QUERY, body)
+
+    def _live_conn(self) -> Optional[_Conn]:
+        conn = self._conn
+        if conn is not None and self._status == "connected" and not conn.done.done():
+            return conn
+        return None
+
+    async def _track(self, sub: Subscription, metadata: Optional[dict[str, str]]) -> None:
+        self._check_open()
+        max_subject, _, _ = self._limits()
+        check_subject(sub.subject, max_subject, wildcards=False)
+        md = _presence.check_metadata(metadata)
+        if sub.sid not in self._subs:
+            raise ClosedError(sub.error)
+        sub._presence = md
+        sub._track_error = None
+        conn = self._live_conn()
+        if conn is not None:
+            conn.write(self._track_frame(sub.sid, md))
+        await self.flush()
+        if sub._track_error is not None:
+            raise sub._track_error
+        if sub.error is not None:
+            raise sub.error
+
+    async def watch_presence(self, subject: str) -> PresenceWatch:
+        """Join and leave events of ``subject`` (a literal subject) from now on.
+        Watch, then query (:meth:`presence`): every change after the answer
+        arrives as an event. Raises ``PERMISSION_DENIED`` or
+        ``PRESENCE_LIMIT_EXCEEDED`` (256 watches per connection)."""
+        self._check_open()
+        max_subject, _, _ = self._limits()
+        check_subject(subject, max_subject, wildcards=False)
+        watch = PresenceWatch(self, next(self._sids), subject)
+        self._watches[watch.watch_id] = watch
+        conn = self._live_conn()
+        if conn is not None:
+            conn.write(self._watch_frame(watch.watch_id, subject, False))
+        await self.flush()
+        if watch.error is not None:
+            raise watch.error
+        return watch
+
+    def _stop_watch(self, watch: PresenceWatch) -> None:
+        if self._watches.pop(watch.watch_id, None) is None:
+            return
+        watch._end()
+        conn = self._live_conn()
+        if conn is not None:
+            conn.write(self._watch_frame(watch.watch_id, watch.subject, True))
+
+    async def presence(self, subject: str, *, timeout: Optional[float] = None) -> PresenceSnapshot:
+        """Who is on ``subject`` now (at most 1,000 members; ``truncated`` says
+        when there are more). Raises :class:`ServerError` ``PERMISSION_DENIED``
+        or ``INVALID_SUBJECT``, :class:`RequestTimeoutError` after ``timeout``
+        (default ``request_timeout``)."""
+        self._check_open()
+        max_subject, _, _ = self._limits()
+        check_subject(subject, max_subject, wildcards=False)
+        qid = next(self._query_ids)
+        fut: asyncio.Future[PresenceSnapshot] = self._loop.create_future()
+        self._queries[qid] = (subject, fut)
+        conn = self._live_conn()
+        if conn is not None:
+            conn.write(self._query_frame(qid, subject))
+        limit = self._request_timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), limit)
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(f"no presence answer on {subject!r} within {limit} s") from None
+        finally:
+            self._queries.pop(qid, None)
+
+    def _on_presence(self, frame: PresenceFrame) -> None:
+        if isinstance(frame, pb.PresenceReply):
+            entry = self._queries.pop(int(frame.request_id), None)
+            if entry is None or entry[1].done():
+                return
+            subject, fut = entry
+            if frame.error:
+                fut.set_exception(ServerError(int(frame.error), "presence query refused", False, None))
+            else:
+                fut.set_result(
+                    PresenceSnapshot(
+                        subject,
+                        [PresenceMember.from_wire(m) for m in frame.members],
+                        bool(frame.truncated),
+                    )
+                )
+            return
+        watch = self._watches.get(int(frame.watch_id))
+        if watch is None:
+            return
+        if frame.action == pb.PRESENCE_ACTION_JOIN:
+            action: Any = "join"
+        elif frame.action == pb.PRESENCE_ACTION_LEAVE:
+            action = "leave"
+        else:
+            return
+        watch._push(
+            PresenceEvent(
+                frame.subject.decode("ascii", "replace"), action, PresenceMember.from_wire(frame.member)
+            )
+        )
 
     async def drain(self) -> None:
         """Unsubscribes everything, waits for the barrier so subscribers get
