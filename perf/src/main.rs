@@ -6,7 +6,8 @@
 //! `compare` starts the servers itself, runs the whole suite and writes
 //! `perf/results/<date>.{json,md}` and SVG charts. `placement` runs the
 //! steering and tenant-placement measurements and writes
-//! `perf/results/<date>-placement.{json,md}`. `relay` runs the raw relay
+//! `perf/results/<date>-placement.{json,md}`. `chaos` runs the chaos and
+//! flood suite (`perf/results/<date>-chaos/`). `relay` runs the raw relay
 //! server. Everything is bounded by time and count, and only talks to
 //! the addresses given (loopback in every documented command).
 //!
@@ -17,6 +18,7 @@
 //! - [`compare`]: the runner (processes, rounds, report, charts);
 //! - [`placement`]: the placement measurements (steering sides, drain,
 //!   tenants placed by the server);
+//! - [`chaos`]: the chaos and flood suite (kill -9, floods, quotas);
 //! - [`stats`], [`progress`]: histograms, CPU accounting, the progress bar.
 #![allow(clippy::print_stdout, reason = "printing results is the point")]
 #![allow(
@@ -25,6 +27,7 @@
     reason = "rates, averages and fractions over counts far below 2^52"
 )]
 
+mod chaos;
 mod compare;
 mod driver;
 mod placement;
@@ -173,6 +176,11 @@ enum Command {
     /// connect storm with the steering program and without, and 8 tenants
     /// placed by the server against nats-server (starts its own servers).
     Placement(placement::PlacementArgs),
+    /// The chaos and flood suite: storms, floods, slow consumers, a 10x
+    /// quota flood beside a healthy tenant, kill -9 cycles during control
+    /// writes; fails on a lost acknowledged write, a panic or unbounded
+    /// memory (starts its own server; --smoke for CI).
+    Chaos(chaos::ChaosArgs),
 }
 
 fn credential(path: Option<&PathBuf>, proto: Proto) -> Result<String, String> {
@@ -223,7 +231,7 @@ fn scenario(cli: &Cli) -> Result<String, String> {
         Command::ReqReply { .. } => "req-reply",
         Command::Idle { .. } => "idle",
         Command::ConnectStorm { .. } => "connect-storm",
-        Command::Relay { .. } | Command::Compare(_) | Command::Placement(_) => {
+        Command::Relay { .. } | Command::Compare(_) | Command::Placement(_) | Command::Chaos(_) => {
             return Err("not a scenario".into());
         }
     };
@@ -300,7 +308,7 @@ fn scenario(cli: &Cli) -> Result<String, String> {
             };
             scenario::conns::storm(&target, &spec, &progress).map(Outcome::Storm)
         }
-        Command::Relay { .. } | Command::Compare(_) | Command::Placement(_) => {
+        Command::Relay { .. } | Command::Compare(_) | Command::Placement(_) | Command::Chaos(_) => {
             return Err("not a scenario".into());
         }
     };
@@ -364,6 +372,13 @@ fn main() -> ExitCode {
         .map_err(|e| e.to_string()),
         Command::Compare(args) => compare::run(args).map(|()| None),
         Command::Placement(args) => placement::run(args).map(|()| None),
+        Command::Chaos(args) => chaos::run(args).and_then(|passed| {
+            if passed {
+                Ok(None)
+            } else {
+                Err("chaos: FAIL (see the report above)".into())
+            }
+        }),
         _ => scenario(&cli).map(Some),
     };
     match result {

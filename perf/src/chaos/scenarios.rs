@@ -1,0 +1,636 @@
+//! The chaos scenarios, each against the running node, each bounded in time
+//! and count, each returning what it measured ([`Scenario`]).
+//!
+//! Clients connect from three loopback sources: ordinary traffic from
+//! 127.0.0.1, authentication floods from 127.0.0.3 (so login throttling of
+//! the flooder never touches the other scenarios) and the valid logins
+//! measured beside a flood from 127.0.0.2.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{Ipv4Addr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use arqonbus_proto::v1::{self, frame::Kind};
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::node::{Ctl, Node};
+use super::wire::{self, LoginError};
+use super::{ChaosError, Plan};
+use crate::driver::{Conn, Proto, Role, Target};
+use crate::progress::Progress;
+use crate::scenario::{self, ReqReplySpec, StormSpec};
+use crate::stats::Latency;
+
+/// Where floods of wrong credentials come from.
+const FLOOD_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+/// Where the valid logins measured beside them come from.
+const VALID_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// What one scenario did and measured.
+#[derive(Debug, Default, Serialize)]
+pub(super) struct Scenario {
+    /// Its name.
+    pub(super) name: &'static str,
+    /// The load held, in words.
+    pub(super) load: String,
+    /// Wall time, seconds.
+    pub(super) seconds: f64,
+    /// Faults injected (kill -9).
+    pub(super) faults_injected: u64,
+    /// Faults after which the node came back and served traffic again.
+    pub(super) faults_survived: u64,
+    /// Control writes acknowledged.
+    pub(super) acked_writes: u64,
+    /// Acknowledged control writes missing afterwards.
+    pub(super) acked_lost: u64,
+    /// The node's peak RSS during the scenario, MiB.
+    pub(super) peak_rss_mib: f64,
+    /// Named figures.
+    pub(super) figures: BTreeMap<&'static str, f64>,
+    /// What makes the suite fail (lost acknowledged writes).
+    pub(super) failures: Vec<String>,
+    /// Observations that do not fail it.
+    pub(super) notes: Vec<String>,
+}
+
+impl Scenario {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            ..Self::default()
+        }
+    }
+
+    fn figure(&mut self, key: &'static str, value: f64) {
+        self.figures.insert(key, (value * 1000.0).round() / 1000.0);
+    }
+}
+
+fn target(node: &Node, credential: &str) -> Result<Target, ChaosError> {
+    Target::new(Proto::Native, &node.url(), None, credential.to_owned())
+        .map_err(|e| ChaosError::Setup(e.to_string()))
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+fn p(l: &Latency, f: impl Fn(&crate::stats::Percentiles) -> f64) -> f64 {
+    l.summary().map_or(0.0, |s| f(&s) / 1000.0)
+}
+
+/// A healthy client's round trip: connect, log in, Ping/Pong.
+fn probe(node: &Node, credential: &str, source: Option<Ipv4Addr>) -> Result<Duration, LoginError> {
+    let t0 = Instant::now();
+    let mut s = wire::connect(node.addr, source, Duration::from_secs(5))?;
+    wire::login(&mut s, credential)?;
+    wire::ping(&mut s)?;
+    Ok(t0.elapsed())
+}
+
+/// Connect storm: `storm_connections` connects, handshakes and closes from
+/// 4 threads, as fast as they go.
+pub(super) fn storm(node: &Node, plan: &Plan, token: &str) -> Result<Scenario, ChaosError> {
+    let mut sc = Scenario::new("connection storm");
+    let t = target(node, token)?;
+    let spec = StormSpec {
+        connections: plan.storm_connections,
+        threads: 4,
+    };
+    let progress = Progress::standalone("storm");
+    let started = Instant::now();
+    let r = scenario::conns::storm(&t, &spec, &progress)
+        .map_err(|e| ChaosError::Setup(e.to_string()))?;
+    progress.finish();
+    sc.seconds = started.elapsed().as_secs_f64();
+    sc.load = format!(
+        "{} connects + handshakes + closes from 4 threads",
+        plan.storm_connections
+    );
+    sc.figure("connections_ok", r.connections as f64);
+    sc.figure("connections_failed", r.failed as f64);
+    sc.figure("connections_per_sec", r.conns_per_sec);
+    if let Some(h) = &r.handshake {
+        sc.figure("handshake_p99_ms", h.p99_us / 1000.0);
+    }
+    sc.notes.extend(r.errors);
+    Ok(sc)
+}
+
+/// Control-frame flood: `ping_conns` authenticated connections write Pings
+/// as fast as they can and never read, for `flood_secs`; a healthy client
+/// probes the node every 200 ms meanwhile.
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "every scenario has the same signature (the suite runs them from one table)"
+)]
+pub(super) fn ping_flood(node: &Node, plan: &Plan, token: &str) -> Result<Scenario, ChaosError> {
+    let mut sc = Scenario::new("ping flood");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(plan.flood_secs);
+    let chunk: Vec<u8> = wire::encode(&Kind::Ping(v1::Ping {})).repeat(64 * 1024 / 6);
+    let chunk = Arc::new(chunk);
+    let flooders: Vec<_> = (0..plan.ping_conns)
+        .map(|_| {
+            let (addr, token, chunk) = (node.addr, token.to_owned(), chunk.clone());
+            thread::spawn(move || -> (u64, bool, Option<String>) {
+                let mut s = match wire::connect(addr, None, Duration::from_secs(1)) {
+                    Ok(s) => s,
+                    Err(e) => return (0, false, Some(e.to_string())),
+                };
+                if let Err(e) = wire::login(&mut s, &token) {
+                    return (0, false, Some(e.to_string()));
+                }
+                let mut sent = 0u64;
+                while Instant::now() < deadline {
+                    match std::io::Write::write_all(&mut s, &chunk) {
+                        Ok(()) => sent += chunk.len() as u64,
+                        // Blocked for a second: the node stopped reading us.
+                        Err(_) => return (sent, true, None),
+                    }
+                }
+                (sent, false, None)
+            })
+        })
+        .collect();
+    let mut probes = Latency::new();
+    let mut probe_failures = Vec::new();
+    while Instant::now() < deadline {
+        match probe(node, token, None) {
+            Ok(d) => probes.record(ms(d)),
+            Err(e) => probe_failures.push(e.to_string()),
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let (mut bytes, mut blocked) = (0u64, 0u64);
+    for f in flooders {
+        if let Ok((sent, was_blocked, err)) = f.join() {
+            bytes += sent;
+            blocked += u64::from(was_blocked);
+            sc.notes.extend(err);
+        }
+    }
+    sc.seconds = started.elapsed().as_secs_f64();
+    sc.load = format!(
+        "{} connections writing Pings without reading for {:.0} s, a probe every 200 ms",
+        plan.ping_conns, plan.flood_secs
+    );
+    sc.figure("ping_mib_written", bytes as f64 / 1_048_576.0);
+    sc.figure("flooders_stopped_by_backpressure", blocked as f64);
+    sc.figure("probes_ok", probes.len() as f64);
+    sc.figure("probes_failed", probe_failures.len() as f64);
+    sc.figure("probe_p99_ms", p(&probes, |s| s.p99_us));
+    sc.notes.extend(scenario::distinct_errors(probe_failures));
+    Ok(sc)
+}
+
+/// Authentication flood: `auth_threads` threads from 127.0.0.3 log in with a
+/// wrong credential as fast as they can for `flood_secs`, while valid logins
+/// from 127.0.0.2 are timed every 100 ms.
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "every scenario has the same signature (the suite runs them from one table)"
+)]
+pub(super) fn auth_flood(node: &Node, plan: &Plan, token: &str) -> Result<Scenario, ChaosError> {
+    let mut sc = Scenario::new("authentication flood");
+    let failures_before = node.metric("arqonbus_auth_failures_total").unwrap_or(0.0);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(plan.flood_secs);
+    let attackers: Vec<_> = (0..plan.auth_threads)
+        .map(|_| {
+            let addr = node.addr;
+            thread::spawn(move || {
+                let mut by_outcome: BTreeMap<String, u64> = BTreeMap::new();
+                while Instant::now() < deadline {
+                    let outcome =
+                        match wire::connect(addr, Some(FLOOD_SOURCE), Duration::from_secs(2)) {
+                            Ok(mut s) => match wire::login(&mut s, "abt_chaos-wrong-credential") {
+                                Ok(_) => "ACCEPTED".to_owned(),
+                                Err(LoginError::Refused(code)) => code,
+                                Err(LoginError::Io(e)) => format!("io: {}", e.kind()),
+                                Err(LoginError::Protocol(_)) => "protocol".to_owned(),
+                            },
+                            Err(e) => format!("connect: {}", e.kind()),
+                        };
+                    *by_outcome.entry(outcome).or_default() += 1;
+                }
+                by_outcome
+            })
+        })
+        .collect();
+    let mut valid = Latency::new();
+    let mut valid_failures = Vec::new();
+    while Instant::now() < deadline {
+        match probe(node, token, Some(VALID_SOURCE)) {
+            Ok(d) => valid.record(ms(d)),
+            Err(e) => valid_failures.push(e.to_string()),
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    for a in attackers {
+        if let Ok(o) = a.join() {
+            for (k, v) in o {
+                *outcomes.entry(k).or_default() += v;
+            }
+        }
+    }
+    sc.seconds = started.elapsed().as_secs_f64();
+    let attempts: u64 = outcomes.values().sum();
+    let get = |k: &str| outcomes.get(k).copied().unwrap_or(0) as f64;
+    sc.load = format!(
+        "{} threads logging in with a wrong credential from {FLOOD_SOURCE} for {:.0} s; a valid login from {VALID_SOURCE} every 100 ms",
+        plan.auth_threads, plan.flood_secs
+    );
+    sc.figure("wrong_attempts", attempts as f64);
+    sc.figure(
+        "wrong_attempts_per_sec",
+        attempts as f64 / sc.seconds.max(1e-9),
+    );
+    sc.figure(
+        "refused_authentication_failed",
+        get("AUTHENTICATION_FAILED"),
+    );
+    sc.figure("refused_auth_throttled", get("AUTH_THROTTLED"));
+    sc.figure(
+        "server_auth_failures",
+        node.metric("arqonbus_auth_failures_total").unwrap_or(0.0) - failures_before,
+    );
+    sc.figure("valid_logins_ok", valid.len() as f64);
+    sc.figure("valid_logins_failed", valid_failures.len() as f64);
+    sc.figure("valid_login_p50_ms", p(&valid, |s| s.p50_us));
+    sc.figure("valid_login_p99_ms", p(&valid, |s| s.p99_us));
+    if get("ACCEPTED") > 0.0 {
+        sc.failures.push(format!(
+            "{} wrong credentials were accepted",
+            get("ACCEPTED")
+        ));
+    }
+    sc.notes
+        .push(format!("outcomes of the wrong logins: {outcomes:?}"));
+    sc.notes.extend(scenario::distinct_errors(valid_failures));
+    Ok(sc)
+}
+
+/// Slow consumers: `slow_subs` subscribers of one subject never read while a
+/// publisher writes 1 KiB messages to it as fast as it can for
+/// `flood_secs`.
+pub(super) fn slow_consumers(
+    node: &Node,
+    plan: &Plan,
+    token: &str,
+    probe_token: &str,
+) -> Result<Scenario, ChaosError> {
+    let mut sc = Scenario::new("slow consumers");
+    let cut_before = node.metric("arqonbus_slow_consumers_total").unwrap_or(0.0);
+    let subject = "chaos.slow";
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..plan.slow_subs {
+        let mut s = wire::connect(node.addr, None, Duration::from_secs(5))
+            .map_err(|e| ChaosError::Setup(format!("slow subscriber: {e}")))?;
+        wire::login(&mut s, token)
+            .map_err(|e| ChaosError::Setup(format!("slow subscriber: {e}")))?;
+        std::io::Write::write_all(
+            &mut s,
+            &wire::encode(&Kind::Subscribe(v1::Subscribe {
+                sid: 1,
+                pattern: Bytes::from_static(subject.as_bytes()),
+                queue_group: Bytes::new(),
+            })),
+        )
+        .map_err(|e| ChaosError::Setup(format!("slow subscriber: {e}")))?;
+        wire::ping(&mut s).map_err(|e| ChaosError::Setup(format!("slow subscriber: {e}")))?;
+        held.push(s);
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(plan.flood_secs);
+    let mut t = target(node, token)?;
+    t.handshake_timeout = Some(Duration::from_secs(2));
+    let publisher = thread::spawn(move || -> (u64, Vec<String>) {
+        let mut written = 0u64;
+        let mut errors = Vec::new();
+        let Ok(batch) = t.publish_batch("chaos.slow", 1024, false) else {
+            return (0, vec!["cannot encode".into()]);
+        };
+        while Instant::now() < deadline {
+            let mut c = match Conn::open(&t, &Role::default()) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            while Instant::now() < deadline {
+                if let Err(e) = c.write_all(batch.frames(batch.per)) {
+                    errors.push(e.to_string());
+                    break;
+                }
+                written += (batch.per * 1024) as u64;
+            }
+        }
+        (written, errors)
+    });
+    let mut probes = Latency::new();
+    let mut probe_failures = Vec::new();
+    while Instant::now() < deadline {
+        match probe(node, probe_token, None) {
+            Ok(d) => probes.record(ms(d)),
+            Err(e) => probe_failures.push(e.to_string()),
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let (written, errors) = publisher.join().unwrap_or_default();
+    drop(held);
+    sc.seconds = started.elapsed().as_secs_f64();
+    sc.load = format!(
+        "{} subscribers that never read; one publisher writing 1 KiB messages for {:.0} s",
+        plan.slow_subs, plan.flood_secs
+    );
+    sc.figure("published_mib", written as f64 / 1_048_576.0);
+    sc.figure(
+        "slow_consumers_cut",
+        node.metric("arqonbus_slow_consumers_total").unwrap_or(0.0) - cut_before,
+    );
+    sc.figure("probes_ok", probes.len() as f64);
+    sc.figure("probes_failed", probe_failures.len() as f64);
+    sc.figure("probe_p99_ms", p(&probes, |s| s.p99_us));
+    sc.notes.extend(scenario::distinct_errors(errors));
+    sc.notes.extend(scenario::distinct_errors(probe_failures));
+    Ok(sc)
+}
+
+/// 10× quota flood: tenant `noisy` (messages/s quota `quota_rate`) offers
+/// ten times its quota for `flood_secs` while tenant `healthy` runs
+/// request/reply at `rr_rate`; the healthy p99 is measured alone first.
+pub(super) fn quota_flood(
+    node: &Node,
+    plan: &Plan,
+    healthy: &str,
+    noisy: &str,
+) -> Result<Scenario, ChaosError> {
+    let mut sc = Scenario::new("10x quota flood");
+    let th = target(node, healthy)?;
+    let rr = |secs: f64, label: &str| -> Result<scenario::ReqReplyResult, ChaosError> {
+        let progress = Progress::standalone(label);
+        let r = scenario::reqreply::run(
+            &th,
+            &ReqReplySpec {
+                size: 128,
+                rate: plan.rr_rate,
+                duration: Duration::from_secs_f64(secs),
+                drain: Duration::from_secs(5),
+            },
+            &progress,
+        )
+        .map_err(|e| ChaosError::Setup(e.to_string()));
+        progress.finish();
+        r
+    };
+    let baseline = rr((plan.flood_secs / 2.0).max(2.0), "rr alone")?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(plan.flood_secs) + Duration::from_secs(1);
+    let mut tn = target(node, noisy)?;
+    tn.handshake_timeout = Some(Duration::from_secs(2));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = {
+        let (tn, delivered, stop) = (tn.clone(), delivered.clone(), stop.clone());
+        thread::spawn(move || {
+            let Ok(mut sub) = Conn::open(
+                &tn,
+                &Role {
+                    subscribe: Some("noisy.x"),
+                    ..Role::default()
+                },
+            ) else {
+                return;
+            };
+            while !stop.load(Ordering::Relaxed) {
+                if sub.fill().is_err() {
+                    return;
+                }
+                let _ = sub.drain(|ev| {
+                    if let crate::driver::Ev::Msg { .. } = ev {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        })
+    };
+    let publishers = 2usize;
+    let per_pub = plan.quota_rate as f64 * 10.0 / publishers as f64;
+    let offered = Arc::new(AtomicU64::new(0));
+    let pubs: Vec<_> = (0..publishers)
+        .map(|_| {
+            let (tn, offered) = (tn.clone(), offered.clone());
+            thread::spawn(move || {
+                let Ok(frame) = tn.publish_frame("noisy.x", "", &[0u8; 128], false) else {
+                    return;
+                };
+                let t0 = Instant::now();
+                let mut sent = 0u64;
+                while Instant::now() < deadline {
+                    let Ok(mut c) = Conn::open(&tn, &Role::default()) else {
+                        thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
+                    while Instant::now() < deadline {
+                        let due = (t0.elapsed().as_secs_f64() * per_pub) as u64;
+                        let n = due.saturating_sub(sent).min(512) as usize;
+                        if n == 0 {
+                            thread::sleep(Duration::from_millis(2));
+                            continue;
+                        }
+                        if c.write_all(&frame.bytes.repeat(n)).is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        offered.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let flooded = rr(plan.flood_secs, "rr + flood")?;
+    for p in pubs {
+        let _ = p.join();
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    // Let the noisy subscriber take what was admitted, then stop it.
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let _ = counter.join();
+    sc.seconds = flood_secs;
+    sc.load = format!(
+        "tenant noisy (quota {} msg/s) offering 10x its quota from {publishers} publishers for {:.0} s; tenant healthy: request/reply at {:.0}/s",
+        plan.quota_rate, plan.flood_secs, plan.rr_rate
+    );
+    let lat = |r: &scenario::ReqReplyResult, f: fn(&crate::stats::Percentiles) -> f64| {
+        r.latency.as_ref().map_or(0.0, |l| f(l) / 1000.0)
+    };
+    sc.figure("noisy_quota_per_sec", plan.quota_rate as f64);
+    sc.figure(
+        "noisy_written_per_sec",
+        offered.load(Ordering::Relaxed) as f64 / flood_secs.max(1e-9),
+    );
+    sc.figure(
+        "noisy_delivered_per_sec",
+        delivered.load(Ordering::Relaxed) as f64 / flood_secs.max(1e-9),
+    );
+    sc.figure("healthy_p50_ms_alone", lat(&baseline, |l| l.p50_us));
+    sc.figure("healthy_p99_ms_alone", lat(&baseline, |l| l.p99_us));
+    sc.figure("healthy_p50_ms_flood", lat(&flooded, |l| l.p50_us));
+    sc.figure("healthy_p99_ms_flood", lat(&flooded, |l| l.p99_us));
+    sc.figure("healthy_replies_flood", flooded.received as f64);
+    sc.figure("healthy_requests_flood", flooded.sent as f64);
+    sc.notes.extend(baseline.errors);
+    sc.notes.extend(flooded.errors);
+    Ok(sc)
+}
+
+/// Publishes and receives on one subject of the bootstrap tenant until
+/// stopped, reconnecting whenever the node goes away.
+fn traffic(t: &Target, stop: &AtomicBool, received: &AtomicU64) {
+    let subject = "chaos.k9";
+    while !stop.load(Ordering::Relaxed) {
+        let sub = Conn::open(
+            t,
+            &Role {
+                subscribe: Some(subject),
+                ..Role::default()
+            },
+        );
+        let publ = Conn::open(t, &Role::default());
+        let (Ok(mut sub), Ok(mut publ)) = (sub, publ) else {
+            thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let Ok(frame) = t.publish_frame(subject, "", &[1u8; 64], false) else {
+            return;
+        };
+        let ten = frame.bytes.repeat(10);
+        while !stop.load(Ordering::Relaxed) {
+            if publ.write_all(&ten).is_err() || sub.fill().is_err() {
+                break;
+            }
+            let ok = sub.drain(|ev| {
+                if let crate::driver::Ev::Msg { .. } = ev {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            if ok.is_err() {
+                break;
+            }
+        }
+        sub.close();
+        publ.close();
+    }
+}
+
+/// Creates tenants `prefix-N` one after another until stopped; returns the
+/// names whose creation was acknowledged.
+fn writer(ctl: &Ctl, prefix: &str, stop: &AtomicBool, acked: &Mutex<Vec<String>>) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let name = format!("{prefix}-{n}");
+        n += 1;
+        if ctl.run(&["tenants", "create", &name]).is_ok() {
+            if let Ok(mut a) = acked.lock() {
+                a.push(name);
+            }
+        } else {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// kill -9 loop: `kills` times, kill the node while tenants are being
+/// created and traffic flows, start it again, and check that every
+/// acknowledged creation is still there and that traffic resumes.
+pub(super) fn kill9(node: &mut Node, plan: &Plan, token: &str) -> Result<Scenario, ChaosError> {
+    let mut sc = Scenario::new("kill -9 during control writes and traffic");
+    let started = Instant::now();
+    let stop_traffic = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let traffic = {
+        let (t, stop, received) = (target(node, token)?, stop_traffic.clone(), received.clone());
+        thread::spawn(move || traffic(&t, &stop, &received))
+    };
+    let mut acked_total = 0u64;
+    for i in 0..plan.kills {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let w = {
+            let (ctl, stop, acked) = (node.ctl.clone(), stop.clone(), acked.clone());
+            let prefix = format!("k9-{i}");
+            thread::spawn(move || writer(&ctl, &prefix, &stop, &acked))
+        };
+        // Kill at a different point of the write stream each time.
+        let window = Duration::from_millis(600 + 170 * u64::from(i % 5));
+        thread::sleep(window);
+        node.kill9();
+        sc.faults_injected += 1;
+        let restarted = node.restart();
+        stop.store(true, Ordering::Relaxed);
+        let _ = w.join();
+        if let Err(e) = restarted {
+            sc.failures
+                .push(format!("kill {i}: the node did not come back: {e}"));
+            break;
+        }
+        let acked: Vec<String> = acked.lock().map(|a| a.clone()).unwrap_or_default();
+        acked_total += acked.len() as u64;
+        let present: HashSet<String> = match node.ctl.run(&["tenants", "list"]) {
+            Ok(v) => v
+                .get("tenants")
+                .and_then(serde_json::Value::as_array)
+                .map(|ts| {
+                    ts.iter()
+                        .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Err(e) => {
+                sc.failures
+                    .push(format!("kill {i}: cannot list tenants: {e}"));
+                continue;
+            }
+        };
+        let lost: Vec<&String> = acked.iter().filter(|n| !present.contains(*n)).collect();
+        if !lost.is_empty() {
+            sc.acked_lost += lost.len() as u64;
+            sc.failures.push(format!(
+                "kill {i}: {} acknowledged tenants missing after restart, e.g. {:?}",
+                lost.len(),
+                lost.iter().take(3).collect::<Vec<_>>()
+            ));
+        }
+        // Traffic resumes: the subscriber receives again within 10 s.
+        let before = received.load(Ordering::Relaxed);
+        let resume_deadline = Instant::now() + Duration::from_secs(10);
+        while received.load(Ordering::Relaxed) == before && Instant::now() < resume_deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        if received.load(Ordering::Relaxed) > before {
+            sc.faults_survived += 1;
+        } else {
+            sc.notes
+                .push(format!("kill {i}: traffic did not resume within 10 s"));
+        }
+    }
+    stop_traffic.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    sc.acked_writes = acked_total;
+    sc.seconds = started.elapsed().as_secs_f64();
+    sc.load = format!(
+        "{} kill -9 + restart cycles while tenants are created one after another (arqonctl) and 64 B messages flow",
+        plan.kills
+    );
+    sc.figure("messages_received", received.load(Ordering::Relaxed) as f64);
+    Ok(sc)
+}
