@@ -35,11 +35,21 @@ import {
   type Message as WireMessage,
   PingSchema,
   PongSchema,
+  PresenceAction,
+  type PresenceEvent as WirePresenceEvent,
+  PresenceEventSchema,
+  PresenceQuerySchema,
+  type PresenceReply,
+  PresenceReplySchema,
+  PresenceTrackSchema,
+  PresenceWatchSchema,
   PublishSchema,
   SubscribeSchema,
   UnsubscribeSchema,
   type Welcome,
 } from "./gen/arqonbus/v1/client_pb.js";
+import * as presence from "./presence.js";
+import { type PresenceSnapshot, PresenceWatch } from "./presence.js";
 import { checkHeaders, checkQueueGroup, checkSubject, type HeadersInit } from "./subjects.js";
 import type { Transport, TransportFactory } from "./transport.js";
 
@@ -217,6 +227,18 @@ function withTimeout<T>(p: Promise<T>, ms: number | undefined, onTimeout: () => 
   });
 }
 
+/** What the server sends: a `Frame`, or a presence frame decoded by field number. */
+type Incoming = Frame | PresenceReply | WirePresenceEvent;
+
+function decodeIncoming(body: Uint8Array): Incoming {
+  const frame = fromBinary(FrameSchema, body);
+  if (frame.kind.case !== undefined) return frame;
+  const raw = presence.decodeField(body);
+  if (raw?.[0] === presence.REPLY) return fromBinary(PresenceReplySchema, raw[1]);
+  if (raw?.[0] === presence.EVENT) return fromBinary(PresenceEventSchema, raw[1]);
+  return frame;
+}
+
 function encodeFrame(kind: Frame["kind"]): Uint8Array {
   return toBinary(FrameSchema, create(FrameSchema, { kind }));
 }
@@ -261,7 +283,7 @@ class Conn {
   done = false;
   /** One entry per Ping sent: null for a keepalive, a waiter for a flush. */
   pongs: Array<Deferred<void> | null> = [];
-  early: Frame[] = [];
+  early: Incoming[] = [];
   keepalive: ReturnType<typeof setInterval> | undefined;
   drainTimer: ReturnType<typeof setTimeout> | undefined;
   constructor(readonly transport: Transport) {}
@@ -282,6 +304,8 @@ export class Subscription implements AsyncIterable<Msg> {
   /** Why the subscription ended, when it was not asked to. */
   error: ArqonBusError | undefined;
   /** @internal */ remaining: number | undefined;
+  /** @internal presence metadata while listed */ presence: Record<string, string> | undefined;
+  /** @internal */ trackError: ArqonBusError | undefined;
   /** @internal */ overflowing = false;
   private buf: Msg[] = [];
   private waiter: Deferred<void> | undefined;
@@ -362,6 +386,16 @@ export class Subscription implements AsyncIterable<Msg> {
     }
   }
 
+  /**
+   * Lists this subscription (its subject must be literal) in the subject's
+   * presence with `metadata` until it ends; listed again after a reconnect.
+   * Rejects with `PRESENCE_LIMIT_EXCEEDED` or `INVALID_HEADERS` (the
+   * subscription itself stays).
+   */
+  track(metadata?: Record<string, string>): Promise<void> {
+    return this.client.trackSid(this, metadata);
+  }
+
   /** Stops now; buffered messages can still be read. */
   unsubscribe(): void {
     this.client.unsubscribeSid(this, 0);
@@ -392,6 +426,9 @@ export class Client {
   private inbox: Promise<void> | undefined;
   private nextToken = 1;
   private readonly requests = new Map<number, { subject: string; d: Deferred<Msg> }>();
+  private readonly watches = new Map<number, PresenceWatch>();
+  private readonly queries = new Map<number, { subject: string; d: Deferred<PresenceSnapshot> }>();
+  private nextQuery = 1;
   private readonly opts: Required<Omit<ConnectOptions, "onEvent" | "reconnect">> & {
     onEvent?: (e: ClientEvent) => void;
     reconnect: ReconnectPolicy;
@@ -452,18 +489,22 @@ export class Client {
     const welcomed = deferred<Conn>();
     const attempt = this.opts.transport({
       onFrame: (body) => {
-        let frame: Frame;
+        let incoming: Incoming;
         try {
-          frame = fromBinary(FrameSchema, body);
+          incoming = decodeIncoming(body);
         } catch {
           return this.failConn(conn, welcomed, new ProtocolError("a frame that does not decode"));
         }
         if (conn === undefined) return;
-        if (conn.attached) return this.onFrame(conn, frame);
+        if (conn.attached) return this.onFrame(conn, incoming);
         if (conn.info !== undefined) {
-          conn.early.push(frame); // after the Welcome, before attach
+          conn.early.push(incoming); // after the Welcome, before attach
           return;
         }
+        if (incoming.$typeName !== "arqonbus.v1.Frame") {
+          return this.failConn(conn, welcomed, new ProtocolError("a presence frame before Welcome"));
+        }
+        const frame = incoming;
         if (frame.kind.case === "welcome") {
           conn.info = infoFrom(frame.kind.value);
           welcomed.resolve(conn);
@@ -533,7 +574,12 @@ export class Client {
           }),
         );
       }
+      if (sub.presence !== undefined) conn.send(trackFrame(sid, sub.presence));
     }
+    for (const [id, w] of [...this.watches.entries()].sort((a, b) => a[0] - b[0])) {
+      conn.send(watchFrame(id, w.subject, false));
+    }
+    for (const [id, q] of this.queries) if (!q.d.done) conn.send(queryFrame(id, q.subject));
     for (const item of this.queued) {
       if (item instanceof Uint8Array) conn.send(item);
       else if (!item.done) {
@@ -619,8 +665,9 @@ export class Client {
     }
   }
 
-  private onFrame(conn: Conn, frame: Frame): void {
-    const k = frame.kind;
+  private onFrame(conn: Conn, incoming: Incoming): void {
+    if (incoming.$typeName !== "arqonbus.v1.Frame") return this.onPresence(incoming);
+    const k = incoming.kind;
     switch (k.case) {
       case "message":
         return this.deliver(k.value);
@@ -648,8 +695,19 @@ export class Client {
         const err = new ServerError(e.code, e.message, e.close, e.sid ? Number(e.sid) : undefined);
         if (err.fatal) return this.lose(conn, serverFailure(err));
         if (err.sid !== undefined) {
+          const watch = this.watches.get(err.sid);
           const sub = this.subs.get(err.sid);
-          if (sub) {
+          if (watch) {
+            this.watches.delete(err.sid);
+            watch.end(err);
+          } else if (
+            sub &&
+            (err.code === ErrorCode.PRESENCE_LIMIT_EXCEEDED || err.code === ErrorCode.INVALID_HEADERS)
+          ) {
+            // A refused listing: the subscription stays, unlisted.
+            sub.presence = undefined;
+            sub.trackError = err;
+          } else if (sub) {
             this.subs.delete(err.sid);
             sub.end(err);
           }
@@ -702,6 +760,10 @@ export class Client {
     this.subs.clear();
     for (const { d } of this.requests.values()) d.reject(new ClosedError(reason));
     this.requests.clear();
+    for (const w of this.watches.values()) w.end(reason);
+    this.watches.clear();
+    for (const { d } of this.queries.values()) d.reject(new ClosedError(reason));
+    this.queries.clear();
     for (const item of this.queued) if (!(item instanceof Uint8Array)) item.reject(new ClosedError(reason));
     this.queued = [];
     this.queuedBytes = 0;
@@ -925,6 +987,85 @@ export class Client {
     }
   }
 
+  /** @internal */
+  async trackSid(sub: Subscription, metadata: Record<string, string> | undefined): Promise<void> {
+    this.checkOpen();
+    checkSubject(sub.subject, this.limits.maxSubjectLen, false);
+    const md = presence.checkMetadata(metadata);
+    if (!this.subs.has(sub.sid)) throw new ClosedError(sub.error);
+    sub.presence = md;
+    sub.trackError = undefined;
+    this.live()?.send(trackFrame(sub.sid, md));
+    await this.flush();
+    if (sub.trackError) throw sub.trackError;
+    if (sub.error) throw sub.error;
+  }
+
+  /**
+   * Join and leave events of `subject` (literal) from now on. Watch, then
+   * query: every change after the answer arrives as an event. Rejects with
+   * `PERMISSION_DENIED` or `PRESENCE_LIMIT_EXCEEDED`.
+   */
+  async watchPresence(subject: string): Promise<PresenceWatch> {
+    this.checkOpen();
+    checkSubject(subject, this.limits.maxSubjectLen, false);
+    const id = this.nextSid++;
+    const watch = new PresenceWatch((w) => this.stopWatch(w), id, subject);
+    this.watches.set(id, watch);
+    this.live()?.send(watchFrame(id, subject, false));
+    await this.flush();
+    if (watch.error) throw watch.error;
+    return watch;
+  }
+
+  private stopWatch(w: PresenceWatch): void {
+    if (!this.watches.delete(w.watchId)) return;
+    w.end();
+    this.live()?.send(watchFrame(w.watchId, w.subject, true));
+  }
+
+  /**
+   * Who is on `subject` now (at most 1,000 members, `truncated` when more).
+   * Rejects with `ServerError` (`PERMISSION_DENIED`, `INVALID_SUBJECT`) or
+   * `RequestTimeoutError` after `timeoutMs` (default `requestTimeoutMs`).
+   */
+  async presence(subject: string, options: { timeoutMs?: number } = {}): Promise<PresenceSnapshot> {
+    this.checkOpen();
+    checkSubject(subject, this.limits.maxSubjectLen, false);
+    const id = this.nextQuery++;
+    const d = deferred<PresenceSnapshot>();
+    this.queries.set(id, { subject, d });
+    this.live()?.send(queryFrame(id, subject));
+    const limit = options.timeoutMs ?? this.opts.requestTimeoutMs;
+    try {
+      return await withTimeout(
+        d.promise,
+        limit,
+        () => new RequestTimeoutError(`no presence answer on ${JSON.stringify(subject)} within ${limit} ms`),
+      );
+    } finally {
+      this.queries.delete(id);
+    }
+  }
+
+  private onPresence(p: PresenceReply | WirePresenceEvent): void {
+    if (p.$typeName === "arqonbus.v1.PresenceReply") {
+      const id = Number(p.requestId);
+      const q = this.queries.get(id);
+      if (!q) return;
+      this.queries.delete(id);
+      if (p.error) q.d.reject(new ServerError(p.error, "presence query refused", false, undefined));
+      else q.d.resolve({ subject: q.subject, members: p.members.map(presence.memberFromWire), truncated: p.truncated });
+      return;
+    }
+    const watch = this.watches.get(Number(p.watchId));
+    if (!watch) return;
+    const action =
+      p.action === PresenceAction.JOIN ? "join" : p.action === PresenceAction.LEAVE ? "leave" : undefined;
+    if (!action) return;
+    watch.push({ subject: ascii(p.subject), action, member: presence.memberFromWire(p.member) });
+  }
+
   /** Unsubscribes everything, waits for the barrier (subscribers get what was sent), then closes. */
   async drain(): Promise<void> {
     if (this.state === "closed" || this.closing) return;
@@ -966,4 +1107,25 @@ function checkCredential(token: string): string {
     throw new OptionsError("invalid credential: it contains whitespace or control characters");
   }
   return t;
+}
+
+function trackFrame(sid: number, metadata: Record<string, string>): Uint8Array {
+  return presence.encodeField(
+    presence.TRACK,
+    toBinary(PresenceTrackSchema, create(PresenceTrackSchema, { sid: BigInt(sid), metadata })),
+  );
+}
+
+function watchFrame(id: number, subject: string, stop: boolean): Uint8Array {
+  return presence.encodeField(
+    presence.WATCH,
+    toBinary(PresenceWatchSchema, create(PresenceWatchSchema, { watchId: BigInt(id), subject: encoder.encode(subject), stop })),
+  );
+}
+
+function queryFrame(id: number, subject: string): Uint8Array {
+  return presence.encodeField(
+    presence.QUERY,
+    toBinary(PresenceQuerySchema, create(PresenceQuerySchema, { requestId: BigInt(id), subject: encoder.encode(subject) })),
+  );
 }

@@ -16,6 +16,13 @@ export {
   type ServerInfo,
 } from "./client.js";
 export * from "./errors.js";
+export {
+  PresenceWatch,
+  checkMetadata,
+  type PresenceEvent,
+  type PresenceMember,
+  type PresenceSnapshot,
+} from "./presence.js";
 export { checkHeaders, checkQueueGroup, checkSubject, type HeadersInit } from "./subjects.js";
 export type { Transport, TransportFactory, TransportHandlers } from "./transport.js";
 export {
