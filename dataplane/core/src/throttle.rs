@@ -15,7 +15,7 @@
 //! - its source's score is at `source_burst` or above (an attempt refused
 //!   this way adds to the score too, capped at twice the burst, so a source
 //!   that keeps flooding stays refused and is free again at most
-//!   `2 × burst / decay` seconds after it stops), or
+//!   `burst / decay` seconds (10 s by default) after it stops), or
 //! - the principal it names is at `principal_burst` or above **and** its
 //!   source has failed recently (score ≥ 1). A principal under attack is
 //!   thus never locked out for its owners, who log in from sources that did
@@ -181,6 +181,9 @@ pub enum Verdict {
         retry_after: Duration,
         /// What was refused (to log, without the credential).
         attempt: Attempt,
+        /// The first refusal of this source's streak: worth a warning; the
+        /// rest of a flood only counts.
+        first: bool,
     },
 }
 
@@ -345,6 +348,7 @@ impl AuthThrottle {
                 reason: ThrottleReason::Source,
                 retry_after: self.sources.wait(source_score + 1.0),
                 attempt,
+                first: source_score < self.sources.burst + 1.0,
             };
         }
         if let Some(p) = attempt.principal
@@ -359,6 +363,7 @@ impl AuthThrottle {
                         .wait(self.sources.burst + source_score - 1.0)
                         .max(Duration::from_millis(1)),
                     attempt,
+                    first: principal_score < self.principals.burst + 1.0,
                 };
             }
         }
@@ -447,7 +452,7 @@ mod tests {
         let mut t = throttle();
         let now = Instant::now();
         let attacker = ip("192.0.2.7");
-        let mut checked = 0;
+        let (mut checked, mut first) = (0, 0);
         for _ in 0..300 {
             match t.check(attacker, BAD, now) {
                 Verdict::Go(a) => {
@@ -457,14 +462,17 @@ mod tests {
                 Verdict::Refuse {
                     reason,
                     retry_after,
+                    first: f,
                     ..
                 } => {
                     assert_eq!(reason, ThrottleReason::Source);
                     assert!(retry_after >= Duration::from_millis(1));
+                    first += u32::from(f);
                 }
             }
         }
         assert_eq!(checked, 10, "exactly the burst is checked");
+        assert_eq!(first, 1, "one refusal per streak is worth a warning");
         // Even its valid credential is refused while it floods.
         assert_eq!(
             refused(t.check(attacker, "abt_valid", now)),
