@@ -15,6 +15,7 @@ import { fileURLToPath } from "node:url";
 import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, expect, it } from "vitest";
 
+import { ServerError } from "../src/index.js";
 import { connect } from "../src/node.js";
 import { type Relay, startRelay } from "../test/relay.js";
 import { LIMIT_MS, Node, within } from "../test/server.js";
@@ -52,10 +53,18 @@ it("shows live messages and sends them from the browser", async () => {
     wsUrl = relay.url;
     console.warn("no WebSocket edge in this server: the page goes through the test relay");
   }
+  // Presence on the page when the server has the presence frames.
+  const probe = await connect({ url: node.url, caFile: node.caFile, credentialFile: tenant.tokenFile, reconnect: { maxAttempts: 0 } });
+  const presence = await probe
+    .presence("demo.lobby", { timeoutMs: LIMIT_MS })
+    .then(() => true, (e: unknown) => e instanceof ServerError && !e.fatal);
+  await probe.close();
+  if (!presence && process.env.ARQONBUS_REQUIRE_PRESENCE === "1") throw new Error("the server has no presence frames");
   let minted = 0;
   const started: { url: string; close(): Promise<void> } = await startDashboard({
     wsUrl,
     subject: "demo",
+    presence,
     mintToken: async () => {
       minted++;
       const signed = await node.credential(tenant.name, tenant.tenantId, tenant.principalId, { signedTtl: "10m" });
@@ -85,7 +94,15 @@ it("shows live messages and sends them from the browser", async () => {
   expect(minted).toBe(1);
   expect(await page.textContent("#info")).toContain("tenant dashboard");
 
-  const agent = await within(connect({ url: node.url, caFile: node.caFile, credentialFile: tenant.tokenFile, kind: "agent" }));
+  const agent = await within(
+    connect({ url: node.url, caFile: node.caFile, credentialFile: tenant.tokenFile, kind: "agent", name: "agent-7" }),
+  );
+  if (presence) {
+    await page.waitForSelector('#presence li:has-text("dashboard")', { timeout: LIMIT_MS });
+    const lobby = await within(agent.subscribe("demo.lobby"));
+    await within(lobby.track({ role: "reporter" }));
+    await page.waitForSelector('#presence li:has-text("agent-7")', { timeout: LIMIT_MS });
+  }
   const chat = await within(agent.subscribe("demo.chat"));
   agent.publish("demo.status", "agent-7 finished the nightly report");
   await page.waitForSelector('#messages li:has-text("agent-7 finished the nightly report")', { timeout: LIMIT_MS });

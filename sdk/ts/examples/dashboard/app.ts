@@ -4,13 +4,22 @@
  * attempt, never stored in the page), shows every message on `<subject>.>`,
  * and publishes what you type to `<subject>.chat`.
  */
-import { type ClientEvent, type Msg, connect, webSocket } from "../../src/index.js";
+import {
+  type Client,
+  type ClientEvent,
+  type Msg,
+  type PresenceMember,
+  connect,
+  webSocket,
+} from "../../src/index.js";
 
 interface Config {
   /** The WebSocket endpoint, e.g. wss://127.0.0.1:7423/ */
   wsUrl: string;
   /** The subject root, e.g. "demo". */
   subject: string;
+  /** Whether the server has presence (protocol 1.2): list who is in `<subject>.lobby`. */
+  presence?: boolean;
 }
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -39,9 +48,46 @@ function show(m: Msg): void {
   list.scrollTop = list.scrollHeight;
 }
 
+const members = new Map<bigint, PresenceMember>();
+
+function renderPresence(): void {
+  const ul = $("presence");
+  ul.replaceChildren(
+    ...[...members.values()].map((m) => {
+      const li = document.createElement("li");
+      li.textContent = `${m.name || `client ${m.clientId}`} (${m.kind ?? "?"})${m.metadata.role ? ` · ${m.metadata.role}` : ""}`;
+      return li;
+    }),
+  );
+  $("presence-note").textContent = members.size === 0 ? "Nobody here yet." : "";
+}
+
+async function showPresence(client: Client, room: string): Promise<void> {
+  const mine = await client.subscribe(room);
+  await mine.track({ role: "viewer" });
+  void (async () => {
+    for await (const _ of mine) {
+      // Messages on the room are shown by the `<subject>.>` subscription.
+    }
+  })();
+  const watch = await client.watchPresence(room);
+  const refresh = async () => {
+    const snap = await client.presence(room);
+    members.clear();
+    for (const m of snap.members) members.set(m.clientId, m);
+    renderPresence();
+  };
+  await refresh();
+  for await (const e of watch) {
+    if (e.action === "join") members.set(e.member.clientId, e.member);
+    else members.delete(e.member.clientId);
+    renderPresence();
+  }
+}
+
 function onEvent(e: ClientEvent): void {
   if (e.type === "disconnected") setStatus("reconnecting", `reconnecting (${e.reason.message})`);
-  else if (e.type === "reconnected") setStatus("connected");
+  else if (e.type === "reconnected") setStatus("connected"); // the watch and listing are re-sent
   else if (e.type === "serverDraining") setStatus("reconnecting", "server draining, moving");
   else if (e.type === "closed") setStatus("closed", e.reason ? `closed: ${e.reason.message}` : "closed");
 }
@@ -49,8 +95,9 @@ function onEvent(e: ClientEvent): void {
 async function main(): Promise<void> {
   const config = (await (await fetch("config.json", { cache: "no-store" })).json()) as Config;
   $("pattern").textContent = `${config.subject}.>`;
-  // TODO(presence): list members with the SDK's presence API once the server has it.
-  $("presence-note").textContent = "Presence appears here once the server supports it.";
+  $("presence-note").textContent = config.presence
+    ? "Loading…"
+    : "Presence appears here once the server supports it (serve.mjs --presence).";
   const client = await connect({
     transport: webSocket(config.wsUrl),
     credential: async () => {
@@ -66,6 +113,11 @@ async function main(): Promise<void> {
   info.textContent = si ? `tenant ${si.tenant} · shard ${si.shard}` : "";
   const sub = await client.subscribe(`${config.subject}.>`);
   setStatus("connected");
+  if (config.presence) {
+    showPresence(client, `${config.subject}.lobby`).catch((e: unknown) => {
+      $("presence-note").textContent = `presence: ${e instanceof Error ? e.message : String(e)}`;
+    });
+  }
   $<HTMLFormElement>("send-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const input = $<HTMLInputElement>("text");

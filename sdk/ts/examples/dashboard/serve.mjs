@@ -4,7 +4,7 @@
 // after its own login), minted with `arqonctl credentials issue --signed`.
 //
 //   node examples/dashboard/serve.mjs --data-dir arqonbus-data --principal 2 \
-//        --ws wss://127.0.0.1:7423/ [--subject demo] [--port 8080] [--ttl 10m]
+//        --ws wss://127.0.0.1:7423/ [--subject demo] [--port 8080] [--ttl 10m] [--presence]
 //
 // `arqonctl` is found on PATH or in $ARQONCTL. Tokens are sent to the page
 // only, never logged.
@@ -21,13 +21,13 @@ const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript", "
  * Starts the dashboard server. `mintToken()` returns a fresh token string.
  * Resolves with { url, close() }.
  */
-export async function startDashboard({ wsUrl, subject = "demo", mintToken, port = 0, host = "127.0.0.1" }) {
+export async function startDashboard({ wsUrl, subject = "demo", presence = false, mintToken, port = 0, host = "127.0.0.1" }) {
   const server = createServer(async (req, res) => {
     const path = new URL(req.url ?? "/", "http://x").pathname;
     try {
       if (path === "/config.json") {
         res.writeHead(200, { "content-type": "application/json", "cache-control": "no-store" });
-        res.end(JSON.stringify({ wsUrl, subject }));
+        res.end(JSON.stringify({ wsUrl, subject, presence }));
       } else if (path === "/token") {
         const token = await mintToken();
         res.writeHead(200, { "content-type": "text/plain", "cache-control": "no-store" });
@@ -74,12 +74,13 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   };
   const principal = arg("principal");
   if (!principal) {
-    console.error("usage: serve.mjs --data-dir DIR --principal ID [--ws URL] [--subject demo] [--port 8080] [--ttl 10m] [--control URL]");
+    console.error("usage: serve.mjs --data-dir DIR --principal ID [--ws URL] [--subject demo] [--port 8080] [--ttl 10m] [--control URL] [--presence]");
     process.exit(2);
   }
   const dash = await startDashboard({
     wsUrl: arg("ws", "wss://127.0.0.1:7423/"),
     subject: arg("subject", "demo"),
+    presence: process.argv.includes("--presence"),
     port: Number(arg("port", "8080")),
     mintToken: arqonctlMinter({ dataDir: arg("data-dir", "arqonbus-data"), principal, ttl: arg("ttl", "10m"), server: arg("control") }),
   });
