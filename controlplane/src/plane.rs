@@ -563,6 +563,9 @@ impl ControlPlane {
         accept.abort();
         health_task.abort();
         reopen_task.abort();
+        // Its store handle must be gone when `serve` returns: a caller may
+        // reopen the file at once (a restart in the same process).
+        let _ = reopen_task.await;
         tracing::info!("control API stopped");
         result.map_err(ControlPlaneError::from)
     }
