@@ -415,8 +415,9 @@ impl ControlPlane {
         self.local_addr
     }
 
-    /// The file holding the admin token (written once, mode 0600; the
-    /// operator may move it away).
+    /// The file holding the admin token (mode 0600; it must stay: a node
+    /// whose store holds an admin credential refuses to start without it,
+    /// and `arqonbus admin rotate-token` replaces it).
     pub fn admin_token_path(&self) -> &Path {
         &self.admin.path
     }
