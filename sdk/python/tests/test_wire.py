@@ -206,3 +206,23 @@ async def test_after_a_reconnect_subscriptions_then_flushes_then_buffered_publis
         assert second_sub == [(sub.sid, b"a.>", b"q")]
         assert second_unsub == [(sub.sid, 2)]
         await c.close()
+
+
+async def test_close_while_reconnecting_returns_at_once() -> None:
+    async def script(p: Peer) -> None:
+        await p.welcome()
+        p.close()
+
+    events = Events()
+    async with scripted(script) as url:  # later connections are closed at once
+        c = await arqonbus.connect(
+            url, credential="abt_x", on_event=events,
+            reconnect=arqonbus.ReconnectPolicy(initial_delay=0.01, max_delay=0.02),
+        )
+        assert isinstance(await events.next(), arqonbus.Disconnected)
+        assert c.status == "reconnecting"
+        flushed = asyncio.create_task(c.flush())
+        await asyncio.wait_for(c.close(), LIMIT)
+        assert c.is_closed
+        with pytest.raises(arqonbus.ClosedError):
+            await asyncio.wait_for(flushed, LIMIT)

@@ -8,6 +8,7 @@ import { describe, expect, it } from "vitest";
 
 import { ClientKind, type Frame, PingSchema, PongSchema } from "../src/gen/arqonbus/v1/client_pb.js";
 import {
+  ClosedError,
   PayloadTooLargeError,
   ProtocolError,
   StaleConnectionError,
@@ -138,6 +139,27 @@ describe("wire contract against a scripted peer", () => {
         }
         if (u?.kind.case === "unsubscribe") expect(u.kind.value.afterMessages).toBe(2n);
         await c.close();
+      },
+    );
+  });
+
+  it("closes at once while reconnecting and fails what waited", async () => {
+    const ev = collector();
+    await scripted(
+      [
+        async (p) => {
+          await p.welcome();
+          p.socket.destroy();
+        },
+      ],
+      async (url) => {
+        const c = await within(connect({ url, credential: "abt_x", onEvent: ev.on, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } }));
+        expect((await ev.next(0)).type).toBe("disconnected");
+        expect(c.status).toBe("reconnecting");
+        const flushed = c.flush().catch((e: unknown) => e);
+        await within(c.close());
+        expect(c.status).toBe("closed");
+        expect(await within(flushed)).toBeInstanceOf(ClosedError);
       },
     );
   });

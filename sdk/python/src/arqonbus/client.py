@@ -1114,9 +1114,13 @@ class Client:
         self._closing = True
         self._wakeup.set()
         conn = self._conn
+        sup = self._supervisor
         if conn is not None:
             conn.fail(ClosedError())
-        sup = self._supervisor
+        elif sup is not None and sup is not asyncio.current_task():
+            # Reconnecting: stop at once, even in the middle of an attempt
+            # (an attempt cancelled mid-way closes its socket).
+            sup.cancel()
         if sup is not None and sup is not asyncio.current_task():
             try:
                 await sup
