@@ -49,7 +49,11 @@ it("shows live messages and sends them from the browser", async () => {
   let wsUrl = node.wsUrl;
   if (!wsUrl) {
     if (process.env.ARQONBUS_REQUIRE_WS === "1") throw new Error("the server under test has no WebSocket edge");
-    relay = await startRelay({ port: node.port, caFile: node.caFile });
+    // wss:// with the node's own certificate, as the edge would be.
+    relay = await startRelay({ port: node.port, caFile: node.caFile }, undefined, {
+      certFile: join(node.dataDir, "tls", "server.pem"),
+      keyFile: join(node.dataDir, "tls", "server.key"),
+    });
     wsUrl = relay.url;
     console.warn("no WebSocket edge in this server: the page goes through the test relay");
   }

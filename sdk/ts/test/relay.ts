@@ -9,6 +9,7 @@
  */
 import { readFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createTlsServer } from "node:https";
 import * as tls from "node:tls";
 
 import { WebSocketServer, type WebSocket } from "ws";
@@ -19,18 +20,27 @@ export interface Relay {
   close(): Promise<void>;
 }
 
+/**
+ * `target`: the node's native port and CA. With `tls` (a certificate and key,
+ * e.g. the node's own `tls/server.pem` and `tls/server.key`), the relay is
+ * `wss://` like the edge; otherwise `ws://`.
+ */
 export async function startRelay(
   target: { port: number; caFile: string },
   handler?: (req: IncomingMessage, res: ServerResponse) => void,
+  tlsFiles?: { certFile: string; keyFile: string },
 ): Promise<Relay> {
   const ca = readFileSync(target.caFile);
-  const http: Server = createServer((req, res) => {
+  const serve = (req: IncomingMessage, res: ServerResponse) => {
     if (handler) handler(req, res);
     else {
       res.statusCode = 404;
       res.end();
     }
-  });
+  };
+  const http: Server = tlsFiles
+    ? createTlsServer({ cert: readFileSync(tlsFiles.certFile), key: readFileSync(tlsFiles.keyFile) }, serve)
+    : createServer(serve);
   const wss = new WebSocketServer({
     server: http,
     handleProtocols: (protocols) => (protocols.has("arqonbus.v1") ? "arqonbus.v1" : false),
@@ -79,8 +89,8 @@ export async function startRelay(
   const addr = http.address();
   const port = typeof addr === "object" && addr ? addr.port : 0;
   return {
-    url: `ws://127.0.0.1:${port}/`,
-    httpUrl: `http://127.0.0.1:${port}/`,
+    url: `${tlsFiles ? "wss" : "ws"}://127.0.0.1:${port}/`,
+    httpUrl: `${tlsFiles ? "https" : "http"}://127.0.0.1:${port}/`,
     close: async () => {
       for (const s of sockets) s.destroy();
       for (const c of wss.clients) c.terminate();
