@@ -147,22 +147,26 @@ async def test_a_queue_group_gives_each_message_to_exactly_one_member(
     await within(pub.flush())
     for _ in range(60):
         await plain.next_msg(timeout=LIMIT)  # the plain subscriber sees all 60
-    # Everything routed before the barrier is delivered before the members'
-    # own barrier Pongs.
+    got: list[str] = []
+    arrived = asyncio.Event()
+
+    async def read(s: arqonbus.Subscription) -> None:
+        async for msg in s:
+            got.append(msg.text())
+            if len(got) >= 60:
+                arrived.set()
+
+    readers = [asyncio.create_task(read(s)) for s in subs]
+    await within(arrived.wait(), "60 queue-group deliveries")
     for m in members:
-        await within(m.flush())
-    seen = collections.Counter(msg.text() for s in subs for msg in _drain(s))
+        await within(m.flush())  # anything extra would have arrived by now
+    seen = collections.Counter(got)
     assert sorted(seen) == sorted(str(i) for i in range(60))
     assert set(seen.values()) == {1}
+    for r in readers:
+        r.cancel()
     for m in [*members, pub]:
         await m.close()
-
-
-def _drain(sub: arqonbus.Subscription) -> list[arqonbus.Msg]:
-    out: list[arqonbus.Msg] = []
-    while sub.pending():
-        out.append(sub._buf.popleft())
-    return out
 
 
 async def test_request_reply_no_responders_and_timeout(node: Node, tenant: Tenant) -> None:
@@ -263,7 +267,10 @@ async def test_unsubscribe_after_n_ends_the_iteration(node: Node, tenant: Tenant
     for i in range(10):
         await other.publish("count.x", str(i))
     await within(other.flush())
-    got = [m.text() async for m in sub]
+    async def read_all() -> list[str]:
+        return [m.text() async for m in sub]
+
+    got = await within(read_all(), "the subscription's end")
     assert got == ["0", "1", "2"] and not sub.active
     s2 = await within(c.subscribe("count.>"))
     await s2.unsubscribe()

@@ -181,10 +181,20 @@ describe("against the server over TLS TCP", () => {
     for (let i = 0; i < 60; i++) pub.publish("jobs.run", String(i));
     await within(pub.flush());
     for (let i = 0; i < 60; i++) await plain.next(LIMIT_MS);
-    await Promise.all(members.map((m) => within(m.flush())));
     const seen: string[] = [];
-    for (const s of subs) while (s.pending > 0) seen.push((await s.next())!.text());
-    expect(seen.sort()).toEqual(Array.from({ length: 60 }, (_, i) => String(i)).sort());
+    let arrived: () => void = () => undefined;
+    const all = new Promise<void>((r) => (arrived = r));
+    for (const s of subs) {
+      void (async () => {
+        for await (const m of s) {
+          seen.push(m.text());
+          if (seen.length >= 60) arrived();
+        }
+      })();
+    }
+    await within(all, "60 queue-group deliveries");
+    await Promise.all(members.map((m) => within(m.flush()))); // anything extra would be here by now
+    expect([...seen].sort()).toEqual(Array.from({ length: 60 }, (_, i) => String(i)).sort());
     for (const m of [...members, pub]) await m.close();
   });
 
