@@ -18,6 +18,7 @@
 //! | `ring_hand_off` | push + pop of one `PeerMsg::Deliver` on an `rtrb` ring |
 //! | `fanout64_assembly` | one 128 B message to 64 subscribers: `push_message` into 64 queues and each queue's iovecs written out |
 //! | `outbound_batch64` | 64 messages into one queue, then its iovecs written out |
+//! | `publish_path_128` | one 128 B publish, all-in: a read batch of [`PATH_FRAMES`] `Publish` frames landed in a publisher's buffer, decoded, checked (session, permissions, rate limits), routed to one subscriber on the same shard, queued, and the subscriber's queue written out; counted per publish ([`ops_per_run`]) |
 
 use std::hint::black_box;
 
@@ -25,7 +26,7 @@ use arqonbus_core::index::{Slot, SubjectIndex};
 use arqonbus_core::router::{Origin, RoutePlan, Router};
 use arqonbus_core::subject::{Pattern, Subject};
 use arqonbus_core::{ConnId, ShardId, Sid, TenantId};
-use arqonbus_dataplane::bench::{NullSink, OutboundQueue, Ring};
+use arqonbus_dataplane::bench::{NullSink, OutboundQueue, PublishPath, Ring};
 use arqonbus_proto::codec::{self, MessageTemplate};
 use arqonbus_proto::v1::{self, frame::Kind};
 use bytes::{Bytes, BytesMut};
@@ -45,7 +46,21 @@ pub const NAMES: &[&str] = &[
     "ring_hand_off",
     "fanout64_assembly",
     "outbound_batch64",
+    "publish_path_128",
 ];
+
+/// Publishes per read batch in `publish_path_128`: a busy publisher's read
+/// brings many frames (16 of 150 bytes is 2.4 KB, well within one read).
+pub const PATH_FRAMES: usize = 16;
+
+/// Operations one [`Workload::run`] of `name` performs: instruction counts
+/// are reported per operation.
+pub fn ops_per_run(name: &str) -> u64 {
+    match name {
+        "publish_path_128" => PATH_FRAMES as u64,
+        _ => 1,
+    }
+}
 
 /// Payload of the codec and fan-out workloads.
 const PAYLOAD: usize = 128;
@@ -315,6 +330,14 @@ pub fn workload(name: &str) -> Result<Workload, WorkloadError> {
                 }),
             }
         }
+        "publish_path_128" => {
+            let mut path = PublishPath::new("orders.eu.created", PAYLOAD, PATH_FRAMES)
+                .map_err(|e| fixture_err(name, e))?;
+            Workload {
+                name: "publish_path_128",
+                op: Box::new(move || path.read_batch()),
+            }
+        }
         other => return Err(WorkloadError::Unknown(other.to_owned())),
     };
     Ok(w)
@@ -351,5 +374,11 @@ mod tests {
         let expected: usize = (1..=64).map(|sid| t.frame_len(sid)).sum();
         assert_eq!(workload("fanout64_assembly").unwrap().run(), expected);
         assert_eq!(workload("outbound_batch64").unwrap().run(), expected);
+        // Every publish of a read batch reaches the subscriber (sid 1) as
+        // one whole `Message` frame.
+        assert_eq!(
+            workload("publish_path_128").unwrap().run(),
+            PATH_FRAMES * t.frame_len(1)
+        );
     }
 }

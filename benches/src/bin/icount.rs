@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use arqonbus_benches::{NAMES, icount_measure, workload};
+use arqonbus_benches::{NAMES, icount_measure, ops_per_run, workload};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
@@ -180,7 +180,7 @@ fn measure_one(valgrind: &Path, name: &str) -> Result<f64, IcountError> {
             "{name}: nothing counted (was icount_measure inlined or renamed?)"
         )));
     }
-    Ok(total as f64 / ITERS as f64)
+    Ok(total as f64 / (ITERS * ops_per_run(name)) as f64)
 }
 
 fn selected(only: &[String]) -> Vec<&'static str> {

@@ -13,7 +13,7 @@
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use crate::subject::{MAX_TOKENS, Pattern, Subject};
+use crate::subject::{MAX_TOKENS, Pattern, Subject, split_token};
 
 /// What the index needs to know about a slot: whether it can be dropped.
 pub trait Slot: Default {
@@ -172,26 +172,29 @@ impl<S: Slot> SubjectIndex<S> {
 
     /// Calls `f` with the slot of every pattern matching `subject`, each once.
     pub fn for_each_match(&self, subject: &Subject, mut f: impl FnMut(&S)) {
-        let tokens: SmallVec<[&[u8]; MAX_TOKENS]> = subject.tokens().collect();
-        Self::walk(&self.root, &tokens, &mut f);
+        Self::walk(&self.root, Some(subject.as_bytes()), &mut f);
     }
 
-    fn walk(node: &Node<S>, tokens: &[&[u8]], f: &mut impl FnMut(&S)) {
-        match tokens.split_first() {
+    /// Visits the slots under `node` matching `rest` (the subject's tokens
+    /// not consumed yet, `None` past the last). Tokens are split off as the
+    /// walk descends; nothing is collected.
+    fn walk(node: &Node<S>, rest: Option<&[u8]>, f: &mut impl FnMut(&S)) {
+        match rest {
             None => {
                 if let Some(s) = &node.here {
                     f(s);
                 }
             }
-            Some((t, rest)) => {
+            Some(rest) => {
                 if let Some(s) = &node.rest {
                     f(s);
                 }
-                if let Some(child) = node.literal.get(*t) {
-                    Self::walk(child, rest, f);
+                let (t, after) = split_token(rest);
+                if let Some(child) = node.literal.get(t) {
+                    Self::walk(child, after, f);
                 }
                 if let Some(child) = node.star.as_deref() {
-                    Self::walk(child, rest, f);
+                    Self::walk(child, after, f);
                 }
             }
         }

@@ -57,12 +57,42 @@ pub enum SubjectError {
     Reserved,
 }
 
-#[inline]
-fn is_token_byte(b: u8) -> bool {
-    (0x21..=0x7e).contains(&b) && b != b'.' && b != b'*' && b != b'>'
+/// Byte classes of the grammar: one table lookup per byte.
+const TOKEN: u8 = 0;
+const DOT: u8 = 1;
+const STAR: u8 = 2;
+const GT: u8 = 3;
+const BAD: u8 = 4;
+
+const CLASS: [u8; 256] = {
+    let mut t = [BAD; 256];
+    let mut b = 0x21;
+    while b <= 0x7e {
+        t[b] = TOKEN;
+        b += 1;
+    }
+    t[b'.' as usize] = DOT;
+    t[b'*' as usize] = STAR;
+    t[b'>' as usize] = GT;
+    t
+};
+
+/// The error for wildcard byte `w` inside a token (not a token of its own).
+fn misplaced_wildcard(w: u8, allow_wildcards: bool) -> SubjectError {
+    if allow_wildcards {
+        SubjectError::InvalidByte(w)
+    } else {
+        SubjectError::WildcardNotAllowed
+    }
 }
 
-/// Checks `s` against the grammar. Returns whether it contains wildcards.
+/// Checks `s` against the grammar in one pass over its bytes (every publish
+/// does this, so it reads each byte once, through [`CLASS`]). Returns
+/// whether it contains wildcards.
+///
+/// The error reported is the first in token order, and within a token the
+/// whole-token checks (count, empty, wildcard placement) before the first
+/// bad byte, as `specs/protocol.md` lists them.
 fn check(s: &[u8], max_len: usize, allow_wildcards: bool) -> Result<bool, SubjectError> {
     if s.is_empty() {
         return Err(SubjectError::Empty);
@@ -76,47 +106,64 @@ fn check(s: &[u8], max_len: usize, allow_wildcards: bool) -> Result<bool, Subjec
     if s[0] == b'$' {
         return Err(SubjectError::Reserved);
     }
-    let mut tokens = 0usize;
+    let mut tokens = 1usize;
     let mut wild = false;
-    let mut rest = s;
-    loop {
-        let end = rest.iter().position(|&b| b == b'.').unwrap_or(rest.len());
-        let token = &rest[..end];
-        tokens += 1;
-        if tokens > MAX_TOKENS {
-            return Err(SubjectError::TooManyTokens);
-        }
-        match token {
-            [] => return Err(SubjectError::EmptyToken),
-            [b'*' | b'>'] if !allow_wildcards => return Err(SubjectError::WildcardNotAllowed),
-            [b'*'] => wild = true,
-            [b'>'] => {
-                if end != rest.len() {
+    // Where the current token starts, and its first byte when that byte is
+    // a wildcard (valid only if the token is that one byte).
+    let mut start = 0usize;
+    let mut lead_wildcard: Option<u8> = None;
+    for (i, &b) in s.iter().enumerate() {
+        let class = CLASS[b as usize];
+        if class == DOT {
+            // The token before this dot ends here.
+            if i == start {
+                return Err(SubjectError::EmptyToken);
+            }
+            if let Some(w) = lead_wildcard.take() {
+                if !allow_wildcards {
+                    return Err(SubjectError::WildcardNotAllowed);
+                }
+                if w == b'>' {
                     return Err(SubjectError::FullWildcardNotLast);
                 }
                 wild = true;
             }
-            _ => {
-                if let Some(&b) = token.iter().find(|&&b| !is_token_byte(b)) {
-                    return Err(if b == b'*' || b == b'>' {
-                        if allow_wildcards {
-                            SubjectError::InvalidByte(b)
-                        } else {
-                            SubjectError::WildcardNotAllowed
-                        }
-                    } else {
-                        SubjectError::InvalidByte(b)
-                    });
-                }
+            if i + 1 == s.len() {
+                return Err(SubjectError::EmptyToken);
             }
+            tokens += 1;
+            if tokens > MAX_TOKENS {
+                return Err(SubjectError::TooManyTokens);
+            }
+            start = i + 1;
+            continue;
         }
-        if end == rest.len() {
-            return Ok(wild);
+        if let Some(w) = lead_wildcard {
+            // A wildcard followed by more bytes in its token.
+            return Err(misplaced_wildcard(w, allow_wildcards));
         }
-        rest = &rest[end + 1..];
-        if rest.is_empty() {
-            return Err(SubjectError::EmptyToken);
+        match class {
+            TOKEN => {}
+            STAR | GT if i == start => lead_wildcard = Some(b),
+            STAR | GT => return Err(misplaced_wildcard(b, allow_wildcards)),
+            _ => return Err(SubjectError::InvalidByte(b)),
         }
+    }
+    if lead_wildcard.is_some() {
+        if !allow_wildcards {
+            return Err(SubjectError::WildcardNotAllowed);
+        }
+        wild = true;
+    }
+    Ok(wild)
+}
+
+/// The first token of `s` and what follows its `.` (`None` after the last).
+#[inline]
+pub(crate) fn split_token(s: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match s.iter().position(|&b| b == b'.') {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
     }
 }
 
@@ -250,7 +297,113 @@ ascii_debug!(Subject, Pattern, QueueGroup);
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The grammar checked token by token, as written in the spec: the
+    /// reference the one-pass [`check`] is held to.
+    fn reference_check(
+        s: &[u8],
+        max_len: usize,
+        allow_wildcards: bool,
+    ) -> Result<bool, SubjectError> {
+        let is_token_byte =
+            |b: u8| (0x21..=0x7e).contains(&b) && b != b'.' && b != b'*' && b != b'>';
+        if s.is_empty() {
+            return Err(SubjectError::Empty);
+        }
+        if s.len() > max_len {
+            return Err(SubjectError::TooLong {
+                len: s.len(),
+                max: max_len,
+            });
+        }
+        if s[0] == b'$' {
+            return Err(SubjectError::Reserved);
+        }
+        let mut tokens = 0usize;
+        let mut wild = false;
+        let mut rest = s;
+        loop {
+            let end = rest.iter().position(|&b| b == b'.').unwrap_or(rest.len());
+            let token = &rest[..end];
+            tokens += 1;
+            if tokens > MAX_TOKENS {
+                return Err(SubjectError::TooManyTokens);
+            }
+            match token {
+                [] => return Err(SubjectError::EmptyToken),
+                [b'*' | b'>'] if !allow_wildcards => {
+                    return Err(SubjectError::WildcardNotAllowed);
+                }
+                [b'*'] => wild = true,
+                [b'>'] => {
+                    if end != rest.len() {
+                        return Err(SubjectError::FullWildcardNotLast);
+                    }
+                    wild = true;
+                }
+                _ => {
+                    if let Some(&b) = token.iter().find(|&&b| !is_token_byte(b)) {
+                        return Err(if b == b'*' || b == b'>' {
+                            misplaced_wildcard(b, allow_wildcards)
+                        } else {
+                            SubjectError::InvalidByte(b)
+                        });
+                    }
+                }
+            }
+            if end == rest.len() {
+                return Ok(wild);
+            }
+            rest = &rest[end + 1..];
+            if rest.is_empty() {
+                return Err(SubjectError::EmptyToken);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5_000))]
+        /// The one-pass check gives the reference's verdict and error on
+        /// inputs dense in the grammar's edge cases.
+        #[test]
+        fn one_pass_check_agrees_with_the_reference(
+            raw in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'a'), Just(b'b'), Just(b'.'), Just(b'*'), Just(b'>'),
+                    Just(b'$'), Just(b' '), Just(0x7f_u8), Just(0xc3_u8), any::<u8>(),
+                ],
+                0..80,
+            ),
+            max_len in 1usize..90,
+            wildcards: bool,
+        ) {
+            prop_assert_eq!(
+                check(&raw, max_len, wildcards),
+                reference_check(&raw, max_len, wildcards)
+            );
+        }
+
+        /// Many short tokens: the token-count limit and its neighbours.
+        #[test]
+        fn token_limits_agree_with_the_reference(
+            n in 28usize..36,
+            tail in prop_oneof![Just(&b""[..]), Just(&b"."[..]), Just(&b".>"[..]), Just(&b"..x"[..])],
+            wildcards: bool,
+        ) {
+            let mut raw = vec![b'a'; 1];
+            for _ in 1..n {
+                raw.extend_from_slice(b".a");
+            }
+            raw.extend_from_slice(tail);
+            prop_assert_eq!(
+                check(&raw, 256, wildcards),
+                reference_check(&raw, 256, wildcards)
+            );
+        }
+    }
 
     fn subject(s: &'static str) -> Result<Subject, SubjectError> {
         Subject::parse(Bytes::from_static(s.as_bytes()), 256)

@@ -554,8 +554,11 @@ impl ConnIo {
     }
 }
 
-struct ConnIo {
-    transport: Transport,
+/// A connection's I/O state. The reading side's logic (`process` and what
+/// it calls) does not touch the transport, so it is written for any `T`:
+/// the hot-path workloads (`crate::bench`) drive it with none.
+pub(crate) struct ConnIo<T = Transport> {
+    transport: T,
     rbuf: ReadBuf,
     /// Bytes were handed to TLS since the last flush.
     needs_flush: bool,
@@ -579,8 +582,13 @@ struct ConnIo {
     unprocessed: bool,
 }
 
-impl ConnIo {
-    fn new(transport: Transport, rbuf: ReadBuf, adopted: bool) -> Self {
+impl<T> ConnIo<T> {
+    /// The receive buffer (the hot-path workloads fill it as a read would).
+    pub(crate) fn rbuf_mut(&mut self) -> &mut ReadBuf {
+        &mut self.rbuf
+    }
+
+    pub(crate) fn new(transport: T, rbuf: ReadBuf, adopted: bool) -> Self {
         Self {
             transport,
             rbuf,
@@ -595,7 +603,9 @@ impl ConnIo {
             unprocessed: false,
         }
     }
+}
 
+impl ConnIo {
     /// Takes the connection apart and sends it to `home`. On any failure
     /// the connection is lost (the client reconnects): nothing it sent was
     /// acknowledged yet.
@@ -820,7 +830,9 @@ impl ConnIo {
             }
         }
     }
+}
 
+impl<T> ConnIo<T> {
     /// Decodes and handles every whole frame in the receive buffer.
     ///
     /// Stops early, leaving frames in the buffer (`unprocessed`), once the
@@ -828,7 +840,7 @@ impl ConnIo {
     /// that sends Pings (or frames answered with errors) and never reads
     /// makes the server hold at most that much for it, not a whole read
     /// buffer's worth of answers.
-    fn process(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session) {
+    pub(crate) fn process(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session) {
         self.clock = now();
         self.unprocessed = false;
         let max_pending = shard.config.borrow().limits().max_pending_bytes;
@@ -1118,7 +1130,9 @@ impl ConnIo {
             conn.deadline.set(Some(at));
         }
     }
+}
 
+impl ConnIo {
     /// After the final error: shut down our side and read until the peer
     /// closes (bounded), so a reset does not destroy the error in flight.
     async fn linger(&mut self, grace: Duration) {

@@ -712,8 +712,8 @@ impl DataPlane {
         self.rates_in_use
             .store(uses_rates(snapshot), Ordering::Relaxed);
         self.apply_steering(snapshot.steering().map(|s| &**s));
-        let deadline = Instant::now()
-            + Duration::from_millis(self.apply_within_ms.load(Ordering::Relaxed));
+        let deadline =
+            Instant::now() + Duration::from_millis(self.apply_within_ms.load(Ordering::Relaxed));
         let sent: Vec<_> = self
             .ports
             .iter()
@@ -968,8 +968,29 @@ pub mod bench {
     use rtrb::{Consumer, Producer, RingBuffer};
     use smallvec::SmallVec;
 
+    use std::net::SocketAddr;
+    use std::rc::Rc;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use arqonbus_core::auth::CredentialHash;
+    use arqonbus_core::limits::Limits;
+    use arqonbus_core::placement::{SteeringConfig, TenantPlacement};
+    use arqonbus_core::policy::Permissions;
+    use arqonbus_core::session::{Session, State};
+    use arqonbus_core::snapshot::{
+        ConfigSnapshot, CredentialEntry, PrincipalEntry, Quotas, TenantEntry,
+    };
+    use arqonbus_core::{CredentialId, PrincipalId, ShardId};
+    use arqonbus_proto::v1::{self, frame::Kind};
+
+    use crate::conn::{ConnIo, ConnShared};
     use crate::mesh::{PeerMsg, RemoteMessage};
     use crate::outbound::Outbound;
+    use crate::placement::{PlacementBook, SteeringState};
+    use crate::quota::QuotaBook;
+    use crate::readbuf::ReadBuf;
+    use crate::shard::{Shard, ShardConfig, ShardParts};
 
     /// A socket with unlimited room: takes every slice of every vectored
     /// write and touches none of their bytes.
@@ -1049,6 +1070,221 @@ pub mod bench {
             }
             Ok(total)
         }
+    }
+
+    /// One end of [`PublishPath`]: a registered connection, its reading
+    /// side and its session.
+    struct Peer {
+        conn: Rc<ConnShared>,
+        io: ConnIo<()>,
+        session: Session,
+    }
+
+    impl Peer {
+        /// Lands `bytes` in the receive buffer as reads would (each read
+        /// takes the room the buffer offers, as the connection's poll asks
+        /// for it), processing after each read.
+        fn read(&mut self, shard: &Rc<Shard>, bytes: &[u8]) {
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let rbuf = self.io.rbuf_mut();
+                let need = rbuf
+                    .filled()
+                    .first_chunk::<{ arqonbus_proto::codec::LEN_PREFIX }>()
+                    .map_or(0, |p| {
+                        arqonbus_proto::codec::LEN_PREFIX + u32::from_be_bytes(*p) as usize
+                    })
+                    .saturating_sub(rbuf.filled().len());
+                let room = rbuf.unfilled(need);
+                let n = room.len().min(rest.len());
+                room[..n].copy_from_slice(&rest[..n]);
+                rbuf.advance(n);
+                rest = &rest[n..];
+                self.io.process(shard, &self.conn, &mut self.session);
+            }
+        }
+
+        /// Writes everything queued for this connection into `sink`.
+        fn write_out(&self, sink: &mut NullSink) -> io::Result<usize> {
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut out = self.conn.out.borrow_mut();
+            let mut total = 0;
+            while out.pending() > 0 {
+                match out.poll_write(&mut cx, sink) {
+                    Poll::Ready(Ok(n)) => total += n,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+            Ok(total)
+        }
+    }
+
+    /// Why a [`PublishPath`] could not be set up.
+    #[derive(Debug, thiserror::Error)]
+    #[error("publish path fixture: {0}")]
+    pub struct FixtureError(String);
+
+    /// The whole publish path of one shard, all-in, with no socket: a
+    /// publisher's read batch of `Publish` frames is decoded, checked
+    /// (session, permissions, rate limits), routed and queued for a
+    /// subscriber on the same shard, whose queue is then written out (the
+    /// iovecs built and handed to a [`NullSink`]). The same code a
+    /// connection's task runs between a read and a write; only the
+    /// syscalls are missing.
+    pub struct PublishPath {
+        shard: Rc<Shard>,
+        publisher: Peer,
+        subscriber: Peer,
+        batch: Vec<u8>,
+        frames: usize,
+        sink: NullSink,
+    }
+
+    impl std::fmt::Debug for PublishPath {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("PublishPath")
+                .field("frames", &self.frames)
+                .finish_non_exhaustive()
+        }
+    }
+
+    const TOKEN: &str = "abt_bench_publish_path";
+
+    impl PublishPath {
+        /// A shard with one tenant, a publisher and a subscriber of
+        /// `subject`, both authenticated through `Connect` frames; each
+        /// read batch carries `frames` publishes of `payload` bytes.
+        pub fn new(subject: &str, payload: usize, frames: usize) -> Result<Self, FixtureError> {
+            let err = |e: &dyn std::fmt::Display| FixtureError(e.to_string());
+            let mut config = ConfigSnapshot::new(1, Limits::default());
+            config.insert_tenant(TenantEntry {
+                id: TenantId(1),
+                name: "bench".into(),
+                quotas: Quotas::default(),
+                verify_key: None,
+                placement: TenantPlacement::Home,
+            });
+            config
+                .insert_principal(PrincipalEntry {
+                    id: PrincipalId(1),
+                    tenant: TenantId(1),
+                    name: "bench".into(),
+                    roles: vec![],
+                    quotas: Quotas::default(),
+                    permissions: Arc::new(Permissions::allow_all()),
+                })
+                .map_err(|e| err(&e))?;
+            config
+                .insert_bearer(
+                    CredentialHash::of(TOKEN),
+                    CredentialEntry {
+                        id: CredentialId(1),
+                        principal: PrincipalId(1),
+                        expires_at_unix: None,
+                    },
+                )
+                .map_err(|e| err(&e))?;
+            let cfg = Rc::new(ShardConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                server_id: "bench".into(),
+                tls: None,
+                read_chunk: 64 * 1024,
+                tick: Duration::from_secs(1),
+                overflow_limit: 1024,
+                shards: 1,
+                sample_every: 0,
+                trace_parent: None,
+            });
+            let steering = SteeringState {
+                program: None,
+                fallback: Some("bench".into()),
+                config: SteeringConfig::default(),
+                from_api: false,
+            };
+            let shard = Shard::new(ShardParts {
+                id: ShardId(0),
+                cfg,
+                config: Arc::new(config),
+                quota: Arc::new(QuotaBook::default()),
+                placement: Arc::new(PlacementBook::new(1, steering)),
+                peers: Arc::new(Vec::new()),
+                links: Vec::new(),
+                seed: 1,
+            });
+            let connect = |shard: &Rc<Shard>| -> Result<Peer, FixtureError> {
+                let conn = shard
+                    .register(None, Instant::now(), false)
+                    .map_err(|r| FixtureError(r.detail.to_owned()))?;
+                let mut peer = Peer {
+                    conn,
+                    io: ConnIo::new((), ReadBuf::new(64 * 1024), false),
+                    session: Session::new(Instant::now(), false),
+                };
+                let hello = Kind::Connect(v1::Connect {
+                    protocol_version: 1,
+                    credential: TOKEN.into(),
+                    ..v1::Connect::default()
+                });
+                peer.read(shard, &encode(&hello)?);
+                if peer.session.state() != State::Open {
+                    return Err(FixtureError("Connect did not open the session".into()));
+                }
+                Ok(peer)
+            };
+            let publisher = connect(&shard)?;
+            let mut subscriber = connect(&shard)?;
+            let sub = Kind::Subscribe(v1::Subscribe {
+                sid: 1,
+                pattern: Bytes::copy_from_slice(subject.as_bytes()),
+                queue_group: Bytes::new(),
+            });
+            subscriber.read(&shard, &encode(&sub)?);
+            let mut sink = NullSink::default();
+            publisher.write_out(&mut sink).map_err(|e| err(&e))?;
+            subscriber.write_out(&mut sink).map_err(|e| err(&e))?;
+            let one = encode(&Kind::Publish(v1::Publish {
+                subject: Bytes::copy_from_slice(subject.as_bytes()),
+                reply: Bytes::new(),
+                headers: Vec::new(),
+                payload: Bytes::from(vec![0x5a; payload]),
+            }))?;
+            let batch = one.repeat(frames);
+            let mut path = Self {
+                shard,
+                publisher,
+                subscriber,
+                batch,
+                frames,
+                sink,
+            };
+            let expected = path.frames * (one.len() + 2);
+            let wrote = path.read_batch();
+            if wrote < path.frames * payload || wrote > expected + 64 * path.frames {
+                return Err(FixtureError(format!(
+                    "one batch wrote {wrote} bytes to the subscriber, not about {expected}"
+                )));
+            }
+            Ok(path)
+        }
+
+        /// Publishes per read batch.
+        pub fn frames(&self) -> usize {
+            self.frames
+        }
+
+        /// One read batch through the whole path; returns the bytes written
+        /// to the subscriber (0 when anything failed).
+        pub fn read_batch(&mut self) -> usize {
+            self.publisher.read(&self.shard, &self.batch);
+            self.subscriber.write_out(&mut self.sink).unwrap_or(0)
+        }
+    }
+
+    fn encode(kind: &Kind) -> Result<Vec<u8>, FixtureError> {
+        let mut out = Vec::new();
+        arqonbus_proto::codec::encode(kind, &mut out).map_err(|e| FixtureError(e.to_string()))?;
+        Ok(out)
     }
 
     /// One shard-to-shard ring carrying the data plane's `PeerMsg`.

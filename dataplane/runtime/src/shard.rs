@@ -272,6 +272,67 @@ pub(crate) struct ShardConfigSend {
     pub(crate) trace_parent: Option<crate::TraceParentHook>,
 }
 
+/// What [`Shard::new`] builds a shard from.
+pub(crate) struct ShardParts {
+    pub(crate) id: ShardId,
+    pub(crate) cfg: Rc<ShardConfig>,
+    pub(crate) config: Arc<ConfigSnapshot>,
+    pub(crate) quota: Arc<QuotaBook>,
+    pub(crate) placement: Arc<PlacementBook>,
+    pub(crate) peers: Arc<Vec<ShardPort>>,
+    pub(crate) links: Vec<Link>,
+    pub(crate) seed: u64,
+}
+
+impl Shard {
+    /// A shard with no connections and no tasks yet: [`run`] starts its
+    /// loops; the hot-path workloads (`crate::bench`) drive it directly.
+    pub(crate) fn new(parts: ShardParts) -> Rc<Self> {
+        let ShardParts {
+            id,
+            cfg,
+            config,
+            quota,
+            placement,
+            peers,
+            links,
+            seed,
+        } = parts;
+        let n = cfg.shards;
+        Rc::new(Shard {
+            id,
+            config: RefCell::new(config),
+            quota,
+            placement,
+            peers,
+            throttle: RefCell::new(Throttle::new(n)),
+            router: RefCell::new(Router::new(id, seed)),
+            conns: RefCell::new(Slab::new()),
+            next_conn: Cell::new(0),
+            links: RefCell::new(links),
+            stats: RefCell::new(ShardStats::default()),
+            plan: RefCell::new(RoutePlan::default()),
+            template: RefCell::new(MessageTemplate::new()),
+            interest_out: RefCell::new(Vec::new()),
+            barrier: RefCell::new(Barrier::new(id, n)),
+            backpressure: Cell::new(false),
+            bp_waiters: RefCell::new(Vec::new()),
+            mesh_waker: Cell::new(None),
+            errors: RefCell::new(ErrorCounts::default()),
+            tenant_stats: RefCell::new(FxHashMap::default()),
+            deliver_latency: RefCell::new(latency_histogram()),
+            handshake_latency: RefCell::new(latency_histogram()),
+            sample_counter: Cell::new(0),
+            draining: Cell::new(false),
+            accept_stop: RefCell::new(Rc::new(Latch::default())),
+            listen_fd: Cell::new(None),
+            shutdown: Latch::default(),
+            stopped: Latch::default(),
+            cfg,
+        })
+    }
+}
+
 /// Runs a shard until it is shut down. Called on the shard's executor.
 pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardId>) {
     let ShardInit {
@@ -308,39 +369,17 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
             UnixStream::from_raw_fd(bell_rx.into_raw_fd()),
         )
     };
-    let n = cfg.shards;
-    let accept_stop = Rc::new(Latch::default());
-    let shard = Rc::new(Shard {
+    let shard = Shard::new(ShardParts {
         id,
-        config: RefCell::new(config),
+        cfg,
+        config,
         quota,
         placement,
         peers,
-        throttle: RefCell::new(Throttle::new(n)),
-        router: RefCell::new(Router::new(id, seed)),
-        conns: RefCell::new(Slab::new()),
-        next_conn: Cell::new(0),
-        links: RefCell::new(mesh.links),
-        stats: RefCell::new(ShardStats::default()),
-        plan: RefCell::new(RoutePlan::default()),
-        template: RefCell::new(MessageTemplate::new()),
-        interest_out: RefCell::new(Vec::new()),
-        barrier: RefCell::new(Barrier::new(id, n)),
-        backpressure: Cell::new(false),
-        bp_waiters: RefCell::new(Vec::new()),
-        mesh_waker: Cell::new(None),
-        errors: RefCell::new(ErrorCounts::default()),
-        tenant_stats: RefCell::new(FxHashMap::default()),
-        deliver_latency: RefCell::new(latency_histogram()),
-        handshake_latency: RefCell::new(latency_histogram()),
-        sample_counter: Cell::new(0),
-        draining: Cell::new(false),
-        accept_stop: RefCell::new(accept_stop.clone()),
-        listen_fd: Cell::new(None),
-        shutdown: Latch::default(),
-        stopped: Latch::default(),
-        cfg,
+        links: mesh.links,
+        seed,
     });
+    let accept_stop = shard.accept_stop.borrow().clone();
     tracing::info!(shard = %id, "shard started");
     shard.listen_fd.set(Some(listen_fd));
     glommio::spawn_local(accept_loop(shard.clone(), listener, accept_stop)).detach();
