@@ -15,6 +15,7 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod doctor;
 mod control;
 mod monitor;
 pub mod otlp;

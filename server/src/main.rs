@@ -60,6 +60,24 @@ enum Command {
     /// The node's generated certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Check this host against what the node needs and what a tuning profile
+    /// sets; one line per check. Exit code: 0 ok, 1 warnings, 2 a failure,
+    /// 3 could not check (bad configuration or profile).
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DoctorArgs {
+    /// Tuning profile to check the sysctls and CPU/IRQ layout against:
+    /// latency, throughput or connections (tuning/profiles/).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Configuration file (TOML): shards, locked memory, connection limits.
+    #[arg(long, short, env = "ARQONBUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where the data directory is, for the maintenance commands.
@@ -378,6 +396,13 @@ fn rotate_ca(args: CaRotateArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Doctor(args) => {
+            return ExitCode::from(arqonbus::doctor::command::run(
+                args.config.as_deref(),
+                args.profile.as_deref(),
+                args.json,
+            ));
+        }
         Command::Serve(args) => serve(args),
         Command::Restore(args) => {
             init_tool_logging();

@@ -22,7 +22,7 @@
 //! lives longer than [`CONNECTION_LIFETIME`].
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +43,14 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+/// The `/metrics` content type (what `prometheus-client` writes).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Monitoring connections served at once.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
@@ -54,25 +62,11 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest one monitoring connection is served (scrapers reconnect).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
-/// Upper bounds of the latency histogram buckets: (label, microseconds).
-const BUCKETS: [(&str, u64); 17] = [
-    ("0.00005", 50),
-    ("0.0001", 100),
-    ("0.00025", 250),
-    ("0.0005", 500),
-    ("0.001", 1_000),
-    ("0.0025", 2_500),
-    ("0.005", 5_000),
-    ("0.01", 10_000),
-    ("0.025", 25_000),
-    ("0.05", 50_000),
-    ("0.1", 100_000),
-    ("0.25", 250_000),
-    ("0.5", 500_000),
-    ("1", 1_000_000),
-    ("2.5", 2_500_000),
-    ("5", 5_000_000),
-    ("10", 10_000_000),
+/// Upper bounds of the latency histogram buckets, microseconds (exposed
+/// in seconds: `le="5e-5"` is 50 µs).
+const BUCKETS_MICROS: [u64; 17] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
 /// A metric name, its help text, and how to read it from a value.
@@ -92,14 +86,6 @@ pub(crate) struct Scrape {
     pub(crate) max_tenant_labels: usize,
 }
 
-fn counter(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-}
-
-fn gauge(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-}
-
 /// Escapes a label value (backslash, quote, newline).
 fn label(value: &str) -> String {
     value
@@ -108,21 +94,91 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn histogram(out: &mut String, name: &str, help: &str, labels: &str, h: &Histogram<u64>) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    let sep = if labels.is_empty() { "" } else { "," };
-    for (bound, micros) in BUCKETS {
-        let count = if h.is_empty() {
+/// Writes one scrape through `prometheus-client`: the [`Registry`] holds a
+/// single collector that owns the scrape's figures.
+#[derive(Debug)]
+struct Exposition(Scrape);
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        encode_scrape(&self.0, &mut encoder)
+    }
+}
+
+/// The OpenMetrics text for one scrape.
+pub(crate) fn render(scrape: Scrape) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Exposition(scrape)));
+    let mut out = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// A family's descriptor. Counters are declared without their `_total`
+/// suffix, which the encoder appends to each sample (OpenMetrics), so the
+/// sample names stay what they always were.
+fn family<'e>(
+    enc: &'e mut DescriptorEncoder<'_>,
+    name: &'e str,
+    help: &str,
+    kind: MetricType,
+) -> Result<MetricEncoder<'e>, fmt::Error> {
+    let name = if matches!(kind, MetricType::Counter) {
+        name.strip_suffix("_total").unwrap_or(name)
+    } else {
+        name
+    };
+    enc.encode_descriptor(name, help, None, kind)
+}
+
+fn count(m: &mut MetricEncoder<'_>, v: u64) -> fmt::Result {
+    m.encode_counter::<NoLabelSet, u64, u64>(&v, None)
+}
+
+fn count_by(m: &mut MetricEncoder<'_>, key: &str, value: &str, v: u64) -> fmt::Result {
+    count(&mut m.encode_family(&[(key, value)])?, v)
+}
+
+fn level(m: &mut MetricEncoder<'_>, v: u64) -> fmt::Result {
+    m.encode_gauge(&v)
+}
+
+fn level_by(m: &mut MetricEncoder<'_>, key: &str, value: &str, v: u64) -> fmt::Result {
+    level(&mut m.encode_family(&[(key, value)])?, v)
+}
+
+fn counter1(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> fmt::Result {
+    count(&mut family(enc, name, help, MetricType::Counter)?, v)
+}
+
+fn gauge1(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> fmt::Result {
+    level(&mut family(enc, name, help, MetricType::Gauge)?, v)
+}
+
+/// A latency histogram from an hdrhistogram copy, in seconds.
+fn histogram(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    h: &Histogram<u64>,
+) -> fmt::Result {
+    let mut m = family(enc, name, help, MetricType::Histogram)?;
+    // The encoder takes each bucket's own count and accumulates.
+    let mut buckets = Vec::with_capacity(BUCKETS_MICROS.len() + 1);
+    let mut below = 0;
+    for micros in BUCKETS_MICROS {
+        let upto = if h.is_empty() {
             0
         } else {
             h.count_between(0, micros)
         };
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
+        buckets.push((micros as f64 / 1e6, upto.saturating_sub(below)));
+        below = below.max(upto);
     }
-    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.len());
+    // `f64::MAX` is the encoder's `+Inf`.
+    buckets.push((f64::MAX, h.len().saturating_sub(below)));
     let sum = h.mean() * h.len() as f64 / 1e6;
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
+    m.encode_histogram::<NoLabelSet>(sum, h.len(), &buckets, None)
 }
 
 /// The shard counters exported, by metric name.
@@ -308,21 +364,20 @@ fn tenants_capped(scrape: &Scrape) -> Vec<(String, TenantStats)> {
     out
 }
 
-/// The Prometheus text for one scrape.
-pub(crate) fn render(scrape: &Scrape) -> String {
-    let mut out = String::with_capacity(16 * 1024);
+/// Every family of one scrape, in a fixed order.
+fn encode_scrape(scrape: &Scrape, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
     // Per-shard counters.
-    let per_shard: Vec<(u16, ShardCounters)> = scrape
+    let per_shard: Vec<(String, ShardCounters)> = scrape
         .shards
         .iter()
-        .map(|m| (m.shard, shard_counters(&m.stats)))
+        .map(|m| (m.shard.to_string(), shard_counters(&m.stats)))
         .collect();
     if let Some((_, first)) = per_shard.first() {
         for (i, (name, help, _)) in first.iter().enumerate() {
             let full = format!("arqonbus_{name}");
-            counter(&mut out, &full, help);
+            let mut m = family(enc, &full, help, MetricType::Counter)?;
             for (shard, values) in &per_shard {
-                let _ = writeln!(out, "{full}{{shard=\"{shard}\"}} {}", values[i].2);
+                count_by(&mut m, "shard", shard, values[i].2)?;
             }
         }
     }
@@ -346,9 +401,9 @@ pub(crate) fn render(scrape: &Scrape) -> String {
         ),
     ];
     for (name, help, get) in gauges {
-        gauge(&mut out, name, help);
+        let mut f = family(enc, name, help, MetricType::Gauge)?;
         for m in &scrape.shards {
-            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", m.shard, get(m));
+            level_by(&mut f, "shard", &m.shard.to_string(), get(m))?;
         }
     }
     // Errors by code, all shards together.
@@ -356,18 +411,17 @@ pub(crate) fn render(scrape: &Scrape) -> String {
     for m in &scrape.shards {
         errors.merge(&m.errors);
     }
-    counter(
-        &mut out,
-        "arqonbus_errors_total",
-        "Error frames sent to clients, by code.",
-    );
-    for (code, n) in errors.0.iter().enumerate() {
-        if *n > 0 {
-            let _ = writeln!(
-                out,
-                "arqonbus_errors_total{{code=\"{}\"}} {n}",
-                code_name(code)
-            );
+    {
+        let mut f = family(
+            enc,
+            "arqonbus_errors_total",
+            "Error frames sent to clients, by code.",
+            MetricType::Counter,
+        )?;
+        for (code, n) in errors.0.iter().enumerate() {
+            if *n > 0 {
+                count_by(&mut f, "code", &code_name(code), *n)?;
+            }
         }
     }
     // Per tenant.
@@ -410,13 +464,21 @@ pub(crate) fn render(scrape: &Scrape) -> String {
         ),
     ];
     for (name, help, get) in per_tenant {
-        if name.ends_with("_total") {
-            counter(&mut out, name, help);
+        let is_counter = name.ends_with("_total");
+        let kind = if is_counter {
+            MetricType::Counter
         } else {
-            gauge(&mut out, name, help);
-        }
+            MetricType::Gauge
+        };
+        let mut f = family(enc, name, help, kind)?;
         for (tenant, s) in &tenants {
-            let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {}", label(tenant), get(s));
+            // The encoder writes label values as given: escape them here.
+            let tenant = label(tenant);
+            if is_counter {
+                count_by(&mut f, "tenant", &tenant, get(s))?;
+            } else {
+                level_by(&mut f, "tenant", &tenant, get(s))?;
+            }
         }
     }
     // Latencies, all shards merged.
@@ -427,171 +489,136 @@ pub(crate) fn render(scrape: &Scrape) -> String {
         let _ = handshake.add(&m.handshake_latency);
     }
     histogram(
-        &mut out,
+        enc,
         "arqonbus_publish_to_deliver_seconds",
         "Sampled time from reading a publish to queueing it for a subscriber.",
-        "",
         &deliver,
-    );
+    )?;
     histogram(
-        &mut out,
+        enc,
         "arqonbus_handshake_seconds",
         "Time from accept to Welcome (TLS handshake and authentication).",
-        "",
         &handshake,
-    );
+    )?;
     histogram(
-        &mut out,
+        enc,
         "arqonbus_control_rpc_seconds",
         "Control API call latency.",
-        "",
         &scrape.control.rpc_latency,
-    );
+    )?;
     // Control plane.
     let c = &scrape.control;
-    counter(
-        &mut out,
-        "arqonbus_control_rpcs_total",
-        "Control API calls, by outcome (client_error: the request was refused; server_error: the node failed).",
-    );
-    for (outcome, n) in [
-        ("ok", c.rpc_ok),
-        ("client_error", c.rpc_client_errors),
-        ("server_error", c.rpc_server_errors),
-    ] {
-        let _ = writeln!(
-            out,
-            "arqonbus_control_rpcs_total{{outcome=\"{outcome}\"}} {n}"
-        );
+    {
+        let mut f = family(
+            enc,
+            "arqonbus_control_rpcs_total",
+            "Control API calls, by outcome (client_error: the request was refused; server_error: the node failed).",
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in [
+            ("ok", c.rpc_ok),
+            ("client_error", c.rpc_client_errors),
+            ("server_error", c.rpc_server_errors),
+        ] {
+            count_by(&mut f, "outcome", outcome, n)?;
+        }
     }
-    counter(
-        &mut out,
+    counter1(
+        enc,
         "arqonbus_control_auth_failures_total",
         "Control and monitoring requests without a valid admin credential.",
-    );
-    let _ = writeln!(
-        out,
-        "arqonbus_control_auth_failures_total {}",
-        c.auth_failures
-    );
-    counter(
-        &mut out,
+        c.auth_failures,
+    )?;
+    counter1(
+        enc,
         "arqonbus_config_snapshots_total",
         "Configuration snapshots pushed to the shards.",
-    );
-    let _ = writeln!(
-        out,
-        "arqonbus_config_snapshots_total {}",
-        c.snapshots_published
-    );
-    counter(
-        &mut out,
+        c.snapshots_published,
+    )?;
+    counter1(
+        enc,
         "arqonbus_config_snapshots_refusing_total",
         "Snapshots pushed that refuse new sessions (the store failed: fail closed).",
-    );
-    let _ = writeln!(
-        out,
-        "arqonbus_config_snapshots_refusing_total {}",
-        c.snapshots_refusing
-    );
-    gauge(
-        &mut out,
+        c.snapshots_refusing,
+    )?;
+    gauge1(
+        enc,
         "arqonbus_config_epoch",
         "The newest configuration epoch.",
-    );
-    let _ = writeln!(out, "arqonbus_config_epoch {}", scrape.snapshot.epoch());
-    gauge(
-        &mut out,
+        scrape.snapshot.epoch(),
+    )?;
+    gauge1(
+        enc,
         "arqonbus_accepting_sessions",
         "1 when new sessions are accepted, 0 when failed closed.",
-    );
-    let _ = writeln!(
-        out,
-        "arqonbus_accepting_sessions {}",
-        u8::from(scrape.accepting)
-    );
-    render_steering(&mut out, &scrape.steering);
-    out
+        u64::from(scrape.accepting),
+    )?;
+    encode_steering(enc, &scrape.steering)
 }
 
 /// The steering program's gauges and counters.
-fn render_steering(out: &mut String, s: &SteeringCounters) {
-    gauge(
-        out,
+fn encode_steering(enc: &mut DescriptorEncoder<'_>, s: &SteeringCounters) -> fmt::Result {
+    gauge1(
+        enc,
         "arqonbus_steering_active",
         "1 when the SK_REUSEPORT program places new connections, 0 when the kernel's hash does.",
-    );
-    let _ = writeln!(out, "arqonbus_steering_active {}", u8::from(s.active));
-    gauge(
-        out,
-        "arqonbus_steering_mode",
-        "The steering mode in force (1 for the mode named).",
-    );
-    for m in SteeringMode::ALL {
-        let _ = writeln!(
-            out,
-            "arqonbus_steering_mode{{mode=\"{m}\"}} {}",
-            u8::from(m == s.mode)
-        );
+        u64::from(s.active),
+    )?;
+    {
+        let mut f = family(
+            enc,
+            "arqonbus_steering_mode",
+            "The steering mode in force (1 for the mode named).",
+            MetricType::Gauge,
+        )?;
+        for m in SteeringMode::ALL {
+            level_by(&mut f, "mode", &m.to_string(), u64::from(m == s.mode))?;
+        }
     }
-    gauge(
-        out,
+    gauge1(
+        enc,
         "arqonbus_steering_draining_shards",
         "Shards drained (new connections steered away).",
-    );
-    let _ = writeln!(
-        out,
-        "arqonbus_steering_draining_shards {}",
-        s.draining.count_ones()
-    );
-    counter(
-        out,
+        u64::from(s.draining.count_ones()),
+    )?;
+    counter1(
+        enc,
         "arqonbus_steering_selected_total",
         "Connections the program sent to a shard.",
-    );
-    let _ = writeln!(out, "arqonbus_steering_selected_total {}", s.selected);
-    counter(
-        out,
-        "arqonbus_steering_fallbacks_total",
-        "Connections the program left to the kernel's hash, by reason.",
-    );
-    let _ = writeln!(
-        out,
-        "arqonbus_steering_fallbacks_total{{reason=\"no_socket\"}} {}",
-        s.fallback_no_socket
-    );
-    let _ = writeln!(
-        out,
-        "arqonbus_steering_fallbacks_total{{reason=\"all_drained\"}} {}",
-        s.fallback_all_drained
-    );
-    counter(
-        out,
-        "arqonbus_steering_hits_total",
-        "Connections placed by an affinity rule or by the SYN's CPU.",
-    );
-    let _ = writeln!(
-        out,
-        "arqonbus_steering_hits_total{{rule=\"affinity\"}} {}",
-        s.affinity_hits
-    );
-    let _ = writeln!(
-        out,
-        "arqonbus_steering_hits_total{{rule=\"cpu\"}} {}",
-        s.cpu_hits
-    );
-    counter(
-        out,
+        s.selected,
+    )?;
+    {
+        let mut f = family(
+            enc,
+            "arqonbus_steering_fallbacks_total",
+            "Connections the program left to the kernel's hash, by reason.",
+            MetricType::Counter,
+        )?;
+        count_by(&mut f, "reason", "no_socket", s.fallback_no_socket)?;
+        count_by(&mut f, "reason", "all_drained", s.fallback_all_drained)?;
+    }
+    {
+        let mut f = family(
+            enc,
+            "arqonbus_steering_hits_total",
+            "Connections placed by an affinity rule or by the SYN's CPU.",
+            MetricType::Counter,
+        )?;
+        count_by(&mut f, "rule", "affinity", s.affinity_hits)?;
+        count_by(&mut f, "rule", "cpu", s.cpu_hits)?;
+    }
+    counter1(
+        enc,
         "arqonbus_tenants_rehomed_total",
         "Tenants given a new home because their shard ran hot.",
-    );
-    let _ = writeln!(out, "arqonbus_tenants_rehomed_total {}", s.rehomed);
-    counter(
-        out,
+        s.rehomed,
+    )?;
+    counter1(
+        enc,
         "arqonbus_steering_map_errors_total",
         "Updates of the program's maps that failed.",
-    );
-    let _ = writeln!(out, "arqonbus_steering_map_errors_total {}", s.map_errors);
+        s.map_errors,
+    )
 }
 
 /// What `/readyz` found.
@@ -609,17 +636,105 @@ impl Readiness {
         self.shards_running && self.listeners_bound && self.store_readable && self.config_current
     }
 
-    fn json(&self) -> String {
-        format!(
-            "{{\"ready\":{},\"checks\":{{\"shards_running\":{},\"listeners_bound\":{},\"store_readable\":{},\"config_current\":{}}},\"detail\":\"{}\"}}",
-            self.ready(),
-            self.shards_running,
-            self.listeners_bound,
-            self.store_readable,
-            self.config_current,
-            json_escape(&self.detail)
-        )
+    /// The `/readyz` body.
+    fn body(&self) -> ReadyzBody<'_> {
+        ReadyzBody {
+            ready: self.ready(),
+            checks: ReadyzChecks {
+                shards_running: self.shards_running,
+                listeners_bound: self.listeners_bound,
+                store_readable: self.store_readable,
+                config_current: self.config_current,
+            },
+            detail: &self.detail,
+        }
     }
+}
+
+/// `/readyz`.
+#[derive(Debug, Serialize)]
+struct ReadyzBody<'a> {
+    ready: bool,
+    checks: ReadyzChecks,
+    detail: &'a str,
+}
+
+/// `/readyz` checks, one flag each.
+#[derive(Debug, Serialize)]
+#[allow(clippy::struct_field_names, reason = "the JSON keys")]
+struct ReadyzChecks {
+    shards_running: bool,
+    listeners_bound: bool,
+    store_readable: bool,
+    config_current: bool,
+}
+
+/// `/varz`.
+#[derive(Debug, Serialize)]
+struct Varz<'a> {
+    server_id: &'a str,
+    version: &'static str,
+    uptime_secs: u64,
+    shards: usize,
+    data_addr: String,
+    metrics_addr: String,
+    config_epoch: u64,
+    connections: u64,
+    subscriptions: u64,
+    msgs_in: u64,
+    bytes_in: u64,
+    msgs_out: u64,
+    bytes_out: u64,
+    slow_consumers: u64,
+    limits: VarzLimits,
+}
+
+/// `/varz` limits.
+#[derive(Debug, Serialize)]
+struct VarzLimits {
+    max_payload: u64,
+    max_subscriptions: u64,
+    max_pending_bytes: u64,
+    ping_interval_ms: u64,
+    max_connections_per_shard: u64,
+}
+
+/// `/connz`.
+#[derive(Debug, Serialize)]
+struct Connz<'a> {
+    connections: Vec<Connection<'a>>,
+}
+
+/// One `/connz` connection (no credential, no payload).
+#[derive(Debug, Serialize)]
+struct Connection<'a> {
+    id: u64,
+    shard: u16,
+    tenant: u64,
+    principal: &'a str,
+    client_name: &'a str,
+    client_kind: &'a str,
+    remote_addr: &'a str,
+    subscriptions: u32,
+    msgs_in: u64,
+    bytes_in: u64,
+    msgs_out: u64,
+    bytes_out: u64,
+    connected_at_unix_ms: i64,
+}
+
+/// `/subsz`.
+#[derive(Debug, Serialize)]
+struct Subsz {
+    subscriptions: u64,
+    shards: Vec<ShardSubs>,
+}
+
+/// `/subsz` per shard.
+#[derive(Debug, Serialize)]
+struct ShardSubs {
+    shard: u16,
+    subscriptions: u64,
 }
 
 /// Decides readiness from the shards' status and the control plane's view.
@@ -681,21 +796,6 @@ pub(crate) fn steering_note(s: &SteeringStatus) -> Option<String> {
     })
 }
 
-fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// What the HTTP handlers need.
 pub(crate) struct Monitor {
     pub(crate) dataplane: Arc<DataPlane>,
@@ -715,6 +815,18 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Reply {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
     r
+}
+
+/// A JSON reply; a body that cannot be written is a 500, never a panic.
+fn json_reply(status: StatusCode, value: &impl Serialize) -> Reply {
+    match serde_json::to_string(value) {
+        Ok(body) => reply(status, "application/json", body),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("cannot encode the reply: {e}\n"),
+        ),
+    }
 }
 
 impl Monitor {
@@ -769,7 +881,14 @@ impl Monitor {
         let path = req.uri().path();
         match path {
             "/metrics" => match self.scrape().await {
-                Ok(s) => reply(StatusCode::OK, "text/plain; version=0.0.4", render(&s)),
+                Ok(s) => match render(s) {
+                    Ok(text) => reply(StatusCode::OK, OPENMETRICS, text),
+                    Err(e) => reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        format!("cannot encode the metrics: {e}\n"),
+                    ),
+                },
                 Err(e) => reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
@@ -784,7 +903,7 @@ impl Monitor {
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                reply(code, "application/json", r.json())
+                json_reply(code, &r.body())
             }
             "/varz" | "/connz" | "/subsz" => {
                 let auth = req
@@ -813,32 +932,8 @@ impl Monitor {
     }
 
     async fn varz(&self) -> Reply {
-        let totals = self.dp(DataPlane::total_stats).await;
-        let snap = self.control.current_snapshot();
-        let l = snap.limits();
-        let body = match totals {
-            Ok(t) => format!(
-                "{{\"server_id\":\"{}\",\"version\":\"{}\",\"uptime_secs\":{},\"shards\":{},\"data_addr\":\"{}\",\"metrics_addr\":\"{}\",\"config_epoch\":{},\"connections\":{},\"subscriptions\":{},\"msgs_in\":{},\"bytes_in\":{},\"msgs_out\":{},\"bytes_out\":{},\"slow_consumers\":{},\"limits\":{{\"max_payload\":{},\"max_subscriptions\":{},\"max_pending_bytes\":{},\"ping_interval_ms\":{},\"max_connections_per_shard\":{}}}}}",
-                json_escape(&self.server_id),
-                env!("CARGO_PKG_VERSION"),
-                self.started.elapsed().as_secs(),
-                self.dataplane.shards(),
-                self.dataplane.local_addr(),
-                self.listen,
-                snap.epoch(),
-                t.connections,
-                t.subscriptions,
-                t.msgs_in,
-                t.bytes_in,
-                t.msgs_out,
-                t.bytes_out,
-                t.slow_consumers,
-                l.max_payload,
-                l.max_subscriptions,
-                l.max_pending_bytes,
-                l.ping_interval_ms,
-                l.max_connections_per_shard,
-            ),
+        let t = match self.dp(DataPlane::total_stats).await {
+            Ok(t) => t,
             Err(e) => {
                 return reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -847,7 +942,34 @@ impl Monitor {
                 );
             }
         };
-        reply(StatusCode::OK, "application/json", body)
+        let snap = self.control.current_snapshot();
+        let l = snap.limits();
+        json_reply(
+            StatusCode::OK,
+            &Varz {
+                server_id: &self.server_id,
+                version: env!("CARGO_PKG_VERSION"),
+                uptime_secs: self.started.elapsed().as_secs(),
+                shards: self.dataplane.shards(),
+                data_addr: self.dataplane.local_addr().to_string(),
+                metrics_addr: self.listen.to_string(),
+                config_epoch: snap.epoch(),
+                connections: t.connections,
+                subscriptions: t.subscriptions,
+                msgs_in: t.msgs_in,
+                bytes_in: t.bytes_in,
+                msgs_out: t.msgs_out,
+                bytes_out: t.bytes_out,
+                slow_consumers: t.slow_consumers,
+                limits: VarzLimits {
+                    max_payload: l.max_payload.into(),
+                    max_subscriptions: l.max_subscriptions.into(),
+                    max_pending_bytes: l.max_pending_bytes,
+                    ping_interval_ms: l.ping_interval_ms,
+                    max_connections_per_shard: l.max_connections_per_shard.into(),
+                },
+            },
+        )
     }
 
     async fn connz(&self) -> Reply {
@@ -861,31 +983,25 @@ impl Monitor {
                 );
             }
         };
-        let mut body = String::from("{\"connections\":[");
-        for (i, c) in conns.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            let _ = write!(
-                body,
-                "{{\"id\":{},\"shard\":{},\"tenant\":{},\"principal\":\"{}\",\"client_name\":\"{}\",\"client_kind\":\"{}\",\"remote_addr\":\"{}\",\"subscriptions\":{},\"msgs_in\":{},\"bytes_in\":{},\"msgs_out\":{},\"bytes_out\":{},\"connected_at_unix_ms\":{}}}",
-                c.id,
-                c.shard,
-                c.tenant.map_or(0, |t| t.0),
-                json_escape(&c.principal_name),
-                json_escape(&c.client_name),
-                c.client_kind,
-                c.remote_addr,
-                c.subscriptions,
-                c.msgs_in,
-                c.bytes_in,
-                c.msgs_out,
-                c.bytes_out,
-                c.connected_at_unix_ms
-            );
-        }
-        body.push_str("]}");
-        reply(StatusCode::OK, "application/json", body)
+        let connections = conns
+            .iter()
+            .map(|c| Connection {
+                id: c.id,
+                shard: c.shard,
+                tenant: c.tenant.map_or(0, |t| t.0),
+                principal: &c.principal_name,
+                client_name: &c.client_name,
+                client_kind: &c.client_kind,
+                remote_addr: &c.remote_addr,
+                subscriptions: c.subscriptions,
+                msgs_in: c.msgs_in,
+                bytes_in: c.bytes_in,
+                msgs_out: c.msgs_out,
+                bytes_out: c.bytes_out,
+                connected_at_unix_ms: c.connected_at_unix_ms,
+            })
+            .collect();
+        json_reply(StatusCode::OK, &Connz { connections })
     }
 
     async fn subsz(&self) -> Reply {
@@ -899,21 +1015,19 @@ impl Monitor {
                 );
             }
         };
-        let total: u64 = status.iter().map(|s| s.subscriptions).sum();
-        let shards: Vec<String> = status
-            .iter()
-            .map(|s| {
-                format!(
-                    "{{\"shard\":{},\"subscriptions\":{}}}",
-                    s.id, s.subscriptions
-                )
-            })
-            .collect();
-        let body = format!(
-            "{{\"subscriptions\":{total},\"shards\":[{}]}}",
-            shards.join(",")
-        );
-        reply(StatusCode::OK, "application/json", body)
+        json_reply(
+            StatusCode::OK,
+            &Subsz {
+                subscriptions: status.iter().map(|s| s.subscriptions).sum(),
+                shards: status
+                    .iter()
+                    .map(|s| ShardSubs {
+                        shard: s.id,
+                        subscriptions: s.subscriptions,
+                    })
+                    .collect(),
+            },
+        )
     }
 }
 
@@ -1037,7 +1151,7 @@ mod tests {
 
     #[test]
     fn renders_shards_tenants_errors_and_histograms() {
-        let text = render(&scrape(100));
+        let text = render(scrape(100)).unwrap();
         assert!(text.contains("arqonbus_messages_in_total{shard=\"0\"} 5"));
         assert!(text.contains("arqonbus_connections{shard=\"1\"} 2"));
         assert!(text.contains("arqonbus_steering_active 1"));
@@ -1053,12 +1167,16 @@ mod tests {
         assert!(text.contains("arqonbus_tenant_messages_in_total{tenant=\"id:3\"} 4"));
         assert!(text.contains("arqonbus_publish_to_deliver_seconds_bucket{le=\"0.00025\"} 2"));
         assert!(text.contains("arqonbus_publish_to_deliver_seconds_bucket{le=\"+Inf\"} 4"));
-        assert!(text.contains("arqonbus_publish_to_deliver_seconds_count{} 4"));
+        assert!(text.contains("arqonbus_publish_to_deliver_seconds_count 4"));
         assert!(text.contains("arqonbus_config_epoch 3"));
         assert!(text.contains("arqonbus_control_rpcs_total{outcome=\"client_error\"} 1"));
         assert!(text.contains("arqonbus_control_rpcs_total{outcome=\"server_error\"} 2"));
         assert!(text.contains("arqonbus_queue_misses_total{shard=\"0\"}"));
         assert!(text.contains("arqonbus_config_snapshots_refusing_total 0"));
+        // OpenMetrics: a counter family is declared without `_total`, and
+        // the exposition ends with EOF.
+        assert!(text.contains("# TYPE arqonbus_messages_in counter\n"));
+        assert!(text.ends_with("# EOF\n"));
         // Every sample line is "name{labels} value" or "name value".
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
@@ -1068,7 +1186,7 @@ mod tests {
 
     #[test]
     fn tenant_labels_are_capped() {
-        let text = render(&scrape(1));
+        let text = render(scrape(1)).unwrap();
         assert!(text.contains("arqonbus_tenant_messages_in_total{tenant=\"acme\"} 15"));
         assert!(text.contains("arqonbus_tenant_messages_in_total{tenant=\"_other\"} 5"));
         assert!(!text.contains("id:3"));
@@ -1112,7 +1230,12 @@ mod tests {
         let r = readiness(&Ok(ok.clone()), true, None, 4);
         assert!(!r.config_current && r.detail.contains("behind epoch 4"));
         let r = readiness(&Ok(ok), false, Some("store unreadable"), 3);
-        assert!(!r.store_readable && r.json().contains("store unreadable"));
+        assert!(
+            !r.store_readable
+                && serde_json::to_string(&r.body())
+                    .unwrap()
+                    .contains("store unreadable")
+        );
         let r = readiness(&Err("shard 1 did not answer".into()), true, None, 3);
         assert!(!r.shards_running);
     }

@@ -53,12 +53,10 @@ fn get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String, Stri
 
 /// Splits `name{a="1",b="2"} value` into the name and its labels.
 fn sample(line: &str) -> (String, BTreeMap<String, String>) {
-    let head = match line.find('{') {
-        Some(open) => {
-            let close = line.rfind('}').unwrap();
-            &line[..=close]
-        }
-        None => line.split(' ').next().unwrap(),
+    let head = if line.contains('{') {
+        &line[..=line.rfind('}').unwrap()]
+    } else {
+        line.split(' ').next().unwrap()
     };
     let Some(open) = head.find('{') else {
         return (head.to_owned(), BTreeMap::new());
@@ -127,13 +125,12 @@ fn metric_contract(text: &str) -> BTreeSet<String> {
                 .find_map(|suffix| {
                     let family = name.strip_suffix(suffix)?;
                     let kind = types.get(family)?;
-                    let fits = match (*suffix, kind.as_str()) {
-                        ("", "counter") => true,
-                        ("", "gauge") => true,
-                        ("_total", "counter") => true,
-                        ("_bucket" | "_sum" | "_count", "histogram") => true,
-                        _ => false,
-                    };
+                    let fits = matches!(
+                        (*suffix, kind.as_str()),
+                        ("" | "_total", "counter")
+                            | ("", "gauge")
+                            | ("_bucket" | "_sum" | "_count", "histogram")
+                    );
                     fits.then(|| (family.to_owned(), kind.clone()))
                 })
                 .unwrap_or_else(|| panic!("sample without a family type: {line}"));
@@ -239,7 +236,7 @@ async fn exposition_names_labels_and_types_are_stable() {
         json_contract(path, &v, &mut contract);
     }
 
-    let got: String = contract.iter().map(|l| format!("{l}\n")).collect();
+    let got: String = contract.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
     let golden =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/monitoring.txt");
     if std::env::var_os("ARQONBUS_UPDATE_GOLDEN").is_some() {
