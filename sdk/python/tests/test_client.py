@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Awaitable
 from typing import Any, Optional, TypeVar
 
@@ -71,13 +72,34 @@ async def test_connect_shows_the_welcome(node: Node, tenant: Tenant) -> None:
         await c.publish("x", b"y")
 
 
-async def test_a_bad_credential_is_a_typed_error(node: Node) -> None:
+async def test_a_bad_credential_is_a_typed_error(node: Node, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="arqonbus")
     with pytest.raises(arqonbus.AuthenticationFailedError) as e:
         await within(
             arqonbus.connect(node.url, ca_file=node.ca_path, credential="abt_not-a-real-token")
         )
     assert not e.value.retryable
     assert "abt_not" not in str(e.value)
+
+
+async def test_no_log_line_ever_shows_a_token_or_a_payload(
+    node: Node, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="arqonbus")
+    token = tenant.token()
+    events = Events()
+    c = await client(node, tenant, on_event=events)
+    sub = await within(c.subscribe("secret.>"))
+    await c.publish("secret.x", b"payload-s3cr3t", headers={"authorization": "Bearer h3ad3r"})
+    await sub.next_msg(timeout=LIMIT)
+    assert c.server_info is not None
+    node.ctl("connections", "kick", str(c.server_info.session_id))
+    await events.wait(arqonbus.Reconnected)
+    await c.close()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "connection lost" in text  # the log was captured
+    for secret in (token, "payload-s3cr3t", "h3ad3r"):
+        assert secret not in text
 
 
 async def test_the_wrong_ca_is_refused(node: Node, tmp_path: Any) -> None:
