@@ -170,6 +170,11 @@ export class Msg {
     return `Msg(subject=${this.subject}, sid=${this.sid}, payload=<${this.data.length} bytes>)`;
   }
 
+  /** Node's util.inspect (console.log) shows no payload or header value. */
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return this.toString();
+  }
+
   toJSON(): object {
     return { subject: this.subject, reply: this.reply, sid: this.sid, bytes: this.data.length };
   }
@@ -429,12 +434,16 @@ export class Client {
   private readonly watches = new Map<number, PresenceWatch>();
   private readonly queries = new Map<number, { subject: string; d: Deferred<PresenceSnapshot> }>();
   private nextQuery = 1;
-  private readonly opts: Required<Omit<ConnectOptions, "onEvent" | "reconnect">> & {
+  /** The credential source, in a private field so no inspection or JSON shows it. */
+  readonly #credential: CredentialSource;
+  private readonly opts: Required<Omit<ConnectOptions, "onEvent" | "reconnect" | "credential">> & {
     onEvent?: (e: ClientEvent) => void;
     reconnect: ReconnectPolicy;
   };
 
   private constructor(options: ConnectOptions) {
+    const { credential, ...rest } = options;
+    this.#credential = credential;
     this.opts = {
       name: "",
       kind: "human",
@@ -444,10 +453,10 @@ export class Client {
       pingIntervalMs: 30_000,
       reconnectBufferSize: 8 * 1024 * 1024,
       subscriberCapacity: 8192,
-      ...options,
+      ...rest,
       reconnect: options.reconnect ?? {},
     };
-    if (typeof this.opts.credential === "string") checkCredential(this.opts.credential);
+    if (typeof credential === "string") checkCredential(credential);
     if (encoder.encode(this.opts.name).length > MAX_CLIENT_NAME) {
       throw new OptionsError("client name is longer than 128 bytes");
     }
@@ -478,7 +487,7 @@ export class Client {
 
   // ------------------------------------------------------------ connection
   private async credentialText(): Promise<string> {
-    const src = this.opts.credential;
+    const src = this.#credential;
     const token = typeof src === "string" ? src : await src();
     return checkCredential(token);
   }

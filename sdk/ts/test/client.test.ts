@@ -361,6 +361,20 @@ describe("against the server over TLS TCP", () => {
     await other.close();
   });
 
+  it("never shows the token or a payload when inspected or serialised", async () => {
+    const t = await fresh();
+    const token = await node.token(t);
+    const { inspect } = await import("node:util");
+    const c = await open(node, undefined, { credentialFile: undefined, credential: token });
+    const sub = await within(c.subscribe("secret.>"));
+    c.publish("secret.x", "payload-s3cr3t", { headers: { authorization: "h3ad3r" } });
+    const m = (await sub.next(LIMIT_MS))!;
+    for (const shown of [inspect(c, { depth: 10 }), inspect(m, { depth: 10 }), String(m), JSON.stringify(m)]) {
+      for (const secret of [token, "payload-s3cr3t", "h3ad3r"]) expect(shown).not.toContain(secret);
+    }
+    await c.close();
+  });
+
   it("drain delivers what was sent, then closes", async () => {
     const t = await fresh();
     const c = await open(node, t);
