@@ -22,6 +22,8 @@ pub const DEFAULT_PORT: u16 = 7420;
 pub const DEFAULT_CONTROL_PORT: u16 = 7421;
 /// Default port of the metrics and health endpoints.
 pub const DEFAULT_METRICS_PORT: u16 = 7422;
+/// Default port of the WebSocket listener (browsers).
+pub const DEFAULT_WEBSOCKET_PORT: u16 = 7423;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +47,8 @@ pub struct Config {
     pub tracing: TracingSection,
     /// How new connections are placed on shards.
     pub steering: SteeringSection,
+    /// The WebSocket listener for browsers (`specs/websocket.md`).
+    pub websocket: WebSocketSection,
     /// Tenants declared in the file, besides those in the data directory.
     pub tenants: Vec<TenantConfig>,
 }
@@ -61,6 +65,7 @@ impl Default for Config {
             log: LogSection::default(),
             tracing: TracingSection::default(),
             steering: SteeringSection::default(),
+            websocket: WebSocketSection::default(),
             tenants: Vec::new(),
         }
     }
@@ -271,6 +276,51 @@ impl Default for MetricsSection {
             max_tenant_labels: 100,
             latency_sample_every: 64,
         }
+    }
+}
+
+/// `[websocket]`: the WebSocket edge (`specs/websocket.md`). Served by the
+/// same shards as the native protocol, on its own port, with the same TLS
+/// (ALPN `http/1.1`), authentication, policies and limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketSection {
+    /// Serve WebSocket clients (off by default: one more port, and test
+    /// harnesses that start several servers would share its default).
+    pub enabled: bool,
+    /// Where the WebSocket listener binds (one `SO_REUSEPORT` socket per
+    /// shard, like `server.listen`).
+    pub listen: SocketAddr,
+    /// Origins every WebSocket client may come from, for the whole server
+    /// (`https://app.example.com`, `http://localhost:5173`); empty: the server
+    /// does not restrict origins itself (tenants may, with their own lists).
+    /// A request without `Origin` (not a browser) passes.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for WebSocketSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_WEBSOCKET_PORT)),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl WebSocketSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.allowed_origins.len() > arqonbus_core::origin::MAX_ORIGINS {
+            return Err(invalid(
+                "websocket.allowed_origins",
+                format!("at most {}", arqonbus_core::origin::MAX_ORIGINS),
+            ));
+        }
+        for (i, o) in self.allowed_origins.iter().enumerate() {
+            arqonbus_core::origin::validate(o)
+                .map_err(|e| invalid(format!("websocket.allowed_origins[{i}]"), e.to_string()))?;
+        }
+        Ok(())
     }
 }
 
@@ -555,6 +605,7 @@ impl Config {
         self.tracing.validate()?;
         self.steering.to_config()?;
         self.steering.default_placement()?;
+        self.websocket.validate()?;
         self.limits.validate()?;
         validate_tenants("tenants", &self.tenants)?;
         Ok(())
@@ -647,6 +698,14 @@ mod tests {
                 "tracing.ca_file",
             ),
             ("[tracing]\nservice_name = \" \"\n", "tracing.service_name"),
+            (
+                "[websocket]\nallowed_origins = [\"https://ok.example\", \"https://x/path\"]\n",
+                "websocket.allowed_origins[1]",
+            ),
+            (
+                "[websocket]\nallowed_origins = [\"ok.example\"]\n",
+                "websocket.allowed_origins[0]",
+            ),
             (
                 "[tracing]\notlp_endpoint = \"http://c:4317\"\nexport_timeout_ms = 0\n",
                 "tracing.export_timeout_ms",
