@@ -188,7 +188,9 @@ fn credential(path: Option<&PathBuf>, proto: Proto) -> Result<String, String> {
         (Some(path), _) => std::fs::read_to_string(path)
             .map(|s| s.trim().to_owned())
             .map_err(|e| format!("{}: {e}", path.display())),
-        (None, Proto::Native) => Err("--credential-file is required for ArqonBus".into()),
+        (None, Proto::Native | Proto::Ws) => {
+            Err("--credential-file is required for ArqonBus".into())
+        }
         (None, _) => Ok(String::new()),
     }
 }

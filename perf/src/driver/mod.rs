@@ -18,6 +18,7 @@
 pub(crate) mod native;
 pub(crate) mod nats;
 pub(crate) mod raw;
+pub(crate) mod ws;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -76,6 +77,8 @@ pub(crate) enum Proto {
     Nats,
     /// The raw relay: bytes forwarded without parsing.
     Raw,
+    /// ArqonBus frames over the WebSocket edge (one per binary message).
+    Ws,
 }
 
 /// The process-wide time origin for in-band latency stamps.
@@ -170,10 +173,10 @@ impl Target {
                 return Err(DriverError::Tls("the raw relay is plaintext only".into()));
             }
             let ca = ca.ok_or_else(|| DriverError::Tls("tls:// needs --ca".into()))?;
-            let alpn: &[u8] = if proto == Proto::Native {
-                b"arqonbus/1"
-            } else {
-                b""
+            let alpn: &[u8] = match proto {
+                Proto::Native => b"arqonbus/1",
+                Proto::Ws => b"http/1.1",
+                Proto::Nats | Proto::Raw => b"",
             };
             let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
             let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -275,6 +278,7 @@ impl Target {
             Proto::Native => native::publish_frame(subject, reply, payload, headers),
             Proto::Nats => Ok(nats::publish_frame(subject, reply, payload, headers)),
             Proto::Raw => Ok(raw::frame(payload)),
+            Proto::Ws => ws::publish_frame(subject, reply, payload, headers),
         }
     }
 }
@@ -530,6 +534,8 @@ pub(crate) enum Conn {
     Nats(nats::Conn),
     /// The raw relay.
     Raw(raw::Conn),
+    /// ArqonBus over WebSocket.
+    Ws(ws::Conn),
 }
 
 impl std::fmt::Debug for Conn {
@@ -538,6 +544,7 @@ impl std::fmt::Debug for Conn {
             Self::Native(_) => f.write_str("Conn::Native"),
             Self::Nats(_) => f.write_str("Conn::Nats"),
             Self::Raw(_) => f.write_str("Conn::Raw"),
+            Self::Ws(_) => f.write_str("Conn::Ws"),
         }
     }
 }
@@ -551,6 +558,7 @@ impl Conn {
             Proto::Native => Self::Native(native::Conn::open(stream_for(t.tcp()?)?, t, role)?),
             Proto::Nats => Self::Nats(nats::Conn::open(t.tcp()?, t, role)?),
             Proto::Raw => Self::Raw(raw::Conn::open(stream_for(t.tcp()?)?, role)?),
+            Proto::Ws => Self::Ws(ws::Conn::open(stream_for(t.tcp()?)?, t, role)?),
         })
     }
 
@@ -585,6 +593,7 @@ impl Conn {
     pub(crate) fn shard(&self) -> Option<u32> {
         match self {
             Self::Native(c) => Some(c.shard),
+            Self::Ws(c) => Some(c.shard),
             Self::Nats(_) | Self::Raw(_) => None,
         }
     }
@@ -594,6 +603,7 @@ impl Conn {
             Self::Native(c) => &mut c.wire,
             Self::Nats(c) => &mut c.wire,
             Self::Raw(c) => &mut c.wire,
+            Self::Ws(c) => &mut c.wire,
         }
     }
 
@@ -606,6 +616,7 @@ impl Conn {
     pub(crate) fn drain(&mut self, on: impl FnMut(Ev)) -> Result<(), DriverError> {
         match self {
             Self::Native(c) => c.drain(on),
+            Self::Ws(c) => c.drain(on),
             Self::Nats(c) => c.drain(on),
             Self::Raw(c) => {
                 c.drain(on);
@@ -624,6 +635,7 @@ impl Conn {
     pub(crate) fn echo(&mut self, out: &mut Vec<u8>) -> Result<u64, DriverError> {
         match self {
             Self::Native(c) => c.echo(out),
+            Self::Ws(c) => c.echo(out),
             Self::Nats(c) => c.echo(out),
             Self::Raw(c) => c.echo(out),
         }
@@ -636,6 +648,7 @@ impl Conn {
     pub(crate) fn finish(&mut self) -> Result<(), DriverError> {
         match self {
             Self::Native(c) => c.barrier(),
+            Self::Ws(c) => c.barrier(),
             Self::Nats(c) => c.barrier(),
             Self::Raw(c) => c.finish(),
         }
@@ -647,6 +660,7 @@ impl Conn {
             Self::Native(c) => &c.wire.stream,
             Self::Nats(c) => &c.wire.stream,
             Self::Raw(c) => &c.wire.stream,
+            Self::Ws(c) => &c.wire.stream,
         };
         match s {
             Stream::Plain(tcp) => Ok(tcp.try_clone()?),
@@ -662,6 +676,7 @@ impl Conn {
             Self::Native(c) => &c.wire.stream,
             Self::Nats(c) => &c.wire.stream,
             Self::Raw(c) => &c.wire.stream,
+            Self::Ws(c) => &c.wire.stream,
         };
         let _ = s.tcp().shutdown(Shutdown::Both);
     }

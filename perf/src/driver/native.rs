@@ -13,9 +13,9 @@ use bytes::Bytes;
 use super::{DriverError, Ev, Frame, Role, Stream, Target, Wire, tail_of};
 
 /// `Frame` oneof keys (field number << 3 | length-delimited).
-const TAG_MESSAGE: u8 = (6 << 3) | 2;
+pub(super) const TAG_MESSAGE: u8 = (6 << 3) | 2;
 /// `Frame.error`.
-const TAG_ERROR: u8 = (9 << 3) | 2;
+pub(super) const TAG_ERROR: u8 = (9 << 3) | 2;
 
 /// One ArqonBus connection.
 pub(crate) struct Conn {
@@ -179,7 +179,7 @@ impl Conn {
     }
 }
 
-fn closed(e: &v1::Error) -> DriverError {
+pub(super) fn closed(e: &v1::Error) -> DriverError {
     let code = v1::ErrorCode::try_from(e.code)
         .map_or_else(|_| e.code.to_string(), |c| c.as_str_name().to_owned());
     DriverError::Closed(format!("{code}: {}", e.message))
