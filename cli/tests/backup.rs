@@ -1,7 +1,9 @@
-//! `arqonctl backup FILE` against a real server: a consistent copy of the
-//! control store taken while the node serves, written 0600, never over an
-//! existing file. (Restoring it with `arqonbus restore` is tested on the
-//! server binary: server/tests/store.rs.)
+//! `arqonctl backup FILE` and `arqonctl admin rotate` against a real
+//! server: a consistent copy of the control store taken while the node
+//! serves, written 0600, never over an existing file (restoring it with
+//! `arqonbus restore` is tested on the server binary: server/tests/store.rs);
+//! a rotated admin token written 0600 where arqonctl read the old one, never
+//! printed, the old one refused at once.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -65,4 +67,50 @@ fn a_backup_is_a_private_store_file_and_never_overwrites() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("exists"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), bytes, "unchanged");
+}
+
+#[test]
+fn an_online_admin_rotation_rewrites_the_token_file_and_refuses_the_old_token() {
+    let s = TestServer::start();
+    let token_file = s.data_dir().join("credentials/admin.token");
+    let old = std::fs::read_to_string(&token_file).unwrap();
+    let saved = s.data_dir().join("old-admin.token");
+    std::fs::write(&saved, &old).unwrap();
+    std::fs::set_permissions(&saved, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let out = ctl(&s, &["admin", "rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let new = std::fs::read_to_string(&token_file).unwrap();
+    assert_ne!(new, old);
+    assert!(
+        !text.contains(new.trim()),
+        "the token is never printed: {text}"
+    );
+    assert!(text.contains("fingerprint"), "{text}");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let out = ctl(&s, &["node", "status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ctl(
+        &s,
+        &[
+            "--admin-token-file",
+            saved.to_str().unwrap(),
+            "node",
+            "status",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unauthenticated"), "{err}");
 }

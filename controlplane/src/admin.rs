@@ -26,7 +26,7 @@
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use arqonbus_core::auth::{CredentialHash, TOKEN_PREFIX};
 use base64::Engine as _;
@@ -248,6 +248,8 @@ pub struct Rotated {
     pub path: PathBuf,
     /// First eight hex digits of the new token's SHA-256.
     pub fingerprint: String,
+    /// The new token, for an online rotation's answer (never logged).
+    pub token: Secret,
 }
 
 /// Replaces the admin credential: a new token in
@@ -276,7 +278,40 @@ pub fn rotate(store: &dyn Store, data_dir: &Path) -> Result<Rotated, AdminError>
     Ok(Rotated {
         path,
         fingerprint: hash.fingerprint(),
+        token,
     })
+}
+
+/// The admin credential in force, shared by every check (the gRPC
+/// interceptor, the HTTP monitoring endpoints) and replaced by an online
+/// rotation (`NodeService.RotateAdminToken`): from the moment [`rotate`]
+/// returns, the old token fails and the new one works.
+#[derive(Debug)]
+pub(crate) struct AdminCell {
+    hash: RwLock<[u8; 32]>,
+    data_dir: PathBuf,
+}
+
+impl AdminCell {
+    pub(crate) fn new(hash: [u8; 32], data_dir: PathBuf) -> Self {
+        Self {
+            hash: RwLock::new(hash),
+            data_dir,
+        }
+    }
+
+    fn hash(&self) -> [u8; 32] {
+        *self.hash.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Rotates the credential ([`rotate`]: file, then store) and puts the
+    /// new hash in force. Concurrent rotations run one after the other.
+    pub(crate) fn rotate(&self, store: &dyn Store) -> Result<Rotated, AdminError> {
+        let mut hash = self.hash.write().unwrap_or_else(PoisonError::into_inner);
+        let rotated = rotate(store, &self.data_dir)?;
+        *hash = CredentialHash::of(rotated.token.expose()).0;
+        Ok(rotated)
+    }
 }
 
 /// The hash of the token in `<data_dir>/credentials/admin.token`, if the
@@ -292,7 +327,7 @@ pub fn token_file_hash(data_dir: &Path) -> Result<Option<[u8; 32]>, AdminError> 
 /// The interceptor that requires the admin credential.
 #[derive(Clone)]
 pub(crate) struct AdminAuth {
-    hash: [u8; 32],
+    cell: Arc<AdminCell>,
     metrics: Arc<Metrics>,
 }
 
@@ -303,8 +338,15 @@ impl std::fmt::Debug for AdminAuth {
 }
 
 impl AdminAuth {
+    /// A check against a fixed hash (no rotation).
+    #[cfg(test)]
     pub(crate) fn new(hash: [u8; 32], metrics: Arc<Metrics>) -> Self {
-        Self { hash, metrics }
+        Self::shared(Arc::new(AdminCell::new(hash, PathBuf::new())), metrics)
+    }
+
+    /// A check against the credential in force in `cell`.
+    pub(crate) fn shared(cell: Arc<AdminCell>, metrics: Arc<Metrics>) -> Self {
+        Self { cell, metrics }
     }
 
     /// Whether `authorization` (an HTTP/gRPC header value) carries the
@@ -330,7 +372,10 @@ impl AdminAuth {
         }
         // Hashing first makes the comparison independent of the token's
         // length; the digest comparison is constant time.
-        CredentialHash::of(token.trim()).0.ct_eq(&self.hash).into()
+        CredentialHash::of(token.trim())
+            .0
+            .ct_eq(&self.cell.hash())
+            .into()
     }
 }
 

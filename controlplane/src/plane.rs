@@ -50,7 +50,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::admin::{self, AdminAuth, AdminCredential, AdminError};
+use crate::admin::{self, AdminAuth, AdminCell, AdminCredential, AdminError};
 use crate::dataplane::DataPlaneControl;
 use crate::metrics::{ApplyMetrics, Metrics, MetricsSnapshot};
 use crate::publish::{Publisher, Readiness};
@@ -260,6 +260,7 @@ pub struct ControlPlane {
     publisher: Arc<Publisher>,
     metrics: Arc<Metrics>,
     admin: AdminCredential,
+    admin_cell: Arc<AdminCell>,
     tls: Arc<rustls::ServerConfig>,
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
@@ -398,6 +399,7 @@ impl ControlPlane {
                 store,
                 publisher: Arc::new(publisher),
                 metrics,
+                admin_cell: Arc::new(AdminCell::new(admin.hash, config.data_dir.clone())),
                 admin,
                 tls,
                 listener,
@@ -438,7 +440,7 @@ impl ControlPlane {
             store: self.store.clone(),
             publisher: self.publisher.clone(),
             metrics: self.metrics.clone(),
-            admin: AdminAuth::new(self.admin.hash, self.metrics.clone()),
+            admin: AdminAuth::shared(self.admin_cell.clone(), self.metrics.clone()),
         }
     }
 
@@ -494,8 +496,9 @@ impl ControlPlane {
             server_id: self.server_id.clone(),
             metrics: self.metrics.clone(),
             default_placement: self.default_placement,
+            admin: self.admin_cell.clone(),
         });
-        let auth = AdminAuth::new(self.admin.hash, self.metrics.clone());
+        let auth = AdminAuth::shared(self.admin_cell.clone(), self.metrics.clone());
 
         let listen_err = |source| ControlPlaneError::Listen {
             addr: self.local_addr,

@@ -26,6 +26,7 @@ use arqonbus_proto::control::node_service_client::NodeServiceClient;
 use arqonbus_proto::control::tenant_service_client::TenantServiceClient;
 use arqonbus_proto::control::{
     BackupRequest, CreateTenantRequest, GetStatusRequest, ListTenantsRequest, ReloadRequest,
+    RotateAdminTokenRequest,
 };
 use common::{Authed, LIMIT, Node, control_channel, within};
 use tonic::Code;
@@ -397,6 +398,43 @@ async fn rotating_the_admin_token_invalidates_the_old_one() {
         .get_status(GetStatusRequest {})
         .await
         .unwrap();
+}
+
+/// `GetStatus` with `token`.
+async fn status(node: &Node, token: &str) -> Result<(), tonic::Status> {
+    let (ch, auth) = control_channel(node.control, &node.ca_path(), token).await;
+    NodeServiceClient::with_interceptor(ch, auth)
+        .get_status(GetStatusRequest {})
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_admin_token_online_takes_effect_at_once_and_persists() {
+    let mut node = Node::spawn();
+    let old = node.token("admin.token");
+    let answer = nodes(&node)
+        .await
+        .rotate_admin_token(RotateAdminTokenRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(answer.token, old);
+    assert_eq!(node.token("admin.token"), answer.token, "the node's file");
+    let path = node.data_dir().join("credentials/admin.token");
+    assert_eq!(answer.path, path.display().to_string());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let err = status(&node, &old).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    status(&node, &answer.token).await.unwrap();
+    node.kill_9();
+    node.restart();
+    assert_eq!(
+        status(&node, &old).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    status(&node, &answer.token).await.unwrap();
 }
 
 /// The first certificate of a PEM bundle, as its own PEM file.

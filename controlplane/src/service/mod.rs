@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<Metrics>,
     /// The placement of a tenant created without one.
     pub(crate) default_placement: arqonbus_core::placement::TenantPlacement,
+    /// The admin credential in force (`RotateAdminToken` replaces it).
+    pub(crate) admin: Arc<crate::admin::AdminCell>,
 }
 
 /// Implements every control service; cheap to clone.

@@ -12,8 +12,8 @@ use arqonbus_core::ops::SteeringStatus;
 use arqonbus_proto::control::node_service_server::NodeService;
 use arqonbus_proto::control::{
     AffinityRule, BackupChunk, BackupRequest, DrainShardRequest, GetStatusRequest,
-    GetSteeringRequest, NodeStatus, ReloadRequest, ResumeShardRequest, SetSteeringRequest,
-    ShardStatus, Steering,
+    GetSteeringRequest, NodeStatus, ReloadRequest, ResumeShardRequest, RotateAdminTokenRequest,
+    RotateAdminTokenResponse, SetSteeringRequest, ShardStatus, Steering,
 };
 use tonic::{Request, Response, Status};
 
@@ -77,6 +77,28 @@ fn shard(value: u32) -> Result<u16, FieldError> {
 #[tonic::async_trait]
 impl NodeService for Api {
     type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<BackupChunk, Status>>>;
+
+    async fn rotate_admin_token(
+        &self,
+        _request: Request<RotateAdminTokenRequest>,
+    ) -> Result<Response<RotateAdminTokenResponse>, Status> {
+        self.rpc("RotateAdminToken", Kind::Change, async {
+            let inner = self.inner.clone();
+            blocking(move || {
+                let rotated = inner
+                    .admin
+                    .rotate(&*inner.store)
+                    .map_err(|e| Status::unavailable(format!("admin credential: {e}")))?;
+                Ok(RotateAdminTokenResponse {
+                    path: rotated.path.display().to_string(),
+                    fingerprint: rotated.fingerprint,
+                    token: rotated.token.into_inner(),
+                })
+            })
+            .await
+        })
+        .await
+    }
 
     async fn backup(
         &self,

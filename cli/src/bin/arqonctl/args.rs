@@ -127,6 +127,35 @@ pub(crate) enum Cmd {
         /// The file to create (must not exist).
         file: std::path::PathBuf,
     },
+    /// The control API's admin credential.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+}
+
+/// `arqonctl admin ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCmd {
+    /// Replace the admin token: the node writes the new one to its
+    /// credentials/admin.token and the old one stops working at once; the
+    /// new token is written here too (0600), never printed.
+    Rotate {
+        /// Where to write the new token (default: the admin token file in
+        /// use, from --admin-token-file or --data-dir).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+impl Cmd {
+    /// Fills what a command defaults from the connection settings.
+    pub(crate) fn with_settings(self, settings: &Settings) -> Self {
+        match self {
+            Cmd::Admin(AdminCmd::Rotate { out: None }) => Cmd::Admin(AdminCmd::Rotate {
+                out: Some(settings.token_file.clone()),
+            }),
+            other => other,
+        }
+    }
 }
 
 /// `arqonctl tenants ...`.

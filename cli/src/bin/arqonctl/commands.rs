@@ -18,8 +18,8 @@ use arqonbus_proto::control::{
 
 use crate::CliError;
 use crate::args::{
-    Cmd, ConnectionsCmd, CredentialsCmd, NodeCmd, PoliciesCmd, PrincipalsCmd, SteeringCmd,
-    TenantArg, TenantsCmd,
+    AdminCmd, Cmd, ConnectionsCmd, CredentialsCmd, NodeCmd, PoliciesCmd, PrincipalsCmd,
+    SteeringCmd, TenantArg, TenantsCmd,
 };
 use crate::connect::Control;
 use crate::render::{self, Report};
@@ -36,7 +36,62 @@ pub(crate) async fn run(control: &Control, command: Cmd, now_ms: i64) -> Result<
         Cmd::Node(cmd) => node(control, cmd).await,
         Cmd::Steering(cmd) => steering(control, cmd).await,
         Cmd::Backup { file } => backup(control, &file).await,
+        Cmd::Admin(AdminCmd::Rotate { out }) => rotate_admin(control, out).await,
     }
+}
+
+/// `NodeService.RotateAdminToken`; the new token goes to `out` (atomically,
+/// 0600), never to stdout.
+async fn rotate_admin(
+    control: &Control,
+    out: Option<std::path::PathBuf>,
+) -> Result<Report, CliError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let out = out.ok_or(CliError::IncompleteResponse("admin token file"))?;
+    let answer = control
+        .node()
+        .rotate_admin_token(arqonbus_proto::control::RotateAdminTokenRequest {})
+        .await?
+        .into_inner();
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    let fail = |e: std::io::Error| {
+        CliError::Local(format!(
+            "the node rotated the admin token (fingerprint {}, also in its {}), but {} could not \
+             be written: {e}",
+            answer.fingerprint,
+            answer.path,
+            out.display()
+        ))
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    f.write_all(format!("{}\n", answer.token).as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(fail)?;
+    std::fs::rename(&tmp, &out).map_err(fail)?;
+    let json = serde_json::json!({
+        "file": out.display().to_string(),
+        "node_file": answer.path,
+        "fingerprint": answer.fingerprint,
+    });
+    let text = format!(
+        "admin token rotated: new token in {} (mode 0600, fingerprint {}); the old one no longer works\n",
+        out.display(),
+        answer.fingerprint
+    );
+    Ok(Report {
+        json,
+        text,
+        notes: Vec::new(),
+    })
 }
 
 /// `NodeService.Backup` into `file`: received whole and checked against
@@ -44,7 +99,7 @@ pub(crate) async fn run(control: &Control, command: Cmd, now_ms: i64) -> Result<
 async fn backup(control: &Control, file: &std::path::Path) -> Result<Report, CliError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let fail = |what: String| CliError::Backup(what);
+    let fail = |what: String| CliError::Local(format!("backup: {what}"));
     if file.exists() {
         return Err(fail(format!(
             "{} exists; choose a new file",

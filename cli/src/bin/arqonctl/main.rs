@@ -68,9 +68,10 @@ pub(crate) enum CliError {
     /// Stdout could not be written.
     #[error("cannot write to stdout: {0}")]
     Stdout(io::Error),
-    /// A backup could not be received or written.
-    #[error("backup: {0}")]
-    Backup(String),
+    /// A local file (a backup, a rotated admin token) could not be
+    /// received or written; the text says which and why.
+    #[error("{0}")]
+    Local(String),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +108,7 @@ fn init_logging() {
 /// Reads the CA and token, connects and runs the command, all within
 /// `--timeout`.
 fn execute(settings: &Settings, command: args::Cmd) -> Result<Report, CliError> {
+    let command = command.with_settings(settings);
     // Local files first: a missing token fails before any network traffic.
     let prepared = connect::prepare(settings)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
