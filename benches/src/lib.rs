@@ -8,7 +8,7 @@
 //!
 //! | workload | one operation |
 //! |---|---|
-//! | `route_literal_{1k,100k}` | `Router::route` of a subject matching 1 of N literal subscriptions |
+//! | `route_literal_{1k,100k}` | `Router::route` of a subject matching 1 of N literal subscriptions (the same subject each time: a route-cache hit; `index_*` count the walk a miss makes) |
 //! | `route_wildcard_{1k,100k}` | `Router::route` of a subject matching 3 of N wildcard subscriptions |
 //! | `index_literal_100k`, `index_wildcard_100k` | `SubjectIndex::for_each_match` alone, same tries |
 //! | `subject_parse` | `Subject::parse` of a 3-token subject (every publish does it) |

@@ -429,3 +429,105 @@ proptest! {
         }
     }
 }
+
+/// One step of [`interleaved_changes_never_leave_a_stale_route`].
+#[derive(Debug, Clone)]
+enum Op {
+    Subscribe(SubSpec),
+    /// Unsubscribe the n-th subscription made so far (if live).
+    Unsubscribe(prop::sample::Index),
+    /// Close the n-th subscription's connection.
+    Close(prop::sample::Index),
+    /// Publish on (shard, tenant, subject), echo or not, from connection 1
+    /// or (when any was made) from the n-th subscription's connection, on
+    /// its shard.
+    Publish(u16, u64, String, Option<prop::sample::Index>, bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => sub_spec(3).prop_map(Op::Subscribe),
+        1 => any::<prop::sample::Index>().prop_map(Op::Unsubscribe),
+        1 => any::<prop::sample::Index>().prop_map(Op::Close),
+        5 => (0u16..3, 1u64..3, prop_oneof![Just("a.b".to_owned()), Just("a.c".to_owned()), subject_str()], proptest::option::of(any::<prop::sample::Index>()), any::<bool>())
+            .prop_map(|(s, t, subj, c, e)| Op::Publish(s, t, subj, c, e)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Publishes repeat a few subjects (so routes come from the cache)
+    /// between subscribes, unsubscribes and closes on every shard: each
+    /// publish still reaches exactly the live matching subscriptions.
+    #[test]
+    fn interleaved_changes_never_leave_a_stale_route(
+        ops in proptest::collection::vec(op(), 1..60),
+        seed in any::<u64>(),
+    ) {
+        let mut sim = Sim::new(3, seed);
+        // Subscription i is sid 1 of connection i + 100.
+        let mut made: Vec<Option<SubSpec>> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Subscribe(spec) => {
+                    let conn = made.len() as u64 + 100;
+                    sim.subscribe(spec.shard, spec.tenant, conn, 1, &spec.pattern, spec.queue.as_deref()).unwrap();
+                    made.push(Some(spec));
+                }
+                Op::Unsubscribe(ix) | Op::Close(ix) if made.is_empty() => { let _ = ix; }
+                Op::Unsubscribe(ix) => {
+                    let i = ix.index(made.len());
+                    if let Some(s) = made[i].take() {
+                        sim.unsubscribe(s.shard, i as u64 + 100, 1, 0);
+                    }
+                }
+                Op::Close(ix) => {
+                    let i = ix.index(made.len());
+                    if let Some(s) = made[i].take() {
+                        sim.remove_conn(s.shard, i as u64 + 100);
+                    }
+                }
+                Op::Publish(shard, tenant, subject, from, echo) => {
+                    let (shard, conn) = match from {
+                        Some(ix) if !made.is_empty() => {
+                            let i = ix.index(made.len());
+                            (made[i].as_ref().map_or(shard, |s| s.shard), i as u64 + 100)
+                        }
+                        _ => (shard, 1),
+                    };
+                    let got = sim.publish(shard, tenant, conn, echo, &subject);
+                    let s = subj(&subject);
+                    let mut plain = BTreeSet::new();
+                    let mut groups: BTreeMap<(String, String), BTreeSet<Got>> = BTreeMap::new();
+                    for (i, spec) in made.iter().enumerate() {
+                        let Some(spec) = spec else { continue };
+                        if spec.tenant != tenant || !pat(&spec.pattern).matches(&s) { continue; }
+                        let g: Got = (spec.shard, i as u64 + 100, 1);
+                        // A no-echo publisher's own subscription gets nothing.
+                        let own = !echo && g.1 == conn;
+                        match &spec.queue {
+                            None if own => {}
+                            None => { plain.insert(g); }
+                            Some(q) => {
+                                let members = groups.entry((spec.pattern.clone(), q.clone())).or_default();
+                                if !own { members.insert(g); }
+                            }
+                        }
+                    }
+                    let got_set: BTreeSet<Got> = got.iter().copied().collect();
+                    prop_assert_eq!(got_set.len(), got.len(), "a subscription got a message twice");
+                    let got_plain: BTreeSet<Got> = got_set.intersection(&plain).copied().collect();
+                    prop_assert_eq!(&got_plain, &plain, "plain subscribers of {}", subject);
+                    let mut rest: BTreeSet<Got> = got_set.difference(&plain).copied().collect();
+                    for members in groups.values() {
+                        let hit: Vec<Got> = members.iter().copied().filter(|m| rest.contains(m)).collect();
+                        prop_assert_eq!(hit.len(), usize::from(!members.is_empty()), "queue group must get exactly one delivery");
+                        if let Some(h) = hit.first() { rest.remove(h); }
+                    }
+                    prop_assert!(rest.is_empty(), "unexpected deliveries: {:?}", rest);
+                }
+            }
+        }
+    }
+}
