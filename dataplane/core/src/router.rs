@@ -241,10 +241,11 @@ impl Rng {
     }
 }
 
-/// Most subjects one tenant's route cache remembers; past it the cache
-/// starts over (a tenant publishing to ever new subjects pays a walk and an
-/// insert per publish, and the cache's memory stays bounded).
-pub const ROUTE_CACHE_SUBJECTS: usize = 1024;
+/// Most subjects one shard's route caches remember, all tenants together;
+/// past it every cache starts over. A tenant publishing to ever new
+/// subjects pays a walk and an insert per publish, and the caches hold at
+/// most this many subjects (each at most `max_subject_len` bytes) per shard.
+pub const ROUTE_CACHE_SUBJECTS: usize = 4096;
 
 /// A publish route remembered for one subject: the matched slots' plain
 /// local subscriptions, in walk order, and their remote interest.
@@ -281,6 +282,10 @@ impl TenantRoutes {
 pub struct Router {
     me: ShardId,
     tenants: FxHashMap<TenantId, TenantRoutes>,
+    /// Routes inserted into the caches since they were last all emptied
+    /// (an upper bound on what they hold: emptying one tenant's cache does
+    /// not lower it).
+    cached: usize,
     subs: Slab<LocalSub>,
     conns: FxHashMap<ConnId, FxHashMap<Sid, SubKey>>,
     rng: Rng,
@@ -296,6 +301,7 @@ impl Router {
         Self {
             me,
             tenants: FxHashMap::default(),
+            cached: 0,
             subs: Slab::new(),
             conns: FxHashMap::default(),
             rng: Rng::new(seed),
@@ -527,8 +533,18 @@ impl Router {
     ) {
         plan.clear();
         let Self {
-            tenants, subs, rng, ..
+            tenants,
+            cached,
+            subs,
+            rng,
+            ..
         } = self;
+        if *cached >= ROUTE_CACHE_SUBJECTS {
+            for t in tenants.values_mut() {
+                t.cache = FxHashMap::default();
+            }
+            *cached = 0;
+        }
         let Some(routes) = tenants.get_mut(&tenant) else {
             if let Origin::Remote { groups } = origin {
                 plan.missed_groups = groups.len() as u32;
@@ -573,9 +589,7 @@ impl Router {
                     }
                 });
                 if cacheable {
-                    if routes.cache.len() >= ROUTE_CACHE_SUBJECTS {
-                        routes.cache.clear();
-                    }
+                    *cached += 1;
                     routes.cache.insert(
                         subject.as_bytes().into(),
                         CachedRoute {
@@ -752,12 +766,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_route_cache_stays_bounded() {
+    fn the_route_caches_stay_bounded() {
         let mut r = Router::new(ShardId(0), 1);
         let mut out = Vec::new();
-        let any = Pattern::parse(Bytes::from_static(b"s.>"), 256).unwrap_or_else(|e| panic!("{e}"));
-        r.subscribe(TenantId(1), ConnId(1), Sid(1), any, None, 10, &mut out)
-            .unwrap_or_else(|e| panic!("{e}"));
+        for t in 1..=3 {
+            let any =
+                Pattern::parse(Bytes::from_static(b"s.>"), 256).unwrap_or_else(|e| panic!("{e}"));
+            r.subscribe(TenantId(t), ConnId(t), Sid(1), any, None, 10, &mut out)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
         let mut plan = RoutePlan::default();
         for i in 0..3 * ROUTE_CACHE_SUBJECTS {
             let subject = Subject::parse(Bytes::from(format!("s.{i}")), 256)
@@ -766,10 +783,14 @@ mod tests {
                 conn: ConnId(2),
                 echo: true,
             };
-            r.route(TenantId(1), &subject, origin, &mut plan);
+            let tenant = TenantId(i as u64 % 3 + 1);
+            r.route(tenant, &subject, origin, &mut plan);
             assert_eq!(plan.local.len(), 1);
-            let cached = r.tenants.get(&TenantId(1)).map_or(0, |t| t.cache.len());
-            assert!((1..=ROUTE_CACHE_SUBJECTS).contains(&cached));
+            let held: usize = r.tenants.values().map(|t| t.cache.len()).sum();
+            assert!(
+                (1..=ROUTE_CACHE_SUBJECTS).contains(&held),
+                "{held} routes cached"
+            );
         }
     }
 }
