@@ -423,4 +423,55 @@ mod tests {
         assert!(!auth.accepts(Some("")));
         assert!(!auth.accepts(None));
     }
+
+    #[test]
+    fn the_file_must_match_the_store_and_rotation_settles_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::RedbStore::open(dir.path()).unwrap();
+        let first = ensure(&store, dir.path()).unwrap();
+        assert!(first.created);
+        let path = first.path.clone();
+        let token = std::fs::read_to_string(&path).unwrap();
+
+        // Missing, then another token: refused, naming the recovery.
+        std::fs::remove_file(&path).unwrap();
+        let err = ensure(&store, dir.path()).unwrap_err();
+        assert!(matches!(err, AdminError::Missing { .. }), "{err}");
+        assert!(err.to_string().contains("arqonbus admin rotate-token"));
+        std::fs::write(&path, format!("abt_{}\n", "x".repeat(43))).unwrap();
+        assert!(matches!(
+            ensure(&store, dir.path()),
+            Err(AdminError::Mismatch { .. })
+        ));
+        std::fs::write(&path, &token).unwrap();
+
+        // A crash after the store took the new hash: the `.new` file wins.
+        let next = new_token().unwrap();
+        std::fs::write(pending_path(&path), format!("{}\n", next.expose())).unwrap();
+        store
+            .set_admin_token_hash(CredentialHash::of(next.expose()).0)
+            .unwrap();
+        let settled = ensure(&store, dir.path()).unwrap();
+        assert_eq!(settled.hash, CredentialHash::of(next.expose()).0);
+        assert!(!pending_path(&path).exists());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap().trim(),
+            next.expose()
+        );
+
+        // A crash before it: the `.new` file is dropped, the old token stays.
+        std::fs::write(pending_path(&path), "abt_never_committed\n").unwrap();
+        ensure(&store, dir.path()).unwrap();
+        assert!(!pending_path(&path).exists());
+
+        // A rotation through the cell: the old token fails at once.
+        let cell = Arc::new(AdminCell::new(settled.hash, dir.path().to_owned()));
+        let auth = AdminAuth::shared(cell.clone(), Arc::default());
+        assert!(auth.accepts(Some(&format!("Bearer {}", next.expose()))));
+        let rotated = cell.rotate(&store).unwrap();
+        assert!(!auth.accepts(Some(&format!("Bearer {}", next.expose()))));
+        assert!(auth.accepts(Some(&format!("Bearer {}", rotated.token.expose()))));
+        assert!(!format!("{rotated:?}").contains(rotated.token.expose()));
+        assert_eq!(ensure(&store, dir.path()).unwrap().hash, cell.hash());
+    }
 }
