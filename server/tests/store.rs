@@ -295,6 +295,25 @@ async fn recreating_on_purpose_gives_an_empty_store_and_a_new_ca() {
         !lost.is_empty(),
         "the old CA files are moved aside, not deleted"
     );
+
+    // A lost admin token with the store holding one: a new token, on purpose.
+    node.kill_9();
+    std::fs::remove_file(data.join("credentials/admin.token")).unwrap();
+    assert!(matches!(
+        serve_once(&config_of(&node), &[]),
+        Outcome::Refused { .. }
+    ));
+    assert!(matches!(
+        serve_once(&config_of(&node), &["--recreate-missing"]),
+        Outcome::Served
+    ));
+    node.restart();
+    assert_ne!(node.token("admin.token"), admin);
+    status(&node, &node.token("admin.token")).await.unwrap();
+    assert_eq!(
+        status(&node, &admin).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
