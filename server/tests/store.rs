@@ -661,8 +661,20 @@ async fn after_a_full_disk_is_freed_the_store_reopens() {
         .into_inner();
     assert!(status.accepting, "{}", status.reason);
     create(&mut t, "after-reload").await.unwrap();
+
+    // SIGHUP during the failure, then once space is back: the node stays
+    // up and writes resume (SIGHUP reopens as Reload does; the reopen task
+    // may get there first).
+    fill(&filler);
+    let err = write_until_failure(&mut t, "full-hup").await;
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    node.signal("-HUP");
+    std::fs::remove_file(&filler).unwrap();
+    node.signal("-HUP");
+    writes_again(&node, "after-sighup").await;
+
     let all = names(&node).await;
-    for name in ["fits", "after-backoff", "after-reload"] {
+    for name in ["fits", "after-backoff", "after-reload", "after-sighup"] {
         assert!(all.iter().any(|n| n == name), "{name} in {all:?}");
     }
     node.kill_9();
