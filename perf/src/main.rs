@@ -6,8 +6,10 @@
 //! `compare` starts the servers itself, runs the whole suite and writes
 //! `perf/results/<date>.{json,md}` and SVG charts. `placement` runs the
 //! steering and tenant-placement measurements and writes
-//! `perf/results/<date>-placement.{json,md}`. `chaos` runs the chaos and
-//! flood suite (`perf/results/<date>-chaos/`). `relay` runs the raw relay
+//! `perf/results/<date>-placement.{json,md}`. `control-writes` measures
+//! admin writes on a node with many tenants and the data plane's latency
+//! while they stream (`perf/results/<date>-control-writes/`). `chaos` runs the
+//! chaos and flood suite (`perf/results/<date>-chaos/`). `relay` runs the raw relay
 //! server. Everything is bounded by time and count, and only talks to
 //! the addresses given (loopback in every documented command).
 //!
@@ -18,6 +20,7 @@
 //! - [`compare`]: the runner (processes, rounds, report, charts);
 //! - [`placement`]: the placement measurements (steering sides, drain,
 //!   tenants placed by the server);
+//! - [`control_writes`]: control writes at scale, beside request/reply;
 //! - [`chaos`]: the chaos and flood suite (kill -9, floods, quotas);
 //! - [`stats`], [`progress`]: histograms, CPU accounting, the progress bar.
 #![allow(clippy::print_stdout, reason = "printing results is the point")]
@@ -29,6 +32,7 @@
 
 mod chaos;
 mod compare;
+mod control_writes;
 mod driver;
 mod placement;
 mod progress;
@@ -176,6 +180,10 @@ enum Command {
     /// connect storm with the steering program and without, and 8 tenants
     /// placed by the server against nats-server (starts its own servers).
     Placement(placement::PlacementArgs),
+    /// Control writes with 10,000 tenants and 100,000 principals: writes/s
+    /// and latency, and request/reply latency with writes streaming and
+    /// without (starts its own server).
+    ControlWrites(control_writes::ControlWritesArgs),
     /// The chaos and flood suite: storms, floods, slow consumers, a 10x
     /// quota flood beside a healthy tenant, kill -9 cycles during control
     /// writes; fails on a lost acknowledged write, a panic or unbounded
@@ -233,7 +241,11 @@ fn scenario(cli: &Cli) -> Result<String, String> {
         Command::ReqReply { .. } => "req-reply",
         Command::Idle { .. } => "idle",
         Command::ConnectStorm { .. } => "connect-storm",
-        Command::Relay { .. } | Command::Compare(_) | Command::Placement(_) | Command::Chaos(_) => {
+        Command::Relay { .. }
+        | Command::Compare(_)
+        | Command::Placement(_)
+        | Command::ControlWrites(_)
+        | Command::Chaos(_) => {
             return Err("not a scenario".into());
         }
     };
@@ -310,7 +322,11 @@ fn scenario(cli: &Cli) -> Result<String, String> {
             };
             scenario::conns::storm(&target, &spec, &progress).map(Outcome::Storm)
         }
-        Command::Relay { .. } | Command::Compare(_) | Command::Placement(_) | Command::Chaos(_) => {
+        Command::Relay { .. }
+        | Command::Compare(_)
+        | Command::Placement(_)
+        | Command::ControlWrites(_)
+        | Command::Chaos(_) => {
             return Err("not a scenario".into());
         }
     };
@@ -374,6 +390,7 @@ fn main() -> ExitCode {
         .map_err(|e| e.to_string()),
         Command::Compare(args) => compare::run(args).map(|()| None),
         Command::Placement(args) => placement::run(args).map(|()| None),
+        Command::ControlWrites(args) => control_writes::run(args).map(|()| None),
         Command::Chaos(args) => chaos::run(args).and_then(|passed| {
             if passed {
                 Ok(None)

@@ -163,6 +163,12 @@ pub(crate) struct ArqonSpec {
     /// `SO_REUSEPORT` hash places connections, and drain closes the
     /// listener (the behaviour before steering).
     pub(crate) without_bpf: bool,
+    /// More configuration, appended to the file as it is (e.g. seed
+    /// `[[tenants]]`).
+    pub(crate) extra_config: String,
+    /// How long it may take to start (`None`: 20 s); a large seeded store
+    /// takes longer.
+    pub(crate) start_timeout: Option<Duration>,
 }
 
 /// The capabilities that let a process load BPF programs: dropped from the
@@ -408,10 +414,20 @@ impl Fleet {
         addr: SocketAddr,
         ready: impl Fn() -> bool,
     ) -> Result<(), FleetError> {
-        let deadline = Instant::now() + START_TIMEOUT;
+        self.wait_ready_within(what, addr, ready, START_TIMEOUT)
+    }
+
+    fn wait_ready_within(
+        &mut self,
+        what: &str,
+        addr: SocketAddr,
+        ready: impl Fn() -> bool,
+        timeout: Duration,
+    ) -> Result<(), FleetError> {
+        let deadline = Instant::now() + timeout;
         let not_ready = |dir: &Path| FleetError::NotReady {
             what: what.to_owned(),
-            secs: START_TIMEOUT.as_secs(),
+            secs: timeout.as_secs(),
             log: dir.join(format!("{what}.log")).display().to_string(),
         };
         loop {
@@ -473,6 +489,7 @@ impl Fleet {
                 let _ = writeln!(config, "default_placement = \"{placement}\"");
             }
         }
+        config.push_str(&spec.extra_config);
         let file = self.dir.join(format!("{what}.toml"));
         std::fs::write(&file, config)?;
         args.push("--config".to_owned());
@@ -481,7 +498,8 @@ impl Fleet {
         let token = data.join("credentials/bootstrap.token");
         let ca = data.join("tls/ca.pem");
         let files = token.clone();
-        self.wait_ready(what, addr, || files.exists())?;
+        let timeout = spec.start_timeout.unwrap_or(START_TIMEOUT);
+        self.wait_ready_within(what, addr, || files.exists(), timeout)?;
         let credential = std::fs::read_to_string(&token)?.trim().to_owned();
         let scheme = if spec.tls { "tls" } else { "tcp" };
         Ok(Endpoint {

@@ -1,0 +1,628 @@
+//! `arqonbus-perf control-writes`: what an admin write costs on a node with
+//! many tenants and principals, and whether writes move the data plane's
+//! latency (issue 11, point 4).
+//!
+//! It starts one ArqonBus node ([`Fleet`], pinned like the other runners)
+//! whose configuration file seeds `--tenants` tenants with
+//! `--principals-per-tenant` principals each (one bearer credential each,
+//! hashes of tokens nobody knows), inserted at the node's start, beside
+//! the bootstrap tenant `default`, whose token the runner reads. Then:
+//! 1. `writes`: `--writes` control writes, one after another over one gRPC
+//!    connection, cycling through `UpdatePrincipal` (new roles),
+//!    `PutPolicy` (a role policy) and `IssueCredential`, each on a tenant
+//!    drawn in turn: writes per second and the latency of each;
+//! 2. `rounds` × two request/reply runs at `--rr-rate` for
+//!    `--rr-duration` seconds on the `default` tenant: one alone (`quiet`)
+//!    and one while the writes of part 1 stream without pause (`writes`),
+//!    in an order that alternates from round to round. The figure of merit
+//!    is the request/reply p99 with writes over the p99 without.
+//!
+//! Results: `<out>/<date>-control-writes/{results.json,README.md}`, with the
+//! command line that made them.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arqonbus_proto::control::credential_service_client::CredentialServiceClient;
+use arqonbus_proto::control::policy::Target as PolicyTarget;
+use arqonbus_proto::control::policy_service_client::PolicyServiceClient;
+use arqonbus_proto::control::principal_service_client::PrincipalServiceClient;
+use arqonbus_proto::control::{
+    CredentialKind, IssueCredentialRequest, Policy, PutPolicyRequest, SubjectRules,
+    UpdatePrincipalRequest,
+};
+use serde::Serialize;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::compare::fleet::{ArqonSpec, Fleet, FleetConfig};
+use crate::compare::{WorkDir, commit, utc_now};
+use crate::driver::{Proto, Target};
+use crate::progress::Progress;
+use crate::scenario::{self, ReqReplyResult, ReqReplySpec};
+use crate::stats::{Latency, Percentiles, busy_cores_now};
+
+/// First id of the generated tenants (the `default` tenant is 1).
+const FIRST_TENANT: u64 = 1_000;
+/// First id of the generated principals.
+const FIRST_PRINCIPAL: u64 = 1_000_000;
+/// Roles the writes give principals and write policies for.
+const ROLES: u64 = 4;
+/// Before each request/reply run the runner waits (at most [`QUIET_WAIT`])
+/// until the host uses fewer cores than this: the node is idle then, so
+/// anything above is someone else's build on a shared host.
+const QUIET_CORES: f64 = 0.5;
+/// The longest wait for a quiet host.
+const QUIET_WAIT: Duration = Duration::from_secs(30);
+
+/// `arqonbus-perf control-writes` options.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ControlWritesArgs {
+    /// Tenants in the store.
+    #[arg(long, default_value_t = 10_000)]
+    tenants: u64,
+    /// Principals (each with one credential) per tenant.
+    #[arg(long, default_value_t = 10)]
+    principals_per_tenant: u64,
+    /// Writes of the `writes` part.
+    #[arg(long, default_value_t = 300)]
+    writes: usize,
+    /// Rounds of request/reply, each once quiet and once with writes.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Request/reply offered rate, requests per second.
+    #[arg(long, default_value_t = 2_000.0)]
+    rr_rate: f64,
+    /// Request/reply seconds per run.
+    #[arg(long, default_value_t = 5.0)]
+    rr_duration: f64,
+    /// Request/reply payload, bytes.
+    #[arg(long, default_value_t = 128)]
+    rr_size: usize,
+    /// CPUs the server is pinned to.
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    cpus: Vec<usize>,
+    /// ArqonBus shards.
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// The arqonbus binary (default: next to this one).
+    #[arg(long)]
+    arqonbus: Option<PathBuf>,
+    /// Tiny counts, one round: checks that every part produces numbers.
+    #[arg(long)]
+    smoke: bool,
+    /// Where results go (default perf/results; target/perf-smoke with --smoke).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep the server's data directory and log.
+    #[arg(long)]
+    keep_logs: bool,
+}
+
+/// Control writes, measured by the client.
+#[derive(Debug, Clone, Serialize)]
+struct Writes {
+    /// Writes answered OK.
+    ok: u64,
+    /// Writes answered with an error.
+    failed: u64,
+    /// The first few distinct errors.
+    errors: Vec<String>,
+    /// Seconds the writes took.
+    secs: f64,
+    /// OK writes per second.
+    per_sec: f64,
+    /// Latency of each write (OK or not).
+    latency: Option<Percentiles>,
+}
+
+/// One request/reply run.
+#[derive(Debug, Clone, Serialize)]
+struct Run {
+    round: usize,
+    /// `quiet` or `writes`.
+    beside: &'static str,
+    reqreply: ReqReplyResult,
+    /// Cores the host used just before the run (the node idle).
+    host_busy_before: f64,
+    /// The writes streamed during the run (`writes` runs).
+    writes: Option<Writes>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    date: String,
+    commit: String,
+    command: String,
+    tenants: u64,
+    principals: u64,
+    shards: usize,
+    cpus: Vec<usize>,
+    /// Seconds from starting the node to its control API answering.
+    start_secs: f64,
+    writes: Writes,
+    runs: Vec<Run>,
+}
+
+/// The seed tenants of the configuration file: `tenants` tenants with
+/// `per_tenant` principals each, inserted at the node's start.
+fn seed_tenants(tenants: u64, per_tenant: u64) -> String {
+    let mut toml = String::with_capacity(110 * (tenants * (per_tenant + 1)) as usize);
+    for t in 0..tenants {
+        let _ = write!(
+            toml,
+            "\n[[tenants]]\nid = {}\nname = \"t{t}\"\n",
+            FIRST_TENANT + t
+        );
+        for p in 0..per_tenant {
+            let id = FIRST_PRINCIPAL + t * per_tenant + p;
+            // A hash no token has: these credentials only fill the store.
+            let _ = write!(
+                toml,
+                "[[tenants.credentials]]\nprincipal_id = {id}\nprincipal = \"p{p}\"\nsha256 = \"{id:064x}\"\n"
+            );
+        }
+    }
+    toml
+}
+
+/// Adds the admin credential to every control call.
+#[derive(Clone)]
+struct AdminAuth(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for AdminAuth {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+type Authed = InterceptedService<Channel, AdminAuth>;
+
+/// The control API of the node under test.
+#[derive(Debug, Clone)]
+struct ControlApi {
+    addr: SocketAddr,
+    ca_pem: String,
+    bearer: String,
+    tenants: u64,
+    per_tenant: u64,
+}
+
+struct Clients {
+    principals: PrincipalServiceClient<Authed>,
+    policies: PolicyServiceClient<Authed>,
+    credentials: CredentialServiceClient<Authed>,
+}
+
+impl ControlApi {
+    async fn connect(&self) -> Result<Clients, String> {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://{}", self.addr))
+            .map_err(|e| e.to_string())?
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("control API {}: {e}", self.addr))?;
+        let auth = AdminAuth(
+            self.bearer
+                .parse()
+                .map_err(|_| "admin token is not ASCII".to_owned())?,
+        );
+        Ok(Clients {
+            principals: PrincipalServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            policies: PolicyServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            credentials: CredentialServiceClient::with_interceptor(channel, auth),
+        })
+    }
+
+    /// Write number `k`: a principal's roles, a role policy or a credential,
+    /// on tenant `k * 7919 mod tenants` (every tenant in turn, scattered).
+    async fn write(&self, c: &mut Clients, k: u64) -> Result<(), tonic::Status> {
+        let t = k.wrapping_mul(7_919) % self.tenants;
+        let p = FIRST_PRINCIPAL + t * self.per_tenant + (k / 3) % self.per_tenant;
+        let role = format!("r{}", k % ROLES);
+        match k % 3 {
+            0 => {
+                c.principals
+                    .update_principal(UpdatePrincipalRequest {
+                        id: p,
+                        roles: vec![role],
+                        ..UpdatePrincipalRequest::default()
+                    })
+                    .await?;
+            }
+            1 => {
+                let rules = |s: String| SubjectRules {
+                    allow: vec![s],
+                    deny: Vec::new(),
+                };
+                c.policies
+                    .put_policy(PutPolicyRequest {
+                        policy: Some(Policy {
+                            tenant_id: FIRST_TENANT + t,
+                            target: Some(PolicyTarget::Role(role)),
+                            publish: Some(rules(format!("w{k}.>"))),
+                            subscribe: Some(rules(format!("w{k}.>"))),
+                            ..Policy::default()
+                        }),
+                        expected_version: 0,
+                    })
+                    .await?;
+            }
+            _ => {
+                c.credentials
+                    .issue_credential(IssueCredentialRequest {
+                        principal_id: p,
+                        kind: CredentialKind::Bearer.into(),
+                        ttl_seconds: 0,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one after another, starting at write `first`, until `count`
+    /// were sent or `stop` is set (then the one in flight completes).
+    fn stream(
+        &self,
+        first: u64,
+        count: Option<usize>,
+        stop: &AtomicBool,
+    ) -> Result<Writes, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let mut clients = self.connect().await?;
+            let mut latency = Latency::new();
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut errors: Vec<String> = Vec::new();
+            let started = Instant::now();
+            let mut k = first;
+            while count.is_none_or(|n| (ok + failed) < n as u64) && !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = self.write(&mut clients, k).await;
+                latency.record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(e) => {
+                        failed += 1;
+                        let text = format!("{:?}: {}", e.code(), e.message());
+                        if errors.len() < 5 && !errors.contains(&text) {
+                            errors.push(text);
+                        }
+                    }
+                }
+                k += 1;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            Ok(Writes {
+                ok,
+                failed,
+                errors,
+                secs,
+                per_sec: if secs > 0.0 { ok as f64 / secs } else { 0.0 },
+                latency: latency.summary(),
+            })
+        })
+    }
+}
+
+/// Runs the measurement and writes the report.
+pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
+    let mut a = args.clone();
+    if a.smoke {
+        a.tenants = a.tenants.min(50);
+        a.principals_per_tenant = a.principals_per_tenant.min(2);
+        a.writes = a.writes.min(20);
+        a.rounds = 1;
+        a.rr_duration = a.rr_duration.min(1.0);
+        a.rr_rate = a.rr_rate.min(500.0);
+    }
+    if a.tenants == 0 || a.principals_per_tenant == 0 {
+        return Err("--tenants and --principals-per-tenant must be at least 1".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let arqonbus = a
+        .arqonbus
+        .clone()
+        .unwrap_or_else(|| exe.with_file_name("arqonbus"));
+    if !arqonbus.exists() {
+        return Err(format!(
+            "{} not found: cargo build --release --locked -p arqonbus",
+            arqonbus.display()
+        ));
+    }
+    crate::compare::fleet::install_signal_handler()?;
+    let progress = Progress::suite(1 + 2 * a.rounds as u64);
+    let work = WorkDir::create(a.keep_logs).map_err(|e| e.to_string())?;
+    let mut fleet = Fleet::empty(work.path(), "control-writes").map_err(|e| e.to_string())?;
+    let cfg = FleetConfig {
+        arqonbus,
+        nats: PathBuf::from("nats-server"),
+        relay: exe,
+        cpus: a.cpus.clone(),
+        shards: a.shards,
+        systems: Vec::new(),
+        tls: false,
+        default_placement: None,
+    };
+    progress.println(&format!(
+        "starting a node with {} tenants × {} principals",
+        a.tenants, a.principals_per_tenant,
+    ));
+    let spec = ArqonSpec {
+        name: "arqonbus".into(),
+        default_placement: Some("spread".into()),
+        extra_config: seed_tenants(a.tenants, a.principals_per_tenant),
+        start_timeout: Some(Duration::from_secs(600)),
+        ..ArqonSpec::default()
+    };
+    let data = fleet.dir().join(&spec.name);
+    let started = Instant::now();
+    let endpoint = fleet
+        .arqonbus_with(&cfg, &spec)
+        .map_err(|e| e.to_string())?;
+    let admin = endpoint
+        .admin
+        .clone()
+        .ok_or("an ArqonBus endpoint without its admin addresses")?;
+    let read =
+        |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()));
+    let api = ControlApi {
+        addr: admin.control,
+        ca_pem: read(data.join("tls/ca.pem"))?,
+        bearer: format!(
+            "Bearer {}",
+            read(data.join("credentials/admin.token"))?.trim()
+        ),
+        tenants: a.tenants,
+        per_tenant: a.principals_per_tenant,
+    };
+    // The control API answers once the import and the first snapshot are done.
+    let never = AtomicBool::new(false);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut first = 0u64;
+    loop {
+        match api.stream(first, Some(1), &never) {
+            Ok(w) if w.ok == 1 => break,
+            Ok(w) if Instant::now() > deadline => {
+                return Err(format!("the first write failed: {:?}", w.errors));
+            }
+            Err(e) if Instant::now() > deadline => return Err(e),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+        first += 1;
+    }
+    first += 1;
+    let start_secs = started.elapsed().as_secs_f64();
+
+    let run = progress.run("writes");
+    run.update(0.0, &format!("{} writes", a.writes));
+    let writes = api.stream(first, Some(a.writes), &never)?;
+    first += a.writes as u64;
+    progress.run_done();
+    progress.println(&format!(
+        "writes: {:.1}/s, p50 {:.0} µs, p99 {:.0} µs ({} failed)",
+        writes.per_sec,
+        writes.latency.as_ref().map_or(0.0, |l| l.p50_us),
+        writes.latency.as_ref().map_or(0.0, |l| l.p99_us),
+        writes.failed
+    ));
+
+    let target = Target::new(
+        Proto::Native,
+        &endpoint.url,
+        None,
+        endpoint.credential.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+    let rr = ReqReplySpec {
+        size: a.rr_size,
+        rate: a.rr_rate,
+        duration: Duration::from_secs_f64(a.rr_duration),
+        drain: Duration::from_secs(3),
+    };
+    let mut runs = Vec::new();
+    for round in 0..a.rounds {
+        let order: [bool; 2] = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with_writes in order {
+            let beside = if with_writes { "writes" } else { "quiet" };
+            let p = progress.run(&format!("round {round} {beside}"));
+            let waited = Instant::now();
+            let mut host_busy_before = 0.0;
+            while let Some(busy) = busy_cores_now(Duration::from_millis(200)) {
+                host_busy_before = busy;
+                if busy < QUIET_CORES || waited.elapsed() > QUIET_WAIT {
+                    break;
+                }
+                p.update(0.0, "waiting for the host to be quiet");
+            }
+            let stop = AtomicBool::new(false);
+            let (reqreply, streamed) = std::thread::scope(|s| {
+                let writer = with_writes.then(|| s.spawn(|| api.stream(first, None, &stop)));
+                let r = scenario::reqreply::run(&target, &rr, &p);
+                stop.store(true, Ordering::Relaxed);
+                let w = writer.map(|h| h.join().map_err(|_| "the writer panicked".to_owned()));
+                (r, w)
+            });
+            let reqreply = reqreply.map_err(|e| e.to_string())?;
+            let writes = match streamed {
+                Some(w) => Some(w??),
+                None => None,
+            };
+            if let Some(w) = &writes {
+                first += w.ok + w.failed;
+            }
+            progress.println(&format!(
+                "round {round} {beside}: request/reply p50 {:.0} µs p99 {:.0} µs{}",
+                reqreply.latency.as_ref().map_or(0.0, |l| l.p50_us),
+                reqreply.latency.as_ref().map_or(0.0, |l| l.p99_us),
+                writes.as_ref().map_or(String::new(), |w| format!(
+                    "; {} writes at {:.1}/s",
+                    w.ok, w.per_sec
+                ))
+            ));
+            runs.push(Run {
+                round,
+                beside,
+                reqreply,
+                host_busy_before,
+                writes,
+            });
+            progress.run_done();
+        }
+    }
+    fleet.stop();
+    progress.finish();
+
+    let (date, _) = utc_now();
+    let report = Report {
+        date: date.clone(),
+        commit: commit(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        tenants: a.tenants,
+        principals: a.tenants * a.principals_per_tenant,
+        shards: a.shards,
+        cpus: a.cpus.clone(),
+        start_secs,
+        writes,
+        runs,
+    };
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(if a.smoke {
+            "target/perf-smoke"
+        } else {
+            "perf/results"
+        })
+    });
+    let dir = next_free(&out.join(format!("{date}-control-writes")));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("results.json"), json).map_err(|e| e.to_string())?;
+    let md = markdown(&report);
+    std::fs::write(dir.join("README.md"), &md).map_err(|e| e.to_string())?;
+    eprintln!("{md}");
+    eprintln!("written to {}", dir.display());
+    drop(work);
+    Ok(())
+}
+
+/// `dir`, or `dir-2`, `dir-3`, … if it exists (a second run the same day).
+fn next_free(dir: &Path) -> PathBuf {
+    (1..1_000)
+        .map(|n| {
+            if n == 1 {
+                dir.to_owned()
+            } else {
+                PathBuf::from(format!("{}-{n}", dir.display()))
+            }
+        })
+        .find(|d| !d.exists())
+        .unwrap_or_else(|| dir.to_owned())
+}
+
+fn us(p: Option<&Percentiles>, f: fn(&Percentiles) -> f64) -> String {
+    p.map_or_else(|| "–".into(), |p| format!("{:.0}", f(p)))
+}
+
+fn markdown(report: &Report) -> String {
+    let r = report;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Control writes with {} tenants and {} principals\n",
+        r.tenants, r.principals
+    );
+    let _ = writeln!(
+        s,
+        "{} (commit {}), {} shards pinned to CPUs {:?}.\n\n```sh\n{}\n```\n",
+        r.date, r.commit, r.shards, r.cpus, r.command
+    );
+    let _ = writeln!(
+        s,
+        "Node start to the first write answered (the seed tenants inserted first): {:.1} s.\n",
+        r.start_secs
+    );
+    let writes = &r.writes;
+    let _ = writeln!(s, "## Control writes, one after another\n");
+    let _ = writeln!(
+        s,
+        "| writes OK | failed | writes/s | p50 µs | p99 µs | max µs |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| {} | {} | {:.1} | {} | {} | {} |\n",
+        writes.ok,
+        writes.failed,
+        writes.per_sec,
+        us(writes.latency.as_ref(), |p| p.p50_us),
+        us(writes.latency.as_ref(), |p| p.p99_us),
+        us(writes.latency.as_ref(), |p| p.max_us),
+    );
+    let _ = writeln!(
+        s,
+        "## Request/reply on the data plane, quiet and while writes stream\n"
+    );
+    let _ = writeln!(
+        s,
+        "| round | beside | host busy before (cores) | replies | p50 µs | p99 µs | p99.9 µs | writes | writes/s | write p99 µs |"
+    );
+    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for run in &r.runs {
+        let l = run.reqreply.latency.as_ref();
+        let (n, rate, wp99) = run.writes.as_ref().map_or_else(
+            || ("–".into(), "–".into(), "–".into()),
+            |w| {
+                (
+                    w.ok.to_string(),
+                    format!("{:.1}", w.per_sec),
+                    us(w.latency.as_ref(), |p| p.p99_us),
+                )
+            },
+        );
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} | {}/{} | {} | {} | {} | {n} | {rate} | {wp99} |",
+            run.round,
+            run.beside,
+            run.host_busy_before,
+            run.reqreply.received,
+            run.reqreply.sent,
+            us(l, |p| p.p50_us),
+            us(l, |p| p.p99_us),
+            us(l, |p| p.p999_us),
+        );
+    }
+    let p99 = |beside: &str| {
+        let v: Vec<f64> = r
+            .runs
+            .iter()
+            .filter(|x| x.beside == beside)
+            .filter_map(|x| x.reqreply.latency.as_ref().map(|l| l.p99_us))
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    if let (Some(quiet), Some(busy)) = (p99("quiet"), p99("writes")) {
+        let _ = writeln!(
+            s,
+            "\nMean request/reply p99: quiet {quiet:.0} µs, with writes {busy:.0} µs: {:.2}× (goal: at most 1.10×).",
+            busy / quiet
+        );
+    }
+    s
+}
