@@ -15,7 +15,7 @@
 //! | `frame_encode_publish` | `codec::encode` of a 128 B `Publish` |
 //! | `frame_decode_publish` | `codec::frame_len` + `decode_body` of that frame |
 //! | `template_message` | `MessageTemplate::prepare` + `write_prefix` |
-//! | `ring_hand_off` | push + pop of one `PeerMsg::Deliver` on an `rtrb` ring |
+//! | `ring_hand_off` | one message copy crossing shards: a batch of [`RING_BATCH`] copies pushed as one `PeerMsg::Deliver` on an `rtrb` ring, popped and dropped; counted per copy |
 //! | `fanout64_assembly` | one 128 B message to 64 subscribers: `push_message` into 64 queues and each queue's iovecs written out |
 //! | `outbound_batch64` | 64 messages into one queue, then its iovecs written out |
 //! | `publish_path_128` | one 128 B publish, all-in: a read batch of [`PATH_FRAMES`] `Publish` frames landed in a publisher's buffer, decoded, checked (session, permissions, rate limits), routed to one subscriber on the same shard, queued, and the subscriber's queue written out; counted per publish ([`ops_per_run`]) |
@@ -53,11 +53,16 @@ pub const NAMES: &[&str] = &[
 /// brings many frames (16 of 150 bytes is 2.4 KB, well within one read).
 pub const PATH_FRAMES: usize = 16;
 
+/// Message copies per ring entry in `ring_hand_off` (a busy publisher's
+/// read batch fills entries of up to 64).
+pub const RING_BATCH: usize = 16;
+
 /// Operations one [`Workload::run`] of `name` performs: instruction counts
 /// are reported per operation.
 pub fn ops_per_run(name: &str) -> u64 {
     match name {
         "publish_path_128" => PATH_FRAMES as u64,
+        "ring_hand_off" => RING_BATCH as u64,
         _ => 1,
     }
 }
@@ -292,7 +297,7 @@ pub fn workload(name: &str) -> Result<Workload, WorkloadError> {
             let payload = Bytes::from(vec![0x5a; PAYLOAD]);
             Workload {
                 name: "ring_hand_off",
-                op: Box::new(move || ring.hand_off(1, TenantId(1), &subj, &payload)),
+                op: Box::new(move || ring.hand_off(RING_BATCH, TenantId(1), &subj, &payload)),
             }
         }
         "fanout64_assembly" => {

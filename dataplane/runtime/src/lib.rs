@@ -1301,9 +1301,9 @@ pub mod bench {
             Self { tx, rx }
         }
 
-        /// Pushes `n` message copies shaped as `Shard::publish` sends them
-        /// (`PeerMsg::Deliver`), then pops them all as the mesh loop does
-        /// and drops them. Returns the payload bytes that crossed.
+        /// Pushes `n` message copies shaped as `Shard::publish` stages them,
+        /// sealed in one `PeerMsg::Deliver` batch, then pops it as the mesh
+        /// loop does and drops it. Returns the payload bytes that crossed.
         pub fn hand_off(
             &mut self,
             n: usize,
@@ -1311,9 +1311,8 @@ pub mod bench {
             subject: &Subject,
             payload: &Bytes,
         ) -> usize {
-            let mut pushed = 0;
-            for _ in 0..n {
-                let msg = PeerMsg::Deliver(Box::new(RemoteMessage {
+            let batch: Vec<RemoteMessage> = (0..n)
+                .map(|_| RemoteMessage {
                     tenant,
                     subject: subject.clone(),
                     reply: None,
@@ -1321,17 +1320,14 @@ pub mod bench {
                     payload: payload.clone(),
                     groups: SmallVec::new(),
                     sample: None,
-                }));
-                if self.tx.push(msg).is_err() {
-                    break;
-                }
-                pushed += 1;
+                })
+                .collect();
+            if self.tx.push(PeerMsg::Deliver(batch)).is_err() {
+                return 0;
             }
             let mut bytes = 0;
-            for _ in 0..pushed {
-                if let Ok(PeerMsg::Deliver(m)) = self.rx.pop() {
-                    bytes += m.payload.len();
-                }
+            if let Ok(PeerMsg::Deliver(batch)) = self.rx.pop() {
+                bytes = batch.iter().map(|m| m.payload.len()).sum();
             }
             bytes
         }

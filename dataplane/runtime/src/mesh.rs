@@ -6,9 +6,18 @@
 //! their acknowledgements, and message copies. Payloads cross as [`Bytes`]
 //! (a reference count, never a copy).
 //!
+//! Message copies cross in batches: a publish stages its copy on the link
+//! ([`Link::stage`]), and the link seals what is staged into one ring entry
+//! ([`PeerMsg::Deliver`]) at the end of the read batch, when
+//! [`MAX_BATCH`] copies are staged, or before any other message is sent on
+//! the link, so everything on one link stays in the order it was produced.
+//! One ring slot, one allocation and one doorbell check per batch, not per
+//! message.
+//!
 //! A full ring never drops anything: messages wait in the link's local
 //! overflow queue, in order, and the sending shard stops reading from its
-//! publishers while any overflow queue is over its bound (back-pressure).
+//! publishers while any overflow queue holds more than its bound of
+//! message copies (back-pressure; a batch counts as its copies).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -55,8 +64,9 @@ pub(crate) enum PeerMsg {
     Interest { seq: u64, update: InterestUpdate },
     /// The sender applied the receiver's interest updates up to `seq`.
     InterestAck { seq: u64 },
-    /// A message for the receiver's subscribers.
-    Deliver(Box<RemoteMessage>),
+    /// Messages for the receiver's subscribers, in the order they were
+    /// published (at most [`MAX_BATCH`]).
+    Deliver(Vec<RemoteMessage>),
     /// A subscriber of `tenant` with the stall-publisher policy is full:
     /// pause the tenant's publishers until `until` (or `Unstall`).
     Stall {
@@ -67,41 +77,114 @@ pub(crate) enum PeerMsg {
     Unstall { tenant: TenantId },
 }
 
+/// Most message copies one ring entry carries.
+pub(crate) const MAX_BATCH: usize = 64;
+
+/// Message copies `msg` carries (1 for anything else: it weighs as one).
+fn weight(msg: &PeerMsg) -> usize {
+    match msg {
+        PeerMsg::Deliver(batch) => batch.len(),
+        _ => 1,
+    }
+}
+
 /// One direction of one shard pair, seen from the sending shard.
 #[derive(Debug)]
 pub(crate) struct Link {
     pub(crate) peer: ShardId,
     tx: Producer<PeerMsg>,
+    /// Copies staged since the last seal, in publish order.
+    staged: Vec<RemoteMessage>,
     overflow: VecDeque<PeerMsg>,
+    /// The weight of `overflow` (message copies).
+    overflow_weight: usize,
     doorbell: Arc<Doorbell>,
     /// Pushed since the peer's doorbell was last rung.
     unsignalled: bool,
 }
 
 impl Link {
-    /// Queues `msg` for the peer. Returns false when it had to wait in the
-    /// overflow queue (the ring was full).
+    fn new(peer: ShardId, tx: Producer<PeerMsg>, doorbell: Arc<Doorbell>) -> Self {
+        Self {
+            peer,
+            tx,
+            staged: Vec::new(),
+            overflow: VecDeque::new(),
+            overflow_weight: 0,
+            doorbell,
+            unsignalled: false,
+        }
+    }
+
+    /// Stages a message copy for the peer; it leaves with the next seal.
+    /// Returns the copies that had to wait in the overflow queue (a seal
+    /// forced by a full batch, with the ring full).
+    pub(crate) fn stage(&mut self, m: RemoteMessage) -> usize {
+        self.staged.push(m);
+        if self.staged.len() >= MAX_BATCH {
+            self.seal()
+        } else {
+            0
+        }
+    }
+
+    /// Sends the staged copies as one ring entry. Returns the copies that
+    /// had to wait in the overflow queue (the ring was full).
+    fn seal(&mut self) -> usize {
+        if self.staged.is_empty() {
+            return 0;
+        }
+        // The batch's buffer goes to the peer (freed there); the next one
+        // starts at the size this one reached.
+        let fresh = Vec::with_capacity(self.staged.len());
+        let batch = std::mem::replace(&mut self.staged, fresh);
+        let n = batch.len();
+        if self.push(PeerMsg::Deliver(batch)) {
+            0
+        } else {
+            n
+        }
+    }
+
+    /// Queues `msg` for the peer after anything staged. Returns false when
+    /// it had to wait in the overflow queue (the ring was full).
     pub(crate) fn send(&mut self, msg: PeerMsg) -> bool {
+        self.seal();
+        self.push(msg)
+    }
+
+    fn push(&mut self, msg: PeerMsg) -> bool {
         if self.overflow.is_empty() {
             match self.tx.push(msg) {
                 Ok(()) => {
                     self.unsignalled = true;
                     return true;
                 }
-                Err(PushError::Full(msg)) => self.overflow.push_back(msg),
+                Err(PushError::Full(msg)) => self.wait(msg),
             }
         } else {
-            self.overflow.push_back(msg);
+            self.wait(msg);
         }
         false
     }
 
-    /// Moves overflow into the ring while it has room, and rings the peer's
-    /// doorbell if anything was pushed since the last ring.
-    pub(crate) fn flush(&mut self) {
+    fn wait(&mut self, msg: PeerMsg) {
+        self.overflow_weight += weight(&msg);
+        self.overflow.push_back(msg);
+    }
+
+    /// Seals what is staged, moves overflow into the ring while it has
+    /// room, and rings the peer's doorbell if anything was pushed since the
+    /// last ring. Returns the copies the seal had to leave waiting.
+    pub(crate) fn flush(&mut self) -> usize {
+        let waiting = self.seal();
         while let Some(msg) = self.overflow.pop_front() {
+            let w = weight(&msg);
             match self.tx.push(msg) {
-                Ok(()) => self.unsignalled = true,
+                Ok(()) => {
+                    self.overflow_weight -= w;
+                    self.unsignalled = true;
+                }
                 Err(PushError::Full(msg)) => {
                     self.overflow.push_front(msg);
                     break;
@@ -112,11 +195,13 @@ impl Link {
             self.unsignalled = false;
             self.doorbell.ring();
         }
+        waiting
     }
 
-    /// Messages waiting because the ring was full.
+    /// Message copies (and other messages) waiting because the ring was
+    /// full.
     pub(crate) fn overflow_len(&self) -> usize {
-        self.overflow.len()
+        self.overflow_weight
     }
 
     /// Ring slots in use (an occupancy gauge).
@@ -155,15 +240,111 @@ pub(crate) fn build(doorbells: &[Arc<Doorbell>], capacity: usize) -> Vec<ShardMe
             }
             let (tx, rx) = RingBuffer::new(capacity);
             let (from_id, to_id) = (ShardId(from as u16), ShardId(to as u16));
-            meshes[from].links.push(Link {
-                peer: to_id,
-                tx,
-                overflow: VecDeque::new(),
-                doorbell: doorbells[to].clone(),
-                unsignalled: false,
-            });
+            meshes[from]
+                .links
+                .push(Link::new(to_id, tx, doorbells[to].clone()));
             meshes[to].inboxes.push(Inbox { peer: from_id, rx });
         }
     }
     meshes
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, reason = "test code")]
+
+    use arqonbus_core::router::InterestUpdate;
+    use arqonbus_core::subject::{Pattern, Subject};
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn copy(n: u8) -> RemoteMessage {
+        RemoteMessage {
+            tenant: TenantId(1),
+            subject: Subject::parse(Bytes::from_static(b"a.b"), 256).unwrap(),
+            reply: None,
+            headers: Vec::new(),
+            payload: Bytes::from(vec![n]),
+            groups: SmallVec::new(),
+            sample: None,
+        }
+    }
+
+    fn interest() -> PeerMsg {
+        PeerMsg::Interest {
+            seq: 1,
+            update: InterestUpdate {
+                tenant: TenantId(1),
+                pattern: Pattern::parse(Bytes::from_static(b"a.>"), 256).unwrap(),
+                queue: None,
+                count: 1,
+            },
+        }
+    }
+
+    fn pair(capacity: usize) -> (Link, Consumer<PeerMsg>, std::os::fd::OwnedFd) {
+        let (bell, rx_fd) = Doorbell::new().unwrap();
+        let (tx, rx) = RingBuffer::new(capacity);
+        (Link::new(ShardId(1), tx, Arc::new(bell)), rx, rx_fd)
+    }
+
+    /// What the peer pops: payload bytes of each batch, `None` for others.
+    fn popped(rx: &mut Consumer<PeerMsg>) -> Vec<Option<Vec<u8>>> {
+        let mut out = Vec::new();
+        while let Ok(msg) = rx.pop() {
+            out.push(match msg {
+                PeerMsg::Deliver(batch) => Some(batch.iter().map(|m| m.payload[0]).collect()),
+                _ => None,
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn staged_copies_cross_as_one_entry_in_order_before_later_messages() {
+        let (mut link, mut rx, _fd) = pair(16);
+        for n in 0..3 {
+            assert_eq!(link.stage(copy(n)), 0);
+        }
+        assert!(rx.is_empty(), "nothing crosses before a seal");
+        assert!(link.send(interest()));
+        link.stage(copy(3));
+        assert_eq!(link.flush(), 0);
+        assert_eq!(
+            popped(&mut rx),
+            vec![Some(vec![0, 1, 2]), None, Some(vec![3])]
+        );
+    }
+
+    #[test]
+    fn a_full_batch_is_sealed_at_once() {
+        let (mut link, mut rx, _fd) = pair(16);
+        for n in 0..MAX_BATCH {
+            link.stage(copy(n as u8));
+        }
+        let got = popped(&mut rx);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].as_ref().map(Vec::len), Some(MAX_BATCH));
+    }
+
+    #[test]
+    fn overflow_is_weighed_in_copies_and_keeps_the_order() {
+        let (mut link, mut rx, _fd) = pair(1);
+        link.stage(copy(0));
+        assert_eq!(link.flush(), 0, "the ring had room");
+        for n in 1..=5 {
+            link.stage(copy(n));
+        }
+        assert_eq!(link.flush(), 5, "ring full: the batch waits");
+        assert!(!link.send(interest()));
+        assert_eq!(link.overflow_len(), 6);
+        assert_eq!(popped(&mut rx), vec![Some(vec![0])]);
+        link.flush();
+        assert_eq!(link.overflow_len(), 1);
+        assert_eq!(popped(&mut rx), vec![Some(vec![1, 2, 3, 4, 5])]);
+        link.flush();
+        assert_eq!(link.overflow_len(), 0);
+        assert_eq!(popped(&mut rx), vec![None]);
+    }
 }

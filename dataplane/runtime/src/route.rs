@@ -255,6 +255,8 @@ impl Shard {
             self.record_latency(sample.as_ref());
         }
         if !plan.remote.is_empty() {
+            // Staged on each link, sealed into one ring entry per link at
+            // the end of the read batch (`after_batch`).
             let mut links = self.links.borrow_mut();
             let mut stats = self.stats.borrow_mut();
             let last = plan.remote.len() - 1;
@@ -269,7 +271,7 @@ impl Shard {
                     continue;
                 };
                 stats.remote_out += 1;
-                if !link.send(PeerMsg::Deliver(Box::new(RemoteMessage {
+                let waiting = link.stage(RemoteMessage {
                     tenant,
                     subject: m.subject,
                     reply: m.reply,
@@ -277,8 +279,9 @@ impl Shard {
                     payload: m.payload,
                     groups: copy.groups,
                     sample: sample.clone().map(Box::new),
-                }))) {
-                    stats.ring_full += 1;
+                });
+                if waiting > 0 {
+                    stats.ring_full += waiting as u64;
                     overflowed = true;
                 }
             }
@@ -437,7 +440,11 @@ impl Shard {
                 self.barrier.borrow_mut().acknowledged(from, seq);
                 self.release_pongs();
             }
-            PeerMsg::Deliver(m) => self.on_remote_message(&m),
+            PeerMsg::Deliver(batch) => {
+                for m in &batch {
+                    self.on_remote_message(m);
+                }
+            }
             PeerMsg::Stall { tenant, until } => {
                 self.throttle.borrow_mut().stall(tenant, until);
             }
@@ -502,9 +509,13 @@ impl Shard {
             }
         }
         let mut over = false;
+        let mut waiting = 0;
         for link in links.iter_mut() {
-            link.flush();
+            waiting += link.flush();
             over |= link.overflow_len() > self.cfg.overflow_limit;
+        }
+        if waiting > 0 {
+            self.stats.borrow_mut().ring_full += waiting as u64;
         }
         let was = self.backpressure.replace(over);
         if was && !over {
