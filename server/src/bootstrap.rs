@@ -489,6 +489,36 @@ mod tests {
     }
 
     #[test]
+    fn an_initialised_node_needs_what_its_configuration_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config {
+            data_dir: dir.path().join("data"),
+            ..crate::config::Config::default()
+        };
+        check_data_dir(&config).unwrap();
+        std::fs::create_dir_all(config.data_dir.join("tls")).unwrap();
+        std::fs::write(config.data_dir.join(TENANTS_FILE), "").unwrap();
+        check_data_dir(&config).unwrap();
+        std::fs::write(config.data_dir.join(TENANTS_FILE), "# x\n").unwrap();
+        let err = check_data_dir(&config).unwrap_err().to_string();
+        assert!(err.contains("ca.pem is missing"), "{err}");
+        for f in ["tls/ca.pem", "tls/ca.key"] {
+            std::fs::write(config.data_dir.join(f), "x").unwrap();
+        }
+        let err = check_data_dir(&config).unwrap_err().to_string();
+        assert!(
+            err.contains("control.redb is missing") && err.contains("arqonbus restore --from"),
+            "{err}"
+        );
+        std::fs::write(config.data_dir.join("control.redb"), "").unwrap();
+        let err = check_data_dir(&config).unwrap_err().to_string();
+        assert!(err.contains("control.redb is empty"), "{err}");
+        // Without the control plane, the store and admin token are not needed.
+        config.control.enabled = false;
+        check_data_dir(&config).unwrap();
+    }
+
+    #[test]
     fn tokens_are_unique() {
         assert_ne!(new_token().unwrap(), new_token().unwrap());
     }
