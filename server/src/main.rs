@@ -368,7 +368,14 @@ fn rotate_admin(args: DirArgs) -> Result<(), String> {
     if !path.exists() {
         return Err(format!("{}: no control store here", path.display()));
     }
-    let store = arqonbus_controlplane::store::RedbStore::open(dir).map_err(|e| e.to_string())?;
+    let store = arqonbus_controlplane::store::RedbStore::open(dir).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("in use by another process") {
+            format!("{text}; on a running node use `arqonctl admin rotate`")
+        } else {
+            text
+        }
+    })?;
     let rotated = arqonbus_controlplane::admin::rotate(&store, dir).map_err(|e| e.to_string())?;
     say(&format!(
         "new admin credential in {} (mode 0600, fingerprint {}); the old one no longer works",

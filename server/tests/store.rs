@@ -432,6 +432,19 @@ async fn status(node: &Node, token: &str) -> Result<(), tonic::Status> {
 async fn rotating_the_admin_token_online_takes_effect_at_once_and_persists() {
     let mut node = Node::spawn();
     let old = node.token("admin.token");
+    // Offline rotation refuses a running node and points to the online one.
+    let out = arqonbus(&[
+        "admin",
+        "rotate-token",
+        "--config",
+        config_of(&node).to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("arqonctl admin rotate"), "{err}");
+    assert_eq!(node.token("admin.token"), old, "nothing changed");
     let answer = nodes(&node)
         .await
         .rotate_admin_token(RotateAdminTokenRequest {})
