@@ -13,6 +13,9 @@ pub struct ShardStats {
     pub connections_refused: u64,
     /// Failed authentications.
     pub auth_failures: u64,
+    /// `Connect`s refused by login throttling before their credential was
+    /// checked (`AUTH_THROTTLED`; not in `auth_failures`).
+    pub auth_throttled: u64,
     /// TLS handshakes that failed.
     pub tls_failures: u64,
     /// Protocol violations (the connection was closed).
@@ -84,6 +87,7 @@ impl ShardStats {
             connections_closed,
             connections_refused,
             auth_failures,
+            auth_throttled,
             tls_failures,
             protocol_errors,
             client_errors,
@@ -118,6 +122,7 @@ impl ShardStats {
         self.connections_closed += connections_closed;
         self.connections_refused += connections_refused;
         self.auth_failures += auth_failures;
+        self.auth_throttled += auth_throttled;
         self.tls_failures += tls_failures;
         self.protocol_errors += protocol_errors;
         self.client_errors += client_errors;

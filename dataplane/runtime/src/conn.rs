@@ -49,6 +49,7 @@ use arqonbus_core::placement::Placed;
 use arqonbus_core::router::SubscriptionError;
 use arqonbus_core::session::{Event, Now, Publish, Rejection, Session, State, Step};
 use arqonbus_core::snapshot::{Identity, SlowConsumerPolicy};
+use arqonbus_core::throttle::{Attempt, ThrottleReason, Verdict};
 use arqonbus_core::{ConnId, PrincipalId, ShardId, Sid, TenantId};
 use arqonbus_proto::codec::{self, LEN_PREFIX};
 use arqonbus_proto::v1::{self, ErrorCode, frame::Kind};
@@ -881,10 +882,39 @@ impl<T> ConnIo<T> {
     /// Feeds one event to the session and carries out the step.
     fn step(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session, event: Event) {
         let t = self.clock;
+        // Login throttling (`arqonbus_core::throttle`): decided before the
+        // credential is checked; a refusal closes with AUTH_THROTTLED.
+        let attempt = match &event {
+            Event::Frame(Kind::Connect(c)) => {
+                let peer = conn.peer.map(|p| p.ip());
+                match shard.logins.borrow_mut().check(peer, &c.credential, t.mono) {
+                    Verdict::Go(attempt) => Some(attempt),
+                    Verdict::Refuse {
+                        reason,
+                        retry_after,
+                        attempt,
+                        first,
+                    } => {
+                        log_throttled(shard, conn, reason, retry_after, &attempt, first);
+                        let close = Event::Close {
+                            code: ErrorCode::AuthThrottled,
+                            detail: "too many failed logins; retry later",
+                        };
+                        return self.step(shard, conn, session, close);
+                    }
+                }
+            }
+            _ => None,
+        };
         let step = {
             let config = shard.config.borrow();
             session.handle(event, t, &config)
         };
+        if let (Some(attempt), Step::Reject(r)) = (&attempt, &step)
+            && r.code == ErrorCode::AuthenticationFailed
+        {
+            shard.logins.borrow_mut().failed(attempt, t.mono);
+        }
         match step {
             Step::Nothing => {}
             Step::Welcome => self.welcome(shard, conn, session),
@@ -1096,6 +1126,7 @@ impl<T> ConnIo<T> {
             let mut stats = shard.stats.borrow_mut();
             match r.code {
                 ErrorCode::AuthenticationFailed => stats.auth_failures += 1,
+                ErrorCode::AuthThrottled => stats.auth_throttled += 1,
                 ErrorCode::StaleConnection => stats.stale_connections += 1,
                 ErrorCode::CredentialRevoked => stats.revoked += 1,
                 ErrorCode::ProtocolViolation
@@ -1149,6 +1180,28 @@ impl ConnIo {
             }
         };
         futures_lite::future::or(drain, glommio::timer::sleep(grace)).await;
+    }
+}
+
+/// One warning per throttled streak (the rest at debug): the source, why,
+/// the principal its credential claimed, when it may retry; never the
+/// credential.
+fn log_throttled(
+    shard: &Shard,
+    conn: &ConnShared,
+    reason: ThrottleReason,
+    retry_after: Duration,
+    attempt: &Attempt,
+    first: bool,
+) {
+    let source = conn.peer.map(|p| p.ip());
+    let claimed_tenant = attempt.principal.map(|p| p.tenant);
+    let claimed_principal = attempt.principal.map(|p| p.principal);
+    let retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+    if first {
+        tracing::warn!(shard = %shard.id, conn = %conn.id, ?source, reason = reason.as_str(), claimed_tenant, claimed_principal, retry_after_ms, "login throttled");
+    } else {
+        tracing::debug!(shard = %shard.id, conn = %conn.id, ?source, reason = reason.as_str(), retry_after_ms, "login throttled");
     }
 }
 

@@ -36,6 +36,7 @@ use arqonbus_core::router::{InterestUpdate, RoutePlan, Router};
 use arqonbus_core::session::Rejection;
 use arqonbus_core::snapshot::ConfigSnapshot;
 use arqonbus_core::stats::ShardStats;
+use arqonbus_core::throttle::{AuthThrottle, ThrottleConfig};
 use arqonbus_core::{ConnId, ShardId, TenantId};
 use arqonbus_proto::codec::MessageTemplate;
 use arqonbus_proto::v1::{self, ErrorCode, frame::Kind};
@@ -196,6 +197,9 @@ pub(crate) struct Shard {
     pub(crate) peers: Arc<Vec<ShardPort>>,
     /// Rate limiters and publisher stalls: whether a publish may go now.
     pub(crate) throttle: RefCell<Throttle>,
+    /// Login throttling: which `Connect`s are refused before their
+    /// credential is checked (per source address and claimed principal).
+    pub(crate) logins: RefCell<AuthThrottle>,
     pub(crate) router: RefCell<Router>,
     pub(crate) conns: RefCell<Slab<Rc<ConnShared>>>,
     next_conn: Cell<u32>,
@@ -306,6 +310,12 @@ impl Shard {
             placement,
             peers,
             throttle: RefCell::new(Throttle::new(n)),
+            // Keyed with the process's seed, so remote peers cannot aim
+            // their addresses at one bucket of the table.
+            logins: RefCell::new(AuthThrottle::new(
+                ThrottleConfig::default(),
+                seed.rotate_left(29) ^ u64::from(id.0),
+            )),
             router: RefCell::new(Router::new(id, seed)),
             conns: RefCell::new(Slab::new()),
             next_conn: Cell::new(0),
