@@ -96,6 +96,11 @@ pub(crate) struct ConnShared {
     peer: Option<SocketAddr>,
     /// Handed to its tenant's home shard: not closed, only gone from here.
     pub(crate) moved: Cell<bool>,
+    /// Came through the WebSocket listener.
+    pub(crate) ws: Cell<bool>,
+    /// Its upgrade request's `Origin`, checked against its tenant's list
+    /// when it authenticates.
+    ws_origin: Cell<Option<Box<str>>>,
     connected_at_ms: i64,
     pub(crate) tenant: Cell<Option<TenantId>>,
     principal: Cell<Option<PrincipalId>>,
@@ -149,6 +154,8 @@ impl ConnShared {
             lame_at: Cell::new(None),
             peer,
             moved: Cell::new(false),
+            ws: Cell::new(false),
+            ws_origin: Cell::new(None),
             connected_at_ms: unix_ms(),
             tenant: Cell::new(None),
             principal: Cell::new(None),
@@ -364,8 +371,11 @@ fn now() -> Now {
     }
 }
 
-/// Serves one accepted connection until it ends.
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// Serves one accepted connection until it ends. `WS`: it came through
+/// the WebSocket listener (the upgrade after TLS, then the native protocol,
+/// one frame per binary WebSocket message, `crate::ws`).
+pub(crate) async fn serve<const WS: bool>(shard: Rc<Shard>, stream: TcpStream) {
+    let ws = WS;
     let peer = stream.peer_addr().ok();
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(shard = %shard.id, error = %e, "TCP_NODELAY not set");
@@ -376,7 +386,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             tracing::warn!(shard = %shard.id, ?peer, code = ?refusal.code, "connection refused");
             // Boxed, like the other rare phases below, so the task every
             // idle connection keeps alive stays small.
-            Box::pin(refuse(&shard, stream, &refusal)).await;
+            Box::pin(refuse(&shard, stream, &refusal, ws)).await;
             return;
         }
     };
@@ -384,15 +394,24 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     // One span per connection (TLS handshake, authentication, its life);
     // disabled, it costs nothing.
     let span = tracing::debug_span!("connection", shard = %shard.id, conn = %conn.id, peer = ?peer);
-    tracing::Instrument::instrument(run(&shard, &conn, stream), span).await;
+    tracing::Instrument::instrument(run(&shard, &conn, stream, ws), span).await;
     conn.closing.set(true);
     shard.unregister(&conn);
 }
 
 /// The TLS handshake (when configured), bounded by the auth timeout.
-async fn establish(shard: &Shard, stream: TcpStream) -> io::Result<Transport> {
-    let Some(acceptor) = &shard.cfg.tls else {
-        return Ok(Transport::Plain(PlainStream(stream)));
+async fn establish(shard: &Shard, stream: TcpStream, ws: bool) -> io::Result<Transport> {
+    let edge = if ws { shard.cfg.ws.as_ref() } else { None };
+    let tls = match edge {
+        Some(e) => e.tls.as_ref(),
+        None => shard.cfg.tls.as_ref(),
+    };
+    let Some(acceptor) = tls else {
+        let plain = Transport::Plain(PlainStream(stream));
+        return match edge {
+            Some(e) => upgrade(shard, plain, e).await,
+            None => Ok(plain),
+        };
     };
     let handshake = acceptor.accept(PlainStream(stream));
     let auth_timeout = Duration::from_millis(shard.config.borrow().limits().auth_timeout_ms);
@@ -405,7 +424,27 @@ async fn establish(shard: &Shard, stream: TcpStream) -> io::Result<Transport> {
         .inspect_err(|_| {
             shard.stats.borrow_mut().tls_failures += 1;
         })?;
-    Ok(Transport::tls(tls))
+    match edge {
+        Some(e) => upgrade(shard, Transport::tls(tls), e).await,
+        None => Ok(Transport::tls(tls)),
+    }
+}
+
+/// The WebSocket upgrade (bounded by the auth timeout), counted.
+async fn upgrade(
+    shard: &Shard,
+    transport: Transport,
+    edge: &crate::ws::WsShard,
+) -> io::Result<Transport> {
+    let timeout = Duration::from_millis(shard.config.borrow().limits().auth_timeout_ms);
+    let upgraded = crate::ws::upgrade(transport, edge, timeout).await;
+    let mut stats = shard.stats.borrow_mut();
+    if upgraded.is_ok() {
+        stats.ws_upgrades += 1;
+    } else {
+        stats.ws_upgrade_failures += 1;
+    }
+    upgraded
 }
 
 fn close_grace(shard: &Shard) -> Duration {
@@ -413,9 +452,9 @@ fn close_grace(shard: &Shard) -> Duration {
 }
 
 /// Tells a connection the shard cannot take it, then closes it.
-async fn refuse(shard: &Shard, stream: TcpStream, refusal: &Rejection) {
+async fn refuse(shard: &Shard, stream: TcpStream, refusal: &Rejection, ws: bool) {
     shard.errors.borrow_mut().count(refusal.code.into());
-    let Ok(transport) = establish(shard, stream).await else {
+    let Ok(transport) = establish(shard, stream, ws).await else {
         return;
     };
     refuse_on(shard, transport, refusal).await;
@@ -423,6 +462,9 @@ async fn refuse(shard: &Shard, stream: TcpStream, refusal: &Rejection) {
 
 /// Sends `refusal` on an established transport, then closes it.
 async fn refuse_on(shard: &Shard, mut transport: Transport, refusal: &Rejection) {
+    if let Some(ws) = transport.ws_mut() {
+        ws.closing_after(refusal.code);
+    }
     let mut frame = Vec::new();
     if codec::encode(&refusal.to_frame(), &mut frame).is_err() {
         return;
@@ -435,17 +477,21 @@ async fn refuse_on(shard: &Shard, mut transport: Transport, refusal: &Rejection)
     futures_lite::future::or(send, glommio::timer::sleep(grace)).await;
 }
 
-async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: TcpStream) {
+async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: TcpStream, ws: bool) {
     let mut session = Session::new(Instant::now(), shard.cfg.tls.is_some());
     conn.deadline
         .set(session.next_deadline(shard.config.borrow().limits(), now()));
-    let transport = match Box::pin(establish(shard, stream)).await {
+    let transport = match Box::pin(establish(shard, stream, ws)).await {
         Ok(t) => t,
         Err(e) => {
-            tracing::info!(shard = %shard.id, conn = %conn.id, error = %e, "TLS handshake failed");
+            tracing::info!(shard = %shard.id, conn = %conn.id, error = %e, ws, "TLS handshake or WebSocket upgrade failed");
             return;
         }
     };
+    if let Some(w) = transport.ws() {
+        conn.ws.set(true);
+        conn.ws_origin.set(w.origin().map(Box::from));
+    }
     let mut io = ConnIo::new(transport, ReadBuf::new(shard.cfg.read_chunk), false);
     if shard.cfg.tls.is_some() {
         io.step(shard, conn, &mut session, Event::TlsEstablished);
@@ -542,12 +588,19 @@ impl ConnIo {
             return None;
         }
         let (shard_id, conn_id) = (shard.id, conn.id);
+        if let Some(v) = self.transport.ws().and_then(crate::ws::WsConn::violation) {
+            shard.stats.borrow_mut().ws_violations += 1;
+            tracing::info!(shard = %shard.id, conn = %conn.id, violation = v.label(), "websocket connection closed for a violation");
+        }
         let tenant = session.identity().map(|i| i.tenant.id.0);
         let grace = close_grace(shard);
         drop(session);
+        // A WebSocket connection we closed for a violation lingers too, so
+        // the peer reads its close frame.
+        let violated = self.transport.ws().is_some_and(|w| w.violation().is_some());
         Some(async move {
             let mut io = self;
-            if let Ended::Closed(_) = ended {
+            if matches!(ended, Ended::Closed(_)) || violated {
                 io.linger(grace).await;
             }
             tracing::debug!(shard = %shard_id, conn = %conn_id, tenant, reason = ?ended, "closed");
@@ -765,7 +818,7 @@ impl ConnIo {
             match out.poll_write(cx, &mut self.transport) {
                 Poll::Ready(Ok(_)) => {
                     wrote = true;
-                    self.needs_flush = matches!(self.transport, Transport::Tls(_));
+                    self.needs_flush = !matches!(self.transport, Transport::Plain(_));
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
@@ -987,14 +1040,37 @@ impl<T> ConnIo<T> {
 
     fn welcome(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session) {
         let Some(id) = session.identity() else { return };
+        // A browser from an origin its tenant does not allow never gets a
+        // `Welcome` (specs/websocket.md).
+        if conn.ws.get() {
+            let origin = conn.ws_origin.take();
+            let allowed = arqonbus_core::origin::allowed(
+                shard.config.borrow().allowed_origins(id.tenant.id),
+                origin.as_deref(),
+            );
+            if !allowed {
+                shard.stats.borrow_mut().permission_denied += 1;
+                let close = Event::Close {
+                    code: ErrorCode::PermissionDenied,
+                    detail: "origin not allowed for this tenant",
+                };
+                self.step(shard, conn, session, close);
+                return;
+            }
+        }
         if !self.adopted
             && let Placed::MoveTo(home) =
                 shard
                     .placement
                     .place(id.tenant.id, id.tenant.placement, shard.id)
         {
-            self.moving = Some(home);
-            return;
+            if !conn.ws.get() {
+                self.moving = Some(home);
+                return;
+            }
+            // A WebSocket connection stays where it was accepted: undo the
+            // count `place` made on the home shard.
+            shard.placement.closed(id.tenant.id, home);
         }
         let holds = shard.quota.holds(id);
         if let Decision::Deny(Denial { code, detail, .. }) =
@@ -1167,6 +1243,11 @@ impl ConnIo {
     /// After the final error: shut down our side and read until the peer
     /// closes (bounded), so a reset does not destroy the error in flight.
     async fn linger(&mut self, grace: Duration) {
+        // WebSocket: a close frame whose code follows the final error.
+        let code = self.closed_with;
+        if let Some(ws) = self.transport.ws_mut() {
+            ws.closing_after(code);
+        }
         // TLS: close_notify, then (like plain TCP) shut down the write side.
         let _ = self.transport.close().await;
         let grace = grace.min(Duration::from_secs(1));
@@ -1221,9 +1302,14 @@ mod tests {
     /// 1 KiB of RSS per idle connection); rarely used phases are boxed.
     #[test]
     fn a_connection_task_stays_small() {
-        let serve = size_of_future(super::serve);
+        let serve = size_of_future(super::serve::<false>);
+        let serve_ws = size_of_future(super::serve::<true>);
         let adopt = size_of_future(super::adopt);
         assert!(serve <= 1280, "serve's future is {serve} bytes");
+        assert!(
+            serve_ws <= 1280,
+            "serve's future (WebSocket) is {serve_ws} bytes"
+        );
         assert!(adopt <= 1280, "adopt's future is {adopt} bytes");
     }
 }

@@ -37,6 +37,7 @@ mod readbuf;
 mod route;
 mod shard;
 mod transport;
+mod ws;
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -56,6 +57,8 @@ use arqonbus_core::snapshot::{ApplyReply, ConfigSnapshot, unconfirmed};
 use arqonbus_core::stats::ShardStats;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use rustc_hash::FxHashMap;
+
+pub use crate::ws::{SUBPROTOCOL as WEBSOCKET_SUBPROTOCOL, WebSocketEdge};
 
 use crate::doorbell::Doorbell;
 use crate::placement::{PlacementBook, SteeringState};
@@ -107,6 +110,10 @@ pub struct DataPlaneConfig {
     /// least gap (open connections, busiest minus least-loaded shard) that
     /// counts as hot; `None` never moves tenants.
     pub rehome: Option<Rehoming>,
+    /// The WebSocket edge for browsers (`specs/websocket.md`): its own
+    /// listener on every shard, the same TLS (ALPN `http/1.1`); `None`: not
+    /// served.
+    pub websocket: Option<WebSocketEdge>,
 }
 
 /// Moving whole tenants off a shard that runs hot (`HomeTable::rebalance`).
@@ -157,6 +164,7 @@ impl DataPlaneConfig {
             steering: SteeringConfig::default(),
             steering_required: false,
             rehome: Some(Rehoming::default()),
+            websocket: None,
         }
     }
 
@@ -289,6 +297,7 @@ fn ask<T>(
 #[derive(Debug)]
 pub struct DataPlane {
     local_addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
     ports: Arc<Vec<ShardPort>>,
     joins: Vec<Option<ExecutorJoinHandle<()>>>,
     /// Set while the current snapshot has any rate limit.
@@ -521,6 +530,13 @@ impl DataPlane {
     pub fn start(cfg: &DataPlaneConfig) -> Result<Self, StartError> {
         cfg.validate()?;
         let (listeners, local_addr) = bind_group(cfg.listen, cfg.shards)?;
+        let (ws_listeners, ws_addr) = match &cfg.websocket {
+            Some(edge) => {
+                let (fds, addr) = bind_group(edge.listen, cfg.shards)?;
+                (fds.into_iter().map(Some).collect(), Some(addr))
+            }
+            None => ((0..cfg.shards).map(|_| None).collect::<Vec<_>>(), None),
+        };
         let steering = attach_steering(cfg, &listeners)?;
         let placement = Arc::new(PlacementBook::new(cfg.shards, steering));
         let mut bells = Vec::with_capacity(cfg.shards);
@@ -551,6 +567,10 @@ impl DataPlane {
             shards: cfg.shards,
             sample_every: cfg.latency_sample_every,
             trace_parent: cfg.trace_parent,
+            ws: cfg
+                .websocket
+                .as_ref()
+                .map(|edge| ws::WsShared::new(edge, cfg.tls.as_ref())),
         });
         let quota = Arc::new(QuotaBook::default());
         let mut seed = [0u8; 8];
@@ -563,11 +583,12 @@ impl DataPlane {
         let mut spawn_error = None;
         let parts = listeners
             .into_iter()
+            .zip(ws_listeners)
             .zip(meshes)
             .zip(bell_rxs)
             .zip(cmd_rxs)
             .enumerate();
-        for (i, (((listener, mesh), bell_rx), cmd_rx)) in parts {
+        for (i, ((((listener, ws_listener), mesh), bell_rx), cmd_rx)) in parts {
             let id = ShardId(i as u16);
             let pin = if cfg.cpus.is_empty() {
                 Placement::Unbound
@@ -586,6 +607,7 @@ impl DataPlane {
                 config: cfg.config.clone(),
                 quota: quota.clone(),
                 listener,
+                ws_listener,
                 mesh,
                 doorbell: bells[i].clone(),
                 bell_rx,
@@ -615,6 +637,7 @@ impl DataPlane {
         // already running.
         let mut plane = Self {
             local_addr,
+            ws_addr,
             ports: ports.clone(),
             joins,
             rates_in_use: rates_in_use.clone(),
@@ -655,6 +678,7 @@ impl DataPlane {
             addr = %local_addr,
             shards = cfg.shards,
             tls = cfg.tls.is_some(),
+            websocket = ?ws_addr,
             steering = %steering.config.mode,
             steering_active = steering.active,
             "data plane listening"
@@ -665,6 +689,11 @@ impl DataPlane {
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the WebSocket edge, when it is served.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
     }
 
     /// Number of shards.
@@ -1195,6 +1224,7 @@ pub mod bench {
                 shards: 1,
                 sample_every: 0,
                 trace_parent: None,
+                ws: None,
             });
             let steering = SteeringState {
                 program: None,

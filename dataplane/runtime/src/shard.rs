@@ -111,6 +111,8 @@ pub(crate) struct ShardConfig {
     pub(crate) sample_every: u32,
     /// Links sampled spans to their `traceparent` (a span exporter runs).
     pub(crate) trace_parent: Option<crate::TraceParentHook>,
+    /// The WebSocket edge, when it is served.
+    pub(crate) ws: Option<crate::ws::WsShard>,
 }
 
 impl std::fmt::Debug for ShardConfig {
@@ -253,6 +255,8 @@ pub(crate) struct ShardInit {
     pub(crate) config: Arc<ConfigSnapshot>,
     pub(crate) quota: Arc<QuotaBook>,
     pub(crate) listener: std::os::fd::OwnedFd,
+    /// This shard's WebSocket listener, when the edge is served.
+    pub(crate) ws_listener: Option<std::os::fd::OwnedFd>,
     pub(crate) mesh: ShardMesh,
     pub(crate) doorbell: Arc<Doorbell>,
     pub(crate) bell_rx: std::os::fd::OwnedFd,
@@ -274,6 +278,7 @@ pub(crate) struct ShardConfigSend {
     pub(crate) shards: usize,
     pub(crate) sample_every: u32,
     pub(crate) trace_parent: Option<crate::TraceParentHook>,
+    pub(crate) ws: Option<crate::ws::WsShared>,
 }
 
 /// What [`Shard::new`] builds a shard from.
@@ -351,6 +356,7 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         config,
         quota,
         listener,
+        ws_listener,
         mesh,
         doorbell,
         bell_rx,
@@ -369,6 +375,7 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
         shards: cfg.shards,
         sample_every: cfg.sample_every,
         trace_parent: cfg.trace_parent,
+        ws: cfg.ws.as_ref().map(crate::ws::WsShared::on_shard),
     });
     let listen_fd = listener.into_raw_fd();
     // SAFETY: both descriptors were created for this shard, are open, and
@@ -393,6 +400,12 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
     tracing::info!(shard = %id, "shard started");
     shard.listen_fd.set(Some(listen_fd));
     glommio::spawn_local(accept_loop(shard.clone(), listener, accept_stop)).detach();
+    if let Some(fd) = ws_listener {
+        // SAFETY: the descriptor was created for this shard, is open, and
+        // its ownership moves into the listener here.
+        let ws = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        glommio::spawn_local(ws_accept_loop(shard.clone(), ws)).detach();
+    }
     glommio::spawn_local(tick_loop(shard.clone())).detach();
     glommio::spawn_local(mesh_loop(
         shard.clone(),
@@ -417,7 +430,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Rc<Latch>) {
         match next {
             None => break,
             Some(Ok(stream)) => {
-                glommio::spawn_local(conn::serve(shard.clone(), stream)).detach();
+                glommio::spawn_local(conn::serve::<false>(shard.clone(), stream)).detach();
             }
             // Stopping: shutdown(SHUT_RD) made the pending accept fail.
             Some(Err(_)) if stop.is_set() => break,
@@ -432,6 +445,30 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Rc<Latch>) {
     shard.listen_fd.set(None);
     drop(listener);
     tracing::debug!(shard = %shard.id, "listener closed");
+}
+
+/// Accepts on the WebSocket listener until the shard shuts down. A lame
+/// duck or drained shard keeps accepting here: `Shard::register` refuses
+/// what it must with a clear error after the upgrade.
+async fn ws_accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.shutdown.wait().await;
+            None
+        })
+        .await;
+        match next {
+            None => break,
+            Some(Ok(stream)) => {
+                glommio::spawn_local(conn::serve::<true>(shard.clone(), stream)).detach();
+            }
+            Some(Err(e)) => {
+                tracing::warn!(shard = %shard.id, error = %e, "websocket accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    tracing::debug!(shard = %shard.id, "websocket listener closed");
 }
 
 async fn tick_loop(shard: Rc<Shard>) {
@@ -731,6 +768,12 @@ impl Shard {
         let mut stats = *self.stats.borrow();
         stats.connections = self.conns.borrow().len() as u64;
         stats.subscriptions = self.router.borrow().local_subscriptions() as u64;
+        stats.ws_connections = self
+            .conns
+            .borrow()
+            .iter()
+            .filter(|(_, c)| c.ws.get())
+            .count() as u64;
         stats.ring_used = self
             .links
             .borrow()

@@ -292,11 +292,15 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// A connection's stream after the (optional) TLS handshake.
+/// A connection's stream after the (optional) TLS handshake, and for
+/// connections of the WebSocket listener, the upgrade (`crate::ws`).
 #[derive(Debug)]
 pub(crate) enum Transport {
     Plain(PlainStream),
     Tls(Box<TlsConn>),
+    /// Native frames carried one per binary WebSocket message, over a plain
+    /// or TLS transport. Never handed to another shard.
+    Ws(Box<crate::ws::WsConn<Transport>>),
 }
 
 /// A connection's stream taken apart to cross to another shard: the socket
@@ -329,6 +333,28 @@ impl Transport {
                     tls: Some(Box::new(tls)),
                 })
             }
+            // The WebSocket codec's buffered state cannot cross shards.
+            Self::Ws(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a WebSocket connection stays on its shard",
+            )),
+        }
+    }
+
+    /// The WebSocket side of the connection, if it came through the
+    /// WebSocket listener.
+    pub(crate) fn ws(&self) -> Option<&crate::ws::WsConn<Transport>> {
+        match self {
+            Self::Ws(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// The same, to change.
+    pub(crate) fn ws_mut(&mut self) -> Option<&mut crate::ws::WsConn<Transport>> {
+        match self {
+            Self::Ws(w) => Some(w),
+            _ => None,
         }
     }
 
@@ -351,6 +377,7 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -364,6 +391,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -375,6 +403,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Self::Ws(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -382,6 +411,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -389,6 +419,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_close(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+            Self::Ws(s) => Pin::new(s.as_mut()).poll_close(cx),
         }
     }
 }
