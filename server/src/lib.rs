@@ -182,6 +182,13 @@ impl Server {
         dp.tick = config.tick();
         dp.steering = config.steering.to_config()?;
         dp.steering_required = config.steering.required;
+        dp.websocket = config
+            .websocket
+            .enabled
+            .then(|| arqonbus_dataplane::WebSocketEdge {
+                listen: config.websocket.listen,
+                allowed_origins: config.websocket.allowed_origins.clone(),
+            });
         dp.rehome = (config.steering.rebalance_min_gap > 0).then(|| Rehoming {
             min_gap: config.steering.rebalance_min_gap,
             ..Rehoming::default()
@@ -242,6 +249,11 @@ impl Server {
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.dataplane.local_addr()
+    }
+
+    /// The address of the WebSocket edge, when it is served.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.dataplane.websocket_addr()
     }
 
     /// The address of the control API, when it runs.
