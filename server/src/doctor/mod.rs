@@ -33,8 +33,12 @@ pub const LISTEN_BACKLOG: u64 = 4096;
 /// Descriptors a node holds besides its connections (listeners, io_uring,
 /// doorbells, store, control and metrics).
 const FIXED_FILES: u64 = 64;
-/// `CAP_BPF`, `CAP_NET_ADMIN`: capability bit numbers.
+/// `CAP_BPF`: capability bit number.
 pub const CAP_BPF: u32 = 39;
+/// `CAP_PERFMON`: capability bit number. With `CAP_BPF` alone the verifier
+/// also checks speculative paths and refuses the steering program ("the
+/// sequence of 8193 jumps is too complex", Linux 6.18, seen here).
+pub const CAP_PERFMON: u32 = 38;
 
 /// A tuning profile under `tuning/profiles/`, embedded in the binary so the
 /// doctor checks exactly what the package installs.
@@ -624,19 +628,32 @@ fn check_cap_bpf(facts: &Facts, needs: &Needs) -> Check {
     } else {
         Verdict::Warn
     };
-    match has_cap(facts, CAP_BPF) {
-        Some(true) => Check::ok(name, "the steering program can be loaded"),
-        Some(false) => Check::bad(
-            verdict,
+    let fix = "AmbientCapabilities=CAP_BPF CAP_PERFMON in the unit (deploy/arqonbus.service), or run as root";
+    match (has_cap(facts, CAP_BPF), has_cap(facts, CAP_PERFMON)) {
+        (Some(true), Some(true)) => Check::ok(
             name,
-            if needs.steering_required {
-                "no CAP_BPF and steering.required = true: the node refuses to start"
-            } else {
-                "no CAP_BPF: the node starts, warns once, and the kernel's hash places connections (no balance, no drain steering)"
-            },
-            "AmbientCapabilities=CAP_BPF in the unit (deploy/arqonbus.service), or run as root",
+            "CAP_BPF and CAP_PERFMON: the steering program can be loaded",
         ),
-        None => Check::warn(
+        (Some(bpf), Some(_)) => {
+            let missing = if bpf {
+                "no CAP_PERFMON (the verifier refuses the program with CAP_BPF alone)"
+            } else {
+                "no CAP_BPF"
+            };
+            Check::bad(
+                verdict,
+                name,
+                if needs.steering_required {
+                    format!("{missing} and steering.required = true: the node refuses to start")
+                } else {
+                    format!(
+                        "{missing}: the node starts, warns once, and the kernel's hash places connections (no balance, no drain steering)"
+                    )
+                },
+                fix,
+            )
+        }
+        _ => Check::warn(
             name,
             "could not read the process's capabilities",
             "check CapEff in /proc/self/status",
@@ -878,7 +895,7 @@ mod tests {
                 soft: Some(1 << 20),
                 hard: Some(1 << 20),
             }),
-            cap_eff: Some(1 << CAP_BPF),
+            cap_eff: Some(1 << CAP_BPF | 1 << CAP_PERFMON),
             euid: Some(998),
             thp_enabled: Some("madvise".into()),
             thp_defrag: Some("madvise".into()),
@@ -1020,6 +1037,12 @@ mod tests {
         let mut n = needs();
         n.steering_required = true;
         assert_eq!(find(&evaluate(&f, &n), "CAP_BPF").verdict, Verdict::Fail);
+        // CAP_BPF without CAP_PERFMON is not enough for this program.
+        f.cap_eff = Some(1 << CAP_BPF);
+        let c = find(&evaluate(&f, &needs()), "CAP_BPF").clone();
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(c.detail.contains("no CAP_PERFMON"), "{c}");
+        assert!(c.fix.unwrap().contains("CAP_BPF CAP_PERFMON"));
     }
 
     #[test]
@@ -1047,7 +1070,7 @@ mod tests {
         let r = evaluate(&f, &n);
         let c = find(&r, "sysctl net.ipv4.tcp_max_syn_backlog");
         assert_eq!(c.verdict, Verdict::Warn);
-        assert!(c.detail.contains("128 (profile connections: 8192)"), "{c}");
+        assert!(c.detail.contains("128 (profile connections: 4096)"), "{c}");
         assert!(
             find(&r, "sysctl net.ipv4.tcp_migrate_req")
                 .detail
