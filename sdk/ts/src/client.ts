@@ -237,6 +237,10 @@ type Incoming = Frame | PresenceReply | WirePresenceEvent;
 
 function decodeIncoming(body: Uint8Array): Incoming {
   const frame = fromBinary(FrameSchema, body);
+  // Once the generated Frame carries the presence kinds, they arrive here.
+  const kind = frame.kind as { case: string | undefined; value?: unknown };
+  if (kind.case === "presenceReply") return kind.value as PresenceReply;
+  if (kind.case === "presenceEvent") return kind.value as WirePresenceEvent;
   if (frame.kind.case !== undefined) return frame;
   const raw = presence.decodeField(body);
   if (raw?.[0] === presence.REPLY) return fromBinary(PresenceReplySchema, raw[1]);
