@@ -625,11 +625,18 @@ impl Driver {
                     }
                     self.on_server_error(err);
                 }
+                // Presence is not in this SDK yet: it never asks, so
+                // answers and events cannot come.
                 other @ (Kind::Connect(_)
                 | Kind::Welcome(_)
                 | Kind::Publish(_)
                 | Kind::Subscribe(_)
-                | Kind::Unsubscribe(_)) => {
+                | Kind::Unsubscribe(_)
+                | Kind::PresenceTrack(_)
+                | Kind::PresenceWatch(_)
+                | Kind::PresenceQuery(_)
+                | Kind::PresenceReply(_)
+                | Kind::PresenceEvent(_)) => {
                     return Err(Error::Protocol(ProtocolViolation::UnexpectedFrame(
                         kind_name(&other),
                     )));

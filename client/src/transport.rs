@@ -51,6 +51,11 @@ pub(crate) fn kind_name(kind: &Kind) -> &'static str {
         Kind::Pong(_) => "Pong",
         Kind::Error(_) => "Error",
         Kind::Drain(_) => "Drain",
+        Kind::PresenceTrack(_) => "PresenceTrack",
+        Kind::PresenceWatch(_) => "PresenceWatch",
+        Kind::PresenceQuery(_) => "PresenceQuery",
+        Kind::PresenceReply(_) => "PresenceReply",
+        Kind::PresenceEvent(_) => "PresenceEvent",
     }
 }
 

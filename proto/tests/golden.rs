@@ -22,6 +22,22 @@ fn b(s: &'static [u8]) -> Bytes {
     Bytes::from_static(s)
 }
 
+/// One metadata entry (a map of one encodes deterministically).
+fn one_entry() -> std::collections::HashMap<String, String> {
+    [("role".to_owned(), "viewer".to_owned())]
+        .into_iter()
+        .collect()
+}
+
+fn member() -> v1::PresenceMember {
+    v1::PresenceMember {
+        client_id: 42,
+        client_kind: v1::ClientKind::Human.into(),
+        client_name: "web".into(),
+        metadata: one_entry(),
+    }
+}
+
 /// Every frame shape the protocol has, by file name.
 fn vectors() -> Vec<(&'static str, Kind)> {
     vec![
@@ -129,6 +145,47 @@ fn vectors() -> Vec<(&'static str, Kind)> {
                 reason: "server restarting".into(),
             }),
         ),
+        (
+            "presence_track",
+            Kind::PresenceTrack(v1::PresenceTrack {
+                sid: 3,
+                metadata: one_entry(),
+            }),
+        ),
+        (
+            "presence_watch",
+            Kind::PresenceWatch(v1::PresenceWatch {
+                watch_id: 7,
+                subject: b(b"rooms.lobby"),
+                stop: false,
+            }),
+        ),
+        (
+            "presence_query",
+            Kind::PresenceQuery(v1::PresenceQuery {
+                request_id: 9,
+                subject: b(b"rooms.lobby"),
+            }),
+        ),
+        (
+            "presence_reply",
+            Kind::PresenceReply(v1::PresenceReply {
+                request_id: 9,
+                subject: b(b"rooms.lobby"),
+                members: vec![member()],
+                truncated: false,
+                error: 0,
+            }),
+        ),
+        (
+            "presence_event",
+            Kind::PresenceEvent(v1::PresenceEvent {
+                watch_id: 7,
+                subject: b(b"rooms.lobby"),
+                action: v1::PresenceAction::Join.into(),
+                member: Some(member()),
+            }),
+        ),
         ("ping", Kind::Ping(v1::Ping {})),
         ("pong", Kind::Pong(v1::Pong {})),
         (
@@ -202,6 +259,11 @@ fn every_frame_kind_has_a_vector() {
             Kind::Pong(_) => "pong",
             Kind::Error(_) => "error",
             Kind::Drain(_) => "drain",
+            Kind::PresenceTrack(_) => "presence_track",
+            Kind::PresenceWatch(_) => "presence_watch",
+            Kind::PresenceQuery(_) => "presence_query",
+            Kind::PresenceReply(_) => "presence_reply",
+            Kind::PresenceEvent(_) => "presence_event",
         })
         .collect();
     for kind in [
@@ -215,6 +277,11 @@ fn every_frame_kind_has_a_vector() {
         "pong",
         "error",
         "drain",
+        "presence_track",
+        "presence_watch",
+        "presence_query",
+        "presence_reply",
+        "presence_event",
     ] {
         assert!(names.contains(&kind), "no golden vector for {kind}");
     }

@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 use crate::ids::Sid;
 use crate::limits::{Limits, MAX_HEADER_BYTES, MAX_HEADER_KEY_LEN, MAX_HEADER_VALUE_LEN};
+use crate::presence::Metadata;
 use crate::snapshot::{AuthError, ConfigSnapshot, Identity};
 use crate::subject::{Pattern, QueueGroup, Subject, SubjectError};
 
@@ -179,6 +180,27 @@ pub enum Step {
     Ping,
     /// Send this error; when it closes, the session is now `Closing`.
     Reject(Rejection),
+    /// List subscription `sid` in its subject's presence (specs/presence.md).
+    PresenceTrack {
+        /// The subscription.
+        sid: Sid,
+        /// What others see besides id, kind and name (checked).
+        metadata: Metadata,
+    },
+    /// Start watching `subject`'s presence as `watch`, or stop (`None`).
+    PresenceWatch {
+        /// Client-chosen watch id, never 0.
+        watch: u64,
+        /// The subject (a copy), or `None` to stop.
+        subject: Option<Subject>,
+    },
+    /// Answer who is on `subject`.
+    PresenceQuery {
+        /// Echoed in the reply.
+        request_id: u64,
+        /// The subject (a copy).
+        subject: Subject,
+    },
 }
 
 /// One connection's protocol state.
@@ -494,11 +516,54 @@ impl Session {
                     }
                 }
             }
+            (State::Open, Kind::PresenceTrack(t)) => Self::check_track(&t),
+            (State::Open, Kind::PresenceWatch(w)) => {
+                if w.watch_id == 0 {
+                    Step::Reject(Rejection::soft(
+                        ErrorCode::InvalidSid,
+                        0,
+                        "watch id 0 is invalid",
+                    ))
+                } else if w.stop {
+                    Step::PresenceWatch {
+                        watch: w.watch_id,
+                        subject: None,
+                    }
+                } else {
+                    match Subject::parse(
+                        Bytes::copy_from_slice(&w.subject),
+                        limits.max_subject_len as usize,
+                    ) {
+                        Ok(subject) => Step::PresenceWatch {
+                            watch: w.watch_id,
+                            subject: Some(subject),
+                        },
+                        Err(e) => Step::Reject(subject_rejection(e, w.watch_id)),
+                    }
+                }
+            }
+            (State::Open, Kind::PresenceQuery(q)) => {
+                match Subject::parse(
+                    Bytes::copy_from_slice(&q.subject),
+                    limits.max_subject_len as usize,
+                ) {
+                    Ok(subject) => Step::PresenceQuery {
+                        request_id: q.request_id,
+                        subject,
+                    },
+                    Err(e) => Step::Reject(subject_rejection(e, q.request_id)),
+                }
+            }
             (State::Open, Kind::Ping(_)) => Step::Pong,
             (State::Open, Kind::Pong(_)) => Step::Nothing,
             (
                 State::Open,
-                Kind::Welcome(_) | Kind::Message(_) | Kind::Error(_) | Kind::Drain(_),
+                Kind::Welcome(_)
+                | Kind::Message(_)
+                | Kind::Error(_)
+                | Kind::Drain(_)
+                | Kind::PresenceReply(_)
+                | Kind::PresenceEvent(_),
             ) => Step::Reject(Rejection::fatal(
                 ErrorCode::ProtocolViolation,
                 "frame kind is server-to-client only",
@@ -609,6 +674,27 @@ impl Session {
             sid: Sid(s.sid),
             pattern,
             queue,
+        }
+    }
+
+    fn check_track(t: &v1::PresenceTrack) -> Step {
+        if t.sid == 0 {
+            return Step::Reject(Rejection::soft(
+                ErrorCode::UnknownSid,
+                0,
+                "sid 0 is invalid",
+            ));
+        }
+        match Metadata::parse(t.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            Ok(metadata) => Step::PresenceTrack {
+                sid: Sid(t.sid),
+                metadata,
+            },
+            Err(_) => Step::Reject(Rejection::soft(
+                ErrorCode::InvalidHeaders,
+                t.sid,
+                "presence metadata breaks its limits (8 entries, 32-byte keys, 128-byte values, 1 KiB)",
+            )),
         }
     }
 }

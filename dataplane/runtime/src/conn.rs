@@ -1014,13 +1014,26 @@ impl<T> ConnIo<T> {
                 }
             }
             Step::Unsubscribe { sid, after } => match shard.unsubscribe(conn.id, sid, after) {
-                Ok(()) if after == 0 => conn.subscription_released(),
+                Ok(()) if after == 0 => {
+                    conn.subscription_released();
+                    crate::presence::left(shard, conn.id, sid);
+                }
                 Ok(()) => {}
                 Err(e) => Self::reject_subscription(shard, conn, sid, e),
             },
             Step::Pong => shard.pong(conn),
             Step::Ping => conn.out.borrow_mut().push_frame(&Kind::Ping(v1::Ping {})),
             Step::Reject(r) => self.reject(shard, conn, &r, t.mono),
+            Step::PresenceTrack { sid, metadata } => {
+                crate::presence::track(shard, conn, session, sid, metadata);
+            }
+            Step::PresenceWatch { watch, subject } => {
+                crate::presence::watch(shard, conn, session, watch, subject);
+            }
+            Step::PresenceQuery {
+                request_id,
+                subject,
+            } => crate::presence::query(shard, conn, session, request_id, &subject),
         }
         self.set_deadline(shard, conn, session);
     }
@@ -1170,6 +1183,7 @@ impl<T> ConnIo<T> {
             };
             if shard.unsubscribe(conn.id, sid, 0).is_ok() {
                 conn.subscription_released();
+                crate::presence::left(shard, conn.id, sid);
                 shard.stats.borrow_mut().permission_denied += 1;
                 Self::soft_error(shard, conn, denial);
             }

@@ -55,6 +55,9 @@ use crate::quota::{QuotaBook, RateKey, RateUse};
 /// Messages from the operator (the [`crate::DataPlane`] handle) to a shard.
 #[derive(Debug)]
 pub(crate) enum Command {
+    /// Presence changes on another shard, for this shard's replica
+    /// (`arqonbus_core::presence`, specs/presence.md).
+    Presence(Arc<[arqonbus_core::presence::Delta]>),
     /// Reply with a copy of the shard's counters.
     Stats(crossbeam_channel::Sender<ShardStats>),
     /// Apply a new configuration snapshot; reply once every connection was
@@ -223,6 +226,9 @@ pub(crate) struct Shard {
     pub(crate) errors: RefCell<ErrorCounts>,
     /// Per-tenant figures; connections keep their tenant's cell.
     pub(crate) tenant_stats: RefCell<FxHashMap<TenantId, Rc<TenantCell>>>,
+    /// Who is on which subject: this shard's members and watches, and its
+    /// replica of the other shards' members.
+    pub(crate) presence: RefCell<arqonbus_core::presence::Presence>,
     /// Sampled publish-to-deliver latency, µs.
     pub(crate) deliver_latency: RefCell<hdrhistogram::Histogram<u64>>,
     /// Accept-to-Welcome latency, µs.
@@ -335,6 +341,9 @@ impl Shard {
             mesh_waker: Cell::new(None),
             errors: RefCell::new(ErrorCounts::default()),
             tenant_stats: RefCell::new(FxHashMap::default()),
+            presence: RefCell::new(arqonbus_core::presence::Presence::new(
+                arqonbus_core::presence::PresenceLimits::default(),
+            )),
             deliver_latency: RefCell::new(latency_histogram()),
             handshake_latency: RefCell::new(latency_histogram()),
             sample_counter: Cell::new(0),
@@ -616,6 +625,12 @@ impl Shard {
 
     /// Forgets a closed connection and withdraws its subscriptions.
     pub(crate) fn unregister(&self, conn: &ConnShared) {
+        // Its memberships leave, goodbye or not (specs/presence.md).
+        let (mut deltas, mut events) = (Vec::new(), Vec::new());
+        self.presence
+            .borrow_mut()
+            .close(conn.id, &mut deltas, &mut events);
+        self.presence_out(deltas, events);
         let mut updates = self.interest_out.borrow_mut();
         self.router.borrow_mut().remove_conn(conn.id, &mut updates);
         self.broadcast(&mut updates);
@@ -638,6 +653,54 @@ impl Shard {
         self.after_batch();
         if empty && self.shutdown.is_set() {
             self.stopped.set();
+        }
+    }
+
+    /// Sends presence deltas to every other shard and events to this
+    /// shard's watches.
+    pub(crate) fn presence_out(
+        &self,
+        deltas: Vec<arqonbus_core::presence::Delta>,
+        events: Vec<arqonbus_core::presence::PresenceEvent>,
+    ) {
+        if !deltas.is_empty() {
+            let deltas: Arc<[arqonbus_core::presence::Delta]> = deltas.into();
+            for (i, peer) in self.peers.iter().enumerate() {
+                if i != self.id.index() {
+                    let _ = peer.send(Command::Presence(deltas.clone()));
+                }
+            }
+        }
+        self.presence_events(events);
+    }
+
+    /// Queues each event as a `PresenceEvent` frame to its watching
+    /// connection.
+    pub(crate) fn presence_events(&self, events: Vec<arqonbus_core::presence::PresenceEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let conns = self.conns.borrow();
+        for e in events {
+            let Some(c) = Self::conn(&conns, e.conn) else {
+                continue;
+            };
+            if c.closing.get() {
+                continue;
+            }
+            let action = match e.action {
+                arqonbus_core::presence::Action::Join => v1::PresenceAction::Join,
+                arqonbus_core::presence::Action::Leave => v1::PresenceAction::Leave,
+            };
+            c.out
+                .borrow_mut()
+                .push_frame(&Kind::PresenceEvent(v1::PresenceEvent {
+                    watch_id: e.watch,
+                    subject: e.subject,
+                    action: action.into(),
+                    member: Some(member_frame(&e.member)),
+                }));
+            c.wake();
         }
     }
 
@@ -681,6 +744,16 @@ impl Shard {
 
     fn command(self: &Rc<Self>, cmd: Command) {
         match cmd {
+            Command::Presence(deltas) => {
+                let mut events = Vec::new();
+                {
+                    let mut presence = self.presence.borrow_mut();
+                    for d in deltas.iter() {
+                        presence.apply(d, &mut events);
+                    }
+                }
+                self.presence_events(events);
+            }
             Command::Stats(reply) => {
                 let _ = reply.send(self.current_stats());
             }
@@ -946,6 +1019,20 @@ impl Shard {
             }
             Err(e) => tracing::error!(shard = %self.id, error = %e, "cannot listen again"),
         }
+    }
+}
+
+/// A member as the protocol shows it.
+pub(crate) fn member_frame(m: &arqonbus_core::presence::Member) -> v1::PresenceMember {
+    v1::PresenceMember {
+        client_id: m.client_id,
+        client_kind: m.kind.into(),
+        client_name: m.name.to_string(),
+        metadata: m
+            .metadata
+            .entries()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
     }
 }
 

@@ -1,0 +1,184 @@
+//! Presence on a shard: carries out the core's presence decisions
+//! (`arqonbus_core::presence`) for one connection's requests.
+//!
+//! Owns nothing: the shard holds the `Presence` (its members and watches,
+//! and its replica of the other shards' members); this module turns a
+//! session's presence steps into calls on it, answers the client, and hands
+//! deltas and events to the shard (`Shard::presence_out`), which sends the
+//! deltas to every peer as `Command::Presence` and the events to watchers.
+//!
+//! Invariants: a member is always a live subscription of its connection to
+//! a literal subject; every answer is a frame on the asking connection only;
+//! refusals are non-fatal `Error` frames (`sid` = the subscription or watch
+//! id) or, for a query, `PresenceReply.error`.
+
+use std::sync::Arc;
+
+use arqonbus_core::presence::{self, Member, Metadata, PresenceAccess};
+use arqonbus_core::session::Session;
+use arqonbus_core::subject::Subject;
+use arqonbus_core::{ConnId, Sid};
+use arqonbus_proto::v1::{self, ErrorCode, frame::Kind};
+use bytes::Bytes;
+
+use crate::conn::ConnShared;
+use crate::shard::{Shard, member_frame};
+
+/// A non-fatal error frame to `conn`, counted.
+fn refuse(shard: &Shard, conn: &ConnShared, code: ErrorCode, id: u64, detail: &str) {
+    shard.errors.borrow_mut().count(code.into());
+    shard.stats.borrow_mut().client_errors += 1;
+    conn.out.borrow_mut().push_frame(&Kind::Error(v1::Error {
+        code: code.into(),
+        message: detail.to_owned(),
+        close: false,
+        sid: id,
+    }));
+}
+
+/// Who may see presence: every subject for a principal no policy targets;
+/// nothing yet for a restricted one (policies have no presence rules yet,
+/// specs/authz-matrix.md).
+fn access(session: &Session) -> PresenceAccess {
+    match session.identity() {
+        Some(id) if id.principal.permissions.unrestricted() => PresenceAccess::All,
+        _ => PresenceAccess::Denied,
+    }
+}
+
+/// `PresenceTrack{sid, metadata}`: lists the subscription `sid` (a literal
+/// subject) in its subject's presence.
+pub(crate) fn track(
+    shard: &Shard,
+    conn: &ConnShared,
+    session: &Session,
+    sid: Sid,
+    metadata: Metadata,
+) {
+    let Some(id) = session.identity() else { return };
+    let pattern = shard
+        .router
+        .borrow()
+        .subscriptions_of(conn.id)
+        .into_iter()
+        .find(|(s, _)| *s == sid)
+        .map(|(_, p)| p);
+    let Some(pattern) = pattern else {
+        refuse(
+            shard,
+            conn,
+            ErrorCode::UnknownSid,
+            sid.0,
+            "no such subscription",
+        );
+        return;
+    };
+    let max = shard.config.borrow().limits().max_subject_len as usize;
+    let Ok(subject) = Subject::parse(Bytes::copy_from_slice(pattern.as_bytes()), max) else {
+        refuse(
+            shard,
+            conn,
+            ErrorCode::InvalidSubject,
+            sid.0,
+            "presence needs a subscription to a literal subject",
+        );
+        return;
+    };
+    let member = Arc::new(Member {
+        client_id: conn.id.0,
+        kind: session.client_kind(),
+        name: session.client_name().into(),
+        metadata,
+    });
+    let (mut deltas, mut events) = (Vec::new(), Vec::new());
+    let tracked = shard.presence.borrow_mut().track(
+        id.tenant.id,
+        &subject,
+        conn.id,
+        sid,
+        member,
+        &mut deltas,
+        &mut events,
+    );
+    match tracked {
+        Ok(()) => shard.presence_out(deltas, events),
+        Err(e) => refuse(shard, conn, e.code(), sid.0, &e.to_string()),
+    }
+}
+
+/// The subscription `sid` of `conn` ended: it leaves presence, if listed.
+pub(crate) fn left(shard: &Shard, conn: ConnId, sid: Sid) {
+    let (mut deltas, mut events) = (Vec::new(), Vec::new());
+    if shard
+        .presence
+        .borrow_mut()
+        .untrack(conn, sid, &mut deltas, &mut events)
+    {
+        shard.presence_out(deltas, events);
+    }
+}
+
+/// `PresenceWatch`: starts (`Some(subject)`) or stops watch `watch`.
+pub(crate) fn watch(
+    shard: &Shard,
+    conn: &ConnShared,
+    session: &Session,
+    watch: u64,
+    subject: Option<Subject>,
+) {
+    let Some(id) = session.identity() else { return };
+    let result = match subject {
+        None => shard.presence.borrow_mut().unwatch(conn.id, watch),
+        Some(subject) => {
+            if !presence::may_see(&access(session), &subject) {
+                shard.stats.borrow_mut().permission_denied += 1;
+                refuse(
+                    shard,
+                    conn,
+                    ErrorCode::PermissionDenied,
+                    watch,
+                    "not allowed to see this subject's presence",
+                );
+                return;
+            }
+            shard
+                .presence
+                .borrow_mut()
+                .watch(id.tenant.id, &subject, conn.id, watch)
+        }
+    };
+    if let Err(e) = result {
+        refuse(shard, conn, e.code(), watch, &e.to_string());
+    }
+}
+
+/// `PresenceQuery`: answers with the subject's members, from this shard's
+/// replica.
+pub(crate) fn query(
+    shard: &Shard,
+    conn: &ConnShared,
+    session: &Session,
+    request_id: u64,
+    subject: &Subject,
+) {
+    let Some(id) = session.identity() else { return };
+    let mut reply = v1::PresenceReply {
+        request_id,
+        subject: Bytes::copy_from_slice(subject.as_bytes()),
+        ..v1::PresenceReply::default()
+    };
+    if presence::may_see(&access(session), subject) {
+        let mut members = Vec::new();
+        reply.truncated = shard
+            .presence
+            .borrow()
+            .query(id.tenant.id, subject, &mut members);
+        reply.members = members.iter().map(|m| member_frame(m)).collect();
+    } else {
+        shard.stats.borrow_mut().permission_denied += 1;
+        reply.error = ErrorCode::PermissionDenied.into();
+    }
+    conn.out
+        .borrow_mut()
+        .push_frame(&Kind::PresenceReply(reply));
+}
