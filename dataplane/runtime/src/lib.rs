@@ -460,6 +460,35 @@ pub struct SteeringCounters {
     pub rehomed: u64,
 }
 
+/// Most bytes of a reason shown in `/readyz`, `steering get` and the log.
+const BRIEF_MAX: usize = 600;
+
+/// `text` cut to what an operator reads: a verifier refusal carries the
+/// whole verifier log (megabytes), whose first line says what failed and
+/// whose last lines say where. Keeps those, marked as cut.
+fn brief(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let short = if lines.len() <= 3 {
+        lines.join(" | ")
+    } else {
+        format!(
+            "{} | ... ({} lines cut) ... | {} | {}",
+            lines[0],
+            lines.len() - 3,
+            lines[lines.len() - 2],
+            lines[lines.len() - 1]
+        )
+    };
+    if short.len() <= BRIEF_MAX {
+        return short;
+    }
+    let mut end = BRIEF_MAX;
+    while !short.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &short[..end])
+}
+
 /// Loads and attaches the steering program to the shards' listeners, or
 /// says why not (an error only when `steering.required` is set).
 fn attach_steering(
@@ -487,15 +516,17 @@ fn attach_steering(
             config: cfg.steering.clone(),
             from_api: false,
         }),
-        Err(e) if cfg.steering_required => Err(StartError::Steering(e.to_string())),
+        Err(e) if cfg.steering_required => Err(StartError::Steering(brief(&e.to_string()))),
         Err(e) => {
+            let reason = brief(&e.to_string());
+            tracing::debug!(error = %e, "steering program not attached (whole error)");
             tracing::warn!(
-                error = %e,
+                error = %reason,
                 "steering program not attached: the kernel's hash places connections, drains close the listener (set steering.required = true to refuse to start instead)"
             );
             Ok(SteeringState {
                 program: None,
-                fallback: Some(e.to_string()),
+                fallback: Some(reason),
                 config: cfg.steering.clone(),
                 from_api: false,
             })
@@ -1362,5 +1393,26 @@ pub mod bench {
             }
             bytes
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BRIEF_MAX, brief};
+
+    #[test]
+    fn a_verifier_log_is_cut_to_its_first_and_last_lines() {
+        let mut log = String::from("loading the steering program: permission denied\n");
+        for i in 0..100_000 {
+            log.push_str(&i.to_string());
+            log.push_str(": (bf) r1 = r6\n");
+        }
+        log.push_str("The sequence of 8193 jumps is too complex.\nverification time 12 usec\n");
+        let b = brief(&log);
+        assert!(b.len() <= BRIEF_MAX + 3, "{} bytes", b.len());
+        assert!(b.starts_with("loading the steering program: permission denied"));
+        assert!(b.contains("too complex"), "{b}");
+        assert!(b.contains("lines cut"), "{b}");
+        assert_eq!(brief("one line"), "one line");
     }
 }
