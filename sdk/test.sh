@@ -8,11 +8,15 @@
 # Fails on any failure. Usage (from anywhere): sdk/test.sh
 # Environment: ARQONBUS_BIN / ARQONCTL_BIN (use these binaries, skip the
 # build), CHROMIUM (browser path, default /usr/bin/chromium),
-# SDK_SKIP_BROWSER=1 (skip the browser test), ARQONBUS_REQUIRE_WS=1 (the
-# browser test must use the server's WebSocket edge, not the test relay),
+# SDK_SKIP_BROWSER=1 (skip the browser test), ARQONBUS_REQUIRE_WS (default 1:
+# the WebSocket tests must use the server's edge; 0 allows the test relay),
+# ARQONBUS_REQUIRE_PRESENCE=1 (the presence tests must run, not skip),
 # SDK_SKIP_GEN_CHECK=1 (skip the generated-code checks, for a working tree
 # whose .proto edits are still in progress; CI never sets it).
 set -euo pipefail
+# The server has the WebSocket edge (since 5818c45): its tests must not fall
+# back to the relay or skip. Presence is required once its frames are committed.
+export ARQONBUS_REQUIRE_WS="${ARQONBUS_REQUIRE_WS:-1}"
 
 sdk="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$sdk/.." && pwd)"
