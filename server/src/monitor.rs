@@ -28,7 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arqonbus_controlplane::ControlPlaneHandle;
-use arqonbus_controlplane::metrics::MetricsSnapshot;
+use arqonbus_controlplane::metrics::{ApplyMetrics, MetricsSnapshot};
+use arqonbus_controlplane::store::StoreHealth;
 use arqonbus_core::TenantId;
 use arqonbus_core::metrics::{ErrorCounts, ShardMetrics, TenantStats};
 use arqonbus_core::ops::{ShardStatus, SteeringStatus};
@@ -73,7 +74,7 @@ const BUCKETS_MICROS: [u64; 17] = [
 type Getter<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 /// The counters of one shard, by metric name.
-type ShardCounters = [(&'static str, &'static str, u64); 26];
+type ShardCounters = [(&'static str, &'static str, u64); 29];
 
 /// Everything a scrape collected.
 #[derive(Debug)]
@@ -81,6 +82,8 @@ pub(crate) struct Scrape {
     pub(crate) shards: Vec<ShardMetrics>,
     pub(crate) steering: SteeringCounters,
     pub(crate) control: MetricsSnapshot,
+    pub(crate) applies: ApplyMetrics,
+    pub(crate) store: StoreHealth,
     pub(crate) snapshot: Arc<ConfigSnapshot>,
     pub(crate) accepting: bool,
     pub(crate) max_tenant_labels: usize,
@@ -314,6 +317,21 @@ fn shard_counters(s: &ShardStats) -> ShardCounters {
             "Connections this shard handed to their tenant's home shard.",
             s.moved_out,
         ),
+        (
+            "websocket_upgrades_total",
+            "WebSocket upgrades completed on the WebSocket listener.",
+            s.ws_upgrades,
+        ),
+        (
+            "websocket_upgrade_failures_total",
+            "WebSocket upgrades refused (subprotocol, origin, not an upgrade) or failed.",
+            s.ws_upgrade_failures,
+        ),
+        (
+            "websocket_violations_total",
+            "WebSocket connections closed for a malformed frame, a text message or an oversized message.",
+            s.ws_violations,
+        ),
     ]
 }
 
@@ -382,10 +400,15 @@ fn encode_scrape(scrape: &Scrape, enc: &mut DescriptorEncoder<'_>) -> fmt::Resul
         }
     }
     // Gauges.
-    let gauges: [Getter<ShardMetrics>; 4] = [
+    let gauges: [Getter<ShardMetrics>; 5] = [
         ("arqonbus_connections", "Open connections.", |m| {
             m.stats.connections
         }),
+        (
+            "arqonbus_websocket_connections",
+            "Open connections of the WebSocket edge (also counted in arqonbus_connections).",
+            |m| m.stats.ws_connections,
+        ),
         ("arqonbus_subscriptions", "Local subscriptions.", |m| {
             m.stats.subscriptions
         }),
@@ -506,6 +529,12 @@ fn encode_scrape(scrape: &Scrape, enc: &mut DescriptorEncoder<'_>) -> fmt::Resul
         "Control API call latency.",
         &scrape.control.rpc_latency,
     )?;
+    histogram(
+        enc,
+        "arqonbus_config_apply_duration_seconds",
+        "How long a configuration snapshot push waited for the shards to apply it (confirmed or not).",
+        &scrape.applies.latency,
+    )?;
     // Control plane.
     let c = &scrape.control;
     {
@@ -540,6 +569,35 @@ fn encode_scrape(scrape: &Scrape, enc: &mut DescriptorEncoder<'_>) -> fmt::Resul
         "arqonbus_config_snapshots_refusing_total",
         "Snapshots pushed that refuse new sessions (the store failed: fail closed).",
         c.snapshots_refusing,
+    )?;
+    {
+        let mut f = family(
+            enc,
+            "arqonbus_config_applies_total",
+            "Configuration snapshot pushes, by outcome (unconfirmed: a shard did not apply it in time).",
+            MetricType::Counter,
+        )?;
+        let a = &scrape.applies;
+        count_by(&mut f, "outcome", "confirmed", a.confirmed)?;
+        count_by(&mut f, "outcome", "unconfirmed", a.unconfirmed)?;
+    }
+    gauge1(
+        enc,
+        "arqonbus_store_failed",
+        "1 while the control store is failed or closed after an I/O error and not reopened yet.",
+        u64::from(scrape.store.failed),
+    )?;
+    counter1(
+        enc,
+        "arqonbus_store_reopen_attempts_total",
+        "Attempts to reopen the control store after an I/O error (Reload, SIGHUP, the reopen task).",
+        scrape.store.reopen_attempts,
+    )?;
+    counter1(
+        enc,
+        "arqonbus_store_reopens_total",
+        "Successful reopens of the control store.",
+        scrape.store.reopens,
     )?;
     gauge1(
         enc,
@@ -849,6 +907,8 @@ impl Monitor {
             shards,
             steering,
             control: self.control.metrics(),
+            applies: self.control.apply_metrics(),
+            store: self.control.store_health(),
             snapshot: self.control.current_snapshot(),
             accepting: r.accepting,
             max_tenant_labels: self.max_tenant_labels,
@@ -1112,6 +1172,8 @@ mod tests {
 
     fn scrape(max: usize) -> Scrape {
         let mut snap = ConfigSnapshot::new(3, Limits::default());
+        let mut applies = arqonbus_core::metrics::latency_histogram();
+        applies.record(800).unwrap();
         for (id, name) in [(1, "acme"), (2, "beta\"q")] {
             snap.insert_tenant(TenantEntry {
                 id: TenantId(id),
@@ -1143,6 +1205,17 @@ mod tests {
                 snapshots_refusing: 0,
                 rpc_latency: arqonbus_core::metrics::latency_histogram(),
             },
+            applies: ApplyMetrics {
+                confirmed: 6,
+                unconfirmed: 1,
+                latency: applies,
+            },
+            store: StoreHealth {
+                failed: true,
+                reopen_attempts: 3,
+                reopens: 2,
+                last_error: Some("disk full".into()),
+            },
             snapshot: Arc::new(snap),
             accepting: true,
             max_tenant_labels: max,
@@ -1173,6 +1246,15 @@ mod tests {
         assert!(text.contains("arqonbus_control_rpcs_total{outcome=\"server_error\"} 2"));
         assert!(text.contains("arqonbus_queue_misses_total{shard=\"0\"}"));
         assert!(text.contains("arqonbus_config_snapshots_refusing_total 0"));
+        assert!(text.contains("arqonbus_config_applies_total{outcome=\"confirmed\"} 6"));
+        assert!(text.contains("arqonbus_config_applies_total{outcome=\"unconfirmed\"} 1"));
+        assert!(text.contains("arqonbus_config_apply_duration_seconds_bucket{le=\"0.0005\"} 0"));
+        assert!(text.contains("arqonbus_config_apply_duration_seconds_bucket{le=\"0.001\"} 1"));
+        assert!(text.contains("arqonbus_config_apply_duration_seconds_count 1"));
+        assert!(text.contains("arqonbus_store_failed 1"));
+        assert!(text.contains("arqonbus_store_reopen_attempts_total 3"));
+        assert!(text.contains("arqonbus_store_reopens_total 2"));
+        assert!(!text.contains("disk full"));
         // OpenMetrics: a counter family is declared without `_total`, and
         // the exposition ends with EOF.
         assert!(text.contains("# TYPE arqonbus_messages_in counter\n"));
