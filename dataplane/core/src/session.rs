@@ -1037,6 +1037,104 @@ mod tests {
     }
 
     #[test]
+    fn presence_frames_are_checked_and_never_fatal_for_bad_input() {
+        let mut h = Harness::open();
+        let frame = |k: Kind| Event::Frame(k);
+        let track = |sid, meta: &[(&str, &str)]| {
+            frame(Kind::PresenceTrack(v1::PresenceTrack {
+                sid,
+                metadata: meta
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            }))
+        };
+        let Step::PresenceTrack { sid, metadata } = h.step(track(3, &[("b", "2"), ("a", "1")]))
+        else {
+            panic!()
+        };
+        assert_eq!(sid, Sid(3));
+        assert_eq!(metadata.entries().next(), Some(("a", "1")));
+        let long = "v".repeat(129);
+        let Step::Reject(r) = h.step(track(4, &[("k", long.as_str())])) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.code, r.sid, r.close),
+            (ErrorCode::InvalidHeaders, 4, false)
+        );
+        assert_eq!(
+            rejected(&h.step(track(0, &[]))),
+            Some((ErrorCode::UnknownSid, false))
+        );
+        let watch = |id, subject: &'static [u8], stop| {
+            frame(Kind::PresenceWatch(v1::PresenceWatch {
+                watch_id: id,
+                subject: Bytes::from_static(subject),
+                stop,
+            }))
+        };
+        assert!(matches!(
+            h.step(watch(7, b"rooms.lobby", false)),
+            Step::PresenceWatch {
+                watch: 7,
+                subject: Some(_)
+            }
+        ));
+        assert!(matches!(
+            h.step(watch(7, b"", true)),
+            Step::PresenceWatch {
+                watch: 7,
+                subject: None
+            }
+        ));
+        let Step::Reject(r) = h.step(watch(8, b"rooms.*", false)) else {
+            panic!()
+        };
+        assert_eq!((r.code, r.sid), (ErrorCode::InvalidSubject, 8));
+        let Step::Reject(r) = h.step(watch(9, b"$SYS.x", false)) else {
+            panic!()
+        };
+        assert_eq!((r.code, r.sid), (ErrorCode::PermissionDenied, 9));
+        assert_eq!(
+            rejected(&h.step(watch(0, b"a", false))),
+            Some((ErrorCode::InvalidSid, false))
+        );
+        let query = |id, subject: &'static [u8]| {
+            frame(Kind::PresenceQuery(v1::PresenceQuery {
+                request_id: id,
+                subject: Bytes::from_static(subject),
+            }))
+        };
+        assert!(matches!(
+            h.step(query(1, b"rooms.lobby")),
+            Step::PresenceQuery { request_id: 1, .. }
+        ));
+        let Step::Reject(r) = h.step(query(2, b"a..b")) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.code, r.sid, r.close),
+            (ErrorCode::InvalidSubject, 2, false)
+        );
+        // Server-to-client presence frames from a client close it.
+        assert_eq!(
+            rejected(&h.step(frame(Kind::PresenceEvent(v1::PresenceEvent::default())))),
+            Some((ErrorCode::ProtocolViolation, true))
+        );
+    }
+
+    #[test]
+    fn presence_frames_before_connect_are_violations() {
+        let mut h = Harness::new(false);
+        let step = h.step(Event::Frame(Kind::PresenceQuery(v1::PresenceQuery {
+            request_id: 1,
+            subject: Bytes::from_static(b"a"),
+        })));
+        assert_eq!(rejected(&step), Some((ErrorCode::ProtocolViolation, true)));
+    }
+
+    #[test]
     fn undecodable_input_closes_with_the_right_code() {
         let mut h = Harness::open();
         let s = h.step(Event::Undecodable(DecodeError::TooLarge { len: 9, max: 1 }));
