@@ -10,13 +10,16 @@
 # build), CHROMIUM (browser path, default /usr/bin/chromium),
 # SDK_SKIP_BROWSER=1 (skip the browser test), ARQONBUS_REQUIRE_WS (default 1:
 # the WebSocket tests must use the server's edge; 0 allows the test relay),
-# ARQONBUS_REQUIRE_PRESENCE=1 (the presence tests must run, not skip),
+# ARQONBUS_REQUIRE_PRESENCE (default 1: the presence tests must run; 0 lets
+# them skip against a server without presence),
 # SDK_SKIP_GEN_CHECK=1 (skip the generated-code checks, for a working tree
 # whose .proto edits are still in progress; CI never sets it).
 set -euo pipefail
 # The server has the WebSocket edge (since 5818c45): its tests must not fall
-# back to the relay or skip. Presence is required once its frames are committed.
+# back to the relay or skip.
 export ARQONBUS_REQUIRE_WS="${ARQONBUS_REQUIRE_WS:-1}"
+# Presence frames are in the server too (since ca17072): the presence tests must run.
+export ARQONBUS_REQUIRE_PRESENCE="${ARQONBUS_REQUIRE_PRESENCE:-1}"
 
 sdk="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$sdk/.." && pwd)"

@@ -37,10 +37,8 @@ import {
   PongSchema,
   PresenceAction,
   type PresenceEvent as WirePresenceEvent,
-  PresenceEventSchema,
   PresenceQuerySchema,
   type PresenceReply,
-  PresenceReplySchema,
   PresenceTrackSchema,
   PresenceWatchSchema,
   PublishSchema,
@@ -232,19 +230,12 @@ function withTimeout<T>(p: Promise<T>, ms: number | undefined, onTimeout: () => 
   });
 }
 
-/** What the server sends: a `Frame`, or a presence frame decoded by field number. */
+/** What the server sends: a `Frame`, or the presence reply or event it carries. */
 type Incoming = Frame | PresenceReply | WirePresenceEvent;
 
 function decodeIncoming(body: Uint8Array): Incoming {
   const frame = fromBinary(FrameSchema, body);
-  // Once the generated Frame carries the presence kinds, they arrive here.
-  const kind = frame.kind as { case: string | undefined; value?: unknown };
-  if (kind.case === "presenceReply") return kind.value as PresenceReply;
-  if (kind.case === "presenceEvent") return kind.value as WirePresenceEvent;
-  if (frame.kind.case !== undefined) return frame;
-  const raw = presence.decodeField(body);
-  if (raw?.[0] === presence.REPLY) return fromBinary(PresenceReplySchema, raw[1]);
-  if (raw?.[0] === presence.EVENT) return fromBinary(PresenceEventSchema, raw[1]);
+  if (frame.kind.case === "presenceReply" || frame.kind.case === "presenceEvent") return frame.kind.value;
   return frame;
 }
 
@@ -1123,22 +1114,19 @@ function checkCredential(token: string): string {
 }
 
 function trackFrame(sid: number, metadata: Record<string, string>): Uint8Array {
-  return presence.encodeField(
-    presence.TRACK,
-    toBinary(PresenceTrackSchema, create(PresenceTrackSchema, { sid: BigInt(sid), metadata })),
-  );
+  return encodeFrame({ case: "presenceTrack", value: create(PresenceTrackSchema, { sid: BigInt(sid), metadata }) });
 }
 
 function watchFrame(id: number, subject: string, stop: boolean): Uint8Array {
-  return presence.encodeField(
-    presence.WATCH,
-    toBinary(PresenceWatchSchema, create(PresenceWatchSchema, { watchId: BigInt(id), subject: encoder.encode(subject), stop })),
-  );
+  return encodeFrame({
+    case: "presenceWatch",
+    value: create(PresenceWatchSchema, { watchId: BigInt(id), subject: encoder.encode(subject), stop }),
+  });
 }
 
 function queryFrame(id: number, subject: string): Uint8Array {
-  return presence.encodeField(
-    presence.QUERY,
-    toBinary(PresenceQuerySchema, create(PresenceQuerySchema, { requestId: BigInt(id), subject: encoder.encode(subject) })),
-  );
+  return encodeFrame({
+    case: "presenceQuery",
+    value: create(PresenceQuerySchema, { requestId: BigInt(id), subject: encoder.encode(subject) }),
+  });
 }

@@ -4,9 +4,10 @@
  * (`Subscription.track`), a watch receives join and leave events, a query
  * lists the members now. Seeing presence is its own permission.
  *
- * The presence frames travel as `Frame` kinds 11..15; until the generated
- * `Frame` carries them, they are encoded and decoded here by field number
- * (one length-delimited field per frame: the same bytes on the wire).
+ * The presence frames are the `Frame` kinds 11..15 (`presenceTrack`,
+ * `presenceWatch`, `presenceQuery`, `presenceReply`, `presenceEvent`).
+ * `encodeField`/`decodeField` write and read a frame by field number (the
+ * same bytes), for tests that play the server.
  */
 import { InvalidHeadersError, RequestTimeoutError, type ArqonBusError } from "./errors.js";
 import {

@@ -124,17 +124,13 @@ async def _read_frame(
         frame.ParseFromString(body)
     except Exception:  # protobuf raises DecodeError (a plain Exception subclass)
         raise ProtocolError("a frame that does not decode") from None
-    if frame.WhichOneof("kind") is None:
-        # Presence frames by field number, while the generated Frame lacks them.
-        raw = _presence.decode(body)
-        if raw is not None and raw[0] in (_presence.REPLY, _presence.EVENT):
-            msg: PresenceFrame = pb.PresenceReply() if raw[0] == _presence.REPLY else pb.PresenceEvent()
-            try:
-                msg.ParseFromString(raw[1])
-            except Exception:
-                raise ProtocolError("a presence frame that does not decode") from None
-            return msg
+    kind = frame.WhichOneof("kind")
+    if kind is None:
         raise ProtocolError("a frame with no kind this client knows")
+    if kind == "presence_reply":
+        return frame.presence_reply
+    if kind == "presence_event":
+        return frame.presence_event
     return frame
 
 
@@ -653,9 +649,7 @@ class Client:
             self._on_presence(frame)
             return
         kind = frame.WhichOneof("kind")
-        if kind in ("presence_reply", "presence_event"):
-            self._on_presence(getattr(frame, str(kind)))
-        elif kind == "message":
+        if kind == "message":
             self._deliver(frame.message)
         elif kind == "ping":
             conn.write(_PONG)
@@ -972,21 +966,17 @@ class Client:
     # ------------------------------------------------------------- presence
     @staticmethod
     def _track_frame(sid: int, metadata: dict[str, str]) -> bytes:
-        return _presence.encode(
-            _presence.TRACK, pb.PresenceTrack(sid=sid, metadata=metadata).SerializeToString()
-        )
+        return _frame(presence_track=pb.PresenceTrack(sid=sid, metadata=metadata))
 
     @staticmethod
     def _watch_frame(watch_id: int, subject: str, stop: bool) -> bytes:
-        body = pb.PresenceWatch(
-            watch_id=watch_id, subject=subject.encode("ascii"), stop=stop
-        ).SerializeToString()
-        return _presence.encode(_presence.WATCH, body)
+        return _frame(
+            presence_watch=pb.PresenceWatch(watch_id=watch_id, subject=subject.encode("ascii"), stop=stop)
+        )
 
     @staticmethod
     def _query_frame(request_id: int, subject: str) -> bytes:
-        body = pb.PresenceQuery(request_id=request_id, subject=subject.encode("ascii")).SerializeToString()
-        return _presence.encode(_presence.QUERY, body)
+        return _frame(presence_query=pb.PresenceQuery(request_id=request_id, subject=subject.encode("ascii")))
 
     def _live_conn(self) -> Optional[_Conn]:
         conn = self._conn

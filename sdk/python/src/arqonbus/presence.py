@@ -5,9 +5,10 @@ when the client asks (:meth:`Subscription.track`); a *watch* receives join
 and leave events; a *query* lists the members now. Seeing presence is its
 own permission (``PERMISSION_DENIED`` otherwise).
 
-The presence frames travel as ``Frame`` kinds 11..15. Until the generated
-``Frame`` carries them, this module encodes and decodes them by field number
-(one length-delimited field per frame), which is the same bytes on the wire.
+The presence frames are the ``Frame`` kinds 11..15 (``presence_track``,
+``presence_watch``, ``presence_query``, ``presence_reply``,
+``presence_event``). ``encode``/``decode`` here write and read a frame by
+field number (the same bytes), for tests that play the server.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ PRESENCE_ACTION_JOIN: PresenceAction
 PRESENCE_ACTION_LEAVE: PresenceAction
 
 class Frame(_message.Message):
-    __slots__ = ("connect", "welcome", "publish", "subscribe", "unsubscribe", "message", "ping", "pong", "error", "drain")
+    __slots__ = ("connect", "welcome", "publish", "subscribe", "unsubscribe", "message", "ping", "pong", "error", "drain", "presence_track", "presence_watch", "presence_query", "presence_reply", "presence_event")
     CONNECT_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,11 @@ class Frame(_message.Message):
     PONG_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_TRACK_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_WATCH_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_QUERY_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_REPLY_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_EVENT_FIELD_NUMBER: _ClassVar[int]
     connect: Connect
     welcome: Welcome
     publish: Publish
@@ -107,7 +112,12 @@ class Frame(_message.Message):
     pong: Pong
     error: Error
     drain: Drain
-    def __init__(self, connect: _Optional[_Union[Connect, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., publish: _Optional[_Union[Publish, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+    presence_track: PresenceTrack
+    presence_watch: PresenceWatch
+    presence_query: PresenceQuery
+    presence_reply: PresenceReply
+    presence_event: PresenceEvent
+    def __init__(self, connect: _Optional[_Union[Connect, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., publish: _Optional[_Union[Publish, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., presence_track: _Optional[_Union[PresenceTrack, _Mapping]] = ..., presence_watch: _Optional[_Union[PresenceWatch, _Mapping]] = ..., presence_query: _Optional[_Union[PresenceQuery, _Mapping]] = ..., presence_reply: _Optional[_Union[PresenceReply, _Mapping]] = ..., presence_event: _Optional[_Union[PresenceEvent, _Mapping]] = ...) -> None: ...
 
 class Connect(_message.Message):
     __slots__ = ("protocol_version", "credential", "client_name", "client_kind", "client_version", "no_echo")
