@@ -44,7 +44,9 @@ pub mod tls;
 pub mod validate;
 
 pub use dataplane::{DataPlaneControl, DataPlaneError, NotApplied};
-pub use plane::{ControlPlane, ControlPlaneConfig, ControlPlaneError, ControlPlaneHandle};
+pub use plane::{
+    ControlPlane, ControlPlaneConfig, ControlPlaneError, ControlPlaneHandle, ReloadError,
+};
 pub use publish::Readiness;
 pub use seed::{SeedCredential, SeedTenant};
 pub use service::ReloadFn;

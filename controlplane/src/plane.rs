@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arqonbus_core::limits::Limits;
+use arqonbus_core::limits::{Limits, LimitsError};
 use arqonbus_core::snapshot::ConfigSnapshot;
 use arqonbus_proto::control::FILE_DESCRIPTOR_SET;
 use arqonbus_proto::control::connection_service_server::ConnectionServiceServer;
@@ -51,7 +51,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::admin::{self, AdminAuth, AdminCell, AdminCredential, AdminError};
-use crate::dataplane::DataPlaneControl;
+use crate::dataplane::{DataPlaneControl, NotApplied};
 use crate::metrics::{ApplyMetrics, Metrics, MetricsSnapshot};
 use crate::publish::{Publisher, Readiness};
 use crate::seed::{self, SeedError, SeedTenant};
@@ -192,6 +192,29 @@ pub enum ControlPlaneError {
     Serve(#[from] tonic::transport::Error),
 }
 
+/// Why [`ControlPlaneHandle::reload`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new limits do not validate: nothing changed.
+    #[error("limits: {0}")]
+    Limits(#[from] LimitsError),
+    /// The store was failed and could not be reopened: nothing changed.
+    #[error("control store could not be reopened: {0}")]
+    Store(#[source] StoreError),
+    /// The new snapshot is built and current (the limits are in force), but
+    /// some shards did not apply it in time; they still have it queued.
+    #[error(transparent)]
+    NotApplied(#[from] NotApplied),
+}
+
+impl ReloadError {
+    /// Whether the reload took effect all the same (the snapshot is the
+    /// current one; only some shards had not applied it yet).
+    pub fn took_effect(&self) -> bool {
+        matches!(self, Self::NotApplied(_))
+    }
+}
+
 /// A clonable view of a control plane's state, usable after `serve` took
 /// the [`ControlPlane`].
 #[derive(Debug, Clone)]
@@ -241,16 +264,19 @@ impl ControlPlaneHandle {
         self.store.health()
     }
 
-    /// Takes new per-connection limits (a re-read configuration file, as on
-    /// SIGHUP) and pushes a new snapshot; connections stay open. A store
-    /// closed by an I/O error is reopened first.
-    pub fn reload(&self, limits: Limits) -> Result<Arc<ConfigSnapshot>, String> {
-        limits.validate().map_err(|e| e.to_string())?;
-        self.store
-            .recover()
-            .map_err(|e| format!("control store could not be reopened: {e}"))?;
-        self.publisher.set_limits(limits);
-        self.publisher.publish().map_err(|e| e.to_string())
+    /// Reopens a store closed by an I/O error, takes new per-connection
+    /// limits if given (a re-read configuration file, as on SIGHUP; `None`
+    /// keeps the limits in force) and pushes a new snapshot; connections
+    /// stay open.
+    pub fn reload(&self, limits: Option<Limits>) -> Result<Arc<ConfigSnapshot>, ReloadError> {
+        if let Some(l) = &limits {
+            l.validate()?;
+        }
+        self.store.recover().map_err(ReloadError::Store)?;
+        if let Some(l) = limits {
+            self.publisher.set_limits(l);
+        }
+        Ok(self.publisher.publish()?)
     }
 }
 

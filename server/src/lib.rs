@@ -15,8 +15,8 @@
 
 pub mod bootstrap;
 pub mod config;
-pub mod doctor;
 mod control;
+pub mod doctor;
 mod monitor;
 pub mod otlp;
 #[cfg(feature = "test-support")]
@@ -113,10 +113,36 @@ fn seeds(config: &Config) -> Vec<SeedTenant> {
         .collect()
 }
 
-fn reload_limits(path: &Path) -> Result<arqonbus_core::limits::Limits, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    config.validate().map_err(|e| e.to_string())?;
+fn reload_limits(path: &Path) -> Result<arqonbus_core::limits::Limits, ConfigError> {
+    let config = Config::load(path)?;
+    config.validate()?;
     Ok(config.limits)
+}
+
+/// Why [`Server::reload`] failed. Only [`ReloadError::took_effect`] errors
+/// changed anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration file could not be read or does not validate:
+    /// nothing changed.
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The control plane is disabled: limits change only on restart.
+    #[error("the control plane is disabled; restart to change limits")]
+    ControlDisabled,
+    /// The control plane refused the reload (nothing changed), or took it
+    /// while some shards had not applied it in time.
+    #[error(transparent)]
+    Control(#[from] arqonbus_controlplane::ReloadError),
+}
+
+impl ReloadError {
+    /// Whether the reload took effect all the same: the new snapshot is the
+    /// current one, only some shards had not applied it in time (they have
+    /// it queued).
+    pub fn took_effect(&self) -> bool {
+        matches!(self, Self::Control(e) if e.took_effect())
+    }
 }
 
 impl Server {
@@ -155,7 +181,9 @@ impl Server {
             cp.default_placement = default_placement;
             if let Some(path) = config_path {
                 let path = path.to_owned();
-                cp.reload = Some(Box::new(move || reload_limits(&path)));
+                cp.reload = Some(Box::new(move || {
+                    reload_limits(&path).map_err(|e| e.to_string())
+                }));
             }
             let (plane, snapshot) = ControlPlane::open(cp)?;
             (Some(plane), snapshot)
@@ -281,18 +309,15 @@ impl Server {
         &self.config
     }
 
-    /// Re-reads the configuration file and applies what can change live
-    /// (the per-connection limits); connections stay open.
-    pub fn reload(&self) -> Result<u64, String> {
-        let path = self
-            .config_path
-            .as_ref()
-            .ok_or("started without a configuration file; nothing to re-read")?;
-        let limits = reload_limits(path)?;
-        match &self.control {
-            Some(c) => c.handle().reload(limits).map(|s| s.epoch()),
-            None => Err("the control plane is disabled; restart to change limits".into()),
-        }
+    /// Reopens a control store closed by an I/O error, re-reads the
+    /// configuration file when the node was started with one and applies
+    /// what can change live (the per-connection limits; without a file the
+    /// limits in force are kept), then pushes a new snapshot; connections
+    /// stay open. Returns the new configuration epoch.
+    pub fn reload(&self) -> Result<u64, ReloadError> {
+        let limits = self.config_path.as_deref().map(reload_limits).transpose()?;
+        let control = self.control.as_ref().ok_or(ReloadError::ControlDisabled)?;
+        Ok(control.handle().reload(limits)?.epoch())
     }
 
     /// Lame duck, then stop: stop accepting, tell every client to move

@@ -298,6 +298,10 @@ fn run(
                 }
                 _ = hup.recv() => match server.reload() {
                     Ok(epoch) => tracing::info!(epoch, "SIGHUP: configuration reloaded"),
+                    Err(e) if e.took_effect() => tracing::warn!(
+                        error = %e,
+                        "SIGHUP: configuration reloaded, but not yet applied by every shard; they have it queued"
+                    ),
                     Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; nothing changed"),
                 },
             }

@@ -266,6 +266,26 @@ async fn sighup_reloads_limits_without_dropping_connections() {
     assert!(node.exit_status().success());
 }
 
+/// `Server::reload` (SIGHUP) on a node started without `--config`: it does
+/// not give up for want of a file, it reopens the store if needed and pushes
+/// a snapshot with the limits in force. Without the control plane it fails
+/// and says nothing changed.
+#[test]
+fn a_reload_without_a_config_file_still_pushes_a_snapshot() {
+    let s = TestServer::start();
+    let first = s.server().reload().unwrap();
+    let second = s.server().reload().unwrap();
+    assert!(second > first, "epoch {first} then {second}");
+
+    let s = TestServer::start_with(|c| {
+        c.control.enabled = false;
+        c.metrics.enabled = false;
+    });
+    let e = s.server().reload().unwrap_err();
+    assert!(matches!(e, arqonbus::ReloadError::ControlDisabled), "{e}");
+    assert!(!e.took_effect());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_clients_then_exits() {
     let mut node = Node::spawn();
