@@ -217,6 +217,17 @@ mod tests {
             reason: Error::ConnectionReset,
         };
         assert!(explain(&off, &file).contains("--reconnect-attempts 0"));
+        let throttled = CliError::Connect(Error::Server(arqonbus_client::ServerError {
+            code: ErrorCode::AuthThrottled,
+            message: "too many failed logins; retry later".into(),
+            fatal: true,
+            sid: None,
+        }));
+        assert!(
+            explain(&throttled, &file).starts_with("too many failed logins from this address"),
+            "{}",
+            explain(&throttled, &file)
+        );
         let none = CliError::NoResponders("svc".into());
         assert_eq!(explain(&none, &file), "no responders on \"svc\"");
         for message in [

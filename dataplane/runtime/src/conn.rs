@@ -1230,7 +1230,9 @@ impl<T> ConnIo<T> {
         }
         if r.code == ErrorCode::SlowConsumer {
             tracing::warn!(shard = %shard.id, conn = %conn.id, tenant = conn.tenant.get().map(|t| t.0), code = ?r.code, "closing slow consumer");
-        } else if r.close {
+        } else if r.close && r.code != ErrorCode::AuthThrottled {
+            // Throttled logins were warned about once per streak
+            // (`log_throttled`); one line each would flood the log.
             tracing::info!(shard = %shard.id, conn = %conn.id, tenant = conn.tenant.get().map(|t| t.0), code = ?r.code, detail = r.detail, "closing connection");
         } else {
             tracing::debug!(shard = %shard.id, conn = %conn.id, code = ?r.code, sid = r.sid, "client error");

@@ -233,8 +233,12 @@ pub(crate) fn run(args: &ChaosArgs) -> Result<bool, String> {
     let md = markdown(&report);
     let base = out.join(format!("{date}-{time}-chaos"));
     if report.verdict != "PASS" {
-        // The evidence goes next to the report.
-        let _ = std::fs::copy(&node_log, base.with_extension("node.log"));
+        // The evidence goes next to the report: the log's last lines (it
+        // can reach megabytes under a flood).
+        let text = std::fs::read_to_string(&node_log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(200)..].join("\n");
+        let _ = std::fs::write(base.with_extension("node-tail.log"), tail);
     }
     if !args.keep {
         let _ = std::fs::remove_dir_all(&scratch);
