@@ -22,7 +22,7 @@ mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -343,24 +343,15 @@ fn run_one(
 
 /// Today's date (UTC) as `YYYY-MM-DD`, and the time as `HHMMSS`.
 pub(crate) fn utc_now() -> (String, String) {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400).cast_signed();
-    let tod = secs % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let now = time::OffsetDateTime::now_utc();
     (
-        format!("{y:04}-{m:02}-{d:02}"),
-        format!("{:02}{:02}{:02}", tod / 3600, (tod / 60) % 60, tod % 60),
+        format!(
+            "{:04}-{:02}-{:02}",
+            now.year(),
+            u8::from(now.month()),
+            now.day()
+        ),
+        format!("{:02}{:02}{:02}", now.hour(), now.minute(), now.second()),
     )
 }
 

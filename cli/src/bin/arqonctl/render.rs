@@ -123,35 +123,20 @@ impl Fields {
     }
 }
 
-/// `2025-06-01T10:00:00Z` (UTC, second precision); `-` for 0 (unset).
+/// `2025-06-01T10:00:00Z` (RFC 3339, UTC, second precision); `-` for 0
+/// (unset). A time RFC 3339 cannot show (a year before 0000 or after 9999)
+/// is written as the raw milliseconds.
 pub(crate) fn format_unix_ms(ms: i64) -> String {
     if ms == 0 {
         return "-".into();
     }
-    let secs = ms.div_euclid(1000);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
-/// calendar (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// A limit for a table cell: `-` for 0 (unlimited).
@@ -794,9 +779,14 @@ mod tests {
         assert_eq!(format_unix_ms(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(format_unix_ms(4_107_542_399_000), "2100-02-28T23:59:59Z");
         assert_eq!(format_unix_ms(-1000), "1969-12-31T23:59:59Z");
-        // Never panics, whatever the server sends.
-        let _ = format_unix_ms(i64::MAX);
-        let _ = format_unix_ms(i64::MIN);
+        assert_eq!(format_unix_ms(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(format_unix_ms(-62_167_219_200_000), "0000-01-01T00:00:00Z");
+        assert_eq!(format_unix_ms(253_402_300_799_999), "9999-12-31T23:59:59Z");
+        // Never panics, whatever the server sends: what RFC 3339 cannot
+        // show is the raw milliseconds.
+        assert_eq!(format_unix_ms(253_402_300_800_000), "253402300800000");
+        assert_eq!(format_unix_ms(i64::MAX), i64::MAX.to_string());
+        assert_eq!(format_unix_ms(i64::MIN), i64::MIN.to_string());
     }
 
     #[test]
