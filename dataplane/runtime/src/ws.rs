@@ -549,12 +549,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsConn<S> {
         if this.lingering {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         }
+        // Hands out as many whole messages as `buf` takes (one read of the
+        // connection task then carries a batch, as on TCP), stopping at the
+        // first that would block.
+        let mut n = 0;
         loop {
             if this.rx_pos < 4 || !this.rx.is_empty() {
-                if buf.is_empty() {
-                    return Poll::Ready(Ok(0));
+                if n == buf.len() {
+                    return Poll::Ready(Ok(n));
                 }
-                return Poll::Ready(Ok(this.hand_out(buf)));
+                n += this.hand_out(&mut buf[n..]);
+                continue;
+            }
+            if n > 0 && (this.done || this.closing) {
+                // The end comes at the next read, after these bytes.
+                return Poll::Ready(Ok(n));
             }
             if this.done {
                 return Poll::Ready(Ok(0));
@@ -590,8 +599,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsConn<S> {
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                 // The peer closes: tungstenite queued the answer.
                 Ok(Message::Close(_)) => this.closing = true,
-                Err(e) if would_block(&e) => return Poll::Pending,
-                Err(tungstenite::Error::Io(e)) => return Poll::Ready(Err(e)),
+                Err(e) if would_block(&e) => {
+                    return if n > 0 {
+                        Poll::Ready(Ok(n))
+                    } else {
+                        Poll::Pending
+                    };
+                }
+                Err(tungstenite::Error::Io(e)) => {
+                    if n > 0 {
+                        // These bytes first; the stream ends after them.
+                        this.done = true;
+                        return Poll::Ready(Ok(n));
+                    }
+                    return Poll::Ready(Err(e));
+                }
                 Err(tungstenite::Error::Capacity(_)) => this.fail(cx, Violation::TooLarge),
                 Err(
                     tungstenite::Error::Protocol(
