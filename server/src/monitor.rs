@@ -74,7 +74,7 @@ const BUCKETS_MICROS: [u64; 17] = [
 type Getter<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 /// The counters of one shard, by metric name.
-type ShardCounters = [(&'static str, &'static str, u64); 29];
+type ShardCounters = [(&'static str, &'static str, u64); 30];
 
 /// Everything a scrape collected.
 #[derive(Debug)]
@@ -206,6 +206,11 @@ fn shard_counters(s: &ShardStats) -> ShardCounters {
             "auth_failures_total",
             "Failed authentications.",
             s.auth_failures,
+        ),
+        (
+            "auth_throttled_total",
+            "Logins refused by login throttling before their credential was checked.",
+            s.auth_throttled,
         ),
         (
             "tls_failures_total",
@@ -763,11 +768,24 @@ struct Connz<'a> {
     connections: Vec<Connection<'a>>,
 }
 
+/// Serialises an id as a JSON string (see [`Connection`]).
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's serialize_with passes a reference"
+)]
+fn id_string<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 /// One `/connz` connection (no credential, no payload).
 #[derive(Debug, Serialize)]
 struct Connection<'a> {
+    /// A string: ids of shard 1 and above exceed 2^53, which JSON numbers
+    /// (JavaScript, jq) cannot hold exactly.
+    #[serde(serialize_with = "id_string")]
     id: u64,
     shard: u16,
+    #[serde(serialize_with = "id_string")]
     tenant: u64,
     principal: &'a str,
     client_name: &'a str,
