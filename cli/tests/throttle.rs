@@ -116,11 +116,23 @@ fn a_flood_of_wrong_credentials_is_throttled_but_not_other_sources() {
         .unwrap();
     let mut metrics = String::new();
     http.read_to_string(&mut metrics).unwrap();
-    let counted: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("arqonbus_errors_total") && l.contains("\"AUTH_THROTTLED\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    // The valid login refused above counts too.
-    assert_eq!(counted, f64::from(throttled + 1), "{metrics}");
+    let counted = |family: &str, label: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(family) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    // The valid login refused above counts too, by code and per shard.
+    let expected = u64::from(throttled + 1);
+    assert_eq!(
+        counted("arqonbus_errors_total", "\"AUTH_THROTTLED\""),
+        expected,
+        "{metrics}"
+    );
+    assert_eq!(
+        counted("arqonbus_auth_throttled_total", "shard="),
+        expected,
+        "{metrics}"
+    );
 }
