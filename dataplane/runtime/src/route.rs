@@ -401,8 +401,13 @@ impl Shard {
     pub(crate) fn stall(&self, tenant: TenantId, until: Instant) {
         self.throttle.borrow_mut().stall(tenant, until);
         let mut links = self.links.borrow_mut();
+        let mut full = false;
         for link in links.iter_mut() {
-            link.send(PeerMsg::Stall { tenant, until });
+            full |= !link.send(PeerMsg::Stall { tenant, until });
+        }
+        drop(links);
+        if full {
+            self.wake_mesh();
         }
     }
 
@@ -410,10 +415,14 @@ impl Shard {
     pub(crate) fn unstall(&self, tenant: TenantId) {
         self.resume_publishers(tenant);
         let mut links = self.links.borrow_mut();
+        let mut full = false;
         for link in links.iter_mut() {
-            link.send(PeerMsg::Unstall { tenant });
+            full |= !link.send(PeerMsg::Unstall { tenant });
         }
         drop(links);
+        if full {
+            self.wake_mesh();
+        }
         self.after_batch();
     }
 
@@ -515,7 +524,11 @@ impl Shard {
             over |= link.overflow_len() > self.cfg.overflow_limit;
         }
         if waiting > 0 {
+            // A batch sealed into a full ring: only the mesh loop retries
+            // overflow, and it may be parked (it parks when nothing
+            // overflowed), while the connections wait for it.
             self.stats.borrow_mut().ring_full += waiting as u64;
+            self.wake_mesh();
         }
         let was = self.backpressure.replace(over);
         if was && !over {
