@@ -233,13 +233,35 @@ mod tests {
     use crate::store::RedbStore;
     use crate::store::tests::{bearer, new_principal, new_tenant};
 
-    /// Records what it was told to apply.
+    /// Records what it was told to apply; while `late` is set, shard 1
+    /// confirms nothing.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<Arc<ConfigSnapshot>>>);
+    struct Recorder {
+        applied: Mutex<Vec<Arc<ConfigSnapshot>>>,
+        late: std::sync::atomic::AtomicBool,
+    }
+
+    impl Recorder {
+        fn epochs(&self) -> Vec<u64> {
+            self.applied
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|s| s.epoch())
+                .collect()
+        }
+    }
 
     impl DataPlaneControl for Recorder {
         fn apply(&self, snapshot: Arc<ConfigSnapshot>) -> Result<(), NotApplied> {
-            self.0.lock().unwrap().push(snapshot);
+            let epoch = snapshot.epoch();
+            self.applied.lock().unwrap().push(snapshot);
+            if self.late.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(NotApplied {
+                    epoch,
+                    shards: vec![1],
+                });
+            }
             Ok(())
         }
         fn connections(&self) -> Result<Vec<ConnectionInfo>, DataPlaneError> {
@@ -261,7 +283,7 @@ mod tests {
             SteeringStatus::default()
         }
         fn shard_count(&self) -> usize {
-            1
+            2
         }
     }
 
@@ -316,11 +338,7 @@ mod tests {
         assert!(closed.authenticate("abt_ok", 0).is_err());
         let r = ready.borrow().clone();
         assert!(!r.accepting && r.epoch == closed.epoch());
-        assert_eq!(
-            recorder.0.lock().unwrap().len(),
-            1,
-            "the data plane was told"
-        );
+        assert_eq!(recorder.epochs().len(), 1, "the data plane was told");
 
         // Still refusing while it stays corrupt; epochs keep increasing.
         let again = publisher.publish().unwrap();
@@ -330,57 +348,10 @@ mod tests {
         let repaired = publisher.publish().unwrap();
         assert!(repaired.accepting() && repaired.epoch() > again.epoch());
         assert!(ready.borrow().accepting);
-        let applied: Vec<u64> = recorder
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|s| s.epoch())
-            .collect();
+        let applied = recorder.epochs();
         assert!(applied.windows(2).all(|w| w[0] < w[1]), "{applied:?}");
         let m = metrics.snapshot();
         assert_eq!((m.snapshots_published, m.snapshots_refusing), (4, 2));
-    }
-
-    /// Shard 1 confirms nothing while `late` is set.
-    #[derive(Default)]
-    struct LateShard {
-        late: std::sync::atomic::AtomicBool,
-        pushed: Mutex<Vec<u64>>,
-    }
-
-    impl DataPlaneControl for LateShard {
-        fn apply(&self, snapshot: Arc<ConfigSnapshot>) -> Result<(), NotApplied> {
-            self.pushed.lock().unwrap().push(snapshot.epoch());
-            if self.late.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(NotApplied {
-                    epoch: snapshot.epoch(),
-                    shards: vec![1],
-                });
-            }
-            Ok(())
-        }
-        fn connections(&self) -> Result<Vec<ConnectionInfo>, DataPlaneError> {
-            Ok(vec![])
-        }
-        fn kick(&self, _: u64) -> Result<bool, DataPlaneError> {
-            Ok(false)
-        }
-        fn drain(&self, s: u16) -> Result<(), DataPlaneError> {
-            Err(DataPlaneError::NoSuchShard(s))
-        }
-        fn resume(&self, s: u16) -> Result<(), DataPlaneError> {
-            Err(DataPlaneError::NoSuchShard(s))
-        }
-        fn status(&self) -> Result<Vec<ShardStatus>, DataPlaneError> {
-            Ok(vec![])
-        }
-        fn steering(&self) -> SteeringStatus {
-            SteeringStatus::default()
-        }
-        fn shard_count(&self) -> usize {
-            2
-        }
     }
 
     #[test]
@@ -389,11 +360,11 @@ mod tests {
         let (store, _) = one_tenant_with_token(dir.path());
         let metrics = Arc::new(Metrics::default());
         let (publisher, _) = Publisher::start(store, Limits::default(), metrics.clone());
-        let dp = Arc::new(LateShard::default());
+        let dp = Arc::new(Recorder::default());
         publisher.attach(dp.clone());
 
         publisher.confirm().unwrap();
-        assert!(dp.pushed.lock().unwrap().is_empty(), "nothing pending");
+        assert!(dp.epochs().is_empty(), "nothing pending");
 
         dp.late.store(true, std::sync::atomic::Ordering::Relaxed);
         let err = publisher.publish().unwrap_err();
@@ -405,7 +376,7 @@ mod tests {
         dp.late.store(false, std::sync::atomic::Ordering::Relaxed);
         publisher.confirm().unwrap();
         publisher.confirm().unwrap();
-        let pushed = dp.pushed.lock().unwrap().clone();
+        let pushed = dp.epochs();
         assert_eq!(
             pushed, [err.epoch; 3],
             "the same snapshot, once more each time"
