@@ -53,6 +53,40 @@ pub(super) fn publish_frame(
     Ok(Frame { bytes, stamp_end })
 }
 
+/// The `Connect` a driver connection opens with, as a `kind` of client.
+pub(super) fn hello(t: &Target, kind: v1::ClientKind) -> Kind {
+    Kind::Connect(v1::Connect {
+        protocol_version: arqonbus_proto::PROTOCOL_VERSION,
+        credential: t.credential.clone(),
+        client_name: "arqonbus-perf".into(),
+        client_kind: kind.into(),
+        client_version: env!("CARGO_PKG_VERSION").into(),
+        no_echo: false,
+    })
+}
+
+/// The shard a `Welcome` names, or why the connection was refused.
+pub(super) fn welcomed(frame: Kind) -> Result<u32, DriverError> {
+    match frame {
+        Kind::Welcome(w) => Ok(w.shard),
+        Kind::Error(e) => Err(DriverError::Closed(format!("refused: {}", e.message))),
+        other => Err(DriverError::Protocol(format!("unexpected {other:?}"))),
+    }
+}
+
+/// The `Subscribe` `role` asks for, if any (sid 1).
+pub(super) fn subscription(role: &Role<'_>) -> Option<Kind> {
+    let pattern = role.subscribe?;
+    Some(Kind::Subscribe(v1::Subscribe {
+        sid: 1,
+        pattern: Bytes::copy_from_slice(pattern.as_bytes()),
+        queue_group: role
+            .queue
+            .map(|q| Bytes::copy_from_slice(q.as_bytes()))
+            .unwrap_or_default(),
+    }))
+}
+
 impl Conn {
     /// Authenticates on `stream`, subscribes as `role` says, and waits for
     /// the subscription to be in effect on every shard (Ping/Pong barrier).
@@ -61,28 +95,10 @@ impl Conn {
             wire: Wire::new(stream, t.control_limit())?,
             shard: 0,
         };
-        c.send(&Kind::Connect(v1::Connect {
-            protocol_version: arqonbus_proto::PROTOCOL_VERSION,
-            credential: t.credential.clone(),
-            client_name: "arqonbus-perf".into(),
-            client_kind: v1::ClientKind::Agent.into(),
-            client_version: env!("CARGO_PKG_VERSION").into(),
-            no_echo: false,
-        }))?;
-        match c.next_frame()? {
-            Kind::Welcome(w) => c.shard = w.shard,
-            Kind::Error(e) => return Err(DriverError::Closed(format!("refused: {}", e.message))),
-            other => return Err(DriverError::Protocol(format!("unexpected {other:?}"))),
-        }
-        if let Some(pattern) = role.subscribe {
-            c.send(&Kind::Subscribe(v1::Subscribe {
-                sid: 1,
-                pattern: Bytes::copy_from_slice(pattern.as_bytes()),
-                queue_group: role
-                    .queue
-                    .map(|q| Bytes::copy_from_slice(q.as_bytes()))
-                    .unwrap_or_default(),
-            }))?;
+        c.send(&hello(t, v1::ClientKind::Agent))?;
+        c.shard = welcomed(c.next_frame()?)?;
+        if let Some(subscribe) = subscription(role) {
+            c.send(&subscribe)?;
             c.barrier()?;
         }
         Ok(c)

@@ -15,7 +15,7 @@ use arqonbus_proto::codec;
 use arqonbus_proto::v1::{self, frame::Kind};
 use bytes::Bytes;
 
-use super::native::{self, TAG_ERROR, TAG_MESSAGE, closed};
+use super::native::{self, TAG_ERROR, TAG_MESSAGE, closed, hello, subscription, welcomed};
 use super::{DriverError, Ev, Frame, Role, Stream, Target, Wire, tail_of};
 
 /// WebSocket opcodes (RFC 6455 5.2).
@@ -100,28 +100,10 @@ impl Conn {
             shard: 0,
         };
         c.upgrade(&t.addr)?;
-        c.send(&Kind::Connect(v1::Connect {
-            protocol_version: arqonbus_proto::PROTOCOL_VERSION,
-            credential: t.credential.clone(),
-            client_name: "arqonbus-perf".into(),
-            client_kind: v1::ClientKind::Human.into(),
-            client_version: env!("CARGO_PKG_VERSION").into(),
-            no_echo: false,
-        }))?;
-        match c.next_frame()? {
-            Kind::Welcome(w) => c.shard = w.shard,
-            Kind::Error(e) => return Err(DriverError::Closed(format!("refused: {}", e.message))),
-            other => return Err(DriverError::Protocol(format!("unexpected {other:?}"))),
-        }
-        if let Some(pattern) = role.subscribe {
-            c.send(&Kind::Subscribe(v1::Subscribe {
-                sid: 1,
-                pattern: Bytes::copy_from_slice(pattern.as_bytes()),
-                queue_group: role
-                    .queue
-                    .map(|q| Bytes::copy_from_slice(q.as_bytes()))
-                    .unwrap_or_default(),
-            }))?;
+        c.send(&hello(t, v1::ClientKind::Human))?;
+        c.shard = welcomed(c.next_frame()?)?;
+        if let Some(subscribe) = subscription(role) {
+            c.send(&subscribe)?;
             c.barrier()?;
         }
         Ok(c)
