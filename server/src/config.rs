@@ -606,9 +606,23 @@ impl Config {
         self.steering.to_config()?;
         self.steering.default_placement()?;
         self.websocket.validate()?;
+        if let Some(ws) = self.websocket_listen()
+            && ws.port() != 0
+            && ws.port() == self.server.listen.port()
+        {
+            return Err(invalid(
+                "websocket.listen",
+                "must not use server.listen's port (each is its own listener group)",
+            ));
+        }
         self.limits.validate()?;
         validate_tenants("tenants", &self.tenants)?;
         Ok(())
+    }
+
+    /// The WebSocket edge's address, when it is served.
+    pub fn websocket_listen(&self) -> Option<std::net::SocketAddr> {
+        self.websocket.enabled.then_some(self.websocket.listen)
     }
 }
 
@@ -701,6 +715,10 @@ mod tests {
             (
                 "[websocket]\nallowed_origins = [\"https://ok.example\", \"https://x/path\"]\n",
                 "websocket.allowed_origins[1]",
+            ),
+            (
+                "[server]\nlisten = \"127.0.0.1:7420\"\n[websocket]\nenabled = true\nlisten = \"0.0.0.0:7420\"\n",
+                "websocket.listen",
             ),
             (
                 "[websocket]\nallowed_origins = [\"ok.example\"]\n",

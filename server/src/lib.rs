@@ -9,9 +9,13 @@
 //! runtime thread. It owns no protocol or routing logic. [`otlp`] exports
 //! the server's spans when `[tracing] otlp_endpoint` is set.
 //!
+//! Before it binds anything it claims its client ports ([`owner`]): one node
+//! per port, and a second start names the first.
+//!
 //! Threads: one pinned executor per shard (data plane), one tokio runtime
-//! thread (control API), the rate rebalancer, the caller's thread, and with
-//! trace export the span processor's thread.
+//! thread (control API), the rate rebalancer, one idle claim thread per
+//! client port, the caller's thread, and with trace export the span
+//! processor's thread.
 
 pub mod bootstrap;
 pub mod config;
@@ -19,6 +23,7 @@ mod control;
 pub mod doctor;
 mod monitor;
 pub mod otlp;
+pub mod owner;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod tls;
@@ -34,6 +39,7 @@ use arqonbus_dataplane::{DataPlane, DataPlaneConfig, Rehoming, StartError};
 use crate::bootstrap::BootstrapError;
 use crate::config::{Config, ConfigError};
 use crate::control::{ControlRuntime, MonitorSettings};
+use crate::owner::{ClaimError, Holder, PortClaim};
 use crate::tls::TlsError;
 
 /// Why the server could not start.
@@ -62,6 +68,9 @@ pub enum ServerError {
         /// Why binding failed (for example, the port is in use).
         source: std::io::Error,
     },
+    /// A client port is held by another node, or could not be claimed.
+    #[error("listen: {0}")]
+    Port(#[from] ClaimError),
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -90,6 +99,8 @@ pub struct Server {
     paths: Paths,
     config_path: Option<PathBuf>,
     config: Config,
+    /// The client ports this node owns; released after it stopped serving.
+    claims: Vec<PortClaim>,
 }
 
 /// Converts the config file's tenants into control-plane seeds.
@@ -154,6 +165,17 @@ impl Server {
     /// Like [`start`](Self::start); `config_path` is re-read on reload.
     pub fn start_with(config: &Config, config_path: Option<&Path>) -> Result<Self, ServerError> {
         config.validate()?;
+        // Claim the client ports before anything touches the data directory
+        // or binds: a second node on a port refuses here and names the first.
+        let me = Holder::this_process(
+            std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone()),
+        );
+        let mut claims = Vec::new();
+        for port in client_ports(config.server.listen, config.websocket_listen()) {
+            if port != 0 {
+                claims.push(owner::claim(port, &me)?);
+            }
+        }
         // First start: the bootstrap tenant and its credential (0600 file).
         // With the control plane, its store imports them once.
         let default_placement = config.steering.default_placement()?;
@@ -252,6 +274,12 @@ impl Server {
             None
         };
         let dataplane = Arc::new(DataPlane::start(&dp)?);
+        // Ports the kernel picked (configured as 0) are claimed once known.
+        for port in client_ports(dataplane.local_addr(), dataplane.websocket_addr()) {
+            if !claims.iter().any(|c| c.port() == port) {
+                claims.push(owner::claim(port, &me)?);
+            }
+        }
 
         let admin_token = control.as_ref().map(|c| c.admin_token_path().to_owned());
         let control = match control {
@@ -271,6 +299,7 @@ impl Server {
             paths,
             config_path: config_path.map(Path::to_owned),
             config: config.clone(),
+            claims,
         })
     }
 
@@ -339,7 +368,10 @@ impl Server {
     /// Closes every connection and stops.
     pub fn shutdown(self) {
         let Self {
-            dataplane, control, ..
+            dataplane,
+            control,
+            claims,
+            ..
         } = self;
         if let Some(c) = control {
             c.stop();
@@ -349,7 +381,21 @@ impl Server {
             // Someone still holds it; dropping the last handle stops it.
             Err(shared) => drop(shared),
         }
+        // Only now may another node take the ports.
+        drop(claims);
     }
+}
+
+/// The distinct client ports of a node: the native port and, when served,
+/// the WebSocket port.
+fn client_ports(native: SocketAddr, websocket: Option<SocketAddr>) -> Vec<u16> {
+    let mut ports = vec![native.port()];
+    if let Some(ws) = websocket
+        && ws.port() != native.port()
+    {
+        ports.push(ws.port());
+    }
+    ports
 }
 
 /// A random id for this server process.

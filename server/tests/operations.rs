@@ -139,6 +139,126 @@ fn a_metrics_port_in_use_is_a_clear_start_up_error() {
     assert!(err.to_string().contains(&taken.1.to_string()), "{err}");
 }
 
+/// A node's configuration on a fresh data directory, with `edit` applied;
+/// its own ports are all kernel-picked unless `edit` sets them.
+fn second_node(
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut arqonbus::config::Config),
+) -> arqonbus::config::Config {
+    let mut config = arqonbus::config::Config {
+        data_dir: dir.join("data"),
+        ..Default::default()
+    };
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.control.listen = "127.0.0.1:0".parse().unwrap();
+    config.metrics.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.shards = 1;
+    edit(&mut config);
+    config
+}
+
+fn assert_held_by(err: &arqonbus::ServerError, port: u16, first: &TestServer) {
+    let first_dir = std::path::absolute(first.data_dir()).unwrap();
+    match err {
+        arqonbus::ServerError::Port(arqonbus::owner::ClaimError::Held { port: p, holder }) => {
+            assert_eq!(*p, port);
+            assert_eq!(holder.pid, std::process::id());
+            assert_eq!(holder.data_dir, first_dir);
+        }
+        other => panic!("expected the port to be held, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("pid {}", std::process::id())),
+        "{text}"
+    );
+    assert!(text.contains(&first_dir.display().to_string()), "{text}");
+}
+
+/// One owner per port: a second node on a served port (same address, or the
+/// wildcard over it, with its own data directory and no control plane) is
+/// refused before it binds, and the refusal names the first node; the first
+/// keeps serving, and once it stopped the port is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_a_served_port_is_refused_and_names_the_first() {
+    let mut first = TestServer::start();
+    let port = first.addr().port();
+    let dir = tempfile::tempdir().unwrap();
+    for listen in [first.addr(), SocketAddr::from(([0, 0, 0, 0], port))] {
+        let second = second_node(dir.path(), |c| {
+            c.server.listen = listen;
+            c.control.enabled = false;
+        });
+        let err = arqonbus::Server::start(&second).map(|_| ()).unwrap_err();
+        assert_held_by(&err, port, &first);
+    }
+    // Nothing of the second node was created, and every connect still
+    // reaches the first one.
+    assert!(!dir.path().join("data").exists());
+    for _ in 0..8 {
+        let client = within("connect", Client::connect(options(&first)))
+            .await
+            .unwrap();
+        within("close", client.close()).await;
+    }
+    // The real binary says the same on stderr and exits non-zero at once.
+    let config = dir.path().join("second.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[server]\nlisten = \"{}\"\n[control]\nenabled = false\n",
+            dir.path().join("data").display().to_string(),
+            first.addr()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_arqonbus"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "a panic is not a refusal: {stderr}"
+    );
+    let first_dir = std::path::absolute(first.data_dir()).unwrap();
+    assert!(
+        stderr.contains(&format!("pid {}", std::process::id()))
+            && stderr.contains(&first_dir.display().to_string()),
+        "{stderr}"
+    );
+    // Stopped, the first node frees the port for the next.
+    first.stop();
+    let second = second_node(dir.path(), |c| {
+        c.server.listen = SocketAddr::from(([127, 0, 0, 1], port));
+        c.control.enabled = false;
+    });
+    let node = arqonbus::Server::start(&second).unwrap();
+    assert_eq!(node.local_addr().port(), port);
+    node.shutdown();
+}
+
+/// The WebSocket port is claimed like the native one.
+#[test]
+fn a_served_websocket_port_is_refused_to_a_second_node() {
+    let first = TestServer::start_with(|c| {
+        c.websocket.enabled = true;
+        c.websocket.listen = "127.0.0.1:0".parse().unwrap();
+    });
+    let ws = first.server().websocket_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let second = second_node(dir.path(), |c| {
+        c.control.enabled = false;
+        c.websocket.enabled = true;
+        c.websocket.listen = ws;
+    });
+    let err = arqonbus::Server::start(&second).map(|_| ()).unwrap_err();
+    assert_held_by(&err, ws.port(), &first);
+}
+
 /// The monitoring listener serves at most 64 connections at once
 /// (`monitor::MAX_CONNECTIONS`); more are closed on accept, and a freed slot
 /// serves again.
