@@ -452,8 +452,10 @@ impl Client {
     }
 
     /// Waits until the server has processed everything this client sent
-    /// before the call: publishes are written and every earlier subscribe or
-    /// unsubscribe is in effect on every shard (a `Ping`/`Pong` barrier). If
+    /// before the call: earlier publishes were routed to every subscriber
+    /// on every shard (queued for them, not yet necessarily read) and every
+    /// earlier subscribe or unsubscribe is in effect on every shard (a
+    /// `Ping`/`Pong` barrier). If
     /// the connection drops meanwhile, the barrier is repeated on the new
     /// connection after the subscriptions were re-sent.
     pub async fn flush(&self) -> Result<(), Error> {

@@ -39,6 +39,11 @@ pub enum DecodeError {
     /// The body decoded but carries no frame kind this version knows.
     #[error("frame carries no known kind")]
     UnknownKind,
+    /// The body holds more than one top-level field (two kinds, or one kind
+    /// twice): a `Frame` carries exactly one kind, and which one a peer acts
+    /// on must not depend on its decoder.
+    #[error("frame carries more than one field; a frame holds exactly one kind")]
+    SeveralKinds,
 }
 
 /// Why a frame could not be encoded.
@@ -76,6 +81,9 @@ pub fn frame_len(buf: &[u8], max_frame: u32) -> Result<Option<usize>, DecodeErro
 pub fn decode_body(body: Bytes) -> Result<Kind, DecodeError> {
     if let Some(publish) = publish_fast(&body) {
         return Ok(Kind::Publish(publish));
+    }
+    if several_fields(&body) {
+        return Err(DecodeError::SeveralKinds);
     }
     Frame::decode(body)
         .map_err(|_| DecodeError::Malformed)?
@@ -129,6 +137,29 @@ fn publish_fast(body: &Bytes) -> Option<crate::v1::Publish> {
         pos = end;
     }
     Some(publish)
+}
+
+/// Whether `b` holds more than its first top-level field. `false` when the
+/// first field does not parse: prost gives the verdict on that.
+fn several_fields(mut b: &[u8]) -> bool {
+    use prost::encoding::decode_varint;
+    let Ok(key) = decode_varint(&mut b) else {
+        return false;
+    };
+    let skip = match key & 7 {
+        0 => match decode_varint(&mut b) {
+            Ok(_) => 0,
+            Err(_) => return false,
+        },
+        1 => 8,
+        2 => match decode_varint(&mut b).map(usize::try_from) {
+            Ok(Ok(len)) => len,
+            _ => return false,
+        },
+        5 => 4,
+        _ => return false,
+    };
+    b.len() > skip
 }
 
 /// A varint of at most four bytes (values below 2^28, more than any frame
@@ -448,6 +479,45 @@ mod tests {
             decode_body(Bytes::from_static(&[0xa0, 0x06, 0x01])),
             Err(DecodeError::UnknownKind)
         );
+    }
+
+    /// A frame holds exactly one kind. protobuf would act on the last of
+    /// several (and merge one kind sent twice); the codec refuses instead.
+    #[test]
+    fn a_body_with_more_than_one_field_is_refused() {
+        let ping = [0x3a, 0x00]; // field 7 (ping), empty
+        let pong = [0x42, 0x00]; // field 8 (pong), empty
+        assert_eq!(
+            decode_body(Bytes::copy_from_slice(&ping)),
+            Ok(Kind::Ping(v1::Ping {}))
+        );
+        for body in [
+            [ping, pong].concat(),
+            [pong, ping].concat(),
+            [ping, ping].concat(),
+            // A kind, then an unknown varint field 100.
+            [&ping[..], &[0xa0, 0x06, 0x01]].concat(),
+        ] {
+            assert_eq!(
+                decode_body(Bytes::from(body.clone())),
+                Err(DecodeError::SeveralKinds),
+                "{body:02x?}"
+            );
+        }
+        // A publish (the hot path's shape) followed by a second kind.
+        let mut whole = BytesMut::new();
+        encode(
+            &Kind::Publish(v1::Publish {
+                subject: Bytes::from_static(b"a"),
+                payload: Bytes::from_static(b"x"),
+                ..Default::default()
+            }),
+            &mut whole,
+        )
+        .unwrap();
+        let mut body = whole.split_off(LEN_PREFIX);
+        body.extend_from_slice(&ping);
+        assert_eq!(decode_body(body.freeze()), Err(DecodeError::SeveralKinds));
     }
 
     #[test]

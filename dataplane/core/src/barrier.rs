@@ -1,5 +1,7 @@
-//! The subscription barrier: a client's `Ping` is answered once every other
-//! shard has applied the interest updates this shard sent before it.
+//! The `Ping` barrier: a client's `Ping` is answered once every other shard
+//! has applied the interest updates, and the marks, this shard sent before
+//! it. The runtime sends a mark behind message copies that crossed to peers,
+//! so a publisher's `Pong` also means its messages were routed there.
 //!
 //! A shard numbers each interest update it sends ([`Barrier::number`]);
 //! every peer acknowledges the highest number it applied

@@ -383,6 +383,10 @@ impl Session {
                 DecodeError::Malformed | DecodeError::UnknownKind => {
                     Rejection::fatal(ErrorCode::ProtocolViolation, "malformed frame")
                 }
+                DecodeError::SeveralKinds => Rejection::fatal(
+                    ErrorCode::ProtocolViolation,
+                    "a frame holds exactly one kind",
+                ),
             }),
             Event::Tick => self.on_tick(now, limits),
             Event::SlowConsumer => Step::Reject(Rejection::fatal(

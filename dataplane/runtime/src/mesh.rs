@@ -64,6 +64,10 @@ pub(crate) enum PeerMsg {
     Interest { seq: u64, update: InterestUpdate },
     /// The sender applied the receiver's interest updates up to `seq`.
     InterestAck { seq: u64 },
+    /// A `Ping` on the sender after message copies crossed: numbered like
+    /// an interest update and acknowledged the same way, so its `Pong`
+    /// waits until every copy sent before it was routed here.
+    Mark { seq: u64 },
     /// Messages for the receiver's subscribers, in the order they were
     /// published (at most [`MAX_BATCH`]).
     Deliver(Vec<RemoteMessage>),
@@ -101,6 +105,8 @@ pub(crate) struct Link {
     doorbell: Arc<Doorbell>,
     /// Pushed since the peer's doorbell was last rung.
     unsignalled: bool,
+    /// Copies were sealed since the last [`Link::take_crossed`].
+    crossed: bool,
 }
 
 impl Link {
@@ -113,7 +119,16 @@ impl Link {
             overflow_weight: 0,
             doorbell,
             unsignalled: false,
+            crossed: false,
         }
+    }
+
+    /// Whether message copies went (or are staged) to the peer since the
+    /// last call.
+    pub(crate) fn take_crossed(&mut self) -> bool {
+        let crossed = self.crossed || !self.staged.is_empty();
+        self.crossed = false;
+        crossed
     }
 
     /// Stages a message copy for the peer; it leaves with the next seal.
@@ -139,6 +154,7 @@ impl Link {
         let fresh = Vec::with_capacity(self.staged.len());
         let batch = std::mem::replace(&mut self.staged, fresh);
         let n = batch.len();
+        self.crossed = true;
         if self.push(PeerMsg::Deliver(batch)) {
             0
         } else {

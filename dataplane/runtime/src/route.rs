@@ -13,9 +13,11 @@
 //! - **Stalls** are announced to every shard (`PeerMsg::Stall`, `Unstall`)
 //!   and kept in each shard's `Throttle`, which makes the tenant's publishes
 //!   wait (`Throttle::admit`, in the core).
-//! - **Barrier**: every interest update carries an increasing `seq`; peers
-//!   acknowledge the highest one they applied; a client's `Ping` is answered
-//!   once every peer acknowledged the `seq` current when it arrived. The
+//! - **Barrier**: every interest update carries an increasing `seq`, and so
+//!   does a mark sent behind message copies that crossed since the last one;
+//!   peers acknowledge the highest one they applied; a client's `Ping` is
+//!   answered once every peer acknowledged the `seq` current when it
+//!   arrived. The
 //!   numbers and who acknowledged what are the core's `Barrier`; this file
 //!   sends them over the rings and queues the `Pong`s.
 
@@ -120,10 +122,37 @@ impl Shard {
         }
     }
 
-    /// Answers a client's `Ping` now, or when the barrier allows.
+    /// Answers a client's `Ping` now, or when the barrier allows: once
+    /// every other shard applied this shard's interest updates and routed
+    /// the message copies this shard sent it before the `Ping`.
     pub(crate) fn pong(&self, conn: &ConnShared) {
+        self.mark_if_crossed();
         if self.barrier.borrow_mut().ping(conn.id) {
             conn.out.borrow_mut().push_frame(&Kind::Pong(v1::Pong {}));
+        }
+    }
+
+    /// Copies crossed since the last mark: number a mark and send it behind
+    /// them on every link, so the barrier also waits for their routing.
+    fn mark_if_crossed(&self) {
+        let mut links = self.links.borrow_mut();
+        let mut crossed = false;
+        for link in links.iter_mut() {
+            crossed |= link.take_crossed();
+        }
+        if !crossed {
+            return;
+        }
+        let seq = self.barrier.borrow_mut().number();
+        let mut full = 0;
+        for link in links.iter_mut() {
+            if !link.send(PeerMsg::Mark { seq }) {
+                full += 1;
+            }
+        }
+        if full > 0 {
+            self.stats.borrow_mut().ring_full += full;
+            self.wake_mesh();
         }
     }
 
@@ -445,6 +474,8 @@ impl Shard {
                 self.router.borrow_mut().apply_interest(from, &update);
                 self.barrier.borrow_mut().applied(from, seq);
             }
+            // Every copy `from` sent before the mark was routed above.
+            PeerMsg::Mark { seq } => self.barrier.borrow_mut().applied(from, seq),
             PeerMsg::InterestAck { seq } => {
                 self.barrier.borrow_mut().acknowledged(from, seq);
                 self.release_pongs();

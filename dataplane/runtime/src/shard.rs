@@ -915,6 +915,15 @@ impl Shard {
         let conns = self.conns.borrow();
         tracing::info!(shard = %self.id, connections = conns.len(), tenant = tenant.map(|t| t.0), ?window, reason, "moving clients away");
         for (_, c) in conns.iter() {
+            if c.tenant.get().is_none() {
+                // No session yet, so no `Drain` before its `Welcome`: a lame
+                // duck refuses it (SERVER_SHUTTING_DOWN as its first frame);
+                // moving one tenant away does not concern it.
+                if tenant.is_none() {
+                    c.raise(Flag::Shutdown);
+                }
+                continue;
+            }
             if tenant.is_some() && c.tenant.get() != tenant {
                 continue;
             }

@@ -276,6 +276,112 @@ fn the_first_frame_must_be_connect() {
     expect_closed(&mut c);
 }
 
+/// A `Connect` is decoded before its credential is looked at: one whose
+/// string fields are not UTF-8 is not a valid frame (PROTOCOL_VIOLATION),
+/// whatever its credential, and counts as no failed login.
+#[test]
+fn a_connect_that_does_not_decode_is_refused_before_its_credential() {
+    let dp = start(&config());
+    for credential in ["abt_wrong", TOKEN_A] {
+        let mut bytes = Vec::new();
+        arqonbus_proto::codec::encode(
+            &Kind::Connect(v1::Connect {
+                protocol_version: 1,
+                credential: credential.into(),
+                client_name: "@@".into(),
+                ..Default::default()
+            }),
+            &mut bytes,
+        )
+        .unwrap();
+        let at = bytes.windows(2).position(|w| w == b"@@").unwrap();
+        bytes[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
+        let mut c = RawClient::open(dp.local_addr());
+        c.send_raw(&bytes);
+        expect_error(&mut c, ErrorCode::ProtocolViolation, true);
+        expect_closed(&mut c);
+    }
+    let stats = dp.total_stats().unwrap();
+    assert_eq!(stats.auth_failures, 0);
+    assert_eq!(stats.protocol_errors, 2);
+}
+
+/// Server-to-client kinds sent by a client are protocol errors that close
+/// only that connection.
+#[test]
+fn server_frames_from_a_client_close_its_connection() {
+    let dp = start(&config());
+    let addr = dp.local_addr();
+    let mut sub = RawClient::connect(addr, TOKEN_A);
+    sub.subscribe("still", None);
+    sub.flush();
+    let kinds = [
+        Kind::Drain(v1::Drain {
+            deadline_ms: 1,
+            reason: "client says so".into(),
+        }),
+        Kind::Welcome(v1::Welcome::default()),
+        Kind::Message(v1::Message::default()),
+        Kind::Error(v1::Error::default()),
+        Kind::PresenceEvent(v1::PresenceEvent::default()),
+    ];
+    for kind in &kinds {
+        let mut c = RawClient::connect(addr, TOKEN_A);
+        c.send(kind);
+        let e = expect_error(&mut c, ErrorCode::ProtocolViolation, true);
+        assert!(e.message.contains("server-to-client"), "{e:?}");
+        expect_closed(&mut c);
+    }
+    let mut publ = RawClient::connect(addr, TOKEN_A);
+    publ.publish("still", b"here");
+    publ.flush();
+    assert_eq!(&sub.message().payload[..], b"here");
+}
+
+/// A client that ends its stream in the middle of a frame: the frames
+/// before it are acted on, the partial one is discarded unacted, and the
+/// server closes its side.
+#[test]
+fn a_close_in_the_middle_of_a_frame_discards_only_that_frame() {
+    let dp = start(&config());
+    let addr = dp.local_addr();
+    let mut sub = RawClient::connect(addr, TOKEN_A);
+    sub.subscribe("flow", None);
+    sub.flush();
+    let mut bytes = Vec::new();
+    for payload in [&b"whole"[..], &b"half"[..]] {
+        arqonbus_proto::codec::encode(
+            &Kind::Publish(v1::Publish {
+                subject: Bytes::from_static(b"flow"),
+                payload: Bytes::copy_from_slice(payload),
+                ..Default::default()
+            }),
+            &mut bytes,
+        )
+        .unwrap();
+    }
+    let mut evil = RawClient::connect(addr, TOKEN_A);
+    evil.send_raw(&bytes[..bytes.len() - 3]);
+    evil.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    // The server closed its side too: it has seen the end of stream.
+    expect_closed(&mut evil);
+    sub.publish("flow", b"end");
+    let got = until_end_payloads(&mut sub, b"end");
+    assert_eq!(got, vec![b"whole".to_vec()]);
+}
+
+/// Payloads of messages until one whose payload is `end` (not returned).
+fn until_end_payloads(c: &mut RawClient, end: &[u8]) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    loop {
+        let m = c.message();
+        if m.payload[..] == *end {
+            return got;
+        }
+        got.push(m.payload.to_vec());
+    }
+}
+
 #[test]
 fn tenants_with_identical_subjects_never_see_each_other() {
     let dp = start(&config());
@@ -341,10 +447,11 @@ fn malformed_frames_close_only_their_connection() {
     sub.flush();
     let mut publ = RawClient::connect_on_shard(addr, TOKEN_A, 0);
 
-    let bad_inputs: [&[u8]; 3] = [
+    let bad_inputs: [&[u8]; 4] = [
         &[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff], // not protobuf
         &[0x7f, 0xff, 0xff, 0xff],             // length far beyond max_frame
         &[0, 0, 0, 2, 0xa0, 0x06],             // no known kind
+        &[0, 0, 0, 4, 0x3a, 0, 0x42, 0],       // two kinds: Ping and Pong
     ];
     for (round, bad) in bad_inputs.iter().enumerate() {
         let mut evil = RawClient::connect_on_shard(addr, TOKEN_A, (round % 2) as u32);
@@ -360,12 +467,12 @@ fn malformed_frames_close_only_their_connection() {
         expect_closed(&mut evil);
     }
     publ.flush();
-    for round in 0..3u8 {
+    for round in 0..4u8 {
         for half in 0..2u8 {
             assert_eq!(&sub.message().payload[..], &[round, half]);
         }
     }
-    assert_eq!(dp.total_stats().unwrap().protocol_errors, 3);
+    assert_eq!(dp.total_stats().unwrap().protocol_errors, 4);
 }
 
 #[test]
@@ -511,6 +618,54 @@ fn silent_connections_time_out() {
 
 /// Regression: a ring that filled up while the mesh loop was parked left the
 /// overflow unflushed and the back-pressured publisher stalled for good.
+/// The flush composes across connections and shards: a publisher's `Pong`
+/// comes once every message it published before its `Ping` was routed on
+/// every shard, so a subscriber's `Ping` sent after that `Pong` is answered
+/// after all of them. (A subscriber's `Pong` alone says nothing about
+/// messages other connections published.) Small rings keep copies waiting
+/// in overflow, where an unmarked `Pong` would overtake them.
+#[test]
+fn a_publishers_pong_means_its_messages_were_routed_on_every_shard() {
+    const N: u32 = 3_000;
+    let mut cfg = config();
+    cfg.ring_capacity = 16;
+    let dp = start(&cfg);
+    let addr = dp.local_addr();
+    let mut sub = RawClient::connect_on_shard(addr, TOKEN_A, 1);
+    let sid = sub.subscribe("flow", None);
+    sub.flush();
+    let mut publ = RawClient::connect_on_shard(addr, TOKEN_A, 0);
+    for round in 0..3u32 {
+        let mut batch = Vec::new();
+        for i in 0..N {
+            arqonbus_proto::codec::encode(
+                &Kind::Publish(v1::Publish {
+                    subject: Bytes::from_static(b"flow"),
+                    payload: Bytes::copy_from_slice(&(round * N + i).to_be_bytes()),
+                    ..Default::default()
+                }),
+                &mut batch,
+            )
+            .unwrap();
+        }
+        publ.send_raw(&batch);
+        assert!(publ.flush().is_empty(), "the publisher got no messages");
+        let got = sub.flush();
+        assert_eq!(
+            got.len(),
+            N as usize,
+            "round {round}: all routed before the Pong"
+        );
+        for (i, k) in got.iter().enumerate() {
+            let Kind::Message(m) = k else {
+                panic!("expected Message, got {k:?}")
+            };
+            assert_eq!(m.sid, sid);
+            assert_eq!(&m.payload[..], &(round * N + i as u32).to_be_bytes());
+        }
+    }
+}
+
 #[test]
 fn a_full_ring_never_stalls_delivery() {
     const N: u32 = 30_000;
@@ -647,12 +802,26 @@ fn lame_duck_tells_every_client_then_closes_them_spread_over_the_window() {
     let dp = start(&config());
     let addr = dp.local_addr();
     let mut clients: Vec<RawClient> = (0..6).map(|_| RawClient::connect(addr, TOKEN_A)).collect();
+    // Two connections that have not sent `Connect` yet, accepted by a shard.
+    let mut strangers: Vec<RawClient> = (0..2).map(|_| RawClient::open(addr)).collect();
+    for _ in 0..2_000 {
+        if dp.total_stats().unwrap().connections == 8 {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(dp.total_stats().unwrap().connections, 8);
     dp.lame_duck(std::time::Duration::from_millis(300));
     for c in &mut clients {
         match c.next() {
             Some(Kind::Drain(d)) => assert_eq!(d.deadline_ms, 300),
             other => panic!("expected Drain first, got {other:?}"),
         }
+        expect_error(c, ErrorCode::ServerShuttingDown, true);
+        expect_closed(c);
+    }
+    // No session yet, so no `Drain` before a `Welcome`: refused at once.
+    for c in &mut strangers {
         expect_error(c, ErrorCode::ServerShuttingDown, true);
         expect_closed(c);
     }
