@@ -224,6 +224,7 @@ fn publish(subject: &'static [u8]) -> Kind {
         subject: Bytes::from_static(subject),
         reply: Bytes::new(),
         headers: Vec::new(),
+        seq: 0,
         payload: Bytes::from(vec![0x5a; PAYLOAD]),
     })
 }

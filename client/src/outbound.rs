@@ -168,6 +168,7 @@ mod tests {
                 subject: p.subject.clone(),
                 reply: p.reply.clone(),
                 headers: p.headers.clone(),
+                seq: 0,
                 payload: p.payload.clone(),
             }),
             &mut v,

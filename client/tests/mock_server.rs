@@ -230,6 +230,7 @@ async fn bad_credential_is_a_typed_error() {
             message: "authentication failed".into(),
             close: true,
             sid: 0,
+            seq: 0,
         }))
         .await;
     };
@@ -385,6 +386,7 @@ async fn a_rejected_subscription_fails_subscribe() {
             message: "not allowed".into(),
             close: false,
             sid: sub.sid,
+            seq: 0,
         }))
         .await;
         peer.pong_next_ping().await;
@@ -618,6 +620,7 @@ async fn authentication_failure_on_reconnect_closes_the_client() {
         message: "revoked".into(),
         close: true,
         sid: 0,
+        seq: 0,
     }))
     .await;
     loop {
@@ -654,6 +657,7 @@ async fn fatal_server_errors_trigger_a_reconnect() {
         message: "too slow".into(),
         close: true,
         sid: 0,
+        seq: 0,
     }))
     .await;
     match events.next().await {

@@ -94,14 +94,15 @@ pub fn decode_body(body: Bytes) -> Result<Kind, DecodeError> {
 /// `Frame` field 3 (`publish`), length-delimited.
 const KEY_FRAME_PUBLISH: u8 = 3 << 3 | 2;
 /// `Publish` fields `subject` (1), `reply` (2) and `payload` (15),
-/// length-delimited; each key is one byte.
+/// length-delimited, and `seq` (4), a varint; each key is one byte.
 const KEY_SUBJECT: u8 = 1 << 3 | 2;
 const KEY_REPLY: u8 = 2 << 3 | 2;
+const KEY_SEQ: u8 = 4 << 3;
 const KEY_PAYLOAD: u8 = 15 << 3 | 2;
 
 /// The hot path's decoder: a body that is exactly one `Frame.publish`
-/// whose fields are `subject`, `reply` and `payload`, each at most once and
-/// in field order. Returns `None` for anything else (headers, another kind,
+/// whose fields are `subject`, `reply`, `seq` and `payload`, each at most
+/// once and in field order. Returns `None` for anything else (headers, another kind,
 /// unknown or repeated fields, a truncated or overlong length), leaving the
 /// verdict to prost. `bytes` fields are slices of `body`, as with prost.
 fn publish_fast(body: &Bytes) -> Option<crate::v1::Publish> {
@@ -118,10 +119,17 @@ fn publish_fast(body: &Bytes) -> Option<crate::v1::Publish> {
     let mut last = 0u8;
     while pos < b.len() {
         let key = b[pos];
-        if key <= last || !matches!(key, KEY_SUBJECT | KEY_REPLY | KEY_PAYLOAD) {
+        if key <= last || !matches!(key, KEY_SUBJECT | KEY_REPLY | KEY_SEQ | KEY_PAYLOAD) {
             return None;
         }
         last = key;
+        if key == KEY_SEQ {
+            let mut rest = &b[pos + 1..];
+            let before = rest.len();
+            publish.seq = prost::encoding::decode_varint(&mut rest).ok()?;
+            pos += 1 + before - rest.len();
+            continue;
+        }
         let (len, n) = short_varint(&b[pos + 1..])?;
         let start = pos + 1 + n;
         let end = start.checked_add(len)?;
@@ -408,6 +416,7 @@ mod tests {
             subject: Bytes::from_static(b"a.b"),
             reply: Bytes::from_static(b"r"),
             headers: vec![header(b"k", b"v")],
+            seq: 0,
             payload: Bytes::from_static(b"hello"),
         }));
         roundtrip(&Kind::Subscribe(v1::Subscribe {
@@ -434,6 +443,7 @@ mod tests {
             message: "slow".into(),
             close: true,
             sid: 0,
+            seq: 0,
         }));
     }
 
@@ -586,7 +596,7 @@ mod tests {
             write_publish_prefix(&subject, &reply, &headers, payload.len(), &mut fast).unwrap();
             fast.extend_from_slice(&payload);
             let mut slow = Vec::new();
-            encode(&Kind::Publish(v1::Publish { subject, reply, headers, payload }), &mut slow).unwrap();
+            encode(&Kind::Publish(v1::Publish { subject, reply, headers, seq: 0, payload }), &mut slow).unwrap();
             prop_assert_eq!(hex::encode(fast), hex::encode(slow));
         }
 
@@ -594,9 +604,10 @@ mod tests {
         fn publish_fast_path_decodes_what_prost_encodes(
             subject in arb_bytes(40),
             reply in arb_bytes(40),
+            seq in prop_oneof![Just(0u64), any::<u64>()],
             payload in arb_bytes(300),
         ) {
-            let publish = v1::Publish { subject, reply, headers: Vec::new(), payload };
+            let publish = v1::Publish { subject, reply, headers: Vec::new(), seq, payload };
             let body = Bytes::from(Frame { kind: Some(Kind::Publish(publish.clone())) }.encode_to_vec());
             prop_assert_eq!(publish_fast(&body), Some(publish));
         }
@@ -609,7 +620,7 @@ mod tests {
             fields in proptest::collection::vec(
                 (
                     prop_oneof![
-                        Just(KEY_SUBJECT), Just(KEY_REPLY), Just(KEY_PAYLOAD),
+                        Just(KEY_SUBJECT), Just(KEY_REPLY), Just(KEY_SEQ), Just(KEY_PAYLOAD),
                         Just(3u8 << 3 | 2), Just(KEY_FRAME_PUBLISH), any::<u8>()
                     ],
                     arb_bytes(20),

@@ -43,6 +43,7 @@ impl fmt::Debug for Publish {
             .field("subject", &self.subject.escape_ascii().to_string())
             .field("reply", &self.reply.escape_ascii().to_string())
             .field("header_keys", &keys(&self.headers))
+            .field("seq", &self.seq)
             .field("payload_len", &self.payload.len())
             .finish()
     }

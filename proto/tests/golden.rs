@@ -78,7 +78,18 @@ fn vectors() -> Vec<(&'static str, Kind)> {
                 subject: b(b"orders.eu.created"),
                 reply: Bytes::new(),
                 headers: vec![],
+                seq: 0,
                 payload: b(b"{\"id\":42}"),
+            }),
+        ),
+        (
+            "publish_numbered",
+            Kind::Publish(v1::Publish {
+                subject: b(b"orders.eu.created"),
+                reply: Bytes::new(),
+                headers: vec![],
+                seq: 300,
+                payload: b(b"{\"id\":43}"),
             }),
         ),
         (
@@ -90,6 +101,7 @@ fn vectors() -> Vec<(&'static str, Kind)> {
                     key: b(b"traceparent"),
                     value: b(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
                 }],
+                seq: 0,
                 payload: b(b"ping"),
             }),
         ),
@@ -195,6 +207,17 @@ fn vectors() -> Vec<(&'static str, Kind)> {
                 message: "slow consumer: outbound buffer exceeded max_pending_bytes".into(),
                 close: true,
                 sid: 0,
+                seq: 0,
+            }),
+        ),
+        (
+            "error_about_publish",
+            Kind::Error(v1::Error {
+                code: v1::ErrorCode::PermissionDenied.into(),
+                message: "not allowed to publish to this subject".into(),
+                close: false,
+                sid: 0,
+                seq: 300,
             }),
         ),
     ]

@@ -118,6 +118,7 @@ async fn browsers_and_sdk_clients_meet_over_wss() {
                 subject: Bytes::from_static(b"room.1"),
                 reply: Bytes::new(),
                 headers: vec![],
+                seq: 0,
                 payload: Bytes::from_static(b"hello from a browser"),
             }),
         );

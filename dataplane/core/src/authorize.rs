@@ -110,6 +110,7 @@ impl Denial {
             code: self.code,
             close: false,
             sid: self.sid,
+            seq: 0,
             detail: self.detail,
         }
     }

@@ -101,6 +101,8 @@ pub struct Publish {
     pub headers: Vec<Header>,
     /// The payload, sharing the receive buffer.
     pub payload: Bytes,
+    /// The client's number for it (0: none), echoed in an error about it.
+    pub seq: u64,
 }
 
 /// An error to send to the client.
@@ -112,6 +114,8 @@ pub struct Rejection {
     pub close: bool,
     /// The subscription concerned, or 0.
     pub sid: u64,
+    /// The `Publish.seq` of the publish concerned, or 0.
+    pub seq: u64,
     /// Text for humans; never holds client data.
     pub detail: &'static str,
 }
@@ -122,6 +126,7 @@ impl Rejection {
             code,
             close: true,
             sid: 0,
+            seq: 0,
             detail,
         }
     }
@@ -131,8 +136,14 @@ impl Rejection {
             code,
             close: false,
             sid,
+            seq: 0,
             detail,
         }
+    }
+
+    /// This rejection, about the publish the client numbered `seq`.
+    pub fn about_publish(self, seq: u64) -> Self {
+        Self { seq, ..self }
     }
 
     /// The `Error` frame for this rejection.
@@ -142,6 +153,7 @@ impl Rejection {
             message: self.detail.to_owned(),
             close: self.close,
             sid: self.sid,
+            seq: self.seq,
         })
     }
 }
@@ -623,26 +635,30 @@ impl Session {
     }
 
     fn check_publish(&self, p: v1::Publish, limits: &Limits) -> Result<Publish, Rejection> {
+        let seq = p.seq;
         if p.payload.len() > self.max_payload as usize {
             return Err(Rejection::soft(
                 ErrorCode::MaxPayloadExceeded,
                 0,
                 "payload exceeds max_payload",
-            ));
+            )
+            .about_publish(seq));
         }
         let max = limits.max_subject_len as usize;
-        let subject = Subject::parse(p.subject, max).map_err(|e| subject_rejection(e, 0))?;
+        let refused = |e| subject_rejection(e, 0).about_publish(seq);
+        let subject = Subject::parse(p.subject, max).map_err(refused)?;
         let reply = if p.reply.is_empty() {
             None
         } else {
-            Some(Subject::parse(p.reply, max).map_err(|e| subject_rejection(e, 0))?)
+            Some(Subject::parse(p.reply, max).map_err(refused)?)
         };
-        check_headers(&p.headers, limits)?;
+        check_headers(&p.headers, limits).map_err(|r| r.about_publish(seq))?;
         Ok(Publish {
             subject,
             reply,
             headers: p.headers,
             payload: p.payload,
+            seq,
         })
     }
 
@@ -940,6 +956,7 @@ mod tests {
             subject: Bytes::from_static(subject),
             reply: Bytes::from_static(reply),
             headers: vec![],
+            seq: 0,
             payload: Bytes::from(vec![0u8; payload]),
         }))
     }

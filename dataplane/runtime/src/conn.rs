@@ -995,11 +995,11 @@ impl<T> ConnIo<T> {
                 };
                 if let Decision::Deny(denial) = decision {
                     if denial.code == ErrorCode::PermissionDenied {
-                        Self::deny(shard, conn, denial);
+                        Self::deny(shard, conn, denial.soft());
                     } else {
                         shard.stats.borrow_mut().client_errors += 1;
                         conn.count_rejection();
-                        Self::soft_error(shard, conn, denial);
+                        Self::soft_error(shard, conn, denial.soft());
                     }
                     return;
                 }
@@ -1134,7 +1134,7 @@ impl<T> ConnIo<T> {
             msg.reply.as_ref(),
         );
         if let Decision::Deny(denial) = decision {
-            Self::deny(shard, conn, denial);
+            Self::deny(shard, conn, denial.soft().about_publish(msg.seq));
             return;
         }
         self.gate_and_publish(shard, conn, session, msg);
@@ -1185,7 +1185,7 @@ impl<T> ConnIo<T> {
                 conn.subscription_released();
                 crate::presence::left(shard, conn.id, sid);
                 shard.stats.borrow_mut().permission_denied += 1;
-                Self::soft_error(shard, conn, denial);
+                Self::soft_error(shard, conn, denial.soft());
             }
         }
     }
@@ -1193,22 +1193,22 @@ impl<T> ConnIo<T> {
     /// A request the client's permissions do not allow: counted on the
     /// shard and the connection, answered with the PERMISSION_DENIED error
     /// the core named, which keeps the connection open.
-    fn deny(shard: &Shard, conn: &ConnShared, denial: Denial) {
+    fn deny(shard: &Shard, conn: &ConnShared, denial: Rejection) {
         shard.stats.borrow_mut().permission_denied += 1;
         conn.count_rejection();
         Self::soft_error(shard, conn, denial);
     }
 
-    /// Queues the error frame of `denial`; the connection stays open.
-    fn soft_error(shard: &Shard, conn: &ConnShared, denial: Denial) {
-        shard.errors.borrow_mut().count(denial.code.into());
-        conn.out.borrow_mut().push_frame(&denial.soft().to_frame());
+    /// Queues the error frame of a refusal that keeps the connection open.
+    fn soft_error(shard: &Shard, conn: &ConnShared, refusal: Rejection) {
+        shard.errors.borrow_mut().count(refusal.code.into());
+        conn.out.borrow_mut().push_frame(&refusal.to_frame());
     }
 
     /// A subscribe or unsubscribe the router refused.
     fn reject_subscription(shard: &Shard, conn: &ConnShared, sid: Sid, e: SubscriptionError) {
         shard.stats.borrow_mut().client_errors += 1;
-        Self::soft_error(shard, conn, Denial::subscription(e, sid));
+        Self::soft_error(shard, conn, Denial::subscription(e, sid).soft());
     }
 
     fn reject(&mut self, shard: &Shard, conn: &ConnShared, r: &Rejection, now: Instant) {

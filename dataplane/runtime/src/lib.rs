@@ -1309,6 +1309,7 @@ pub mod bench {
                 subject: Bytes::copy_from_slice(subject.as_bytes()),
                 reply: Bytes::new(),
                 headers: Vec::new(),
+                seq: 0,
                 payload: Bytes::from(vec![0x5a; payload]),
             }))?;
             let batch = one.repeat(frames);

@@ -33,6 +33,7 @@ fn refuse(shard: &Shard, conn: &ConnShared, code: ErrorCode, id: u64, detail: &s
         message: detail.to_owned(),
         close: false,
         sid: id,
+        seq: 0,
     }));
 }
 

@@ -604,6 +604,7 @@ impl Shard {
                 code,
                 close: true,
                 sid: 0,
+                seq: 0,
                 detail,
             });
         }

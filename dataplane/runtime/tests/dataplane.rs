@@ -590,6 +590,52 @@ fn limits_give_clear_errors_without_closing() {
     assert!(matches!(c.next(), Some(Kind::Message(_))));
 }
 
+/// A client that numbers its publishes (`Publish.seq`) learns which one an
+/// error is about: the error carries the number, in a batch sent at once.
+#[test]
+fn an_error_about_a_publish_names_its_seq() {
+    let dp = start(&config_with(|l| l.max_payload = 1024));
+    let mut c = RawClient::connect(dp.local_addr(), TOKEN_A);
+    let sid = c.subscribe("ok", None);
+    c.flush();
+    c.publish_numbered("ok", 1, b"fine");
+    c.publish_numbered("ok", 2, &[0u8; 1025]);
+    c.publish_numbered("ok", 3, b"fine");
+    c.publish_numbered("bad..subject", 4, b"");
+    c.publish_numbered("$SYS.x", 5, b"");
+    c.publish_numbered("ok", 6, b"fine");
+    c.publish("bad..subject", b"");
+    let seen: Vec<(String, u64)> = c
+        .flush()
+        .into_iter()
+        .map(|k| match k {
+            Kind::Message(m) => {
+                assert_eq!(m.sid, sid);
+                ("message".into(), 0)
+            }
+            Kind::Error(e) => {
+                assert!(!e.close, "{e:?}");
+                assert_eq!(e.sid, 0, "{e:?}");
+                (format!("{:?}", ErrorCode::try_from(e.code).unwrap()), e.seq)
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let expected: Vec<(String, u64)> = [
+        ("message", 0),
+        ("MaxPayloadExceeded", 2),
+        ("message", 0),
+        ("InvalidSubject", 4),
+        ("PermissionDenied", 5),
+        ("message", 0),
+        ("InvalidSubject", 0),
+    ]
+    .into_iter()
+    .map(|(k, s)| (k.to_owned(), s))
+    .collect();
+    assert_eq!(seen, expected);
+}
+
 #[test]
 fn silent_connections_time_out() {
     let cfg = config_with(|l| {

@@ -173,6 +173,7 @@ impl<S: std::io::Read + Write> WsClient<S> {
             subject: Bytes::copy_from_slice(subject.as_bytes()),
             reply: Bytes::new(),
             headers: vec![],
+            seq: 0,
             payload: Bytes::copy_from_slice(payload),
         }));
     }

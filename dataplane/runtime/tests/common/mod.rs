@@ -212,7 +212,18 @@ impl RawClient {
             subject: Bytes::copy_from_slice(subject.as_bytes()),
             reply: Bytes::copy_from_slice(reply.as_bytes()),
             headers: vec![],
+            seq: 0,
             payload: Bytes::copy_from_slice(payload),
+        }));
+    }
+
+    /// A publish the client numbered `seq` (echoed in an error about it).
+    pub fn publish_numbered(&mut self, subject: &str, seq: u64, payload: &[u8]) {
+        self.send(&Kind::Publish(v1::Publish {
+            subject: Bytes::copy_from_slice(subject.as_bytes()),
+            seq,
+            payload: Bytes::copy_from_slice(payload),
+            ..Default::default()
         }));
     }
 

@@ -180,16 +180,18 @@ class Header(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class Publish(_message.Message):
-    __slots__ = ("subject", "reply", "headers", "payload")
+    __slots__ = ("subject", "reply", "headers", "seq", "payload")
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     subject: bytes
     reply: bytes
     headers: _containers.RepeatedCompositeFieldContainer[Header]
+    seq: int
     payload: bytes
-    def __init__(self, subject: _Optional[bytes] = ..., reply: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, subject: _Optional[bytes] = ..., reply: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., seq: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class Subscribe(_message.Message):
     __slots__ = ("sid", "pattern", "queue_group")
@@ -242,16 +244,18 @@ class Drain(_message.Message):
     def __init__(self, deadline_ms: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("code", "message", "close", "sid")
+    __slots__ = ("code", "message", "close", "sid", "seq")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CLOSE_FIELD_NUMBER: _ClassVar[int]
     SID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     code: ErrorCode
     message: str
     close: bool
     sid: int
-    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., close: _Optional[bool] = ..., sid: _Optional[int] = ...) -> None: ...
+    seq: int
+    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., close: _Optional[bool] = ..., sid: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class PresenceTrack(_message.Message):
     __slots__ = ("sid", "metadata")
