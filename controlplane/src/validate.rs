@@ -201,11 +201,15 @@ pub fn policy_rules(prefix: &str, p: &Policy) -> Result<PolicyRules, FieldError>
     let (publish_allow, publish_deny) = rules(&format!("{prefix}.publish"), p.publish.as_ref())?;
     let (subscribe_allow, subscribe_deny) =
         rules(&format!("{prefix}.subscribe"), p.subscribe.as_ref())?;
+    let (presence_allow, presence_deny) =
+        rules(&format!("{prefix}.presence"), p.presence.as_ref())?;
     Ok(PolicyRules {
         publish_allow,
         publish_deny,
         subscribe_allow,
         subscribe_deny,
+        presence_allow,
+        presence_deny,
         allow_responses: p.allow_responses,
     })
 }

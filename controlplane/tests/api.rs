@@ -485,7 +485,42 @@ async fn principals_credentials_and_policies() {
         .permissions
         .clone();
     assert!(!perms.unrestricted());
+    // Presence rules travel with the policy into the snapshot.
+    let subject = |s: &str| {
+        arqonbus_core::subject::Subject::parse(bytes::Bytes::copy_from_slice(s.as_bytes()), 256)
+            .unwrap()
+    };
+    assert!(!perms.may_see_presence(&subject("orders.eu")));
+    let mut watcher = stored.clone();
+    watcher.presence = rules(&["orders.>"], &["orders.secret"]);
+    let watched = c
+        .policies
+        .put_policy(put(watcher, stored.version))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watched.version, 2);
+    assert_eq!(
+        watched.presence.as_ref().map(|r| r.allow.clone()),
+        Some(vec!["orders.>".to_owned()])
+    );
+    let perms = node
+        .dp
+        .last()
+        .principal(PrincipalId(svc.id))
+        .unwrap()
+        .permissions
+        .clone();
+    assert!(perms.may_see_presence(&subject("orders.eu")));
+    assert!(!perms.may_see_presence(&subject("orders.secret")));
 
+    let mut bad = by_role.clone();
+    bad.presence = rules(&["rooms.*.>.x"], &[]);
+    assert_status(
+        c.policies.put_policy(put(bad, 0)).await,
+        Code::InvalidArgument,
+        "policy.presence.allow[0]",
+    );
     let mut bad = by_role.clone();
     bad.publish = rules(&["orders.>", "a..b"], &[]);
     assert_status(
@@ -549,12 +584,12 @@ async fn principals_credentials_and_policies() {
     );
     assert_eq!(
         c.policies
-            .put_policy(put(replace, 1))
+            .put_policy(put(replace, 2))
             .await
             .unwrap()
             .into_inner()
             .version,
-        2
+        3
     );
     let listed = c
         .policies

@@ -82,6 +82,8 @@ fuzz_target!(|data: &[u8]| {
         publish_deny: vec![pattern("orders.secret")],
         subscribe_allow: vec![pattern(">")],
         subscribe_deny: vec![pattern("admin.>")],
+        presence_allow: vec![],
+        presence_deny: vec![],
         allow_responses: true,
     };
     let mut config = ConfigSnapshot::new(1, limits);

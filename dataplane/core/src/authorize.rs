@@ -529,6 +529,8 @@ mod tests {
             publish_deny: vec![p("orders.secret")],
             subscribe_allow: vec![p("orders.>"), p("_INBOX.>")],
             subscribe_deny: vec![p("orders.secret.>")],
+            presence_allow: vec![],
+            presence_deny: vec![],
             allow_responses,
         }])
     }

@@ -139,6 +139,8 @@ pub enum Permissions {
         publish: Rules,
         /// What it may subscribe to.
         subscribe: Rules,
+        /// Whose presence it may see (watch, query); none unless allowed.
+        presence: Rules,
         /// Whether it may answer requests it received even where `publish`
         /// would deny the reply subject.
         allow_responses: bool,
@@ -183,6 +185,15 @@ impl Permissions {
         }
     }
 
+    /// Whether the principal may see the presence of `subject` (watch it,
+    /// query it): its own permission, apart from publish and subscribe.
+    pub fn may_see_presence(&self, subject: &Subject) -> bool {
+        match self {
+            Self::AllowAll => true,
+            Self::Restricted { presence, .. } => presence.allows_subject(subject),
+        }
+    }
+
     /// Whether replies to received requests are always allowed.
     pub fn allow_responses(&self) -> bool {
         match self {
@@ -205,6 +216,10 @@ pub struct PolicyRules {
     pub subscribe_allow: Vec<Pattern>,
     /// Subscribe deny patterns.
     pub subscribe_deny: Vec<Pattern>,
+    /// Patterns of subjects whose presence may be seen (watch, query).
+    pub presence_allow: Vec<Pattern>,
+    /// Patterns of subjects whose presence may not be seen.
+    pub presence_deny: Vec<Pattern>,
     /// Replies to received requests are allowed.
     pub allow_responses: bool,
 }
@@ -214,6 +229,7 @@ pub struct PolicyRules {
 pub fn compile<'a>(policies: impl IntoIterator<Item = &'a PolicyRules>) -> Permissions {
     let mut any = false;
     let (mut pa, mut pd, mut sa, mut sd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut va, mut vd) = (Vec::new(), Vec::new());
     let mut responses = false;
     for p in policies {
         any = true;
@@ -221,6 +237,8 @@ pub fn compile<'a>(policies: impl IntoIterator<Item = &'a PolicyRules>) -> Permi
         pd.extend(p.publish_deny.iter().cloned());
         sa.extend(p.subscribe_allow.iter().cloned());
         sd.extend(p.subscribe_deny.iter().cloned());
+        va.extend(p.presence_allow.iter().cloned());
+        vd.extend(p.presence_deny.iter().cloned());
         responses |= p.allow_responses;
     }
     if !any {
@@ -229,6 +247,7 @@ pub fn compile<'a>(policies: impl IntoIterator<Item = &'a PolicyRules>) -> Permi
     Permissions::Restricted {
         publish: Rules::new(PatternSet::new(pa), PatternSet::new(pd)),
         subscribe: Rules::new(PatternSet::new(sa), PatternSet::new(sd)),
+        presence: Rules::new(PatternSet::new(va), PatternSet::new(vd)),
         allow_responses: responses,
     }
 }
@@ -273,6 +292,33 @@ mod tests {
         assert!(!intersects(&p("a.>"), &p("a")));
     }
 
+    /// Seeing presence is its own permission: everything without a policy,
+    /// nothing for a targeted principal unless a policy allows it (deny
+    /// wins), whatever its publish and subscribe rules.
+    #[test]
+    fn seeing_presence_is_its_own_permission() {
+        let lobby = s("rooms.lobby");
+        assert!(compile([]).may_see_presence(&lobby));
+        let subscriber = PolicyRules {
+            subscribe_allow: vec![p("rooms.>")],
+            ..PolicyRules::default()
+        };
+        assert!(!compile([&subscriber]).may_see_presence(&lobby));
+        let watcher = PolicyRules {
+            presence_allow: vec![p("rooms.>")],
+            presence_deny: vec![p("rooms.secret")],
+            ..PolicyRules::default()
+        };
+        let perms = compile([&subscriber, &watcher]);
+        assert!(perms.may_see_presence(&lobby));
+        assert!(!perms.may_see_presence(&s("rooms.secret")));
+        assert!(!perms.may_see_presence(&s("billing.x")));
+        assert!(
+            !perms.may_subscribe(&p("billing.x")),
+            "presence grants no subscribe"
+        );
+    }
+
     #[test]
     fn deny_wins_and_no_policy_allows_all() {
         let all = compile([]);
@@ -282,6 +328,8 @@ mod tests {
             publish_deny: vec![p("orders.secret.*")],
             subscribe_allow: vec![p("orders.>"), p("_INBOX.>")],
             subscribe_deny: vec![p("orders.secret.>")],
+            presence_allow: vec![],
+            presence_deny: vec![],
             allow_responses: false,
         };
         let perms = compile([&rules]);

@@ -43,7 +43,6 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 use crate::ids::{ConnId, Sid, TenantId};
-use crate::policy::PatternSet;
 use crate::subject::Subject;
 
 /// Most metadata entries per member.
@@ -263,33 +262,6 @@ impl PresenceError {
     }
 }
 
-/// Who may see presence (query it, watch it): its own permission, apart
-/// from publish and subscribe. Being listed needs only the subscription.
-#[derive(Debug, Default)]
-pub enum PresenceAccess {
-    /// Every subject of the tenant (a principal no policy targets).
-    All,
-    /// Nothing (a restricted principal whose policies grant no presence).
-    #[default]
-    Denied,
-    /// Subjects some allow pattern matches and no deny pattern does.
-    Rules {
-        /// Allowed patterns.
-        allow: PatternSet,
-        /// Denied patterns (deny wins).
-        deny: PatternSet,
-    },
-}
-
-/// Whether `access` lets its principal see the presence of `subject`.
-pub fn may_see(access: &PresenceAccess, subject: &Subject) -> bool {
-    match access {
-        PresenceAccess::All => true,
-        PresenceAccess::Denied => false,
-        PresenceAccess::Rules { allow, deny } => allow.matches(subject) && !deny.matches(subject),
-    }
-}
-
 #[derive(Debug, Default)]
 struct SubjectPresence {
     members: FxHashMap<MemberKey, Arc<Member>>,
@@ -501,8 +473,8 @@ impl Presence {
         true
     }
 
-    /// Starts watch `watch` of `conn` on `subject` (the caller checked
-    /// [`may_see`]).
+    /// Starts watch `watch` of `conn` on `subject` (the caller checked the
+    /// principal may see it, `Permissions::may_see_presence`).
     pub fn watch(
         &mut self,
         tenant: TenantId,
@@ -561,6 +533,29 @@ impl Presence {
         }
         self.drop_watcher(tenant, &subject, conn, watch);
         Ok(())
+    }
+
+    /// Stops the watches of `conn` whose subject `may_see` no longer allows
+    /// (its permissions changed); returns their ids, in the order they
+    /// started.
+    pub fn revoke_watches(&mut self, conn: ConnId, may_see: impl Fn(&Subject) -> bool) -> Vec<u64> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Vec::new();
+        };
+        let revoked: Vec<u64> = c
+            .watches
+            .iter()
+            .filter(|(_, subject)| {
+                // Checked when the watch started; a subject that no longer
+                // parses is refused too.
+                Subject::parse(subject.clone(), usize::MAX).map_or(true, |s| !may_see(&s))
+            })
+            .map(|(w, _)| *w)
+            .collect();
+        for &w in &revoked {
+            let _ = self.unwatch(conn, w);
+        }
+        revoked
     }
 
     fn drop_watcher(&mut self, tenant: TenantId, subject: &Bytes, conn: ConnId, watch: u64) {
@@ -664,7 +659,6 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_pattern;
 
     fn subject(s: &str) -> Subject {
         Subject::parse(Bytes::copy_from_slice(s.as_bytes()), 256).unwrap()
@@ -724,6 +718,40 @@ mod tests {
             Metadata::parse([("a", "1"), ("a", "2")]),
             Err(MetadataError::Duplicate)
         );
+    }
+
+    /// A permission change stops exactly the watches no longer allowed;
+    /// those stopped hear nothing more.
+    #[test]
+    fn revoked_watches_stop_and_hear_nothing_more() {
+        let mut p = Presence::new(PresenceLimits::default());
+        let (mut d, mut e) = (Vec::new(), Vec::new());
+        let watcher = conn(0, 1);
+        p.watch(T, &subject("rooms.secret"), watcher, 1).unwrap();
+        p.watch(T, &subject("rooms.lobby"), watcher, 2).unwrap();
+        p.watch(T, &subject("rooms.secret"), watcher, 3).unwrap();
+        let revoked = p.revoke_watches(watcher, |s| s.as_bytes() != b"rooms.secret");
+        assert_eq!(revoked, [1, 3]);
+        assert!(p.revoke_watches(watcher, |_| true).is_empty());
+        assert!(p.revoke_watches(conn(0, 9), |_| false).is_empty());
+        for room in ["rooms.secret", "rooms.lobby"] {
+            p.track(
+                T,
+                &subject(room),
+                conn(0, 2),
+                Sid(if room == "rooms.lobby" { 1 } else { 2 }),
+                member(2, ClientKind::Human),
+                &mut d,
+                &mut e,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            e.iter().map(|ev| ev.watch).collect::<Vec<_>>(),
+            [2],
+            "only the lobby watch is left"
+        );
+        assert_eq!(p.gauges().watches, 1);
     }
 
     #[test]
@@ -999,20 +1027,5 @@ mod tests {
         out.clear();
         assert!(!p.query(T, &subject("nobody"), &mut out));
         assert!(out.is_empty());
-    }
-
-    #[test]
-    fn seeing_presence_is_its_own_permission() {
-        let s = subject("rooms.lobby");
-        assert!(may_see(&PresenceAccess::All, &s));
-        assert!(!may_see(&PresenceAccess::Denied, &s));
-        assert!(!may_see(&PresenceAccess::default(), &s));
-        let rules = PresenceAccess::Rules {
-            allow: PatternSet::new([parse_pattern("rooms.>").unwrap()]),
-            deny: PatternSet::new([parse_pattern("rooms.secret").unwrap()]),
-        };
-        assert!(may_see(&rules, &s));
-        assert!(!may_see(&rules, &subject("rooms.secret")));
-        assert!(!may_see(&rules, &subject("billing.x")));
     }
 }

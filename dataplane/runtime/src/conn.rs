@@ -976,6 +976,7 @@ impl<T> ConnIo<T> {
                     conn.adopt(id, session.client_kind(), session.client_name());
                 }
                 Self::recheck_subscriptions(shard, conn, session);
+                crate::presence::recheck_watches(shard, conn, session);
             }
             Step::Publish(msg) => self.publish(shard, conn, session, msg),
             Step::Subscribe {

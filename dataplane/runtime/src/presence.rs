@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use arqonbus_core::presence::{self, Member, Metadata, PresenceAccess};
+use arqonbus_core::presence::{Member, Metadata};
 use arqonbus_core::session::Session;
 use arqonbus_core::subject::Subject;
 use arqonbus_core::{ConnId, Sid};
@@ -37,14 +37,12 @@ fn refuse(shard: &Shard, conn: &ConnShared, code: ErrorCode, id: u64, detail: &s
     }));
 }
 
-/// Who may see presence: every subject for a principal no policy targets;
-/// nothing yet for a restricted one (policies have no presence rules yet,
-/// specs/authz-matrix.md).
-fn access(session: &Session) -> PresenceAccess {
-    match session.identity() {
-        Some(id) if id.principal.permissions.unrestricted() => PresenceAccess::All,
-        _ => PresenceAccess::Denied,
-    }
+/// Whether the session's principal may see the presence of `subject`
+/// (the core's rule: all without a policy, else what a policy allows).
+fn may_see(session: &Session, subject: &Subject) -> bool {
+    session
+        .identity()
+        .is_some_and(|id| id.principal.permissions.may_see_presence(subject))
 }
 
 /// `PresenceTrack{sid, metadata}`: lists the subscription `sid` (a literal
@@ -131,7 +129,7 @@ pub(crate) fn watch(
     let result = match subject {
         None => shard.presence.borrow_mut().unwatch(conn.id, watch),
         Some(subject) => {
-            if !presence::may_see(&access(session), &subject) {
+            if !may_see(session, &subject) {
                 shard.stats.borrow_mut().permission_denied += 1;
                 refuse(
                     shard,
@@ -153,6 +151,25 @@ pub(crate) fn watch(
     }
 }
 
+/// After a permission change: stops the watches the principal may no
+/// longer see, each with a PERMISSION_DENIED naming it.
+pub(crate) fn recheck_watches(shard: &Shard, conn: &ConnShared, session: &Session) {
+    let revoked = shard
+        .presence
+        .borrow_mut()
+        .revoke_watches(conn.id, |subject| may_see(session, subject));
+    for watch in revoked {
+        shard.stats.borrow_mut().permission_denied += 1;
+        refuse(
+            shard,
+            conn,
+            ErrorCode::PermissionDenied,
+            watch,
+            "no longer allowed to see this subject's presence",
+        );
+    }
+}
+
 /// `PresenceQuery`: answers with the subject's members, from this shard's
 /// replica.
 pub(crate) fn query(
@@ -168,7 +185,7 @@ pub(crate) fn query(
         subject: Bytes::copy_from_slice(subject.as_bytes()),
         ..v1::PresenceReply::default()
     };
-    if presence::may_see(&access(session), subject) {
+    if may_see(session, subject) {
         let mut members = Vec::new();
         reply.truncated = shard
             .presence

@@ -241,6 +241,76 @@ fn revoking_a_credential_closes_its_live_sessions_only() {
     assert!(dp.status().unwrap().iter().all(|s| s.config_epoch == 2));
 }
 
+/// Seeing presence is granted by a policy's presence rules alone, and a
+/// policy change stops the watches it no longer allows (PERMISSION_DENIED
+/// naming the watch) while the others keep hearing.
+#[test]
+fn presence_is_seen_where_a_policy_allows_and_a_change_stops_watches() {
+    fn rules(allow: &[&str], deny: &[&str]) -> PolicyRules {
+        PolicyRules {
+            subscribe_allow: vec![p("rooms.>")],
+            presence_allow: allow.iter().map(|s| p(s)).collect(),
+            presence_deny: deny.iter().map(|s| p(s)).collect(),
+            ..PolicyRules::default()
+        }
+    }
+    fn watch(c: &mut RawClient, id: u64, subject: &str) {
+        c.send(&Kind::PresenceWatch(v1::PresenceWatch {
+            watch_id: id,
+            subject: Bytes::copy_from_slice(subject.as_bytes()),
+            stop: false,
+        }));
+    }
+    fn members(c: &mut RawClient, subject: &str) -> Result<usize, i32> {
+        c.send(&Kind::PresenceQuery(v1::PresenceQuery {
+            request_id: 1,
+            subject: Bytes::copy_from_slice(subject.as_bytes()),
+        }));
+        match c.next() {
+            Some(Kind::PresenceReply(r)) if r.error == 0 => Ok(r.members.len()),
+            Some(Kind::PresenceReply(r)) => Err(r.error),
+            other => panic!("expected PresenceReply, got {other:?}"),
+        }
+    }
+    let mut spec = Spec::new(1);
+    spec.principals[0].2 = Some(rules(&["rooms.>"], &["rooms.secret"]));
+    let dp = start(&spec.config());
+    let addr = dp.local_addr();
+    let mut c = RawClient::connect(addr, TOKEN_A);
+    watch(&mut c, 1, "rooms.lobby");
+    watch(&mut c, 2, "rooms.secret");
+    assert_eq!(
+        expect_error(&mut c, ErrorCode::PermissionDenied, false).sid,
+        2
+    );
+    watch(&mut c, 3, "rooms.kitchen");
+    assert_eq!(members(&mut c, "rooms.lobby"), Ok(0));
+    assert_eq!(
+        members(&mut c, "rooms.secret"),
+        Err(i32::from(ErrorCode::PermissionDenied))
+    );
+    // The lobby is taken away: watch 1 stops, watch 3 stays.
+    let mut next = Spec::new(2);
+    next.principals[0].2 = Some(rules(&["rooms.>"], &["rooms.secret", "rooms.lobby"]));
+    dp.apply(&next.build()).unwrap();
+    let stopped = expect_error(&mut c, ErrorCode::PermissionDenied, false);
+    assert_eq!(stopped.sid, 1, "{stopped:?}");
+    let mut member = RawClient::connect(addr, TOKEN_A);
+    for room in ["rooms.lobby", "rooms.kitchen"] {
+        let sid = member.subscribe(room, None);
+        member.send(&Kind::PresenceTrack(v1::PresenceTrack {
+            sid,
+            metadata: std::collections::HashMap::default(),
+        }));
+    }
+    member.flush();
+    match c.next() {
+        Some(Kind::PresenceEvent(e)) => assert_eq!(e.watch_id, 3, "{e:?}"),
+        other => panic!("expected the kitchen's join, got {other:?}"),
+    }
+    assert_eq!(members(&mut c, "rooms.kitchen"), Ok(1));
+}
+
 #[test]
 fn permissions_bind_publish_subscribe_and_change_live() {
     let mut spec = Spec::new(1);
@@ -249,6 +319,8 @@ fn permissions_bind_publish_subscribe_and_change_live() {
         publish_deny: vec![p("orders.secret.>")],
         subscribe_allow: vec![p("orders.>"), p("audit.*")],
         subscribe_deny: vec![p("orders.secret.>")],
+        presence_allow: vec![],
+        presence_deny: vec![],
         allow_responses: false,
     });
     let dp = start(&spec.config());
@@ -279,6 +351,8 @@ fn permissions_bind_publish_subscribe_and_change_live() {
         publish_deny: vec![],
         subscribe_allow: vec![p("orders.>")],
         subscribe_deny: vec![],
+        presence_allow: vec![],
+        presence_deny: vec![],
         allow_responses: false,
     });
     dp.apply(&next.build()).unwrap();
@@ -303,6 +377,8 @@ fn a_restricted_responder_may_answer_requests_it_received() {
         publish_deny: vec![],
         subscribe_allow: vec![p("svc.>")],
         subscribe_deny: vec![],
+        presence_allow: vec![],
+        presence_deny: vec![],
         allow_responses: true,
     };
     spec.principals.push((
@@ -334,6 +410,8 @@ fn a_restricted_responder_may_answer_requests_it_received() {
             publish_deny: vec![],
             subscribe_allow: vec![p("svc.>")],
             subscribe_deny: vec![],
+            presence_allow: vec![],
+            presence_deny: vec![],
             allow_responses: true,
         }),
         vec![(3, "abt_responder".into(), None)],
@@ -343,6 +421,8 @@ fn a_restricted_responder_may_answer_requests_it_received() {
         publish_deny: vec![],
         subscribe_allow: vec![p("_INBOX.q.*")],
         subscribe_deny: vec![],
+        presence_allow: vec![],
+        presence_deny: vec![],
         allow_responses: false,
     });
     dp.apply(&nosy.build()).unwrap();

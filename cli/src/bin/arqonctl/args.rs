@@ -309,13 +309,19 @@ pub(crate) enum CredentialsCmd {
 
 /// `arqonctl policies ...`.
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing buys nothing"
+)]
 pub(crate) enum PoliciesCmd {
     /// Create a policy, or replace one with --id.
     ///
     /// The policy is sent whole: a subject is allowed when one of its allow
     /// patterns matches and none of its deny patterns does (deny wins), so a
-    /// direction without an allow pattern allows nothing. A principal with no
-    /// policy at all may use every subject of its tenant.
+    /// direction without an allow pattern allows nothing (presence too: a
+    /// targeted principal sees no presence without --presence-allow). A
+    /// principal with no policy at all may use every subject of its tenant
+    /// and see its presence.
     Put(PolicyPutArgs),
     /// List the policies of a tenant.
     List {
@@ -355,6 +361,13 @@ pub(crate) struct PolicyPutArgs {
     /// Subject pattern the target may not subscribe to (repeatable).
     #[arg(long, value_name = "PATTERN")]
     pub(crate) sub_deny: Vec<String>,
+    /// Subject pattern whose presence the target may see: watch and query
+    /// (repeatable). Without one a targeted principal sees no presence.
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) presence_allow: Vec<String>,
+    /// Subject pattern whose presence the target may not see (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) presence_deny: Vec<String>,
     /// Let a principal that receives a request publish one reply to its reply
     /// subject even when the publish rules deny it.
     #[arg(long)]

@@ -496,6 +496,7 @@ pub(crate) fn policy_json(p: &Policy) -> Value {
         "tenant_id": json_id(p.tenant_id),
         "publish": rules_json(&p.publish.clone().unwrap_or_default()),
         "subscribe": rules_json(&p.subscribe.clone().unwrap_or_default()),
+        "presence": rules_json(&p.presence.clone().unwrap_or_default()),
         "allow_responses": p.allow_responses,
         "version": p.version,
     });
@@ -516,6 +517,7 @@ pub(crate) fn policy_json(p: &Policy) -> Value {
 pub(crate) fn policy(p: &Policy) -> Report {
     let publish = p.publish.clone().unwrap_or_default();
     let subscribe = p.subscribe.clone().unwrap_or_default();
+    let presence = p.presence.clone().unwrap_or_default();
     let mut f = Fields::default();
     f.add("id", p.id.to_string())
         .add("tenant", p.tenant_id.to_string())
@@ -524,6 +526,8 @@ pub(crate) fn policy(p: &Policy) -> Report {
         .add("publish deny", join(&publish.deny))
         .add("subscribe allow", join(&subscribe.allow))
         .add("subscribe deny", join(&subscribe.deny))
+        .add("presence allow", join(&presence.allow))
+        .add("presence deny", join(&presence.deny))
         .add("allow responses", yes_no(p.allow_responses))
         .add("version", p.version.to_string());
     Report::new(policy_json(p), f.render())
@@ -538,12 +542,15 @@ pub(crate) fn policies(list: &[Policy]) -> Report {
         "PUB_DENY",
         "SUB_ALLOW",
         "SUB_DENY",
+        "PRES_ALLOW",
+        "PRES_DENY",
         "RESPONSES",
         "VERSION",
     ]);
     for p in list {
         let publish = p.publish.clone().unwrap_or_default();
         let subscribe = p.subscribe.clone().unwrap_or_default();
+        let presence = p.presence.clone().unwrap_or_default();
         table.row(vec![
             p.id.to_string(),
             p.tenant_id.to_string(),
@@ -552,6 +559,8 @@ pub(crate) fn policies(list: &[Policy]) -> Report {
             join(&publish.deny),
             join(&subscribe.allow),
             join(&subscribe.deny),
+            join(&presence.allow),
+            join(&presence.deny),
             yes_no(p.allow_responses).into(),
             p.version.to_string(),
         ]);
@@ -1023,14 +1032,18 @@ mod tests {
                 deny: vec![],
             }),
             subscribe: None,
+            presence: Some(SubjectRules {
+                allow: vec!["rooms.>".into()],
+                deny: vec![],
+            }),
             allow_responses: true,
             version: 4,
         };
         let r = policies(std::slice::from_ref(&p));
         assert_eq!(
             r.text,
-            "ID  TENANT  TARGET       PUB_ALLOW             PUB_DENY  SUB_ALLOW  SUB_DENY  RESPONSES  VERSION\n\
-             8   3       role sensor  telemetry.>,status.*  -         -          -         yes        4\n"
+            "ID  TENANT  TARGET       PUB_ALLOW             PUB_DENY  SUB_ALLOW  SUB_DENY  PRES_ALLOW  PRES_DENY  RESPONSES  VERSION\n\
+             8   3       role sensor  telemetry.>,status.*  -         -          -         rooms.>     -          yes        4\n"
         );
         assert_eq!(
             r.json,
@@ -1040,6 +1053,7 @@ mod tests {
                 "role": "sensor",
                 "publish": {"allow": ["telemetry.>", "status.*"], "deny": []},
                 "subscribe": {"allow": [], "deny": []},
+                "presence": {"allow": ["rooms.>"], "deny": []},
                 "allow_responses": true,
                 "version": 4,
             }]})

@@ -203,6 +203,10 @@ pub(crate) fn put_policy(tenant_id: u64, args: &PolicyPutArgs) -> PutPolicyReque
             }),
             allow_responses: args.allow_responses,
             version: 0,
+            presence: Some(SubjectRules {
+                allow: args.presence_allow.clone(),
+                deny: args.presence_deny.clone(),
+            }),
         }),
         expected_version: args.expected_version.unwrap_or(0),
     }
@@ -572,6 +576,10 @@ mod tests {
             "b.x",
             "--sub-deny",
             "b.y",
+            "--presence-allow",
+            "rooms.>",
+            "--presence-deny",
+            "rooms.secret",
             "--allow-responses",
         ]);
         assert_eq!(r.expected_version, 0);
@@ -590,6 +598,13 @@ mod tests {
             Some(SubjectRules {
                 allow: vec!["b.*".into()],
                 deny: vec!["b.x".into(), "b.y".into()]
+            })
+        );
+        assert_eq!(
+            p.presence,
+            Some(SubjectRules {
+                allow: vec!["rooms.>".into()],
+                deny: vec!["rooms.secret".into()]
             })
         );
         assert!(p.allow_responses);
