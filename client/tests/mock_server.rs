@@ -119,6 +119,7 @@ impl Peer {
     async fn welcome(&mut self, session_id: u64) {
         self.send(Kind::Welcome(v1::Welcome {
             protocol_version: 1,
+            protocol_minor: 0,
             server_id: "mock".into(),
             session_id,
             limits: Some(v1::Limits {

@@ -397,6 +397,7 @@ mod tests {
         }));
         roundtrip(&Kind::Welcome(v1::Welcome {
             protocol_version: 1,
+            protocol_minor: 0,
             server_id: "s".into(),
             session_id: 7,
             limits: Some(v1::Limits {

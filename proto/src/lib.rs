@@ -45,3 +45,7 @@ pub mod control {
 
 /// The protocol version defined by `arqonbus/v1/client.proto`.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The revision of version 1 this code speaks, announced in
+/// `Welcome.protocol_minor` (`client.proto` lists what each revision adds).
+pub const PROTOCOL_MINOR: u32 = 3;

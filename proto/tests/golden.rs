@@ -56,6 +56,7 @@ fn vectors() -> Vec<(&'static str, Kind)> {
             "welcome",
             Kind::Welcome(v1::Welcome {
                 protocol_version: 1,
+                protocol_minor: 0,
                 server_id: "ab-0011223344556677".into(),
                 session_id: (7u64 << 32) | 3,
                 limits: Some(v1::Limits {

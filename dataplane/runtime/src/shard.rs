@@ -724,6 +724,7 @@ impl Shard {
         let l = config.limits();
         Kind::Welcome(v1::Welcome {
             protocol_version: arqonbus_proto::PROTOCOL_VERSION,
+            protocol_minor: arqonbus_proto::PROTOCOL_MINOR,
             server_id: self.cfg.server_id.clone(),
             session_id: conn.0,
             limits: Some(v1::Limits {

@@ -596,6 +596,13 @@ fn limits_give_clear_errors_without_closing() {
 fn an_error_about_a_publish_names_its_seq() {
     let dp = start(&config_with(|l| l.max_payload = 1024));
     let mut c = RawClient::connect(dp.local_addr(), TOKEN_A);
+    // The server says it speaks the revision that has `seq`.
+    let welcome = c.welcome.clone().unwrap();
+    assert_eq!(
+        (welcome.protocol_version, welcome.protocol_minor),
+        (1, arqonbus_proto::PROTOCOL_MINOR)
+    );
+    const { assert!(arqonbus_proto::PROTOCOL_MINOR >= 3) };
     let sid = c.subscribe("ok", None);
     c.flush();
     c.publish_numbered("ok", 1, b"fine");

@@ -60,6 +60,7 @@ async def test_connect_shows_the_welcome(node: Node, tenant: Tenant) -> None:
     c = await client(node, tenant, name="py-test")
     info = c.server_info
     assert info is not None and info.tenant == tenant.name and info.protocol_version == 1
+    assert info.protocol_minor >= 3
     assert info.limits.max_payload > 0 and info.shard in (0, 1)
     assert c.is_connected
     conns = node.ctl("connections", "list")["connections"]

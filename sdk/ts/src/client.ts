@@ -84,6 +84,8 @@ export interface ServerInfo {
   tenant: string;
   serverVersion: string;
   protocolVersion: number;
+  /** The revision of version 1 the server speaks (0: older than 1.3; 2 has presence). */
+  protocolMinor: number;
   limits: {
     maxPayload: number;
     maxFrame: number;
@@ -265,6 +267,7 @@ function infoFrom(w: Welcome): ServerInfo {
     tenant: w.tenant,
     serverVersion: w.serverVersion,
     protocolVersion: w.protocolVersion,
+    protocolMinor: w.protocolMinor,
     limits: {
       maxPayload: l?.maxPayload || 1024 * 1024,
       maxFrame: l?.maxFrame || 1024 * 1024 + 16 * 1024,

@@ -97,6 +97,7 @@ describe("against the server over TLS TCP", () => {
     const c = await open(node, t, { name: "ts-test", kind: "agent" });
     expect(c.serverInfo?.tenant).toBe(t.name);
     expect(c.serverInfo?.protocolVersion).toBe(1);
+    expect(c.serverInfo?.protocolMinor).toBeGreaterThanOrEqual(3);
     expect(c.status).toBe("connected");
     // The listing is gathered from the shards; poll (bounded) until it shows the session.
     let mine: Record<string, unknown> | undefined;

@@ -36,6 +36,8 @@ class ServerInfo:
     server_version: str
     protocol_version: int
     limits: Limits
+    #: The revision of version 1 the server speaks (0: older than 1.3; 2 has presence).
+    protocol_minor: int = 0
 
     @classmethod
     def from_welcome(cls, w: pb.Welcome) -> "ServerInfo":
@@ -47,6 +49,7 @@ class ServerInfo:
             tenant=w.tenant,
             server_version=w.server_version,
             protocol_version=int(w.protocol_version),
+            protocol_minor=int(w.protocol_minor),
             limits=Limits(
                 max_payload=int(lim.max_payload) or 1024 * 1024,
                 max_frame=int(lim.max_frame) or 1024 * 1024 + 16 * 1024,

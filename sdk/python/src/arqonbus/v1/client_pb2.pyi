@@ -154,7 +154,7 @@ class Limits(_message.Message):
     def __init__(self, max_payload: _Optional[int] = ..., max_frame: _Optional[int] = ..., max_subscriptions: _Optional[int] = ..., max_headers: _Optional[int] = ..., max_subject_len: _Optional[int] = ..., ping_interval_ms: _Optional[int] = ..., max_pending_bytes: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "server_id", "session_id", "limits", "shard", "server_version", "tenant")
+    __slots__ = ("protocol_version", "server_id", "session_id", "limits", "shard", "server_version", "tenant", "protocol_minor")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,7 @@ class Welcome(_message.Message):
     SHARD_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_MINOR_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     server_id: str
     session_id: int
@@ -169,7 +170,8 @@ class Welcome(_message.Message):
     shard: int
     server_version: str
     tenant: str
-    def __init__(self, protocol_version: _Optional[int] = ..., server_id: _Optional[str] = ..., session_id: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., shard: _Optional[int] = ..., server_version: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+    protocol_minor: int
+    def __init__(self, protocol_version: _Optional[int] = ..., server_id: _Optional[str] = ..., session_id: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., shard: _Optional[int] = ..., server_version: _Optional[str] = ..., tenant: _Optional[str] = ..., protocol_minor: _Optional[int] = ...) -> None: ...
 
 class Header(_message.Message):
     __slots__ = ("key", "value")
