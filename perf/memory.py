@@ -13,6 +13,7 @@ Writes <out>/<date>-memory.{md,json} with the command that made them.
 """
 
 import argparse
+import base64
 import datetime
 import json
 import os
@@ -107,6 +108,44 @@ def open_conn(addr, token, welcome=True):
     return s
 
 
+def ws_open(addr, token):
+    """A WebSocket connection (RFC 6455, subprotocol arqonbus.v1) that sent
+    `Connect` and read its `Welcome`: one Frame per binary message, no
+    length prefix, client frames masked."""
+    s = socket.create_connection(addr, timeout=20)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(
+        (f"GET / HTTP/1.1\r\nHost: {addr[0]}:{addr[1]}\r\nUpgrade: websocket\r\n"
+         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+         f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: arqonbus.v1\r\n\r\n").encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1024)
+        if not chunk:
+            raise ConnectionError("closed during the upgrade")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(f"upgrade refused: {head.splitlines()[0]!r}")
+    body = connect(token)[4:]
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(body))
+    assert len(body) < 126
+    s.sendall(bytes([0x82, 0x80 | len(body)]) + mask + masked)
+    # The Welcome: one binary message (unmasked, from the server).
+    b0, b1 = recv_exact(s, 2)
+    n = b1 & 0x7F
+    if n == 126:
+        (n,) = struct.unpack(">H", recv_exact(s, 2))
+    elif n == 127:
+        (n,) = struct.unpack(">Q", recv_exact(s, 8))
+    msg = recv_exact(s, n)
+    if b0 & 0x0F != 2 or msg[0] >> 3 != 2:
+        raise RuntimeError("expected a binary Welcome")
+    return s
+
+
 def barrier(s):
     """Ping, then read until the Pong."""
     s.sendall(PING)
@@ -138,10 +177,15 @@ def free_port():
 
 
 class Server:
-    def __init__(self, binary, extra=""):
+    def __init__(self, binary, extra="", websocket=False):
         self.dir = tempfile.mkdtemp(prefix="arqonbus-memory-")
         self.port = free_port()
         self.metrics = free_port()
+        self.ws_addr = None
+        if websocket:
+            ws_port = free_port()
+            self.ws_addr = ("127.0.0.1", ws_port)
+            extra += f'\n[websocket]\nenabled = true\nlisten = "127.0.0.1:{ws_port}"\n'
         conf = os.path.join(self.dir, "arqonbus.toml")
         with open(conf, "w") as f:
             f.write(
@@ -347,6 +391,23 @@ def quiet_connections_woken(srv):
     )
 
 
+def quiet_websocket_connections(srv):
+    """Idle browsers: authenticated WebSocket connections that then say
+    nothing; the same count and slope as the native scenario above."""
+    conns = []
+    marks = {}
+    for i in range(1, 10_001):
+        conns.append(ws_open(srv.ws_addr, srv.token))
+        if i in (5_000, 10_000):
+            marks[i] = srv.steady_rss()
+    idle = (marks[10_000] - marks[5_000]) / 5_000
+    for c in conns:
+        c.close()
+    return idle * 10_000, 0, (
+        f"10,000 authenticated idle WebSocket connections: {idle:,.0f} B each (slope 5k..10k)"
+    )
+
+
 SCENARIOS = [
     ("Ping flood, never reads", ping_flood),
     ("error flood, never reads", error_flood),
@@ -355,6 +416,7 @@ SCENARIOS = [
     ("1 byte, then waits", one_byte_and_wait),
     ("reply permissions flood", reply_flood),
     ("10,000 quiet connections woken once", quiet_connections_woken),
+    ("10,000 quiet WebSocket connections", quiet_websocket_connections, {"websocket": True}),
 ]
 
 
@@ -366,10 +428,10 @@ def main():
     args = ap.parse_args()
     pick = {int(x) for x in args.only.split(",") if x}
     rows = []
-    for i, (name, run) in enumerate(SCENARIOS, 1):
+    for i, (name, run, *server_opts) in enumerate(SCENARIOS, 1):
         if pick and i not in pick:
             continue
-        srv = Server(args.bin)
+        srv = Server(args.bin, **(server_opts[0] if server_opts else {}))
         try:
             start = srv.steady_rss()
             grew, held, note = run(srv)
