@@ -444,23 +444,33 @@ def main():
         )
         print(f"{name:40} RSS +{grew / MIB:8.1f} MiB  accounted {held / MIB:8.1f} MiB  {note}",
               file=sys.stderr)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M%S")
-    os.makedirs(args.out, exist_ok=True)
-    cmd = " ".join(["perf/memory.py"] + sys.argv[1:])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    with open(os.path.join(args.out, f"{stamp}-memory.json"), "w") as f:
-        json.dump({"command": cmd, "commit": commit, "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, f"{stamp}-memory.md"), "w") as f:
-        f.write(f"# Memory under hostile clients\n\n`{cmd}` at commit {commit}, "
-                f"2 shards, plaintext, loopback. RSS from /proc; accounted = "
-                f"`arqonbus_outbound_queue_bytes`.\n\n")
-        f.write("| scenario | server RSS growth | accounted | growth / accounted | what |\n")
-        f.write("|---|---:|---:|---:|---|\n")
+    def table(cmd, commit):
+        lines = [f"# Memory under hostile clients\n\n`{cmd}` at commit {commit}, "
+                 f"2 shards, plaintext, loopback. RSS from /proc; accounted = "
+                 f"`arqonbus_outbound_queue_bytes`.\n\n",
+                 "| scenario | server RSS growth | accounted | growth / accounted | what |\n",
+                 "|---|---:|---:|---:|---|\n"]
         for r in rows:
             ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
-            f.write(f"| {r['scenario']} | {r['rss_growth'] / MIB:.1f} MiB | "
-                    f"{r['accounted'] / MIB:.1f} MiB | {ratio} | {r['note']} |\n")
+            lines.append(f"| {r['scenario']} | {r['rss_growth'] / MIB:.1f} MiB | "
+                         f"{r['accounted'] / MIB:.1f} MiB | {ratio} | {r['note']} |\n")
+        return "".join(lines)
+
+    write_results(args.out, "memory", rows, table)
+
+
+def write_results(out, kind, rows, markdown):
+    """Writes <out>/<date>-<kind>.{json,md}, each naming the command that
+    made it and the commit; `markdown(cmd, commit)` renders the page."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M%S")
+    os.makedirs(out, exist_ok=True)
+    cmd = " ".join([f"perf/{os.path.basename(sys.argv[0])}"] + sys.argv[1:])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    with open(os.path.join(out, f"{stamp}-{kind}.json"), "w") as f:
+        json.dump({"command": cmd, "commit": commit, "rows": rows}, f, indent=1)
+    with open(os.path.join(out, f"{stamp}-{kind}.md"), "w") as f:
+        f.write(markdown(cmd, commit))
 
 
 if __name__ == "__main__":

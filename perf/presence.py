@@ -18,10 +18,7 @@ Writes <out>/<date>-presence.{md,json} with the command that made them.
 """
 
 import argparse
-import datetime
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -156,24 +153,20 @@ def main():
                 file=sys.stderr)
     finally:
         srv.stop()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M%S")
-    os.makedirs(args.out, exist_ok=True)
-    cmd = " ".join(["perf/presence.py"] + sys.argv[1:])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    with open(os.path.join(args.out, f"{stamp}-presence.json"), "w") as f:
-        json.dump({"command": cmd, "commit": commit, "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, f"{stamp}-presence.md"), "w") as f:
-        f.write(f"# Presence join/leave latency\n\n`{cmd}` at commit {commit}, 2 shards, "
-                f"plaintext, loopback, a Python client (its overhead is in every figure). "
-                f"From the member's write to the watcher's read; the first tenth of "
-                f"{args.rounds} rounds warms up.\n\n")
-        f.write("| watcher / member | join p50 | join p99 | leave p50 | leave p99 | "
-                "message p50 | message p99 |\n|---|---:|---:|---:|---:|---:|---:|\n")
+    def table(cmd, commit):
+        lines = [f"# Presence join/leave latency\n\n`{cmd}` at commit {commit}, 2 shards, "
+                 f"plaintext, loopback, a Python client (its overhead is in every figure). "
+                 f"From the member's write to the watcher's read; the first tenth of "
+                 f"{args.rounds} rounds warms up.\n\n",
+                 "| watcher / member | join p50 | join p99 | leave p50 | leave p99 | "
+                 "message p50 | message p99 |\n|---|---:|---:|---:|---:|---:|---:|\n"]
         for r in rows:
-            f.write(f"| {r['placement']} | " + " | ".join(
+            lines.append(f"| {r['placement']} | " + " | ".join(
                 f"{r[k][q]:.0f} µs" for k in ("join", "leave", "message")
                 for q in ("p50_us", "p99_us")) + " |\n")
+        return "".join(lines)
+
+    memory.write_results(args.out, "presence", rows, table)
 
 
 if __name__ == "__main__":

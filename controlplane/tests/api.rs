@@ -477,13 +477,16 @@ async fn principals_credentials_and_policies() {
         .unwrap()
         .into_inner();
     assert_eq!(stored.version, 1);
-    let perms = node
-        .dp
-        .last()
-        .principal(PrincipalId(svc.id))
-        .unwrap()
-        .permissions
-        .clone();
+    // The principal's permissions in the plane's latest snapshot.
+    let perms_now = || {
+        node.dp
+            .last()
+            .principal(PrincipalId(svc.id))
+            .unwrap()
+            .permissions
+            .clone()
+    };
+    let perms = perms_now();
     assert!(!perms.unrestricted());
     // Presence rules travel with the policy into the snapshot.
     let subject = |s: &str| {
@@ -504,13 +507,7 @@ async fn principals_credentials_and_policies() {
         watched.presence.as_ref().map(|r| r.allow.clone()),
         Some(vec!["orders.>".to_owned()])
     );
-    let perms = node
-        .dp
-        .last()
-        .principal(PrincipalId(svc.id))
-        .unwrap()
-        .permissions
-        .clone();
+    let perms = perms_now();
     assert!(perms.may_see_presence(&subject("orders.eu")));
     assert!(!perms.may_see_presence(&subject("orders.secret")));
 
@@ -602,14 +599,7 @@ async fn principals_credentials_and_policies() {
         .delete_policy(DeletePolicyRequest { id: stored.id })
         .await
         .unwrap();
-    assert!(
-        node.dp
-            .last()
-            .principal(PrincipalId(svc.id))
-            .unwrap()
-            .permissions
-            .unrestricted()
-    );
+    assert!(perms_now().unrestricted());
     assert_status(
         c.policies
             .delete_policy(DeletePolicyRequest { id: stored.id })

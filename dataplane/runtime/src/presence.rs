@@ -130,11 +130,9 @@ pub(crate) fn watch(
         None => shard.presence.borrow_mut().unwatch(conn.id, watch),
         Some(subject) => {
             if !may_see(session, &subject) {
-                shard.stats.borrow_mut().permission_denied += 1;
-                refuse(
+                deny_watch(
                     shard,
                     conn,
-                    ErrorCode::PermissionDenied,
                     watch,
                     "not allowed to see this subject's presence",
                 );
@@ -159,15 +157,20 @@ pub(crate) fn recheck_watches(shard: &Shard, conn: &ConnShared, session: &Sessio
         .borrow_mut()
         .revoke_watches(conn.id, |subject| may_see(session, subject));
     for watch in revoked {
-        shard.stats.borrow_mut().permission_denied += 1;
-        refuse(
+        deny_watch(
             shard,
             conn,
-            ErrorCode::PermissionDenied,
             watch,
             "no longer allowed to see this subject's presence",
         );
     }
+}
+
+/// A watch the principal's permissions refuse: counted, and answered with
+/// PERMISSION_DENIED naming it.
+fn deny_watch(shard: &Shard, conn: &ConnShared, watch: u64, detail: &str) {
+    shard.stats.borrow_mut().permission_denied += 1;
+    refuse(shard, conn, ErrorCode::PermissionDenied, watch, detail);
 }
 
 /// `PresenceQuery`: answers with the subject's members, from this shard's
