@@ -102,9 +102,9 @@ const KEY_PAYLOAD: u8 = 15 << 3 | 2;
 
 /// The hot path's decoder: a body that is exactly one `Frame.publish`
 /// whose fields are `subject`, `reply`, `seq` and `payload`, each at most
-/// once and in field order. Returns `None` for anything else (headers, another kind,
-/// unknown or repeated fields, a truncated or overlong length), leaving the
-/// verdict to prost. `bytes` fields are slices of `body`, as with prost.
+/// once and in field order. Returns `None` for anything else (headers,
+/// another kind, unknown or repeated fields, a truncated or overlong
+/// length), leaving the verdict to prost. `bytes` fields are slices of `body`, as with prost.
 fn publish_fast(body: &Bytes) -> Option<crate::v1::Publish> {
     let b = body.as_ref();
     if b.first() != Some(&KEY_FRAME_PUBLISH) {

@@ -17,9 +17,8 @@
 //!   does a mark sent behind message copies that crossed since the last one;
 //!   peers acknowledge the highest one they applied; a client's `Ping` is
 //!   answered once every peer acknowledged the `seq` current when it
-//!   arrived. The
-//!   numbers and who acknowledged what are the core's `Barrier`; this file
-//!   sends them over the rings and queues the `Pong`s.
+//!   arrived. The numbers and who acknowledged what are the core's
+//!   `Barrier`; this file sends them over the rings and queues the `Pong`s.
 
 use std::time::Instant;
 
