@@ -241,6 +241,7 @@ pub fn compile_snapshot_cached(
             }
         };
         snap.insert_tenant_shared(entry.clone());
+        snap.set_allowed_origins(TenantId(t.tenant.id), t.tenant.allowed_origins.clone());
         next.tenants.insert(t.tenant.id, (t, entry));
     }
     if let Some(s) = &contents.steering {

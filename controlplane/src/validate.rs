@@ -233,6 +233,27 @@ pub fn placement(field: &str, value: &str) -> Result<TenantPlacement, FieldError
     value.parse().map_err(|e| placement_error(field, &e))
 }
 
+/// A tenant's WebSocket origins: at most `origin::MAX_ORIGINS`, each
+/// `scheme://host[:port]`; returned lowercased without duplicates, in order.
+pub fn allowed_origins(field: &str, origins: &[String]) -> Result<Vec<String>, FieldError> {
+    use arqonbus_core::origin::{MAX_ORIGINS, validate};
+    if origins.len() > MAX_ORIGINS {
+        return Err(FieldError::new(
+            field,
+            format!("at most {MAX_ORIGINS} origins"),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(origins.len());
+    for (i, o) in origins.iter().enumerate() {
+        validate(o).map_err(|e| FieldError::new(format!("{field}[{i}]"), e.to_string()))?;
+        let o = o.to_ascii_lowercase();
+        if !out.contains(&o) {
+            out.push(o);
+        }
+    }
+    Ok(out)
+}
+
 /// [`placement`], and a pinned shard must be one of the node's `shards`.
 pub fn placement_on_node(
     field: &str,
@@ -373,6 +394,34 @@ mod tests {
         let q = core_quotas(&stall).unwrap();
         assert_eq!(q.slow_consumer, CoreSlowConsumer::StallPublisher);
         assert_eq!(q.stall_max, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn origins_are_checked_lowercased_and_deduplicated() {
+        let ok = allowed_origins(
+            "allowed_origins",
+            &[
+                "HTTPS://App.Example".into(),
+                "https://app.example".into(),
+                "http://localhost:5173".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(ok, ["https://app.example", "http://localhost:5173"]);
+        let e = allowed_origins(
+            "allowed_origins",
+            &["https://a.example".into(), "a.example".into()],
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "allowed_origins[1]");
+        let many: Vec<String> = (0..=arqonbus_core::origin::MAX_ORIGINS)
+            .map(|i| format!("https://h{i}.example"))
+            .collect();
+        assert_eq!(
+            allowed_origins("allowed_origins", &many).unwrap_err().field,
+            "allowed_origins"
+        );
+        assert!(allowed_origins("allowed_origins", &[]).unwrap().is_empty());
     }
 
     #[test]

@@ -77,6 +77,7 @@ async fn tenant_crud_with_exact_codes() {
         name: name.into(),
         quotas: None,
         placement: String::new(),
+        allowed_origins: Vec::new(),
     };
     assert_status(
         c.tenants.create_tenant(create("acme")).await,
@@ -107,6 +108,7 @@ async fn tenant_crud_with_exact_codes() {
                     ..Quotas::default()
                 }),
                 placement: String::new(),
+                allowed_origins: Vec::new(),
             })
             .await,
         Code::InvalidArgument,
@@ -175,6 +177,7 @@ async fn tenant_crud_with_exact_codes() {
             expected_version: 1,
             quotas: Some(quotas),
             placement: String::new(),
+            allowed_origins: None,
         })
         .await
         .unwrap()
@@ -193,6 +196,7 @@ async fn tenant_crud_with_exact_codes() {
                 expected_version: 1,
                 quotas: None,
                 placement: String::new(),
+                allowed_origins: None,
             })
             .await,
         Code::FailedPrecondition,
@@ -205,6 +209,7 @@ async fn tenant_crud_with_exact_codes() {
                 expected_version: 0,
                 quotas: None,
                 placement: String::new(),
+                allowed_origins: None,
             })
             .await,
         Code::InvalidArgument,
@@ -217,6 +222,7 @@ async fn tenant_crud_with_exact_codes() {
                 expected_version: 0,
                 quotas: None,
                 placement: String::new(),
+                allowed_origins: None,
             })
             .await,
         Code::NotFound,

@@ -48,6 +48,7 @@ async fn writer_child() {
                 name: name.clone(),
                 quotas: None,
                 placement: String::new(),
+                allowed_origins: Vec::new(),
             })
             .await
             .unwrap()

@@ -36,6 +36,7 @@ fn create(name: &str, placement: &str) -> CreateTenantRequest {
         name: name.into(),
         quotas: None,
         placement: placement.into(),
+        allowed_origins: Vec::new(),
     }
 }
 
@@ -45,6 +46,7 @@ fn update(id: u64, placement: &str) -> UpdateTenantRequest {
         expected_version: 0,
         quotas: None,
         placement: placement.into(),
+        allowed_origins: None,
     }
 }
 

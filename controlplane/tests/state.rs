@@ -270,6 +270,7 @@ async fn a_damaged_policy_fails_closed_until_removed() {
             name: "other".into(),
             quotas: None,
             placement: String::new(),
+            allowed_origins: Vec::new(),
         })
         .await
         .unwrap();

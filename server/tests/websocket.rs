@@ -9,6 +9,8 @@
     reason = "test code"
 )]
 
+mod common;
+
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,11 @@ const LIMIT: Duration = Duration::from_secs(20);
 type Wss = tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
 
 fn wss(s: &TestServer, addr: SocketAddr) -> Wss {
+    wss_from(s, addr, "http://localhost:5173")
+}
+
+/// A browser-like connection whose page is at `origin`.
+fn wss_from(s: &TestServer, addr: SocketAddr, origin: &str) -> Wss {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(s.ca_path()).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -52,8 +59,7 @@ fn wss(s: &TestServer, addr: SocketAddr) -> Wss {
         .unwrap();
     req.headers_mut()
         .insert("sec-websocket-protocol", "arqonbus.v1".parse().unwrap());
-    req.headers_mut()
-        .insert("origin", "http://localhost:5173".parse().unwrap());
+    req.headers_mut().insert("origin", origin.parse().unwrap());
     let (ws, _) = tungstenite::client(req, tls).unwrap();
     assert_eq!(ws.get_ref().conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     ws
@@ -134,4 +140,103 @@ async fn browsers_and_sdk_clients_meet_over_wss() {
     let s = browser.await.unwrap();
     assert!(s.stats().ws_upgrades >= 1);
     sdk.close().await;
+}
+
+/// A tenant's origin list, set through the control API, is checked after
+/// `Connect` authenticates: a page from another origin gets
+/// PERMISSION_DENIED and the close; clearing the list lets any origin in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_origin_list_from_the_control_api_refuses_other_pages() {
+    use arqonbus_proto::control::tenant_service_client::TenantServiceClient;
+    use arqonbus_proto::control::{
+        AllowedOrigins, GetTenantRequest, TenantRef, UpdateTenantRequest,
+    };
+
+    let s = TestServer::start_with(|c| {
+        c.websocket.enabled = true;
+        c.websocket.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    });
+    let addr = s.server().websocket_addr().unwrap();
+    let admin = std::fs::read_to_string(s.server().paths().admin_token.clone().unwrap()).unwrap();
+    let (channel, auth) = common::control_channel(
+        s.server().control_addr().unwrap(),
+        &s.ca_path(),
+        admin.trim(),
+    )
+    .await;
+    let mut tenants = TenantServiceClient::with_interceptor(channel, auth);
+    let tenant = tenants
+        .get_tenant(GetTenantRequest {
+            tenant: Some(TenantRef {
+                id: 0,
+                name: "default".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let set = |origins: &[&str]| UpdateTenantRequest {
+        id: tenant.id,
+        allowed_origins: Some(AllowedOrigins {
+            origins: origins.iter().map(|o| (*o).to_owned()).collect(),
+        }),
+        ..UpdateTenantRequest::default()
+    };
+    let updated = tenants
+        .update_tenant(set(&["HTTP://LOCALHOST:5173", "http://localhost:5173"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.allowed_origins, ["http://localhost:5173"]);
+    let bad = tenants
+        .update_tenant(set(&["http://localhost:5173", "localhost"]))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(
+        bad.message().contains("allowed_origins.origins[1]"),
+        "{bad:?}"
+    );
+
+    let token = s.token();
+    let again = token.clone();
+    let s = tokio::task::spawn_blocking(move || {
+        assert!(matches!(
+            hello(&mut wss(&s, addr), &token),
+            Kind::Welcome(_)
+        ));
+        match hello(&mut wss_from(&s, addr, "https://elsewhere.example"), &token) {
+            Kind::Error(e) => {
+                assert_eq!(e.code, i32::from(v1::ErrorCode::PermissionDenied), "{e:?}");
+                assert!(e.close);
+            }
+            other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+        }
+        s
+    })
+    .await
+    .unwrap();
+    // Any origin again.
+    tenants.update_tenant(set(&[])).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        assert!(matches!(
+            hello(&mut wss_from(&s, addr, "https://elsewhere.example"), &again),
+            Kind::Welcome(_)
+        ));
+    })
+    .await
+    .unwrap();
+}
+
+/// Sends `Connect` with `token`; the server's first answer.
+fn hello(ws: &mut Wss, token: &str) -> Kind {
+    send(
+        ws,
+        &Kind::Connect(v1::Connect {
+            protocol_version: 1,
+            credential: token.to_owned(),
+            ..Default::default()
+        }),
+    );
+    recv(ws)
 }

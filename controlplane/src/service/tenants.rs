@@ -2,7 +2,7 @@
 //!
 //! A tenant's placement is checked against the node's shards (from the data
 //! plane) when it is set, and stored in canonical form (`home`, `spread`,
-//! `shard:N`).
+//! `shard:N`); its WebSocket origins are checked and stored lowercased.
 
 use arqonbus_core::TenantId;
 use arqonbus_proto::control::tenant_service_server::TenantService;
@@ -16,7 +16,7 @@ use super::retry::RetryKey;
 use super::{Api, Kind, store_status};
 use crate::seed::new_signing_key;
 use crate::snapshot::now_unix_ms;
-use crate::store::NewTenant;
+use crate::store::{NewTenant, TenantChange};
 use crate::validate::{self, FieldError};
 
 #[tonic::async_trait]
@@ -39,6 +39,8 @@ impl TenantService for Api {
                     self.inner.dataplane.shard_count(),
                 )?
             };
+            let allowed_origins =
+                validate::allowed_origins("allowed_origins", &req.allowed_origins)?;
             let signing_key = new_signing_key().map_err(|e| {
                 tracing::error!(error = %e, "cannot generate a signing key");
                 Status::internal("cannot generate a signing key")
@@ -47,6 +49,7 @@ impl TenantService for Api {
                 name: req.name,
                 quotas,
                 placement: placement.to_string(),
+                allowed_origins,
                 signing_key,
                 created_at_unix_ms: now_unix_ms(),
             };
@@ -108,11 +111,19 @@ impl TenantService for Api {
                 let shards = self.inner.dataplane.shard_count();
                 Some(validate::placement_on_node("placement", &req.placement, shards)?.to_string())
             };
+            let allowed_origins = req
+                .allowed_origins
+                .as_ref()
+                .map(|o| validate::allowed_origins("allowed_origins.origins", &o.origins))
+                .transpose()?;
             let expected = req.expected_version;
-            self.change(key, move |s| {
-                s.update_tenant(id, expected, quotas, placement)
-            })
-            .await
+            let change = TenantChange {
+                quotas,
+                placement,
+                allowed_origins,
+            };
+            self.change(key, move |s| s.update_tenant(id, expected, change))
+                .await
         })
         .await
     }

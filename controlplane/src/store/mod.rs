@@ -204,6 +204,17 @@ pub struct SteeringRecord {
     pub updated_at_unix_ms: i64,
 }
 
+/// What [`Store::update_tenant`] changes: each part when set.
+#[derive(Debug, Clone, Default)]
+pub struct TenantChange {
+    /// New quotas.
+    pub quotas: Option<Quotas>,
+    /// New placement, canonical and validated.
+    pub placement: Option<String>,
+    /// New WebSocket origins, validated (empty: any).
+    pub allowed_origins: Option<Vec<String>>,
+}
+
 /// A tenant to create.
 #[derive(Debug, Clone)]
 pub struct NewTenant {
@@ -214,6 +225,9 @@ pub struct NewTenant {
     /// Its placement in canonical form (`home`, `spread`, `shard:N`),
     /// already validated.
     pub placement: String,
+    /// The origins its WebSocket clients may come from (validated); empty:
+    /// any.
+    pub allowed_origins: Vec<String>,
     /// Its new signing key.
     pub signing_key: SigningKey,
     /// Now, Unix milliseconds.
@@ -342,14 +356,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn tenant_by_name(&self, name: &str) -> Result<Tenant, StoreError>;
     /// Every tenant, by id.
     fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
-    /// Replaces a tenant's quotas and placement (each when set) and bumps
-    /// its version.
+    /// Applies `change` to a tenant (each part when set) and bumps its
+    /// version.
     fn update_tenant(
         &self,
         id: u64,
         expected_version: u64,
-        quotas: Option<Quotas>,
-        placement: Option<String>,
+        change: TenantChange,
     ) -> Result<Tenant, StoreError>;
     /// Deletes a tenant with its principals, credentials and policies.
     fn delete_tenant(&self, id: u64) -> Result<(), StoreError>;

@@ -41,7 +41,7 @@ use super::records::{
 use super::{
     CredentialRecord, ImportReport, ImportTenant, Issued, MintContext, MintFn, NewCredential,
     NewPrincipal, NewTenant, SigningKey, SteeringRecord, Store, StoreContents, StoreError,
-    TenantRecord,
+    TenantChange, TenantRecord,
 };
 
 /// The store's file name in the data directory.
@@ -748,6 +748,7 @@ impl Store for Db {
                     created_at_unix_ms: new.created_at_unix_ms,
                     version: 1,
                     placement: new.placement,
+                    allowed_origins: new.allowed_origins,
                 },
                 signing_key: new.signing_key,
             };
@@ -784,19 +785,21 @@ impl Store for Db {
         &self,
         id: u64,
         expected_version: u64,
-        quotas: Option<Quotas>,
-        placement: Option<String>,
+        change: TenantChange,
     ) -> Result<Tenant, StoreError> {
         let txn = self.write()?;
         let tenant = {
             let mut tenants = txn.open_table(TENANTS)?;
             let mut record = require_tenant(&tenants, id)?;
             check_version("tenant", id, expected_version, record.tenant.version)?;
-            if let Some(q) = quotas {
+            if let Some(q) = change.quotas {
                 record.tenant.quotas = Some(q);
             }
-            if let Some(p) = placement {
+            if let Some(p) = change.placement {
                 record.tenant.placement = p;
+            }
+            if let Some(o) = change.allowed_origins {
+                record.tenant.allowed_origins = o;
             }
             record.tenant.version += 1;
             tenants.insert(id, encode_tenant(&record).as_slice())?;
@@ -1132,6 +1135,8 @@ impl Store for Db {
                         } else {
                             t.placement.clone()
                         },
+                        // Seeds from files carry no origins: any.
+                        allowed_origins: Vec::new(),
                     },
                     signing_key: t.signing_key.clone(),
                 };
@@ -1247,10 +1252,9 @@ impl Store for RedbStore {
         &self,
         id: u64,
         expected_version: u64,
-        quotas: Option<Quotas>,
-        placement: Option<String>,
+        change: TenantChange,
     ) -> Result<Tenant, StoreError> {
-        self.with(|db| db.update_tenant(id, expected_version, quotas, placement))
+        self.with(|db| db.update_tenant(id, expected_version, change))
     }
     fn delete_tenant(&self, id: u64) -> Result<(), StoreError> {
         self.with(|db| db.delete_tenant(id))

@@ -25,6 +25,7 @@ pub(crate) fn new_tenant(name: &str) -> NewTenant {
         placement: "home".into(),
         signing_key: new_signing_key().unwrap(),
         created_at_unix_ms: 1_000,
+        allowed_origins: Vec::new(),
     }
 }
 
@@ -107,10 +108,19 @@ fn tenants_principals_versions_and_names() {
         max_connections: 5,
         ..Quotas::default()
     };
-    let a2 = s.update_tenant(a.id, 1, Some(q), None).unwrap();
+    let a2 = s
+        .update_tenant(
+            a.id,
+            1,
+            TenantChange {
+                quotas: Some(q),
+                ..TenantChange::default()
+            },
+        )
+        .unwrap();
     assert_eq!((a2.version, a2.quotas), (2, Some(q)));
     assert!(matches!(
-        s.update_tenant(a.id, 1, None, None),
+        s.update_tenant(a.id, 1, TenantChange::default()),
         Err(StoreError::VersionMismatch {
             expected: 1,
             actual: 2,
@@ -118,7 +128,12 @@ fn tenants_principals_versions_and_names() {
         })
     ));
     // 0 skips the check.
-    assert_eq!(s.update_tenant(a.id, 0, None, None).unwrap().version, 3);
+    assert_eq!(
+        s.update_tenant(a.id, 0, TenantChange::default())
+            .unwrap()
+            .version,
+        3
+    );
 
     let p = s
         .create_principal(new_principal(a.id, "svc", &["ops"]))
@@ -464,12 +479,26 @@ fn placement_is_kept_and_a_record_without_it_reads_as_home() {
         .unwrap();
     assert_eq!(t.placement, "spread");
     let t2 = s
-        .update_tenant(t.id, 1, None, Some("shard:1".into()))
+        .update_tenant(
+            t.id,
+            1,
+            TenantChange {
+                placement: Some("shard:1".into()),
+                ..TenantChange::default()
+            },
+        )
         .unwrap();
     assert_eq!((t2.placement.as_str(), t2.version), ("shard:1", 2));
     // No placement given: kept.
     let t3 = s
-        .update_tenant(t.id, 2, Some(Quotas::default()), None)
+        .update_tenant(
+            t.id,
+            2,
+            TenantChange {
+                quotas: Some(Quotas::default()),
+                ..TenantChange::default()
+            },
+        )
         .unwrap();
     assert_eq!((t3.placement.as_str(), t3.version), ("shard:1", 3));
 

@@ -170,6 +170,10 @@ pub(crate) enum TenantsCmd {
         /// [default: home].
         #[arg(long, value_name = "PLACEMENT")]
         placement: Option<PlacementArg>,
+        /// Origin (scheme://host[:port]) its WebSocket clients may come from
+        /// (repeatable) [default: any].
+        #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+        allowed_origins: Vec<String>,
         #[command(flatten)]
         quotas: QuotaArgs,
     },
@@ -180,8 +184,8 @@ pub(crate) enum TenantsCmd {
         /// Tenant id or name (`id:N` or `name:NAME` to say which).
         tenant: TenantArg,
     },
-    /// Change a tenant's quotas or placement (the flags given; the others
-    /// keep their values).
+    /// Change a tenant's quotas, placement or WebSocket origins (the flags
+    /// given; the others keep their values).
     Update(TenantUpdateArgs),
     /// Delete a tenant with its principals, credentials and policies, and
     /// close its connections.
@@ -207,6 +211,17 @@ pub(crate) struct TenantUpdateArgs {
     /// they are; new ones follow it.
     #[arg(long, value_name = "PLACEMENT")]
     pub(crate) placement: Option<PlacementArg>,
+    /// Replace the origins its WebSocket clients may come from with these
+    /// (repeatable).
+    #[arg(
+        long = "allowed-origin",
+        value_name = "ORIGIN",
+        conflicts_with = "any_origin"
+    )]
+    pub(crate) allowed_origins: Vec<String>,
+    /// Let its WebSocket clients come from any origin (clears the list).
+    #[arg(long)]
+    pub(crate) any_origin: bool,
     /// Fail unless the tenant is still at this version (default: the version
     /// read just before the update, so concurrent changes are never lost).
     #[arg(long, value_name = "V", value_parser = clap::value_parser!(u64).range(1..))]
@@ -890,12 +905,14 @@ mod tests {
             name,
             quotas,
             placement,
+            allowed_origins,
         }) = cli.command
         else {
             panic!("not tenants create")
         };
         assert_eq!(name, "acme");
         assert_eq!(placement, None);
+        assert!(allowed_origins.is_empty());
         assert_eq!(quotas.max_connections, Some(100));
         assert_eq!(quotas.slow_consumer, Some(SlowConsumerArg::DropOldest));
         assert_eq!(quotas.max_payload, None);

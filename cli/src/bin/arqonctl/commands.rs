@@ -162,8 +162,9 @@ async fn tenants(control: &Control, cmd: TenantsCmd) -> Result<Report, CliError>
             name,
             quotas,
             placement,
+            allowed_origins,
         } => {
-            let request = requests::create_tenant(name, &quotas, placement);
+            let request = requests::create_tenant(name, &quotas, placement, allowed_origins);
             let tenant = client.create_tenant(request).await?.into_inner();
             Ok(render::tenant(&tenant))
         }

@@ -273,6 +273,7 @@ pub(crate) fn tenant_json(t: &Tenant) -> Value {
         "id": json_id(t.id),
         "name": t.name,
         "placement": placement_name(t),
+        "allowed_origins": t.allowed_origins,
         "quotas": quotas_json(&t.quotas.unwrap_or_default()),
         "created_at_unix_ms": t.created_at_unix_ms,
         "version": t.version,
@@ -285,6 +286,14 @@ pub(crate) fn tenant(t: &Tenant) -> Report {
     f.add("id", t.id.to_string())
         .add("name", &t.name)
         .add("placement", placement_name(t))
+        .add(
+            "allowed origins",
+            if t.allowed_origins.is_empty() {
+                "any".to_owned()
+            } else {
+                join(&t.allowed_origins)
+            },
+        )
         .add("version", t.version.to_string())
         .add("created", format_unix_ms(t.created_at_unix_ms));
     quota_fields(&mut f, &t.quotas.unwrap_or_default());
@@ -836,6 +845,7 @@ mod tests {
             created_at_unix_ms: T0,
             version: 2,
             placement: "spread".into(),
+            allowed_origins: Vec::new(),
         }
     }
 
@@ -854,6 +864,7 @@ mod tests {
                 "id": "3",
                 "name": "acme",
                 "placement": "spread",
+                "allowed_origins": [],
                 "quotas": {
                     "max_connections": 100,
                     "max_subscriptions": 0,
@@ -873,6 +884,7 @@ mod tests {
         let one = tenant(&Tenant {
             quotas: None,
             placement: "shard:1".into(),
+            allowed_origins: vec!["https://app.example".into()],
             ..t.clone()
         });
         assert_eq!(
@@ -880,6 +892,7 @@ mod tests {
             "id:                3\n\
              name:              acme\n\
              placement:         shard:1\n\
+             allowed origins:   https://app.example\n\
              version:           2\n\
              created:           2025-06-01T10:00:00Z\n\
              max connections:   unlimited\n\

@@ -9,7 +9,7 @@
 //! an absent `--placement` is sent empty (create: home; update: unchanged).
 
 use arqonbus_proto::control::{
-    AffinityRule, CreatePrincipalRequest, CreateTenantRequest, CredentialKind,
+    AffinityRule, AllowedOrigins, CreatePrincipalRequest, CreateTenantRequest, CredentialKind,
     IssueCredentialRequest, ListCredentialsRequest, Policy, Principal, PutPolicyRequest, Quotas,
     SetSteeringRequest, SlowConsumerPolicy, SubjectRules, Tenant, TenantRef,
     UpdatePrincipalRequest, UpdateTenantRequest, policy,
@@ -82,11 +82,13 @@ pub(crate) fn create_tenant(
     name: String,
     flags: &QuotaArgs,
     placement_flag: Option<PlacementArg>,
+    allowed_origins: Vec<String>,
 ) -> CreateTenantRequest {
     CreateTenantRequest {
         name,
         quotas: new_quotas(flags),
         placement: placement(placement_flag),
+        allowed_origins,
     }
 }
 
@@ -101,6 +103,15 @@ pub(crate) fn update_tenant(current: &Tenant, args: &TenantUpdateArgs) -> Update
             current.quotas.unwrap_or_default(),
         )),
         placement: placement(args.placement),
+        allowed_origins: if args.any_origin {
+            Some(AllowedOrigins::default())
+        } else if args.allowed_origins.is_empty() {
+            None
+        } else {
+            Some(AllowedOrigins {
+                origins: args.allowed_origins.clone(),
+            })
+        },
     }
 }
 
@@ -287,7 +298,7 @@ mod tests {
     #[test]
     fn create_requests() {
         let flags = quota_flags(&["--max-payload", "65536"]);
-        let r = create_tenant("acme".into(), &flags, None);
+        let r = create_tenant("acme".into(), &flags, None, Vec::new());
         assert_eq!(r.name, "acme");
         assert_eq!(r.quotas.unwrap().max_payload, 65536);
         assert_eq!(r.placement, "", "the server's default: home");
@@ -295,16 +306,26 @@ mod tests {
             name,
             quotas,
             placement,
-        }) = cli(&["tenants", "create", "big", "--placement", "spread"])
+            allowed_origins,
+        }) = cli(&[
+            "tenants",
+            "create",
+            "big",
+            "--placement",
+            "spread",
+            "--allowed-origin",
+            "https://app.example",
+        ])
         else {
             panic!("not tenants create")
         };
         assert_eq!(
-            create_tenant(name, &quotas, placement),
+            create_tenant(name, &quotas, placement, allowed_origins),
             CreateTenantRequest {
                 name: "big".into(),
                 quotas: None,
                 placement: "spread".into(),
+                allowed_origins: vec!["https://app.example".into()],
             }
         );
 
@@ -353,6 +374,7 @@ mod tests {
             created_at_unix_ms: 1,
             version: 7,
             placement: "shard:1".into(),
+            allowed_origins: Vec::new(),
         };
         let Cmd::Tenants(TenantsCmd::Update(args)) = cli(&[
             "tenants",
