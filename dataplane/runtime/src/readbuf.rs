@@ -5,15 +5,25 @@
 //! this memory all the way to every subscriber's socket, and keep the whole
 //! allocation alive while any of them is queued. So allocations are sized to
 //! what reads bring: a fresh buffer is [`MIN_BUF`] at first, doubles (up to
-//! the configured read size) while reads fill all the room they are
-//! offered, and halves when a read brings less than a quarter of it. A quiet
+//! the configured read size) while reads fill all of a full-size offer, and
+//! halves when a read brings less than a quarter of it. A quiet
 //! connection's Ping pins about a kilobyte, not the 64 KiB a busy publisher's
 //! read uses; an idle connection holds no buffer at all.
 //!
-//! Invariants: the buffer's length is always its initialised size (so no
-//! `unsafe` is needed to read into it), `filled <= buf.len()`,
-//! `buf[..filled]` is received data not yet taken as frames, and
-//! `MIN_BUF <= next <= max(MIN_BUF, chunk)`.
+//! Allocations are reused, not re-taken: when a buffer runs out of room and
+//! every frame split off it has been dropped (sent, or refused), it starts
+//! over from its beginning; otherwise the buffer retired before it (the
+//! `spare`) is taken back if its frames are gone. A busy publisher whose
+//! subscribers keep up so alternates between two allocations, neither
+//! allocated nor zeroed again; an allocation is zeroed once, when it is
+//! created.
+//!
+//! Invariants: the buffer's length is always its initialised size (reads
+//! need initialised memory: reused room is memory zeroed at creation or
+//! written since), `filled <= buf.len()`, `buf[..filled]` is received data
+//! not yet taken as frames, the spare holds no data, and
+//! `MIN_BUF <= next <= max(MIN_BUF, chunk)`. Every allocation comes from
+//! [`BytesMut::zeroed`], so its whole capacity is initialised.
 
 use bytes::{Bytes, BytesMut};
 
@@ -26,6 +36,8 @@ const MIN_ROOM: usize = 256;
 #[derive(Debug)]
 pub(crate) struct ReadBuf {
     buf: BytesMut,
+    /// The buffer retired last, empty; reused once nothing references it.
+    spare: Option<BytesMut>,
     filled: usize,
     /// The largest fresh buffer (the configured read size).
     chunk: usize,
@@ -41,6 +53,7 @@ impl ReadBuf {
     pub(crate) fn new(chunk: usize) -> Self {
         Self {
             buf: BytesMut::new(),
+            spare: None,
             filled: 0,
             chunk,
             next: MIN_BUF,
@@ -66,16 +79,25 @@ impl ReadBuf {
 
     /// Room to read into, at least `need` bytes beyond what is filled (for a
     /// frame whose length is already known) and at least [`MIN_ROOM`].
-    /// Moves the unconsumed tail to a fresh buffer (of the adaptive size, or
-    /// what `need` asks) when the current one is too small; taken frames
-    /// keep the old one alive until they are sent.
+    /// When the current buffer is too small it starts over from its
+    /// beginning if no frame taken from it is still alive; otherwise the
+    /// unconsumed tail moves to the spare (if its frames are gone and its
+    /// size fits) or to a fresh buffer of the adaptive size (or what `need`
+    /// asks), and the current one becomes the spare.
     pub(crate) fn unfilled(&mut self, need: usize) -> &mut [u8] {
         let min_room = need.max(MIN_ROOM);
         if self.buf.len() - self.filled < min_room {
             let size = (self.filled + min_room).max(self.next);
-            let mut fresh = BytesMut::zeroed(size);
-            fresh[..self.filled].copy_from_slice(&self.buf[..self.filled]);
-            self.buf = fresh;
+            self.buf.truncate(self.filled);
+            if !reuse(&mut self.buf, size) {
+                let mut fresh = (self.spare.take())
+                    .and_then(|mut spare| reuse(&mut spare, size).then_some(spare))
+                    .unwrap_or_else(|| BytesMut::zeroed(size));
+                fresh[..self.filled].copy_from_slice(&self.buf[..self.filled]);
+                let mut old = std::mem::replace(&mut self.buf, fresh);
+                old.clear();
+                self.spare = Some(old);
+            }
         }
         self.offered = self.buf.len() - self.filled;
         &mut self.buf[self.filled..]
@@ -85,8 +107,9 @@ impl ReadBuf {
     /// the next fresh buffer by how much of the room the read used.
     pub(crate) fn advance(&mut self, n: usize) {
         self.filled = (self.filled + n).min(self.buf.len());
-        if n >= self.offered {
-            // More may be waiting: read in bigger steps.
+        if n >= self.offered && self.offered * 2 >= self.next {
+            // A full-size offer filled: more may be waiting, read in bigger
+            // steps. (Filling the last few bytes of a buffer says nothing.)
             self.next = (self.next * 2).min(self.chunk.max(MIN_BUF));
         } else if n * 4 < self.offered && self.offered * 2 >= self.next {
             // A full-size offer mostly unused: the peer sends little.
@@ -112,7 +135,31 @@ impl ReadBuf {
         if self.filled == 0 && !self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
+        self.spare = None;
     }
+}
+
+/// Makes `b` (keeping its `b.len()` bytes) span at least `size` bytes of its
+/// own allocation again, without allocating, if nothing else references
+/// that allocation and it is at most four times `size`: a buffer the
+/// adaptive size has halved twice is given back, not kept (once only would
+/// make a busy connection whose reads hover around one size reallocate
+/// every other read). Returns whether it did.
+fn reuse(b: &mut BytesMut, size: usize) -> bool {
+    if !b.try_reclaim(size.saturating_sub(b.len())) {
+        return false;
+    }
+    let cap = b.capacity();
+    if cap > size.saturating_mul(4) {
+        return false;
+    }
+    // SAFETY: `cap <= capacity()`, and every byte of the allocation is
+    // initialised: each `ReadBuf` allocation comes from `BytesMut::zeroed`
+    // (a `Vec` whose length is its capacity), and since then its bytes have
+    // only been overwritten with received data or moved within it by
+    // `try_reclaim`; nothing de-initialises memory.
+    unsafe { b.set_len(cap) };
+    true
 }
 
 #[cfg(test)]
@@ -137,6 +184,49 @@ mod tests {
         rb.take(6);
         rb.shrink_if_idle();
         assert!(rb.filled().is_empty());
+    }
+
+    /// Fills `rb` with `n` bytes of `byte` (one read) and returns them as
+    /// one frame.
+    fn read_frame(rb: &mut ReadBuf, n: usize, byte: u8) -> Bytes {
+        let room = rb.unfilled(n);
+        room[..n].fill(byte);
+        rb.advance(n);
+        rb.take(n)
+    }
+
+    #[test]
+    fn allocations_are_reused_once_their_frames_are_gone() {
+        let mut rb = ReadBuf::new(MIN_BUF);
+        let start = rb.unfilled(0).as_ptr();
+        // Frames taken and dropped: the buffer starts over in place.
+        drop(read_frame(&mut rb, MIN_BUF, 1));
+        assert_eq!(rb.unfilled(0).as_ptr(), start);
+        // A frame still queued somewhere keeps its bytes: the next read
+        // goes to a second allocation, and the first becomes the spare.
+        let queued = read_frame(&mut rb, MIN_BUF, 2);
+        let second = rb.unfilled(0).as_ptr();
+        assert_ne!(second, start);
+        let queued2 = read_frame(&mut rb, MIN_BUF, 3);
+        // Both allocations are referenced: a third one.
+        let third = rb.unfilled(0).as_ptr();
+        assert!(third != start && third != second);
+        assert!(queued.iter().all(|&b| b == 2) && queued.len() == MIN_BUF);
+        assert!(queued2.iter().all(|&b| b == 3) && queued2.len() == MIN_BUF);
+        // The spare (the second allocation) comes back once its frame is
+        // gone, while the current (third) one is still referenced.
+        drop(queued2);
+        let _held = read_frame(&mut rb, MIN_BUF, 4);
+        assert_eq!(rb.unfilled(0).as_ptr(), second);
+        // A partial frame moves along with the buffer it is read into.
+        rb.unfilled(0)[..3].copy_from_slice(b"abc");
+        rb.advance(3);
+        let room = rb.unfilled(2 * MIN_BUF).len();
+        assert!(room >= 2 * MIN_BUF);
+        assert_eq!(rb.filled(), b"abc");
+        rb.take(3);
+        rb.shrink_if_idle();
+        assert!(rb.spare.is_none());
     }
 
     #[test]
