@@ -158,6 +158,35 @@ fn check(s: &[u8], max_len: usize, allow_wildcards: bool) -> Result<bool, Subjec
     Ok(wild)
 }
 
+/// Whether `s` is a valid literal subject: the question every publish asks,
+/// answered in one pass without branching on the bytes (each is classified
+/// through [`CLASS`] and the verdicts are or-ed together). `false` says
+/// nothing about why: [`check`] then finds the error the spec names (every
+/// `true` is one [`check`] gives too; the tests hold them together).
+#[inline]
+fn valid_literal(s: &[u8], max_len: usize) -> bool {
+    let Some(&first) = s.first() else {
+        return false;
+    };
+    if s.len() > max_len || first == b'$' {
+        return false;
+    }
+    // The start counts as a dot: a leading dot is an empty token. Verdicts
+    // are 0 or 1 in a `u8`, or-ed without branching; every class above
+    // `DOT` (wildcards, bad bytes) is refused in a literal.
+    let mut after_dot = 1u8;
+    let mut dots = 0usize;
+    let mut bad = 0u8;
+    for &b in s {
+        let class = CLASS[b as usize];
+        let dot = u8::from(class == DOT);
+        bad |= u8::from(class > DOT) | (dot & after_dot);
+        dots += usize::from(dot);
+        after_dot = dot;
+    }
+    bad == 0 && after_dot == 0 && dots < MAX_TOKENS
+}
+
 /// The first token of `s` and what follows its `.` (`None` after the last).
 #[inline]
 pub(crate) fn split_token(s: &[u8]) -> (&[u8], Option<&[u8]>) {
@@ -174,7 +203,9 @@ pub struct Subject(Bytes);
 impl Subject {
     /// Validates `raw` as a literal subject of at most `max_len` bytes.
     pub fn parse(raw: Bytes, max_len: usize) -> Result<Self, SubjectError> {
-        check(&raw, max_len, false)?;
+        if !valid_literal(&raw, max_len) {
+            check(&raw, max_len, false)?;
+        }
         Ok(Self(raw))
     }
 
@@ -384,6 +415,10 @@ mod tests {
                 check(&raw, max_len, wildcards),
                 reference_check(&raw, max_len, wildcards)
             );
+            prop_assert_eq!(
+                valid_literal(&raw, max_len),
+                reference_check(&raw, max_len, false).is_ok()
+            );
         }
 
         /// Many short tokens: the token-count limit and its neighbours.
@@ -402,6 +437,30 @@ mod tests {
                 check(&raw, 256, wildcards),
                 reference_check(&raw, 256, wildcards)
             );
+            prop_assert_eq!(
+                valid_literal(&raw, 256),
+                reference_check(&raw, 256, false).is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn the_fast_literal_check_finds_empty_tokens_and_bad_bytes_anywhere() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"abcdefg.h", true),
+            (b"abcdefg..h", false),
+            (b"abcdefgh.", false),
+            (b"abcdefgh.ijklmno", true),
+            (b"abcdefgh.ijklmno.", false),
+            (b"abcdefghijklmnop", true),
+            (b"abcdefghijklmno\x7f", false),
+            (b"abcdefghijklmno\xe9", false),
+            (b"abcdefghijklmn*x", false),
+            (b".abcdefgh", false),
+        ];
+        for &(raw, ok) in cases {
+            assert_eq!(valid_literal(raw, 256), ok, "{}", raw.escape_ascii());
+            assert_eq!(check(raw, 256, false).is_ok(), ok, "{}", raw.escape_ascii());
         }
     }
 
