@@ -287,6 +287,9 @@ pub struct Router {
     /// not lower it).
     cached: usize,
     subs: Slab<LocalSub>,
+    /// Subscriptions with a delivery limit (`remaining` set): routing
+    /// counts deliveries only while there are any.
+    limited: usize,
     conns: FxHashMap<ConnId, FxHashMap<Sid, SubKey>>,
     rng: Rng,
 }
@@ -303,6 +306,7 @@ impl Router {
             tenants: FxHashMap::default(),
             cached: 0,
             subs: Slab::new(),
+            limited: 0,
             conns: FxHashMap::default(),
             rng: Rng::new(seed),
         }
@@ -412,8 +416,10 @@ impl Router {
             .ok_or(SubscriptionError::UnknownSid)?;
         if after == 0 {
             self.remove_sub(key, out);
-        } else if let Some(sub) = self.subs.get_mut(key.0) {
-            sub.remaining = Some(after);
+        } else if let Some(sub) = self.subs.get_mut(key.0)
+            && sub.remaining.replace(after).is_none()
+        {
+            self.limited += 1;
         }
         Ok(())
     }
@@ -433,6 +439,9 @@ impl Router {
             return;
         }
         let sub = self.subs.remove(key.0);
+        if sub.remaining.is_some() {
+            self.limited -= 1;
+        }
         if let Some(of_conn) = self.conns.get_mut(&sub.conn) {
             of_conn.remove(&sub.sid);
             if of_conn.is_empty() {
@@ -688,6 +697,9 @@ impl Router {
     /// Counts deliveries against `Unsubscribe{after_messages}` limits and
     /// removes subscriptions that reached them.
     fn expire_limited(&mut self, plan: &mut RoutePlan) {
+        if self.limited == 0 {
+            return;
+        }
         for i in 0..plan.local.len() {
             let key = plan.local[i].sub;
             let Some(sub) = self.subs.get_mut(key.0) else {
