@@ -405,7 +405,7 @@ fn encode_scrape(scrape: &Scrape, enc: &mut DescriptorEncoder<'_>) -> fmt::Resul
         }
     }
     // Gauges.
-    let gauges: [Getter<ShardMetrics>; 5] = [
+    let gauges: [Getter<ShardMetrics>; 9] = [
         ("arqonbus_connections", "Open connections.", |m| {
             m.stats.connections
         }),
@@ -426,6 +426,26 @@ fn encode_scrape(scrape: &Scrape, enc: &mut DescriptorEncoder<'_>) -> fmt::Resul
             "arqonbus_ring_messages",
             "Messages waiting in outgoing shard rings.",
             |m| m.stats.ring_used,
+        ),
+        (
+            "arqonbus_presence_subjects",
+            "Subjects with presence members (the shard's replica of all shards) or watches.",
+            |m| m.stats.presence_subjects,
+        ),
+        (
+            "arqonbus_presence_members",
+            "Presence members of all shards, as the shard's replica sees them.",
+            |m| m.stats.presence_members,
+        ),
+        (
+            "arqonbus_presence_local_members",
+            "Presence members whose connection is on the shard.",
+            |m| m.stats.presence_local_members,
+        ),
+        (
+            "arqonbus_presence_watches",
+            "Presence watches of the shard's connections.",
+            |m| m.stats.presence_watches,
         ),
     ];
     for (name, help, get) in gauges {
@@ -450,6 +470,26 @@ fn encode_scrape(scrape: &Scrape, enc: &mut DescriptorEncoder<'_>) -> fmt::Resul
             if *n > 0 {
                 count_by(&mut f, "code", &code_name(code), *n)?;
             }
+        }
+    }
+    // Presence refusals at a bound, all shards together.
+    {
+        let mut total = ShardStats::default();
+        for m in &scrape.shards {
+            total.merge(&m.stats);
+        }
+        let mut f = family(
+            enc,
+            "arqonbus_presence_refused_total",
+            "Presence tracks and watches refused at a bound, by bound.",
+            MetricType::Counter,
+        )?;
+        for (reason, n) in [
+            ("subject_full", total.presence_refused_subject_full),
+            ("tenant_full", total.presence_refused_tenant_full),
+            ("watches", total.presence_refused_watches),
+        ] {
+            count_by(&mut f, "reason", reason, n)?;
         }
     }
     // Per tenant.

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::presence::PresenceLimits;
+
 /// Bytes a frame may carry on top of its payload (subject, reply, headers).
 pub const FRAME_OVERHEAD: u32 = 16 * 1024;
 /// Largest payload any configuration may allow.
@@ -38,6 +40,16 @@ pub struct Limits {
     pub close_grace_ms: u64,
     /// Most connections one shard accepts.
     pub max_connections_per_shard: u32,
+    /// Presence: most members of one subject, over all shards.
+    pub presence_members_per_subject: u32,
+    /// Presence: most members of one tenant (all its subjects), over all
+    /// shards.
+    pub presence_members_per_tenant: u32,
+    /// Presence: most watches of one connection.
+    pub presence_watches_per_connection: u32,
+    /// Presence: most members one query answer lists (an answer is also
+    /// cut to fit `max_frame`).
+    pub presence_query_max: u32,
 }
 
 impl Default for Limits {
@@ -53,6 +65,10 @@ impl Default for Limits {
             auth_timeout_ms: 5_000,
             close_grace_ms: 5_000,
             max_connections_per_shard: 65_536,
+            presence_members_per_subject: 1_000,
+            presence_members_per_tenant: 100_000,
+            presence_watches_per_connection: 256,
+            presence_query_max: 1_000,
         }
     }
 }
@@ -70,6 +86,16 @@ pub struct LimitsError {
 }
 
 impl Limits {
+    /// The presence bounds these limits set.
+    pub fn presence(&self) -> PresenceLimits {
+        PresenceLimits {
+            per_subject: self.presence_members_per_subject,
+            per_tenant: self.presence_members_per_tenant,
+            watches_per_conn: self.presence_watches_per_connection,
+            query_max: self.presence_query_max,
+        }
+    }
+
     /// Largest frame accepted: the payload limit plus room for the envelope.
     pub fn max_frame(&self) -> u32 {
         self.max_payload.saturating_add(FRAME_OVERHEAD)
@@ -77,7 +103,7 @@ impl Limits {
 
     /// Checks every limit is in range.
     pub fn validate(&self) -> Result<(), LimitsError> {
-        let checks: [(&'static str, u64, u64, u64, &'static str); 9] = [
+        let checks: [(&'static str, u64, u64, u64, &'static str); 13] = [
             (
                 "max_payload",
                 self.max_payload.into(),
@@ -137,6 +163,34 @@ impl Limits {
                 600_000,
                 "0..=600000",
             ),
+            (
+                "presence_members_per_subject",
+                self.presence_members_per_subject.into(),
+                1,
+                1_000_000,
+                "1..=1000000",
+            ),
+            (
+                "presence_members_per_tenant",
+                self.presence_members_per_tenant.into(),
+                1,
+                10_000_000,
+                "1..=10000000",
+            ),
+            (
+                "presence_watches_per_connection",
+                self.presence_watches_per_connection.into(),
+                1,
+                65_536,
+                "1..=65536",
+            ),
+            (
+                "presence_query_max",
+                self.presence_query_max.into(),
+                1,
+                100_000,
+                "1..=100000",
+            ),
         ];
         for (field, value, lo, hi, allowed) in checks {
             if !(lo..=hi).contains(&value) {
@@ -152,6 +206,13 @@ impl Limits {
                 field: "max_pending_bytes",
                 value: self.max_pending_bytes,
                 allowed: ">= max_payload + 16384 (one whole frame must fit)",
+            });
+        }
+        if self.presence_members_per_subject > self.presence_members_per_tenant {
+            return Err(LimitsError {
+                field: "presence_members_per_subject",
+                value: self.presence_members_per_subject.into(),
+                allowed: "<= presence_members_per_tenant",
             });
         }
         if self.max_connections_per_shard == 0 {
@@ -194,5 +255,19 @@ mod tests {
         let l: Limits = toml::from_str("max_pending_bytes = 10").unwrap();
         assert_eq!(l.validate().unwrap_err().field, "max_pending_bytes");
         assert!(toml::from_str::<Limits>("max_payloads = 10").is_err());
+        let l: Limits = toml::from_str("presence_query_max = 0").unwrap();
+        assert_eq!(l.validate().unwrap_err().field, "presence_query_max");
+        let l: Limits =
+            toml::from_str("presence_members_per_subject = 20\npresence_members_per_tenant = 10")
+                .unwrap();
+        assert_eq!(
+            l.validate().unwrap_err().field,
+            "presence_members_per_subject"
+        );
+    }
+
+    #[test]
+    fn the_default_presence_bounds_are_the_cores() {
+        assert_eq!(Limits::default().presence(), PresenceLimits::default());
     }
 }

@@ -154,6 +154,26 @@ pub struct Member {
     pub metadata: Metadata,
 }
 
+impl Member {
+    /// At most the bytes this member takes in a `PresenceReply`
+    /// (`v1::PresenceMember` with its field key and length, every varint
+    /// counted at its longest), so an answer can be cut to fit a frame.
+    pub fn wire_bound(&self) -> usize {
+        // Key + length of the member, client id, kind, name's key + length.
+        const FIXED: usize = 4 + 11 + 3 + 4;
+        // Per metadata entry: the map entry's key + length, and each of its
+        // key and value fields' key + length.
+        const PER_ENTRY: usize = 4 + 4 + 4;
+        FIXED
+            + self.name.len()
+            + self
+                .metadata
+                .entries()
+                .map(|(k, v)| PER_ENTRY + k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
 /// One membership: a subscription of a connection (unique server-wide, the
 /// connection id carries its shard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -622,9 +642,17 @@ impl Presence {
     }
 
     /// The members of `subject` in `tenant` (the caller checked
-    /// [`may_see`]), at most `limits.query_max`, ordered by client id then
-    /// subscription. Returns whether the list was cut.
-    pub fn query(&self, tenant: TenantId, subject: &Subject, out: &mut Vec<Arc<Member>>) -> bool {
+    /// [`may_see`]), ordered by client id then subscription: at most
+    /// `limits.query_max`, and no more than fit `max_bytes` by
+    /// [`Member::wire_bound`] (the answer must fit a frame the client
+    /// accepts). Returns whether the list was cut.
+    pub fn query(
+        &self,
+        tenant: TenantId,
+        subject: &Subject,
+        max_bytes: usize,
+        out: &mut Vec<Arc<Member>>,
+    ) -> bool {
         let Some(s) = self
             .tenants
             .get(&tenant)
@@ -635,7 +663,14 @@ impl Presence {
         let mut keys: Vec<(&MemberKey, &Arc<Member>)> = s.members.iter().collect();
         keys.sort_unstable_by_key(|(k, m)| (m.client_id, k.sid));
         let max = self.limits.query_max as usize;
-        out.extend(keys.iter().take(max).map(|(_, m)| Arc::clone(m)));
+        let mut room = max_bytes;
+        for (_, m) in keys.iter().take(max) {
+            let Some(left) = room.checked_sub(m.wire_bound()) else {
+                return true;
+            };
+            room = left;
+            out.push(Arc::clone(m));
+        }
         keys.len() > max
     }
 
@@ -682,7 +717,7 @@ mod tests {
 
     fn ids(p: &Presence, tenant: TenantId, s: &str) -> Vec<u64> {
         let mut out = Vec::new();
-        p.query(tenant, &subject(s), &mut out);
+        p.query(tenant, &subject(s), usize::MAX, &mut out);
         out.iter().map(|m| m.client_id).collect()
     }
 
@@ -1022,10 +1057,50 @@ mod tests {
             .unwrap();
         }
         let mut out = Vec::new();
-        assert!(p.query(T, &subject("x"), &mut out));
+        assert!(p.query(T, &subject("x"), usize::MAX, &mut out));
         assert_eq!(out.iter().map(|m| m.client_id).collect::<Vec<_>>(), [1, 2]);
+        // An answer is also cut to the bytes a frame may carry.
+        let one = out[0].wire_bound();
         out.clear();
-        assert!(!p.query(T, &subject("nobody"), &mut out));
+        assert!(p.query(T, &subject("x"), one + one / 2, &mut out));
+        assert_eq!(out.iter().map(|m| m.client_id).collect::<Vec<_>>(), [1]);
+        out.clear();
+        assert!(!p.query(T, &subject("nobody"), usize::MAX, &mut out));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_members_wire_bound_is_never_below_its_encoding() {
+        use prost::Message as _;
+        // The most metadata a member may carry: every entry, 1 KiB in all.
+        let keys: Vec<String> = (0..MAX_META_ENTRIES).map(|i| format!("k{i}")).collect();
+        let value = "v".repeat(MAX_META_BYTES / MAX_META_ENTRIES - 2);
+        let metas = [
+            Metadata::parse([]).unwrap(),
+            Metadata::parse([("role", "viewer")]).unwrap(),
+            Metadata::parse(keys.iter().map(|k| (k.as_str(), value.as_str()))).unwrap(),
+        ];
+        for (i, metadata) in metas.into_iter().enumerate() {
+            let m = Member {
+                client_id: u64::MAX,
+                kind: ClientKind::Agent,
+                name: "n".repeat(64 * i).into(),
+                metadata,
+            };
+            let frame = arqonbus_proto::v1::PresenceReply {
+                members: vec![arqonbus_proto::v1::PresenceMember {
+                    client_id: m.client_id,
+                    client_kind: m.kind.into(),
+                    client_name: m.name.to_string(),
+                    metadata: m
+                        .metadata
+                        .entries()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                }],
+                ..arqonbus_proto::v1::PresenceReply::default()
+            };
+            assert!(frame.encoded_len() <= m.wire_bound(), "{i}");
+        }
     }
 }

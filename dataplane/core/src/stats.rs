@@ -77,10 +77,26 @@ pub struct ShardStats {
     pub ws_violations: u64,
     /// Gauge: open WebSocket connections (also counted in `connections`).
     pub ws_connections: u64,
+    /// Gauge: subjects with presence members (this shard's replica of all
+    /// shards) or watches of this shard's connections.
+    pub presence_subjects: u64,
+    /// Gauge: presence members (the replica: all shards).
+    pub presence_members: u64,
+    /// Gauge: presence members whose connection is on this shard.
+    pub presence_local_members: u64,
+    /// Gauge: presence watches of this shard's connections.
+    pub presence_watches: u64,
+    /// `PresenceTrack`s refused: the subject was at its bound.
+    pub presence_refused_subject_full: u64,
+    /// `PresenceTrack`s refused: the tenant was at its bound.
+    pub presence_refused_tenant_full: u64,
+    /// `PresenceWatch`es refused: the connection held its most watches.
+    pub presence_refused_watches: u64,
 }
 
 impl ShardStats {
-    /// Adds `other` into `self` (counters and gauges alike).
+    /// Adds `other` into `self` (counters and gauges alike, except the
+    /// presence replica's gauges, which every shard holds whole).
     pub fn merge(&mut self, other: &Self) {
         let Self {
             connections_accepted,
@@ -117,6 +133,13 @@ impl ShardStats {
             ws_upgrade_failures,
             ws_violations,
             ws_connections,
+            presence_subjects,
+            presence_members,
+            presence_local_members,
+            presence_watches,
+            presence_refused_subject_full,
+            presence_refused_tenant_full,
+            presence_refused_watches,
         } = other;
         self.connections_accepted += connections_accepted;
         self.connections_closed += connections_closed;
@@ -152,5 +175,14 @@ impl ShardStats {
         self.ws_upgrade_failures += ws_upgrade_failures;
         self.ws_violations += ws_violations;
         self.ws_connections += ws_connections;
+        // Every shard's replica holds the node-wide figures: the largest,
+        // not the sum.
+        self.presence_subjects = self.presence_subjects.max(*presence_subjects);
+        self.presence_members = self.presence_members.max(*presence_members);
+        self.presence_local_members += presence_local_members;
+        self.presence_watches += presence_watches;
+        self.presence_refused_subject_full += presence_refused_subject_full;
+        self.presence_refused_tenant_full += presence_refused_tenant_full;
+        self.presence_refused_watches += presence_refused_watches;
     }
 }

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use arqonbus_core::presence::{Member, Metadata};
+use arqonbus_core::presence::{Member, Metadata, PresenceError};
 use arqonbus_core::session::Session;
 use arqonbus_core::subject::Subject;
 use arqonbus_core::{ConnId, Sid};
@@ -35,6 +35,18 @@ fn refuse(shard: &Shard, conn: &ConnShared, code: ErrorCode, id: u64, detail: &s
         sid: id,
         seq: 0,
     }));
+}
+
+/// Counts a refusal at one of the presence bounds (for
+/// `arqonbus_presence_refused_total{reason}`).
+fn count_bound(shard: &Shard, e: PresenceError) {
+    let mut stats = shard.stats.borrow_mut();
+    match e {
+        PresenceError::SubjectFull { .. } => stats.presence_refused_subject_full += 1,
+        PresenceError::TenantFull { .. } => stats.presence_refused_tenant_full += 1,
+        PresenceError::TooManyWatches { .. } => stats.presence_refused_watches += 1,
+        _ => {}
+    }
 }
 
 /// Whether the session's principal may see the presence of `subject`
@@ -101,7 +113,10 @@ pub(crate) fn track(
     );
     match tracked {
         Ok(()) => shard.presence_out(deltas, events),
-        Err(e) => refuse(shard, conn, e.code(), sid.0, &e.to_string()),
+        Err(e) => {
+            count_bound(shard, e);
+            refuse(shard, conn, e.code(), sid.0, &e.to_string());
+        }
     }
 }
 
@@ -145,6 +160,7 @@ pub(crate) fn watch(
         }
     };
     if let Err(e) = result {
+        count_bound(shard, e);
         refuse(shard, conn, e.code(), watch, &e.to_string());
     }
 }
@@ -189,11 +205,19 @@ pub(crate) fn query(
         ..v1::PresenceReply::default()
     };
     if may_see(session, subject) {
+        // The answer must fit a frame the client accepts: the largest
+        // frame, less room for the reply's own fields.
+        let budget = {
+            let config = shard.config.borrow();
+            let limits = config.limits();
+            (limits.max_frame() as usize).saturating_sub(limits.max_subject_len as usize + 64)
+        };
         let mut members = Vec::new();
-        reply.truncated = shard
-            .presence
-            .borrow()
-            .query(id.tenant.id, subject, &mut members);
+        reply.truncated =
+            shard
+                .presence
+                .borrow()
+                .query(id.tenant.id, subject, budget, &mut members);
         reply.members = members.iter().map(|m| member_frame(m)).collect();
     } else {
         shard.stats.borrow_mut().permission_denied += 1;

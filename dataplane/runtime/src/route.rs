@@ -324,10 +324,17 @@ impl Shard {
         self.broadcast(&mut plan.interest);
         if !plan.expired.is_empty() {
             let conns = self.conns.borrow();
-            for (id, _sid) in plan.expired.drain(..) {
+            let expired: Vec<_> = plan.expired.drain(..).collect();
+            for &(id, _) in &expired {
                 if let Some(c) = Self::conn(&conns, id) {
                     c.subscription_released();
                 }
+            }
+            drop(conns);
+            // A subscription ended by `Unsubscribe{after_messages}` leaves
+            // presence like any other (specs/presence.md).
+            for (id, sid) in expired {
+                crate::presence::left(self, id, sid);
             }
         }
     }

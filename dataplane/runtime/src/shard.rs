@@ -314,6 +314,7 @@ impl Shard {
             seed,
         } = parts;
         let n = cfg.shards;
+        let presence_limits = config.limits().presence();
         Rc::new(Shard {
             id,
             config: RefCell::new(config),
@@ -341,9 +342,7 @@ impl Shard {
             mesh_waker: Cell::new(None),
             errors: RefCell::new(ErrorCounts::default()),
             tenant_stats: RefCell::new(FxHashMap::default()),
-            presence: RefCell::new(arqonbus_core::presence::Presence::new(
-                arqonbus_core::presence::PresenceLimits::default(),
-            )),
+            presence: RefCell::new(arqonbus_core::presence::Presence::new(presence_limits)),
             deliver_latency: RefCell::new(latency_histogram()),
             handshake_latency: RefCell::new(latency_histogram()),
             sample_counter: Cell::new(0),
@@ -855,6 +854,11 @@ impl Shard {
             .iter()
             .map(|l| (l.ring_used() + l.overflow_len()) as u64)
             .sum();
+        let presence = self.presence.borrow().gauges();
+        stats.presence_subjects = presence.subjects;
+        stats.presence_members = presence.members;
+        stats.presence_local_members = presence.local_members;
+        stats.presence_watches = presence.watches;
         stats
     }
 
@@ -888,6 +892,11 @@ impl Shard {
             tracing::debug!(shard = %self.id, epoch, "stale snapshot ignored");
             return;
         }
+        // New presence bounds apply to the next track and watch; what is
+        // listed stays (specs/presence.md).
+        self.presence
+            .borrow_mut()
+            .set_limits(snapshot.limits().presence());
         *self.config.borrow_mut() = snapshot;
         self.throttle.borrow_mut().rates().reset();
         for (_, c) in self.conns.borrow().iter() {

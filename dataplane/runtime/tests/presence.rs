@@ -173,3 +173,74 @@ fn unsubscribing_leaves_and_bad_requests_are_refused_without_closing() {
     c.flush();
     plane.shutdown();
 }
+
+#[test]
+fn configured_bounds_refuse_count_and_change_with_the_configuration() {
+    let plane = common::start(&common::config_with(|l| {
+        l.presence_members_per_subject = 1;
+        l.presence_watches_per_connection = 1;
+    }));
+    let addr = plane.local_addr();
+    let mut watcher = RawClient::connect_on_shard(addr, TOKEN_A, 1);
+    watch(&mut watcher, 1, "room");
+    watch(&mut watcher, 2, "hall");
+    assert_eq!(error(&mut watcher), (ErrorCode::PresenceLimitExceeded, 2));
+
+    let mut a = RawClient::connect_on_shard(addr, TOKEN_A, 0);
+    let sid_a = a.subscribe("room", None);
+    track(&mut a, sid_a, &[]);
+    a.flush();
+    assert_eq!(event(&mut watcher).action(), v1::PresenceAction::Join);
+    let mut b = RawClient::connect_on_shard(addr, TOKEN_A, 0);
+    let sid_b = b.subscribe("room", None);
+    track(&mut b, sid_b, &[]);
+    assert_eq!(error(&mut b), (ErrorCode::PresenceLimitExceeded, sid_b));
+
+    // The gauges and refusals reach the shard counters /metrics exports.
+    let stats = plane.total_stats().unwrap();
+    assert_eq!(stats.presence_refused_subject_full, 1);
+    assert_eq!(stats.presence_refused_watches, 1);
+    assert_eq!(stats.presence_refused_tenant_full, 0);
+    assert_eq!(stats.presence_local_members, 1);
+    assert_eq!(stats.presence_members, 1);
+    assert_eq!(stats.presence_watches, 1);
+
+    // A subscription ended by `Unsubscribe{after_messages}` leaves with its
+    // last message, and frees its place.
+    a.send(&Kind::Unsubscribe(v1::Unsubscribe {
+        sid: sid_a,
+        after_messages: 1,
+    }));
+    a.flush();
+    let mut publisher = RawClient::connect_on_shard(addr, TOKEN_A, 0);
+    publisher.publish("room", b"last");
+    publisher.flush();
+    let leave = event(&mut watcher);
+    assert_eq!(leave.action(), v1::PresenceAction::Leave);
+    assert_eq!(
+        leave.member.unwrap().client_id,
+        a.welcome.as_ref().unwrap().session_id
+    );
+    track(&mut b, sid_b, &[]);
+    b.flush();
+    assert_eq!(event(&mut watcher).action(), v1::PresenceAction::Join);
+    let stats = plane.total_stats().unwrap();
+    assert_eq!(stats.presence_members, 1);
+
+    // Raised bounds apply to the next request; what is listed stays.
+    let limits = arqonbus_core::limits::Limits {
+        presence_members_per_subject: 2,
+        presence_watches_per_connection: 2,
+        ..arqonbus_core::limits::Limits::default()
+    };
+    plane
+        .apply(&std::sync::Arc::new(common::snapshot(2, limits)))
+        .unwrap();
+    watch(&mut watcher, 2, "hall");
+    let sid_c = a.subscribe("room", None);
+    track(&mut a, sid_c, &[]);
+    a.flush();
+    assert_eq!(event(&mut watcher).action(), v1::PresenceAction::Join);
+    assert_eq!(query(&mut watcher, 3, "room").members.len(), 2);
+    plane.shutdown();
+}
