@@ -363,6 +363,65 @@ impl Client {
         Ok(subscriber)
     }
 
+    /// Watches `subject`'s presence (a literal subject): the stream yields a
+    /// [`PresenceEvent`](crate::PresenceEvent) for every member that joins
+    /// or leaves from now on. Returns once the watch is in effect; a watch
+    /// the server refuses (`PERMISSION_DENIED`, `PRESENCE_LIMIT_EXCEEDED`)
+    /// fails here with [`Error::Server`]. Re-made after a reconnect (the
+    /// members then join again as the server lists them anew). Dropping
+    /// the watcher stops the watch.
+    pub async fn watch_presence(&self, subject: &str) -> Result<crate::PresenceWatcher, Error> {
+        let raw = self.literal(subject)?;
+        let id = self.next_sid().0;
+        let (tx, rx) = mpsc::channel(self.inner.opts.subscriber_capacity);
+        let shared = Arc::new(SubShared::default());
+        let watcher =
+            crate::PresenceWatcher::new(id, rx, Arc::clone(&shared), self.inner.commands.clone());
+        self.send(Command::Watch {
+            id,
+            subject: raw,
+            tx,
+            shared: Arc::clone(&shared),
+        })?;
+        self.flush().await?;
+        if let Some(err) = shared.error() {
+            return Err(err.clone());
+        }
+        Ok(watcher)
+    }
+
+    /// Who is listed on `subject` (a literal subject) now, as the server's
+    /// shard sees it, within the configured request timeout
+    /// ([`Error::Timeout`]). A principal not allowed to see the subject's
+    /// presence gets [`Error::Server`] with `PERMISSION_DENIED`.
+    pub async fn presence(&self, subject: &str) -> Result<crate::PresenceAnswer, Error> {
+        let raw = self.literal(subject)?;
+        let id = self.next_sid().0;
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Query {
+            id,
+            subject: raw,
+            reply: tx,
+        })?;
+        tokio::time::timeout(self.inner.opts.request_timeout, rx)
+            .await
+            .map_err(|_| Error::Timeout)?
+            .unwrap_or_else(|_| Err(self.closed_error()))
+    }
+
+    /// `subject` checked as a literal subject against the server's limits.
+    fn literal(&self, subject: &str) -> Result<Bytes, Error> {
+        let limits = self.limits()?;
+        let raw = Bytes::copy_from_slice(subject.as_bytes());
+        Subject::parse(raw.clone(), limits.max_subject_len).map_err(|source| {
+            Error::InvalidSubject {
+                subject: subject.escape_debug().to_string(),
+                source,
+            }
+        })?;
+        Ok(raw)
+    }
+
     /// Sends a request and waits for the first reply, up to the configured
     /// request timeout. Fails with [`Error::NoResponders`] as soon as the
     /// server reports that nobody subscribes to `subject`, and with

@@ -10,7 +10,8 @@
 //!   (publishes, requests, flushes) waits in `queued`, and subscription
 //!   changes update `subs` directly.
 //! - After every (re)connect, the task first re-sends every live
-//!   subscription (with its remaining `unsubscribe_after` count), then the
+//!   subscription (with its remaining `unsubscribe_after` count and its
+//!   presence track), every presence watch, then the
 //!   barriers that were pending on the lost connection, then `queued`. So a
 //!   buffered publish is written after the resubscriptions.
 //! - Pongs answer pings in order: `pongs` is a FIFO with one waiter per ping
@@ -44,6 +45,7 @@ use crate::inbox::Inbox;
 use crate::message::{Message, MessageStatus};
 use crate::options::Resolved;
 use crate::outbound::{MAX_SLICES, OutQueue, Outgoing};
+use crate::presence::{PresenceAnswer, PresenceEvent, PresenceMember};
 use crate::subscriber::SubShared;
 use crate::transport::{self, Connection, kind_name};
 
@@ -77,6 +79,27 @@ pub(crate) enum Command {
         sid: Sid,
         after: u64,
     },
+    /// List subscription `sid` in presence (answered once checked and
+    /// queued; the server's verdict comes before the next `Pong`).
+    Track {
+        sid: Sid,
+        metadata: Vec<(String, String)>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Watch {
+        id: u64,
+        subject: Bytes,
+        tx: mpsc::Sender<PresenceEvent>,
+        shared: Arc<SubShared>,
+    },
+    Unwatch {
+        id: u64,
+    },
+    Query {
+        id: u64,
+        subject: Bytes,
+        reply: oneshot::Sender<Result<PresenceAnswer, Error>>,
+    },
     Flush(oneshot::Sender<Result<(), Error>>),
     Drain(oneshot::Sender<Result<(), Error>>),
     Close(oneshot::Sender<()>),
@@ -109,6 +132,16 @@ struct SubEntry {
     /// Deliveries left before an `unsubscribe_after` takes effect.
     remaining: Option<u64>,
     /// Whether the last delivery attempt found the buffer full.
+    overflowing: bool,
+    /// Its presence metadata, while it is (to be) listed.
+    presence: Option<Vec<(String, String)>>,
+}
+
+/// One presence watch.
+struct WatchEntry {
+    subject: Bytes,
+    tx: mpsc::Sender<PresenceEvent>,
+    shared: Arc<SubShared>,
     overflowing: bool,
 }
 
@@ -159,6 +192,9 @@ pub(crate) struct Driver {
     inbox: Inbox,
     subs: HashMap<u64, SubEntry>,
     requests: HashMap<u64, oneshot::Sender<Result<Message, Error>>>,
+    watches: HashMap<u64, WatchEntry>,
+    /// Presence queries sent on this connection, by request id.
+    queries: HashMap<u64, oneshot::Sender<Result<PresenceAnswer, Error>>>,
     /// Ordered work waiting for a connection.
     queued: VecDeque<Command>,
 }
@@ -181,6 +217,8 @@ impl Driver {
             inbox,
             subs: HashMap::new(),
             requests: HashMap::new(),
+            watches: HashMap::new(),
+            queries: HashMap::new(),
             queued: VecDeque::new(),
         }
     }
@@ -352,6 +390,10 @@ impl Driver {
     /// connection holds no subscription. Frames encoded but not written are
     /// lost (delivery is at most once).
     fn end(&mut self, err: Error, pongs: VecDeque<PongWaiter>, closing: Option<Ack>) -> Exit {
+        // Queries in flight on this connection will not be answered.
+        for (_, tx) in self.queries.drain() {
+            let _gone = tx.send(Err(err.clone()));
+        }
         if let Some(ack) = closing {
             for waiter in pongs {
                 // A dropped receiver only means the caller stopped waiting.
@@ -409,7 +451,43 @@ impl Driver {
                     }),
                 );
             }
+            if let Some(metadata) = &entry.presence {
+                push_frame(out, &track_frame(sid, metadata));
+            }
         }
+        let mut ids: Vec<u64> = self.watches.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(w) = self.watches.get(&id) {
+                push_frame(out, &watch_frame(id, w.subject.clone()));
+            }
+        }
+    }
+
+    /// Records a presence track of `sid`; returns the frame to send, if
+    /// the subscription is not listed already.
+    fn track_locally(
+        &mut self,
+        sid: Sid,
+        metadata: Vec<(String, String)>,
+    ) -> Result<Option<Kind>, Error> {
+        let entry = self.subs.get_mut(&sid.0).ok_or(Error::Closed)?;
+        if entry.presence.is_some() {
+            return Ok(None);
+        }
+        if entry
+            .pattern
+            .split(|&b| b == b'.')
+            .any(|t| t == b"*" || t == b">")
+        {
+            return Err(Error::InvalidSubject {
+                subject: entry.pattern.escape_ascii().to_string(),
+                source: arqonbus_core::subject::SubjectError::WildcardNotAllowed,
+            });
+        }
+        let frame = track_frame(sid.0, &metadata);
+        entry.presence = Some(metadata);
+        Ok(Some(frame))
     }
 
     /// Handles one command while connected.
@@ -467,6 +545,52 @@ impl Driver {
                     );
                 }
             }
+            Command::Track {
+                sid,
+                metadata,
+                reply,
+            } => {
+                let tracked = self.track_locally(sid, metadata).map(|frame| {
+                    if let Some(frame) = frame {
+                        push_frame(out, &frame);
+                    }
+                });
+                let _gone = reply.send(tracked);
+            }
+            Command::Watch {
+                id,
+                subject,
+                tx,
+                shared,
+            } => {
+                push_frame(out, &watch_frame(id, subject.clone()));
+                self.watches
+                    .insert(id, WatchEntry::new(subject, tx, shared));
+            }
+            Command::Unwatch { id } => {
+                if self.watches.remove(&id).is_some() {
+                    push_frame(
+                        out,
+                        &Kind::PresenceWatch(v1::PresenceWatch {
+                            watch_id: id,
+                            subject: Bytes::new(),
+                            stop: true,
+                        }),
+                    );
+                }
+            }
+            Command::Query { id, subject, reply } => {
+                // Callers that gave up (timed out) leave closed senders.
+                self.queries.retain(|_, tx| !tx.is_closed());
+                self.queries.insert(id, reply);
+                push_frame(
+                    out,
+                    &Kind::PresenceQuery(v1::PresenceQuery {
+                        request_id: id,
+                        subject,
+                    }),
+                );
+            }
             Command::Flush(tx) => {
                 pongs.push_back(PongWaiter::Flush(tx));
                 push_frame(out, &Kind::Ping(v1::Ping {}));
@@ -494,8 +618,31 @@ impl Driver {
     /// command ends the client.
     fn dispatch_offline(&mut self, command: Command) -> Option<Exit> {
         match command {
-            Command::Publish(_) | Command::Request { .. } | Command::Flush(_) => {
+            Command::Publish(_)
+            | Command::Request { .. }
+            | Command::Flush(_)
+            | Command::Query { .. } => {
                 self.queued.push_back(command);
+            }
+            // State only: the reconnect replays it.
+            Command::Track {
+                sid,
+                metadata,
+                reply,
+            } => {
+                let _gone = reply.send(self.track_locally(sid, metadata).map(|_| ()));
+            }
+            Command::Watch {
+                id,
+                subject,
+                tx,
+                shared,
+            } => {
+                self.watches
+                    .insert(id, WatchEntry::new(subject, tx, shared));
+            }
+            Command::Unwatch { id } => {
+                self.watches.remove(&id);
             }
             Command::CancelRequest(token) => {
                 self.requests.remove(&token);
@@ -625,8 +772,8 @@ impl Driver {
                     }
                     self.on_server_error(err);
                 }
-                // Presence is not in this SDK yet: it never asks, so
-                // answers and events cannot come.
+                Kind::PresenceReply(reply) => self.answer_query(reply),
+                Kind::PresenceEvent(event) => self.deliver_presence(event),
                 other @ (Kind::Connect(_)
                 | Kind::Welcome(_)
                 | Kind::Publish(_)
@@ -634,9 +781,7 @@ impl Driver {
                 | Kind::Unsubscribe(_)
                 | Kind::PresenceTrack(_)
                 | Kind::PresenceWatch(_)
-                | Kind::PresenceQuery(_)
-                | Kind::PresenceReply(_)
-                | Kind::PresenceEvent(_)) => {
+                | Kind::PresenceQuery(_)) => {
                     return Err(Error::Protocol(ProtocolViolation::UnexpectedFrame(
                         kind_name(&other),
                     )));
@@ -685,7 +830,62 @@ impl Driver {
         }
     }
 
-    /// A non-fatal server error: it ends the subscription it names, if any.
+    /// Completes the presence query `reply` answers.
+    fn answer_query(&mut self, reply: v1::PresenceReply) {
+        // A late answer (its caller timed out) finds no waiter.
+        let Some(tx) = self.queries.remove(&reply.request_id) else {
+            return;
+        };
+        let result = if reply.error == 0 {
+            Ok(PresenceAnswer {
+                subject: String::from_utf8_lossy(&reply.subject).into_owned(),
+                members: reply
+                    .members
+                    .into_iter()
+                    .map(PresenceMember::from_wire)
+                    .collect(),
+                truncated: reply.truncated,
+            })
+        } else {
+            let code = v1::ErrorCode::try_from(reply.error).unwrap_or(v1::ErrorCode::Unspecified);
+            Err(Error::Server(ServerError {
+                code,
+                message: "presence query refused".into(),
+                fatal: false,
+                sid: None,
+            }))
+        };
+        let _gone = tx.send(result);
+    }
+
+    /// Hands a presence event to its watch without ever waiting.
+    fn deliver_presence(&mut self, event: v1::PresenceEvent) {
+        let id = event.watch_id;
+        let Some(w) = self.watches.get_mut(&id) else {
+            tracing::trace!(id, "presence event for an ended watch");
+            return;
+        };
+        let Some(event) = PresenceEvent::from_wire(event) else {
+            tracing::debug!(id, "ignoring a presence event this SDK cannot represent");
+            return;
+        };
+        match w.tx.try_send(event) {
+            Ok(()) => w.overflowing = false,
+            Err(TrySendError::Full(_)) => {
+                let dropped = w.shared.count_drop();
+                if !w.overflowing {
+                    w.overflowing = true;
+                    tracing::warn!(id, dropped, "presence watcher buffer full: dropping events");
+                }
+            }
+            // The watcher was dropped; its Unwatch is queued.
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// A non-fatal server error: it ends the subscription or watch it
+    /// names, if any, except a refused presence track, after which the
+    /// subscription goes on unlisted.
     fn on_server_error(&mut self, err: ServerError) {
         tracing::warn!(
             code = code_name(err.code),
@@ -694,6 +894,16 @@ impl Driver {
             "server reported an error"
         );
         if let Some(sid) = err.sid
+            && let Some(w) = self.watches.remove(&sid.0)
+        {
+            w.shared.fail(Error::Server(err.clone()));
+        } else if let Some(sid) = err.sid
+            && err.code == v1::ErrorCode::PresenceLimitExceeded
+            && let Some(entry) = self.subs.get_mut(&sid.0)
+        {
+            entry.presence = None;
+            entry.sink.shared().refuse_track(Error::Server(err.clone()));
+        } else if let Some(sid) = err.sid
             && let Some(entry) = self.subs.remove(&sid.0)
         {
             if matches!(entry.sink, Sink::Inbox { .. }) {
@@ -720,8 +930,17 @@ impl Driver {
             Command::Close(tx) => {
                 let _gone = tx.send(());
             }
-            Command::CancelRequest(_) | Command::Subscribe { .. } | Command::Unsubscribe { .. } => {
+            Command::Track { reply, .. } => {
+                let _gone = reply.send(Err(err.clone()));
             }
+            Command::Query { reply, .. } => {
+                let _gone = reply.send(Err(err.clone()));
+            }
+            Command::Watch { shared, .. } => shared.fail(err.clone()),
+            Command::CancelRequest(_)
+            | Command::Subscribe { .. }
+            | Command::Unsubscribe { .. }
+            | Command::Unwatch { .. } => {}
         }
     }
 
@@ -747,6 +966,14 @@ impl Driver {
         for (_, tx) in self.requests.drain() {
             let _gone = tx.send(Err(err.clone()));
         }
+        for (_, w) in self.watches.drain() {
+            if let Some(reason) = &reason {
+                w.shared.fail(reason.clone());
+            }
+        }
+        for (_, tx) in self.queries.drain() {
+            let _gone = tx.send(Err(err.clone()));
+        }
         self.commands.close();
         let mut leftovers: Vec<Command> = self.queued.drain(..).collect();
         while let Ok(command) = self.commands.try_recv() {
@@ -767,8 +994,35 @@ impl SubEntry {
             sink,
             remaining: None,
             overflowing: false,
+            presence: None,
         }
     }
+}
+
+impl WatchEntry {
+    fn new(subject: Bytes, tx: mpsc::Sender<PresenceEvent>, shared: Arc<SubShared>) -> Self {
+        Self {
+            subject,
+            tx,
+            shared,
+            overflowing: false,
+        }
+    }
+}
+
+fn track_frame(sid: u64, metadata: &[(String, String)]) -> Kind {
+    Kind::PresenceTrack(v1::PresenceTrack {
+        sid,
+        metadata: metadata.iter().cloned().collect(),
+    })
+}
+
+fn watch_frame(id: u64, subject: Bytes) -> Kind {
+    Kind::PresenceWatch(v1::PresenceWatch {
+        watch_id: id,
+        subject,
+        stop: false,
+    })
 }
 
 /// Completes the request a reply (or a no-responders notice) belongs to.

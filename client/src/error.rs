@@ -134,6 +134,11 @@ pub enum Error {
     /// Headers break the header rules or the server's limits. Not retryable.
     #[error("invalid headers: {0}")]
     InvalidHeaders(#[from] HeaderError),
+    /// Presence metadata breaks its bounds (8 entries, 32 B keys, 128 B
+    /// values, 1 KiB in all); checked locally, nothing was sent. Not
+    /// retryable.
+    #[error("invalid presence metadata: {0}")]
+    InvalidMetadata(#[from] arqonbus_core::presence::MetadataError),
     /// The payload is larger than the server's `max_payload`. Not retryable.
     #[error("payload of {len} bytes exceeds the server maximum of {max}")]
     PayloadTooLarge {
@@ -239,6 +244,7 @@ impl Error {
             | Self::InvalidSubject { .. }
             | Self::InvalidQueueGroup { .. }
             | Self::InvalidHeaders(_)
+            | Self::InvalidMetadata(_)
             | Self::PayloadTooLarge { .. }
             | Self::Tls(_)
             | Self::AuthenticationFailed { .. }

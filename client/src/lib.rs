@@ -3,7 +3,8 @@
 //! This crate owns the client side of protocol v1 (specs/protocol.md): the
 //! transport (TLS 1.3 with ALPN `arqonbus/1`, or plaintext TCP when asked),
 //! the session handshake, publishing, subscriptions, request/reply over a
-//! per-client inbox, flush barriers, reconnection and draining.
+//! per-client inbox, presence (listing, watching, querying), flush
+//! barriers, reconnection and draining.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), arqonbus_client::Error> {
@@ -43,6 +44,10 @@
 //!   repeats barriers that were pending, then writes publishes buffered
 //!   while disconnected. Frames written to a connection that then died are
 //!   not re-sent (at-most-once).
+//! - Presence ([`Subscriber::track`], [`Client::watch_presence`],
+//!   [`Client::presence`]): tracks and watches are re-sent after a
+//!   reconnect, like subscriptions; a query in flight when the connection
+//!   drops fails with the reason.
 //! - Requests use one inbox per client, `_INBOX.<22 alphanumerics>.*`,
 //!   subscribed (and flushed) on the first request and kept across
 //!   reconnects; request `n` replies to `_INBOX.<id>.<n>`.
@@ -70,6 +75,7 @@ mod inbox;
 mod message;
 mod options;
 mod outbound;
+mod presence;
 mod subscriber;
 mod transport;
 mod url;
@@ -83,6 +89,9 @@ pub use crate::error::{Error, OptionsError, ProtocolViolation, ServerError};
 pub use crate::events::{Event, Events};
 pub use crate::message::{HeaderError, Headers, Message, MessageStatus, OutgoingMessage};
 pub use crate::options::{ClientKind, ConnectOptions, Credential};
+pub use crate::presence::{
+    PresenceAction, PresenceAnswer, PresenceEvent, PresenceMember, PresenceWatcher,
+};
 pub use crate::subscriber::Subscriber;
 pub use crate::url::{Scheme, ServerUrl};
 

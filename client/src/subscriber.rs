@@ -9,7 +9,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
@@ -27,6 +27,8 @@ pub(crate) struct SubShared {
     dropped: AtomicU64,
     /// Why the subscription ended, when it ended because of an error.
     error: OnceLock<Error>,
+    /// Why the server refused the last presence track of this subscription.
+    track_refused: Mutex<Option<Error>>,
 }
 
 impl SubShared {
@@ -43,6 +45,27 @@ impl SubShared {
 
     pub(crate) fn error(&self) -> Option<&Error> {
         self.error.get()
+    }
+
+    /// Items dropped so far.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records why the last presence track was refused (the subscription
+    /// itself goes on).
+    pub(crate) fn refuse_track(&self, err: Error) {
+        if let Ok(mut slot) = self.track_refused.lock() {
+            *slot = Some(err);
+        }
+    }
+
+    /// Takes the refusal of the last track, if there was one.
+    pub(crate) fn take_track_refusal(&self) -> Option<Error> {
+        self.track_refused
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
     }
 }
 
@@ -109,7 +132,51 @@ impl Subscriber {
     /// Messages dropped because this subscriber's buffer was full (a
     /// client-side slow consumer).
     pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
+        self.shared.dropped()
+    }
+
+    /// Lists this subscription in its subject's presence, with `metadata`
+    /// (at most 8 entries, 32 B keys, 128 B values, 1 KiB in all), so
+    /// watchers see it join; it leaves when the subscription ends. Needs a
+    /// subscription to a literal subject ([`Error::InvalidSubject`]
+    /// otherwise, nothing sent). Returns once the server has listed it, or
+    /// with [`Error::Server`] when it refused (the subject or tenant at its
+    /// presence bound, `PRESENCE_LIMIT_EXCEEDED`; the subscription goes on,
+    /// unlisted, and may track again later). Tracking a listed
+    /// subscription again does nothing. The listing is re-made after a
+    /// reconnect. [`Error::Closed`] if the subscription has ended.
+    pub async fn track<'a>(
+        &mut self,
+        metadata: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), Error> {
+        let entries: Vec<(&str, &str)> = metadata.into_iter().collect();
+        arqonbus_core::presence::Metadata::parse(entries.iter().copied())?;
+        let metadata = entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        self.shared.take_track_refusal();
+        let (sent, accepted) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::Track {
+                sid: self.sid,
+                metadata,
+                reply: sent,
+            })
+            .map_err(|_| Error::Closed)?;
+        accepted.await.unwrap_or(Err(Error::Closed))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::Flush(tx))
+            .map_err(|_| Error::Closed)?;
+        rx.await.unwrap_or(Err(Error::Closed))?;
+        if let Some(err) = self.shared.error() {
+            return Err(err.clone());
+        }
+        match self.shared.take_track_refusal() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     /// Why the stream ended, if it ended because of an error (the server

@@ -384,3 +384,173 @@ async fn drain_delivers_what_was_sent_then_closes() {
     let got = tokio::time::timeout(LIMIT, drained).await.unwrap().unwrap();
     assert_eq!(got, (0..50).collect::<Vec<u8>>());
 }
+
+/// Polls `client.presence(subject)` until `want` holds (the listing crosses
+/// shards on their own channel, after the member's barrier).
+async fn presence_until(
+    client: &Client,
+    subject: &str,
+    want: impl Fn(&arqonbus_client::PresenceAnswer) -> bool,
+) -> arqonbus_client::PresenceAnswer {
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let answer = client.presence(subject).await.unwrap();
+            if want(&answer) {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("presence as expected within the limit")
+}
+
+async fn presence_event(
+    w: &mut arqonbus_client::PresenceWatcher,
+) -> arqonbus_client::PresenceEvent {
+    tokio::time::timeout(LIMIT, w.next())
+        .await
+        .expect("presence event within the limit")
+        .expect("watch still open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_tracks_watches_and_queries_across_shards_and_after_a_restart() {
+    use arqonbus_client::{ClientKind, PresenceAction};
+    let mut s = TestServer::start_with(|c| c.limits.presence_members_per_subject = 2);
+    let fast = || {
+        options(&s).reconnect(
+            ReconnectPolicy::new()
+                .initial_delay(Duration::from_millis(20))
+                .max_delay(Duration::from_millis(200)),
+        )
+    };
+    let watcher = client_on(fast, 1).await;
+    let host = client_on(|| fast().kind(ClientKind::Agent).name("host-agent"), 0).await;
+    let guest = client_on(fast, 0).await;
+    let late = connect(&s).await;
+    let mut w = watcher.watch_presence("room.7").await.unwrap();
+
+    // Listed, with metadata, seen joining from the other shard.
+    let mut host_sub = host.subscribe("room.7").await.unwrap();
+    host_sub.track([("role", "host")]).await.unwrap();
+    let join = presence_event(&mut w).await;
+    assert_eq!(join.action, PresenceAction::Join);
+    assert_eq!(join.subject, "room.7");
+    assert_eq!(join.member.client_id, host.server_info().session_id);
+    assert_eq!(join.member.kind, Some(ClientKind::Agent));
+    assert_eq!(join.member.name, "host-agent");
+    assert_eq!(
+        join.member.metadata.get("role").map(String::as_str),
+        Some("host")
+    );
+    // Tracking again changes nothing.
+    host_sub.track([]).await.unwrap();
+
+    // The subject's bound (2, configured): the third is refused, its
+    // subscription goes on.
+    let mut guest_sub = guest.subscribe("room.7").await.unwrap();
+    guest_sub.track([]).await.unwrap();
+    assert_eq!(presence_event(&mut w).await.action, PresenceAction::Join);
+    let mut late_sub = late.subscribe("room.7").await.unwrap();
+    match late_sub.track([]).await {
+        Err(Error::Server(e)) => assert_eq!(e.code, ErrorCode::PresenceLimitExceeded),
+        other => panic!("expected PRESENCE_LIMIT_EXCEEDED, got {other:?}"),
+    }
+    watcher.publish("room.7", "still subscribed").await.unwrap();
+    assert_eq!(&next(&mut late_sub).await.payload[..], b"still subscribed");
+    let answer = presence_until(&watcher, "room.7", |a| a.members.len() == 2).await;
+    assert!(!answer.truncated);
+    let mut ids: Vec<u64> = answer.members.iter().map(|m| m.client_id).collect();
+    ids.sort_unstable();
+    let mut want = vec![
+        host.server_info().session_id,
+        guest.server_info().session_id,
+    ];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+
+    // Checked locally, nothing sent.
+    let mut wild = late.subscribe("room.*").await.unwrap();
+    assert!(matches!(
+        wild.track([]).await,
+        Err(Error::InvalidSubject { .. })
+    ));
+    let long = "x".repeat(200);
+    assert!(matches!(
+        late_sub.track([("k", long.as_str())]).await,
+        Err(Error::InvalidMetadata(_))
+    ));
+    assert!(matches!(
+        watcher.presence("room.*").await,
+        Err(Error::InvalidSubject { .. })
+    ));
+
+    // Dropping the subscription leaves; the freed place can be taken.
+    drop(guest_sub);
+    let leave = presence_event(&mut w).await;
+    assert_eq!(leave.action, PresenceAction::Leave);
+    assert_eq!(leave.member.client_id, guest.server_info().session_id);
+    late_sub.track([]).await.unwrap();
+    assert_eq!(presence_event(&mut w).await.action, PresenceAction::Join);
+
+    // After a restart the tracks and the watch are made again.
+    s.restart();
+    let host_id = tokio::time::timeout(LIMIT, async {
+        loop {
+            let id = host.server_info().session_id;
+            if host.state() == arqonbus_client::ConnectionState::Connected
+                && id != join.member.client_id
+            {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the host reconnected");
+    // The watcher may re-watch before or after the host re-tracked (an
+    // event or none), so the listing is what is checked.
+    let listed = presence_until(&watcher, "room.7", |a| {
+        a.members.iter().any(|m| m.client_id == host_id)
+    })
+    .await;
+    assert_eq!(
+        listed
+            .members
+            .iter()
+            .find(|m| m.client_id == host_id)
+            .and_then(|m| m.metadata.get("role"))
+            .map(String::as_str),
+        Some("host")
+    );
+    // The watch is back too: the host's leave reaches it.
+    watcher.flush().await.unwrap();
+    drop(host_sub);
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let e = presence_event(&mut w).await;
+            if e.member.client_id == host_id && e.action == PresenceAction::Leave {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the host's leave after the restart");
+    assert!(w.error().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_presence_watch_fails_and_the_client_lives_on() {
+    let s = TestServer::start_with(|c| c.limits.presence_watches_per_connection = 1);
+    let c = connect(&s).await;
+    let first = c.watch_presence("a").await.unwrap();
+    match c.watch_presence("b").await {
+        Err(Error::Server(e)) => assert_eq!(e.code, ErrorCode::PresenceLimitExceeded),
+        other => panic!("expected PRESENCE_LIMIT_EXCEEDED, got {other:?}"),
+    }
+    // Dropping a watch frees its place.
+    drop(first);
+    let _b = c.watch_presence("b").await.unwrap();
+    assert!(c.presence("a").await.unwrap().members.is_empty());
+}
