@@ -620,8 +620,10 @@ pub(crate) struct ConnIo<T = Transport> {
     close_at: Option<Instant>,
     /// The code of the final error, once closing.
     closed_with: ErrorCode,
-    /// A publish waiting for its rate limit or a publisher stall to pass.
-    held: Option<Publish>,
+    /// A publish waiting for its rate limit or a publisher stall to pass
+    /// (boxed: rare, and every idle connection's task would carry its
+    /// room inline).
+    held: Option<Box<Publish>>,
     /// When to try the held publish again.
     timer: Option<Timer>,
     /// The time, read once per batch (clock reads are not free on the
@@ -878,7 +880,7 @@ impl ConnIo {
             let Some(msg) = self.held.take() else {
                 return false;
             };
-            self.gate_and_publish(shard, conn, session, msg);
+            self.gate_and_publish(shard, conn, session, *msg);
             if self.held.is_none() {
                 return true;
             }
@@ -1163,7 +1165,7 @@ impl<T> ConnIo<T> {
             Admission::Wait(wait) => {
                 shard.stats.borrow_mut().throttled += 1;
                 conn.count_rejection();
-                self.held = Some(msg);
+                self.held = Some(Box::new(msg));
                 self.timer = Some(Timer::new(wait));
             }
         }
@@ -1322,11 +1324,16 @@ mod tests {
         let serve = size_of_future(super::serve::<false>);
         let serve_ws = size_of_future(super::serve::<true>);
         let adopt = size_of_future(super::adopt);
-        assert!(serve <= 1280, "serve's future is {serve} bytes");
+        // 1,112 / 1,112 / 1,008 bytes in a debug build now. The allocator
+        // (mimalloc) rounds a task up to its size class (1,280, then 1,536
+        // bytes): growing the future by 32 bytes once cost 270 bytes of
+        // RSS per idle connection (perf/memory.py), until the held publish
+        // was boxed.
+        assert!(serve <= 1152, "serve's future is {serve} bytes");
         assert!(
-            serve_ws <= 1280,
+            serve_ws <= 1152,
             "serve's future (WebSocket) is {serve_ws} bytes"
         );
-        assert!(adopt <= 1280, "adopt's future is {adopt} bytes");
+        assert!(adopt <= 1152, "adopt's future is {adopt} bytes");
     }
 }
