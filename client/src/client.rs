@@ -356,11 +356,18 @@ impl Client {
                 shared: Arc::clone(&shared),
             },
         })?;
-        self.flush().await?;
-        if let Some(err) = shared.error() {
-            return Err(err.clone());
-        }
+        self.confirmed(&shared).await?;
         Ok(subscriber)
+    }
+
+    /// Waits for the barrier behind a subscribe or watch just sent; the
+    /// server's refusal of it, if any, arrived before the `Pong`.
+    async fn confirmed(&self, shared: &SubShared) -> Result<(), Error> {
+        self.flush().await?;
+        match shared.error() {
+            Some(err) => Err(err.clone()),
+            None => Ok(()),
+        }
     }
 
     /// Watches `subject`'s presence (a literal subject): the stream yields a
@@ -383,10 +390,7 @@ impl Client {
             tx,
             shared: Arc::clone(&shared),
         })?;
-        self.flush().await?;
-        if let Some(err) = shared.error() {
-            return Err(err.clone());
-        }
+        self.confirmed(&shared).await?;
         Ok(watcher)
     }
 

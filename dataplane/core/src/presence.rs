@@ -155,6 +155,20 @@ pub struct Member {
 }
 
 impl Member {
+    /// The member as `PresenceReply` and `PresenceEvent` carry it.
+    pub fn to_wire(&self) -> arqonbus_proto::v1::PresenceMember {
+        arqonbus_proto::v1::PresenceMember {
+            client_id: self.client_id,
+            client_kind: self.kind.into(),
+            client_name: self.name.to_string(),
+            metadata: self
+                .metadata
+                .entries()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+
     /// At most the bytes this member takes in a `PresenceReply`
     /// (`v1::PresenceMember` with its field key and length, every varint
     /// counted at its longest), so an answer can be cut to fit a frame.
@@ -1088,16 +1102,7 @@ mod tests {
                 metadata,
             };
             let frame = arqonbus_proto::v1::PresenceReply {
-                members: vec![arqonbus_proto::v1::PresenceMember {
-                    client_id: m.client_id,
-                    client_kind: m.kind.into(),
-                    client_name: m.name.to_string(),
-                    metadata: m
-                        .metadata
-                        .entries()
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .collect(),
-                }],
+                members: vec![m.to_wire()],
                 ..arqonbus_proto::v1::PresenceReply::default()
             };
             assert!(frame.encoded_len() <= m.wire_bound(), "{i}");

@@ -22,7 +22,7 @@ use arqonbus_proto::v1::{self, ErrorCode, frame::Kind};
 use bytes::Bytes;
 
 use crate::conn::ConnShared;
-use crate::shard::{Shard, member_frame};
+use crate::shard::Shard;
 
 /// A non-fatal error frame to `conn`, counted.
 fn refuse(shard: &Shard, conn: &ConnShared, code: ErrorCode, id: u64, detail: &str) {
@@ -218,7 +218,7 @@ pub(crate) fn query(
                 .presence
                 .borrow()
                 .query(id.tenant.id, subject, budget, &mut members);
-        reply.members = members.iter().map(|m| member_frame(m)).collect();
+        reply.members = members.iter().map(|m| m.to_wire()).collect();
     } else {
         shard.stats.borrow_mut().permission_denied += 1;
         reply.error = ErrorCode::PermissionDenied.into();

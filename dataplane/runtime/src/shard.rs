@@ -698,7 +698,7 @@ impl Shard {
                     watch_id: e.watch,
                     subject: e.subject,
                     action: action.into(),
-                    member: Some(member_frame(&e.member)),
+                    member: Some(e.member.to_wire()),
                 }));
             c.wake();
         }
@@ -1039,20 +1039,6 @@ impl Shard {
             }
             Err(e) => tracing::error!(shard = %self.id, error = %e, "cannot listen again"),
         }
-    }
-}
-
-/// A member as the protocol shows it.
-pub(crate) fn member_frame(m: &arqonbus_core::presence::Member) -> v1::PresenceMember {
-    v1::PresenceMember {
-        client_id: m.client_id,
-        client_kind: m.kind.into(),
-        client_name: m.name.to_string(),
-        metadata: m
-            .metadata
-            .entries()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
     }
 }
 
