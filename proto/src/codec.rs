@@ -259,14 +259,28 @@ fn headers_len(tag: u32, headers: &[Header]) -> usize {
         .sum()
 }
 
+/// The payload field's key and length (nothing for an empty payload).
+fn put_payload_len(payload_len: usize, dst: &mut impl BufMut) {
+    if payload_len > 0 {
+        encode_key(tags::PAYLOAD, WireType::LengthDelimited, dst);
+        encode_varint(payload_len as u64, dst);
+    }
+}
+
 /// Encodes a `Message` frame for many subscribers without re-encoding the
 /// shared parts. Reuse one template per shard: [`MessageTemplate::prepare`]
 /// overwrites it and allocates only when a message is larger than any before.
+/// A plain message (no reply, headers or status) on the subject of the last
+/// plain one keeps the encoded subject and rewrites only the payload length:
+/// a publisher streaming on one subject pays for its subject once.
 #[derive(Debug, Default)]
 pub struct MessageTemplate {
     /// subject, reply, headers, status and the payload's key and length.
     common: Vec<u8>,
     payload_len: usize,
+    /// When the last message was plain: the length of `common` before the
+    /// payload's key (the encoded subject field alone).
+    plain_head: Option<usize>,
 }
 
 impl MessageTemplate {
@@ -284,6 +298,21 @@ impl MessageTemplate {
         status: i32,
         payload_len: usize,
     ) {
+        let plain = reply.is_empty() && headers.is_empty() && status == 0;
+        if plain
+            && let Some(head) = self.plain_head
+            && head == bytes_field_len(tags::MESSAGE_SUBJECT, subject.len())
+            && self.common.get(head - subject.len()..head) == Some(subject)
+        {
+            // The same subject field (its key and length follow from the
+            // length): only the payload part changes.
+            if payload_len != self.payload_len {
+                self.common.truncate(head);
+                put_payload_len(payload_len, &mut self.common);
+                self.payload_len = payload_len;
+            }
+            return;
+        }
         let c = &mut self.common;
         c.clear();
         put_bytes_field(tags::MESSAGE_SUBJECT, subject, c);
@@ -294,10 +323,8 @@ impl MessageTemplate {
             // Negative enum values encode as 10-byte varints, as in prost.
             encode_varint(i64::from(status).cast_unsigned(), c);
         }
-        if payload_len > 0 {
-            encode_key(tags::PAYLOAD, WireType::LengthDelimited, c);
-            encode_varint(payload_len as u64, c);
-        }
+        self.plain_head = plain.then_some(c.len());
+        put_payload_len(payload_len, c);
         self.payload_len = payload_len;
     }
 
@@ -584,6 +611,34 @@ mod tests {
             let mut slow = Vec::new();
             encode(&Kind::Message(v1::Message { sid, subject, reply, headers, status, payload }), &mut slow).unwrap();
             prop_assert_eq!(hex::encode(fast), hex::encode(slow));
+        }
+
+        /// One template reused over a stream of messages (subjects,
+        /// payload sizes and plain or not, repeating often) encodes each
+        /// exactly as a fresh template does.
+        #[test]
+        fn a_reused_template_encodes_as_a_fresh_one(
+            messages in proptest::collection::vec(
+                (
+                    prop_oneof![Just(&b"a.b"[..]), Just(&b"a.bc"[..]), Just(&b""[..]), Just(&[b'x'; 130][..])],
+                    prop_oneof![Just(&b""[..]), Just(&b"_INBOX.1"[..])],
+                    prop_oneof![Just(0i32), Just(3)],
+                    prop_oneof![Just(0usize), Just(5), Just(200)],
+                ),
+                1..12,
+            ),
+        ) {
+            let mut reused = MessageTemplate::new();
+            for (subject, reply, status, payload_len) in messages {
+                reused.prepare(subject, reply, &[], status, payload_len);
+                let mut fresh = MessageTemplate::new();
+                fresh.prepare(subject, reply, &[], status, payload_len);
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                reused.write_prefix(7, &mut a).unwrap();
+                fresh.write_prefix(7, &mut b).unwrap();
+                prop_assert_eq!(a, b);
+                prop_assert_eq!(reused.frame_len(7), fresh.frame_len(7));
+            }
         }
 
         #[test]
