@@ -349,16 +349,43 @@ impl MessageTemplate {
         let m = self.message_len(sid);
         let body = key_len(tags::FRAME_MESSAGE) + encoded_len_varint(m as u64) + m;
         let prefix = u32::try_from(body).map_err(|_| EncodeError::TooLarge(body))?;
-        dst.put_u32(prefix);
-        encode_key(tags::FRAME_MESSAGE, WireType::LengthDelimited, dst);
-        encode_varint(m as u64, dst);
+        // Assembled on the stack and appended in one call: this runs once
+        // per delivery, and byte-at-a-time `BufMut` writes cost more than
+        // the bytes.
+        let mut head = [0u8; PREFIX_MAX];
+        head[..LEN_PREFIX].copy_from_slice(&prefix.to_be_bytes());
+        let mut n = LEN_PREFIX;
+        n = put_varint(&mut head, n, key(tags::FRAME_MESSAGE, WireType::LengthDelimited));
+        n = put_varint(&mut head, n, m as u64);
         if sid != 0 {
-            encode_key(tags::MESSAGE_SID, WireType::Varint, dst);
-            encode_varint(sid, dst);
+            n = put_varint(&mut head, n, key(tags::MESSAGE_SID, WireType::Varint));
+            n = put_varint(&mut head, n, sid);
         }
+        dst.put_slice(&head[..n]);
         dst.put_slice(&self.common);
         Ok(())
     }
+}
+
+/// The most bytes before `common` in a `Message` frame: the length prefix,
+/// two keys (at most 5 bytes each) and two varints (at most 10 each).
+const PREFIX_MAX: usize = LEN_PREFIX + 2 * (5 + 10);
+
+/// A field key's value (`tag << 3 | wire type`), as prost encodes it.
+const fn key(tag: u32, wire: WireType) -> u64 {
+    ((tag as u64) << 3) | wire as u64
+}
+
+/// Writes `v` as a protobuf varint at `buf[at..]`; returns the end.
+/// `buf` has room: callers size it for the longest varint (10 bytes).
+fn put_varint(buf: &mut [u8; PREFIX_MAX], mut at: usize, mut v: u64) -> usize {
+    while v >= 0x80 {
+        buf[at] = (v as u8) | 0x80;
+        v >>= 7;
+        at += 1;
+    }
+    buf[at] = v as u8;
+    at + 1
 }
 
 /// Appends everything of a `Publish` frame that precedes its payload; the
