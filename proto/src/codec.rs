@@ -355,7 +355,11 @@ impl MessageTemplate {
         let mut head = [0u8; PREFIX_MAX];
         head[..LEN_PREFIX].copy_from_slice(&prefix.to_be_bytes());
         let mut n = LEN_PREFIX;
-        n = put_varint(&mut head, n, key(tags::FRAME_MESSAGE, WireType::LengthDelimited));
+        n = put_varint(
+            &mut head,
+            n,
+            key(tags::FRAME_MESSAGE, WireType::LengthDelimited),
+        );
         n = put_varint(&mut head, n, m as u64);
         if sid != 0 {
             n = put_varint(&mut head, n, key(tags::MESSAGE_SID, WireType::Varint));
