@@ -7,8 +7,9 @@
 //!   are encoded straight into the write queue, or wait in `queued` while
 //!   that queue is above its high-water mark (close and request
 //!   cancellation act at once); while disconnected, ordered work
-//!   (publishes, requests, flushes) waits in `queued`, and subscription
-//!   changes update `subs` directly.
+//!   (publishes, requests, flushes, presence queries) waits in `queued`,
+//!   and subscription, presence-track and watch changes update `subs` and
+//!   `watches` directly.
 //! - After every (re)connect, the task first re-sends every live
 //!   subscription (with its remaining `unsubscribe_after` count and its
 //!   presence track), every presence watch, then the
