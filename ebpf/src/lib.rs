@@ -22,7 +22,8 @@
 //! - when the program cannot choose (an empty slot, every shard drained) the kernel hash
 //!   decides: a connection is never dropped by the program;
 //! - dropping [`Steering`] detaches the program from the group, so a data plane restarted in the
-//!   same process starts from the kernel hash.
+//!   same process starts from the kernel hash, unless [`Steering::forget_group`] gave the group
+//!   to another process's program (an upgrade hand-over).
 //!
 //! What it is not: it knows nothing of tenants, sessions or the data plane's types (plain
 //! integers and addresses only), runs no async runtime and takes no lock; the data plane keeps
@@ -401,6 +402,38 @@ impl Steering {
             other => SteerError::Attach(io::Error::other(other)),
         })?;
         Ok(steering)
+    }
+
+    /// Attaches the program to the group again, through the first listener that is still the
+    /// socket it was: after another process's program replaced it and was detached (an upgrade
+    /// hand-over that failed), the group steers by these maps again.
+    pub fn reattach(&mut self) -> Result<(), SteerError> {
+        let Some(member) = self
+            .members
+            .iter()
+            .find(|m| socket_cookie(m.fd).is_ok_and(|c| c == m.cookie))
+            .copied()
+        else {
+            return Err(SteerError::Attach(io::Error::from(io::ErrorKind::NotFound)));
+        };
+        let program: &mut SkReuseport = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or(SteerError::Load(LoadFailure::Missing(PROGRAM)))?
+            .try_into()
+            .map_err(|e: ProgramError| SteerError::Load(e.into()))?;
+        // SAFETY: `member.fd` is open and still the socket it was (same cookie, checked just
+        // above); the borrow ends with this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(member.fd) };
+        program
+            .attach(fd)
+            .map_err(|e| SteerError::Attach(io::Error::other(e)))
+    }
+
+    /// Gives the group up: another process's program steers it now (an upgrade hand-over),
+    /// so dropping this one must not detach that program.
+    pub fn forget_group(&mut self) {
+        self.members.clear();
     }
 
     /// The group's shard count (the number of listeners given to [`Steering::attach`]).

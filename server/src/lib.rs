@@ -10,7 +10,9 @@
 //! the server's spans when `[tracing] otlp_endpoint` is set.
 //!
 //! Before it binds anything it claims its client ports ([`owner`]): one node
-//! per port, and a second start names the first.
+//! per port, and a second start names the first. A start with
+//! [`Server::take_over`] asks the running node to hand its ports over
+//! instead ([`handover`]: zero-downtime upgrade and rollback).
 //!
 //! Threads: one pinned executor per shard (data plane), one tokio runtime
 //! thread (control API), the rate rebalancer, one idle claim thread per
@@ -21,6 +23,7 @@ pub mod bootstrap;
 pub mod config;
 mod control;
 pub mod doctor;
+pub mod handover;
 mod monitor;
 pub mod otlp;
 pub mod owner;
@@ -39,8 +42,14 @@ use arqonbus_dataplane::{DataPlane, DataPlaneConfig, Rehoming, StartError};
 use crate::bootstrap::BootstrapError;
 use crate::config::{Config, ConfigError};
 use crate::control::{ControlRuntime, MonitorSettings};
+use crate::handover::{HandoverError, Incoming, Outgoing};
 use crate::owner::{ClaimError, Holder, PortClaim};
 use crate::tls::TlsError;
+
+/// How long the old node of a hand-over keeps accepting after the new one
+/// serves: connections the kernel placed on its listeners before the new
+/// steering program took over finish their handshakes and are accepted.
+pub const HANDOFF_GRACE: Duration = Duration::from_millis(250);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +83,9 @@ pub enum ServerError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// `--take-over`: the running node did not hand over.
+    #[error("take-over: {0}")]
+    Handover(#[from] HandoverError),
 }
 
 /// Where first-start material lives, for the operator.
@@ -101,6 +113,14 @@ pub struct Server {
     config: Config,
     /// The client ports this node owns; released after it stopped serving.
     claims: Vec<PortClaim>,
+    /// This process, as the claims name it.
+    me: Holder,
+    /// What the control plane needs to open again (a failed hand-over).
+    tls_config: Arc<rustls::ServerConfig>,
+    /// This process's id for clients (`Welcome`) and the control plane.
+    id: String,
+    /// Hand-over requests from the native port's claim, until taken.
+    handovers: Option<tokio::sync::mpsc::UnboundedReceiver<Incoming>>,
 }
 
 /// Converts the config file's tenants into control-plane seeds.
@@ -164,18 +184,132 @@ impl Server {
 
     /// Like [`start`](Self::start); `config_path` is re-read on reload.
     pub fn start_with(config: &Config, config_path: Option<&Path>) -> Result<Self, ServerError> {
+        Self::start_inner(config, config_path, false)
+    }
+
+    /// Starts like [`start_with`](Self::start_with), taking over the node
+    /// that serves the native port, if one does (an upgrade or a rollback,
+    /// see [`handover`]): it must serve the same data directory, addresses
+    /// and TLS setting, or it refuses and keeps serving. If this node fails
+    /// to start after the old one released its store, the old one serves
+    /// on. Without a running node this is a plain start.
+    pub fn take_over(config: &Config, config_path: Option<&Path>) -> Result<Self, ServerError> {
+        Self::start_inner(config, config_path, true)
+    }
+
+    fn start_inner(
+        config: &Config,
+        config_path: Option<&Path>,
+        take_over: bool,
+    ) -> Result<Self, ServerError> {
         config.validate()?;
         // Claim the client ports before anything touches the data directory
-        // or binds: a second node on a port refuses here and names the first.
+        // or binds: a second node on a port refuses here and names the first
+        // (or, taking over, is handed them).
         let me = Holder::this_process(
             std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone()),
         );
+        let native = config.server.listen.port();
         let mut claims = Vec::new();
+        let mut handover = None;
         for port in client_ports(config.server.listen, config.websocket_listen()) {
-            if port != 0 {
-                claims.push(owner::claim(port, &me)?);
+            if port == 0 {
+                continue;
+            }
+            match owner::claim(port, &me) {
+                Ok(claim) => claims.push(claim),
+                Err(ClaimError::Held { .. } | ClaimError::HeldUnknown { .. })
+                    if take_over && port == native =>
+                {
+                    let request = handover::Request {
+                        handover: handover::VERSION,
+                        pid: me.pid,
+                        version: me.version.clone(),
+                        data_dir: me.data_dir.clone(),
+                        listen: config.server.listen,
+                        websocket: config.websocket_listen(),
+                        tls: config.tls.enabled,
+                    };
+                    let out = owner::request_handover(port, &request)?;
+                    tracing::info!(old_pid = out.old.pid, old_version = %out.old.version, "take-over: the running node released its store; starting");
+                    handover = Some(out);
+                    // Its other ports come with the hand-over.
+                    break;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
+        if take_over && handover.is_none() {
+            tracing::info!(
+                port = native,
+                "take-over: no node serves the port; starting fresh"
+            );
+        }
+        match handover {
+            None => Self::serve(config, config_path, claims, me),
+            Some(out) => match Self::serve(config, config_path, claims, me) {
+                Ok(mut server) => {
+                    server.adopt_claims(out);
+                    Ok(server)
+                }
+                // Everything this start opened is closed by now (the store,
+                // the steering program): the old node takes them back.
+                Err(e) => {
+                    out.abort(&e.to_string());
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Tells the old node we serve and holds the claims it sends.
+    fn adopt_claims(&mut self, out: Outgoing) {
+        let old = out.old.pid;
+        match out.serving() {
+            Ok(sent) => {
+                for (port, fd) in sent {
+                    match PortClaim::adopt(port, fd, &self.me) {
+                        Ok(claim) => self.claims.push(claim),
+                        Err(e) => {
+                            tracing::error!(port, error = %e, "take-over: cannot hold the port's claim");
+                        }
+                    }
+                }
+                tracing::info!(
+                    old_pid = old,
+                    "take-over: serving; the old node moves its clients here"
+                );
+            }
+            Err(e) => {
+                // The old node went away mid-exchange: its claims are free.
+                tracing::warn!(old_pid = old, error = %e, "take-over: the old node did not send its claims; claiming the ports");
+                for port in client_ports(self.local_addr(), self.websocket_addr()) {
+                    match owner::claim(port, &self.me) {
+                        Ok(claim) => self.claims.push(claim),
+                        Err(e) => tracing::error!(port, error = %e, "take-over: port not claimed"),
+                    }
+                }
+            }
+        }
+        self.forward_handovers();
+    }
+
+    /// Passes hand-over requests on the native port to [`Self::handovers`].
+    fn forward_handovers(&mut self) {
+        let native = self.local_addr().port();
+        if let Some(claim) = self.claims.iter().find(|c| c.port() == native) {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            claim.forward_handovers(tx);
+            self.handovers = Some(rx);
+        }
+    }
+
+    fn serve(
+        config: &Config,
+        config_path: Option<&Path>,
+        mut claims: Vec<PortClaim>,
+        me: Holder,
+    ) -> Result<Self, ServerError> {
         // First start: the bootstrap tenant and its credential (0600 file).
         // With the control plane, its store imports them once.
         let default_placement = config.steering.default_placement()?;
@@ -193,25 +327,11 @@ impl Server {
         }
         let server_id = server_id();
 
-        let (control, first_snapshot) = if config.control.enabled {
-            let mut cp = ControlPlaneConfig::new(&config.data_dir, tls.server_config.clone());
-            cp.listen = config.control.listen;
-            cp.client_ca.clone_from(&config.control.client_ca);
-            cp.limits = config.limits.clone();
-            cp.seed_tenants = seeds(config);
-            cp.server_id.clone_from(&server_id);
-            cp.default_placement = default_placement;
-            if let Some(path) = config_path {
-                let path = path.to_owned();
-                cp.reload = Some(Box::new(move || {
-                    reload_limits(&path).map_err(|e| e.to_string())
-                }));
-            }
-            let (plane, snapshot) = ControlPlane::open(cp)?;
-            (Some(plane), snapshot)
-        } else {
-            (None, creds.auth.clone())
-        };
+        let (control, first_snapshot) =
+            match open_control(config, config_path, &tls.server_config, &server_id)? {
+                Some((plane, snapshot)) => (Some(plane), snapshot),
+                None => (None, creds.auth.clone()),
+            };
 
         let shards = config.shard_count();
         let s = &config.server;
@@ -261,22 +381,13 @@ impl Server {
                 "[metrics] is ignored: the metrics and health endpoints run beside the control plane, and [control] enabled = false"
             );
         }
-        let monitoring = if config.metrics.enabled && config.control.enabled {
-            let addr = config.metrics.listen;
-            let listener = std::net::TcpListener::bind(addr)
-                .map_err(|source| ServerError::MetricsListener { addr, source })?;
-            Some(MonitorSettings {
-                listener,
-                max_tenant_labels: config.metrics.max_tenant_labels,
-                server_id: dp.server_id.clone(),
-            })
-        } else {
-            None
-        };
+        let monitoring = bind_monitoring(config, &dp.server_id)?;
         let dataplane = Arc::new(DataPlane::start(&dp)?);
-        // Ports the kernel picked (configured as 0) are claimed once known.
+        // Ports the kernel picked (configured as 0) are claimed once known;
+        // a take-over is handed its claims once it serves.
+        let configured = client_ports(config.server.listen, config.websocket_listen());
         for port in client_ports(dataplane.local_addr(), dataplane.websocket_addr()) {
-            if !claims.iter().any(|c| c.port() == port) {
+            if !configured.contains(&port) && !claims.iter().any(|c| c.port() == port) {
                 claims.push(owner::claim(port, &me)?);
             }
         }
@@ -293,14 +404,129 @@ impl Server {
             generated_tls: tls.generated,
             created_credential: creds.created,
         };
-        Ok(Self {
+        let mut server = Self {
             dataplane,
             control,
             paths,
             config_path: config_path.map(Path::to_owned),
             config: config.clone(),
             claims,
-        })
+            me,
+            tls_config: tls.server_config.clone(),
+            id: dp.server_id.clone(),
+            handovers: None,
+        };
+        server.forward_handovers();
+        Ok(server)
+    }
+
+    /// Hand-over requests from processes started with
+    /// [`take_over`](Self::take_over), for [`hand_over`](Self::hand_over).
+    /// `None` once taken, or when the native port is not claimed.
+    pub fn handovers(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Incoming>> {
+        self.handovers.take()
+    }
+
+    /// The old side of a hand-over: checks the request, stops the control
+    /// plane (the store closes; the data plane serves on), and waits for the
+    /// new node to serve. `Ok` means it does and holds our claims now: call
+    /// [`finish_hand_off`](Self::finish_hand_off). Otherwise this node
+    /// serves as before (its control plane reopened, its steering program
+    /// attached again) and the error says why.
+    pub fn hand_over(&mut self, mut incoming: Incoming) -> Result<(), HandoverError> {
+        let here = handover::Serving {
+            data_dir: self.me.data_dir.clone(),
+            listen: self.local_addr(),
+            websocket: self.websocket_addr(),
+            tls: self.config.tls.enabled,
+        };
+        let (pid, version) = (incoming.request.pid, incoming.request.version.clone());
+        if let Some(reason) = here.refuse(&incoming.request) {
+            tracing::warn!(pid, %version, %reason, "hand-over refused; serving on");
+            incoming.refuse(&reason);
+            return Err(HandoverError::Refused(reason));
+        }
+        tracing::info!(pid, %version, "hand-over: stopping the control plane for the new node");
+        if let Some(control) = self.control.take() {
+            control.stop();
+        }
+        match incoming.release(&self.me) {
+            Ok(()) => {
+                // The new node's steering program steers the group now.
+                self.dataplane.release_steering();
+                let mut sent = Vec::new();
+                for claim in std::mem::take(&mut self.claims) {
+                    let port = claim.port();
+                    match claim.surrender() {
+                        Ok(c) => sent.push(c),
+                        Err(e) => {
+                            tracing::error!(port, error = %e, "hand-over: claim not surrendered");
+                        }
+                    }
+                }
+                if let Err(e) = incoming.send_claims(sent) {
+                    tracing::error!(pid, error = %e, "hand-over: the claims did not reach the new node");
+                }
+                tracing::info!(pid, %version, "hand-over: the new node serves; moving clients to it");
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::warn!(pid, %reason, "hand-over: the new node did not take over; serving on");
+                self.dataplane.reattach_steering();
+                self.resume_control();
+                Err(HandoverError::NotTaken(reason))
+            }
+        }
+    }
+
+    /// Opens the control plane again after a failed hand-over and gives the
+    /// shards its snapshot. On failure the node serves on its last snapshot
+    /// with the control plane down, and says so.
+    fn resume_control(&mut self) {
+        let opened = open_control(
+            &self.config,
+            self.config_path.as_deref(),
+            &self.tls_config,
+            &self.id,
+        );
+        let started = opened.and_then(|opened| {
+            let Some((plane, snapshot)) = opened else {
+                return Ok(None);
+            };
+            if let Err(e) = self.dataplane.apply(&snapshot) {
+                tracing::warn!(error = %e, "hand-over: the reopened snapshot is not applied everywhere yet");
+            }
+            let monitoring = bind_monitoring(&self.config, &self.id)?;
+            Ok(Some(ControlRuntime::start(
+                plane,
+                self.dataplane.clone(),
+                monitoring,
+            )?))
+        });
+        match started {
+            Ok(control) => self.control = control,
+            Err(e) => tracing::error!(
+                error = %e,
+                "control plane not reopened after the failed hand-over: the data plane serves its last snapshot; restart the node"
+            ),
+        }
+    }
+
+    /// The old side's last step after [`hand_over`](Self::hand_over): both
+    /// listeners stop after [`HANDOFF_GRACE`], every client is told to
+    /// reconnect (to the new node) over `lame_duck_window_ms`, and the node
+    /// stops once they are gone or the window and the close grace passed.
+    pub fn finish_hand_off(self) {
+        let window = Duration::from_millis(self.config.server.lame_duck_window_ms);
+        let grace = Duration::from_millis(self.config.limits.close_grace_ms);
+        self.dataplane.hand_off(HANDOFF_GRACE, window);
+        if !self
+            .dataplane
+            .wait_idle(std::time::Instant::now() + window + grace)
+        {
+            tracing::warn!("connections remained after the hand-over window; closing them");
+        }
+        self.shutdown();
     }
 
     /// The address clients connect to.
@@ -321,6 +547,11 @@ impl Server {
     /// The address of the metrics and health endpoints, when they run.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.control.as_ref().and_then(ControlRuntime::metrics_addr)
+    }
+
+    /// This process's server id (clients see it in `Welcome`).
+    pub fn server_id(&self) -> &str {
+        &self.id
     }
 
     /// Where first-start material lives.
@@ -384,6 +615,51 @@ impl Server {
         // Only now may another node take the ports.
         drop(claims);
     }
+}
+
+/// Opens the control plane when it is enabled: its store, its snapshot.
+fn open_control(
+    config: &Config,
+    config_path: Option<&Path>,
+    tls: &Arc<rustls::ServerConfig>,
+    server_id: &str,
+) -> Result<Option<(ControlPlane, Arc<arqonbus_core::snapshot::ConfigSnapshot>)>, ServerError> {
+    if !config.control.enabled {
+        return Ok(None);
+    }
+    let mut cp = ControlPlaneConfig::new(&config.data_dir, tls.clone());
+    cp.listen = config.control.listen;
+    cp.client_ca.clone_from(&config.control.client_ca);
+    cp.limits = config.limits.clone();
+    cp.seed_tenants = seeds(config);
+    server_id.clone_into(&mut cp.server_id);
+    cp.default_placement = config.steering.default_placement()?;
+    if let Some(path) = config_path {
+        let path = path.to_owned();
+        cp.reload = Some(Box::new(move || {
+            reload_limits(&path).map_err(|e| e.to_string())
+        }));
+    }
+    Ok(Some(ControlPlane::open(cp)?))
+}
+
+/// Binds the metrics and health listener when they run (beside the
+/// control plane).
+fn bind_monitoring(
+    config: &Config,
+    server_id: &str,
+) -> Result<Option<MonitorSettings>, ServerError> {
+    if !(config.metrics.enabled && config.control.enabled) {
+        return Ok(None);
+    }
+    let addr = config.metrics.listen;
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|source| ServerError::MetricsListener { addr, source })?;
+    Ok(Some(MonitorSettings {
+        listener,
+        max_tenant_labels: config.metrics.max_tenant_labels,
+        server_id: server_id.to_owned(),
+    }))
 }
 
 /// The distinct client ports of a node: the native port and, when served,

@@ -12,7 +12,10 @@
 //! non-zero exit. The main thread runs a small tokio runtime
 //! that watches SIGINT (stop now), SIGTERM (lame duck) and SIGHUP (reload),
 //! and carries the OTLP exporter's gRPC channel when `[tracing]` exports
-//! spans; the data plane runs on its own pinned executors.
+//! spans; the data plane runs on its own pinned executors. The same loop
+//! takes hand-over requests: `serve --take-over` in another process asks
+//! this one for its ports (an upgrade), and once that process serves this
+//! one moves its clients there and exits 0.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -144,6 +147,12 @@ struct ServeArgs {
     /// CA, an empty control store, a new admin token) instead of refusing.
     #[arg(long)]
     recreate_missing: bool,
+    /// Take over the node serving this configuration's port (an upgrade or
+    /// a rollback): it hands over its ports, this node serves them, and it
+    /// moves its clients here (specs/runbooks.md). Without a running node,
+    /// a plain start.
+    #[arg(long)]
+    take_over: bool,
 }
 
 /// Logs to stderr, filtered by `[log] level` (or `RUST_LOG`); with trace
@@ -241,18 +250,40 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         TraceExport::start(&config.tracing).map_err(|e| e.to_string())?
     };
     init_logging(&config, export.as_ref());
-    let result = run(&config, args.config.as_deref(), args.recreate_missing, &rt);
+    let how = Start {
+        recreate_missing: args.recreate_missing,
+        take_over: args.take_over,
+    };
+    let result = run(&config, args.config.as_deref(), how, &rt);
     if let Some(export) = export {
         flush_traces(&rt, export);
     }
     result
 }
 
-/// Runs the server until a signal stops it.
+/// How `serve` starts the node.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    recreate_missing: bool,
+    take_over: bool,
+}
+
+/// How the main loop ended.
+enum Exit {
+    /// SIGINT: stop now.
+    Now,
+    /// SIGTERM: lame duck, then stop.
+    Graceful,
+    /// Another process took the node over: move the clients to it.
+    HandedOver,
+}
+
+/// Runs the server until a signal stops it or another process takes it
+/// over.
 fn run(
     config: &Config,
     config_path: Option<&std::path::Path>,
-    recreate_missing: bool,
+    how: Start,
     rt: &tokio::runtime::Runtime,
 ) -> Result<(), String> {
     // Signals are watched before the server starts and says where it
@@ -271,12 +302,20 @@ fn run(
         )
     };
 
-    if recreate_missing {
+    if how.recreate_missing {
         bootstrap::recreate_missing(config).map_err(|e| e.to_string())?;
     } else {
         bootstrap::check_data_dir(config).map_err(|e| e.to_string())?;
     }
-    let server = Server::start_with(config, config_path).map_err(|e| e.to_string())?;
+    let mut server = if how.take_over {
+        Server::take_over(config, config_path)
+    } else {
+        Server::start_with(config, config_path)
+    }
+    .map_err(|e| e.to_string())?;
+    // Requests from a node started with --take-over; without a claimed
+    // native port none arrive.
+    let mut handovers = server.handovers();
     announce(
         server.paths(),
         server.local_addr(),
@@ -285,17 +324,27 @@ fn run(
         server.metrics_addr(),
     );
 
-    let graceful = rt.block_on(async {
+    let mut taking = handovers.is_some();
+    let exit = rt.block_on(async {
         loop {
             tokio::select! {
                 _ = int.recv() => {
                     tracing::info!("SIGINT: shutting down now");
-                    break false;
+                    break Exit::Now;
                 }
                 _ = term.recv() => {
                     tracing::info!("SIGTERM: lame duck, then shutting down");
-                    break true;
+                    break Exit::Graceful;
                 }
+                incoming = next_handover(&mut handovers), if taking => match incoming {
+                    // Blocks this loop until the new node serves or fails
+                    // (bounded by handover::START_TIMEOUT); signals wait.
+                    Some(incoming) => match server.hand_over(incoming) {
+                        Ok(()) => break Exit::HandedOver,
+                        Err(e) => tracing::warn!(error = %e, "hand-over did not happen; serving on"),
+                    },
+                    None => taking = false,
+                },
                 _ = hup.recv() => match server.reload() {
                     Ok(epoch) => tracing::info!(epoch, "SIGHUP: configuration reloaded"),
                     Err(e) if e.took_effect() => tracing::warn!(
@@ -307,13 +356,23 @@ fn run(
             }
         }
     });
-    if graceful {
-        server.shutdown_gracefully();
-    } else {
-        server.shutdown();
+    match exit {
+        Exit::Now => server.shutdown(),
+        Exit::Graceful => server.shutdown_gracefully(),
+        Exit::HandedOver => server.finish_hand_off(),
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The next hand-over request, if any can still come.
+async fn next_handover(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<arqonbus::handover::Incoming>>,
+) -> Option<arqonbus::handover::Incoming> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => None,
+    }
 }
 
 /// The configuration a maintenance command works on.

@@ -9,8 +9,10 @@
 //! per network namespace (the namespace the port lives in too) and frees it
 //! when its process dies, so `kill -9` leaves no stale lock behind.
 //!
-//! The claim answers one request, `who`, with its holder's identity (pid,
-//! data directory, version), so a refused start names the running node. It
+//! The claim answers `who` with its holder's identity (pid, data directory,
+//! version), so a refused start names the running node, and passes
+//! `handover` requests to the node ([`crate::handover`]: a new process
+//! taking the node over, the only way a second process joins the port). It
 //! answers only peers of the same user or root (`SO_PEERCRED`); anyone else
 //! learns that the port is held, not by whom.
 //!
@@ -20,19 +22,25 @@
 //! - the claim is port-wide: `0.0.0.0:7420`, `127.0.0.1:7420` and
 //!   `[::]:7420` all overlap for clients, so they are one claim;
 //! - the identity thread spends at most [`PEER_TIMEOUT`] on one peer and
-//!   never touches the data path.
+//!   never touches the data path;
+//! - a claim moves to another process only as its socket's descriptor
+//!   ([`PortClaim::surrender`], [`PortClaim::adopt`]), so the name is never
+//!   free in between.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::handover::{self, HandoverError, Incoming, Outgoing};
 
 /// How long the holder waits for one peer before it moves to the next.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -41,8 +49,15 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 /// a few silent peers queued ahead of it.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The longest request line the identity thread reads.
-const MAX_REQUEST: u64 = 64;
+/// The longest request line the identity thread reads (a hand-over
+/// request carries a data directory).
+const MAX_REQUEST: u64 = 4096;
+
+/// How often the claim thread looks at its stop flag.
+const STOP_POLL_MS: i32 = 100;
+
+/// Where a claim passes hand-over requests: the node's main loop.
+type Handovers = Arc<Mutex<Option<UnboundedSender<Incoming>>>>;
 
 /// Who holds a port: what a refused start prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +122,10 @@ pub enum ClaimError {
 #[derive(Debug)]
 pub struct PortClaim {
     port: u16,
+    /// Shared with the thread; taken by [`PortClaim::surrender`].
+    listener: Option<Arc<UnixListener>>,
     stop: Arc<AtomicBool>,
+    handovers: Handovers,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -124,56 +142,114 @@ pub fn claim(port: u16, me: &Holder) -> Result<PortClaim, ClaimError> {
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(ask(port, &name)),
         Err(e) => return Err(io(e)),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let reply = serde_json::to_string(me).map_err(|e| io(std::io::Error::other(e)))?;
-    let thread = std::thread::Builder::new()
-        .name(format!("arqonbus-claim-{port}"))
-        .spawn({
-            let stop = stop.clone();
-            move || answer(&listener, &reply, &stop)
-        })
-        .map_err(io)?;
-    Ok(PortClaim {
-        port,
-        stop,
-        thread: Some(thread),
-    })
+    PortClaim::serve(port, listener, me).map_err(io)
 }
 
 impl PortClaim {
+    /// Answers on `listener`, the bound claim socket of `port`.
+    fn serve(port: u16, listener: UnixListener, me: &Holder) -> std::io::Result<Self> {
+        // Non-blocking, polled: the thread sees `stop` without a wake-up
+        // connection, which after a hand-over could reach the other process.
+        listener.set_nonblocking(true)?;
+        let listener = Arc::new(listener);
+        let stop = Arc::new(AtomicBool::new(false));
+        let handovers = Handovers::default();
+        let reply = serde_json::to_string(me).map_err(std::io::Error::other)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("arqonbus-claim-{port}"))
+            .spawn({
+                let (listener, stop, handovers) =
+                    (listener.clone(), stop.clone(), handovers.clone());
+                move || answer(&listener, &reply, &stop, &handovers)
+            })?;
+        Ok(Self {
+            port,
+            listener: Some(listener),
+            stop,
+            handovers,
+            thread: Some(thread),
+        })
+    }
+
+    /// Holds `port` through a claim socket another process surrendered
+    /// (an upgrade hand-over).
+    pub fn adopt(port: u16, socket: OwnedFd, me: &Holder) -> std::io::Result<Self> {
+        Self::serve(port, UnixListener::from(socket), me)
+    }
+
     /// The claimed port.
     pub fn port(&self) -> u16 {
         self.port
     }
-}
 
-impl Drop for PortClaim {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // A connect wakes the blocked accept, which then sees `stop`.
-        if let Ok(name) = claim_name(self.port) {
-            let _ = UnixStream::connect_addr(&name);
+    /// Passes `handover` requests to `to` from now on; without it they are
+    /// refused.
+    pub fn forward_handovers(&self, to: UnboundedSender<Incoming>) {
+        *self
+            .handovers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(to);
+    }
+
+    /// Stops answering and gives up the claim socket, still bound, to be
+    /// sent to the process taking the node over.
+    pub fn surrender(mut self) -> std::io::Result<(u16, OwnedFd)> {
+        self.halt();
+        match self.listener.take().map(Arc::try_unwrap) {
+            Some(Ok(l)) => Ok((self.port, OwnedFd::from(l))),
+            _ => Err(std::io::Error::other("the claim socket is still in use")),
         }
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-/// The identity thread: one short exchange per peer until `stop`.
-fn answer(listener: &UnixListener, reply: &str, stop: &AtomicBool) {
-    for peer in listener.incoming() {
-        if stop.load(Ordering::Acquire) {
-            return;
+impl Drop for PortClaim {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Asks the node holding `port` to hand itself over to this process.
+pub fn request_handover(port: u16, request: &handover::Request) -> Result<Outgoing, HandoverError> {
+    let stream = UnixStream::connect_addr(&claim_name(port)?)?;
+    handover::request(stream, request)
+}
+
+/// The claim thread: one short exchange per peer until `stop`.
+fn answer(listener: &UnixListener, reply: &str, stop: &AtomicBool, handovers: &Handovers) {
+    while !stop.load(Ordering::Acquire) {
+        let mut poll = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the listener this thread borrows.
+        let ready = unsafe { libc::poll(&raw mut poll, 1, STOP_POLL_MS) };
+        if ready <= 0 {
+            continue;
         }
-        let Ok(peer) = peer else { continue };
-        if let Err(e) = answer_one(peer, reply) {
-            tracing::debug!(error = %e, "port claim: identity request not answered");
+        let peer = match listener.accept() {
+            Ok((peer, _)) => peer,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "port claim: accept failed");
+                continue;
+            }
+        };
+        if let Err(e) = answer_one(peer, reply, handovers) {
+            tracing::debug!(error = %e, "port claim: request not answered");
         }
     }
 }
 
-fn answer_one(mut peer: UnixStream, reply: &str) -> std::io::Result<()> {
+fn answer_one(mut peer: UnixStream, reply: &str, handovers: &Handovers) -> std::io::Result<()> {
+    peer.set_nonblocking(false)?;
     peer.set_read_timeout(Some(PEER_TIMEOUT))?;
     peer.set_write_timeout(Some(PEER_TIMEOUT))?;
     if !same_user_or_root(&peer)? {
@@ -181,11 +257,31 @@ fn answer_one(mut peer: UnixStream, reply: &str) -> std::io::Result<()> {
     }
     let mut line = String::new();
     BufReader::new((&peer).take(MAX_REQUEST)).read_line(&mut line)?;
-    if line.trim_end() == "who" {
-        writeln!(peer, "{reply}")
-    } else {
-        writeln!(peer, r#"{{"error":"unknown request"}}"#)
+    let line = line.trim_end();
+    if line == "who" {
+        return writeln!(peer, "{reply}");
     }
+    let Some(json) = line.strip_prefix("handover ") else {
+        return writeln!(peer, r#"{{"error":"unknown request"}}"#);
+    };
+    let to = handovers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let Some(to) = to else {
+        return writeln!(
+            peer,
+            r#"{{"error":"this port's node takes hand-overs on its native port"}}"#
+        );
+    };
+    let refusal = match Incoming::new(peer.try_clone()?, json) {
+        Ok(incoming) => match to.send(incoming) {
+            Ok(()) => return Ok(()),
+            Err(_) => "the node is stopping".to_owned(),
+        },
+        Err(reason) => reason,
+    };
+    writeln!(peer, "{}", serde_json::json!({ "error": refusal }))
 }
 
 /// Whether the peer runs as this process's user, or as root.

@@ -70,6 +70,21 @@ impl TestServer {
         self.server.as_ref().expect("server is running")
     }
 
+    /// The running server, to take requests for it (a hand-over).
+    pub fn server_mut(&mut self) -> &mut Server {
+        self.server.as_mut().expect("server is running")
+    }
+
+    /// Takes the running server out (it then stops when the caller says).
+    pub fn take_server(&mut self) -> Option<Server> {
+        self.server.take()
+    }
+
+    /// The configuration, with the ports the first start picked.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.config.server.listen

@@ -965,6 +965,34 @@ impl DataPlane {
         }
     }
 
+    /// Gives the listener group to the program of the process that took
+    /// this node over: ours is dropped without detaching theirs (which
+    /// dropping it otherwise would), and steering status says so.
+    pub fn release_steering(&self) {
+        self.placement.release_steering();
+    }
+
+    /// The old side of an upgrade hand-over, once the new process serves
+    /// the same ports (after [`release_steering`](Self::release_steering)):
+    /// waits `grace` so that connections the kernel placed here before the
+    /// new program took over finish their handshake and are accepted, then
+    /// stops both listeners and moves every client away like
+    /// [`lame_duck`](Self::lame_duck) (a `Drain` notice each, closes spread
+    /// over `window`). Blocks for `grace`.
+    pub fn hand_off(&self, grace: Duration, window: Duration) {
+        std::thread::sleep(grace);
+        for p in self.ports.iter() {
+            p.send(Command::HandOff(window));
+        }
+    }
+
+    /// Attaches this node's steering program to its listener group again,
+    /// after an upgrade hand-over failed: the new process's program replaced
+    /// it and went away with that process. Nothing to do without a program.
+    pub fn reattach_steering(&self) {
+        self.placement.reattach_steering();
+    }
+
     /// Waits until no connection is open or `deadline` passes; true when
     /// idle.
     pub fn wait_idle(&self, deadline: Instant) -> bool {

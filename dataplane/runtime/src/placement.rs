@@ -211,6 +211,31 @@ impl PlacementBook {
         }
     }
 
+    /// Gives the listener group to another process's program (an upgrade
+    /// hand-over): ours is dropped without detaching theirs, and placement
+    /// falls back to what that program decides.
+    pub(crate) fn release_steering(&self) {
+        let mut st = lock(&self.steering);
+        if let Some(mut program) = st.program.take() {
+            program.forget_group();
+            st.fallback = Some("handed over to another process".into());
+        }
+    }
+
+    /// Attaches our program to the group again (a failed hand-over).
+    pub(crate) fn reattach_steering(&self) {
+        let mut st = lock(&self.steering);
+        if let Some(program) = st.program.as_mut() {
+            match program.reattach() {
+                Ok(()) => tracing::info!("steering program attached again"),
+                Err(e) => {
+                    self.map_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "steering: cannot attach the program again; the kernel's hash places connections");
+                }
+            }
+        }
+    }
+
     /// The steering state, locked (the operator handle reads and updates it).
     pub(crate) fn steering(&self) -> MutexGuard<'_, SteeringState> {
         lock(&self.steering)

@@ -97,8 +97,23 @@ pub(crate) enum Command {
     /// Lame duck: stop accepting, tell every client to move (`Drain`), and
     /// close the connections spread over the window.
     LameDuck(Duration),
+    /// An upgrade hand-over: another process serves the ports now. Like
+    /// [`Command::LameDuck`], and the WebSocket listener stops too (a lame
+    /// duck keeps it to refuse clearly; here the new process takes them).
+    HandOff(Duration),
     /// Stop accepting, close every connection, then stop.
     Shutdown,
+}
+
+/// How [`Shard::send_away`] spreads the closes over its window.
+#[derive(Debug, Clone, Copy)]
+enum Spread {
+    /// Each connection at its own point: reconnects spread evenly.
+    ByConnection,
+    /// A tenant's connections at one point, on every shard: its clients
+    /// move together (an upgrade hand-over, where moving splits them
+    /// between two processes).
+    ByTenant,
 }
 
 /// Settings every shard shares, fixed for the process's life.
@@ -241,6 +256,10 @@ pub(crate) struct Shard {
     /// The listening socket while the accept loop owns it, so a drain can
     /// stop it at once (see [`Shard::stop_listening`]).
     listen_fd: Cell<Option<RawFd>>,
+    /// Set when the WebSocket listener stops before the shard does (an
+    /// upgrade hand-over); `ws_fd` is that listener while its loop owns it.
+    ws_stop: Latch,
+    ws_fd: Cell<Option<RawFd>>,
     pub(crate) shutdown: Latch,
     stopped: Latch,
 }
@@ -349,6 +368,8 @@ impl Shard {
             draining: Cell::new(false),
             accept_stop: RefCell::new(Rc::new(Latch::default())),
             listen_fd: Cell::new(None),
+            ws_stop: Latch::default(),
+            ws_fd: Cell::new(None),
             shutdown: Latch::default(),
             stopped: Latch::default(),
             cfg,
@@ -411,7 +432,9 @@ pub(crate) async fn run(init: ShardInit, ready: crossbeam_channel::Sender<ShardI
     if let Some(fd) = ws_listener {
         // SAFETY: the descriptor was created for this shard, is open, and
         // its ownership moves into the listener here.
-        let ws = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        let fd = fd.into_raw_fd();
+        let ws = unsafe { TcpListener::from_raw_fd(fd) };
+        shard.ws_fd.set(Some(fd));
         glommio::spawn_local(ws_accept_loop(shard.clone(), ws)).detach();
     }
     glommio::spawn_local(tick_loop(shard.clone())).detach();
@@ -455,13 +478,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Rc<Latch>) {
     tracing::debug!(shard = %shard.id, "listener closed");
 }
 
-/// Accepts on the WebSocket listener until the shard shuts down. A lame
-/// duck or drained shard keeps accepting here: `Shard::register` refuses
-/// what it must with a clear error after the upgrade.
+/// Accepts on the WebSocket listener until the shard shuts down or hands
+/// its ports to another process. A lame duck or drained shard keeps
+/// accepting here: `Shard::register` refuses what it must with a clear
+/// error after the upgrade.
 async fn ws_accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.shutdown.wait().await;
+            futures_lite::future::or(shard.shutdown.wait(), shard.ws_stop.wait()).await;
             None
         })
         .await;
@@ -470,12 +494,16 @@ async fn ws_accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             Some(Ok(stream)) => {
                 glommio::spawn_local(conn::serve::<true>(shard.clone(), stream)).detach();
             }
+            // Handed over: shutdown(SHUT_RD) made the pending accept fail.
+            Some(Err(_)) if shard.ws_stop.is_set() => break,
             Some(Err(e)) => {
                 tracing::warn!(shard = %shard.id, error = %e, "websocket accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
     }
+    shard.ws_fd.set(None);
+    drop(listener);
     tracing::debug!(shard = %shard.id, "websocket listener closed");
 }
 
@@ -782,12 +810,18 @@ impl Shard {
             }
             Command::Drain { close_listener } => self.drain(close_listener),
             Command::MoveTenant { tenant, window } => {
-                self.send_away(window, "tenant moved to another shard", Some(tenant));
+                self.send_away(
+                    window,
+                    "tenant moved to another shard",
+                    Some(tenant),
+                    Spread::ByConnection,
+                );
             }
             Command::Adopt(handoff) => {
                 glommio::spawn_local(conn::adopt(self.clone(), handoff)).detach();
             }
             Command::LameDuck(window) => self.lame_duck(window),
+            Command::HandOff(window) => self.hand_off(window),
             Command::Resume => self.resume(),
             Command::Status(reply) => {
                 let _ = reply.send(ShardStatus {
@@ -910,13 +944,41 @@ impl Shard {
     fn lame_duck(&self, window: Duration) {
         self.draining.set(true);
         self.stop_listening();
-        self.send_away(window, "server shutting down", None);
+        self.send_away(window, "server shutting down", None, Spread::ByConnection);
+    }
+
+    /// An upgrade hand-over: the new process's listeners (and its steering
+    /// program) take new clients, so both listeners stop here (what was
+    /// still queued on them is reset: the steering program sent nothing new
+    /// here since the new process attached it), and every client is told to
+    /// reconnect, spread over `window`, which brings it to the new process.
+    /// A tenant's clients move together ([`Spread::ByTenant`]): clients of
+    /// one tenant talk only to each other, so none of them is left on the
+    /// old process while its peers publish on the new one.
+    fn hand_off(&self, window: Duration) {
+        self.draining.set(true);
+        self.stop_listening();
+        self.ws_stop.set();
+        if let Some(fd) = self.ws_fd.get() {
+            // SAFETY: `fd` is the WebSocket listener its accept loop still
+            // owns (the loop clears `ws_fd` before closing it); shutdown does
+            // not close or invalidate the descriptor.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RD);
+            }
+        }
+        self.send_away(
+            window,
+            "server upgrading: reconnect",
+            None,
+            Spread::ByTenant,
+        );
     }
 
     /// Tells connections (all, or those of `tenant`) to move with a `Drain`
     /// notice, and closes each at a fixed point of `window` so they do not
     /// all reconnect at once.
-    fn send_away(&self, window: Duration, reason: &str, tenant: Option<TenantId>) {
+    fn send_away(&self, window: Duration, reason: &str, tenant: Option<TenantId>, spread: Spread) {
         let now = Instant::now();
         let deadline_ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
         let notice = Kind::Drain(v1::Drain {
@@ -938,10 +1000,15 @@ impl Shard {
             if tenant.is_some() && c.tenant.get() != tenant {
                 continue;
             }
-            // A fixed spread per connection: a hash of its id over the window.
-            let spread =
-                (c.id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / (1u64 << 53) as f64;
-            let at = now + window.mul_f64(spread);
+            // A fixed point of the window: a hash of the connection's id, or
+            // of its tenant's (the same on every shard).
+            let key = match spread {
+                Spread::ByConnection => c.id.0,
+                Spread::ByTenant => c.tenant.get().map_or(c.id.0, |t| t.0),
+            };
+            let point =
+                (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / (1u64 << 53) as f64;
+            let at = now + window.mul_f64(point);
             c.out.borrow_mut().push_frame(&notice);
             c.lame_at.set(Some(at));
             c.deadline

@@ -17,6 +17,7 @@ use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arqonbus_client::ConnectOptions;
@@ -51,7 +52,8 @@ pub(crate) struct Node {
     pub data: SocketAddr,
     /// The control API address.
     pub control: SocketAddr,
-    dir: tempfile::TempDir,
+    /// Shared by a node and the nodes that took it over.
+    dir: Arc<tempfile::TempDir>,
     setup: Setup,
 }
 
@@ -63,14 +65,27 @@ impl Node {
 
     /// Starts a node on the base configuration plus `setup`.
     pub(crate) fn spawn_with(setup: Setup) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (child, data, control) = start(dir.path(), &setup);
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let (child, data, control) = start(dir.path(), &setup, None);
         Self {
             child,
             data,
             control,
             dir,
             setup,
+        }
+    }
+
+    /// Starts `arqonbus serve --take-over` on this node's data directory
+    /// and data port (an upgrade); returns once it serves.
+    pub(crate) fn take_over(&self) -> Self {
+        let (child, data, control) = start(self.dir.path(), &self.setup, Some(self.data));
+        Self {
+            child,
+            data,
+            control,
+            dir: self.dir.clone(),
+            setup: self.setup.clone(),
         }
     }
 
@@ -81,14 +96,14 @@ impl Node {
             self.child.try_wait().unwrap().is_some(),
             "restart needs the old process gone"
         );
-        let (child, data, control) = start(self.dir.path(), &self.setup);
+        let (child, data, control) = start(self.dir.path(), &self.setup, None);
         (self.child, self.data, self.control) = (child, data, control);
     }
 
     /// Rewrites the configuration's closing sections (for SIGHUP).
     pub(crate) fn rewrite_config(&mut self, extra: &str) {
         extra.clone_into(&mut self.setup.extra);
-        write_config(self.dir.path(), &self.setup);
+        write_config(self.dir.path(), &self.setup, None);
     }
 
     /// The data directory.
@@ -199,11 +214,21 @@ pub(crate) async fn control_channel(
 /// A control client type over [`control_channel`].
 pub(crate) type Authed = InterceptedService<Channel, AdminAuth>;
 
-fn write_config(dir: &Path, setup: &Setup) {
+/// The configuration file, listening on `take_over` when given (a node
+/// taking over another gets its own file naming the running port).
+fn config_file(dir: &Path, take_over: Option<SocketAddr>) -> PathBuf {
+    match take_over {
+        Some(_) => dir.join("arqonbus-take-over.toml"),
+        None => dir.join("arqonbus.toml"),
+    }
+}
+
+fn write_config(dir: &Path, setup: &Setup, take_over: Option<SocketAddr>) {
+    let listen = take_over.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
     std::fs::write(
-        dir.join("arqonbus.toml"),
+        config_file(dir, take_over),
         format!(
-            "data_dir = \"{}\"\n\n[server]\nlisten = \"127.0.0.1:0\"\nshards = 2\ntick_ms = 20\nlame_duck_window_ms = 300\n\n[control]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}\n\n[log]\nformat = \"text\"\nlevel = \"warn\"\n\n[steering]\ndefault_placement = \"spread\"\n\n{}",
+            "data_dir = \"{}\"\n\n[server]\nlisten = \"{listen}\"\nshards = 2\ntick_ms = 20\nlame_duck_window_ms = 300\n\n[control]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}\n\n[log]\nformat = \"text\"\nlevel = \"warn\"\n\n[steering]\ndefault_placement = \"spread\"\n\n{}",
             dir.join("data").display(),
             setup.metrics,
             setup.extra,
@@ -212,12 +237,22 @@ fn write_config(dir: &Path, setup: &Setup) {
     .unwrap();
 }
 
-/// Writes the configuration, starts the binary and reads its banner.
-fn start(dir: &Path, setup: &Setup) -> (Child, SocketAddr, SocketAddr) {
-    write_config(dir, setup);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arqonbus"))
-        .args(["serve", "--config"])
-        .arg(dir.join("arqonbus.toml"))
+/// Writes the configuration, starts the binary (with `--take-over` of the
+/// node on that address when given) and reads its banner.
+fn start(
+    dir: &Path,
+    setup: &Setup,
+    take_over: Option<SocketAddr>,
+) -> (Child, SocketAddr, SocketAddr) {
+    write_config(dir, setup, take_over);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_arqonbus"));
+    command.arg("serve");
+    if take_over.is_some() {
+        command.arg("--take-over");
+    }
+    let mut child = command
+        .arg("--config")
+        .arg(config_file(dir, take_over))
         .env_remove("ARQONBUS_CONFIG")
         .env_remove("ARQONBUS_DATA_DIR")
         .env_remove("RUST_LOG")
