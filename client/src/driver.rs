@@ -198,6 +198,9 @@ pub(crate) struct Driver {
     queries: HashMap<u64, oneshot::Sender<Result<PresenceAnswer, Error>>>,
     /// Ordered work waiting for a connection.
     queued: VecDeque<Command>,
+    /// The server announced this connection's close (`Drain`): it spreads
+    /// those closes itself, so the first reconnect attempt is immediate.
+    announced: bool,
 }
 
 impl Driver {
@@ -221,6 +224,7 @@ impl Driver {
             watches: HashMap::new(),
             queries: HashMap::new(),
             queued: VecDeque::new(),
+            announced: false,
         }
     }
 
@@ -236,7 +240,11 @@ impl Driver {
                 }
                 Exit::Lost(err) => err,
             };
-            tracing::warn!(error = %lost, "connection lost");
+            if self.announced {
+                tracing::info!(error = %lost, "the server closed the connection as announced; reconnecting");
+            } else {
+                tracing::warn!(error = %lost, "connection lost");
+            }
             let reconnect = lost.allows_reconnect() && self.opts.reconnect.allows(0);
             if reconnect {
                 // Before the event, so a listener already sees the new state.
@@ -692,11 +700,18 @@ impl Driver {
     async fn reconnect(&mut self, mut last: Error) -> Result<Connection, Exit> {
         let policy = self.opts.reconnect;
         let mut attempt = 0u32;
+        // After a `Drain`, the server chose when to close (spread over its
+        // window, a tenant's clients together): follow at once.
+        let mut at_once = std::mem::take(&mut self.announced);
         loop {
             if !policy.allows(attempt) {
                 return Err(Exit::Lost(last));
             }
-            let delay = policy.delay(attempt, jitter_seed());
+            let delay = if std::mem::take(&mut at_once) {
+                Duration::ZERO
+            } else {
+                policy.delay(attempt, jitter_seed())
+            };
             attempt = attempt.saturating_add(1);
             tracing::debug!(attempt, delay_ms = delay.as_millis(), "reconnect scheduled");
             self.offline(tokio::time::sleep(delay)).await?;
@@ -761,6 +776,7 @@ impl Driver {
                 },
                 Kind::Drain(drain) => {
                     tracing::info!(deadline_ms = drain.deadline_ms, "server is draining");
+                    self.announced = true;
                     self.emit(Event::ServerDraining {
                         deadline: std::time::Duration::from_millis(u64::from(drain.deadline_ms)),
                         reason: drain.reason,

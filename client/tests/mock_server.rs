@@ -674,6 +674,44 @@ async fn fatal_server_errors_trigger_a_reconnect() {
     ));
 }
 
+/// The server announced the close (`Drain`) and chose its moment (an
+/// upgrade moves a tenant's clients together), so the client follows at
+/// once instead of waiting out its backoff (an hour here).
+#[tokio::test]
+async fn a_close_announced_by_drain_is_followed_at_once() {
+    let mock = Mock::start().await;
+    let hour = Duration::from_secs(3600);
+    let opts = mock
+        .options()
+        .reconnect(ReconnectPolicy::new().initial_delay(hour).max_delay(hour));
+    let (client, mut peer) = both(Client::connect(opts), mock.accept_welcome(1)).await;
+    let client = client.unwrap();
+    let mut events = client.events();
+    peer.send(Kind::Drain(v1::Drain {
+        deadline_ms: 500,
+        reason: "server upgrading: reconnect".into(),
+    }))
+    .await;
+    assert!(matches!(
+        events.next().await,
+        Some(Event::ServerDraining { .. })
+    ));
+    drop(peer);
+    let _peer = tokio::time::timeout(Duration::from_secs(20), mock.accept_welcome(2))
+        .await
+        .expect("the client reconnects without its hour of backoff");
+    loop {
+        match events.next().await {
+            Some(Event::Reconnected { info }) => {
+                assert_eq!(info.session_id, 2);
+                break;
+            }
+            Some(Event::Disconnected { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn drain_delivers_in_flight_messages_then_closes() {
     let mock = Mock::start().await;

@@ -72,7 +72,22 @@ pub(crate) struct ChaosArgs {
     /// Keep the scratch directory (data directory and the node's log).
     #[arg(long)]
     keep: bool,
+    /// Run only these scenarios (repeatable): storm, ping-flood,
+    /// slow-consumers, quota-flood, auth-flood, kill9, upgrade.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
+    only: Vec<String>,
 }
+
+/// The scenarios' names for `--only`, in the order they run.
+const SCENARIOS: [&str; 7] = [
+    "storm",
+    "ping-flood",
+    "slow-consumers",
+    "quota-flood",
+    "auth-flood",
+    "kill9",
+    "upgrade",
+];
 
 /// How big each scenario is.
 #[derive(Debug, Clone, Serialize)]
@@ -93,6 +108,8 @@ pub(super) struct Plan {
     pub(super) quota_rate: u64,
     /// The healthy tenant's request rate.
     pub(super) rr_rate: f64,
+    /// `serve --take-over` replacements of the node under load.
+    pub(super) take_overs: u32,
 }
 
 impl Plan {
@@ -107,6 +124,7 @@ impl Plan {
                 slow_subs: 8,
                 quota_rate: 1000,
                 rr_rate: 500.0,
+                take_overs: 2,
             };
         }
         let secs = args.duration.clamp(2.0, 600.0);
@@ -119,6 +137,7 @@ impl Plan {
             slow_subs: 32,
             quota_rate: 1000,
             rr_rate: 1000.0,
+            take_overs: ((secs / 4.0) as u32).max(2),
         }
     }
 }
@@ -180,7 +199,8 @@ pub(crate) fn run(args: &ChaosArgs) -> Result<bool, String> {
         shards: 2,
     };
     let started = Instant::now();
-    let result = suite(&spec, &plan);
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let result = suite(&spec, &plan, &wanted);
     let node_log = scratch.join("arqonbus.log");
     let (scenarios, peak_rss_mib, panics, unexpected_exits) = match result {
         Ok(r) => r,
@@ -268,7 +288,11 @@ type Step<'a> = (
 );
 
 /// Starts the node, runs every scenario, stops the node.
-fn suite(spec: &NodeSpec, plan: &Plan) -> Result<SuiteResult, ChaosError> {
+fn suite(
+    spec: &NodeSpec,
+    plan: &Plan,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<SuiteResult, ChaosError> {
     let mut node = Node::start(spec.clone())?;
     let watch = RssWatch::start(node.pid.clone());
     let token = node.bootstrap_token()?;
@@ -286,23 +310,23 @@ fn suite(spec: &NodeSpec, plan: &Plan) -> Result<SuiteResult, ChaosError> {
             Box::new(|n: &Node| scenarios::storm(n, plan, &token)),
         ),
         (
-            "ping flood",
+            "ping-flood",
             Box::new(|n: &Node| scenarios::ping_flood(n, plan, &token)),
         ),
         (
-            "slow consumers",
+            "slow-consumers",
             Box::new(|n: &Node| scenarios::slow_consumers(n, plan, &slow, &token)),
         ),
         (
-            "quota flood",
+            "quota-flood",
             Box::new(|n: &Node| scenarios::quota_flood(n, plan, &healthy, &noisy)),
         ),
         (
-            "auth flood",
+            "auth-flood",
             Box::new(|n: &Node| scenarios::auth_flood(n, plan, &token)),
         ),
     ];
-    for (label, step) in &steps {
+    for (label, step) in steps.iter().filter(|(label, _)| wanted(label)) {
         eprintln!("chaos: {label}");
         let _ = watch.take_window_mib();
         let mut sc = step(&node)?;
@@ -315,11 +339,20 @@ fn suite(spec: &NodeSpec, plan: &Plan) -> Result<SuiteResult, ChaosError> {
         scenarios.push(sc);
     }
     drop(steps);
-    eprintln!("chaos: kill -9 cycles");
-    let _ = watch.take_window_mib();
-    let mut sc = scenarios::kill9(&mut node, plan, &token)?;
-    sc.peak_rss_mib = watch.take_window_mib();
-    scenarios.push(sc);
+    if wanted("kill9") {
+        eprintln!("chaos: kill9");
+        let _ = watch.take_window_mib();
+        let mut sc = scenarios::kill9(&mut node, plan, &token)?;
+        sc.peak_rss_mib = watch.take_window_mib();
+        scenarios.push(sc);
+    }
+    if wanted("upgrade") {
+        eprintln!("chaos: upgrade");
+        let _ = watch.take_window_mib();
+        let mut sc = scenarios::upgrade(&mut node, plan, &token)?;
+        sc.peak_rss_mib = watch.take_window_mib();
+        scenarios.push(sc);
+    }
     node.stop();
     let peak = watch.peak_mib();
     drop(watch);

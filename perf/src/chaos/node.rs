@@ -174,6 +174,111 @@ impl Node {
     }
 
     fn spawn(&mut self) -> Result<(), ChaosError> {
+        let child = self.launch(false)?;
+        self.pid.store(child.id(), Ordering::SeqCst);
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// An upgrade: starts `arqonbus serve --take-over` on the same
+    /// configuration, waits until it serves (the control API names a new
+    /// server id) and until the old process has moved its clients and
+    /// exited (a non-zero exit, or none within [`STOP_GRACE`], is recorded
+    /// as unexpected). Returns how long the new process took to serve and
+    /// how long the old one took to exit after that.
+    pub(super) fn take_over(&mut self) -> Result<(Duration, Duration), ChaosError> {
+        let old_id = self.server_id()?;
+        let Some(mut old) = self.child.take() else {
+            return Err(ChaosError::Setup("take-over: no node to take over".into()));
+        };
+        let started = Instant::now();
+        let new = match self.launch(true) {
+            Ok(c) => c,
+            Err(e) => {
+                self.child = Some(old);
+                return Err(e);
+            }
+        };
+        self.pid.store(new.id(), Ordering::SeqCst);
+        self.child = Some(new);
+        let deadline = started + READY_TIMEOUT;
+        loop {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            let failed = match exited {
+                Some(status) => Some(format!("exited ({status})")),
+                None if self.server_id().is_ok_and(|id| id != old_id) => break,
+                None if Instant::now() > deadline => Some(format!(
+                    "did not serve within {} s",
+                    READY_TIMEOUT.as_secs()
+                )),
+                None => None,
+            };
+            if let Some(why) = failed {
+                // The old node serves on: it is the node again.
+                if let Some(mut new) = self.child.replace(old) {
+                    let _ = new.kill();
+                    let _ = new.wait();
+                }
+                if let Some(c) = &self.child {
+                    self.pid.store(c.id(), Ordering::SeqCst);
+                }
+                return Err(ChaosError::Setup(format!(
+                    "the taking-over arqonbus {why}; log: {}",
+                    self.log.display()
+                )));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let serving = started.elapsed();
+        let exit_deadline = Instant::now() + STOP_GRACE;
+        loop {
+            match old.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        self.unexpected_exits.push(format!(
+                            "start {}: the old process ended its hand-over with {status}",
+                            self.starts - 1
+                        ));
+                    }
+                    break;
+                }
+                Ok(None) if Instant::now() < exit_deadline => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                _ => {
+                    self.unexpected_exits.push(format!(
+                        "start {}: the old process did not exit within {} s of the hand-over",
+                        self.starts - 1,
+                        STOP_GRACE.as_secs()
+                    ));
+                    let _ = old.kill();
+                    let _ = old.wait();
+                    break;
+                }
+            }
+        }
+        Ok((serving, started.elapsed().saturating_sub(serving)))
+    }
+
+    /// The server id the control API reports.
+    fn server_id(&self) -> Result<String, ChaosError> {
+        let status = self
+            .ctl
+            .run(&["node", "status"])
+            .map_err(ChaosError::Setup)?;
+        status
+            .get("server_id")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| ChaosError::Setup("node status: no server_id".into()))
+    }
+
+    /// Starts the process (`--take-over` when asked); its output goes to
+    /// the log.
+    fn launch(&mut self, take_over: bool) -> Result<Child, ChaosError> {
         self.starts += 1;
         let mut log = OpenOptions::new()
             .create(true)
@@ -189,6 +294,7 @@ impl Node {
             .arg(self.spec.shards.to_string())
             .arg("--config")
             .arg(&self.config)
+            .args(take_over.then_some("--take-over"))
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -207,12 +313,8 @@ impl Node {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| ChaosError::Setup(format!("{}: {e}", self.spec.arqonbus.display())))?;
-        self.pid.store(child.id(), Ordering::SeqCst);
-        self.child = Some(child);
-        self.wait_ready()
+        cmd.spawn()
+            .map_err(|e| ChaosError::Setup(format!("{}: {e}", self.spec.arqonbus.display())))
     }
 
     fn wait_ready(&mut self) -> Result<(), ChaosError> {

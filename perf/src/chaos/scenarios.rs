@@ -634,3 +634,188 @@ pub(super) fn kill9(node: &mut Node, plan: &Plan, token: &str) -> Result<Scenari
     sc.figure("messages_received", received.load(Ordering::Relaxed) as f64);
     Ok(sc)
 }
+
+/// The subject of the upgrade scenario's steady traffic.
+const UPGRADE_SUBJECT: &str = "chaos.upgrade";
+
+/// What the upgrade scenario's subscriber saw.
+#[derive(Debug, Default)]
+struct Seen {
+    unique: HashSet<u64>,
+    duplicates: u64,
+    longest_gap: Duration,
+}
+
+/// Zero-downtime upgrade under load: an SDK publisher (1,000 numbered
+/// messages/s, republishing what it buffered while reconnecting) and an SDK
+/// subscriber, plus 4 threads of connect + login + Ping + close, while
+/// `arqonbus serve --take-over` replaces the node `plan.take_overs` times
+/// (an upgrade, then a rollback). Reports failed connects (goal 0), the
+/// longest gap the subscriber saw, and the messages it never got.
+pub(super) fn upgrade(node: &mut Node, plan: &Plan, token: &str) -> Result<Scenario, ChaosError> {
+    use arqonbus_client::{Client, ConnectOptions};
+    use futures_lite::StreamExt as _;
+
+    let mut sc = Scenario::new("zero-downtime upgrade under load");
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let options = || {
+        ConnectOptions::new()
+            .url(node.url())
+            .credential(token)
+            .name("chaos-upgrade")
+    };
+    let setup = |e: arqonbus_client::Error| ChaosError::Setup(format!("SDK client: {e}"));
+    let subscriber = rt.block_on(Client::connect(options())).map_err(setup)?;
+    let publisher = rt.block_on(Client::connect(options())).map_err(setup)?;
+    let mut sub = rt
+        .block_on(subscriber.subscribe(UPGRADE_SUBJECT))
+        .map_err(setup)?;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let receiver = rt.spawn({
+        let seen = seen.clone();
+        async move {
+            let mut last = Instant::now();
+            while let Some(m) = sub.next().await {
+                let now = Instant::now();
+                let Ok(bytes) = <[u8; 8]>::try_from(&m.payload[..]) else {
+                    continue;
+                };
+                if let Ok(mut s) = seen.lock() {
+                    s.longest_gap = s.longest_gap.max(now.saturating_duration_since(last));
+                    if !s.unique.insert(u64::from_be_bytes(bytes)) {
+                        s.duplicates += 1;
+                    }
+                }
+                last = now;
+            }
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let publish_errors = Arc::new(AtomicU64::new(0));
+    let sender = rt.spawn({
+        let (stop, errors, publisher) = (stop.clone(), publish_errors.clone(), publisher.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if publisher
+                    .publish(UPGRADE_SUBJECT, seq.to_be_bytes().to_vec())
+                    .await
+                    .is_err()
+                {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                seq += 1;
+            }
+            seq
+        }
+    });
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let errors = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let stormers: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, token) = (node.addr, token.to_owned());
+            let (stop, ok, failed, errors) =
+                (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let attempt = (|| -> Result<(), LoginError> {
+                        let mut s = wire::connect(addr, None, Duration::from_secs(5))?;
+                        wire::login(&mut s, &token)?;
+                        wire::ping(&mut s)
+                    })();
+                    match attempt {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            if let Ok(mut m) = errors.lock() {
+                                *m.entry(e.to_string()).or_default() += 1;
+                            }
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+
+    let mut result = Ok(());
+    let (mut serving_max, mut exit_max) = (Duration::ZERO, Duration::ZERO);
+    for n in 0..plan.take_overs {
+        thread::sleep(Duration::from_secs(1));
+        eprintln!("chaos: take-over {}", n + 1);
+        match node.take_over() {
+            Ok((serving, exit)) => {
+                serving_max = serving_max.max(serving);
+                exit_max = exit_max.max(exit);
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for t in stormers {
+        let _ = t.join();
+    }
+    let published = rt.block_on(sender).unwrap_or(0);
+    // Everything the publisher still buffers reaches the subscriber.
+    let settle = rt.block_on(async {
+        let flushed = tokio::time::timeout(Duration::from_secs(10), publisher.flush()).await;
+        let barrier = tokio::time::timeout(Duration::from_secs(10), subscriber.flush()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        publisher.close().await;
+        subscriber.close().await;
+        matches!((flushed, barrier), (Ok(Ok(())), Ok(Ok(()))))
+    });
+    let _ = rt.block_on(receiver);
+    result?;
+    let seen = seen
+        .lock()
+        .map(|mut s| std::mem::take(&mut *s))
+        .unwrap_or_default();
+    let received = seen.unique.len() as u64;
+    sc.seconds = started.elapsed().as_secs_f64();
+    sc.load = format!(
+        "{} take-overs (`serve --take-over`, lame_duck_window_ms = 500) under an SDK publisher at 1,000 msg/s, an SDK subscriber, and 4 threads of connect + login + Ping + close",
+        plan.take_overs
+    );
+    let failed = failed.load(Ordering::Relaxed);
+    sc.figure("take_overs", f64::from(plan.take_overs));
+    sc.figure("connects_ok", ok.load(Ordering::Relaxed) as f64);
+    sc.figure("connects_failed", failed as f64);
+    sc.figure(
+        "new_node_serving_ms_max",
+        serving_max.as_secs_f64() * 1000.0,
+    );
+    sc.figure("old_node_exit_ms_max", exit_max.as_secs_f64() * 1000.0);
+    sc.figure("published", published as f64);
+    sc.figure(
+        "publish_errors",
+        publish_errors.load(Ordering::Relaxed) as f64,
+    );
+    sc.figure("received", received as f64);
+    sc.figure("lost", published.saturating_sub(received) as f64);
+    sc.figure("duplicates", seen.duplicates as f64);
+    sc.figure("longest_gap_ms", seen.longest_gap.as_secs_f64() * 1000.0);
+    if failed > 0 {
+        sc.failures.push(format!(
+            "{failed} connects failed during the take-overs (goal 0)"
+        ));
+    }
+    if !settle {
+        sc.failures
+            .push("the SDK clients did not flush after the take-overs".into());
+    }
+    if let Ok(errors) = errors.lock() {
+        sc.notes
+            .extend(errors.iter().map(|(e, n)| format!("{n} × {e}")));
+    }
+    Ok(sc)
+}

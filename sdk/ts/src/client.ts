@@ -54,6 +54,8 @@ import type { Transport, TransportFactory } from "./transport.js";
 export const VERSION = "0.1.0";
 const PROTOCOL_VERSION = 1;
 const MAX_PINGS_OUTSTANDING = 2;
+/** After a Drain notice, how long past its deadline the client waits for the server's close. */
+const DRAIN_MARGIN_MS = 1000;
 const MAX_CLIENT_NAME = 128;
 
 export type ClientKind = "human" | "device" | "agent";
@@ -289,6 +291,8 @@ class Conn {
   early: Incoming[] = [];
   keepalive: ReturnType<typeof setInterval> | undefined;
   drainTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The server announced this connection's close (Drain): reconnect at once after it. */
+  announced = false;
   constructor(readonly transport: Transport) {}
   send(body: Uint8Array): void {
     if (!this.done) this.transport.send(body);
@@ -629,16 +633,17 @@ export class Client {
       this.shutdown(err);
       return;
     }
-    void this.reconnect(err);
+    void this.reconnect(err, conn.announced);
   }
 
-  private async reconnect(last: ArqonBusError): Promise<void> {
+  /** `atOnce`: the server announced the close (Drain) and chose its moment, so the first attempt does not wait. */
+  private async reconnect(last: ArqonBusError, atOnce = false): Promise<void> {
     for (let attempt = 0; ; ) {
       if (!allows(this.opts.reconnect, attempt)) {
         this.shutdown(last);
         return;
       }
-      const delay = backoffDelay(this.opts.reconnect, attempt);
+      const delay = atOnce && attempt === 0 ? 0 : backoffDelay(this.opts.reconnect, attempt);
       attempt++;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, delay);
@@ -688,11 +693,14 @@ export class Client {
       case "drain": {
         const deadline = k.value.deadlineMs;
         this.emit({ type: "serverDraining", deadlineMs: deadline, reason: k.value.reason });
+        conn.announced = true;
         if (conn.drainTimer === undefined) {
-          // Reconnect at a random moment in the first half of the window.
+          // The server closes within the window, spread as it chose (a
+          // tenant's clients together on an upgrade); only if it has not
+          // by the deadline does the client leave by itself.
           conn.drainTimer = setTimeout(
             () => this.lose(conn, new ConnectionLostError("reconnecting after the server's Drain notice")),
-            Math.random() * (deadline / 2),
+            deadline + DRAIN_MARGIN_MS,
           );
         }
         return;

@@ -22,7 +22,6 @@ import collections
 import inspect
 import itertools
 import logging
-import random
 import secrets
 import ssl
 import string
@@ -84,6 +83,9 @@ CLIENT_VERSION = f"arqonbus-python/{_version}"
 PRE_WELCOME_MAX_FRAME = 64 * 1024 * 1024
 MAX_PINGS_OUTSTANDING = 2
 CLOSE_GRACE = 5.0
+# After a Drain notice, how long past its deadline the client waits for the
+# server's close before it leaves by itself.
+DRAIN_MARGIN = 1.0
 _LEN = struct.Struct(">I")
 _INBOX_ALPHABET = string.ascii_letters + string.digits
 
@@ -149,6 +151,9 @@ class _Conn:
         self.done: asyncio.Future[ArqonBusError] = asyncio.get_running_loop().create_future()
         self.tasks: list[asyncio.Task[None]] = []
         self.drain_timer: Optional[asyncio.TimerHandle] = None
+        # The server announced this connection's close (Drain): the first
+        # reconnect attempt after it does not wait.
+        self.announced = False
 
     def write(self, data: bytes) -> None:
         if not self.done.done():
@@ -566,6 +571,7 @@ class Client:
         try:
             while current is not None:
                 lost = await self._serve(current)
+                announced = current.announced
                 current = None
                 if self._closing:
                     break
@@ -577,7 +583,7 @@ class Client:
                 if not can:
                     self._shutdown(lost)
                     return
-                current = await self._reconnect(lost)
+                current = await self._reconnect(lost, at_once=announced)
                 if current is None:
                     return
                 self._attach(current)
@@ -586,14 +592,16 @@ class Client:
         finally:
             self._shutdown(None)
 
-    async def _reconnect(self, last: ArqonBusError) -> Optional[_Conn]:
+    async def _reconnect(self, last: ArqonBusError, at_once: bool = False) -> Optional[_Conn]:
+        # at_once: the server announced the close (Drain) and chose its
+        # moment, so the first attempt does not wait.
         attempt = 0
         while True:
             if not self._policy.allows(attempt):
                 log.warning("giving up reconnecting: %s", last)
                 self._shutdown(last)
                 return None
-            delay = self._policy.delay(attempt)
+            delay = 0.0 if at_once and attempt == 0 else self._policy.delay(attempt)
             attempt += 1
             self._wakeup.clear()
             try:
@@ -662,11 +670,13 @@ class Client:
             deadline = frame.drain.deadline_ms / 1000.0
             log.info("server is draining (deadline %.3f s): %s", deadline, frame.drain.reason)
             self._emit(ServerDraining(deadline, frame.drain.reason))
+            conn.announced = True
             if conn.drain_timer is None:
-                # Reconnect at a random moment in the first half of the
-                # window, so a drained node's clients spread out.
+                # The server closes within the window, spread as it chose
+                # (a tenant's clients together on an upgrade); only if it
+                # has not by the deadline does the client leave by itself.
                 conn.drain_timer = self._loop.call_later(
-                    random.uniform(0, deadline / 2),
+                    deadline + DRAIN_MARGIN,
                     conn.fail,
                     ConnectionLostError("reconnecting after the server's Drain notice"),
                 )
