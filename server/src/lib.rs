@@ -25,6 +25,7 @@ mod control;
 pub mod doctor;
 pub mod handover;
 mod monitor;
+pub mod notify;
 pub mod otlp;
 pub mod owner;
 #[cfg(feature = "test-support")]

@@ -15,16 +15,19 @@
 //! spans; the data plane runs on its own pinned executors. The same loop
 //! takes hand-over requests: `serve --take-over` in another process asks
 //! this one for its ports (an upgrade), and once that process serves this
-//! one moves its clients there and exits 0.
+//! one moves its clients there and exits 0. SIGUSR2 starts that process
+//! itself (the binary at this one's path, with `--take-over`), which is how
+//! the service manager upgrades in place; readiness goes to it through
+//! `NOTIFY_SOCKET` when set (`arqonbus::notify`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use arqonbus::bootstrap;
 use arqonbus::config::{Config, LogFormat, Overrides};
 use arqonbus::otlp::TraceExport;
 use arqonbus::{Paths, Server};
+use arqonbus::{bootstrap, notify};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -289,7 +292,7 @@ fn run(
     // Signals are watched before the server starts and says where it
     // listens: a SIGTERM or SIGHUP sent as soon as the banner appears must
     // reach these handlers, not the default action (which kills the process).
-    let (mut int, mut term, mut hup) = {
+    let (mut int, mut term, mut hup, mut usr2) = {
         use tokio::signal::unix::{SignalKind, signal};
         let _entered = rt.enter();
         let watch = |kind: SignalKind, name: &str| {
@@ -299,8 +302,13 @@ fn run(
             watch(SignalKind::interrupt(), "SIGINT")?,
             watch(SignalKind::terminate(), "SIGTERM")?,
             watch(SignalKind::hangup(), "SIGHUP")?,
+            watch(SignalKind::user_defined2(), "SIGUSR2")?,
         )
     };
+    // Captured now: after a package upgrade the file at this path is the
+    // new binary, which SIGUSR2 starts to take this node over.
+    let respawn = notify::Respawn::capture()
+        .map_err(|e| format!("cannot find this process's binary: {e}"))?;
 
     if how.recreate_missing {
         bootstrap::recreate_missing(config).map_err(|e| e.to_string())?;
@@ -323,6 +331,7 @@ fn run(
         server.control_addr(),
         server.metrics_addr(),
     );
+    notify::ready();
 
     let mut taking = handovers.is_some();
     let exit = rt.block_on(async {
@@ -334,8 +343,13 @@ fn run(
                 }
                 _ = term.recv() => {
                     tracing::info!("SIGTERM: lame duck, then shutting down");
+                    notify::notify("STOPPING=1");
                     break Exit::Graceful;
                 }
+                _ = usr2.recv() => match notify::respawn(&respawn) {
+                    Ok(pid) => tracing::info!(pid, command = %respawn.describe(), "SIGUSR2: started the binary again to take this node over"),
+                    Err(e) => tracing::error!(error = %e, command = %respawn.describe(), "SIGUSR2: cannot start the binary; serving on"),
+                },
                 incoming = next_handover(&mut handovers), if taking => match incoming {
                     // Blocks this loop until the new node serves or fails
                     // (bounded by handover::START_TIMEOUT); signals wait.

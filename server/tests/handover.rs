@@ -23,7 +23,7 @@ use arqonbus::{Server, ServerError};
 use arqonbus_client::{Client, ConnectOptions, Subscriber};
 use arqonbus_proto::control::ListTenantsRequest;
 use arqonbus_proto::control::tenant_service_client::TenantServiceClient;
-use common::{LIMIT, Node, control_channel, within};
+use common::{LIMIT, Node, Setup, control_channel, within};
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -271,4 +271,71 @@ async fn lands_on_other(client: &Client, not: &str) {
         assert!(Instant::now() < deadline, "the client did not move");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Kills a process this test did not spawn (the one SIGUSR2 started).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a pid and a signal number has no memory
+        // effects; a pid that is gone makes it fail, nothing else.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+/// The `MAINPID=` of a readiness notification (with `READY=1`).
+fn main_pid(socket: &std::os::unix::net::UnixDatagram) -> u32 {
+    let mut buf = [0u8; 256];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification within the limit");
+    let text = std::str::from_utf8(&buf[..n]).unwrap();
+    assert!(text.lines().any(|l| l == "READY=1"), "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .expect("MAINPID")
+        .parse()
+        .unwrap()
+}
+
+/// The service manager's upgrade (deploy/arqonbus.service): SIGUSR2 makes
+/// the node start its binary again with `--take-over`; the new process
+/// says it is the main one (`MAINPID`, `READY=1`), takes the clients, and
+/// the old one exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_upgrades_in_place_and_the_service_manager_follows_the_new_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    manager.set_read_timeout(Some(LIMIT)).unwrap();
+    // A fixed port: the new process reads the same configuration.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut first = Node::spawn_with(Setup {
+        envs: vec![("NOTIFY_SOCKET".into(), path.display().to_string())],
+        listen: Some(port),
+        ..Setup::default()
+    });
+    assert_eq!(main_pid(&manager), first.pid());
+    let client = Client::connect(first.options()).await.unwrap();
+    let mut sub = client.subscribe("usr2.>").await.unwrap();
+    let first_id = client.server_info().server_id.clone();
+
+    first.signal("-USR2");
+    let new_pid = main_pid(&manager);
+    let _new = KillOnDrop(i32::try_from(new_pid).unwrap());
+    assert_ne!(new_pid, first.pid());
+    assert!(first.exit_status().success(), "the old process exits 0");
+    lands_on_other(&client, &first_id).await;
+    client.flush().await.unwrap();
+    client.publish("usr2.x", b"after".to_vec()).await.unwrap();
+    let m = within("a message after the upgrade", sub.next())
+        .await
+        .unwrap();
+    assert_eq!(&m.payload[..], b"after");
 }

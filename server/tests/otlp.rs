@@ -184,6 +184,7 @@ fn spawn(endpoint: &str, export_timeout_ms: u64, batch_delay_ms: u64) -> Node {
             "[tracing]\notlp_endpoint = \"{endpoint}\"\nservice_name = \"arqonbus-otlp-test\"\nexport_timeout_ms = {export_timeout_ms}\n"
         ),
         envs: vec![("OTEL_BSP_SCHEDULE_DELAY".into(), batch_delay_ms.to_string())],
+        ..Setup::default()
     })
 }
 

@@ -43,6 +43,8 @@ pub(crate) struct Setup {
     pub extra: String,
     /// Environment variables for the process.
     pub envs: Vec<(String, String)>,
+    /// The data port (default: one the kernel picks).
+    pub listen: Option<SocketAddr>,
 }
 
 /// A running `arqonbus serve`.
@@ -138,6 +140,11 @@ impl Node {
         control_channel(self.control, &self.ca_path(), &self.token("admin.token")).await
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `sig` (e.g. `-TERM`) with kill(1).
     pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
@@ -224,7 +231,9 @@ fn config_file(dir: &Path, take_over: Option<SocketAddr>) -> PathBuf {
 }
 
 fn write_config(dir: &Path, setup: &Setup, take_over: Option<SocketAddr>) {
-    let listen = take_over.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
+    let listen = take_over
+        .or(setup.listen)
+        .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
     std::fs::write(
         config_file(dir, take_over),
         format!(
