@@ -263,6 +263,85 @@ impl Node {
         Ok((serving, started.elapsed().saturating_sub(serving)))
     }
 
+    /// Starts the node on a data directory the caller damaged, expecting a
+    /// refusal: `Ok(Some(output))` with what the process wrote when it
+    /// exited by itself within [`READY_TIMEOUT`], `Ok(None)` when it served
+    /// (the damage went unnoticed; the node runs). Stops the node first.
+    pub(super) fn start_damaged(&mut self) -> Result<Option<String>, ChaosError> {
+        self.stop();
+        let from = std::fs::metadata(&self.log).map_or(0, |m| m.len());
+        let mut child = self.launch(false)?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(_status)) = child.try_wait() {
+                let mut text = String::new();
+                if let Ok(mut f) = File::open(&self.log) {
+                    use std::io::{Seek as _, SeekFrom};
+                    let _ = f.seek(SeekFrom::Start(from));
+                    let _ = f.read_to_string(&mut text);
+                }
+                return Ok(Some(text));
+            }
+            let serving =
+                TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok();
+            if serving && self.ctl.run(&["node", "status"]).is_ok() {
+                self.pid.store(child.id(), Ordering::SeqCst);
+                self.child = Some(child);
+                return Ok(None);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ChaosError::Setup(format!(
+                    "arqonbus neither refused nor served a damaged store within {} s",
+                    READY_TIMEOUT.as_secs()
+                )));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `arqonbus restore --from BACKUP` on the stopped node's data
+    /// directory: the command's output, or why it failed.
+    pub(super) fn restore(&mut self, backup: &std::path::Path) -> Result<String, String> {
+        self.stop();
+        let out = Command::new(&self.spec.arqonbus)
+            .arg("restore")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--from")
+            .arg(backup)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", self.spec.arqonbus.display()))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text.trim().to_owned())
+        } else {
+            Err(text.trim().to_owned())
+        }
+    }
+
+    /// Starts the stopped node again (after a restore).
+    pub(super) fn start_again(&mut self) -> Result<(), ChaosError> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// The control store's file.
+    pub(super) fn store_file(&self) -> PathBuf {
+        self.data_dir.join("control.redb")
+    }
+
+    /// The data directory.
+    pub(super) fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
     /// The server id the control API reports.
     fn server_id(&self) -> Result<String, ChaosError> {
         let status = self

@@ -819,3 +819,287 @@ pub(super) fn upgrade(node: &mut Node, plan: &Plan, token: &str) -> Result<Scena
     }
     Ok(sc)
 }
+
+/// The tenant names the node lists.
+fn tenant_names(ctl: &Ctl) -> Result<HashSet<String>, String> {
+    let v = ctl.run(&["tenants", "list"])?;
+    Ok(v.get("tenants")
+        .and_then(serde_json::Value::as_array)
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Creates tenants `prefix-0..n`; the names acknowledged.
+fn create_tenants(ctl: &Ctl, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|name| ctl.run(&["tenants", "create", name]).is_ok())
+        .collect()
+}
+
+/// A deterministic byte pattern (xorshift), for overwrites.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// How one round damages the stopped node's control store.
+fn damage(store: &std::path::Path, round: u32) -> Result<&'static str, ChaosError> {
+    match round % 3 {
+        0 => {
+            let mut bytes = std::fs::read(store)?;
+            let len = bytes.len();
+            if len > 4096 {
+                // Anywhere but the first page, which redb checks on open.
+                let seed = 0x9e37_79b9_u64.wrapping_mul(u64::from(round) + 1);
+                let at = 4096 + (seed as usize % (len - 4096)).min(len.saturating_sub(8192));
+                let end = (at + 4096).min(len);
+                bytes[at..end].copy_from_slice(&noise(seed, end - at));
+            }
+            std::fs::write(store, bytes)?;
+            Ok("4 KiB overwritten")
+        }
+        1 => {
+            std::fs::write(store, b"")?;
+            Ok("truncated to 0 bytes")
+        }
+        _ => {
+            std::fs::remove_file(store)?;
+            Ok("deleted")
+        }
+    }
+}
+
+/// Store damage: `plan.damage_rounds` times, stop the node, damage its
+/// control store (4 KiB overwritten, truncated, deleted, in turn), start it:
+/// it must refuse with a message naming `control.redb` and `arqonbus restore
+/// --from`, or (an overwrite redb does not notice) serve; then restore the
+/// online backup taken before and check that every tenant acknowledged
+/// before the backup is there and that traffic flows.
+pub(super) fn store_damage(
+    node: &mut Node,
+    plan: &Plan,
+    token: &str,
+) -> Result<Scenario, ChaosError> {
+    let mut sc = Scenario::new("store damage and restore");
+    let started = Instant::now();
+    let before = create_tenants(&node.ctl, "dmg", 20);
+    let backup = node.data_dir().with_file_name("chaos-backup.redb");
+    let _ = std::fs::remove_file(&backup);
+    node.ctl
+        .run(&["backup", &backup.display().to_string()])
+        .map_err(ChaosError::Setup)?;
+    let after = create_tenants(&node.ctl, "dmg-after-backup", 5);
+    sc.acked_writes = (before.len() + after.len()) as u64;
+    let (mut refused, mut unnoticed, mut restored) = (0u32, 0u32, 0u32);
+    for round in 0..plan.damage_rounds {
+        node.stop();
+        let how = damage(&node.store_file(), round)?;
+        sc.faults_injected += 1;
+        if let Some(output) = node.start_damaged()? {
+            let names =
+                output.contains("control.redb") && output.contains("arqonbus restore --from");
+            if names && !output.contains("panicked") {
+                refused += 1;
+            } else {
+                let last = output
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .chars()
+                    .take(300)
+                    .collect::<String>();
+                sc.failures.push(format!(
+                    "round {round} ({how}): the refusal does not name the file and the recovery: {last}"
+                ));
+            }
+        } else {
+            unnoticed += 1;
+            sc.notes.push(format!(
+                "round {round} ({how}): the node started; the damage missed what it reads"
+            ));
+        }
+        if let Err(e) = node.restore(&backup) {
+            sc.failures
+                .push(format!("round {round}: restore failed: {e}"));
+            break;
+        }
+        node.start_again()?;
+        let present = tenant_names(&node.ctl).map_err(ChaosError::Setup)?;
+        let lost: Vec<&String> = before.iter().filter(|n| !present.contains(*n)).collect();
+        if lost.is_empty() {
+            restored += 1;
+            sc.faults_survived += 1;
+        } else {
+            sc.acked_lost += lost.len() as u64;
+            sc.failures.push(format!(
+                "round {round}: {} tenants acknowledged before the backup are missing after the restore",
+                lost.len()
+            ));
+        }
+        if let Err(e) = probe(node, token, None) {
+            sc.failures
+                .push(format!("round {round}: no session after the restore: {e}"));
+        }
+    }
+    let _ = std::fs::remove_file(&backup);
+    sc.seconds = started.elapsed().as_secs_f64();
+    sc.load = format!(
+        "{} rounds: stop, damage control.redb (4 KiB overwrite, truncation, deletion in turn), start, restore the online backup, start; {} tenants before the backup, {} after it",
+        plan.damage_rounds,
+        before.len(),
+        after.len()
+    );
+    sc.figure("refused_naming_the_recovery", f64::from(refused));
+    sc.figure("damage_unnoticed_node_served", f64::from(unnoticed));
+    sc.figure("restored_and_serving", f64::from(restored));
+    sc.notes.push(format!(
+        "a restore returns the store to the backup: the {} tenants created after it are gone by design",
+        after.len()
+    ));
+    Ok(sc)
+}
+
+/// Unmounts on drop, so a failed run leaves no mount behind.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Disk full: a second node whose data directory is a 4 MiB tmpfs (root
+/// only; skipped with a note otherwise). Traffic flows; the disk is filled;
+/// tenants are created until a write fails; meanwhile existing sessions
+/// must keep delivering; the space is freed and writes must resume by
+/// themselves (the store reopens), with every acknowledged tenant there.
+pub(super) fn disk_full(spec: &super::node::NodeSpec) -> Result<Scenario, ChaosError> {
+    let mut sc = Scenario::new("disk full, then freed");
+    let started = Instant::now();
+    std::fs::create_dir_all(spec.dir.join("data"))?;
+    let data = spec.dir.join("data");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
+        .arg(&data)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        sc.notes
+            .push("skipped: mounting a 4 MiB tmpfs needs root".into());
+        return Ok(sc);
+    }
+    let _mount = Mount(data.clone());
+    let mut node = Node::start(spec.clone())?;
+    let token = node.bootstrap_token()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let flow = {
+        let (t, stop, received) = (target(&node, &token)?, stop.clone(), received.clone());
+        thread::spawn(move || traffic(&t, &stop, &received))
+    };
+    let mut acked = create_tenants(&node.ctl, "fits", 5);
+    // Fill the disk, then write until the store refuses.
+    let filler = data.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler)?;
+        let block = vec![0_u8; 16 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut refusal = None;
+    for i in 0..500 {
+        let name = format!("full-{i}");
+        match node.ctl.run(&["tenants", "create", &name]) {
+            Ok(_) => acked.push(name),
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    let Some(refusal) = refusal else {
+        stop.store(true, Ordering::Relaxed);
+        let _ = flow.join();
+        sc.failures
+            .push("500 writes fitted on a full 4 MiB disk".into());
+        return Ok(sc);
+    };
+    sc.notes.push(format!(
+        "the write on a full disk: {}",
+        refusal.chars().take(200).collect::<String>()
+    ));
+    // Existing sessions go on from the last snapshot.
+    let before = received.load(Ordering::Relaxed);
+    thread::sleep(Duration::from_millis(500));
+    let while_full = received.load(Ordering::Relaxed) - before;
+    if while_full == 0 {
+        sc.failures
+            .push("no message delivered while the disk was full".into());
+    }
+    // Freed: writes resume by themselves.
+    std::fs::remove_file(&filler)?;
+    let freed = Instant::now();
+    let mut recovered = None;
+    while freed.elapsed() < Duration::from_secs(30) {
+        if node.ctl.run(&["tenants", "create", "after-free"]).is_ok() {
+            recovered = Some(freed.elapsed());
+            acked.push("after-free".into());
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = flow.join();
+    match recovered {
+        Some(d) => {
+            sc.faults_survived = 1;
+            sc.figure("writes_resumed_after_free_ms", d.as_secs_f64() * 1000.0);
+        }
+        None => sc
+            .failures
+            .push("writes did not resume within 30 s of freeing the disk".into()),
+    }
+    sc.faults_injected = 1;
+    let present = tenant_names(&node.ctl).map_err(ChaosError::Setup)?;
+    let lost = acked.iter().filter(|n| !present.contains(*n)).count();
+    sc.acked_writes = acked.len() as u64;
+    sc.acked_lost = lost as u64;
+    if lost > 0 {
+        sc.failures.push(format!(
+            "{lost} acknowledged tenants missing after the disk was freed"
+        ));
+    }
+    sc.figure("messages_delivered_while_full_500ms", while_full as f64);
+    let panics = node.panics();
+    sc.failures.extend(
+        panics
+            .iter()
+            .map(|p| format!("panic in the node's output: {p}")),
+    );
+    node.stop();
+    sc.failures.extend(
+        node.unexpected_exits
+            .iter()
+            .map(|e| format!("node exit: {e}")),
+    );
+    sc.seconds = started.elapsed().as_secs_f64();
+    sc.load = "a second node on a 4 MiB tmpfs: traffic, the disk filled, tenants created until a write fails, the space freed".into();
+    Ok(sc)
+}
