@@ -276,6 +276,8 @@ impl ControlPlaneHandle {
         if let Some(l) = limits {
             self.publisher.set_limits(l);
         }
+        // A reload reads the whole store again, checking every record.
+        self.publisher.forget_contents();
         Ok(self.publisher.publish()?)
     }
 }

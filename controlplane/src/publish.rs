@@ -2,7 +2,9 @@
 //!
 //! The `Publisher` owns the last snapshot pushed, the last *good* one, the
 //! build cache, the server's limits and the data plane handle.
-//! `Publisher::publish` reads the store, builds a snapshot with a fresh epoch
+//! `Publisher::publish` refreshes its copy of the store's contents (only the
+//! records written since the last build: `Store::refresh`; all of them
+//! after a reload), builds a snapshot with a fresh epoch
 //! (incrementally: [`crate::snapshot::BuildCache`]) and applies it to the
 //! data plane, all under one lock, so shards receive snapshots in epoch
 //! order and every snapshot reflects every write acknowledged before it.
@@ -30,8 +32,9 @@ use tokio::sync::watch;
 
 use crate::dataplane::{DataPlaneControl, NotApplied};
 use crate::metrics::Metrics;
-use crate::snapshot::{BuildCache, BuildError, build_snapshot_cached};
+use crate::snapshot::{BuildCache, BuildError, compile_snapshot_cached, now_unix};
 use crate::store::Store;
+use crate::store::StoreContents;
 
 /// Whether the node accepts new sessions, as of the last snapshot pushed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +62,9 @@ struct State {
     last_good: Option<Arc<ConfigSnapshot>>,
     current: Arc<ConfigSnapshot>,
     cache: BuildCache,
+    /// The store's contents as of the last build, refreshed with what was
+    /// written since (`None`: read everything next time).
+    mirror: Option<StoreContents>,
     /// The shards that did not confirm `current`, if any.
     unapplied: Option<NotApplied>,
     dataplane: Option<Arc<dyn DataPlaneControl>>,
@@ -97,6 +103,7 @@ impl Publisher {
                 last_good: None,
                 current: empty,
                 cache: BuildCache::default(),
+                mirror: None,
                 unapplied: None,
                 dataplane: None,
             }),
@@ -145,6 +152,12 @@ impl Publisher {
         self.push(&mut st).map(|()| snapshot)
     }
 
+    /// Makes the next build read the whole store (a reload: every record
+    /// checked again), not only what was written since the last one.
+    pub(crate) fn forget_contents(&self) {
+        self.lock().mirror = None;
+    }
+
     /// `Ok` once every shard runs the current snapshot: at once when the
     /// last push was confirmed everywhere, else after pushing it again.
     pub(crate) fn confirm(&self) -> Result<(), NotApplied> {
@@ -160,10 +173,26 @@ impl Publisher {
         let floor = st.current.epoch().saturating_add(1);
         let started = Instant::now();
         let (epoch, built) = match self.store.next_epoch(floor) {
-            Ok(epoch) => (
-                epoch,
-                build_snapshot_cached(&*self.store, epoch, &st.limits, &mut st.cache),
-            ),
+            Ok(epoch) => {
+                let State {
+                    mirror,
+                    cache,
+                    limits,
+                    ..
+                } = &mut *st;
+                let built = match self.store.refresh(mirror) {
+                    Ok(_) => match mirror {
+                        Some(contents) => {
+                            compile_snapshot_cached(contents, epoch, limits, now_unix(), cache)
+                        }
+                        None => Err(BuildError::Store(crate::store::StoreError::Backend(
+                            "the store returned no contents".into(),
+                        ))),
+                    },
+                    Err(e) => Err(BuildError::Store(e)),
+                };
+                (epoch, built)
+            }
             Err(e) => (floor, Err(BuildError::Store(e))),
         };
         let snapshot = match built {

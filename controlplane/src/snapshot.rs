@@ -23,8 +23,14 @@
 //! to it changed, and compiles each distinct set of policies once (every
 //! principal of a role shares one `Permissions`). Shards compare the
 //! `Arc`s: a session whose principal's permissions are the same `Arc`
-//! re-checks none of its subscriptions. A failed build leaves the cache as
-//! it was.
+//! re-checks none of its subscriptions. The cache is updated in place, an
+//! entry with its record, so a failed build leaves only entries that match
+//! their records.
+//!
+//! Reading: the publisher keeps the store's contents between builds and
+//! [`Store::refresh`]es them, which reads only the records written since
+//! (the store journals its writes); a build then costs one pass over the
+//! contents, comparing records, not a read and decode of the whole store.
 //!
 //! Fail closed: anything that does not decode or validate (a policy pattern,
 //! a quota, a signing key, a dangling reference) fails the whole build. The
@@ -186,7 +192,7 @@ pub fn build_snapshot_cached(
     limits: &Limits,
     cache: &mut BuildCache,
 ) -> Result<(ConfigSnapshot, BuildStats), BuildError> {
-    compile_snapshot_cached(store.load()?, epoch, limits, now_unix(), cache)
+    compile_snapshot_cached(&store.load()?, epoch, limits, now_unix(), cache)
 }
 
 /// Builds the snapshot numbered `epoch` from `contents` as of `now_unix`,
@@ -198,7 +204,7 @@ pub fn compile_snapshot(
     now_unix: i64,
 ) -> Result<ConfigSnapshot, BuildError> {
     let mut cache = BuildCache::default();
-    compile_snapshot_cached(contents.clone(), epoch, limits, now_unix, &mut cache).map(|(s, _)| s)
+    compile_snapshot_cached(contents, epoch, limits, now_unix, &mut cache).map(|(s, _)| s)
 }
 
 fn tenant_entry(t: &TenantRecord) -> Result<TenantEntry, BuildError> {
@@ -220,29 +226,35 @@ fn tenant_entry(t: &TenantRecord) -> Result<TenantEntry, BuildError> {
 }
 
 /// Builds the snapshot numbered `epoch` from `contents` as of `now_unix`,
-/// reusing what `cache` holds for records that did not change; on success
-/// `cache` holds this build's parts.
+/// reusing what `cache` holds for records that did not change. The cache
+/// is updated in place: a record that changed is copied into it with what
+/// was built from it, so every entry always matches its record, even after
+/// a build that failed half-way; entries of records gone are dropped once a
+/// build succeeds.
 pub fn compile_snapshot_cached(
-    contents: StoreContents,
+    contents: &StoreContents,
     epoch: u64,
     limits: &Limits,
     now_unix: i64,
     cache: &mut BuildCache,
 ) -> Result<(ConfigSnapshot, BuildStats), BuildError> {
     let mut stats = BuildStats::default();
-    let mut next = BuildCache::default();
+    let mut permissions_used: HashMap<Vec<usize>, Compiled> = HashMap::new();
     let mut snap = ConfigSnapshot::new(epoch, limits.clone());
-    for t in contents.tenants {
+    for t in &contents.tenants {
         let entry = match cache.tenants.get(&t.tenant.id) {
-            Some((old, entry)) if *old == t => entry.clone(),
+            Some((old, entry)) if old == t => entry.clone(),
             _ => {
                 stats.tenants += 1;
-                Arc::new(tenant_entry(&t)?)
+                let entry = Arc::new(tenant_entry(t)?);
+                cache
+                    .tenants
+                    .insert(t.tenant.id, (t.clone(), entry.clone()));
+                entry
             }
         };
-        snap.insert_tenant_shared(entry.clone());
+        snap.insert_tenant_shared(entry);
         snap.set_allowed_origins(TenantId(t.tenant.id), t.tenant.allowed_origins.clone());
-        next.tenants.insert(t.tenant.id, (t, entry));
     }
     if let Some(s) = &contents.steering {
         let steering = steering_config(&s.mode, &s.affinity)
@@ -253,15 +265,18 @@ pub fn compile_snapshot_cached(
     // Every stored policy must validate, whether or not it targets anyone.
     let mut by_principal: HashMap<u64, Vec<Arc<PolicyRules>>> = HashMap::new();
     let mut by_role: HashMap<(u64, String), Vec<Arc<PolicyRules>>> = HashMap::new();
-    for p in contents.policies {
+    for p in &contents.policies {
         let rules = match cache.policies.get(&p.id) {
-            Some((old, rules)) if *old == p => rules.clone(),
+            Some((old, rules)) if old == p => rules.clone(),
             _ => {
                 stats.policies += 1;
-                Arc::new(policy_rules("policy", &p).map_err(|e| BuildError::Policy {
-                    policy: p.id,
-                    reason: e.to_string(),
-                })?)
+                let rules =
+                    Arc::new(policy_rules("policy", p).map_err(|e| BuildError::Policy {
+                        policy: p.id,
+                        reason: e.to_string(),
+                    })?);
+                cache.policies.insert(p.id, (p.clone(), rules.clone()));
+                rules
             }
         };
         match &p.target {
@@ -279,12 +294,11 @@ pub fn compile_snapshot_cached(
                 });
             }
         }
-        next.policies.insert(p.id, (p, rules));
     }
 
     let mut principal_tenant = HashMap::new();
     let mut role_key = (0_u64, String::new());
-    for p in contents.principals {
+    for p in &contents.principals {
         let mut rules: Vec<Arc<PolicyRules>> = by_principal
             .get(&p.id)
             .into_iter()
@@ -297,8 +311,7 @@ pub fn compile_snapshot_cached(
             rules.extend(by_role.get(&role_key).into_iter().flatten().cloned());
         }
         let key: Vec<usize> = rules.iter().map(|r| Arc::as_ptr(r) as usize).collect();
-        let known = next
-            .permissions
+        let known = permissions_used
             .get(&key)
             .or_else(|| cache.permissions.get(&key))
             .map(|c| c.permissions.clone());
@@ -306,29 +319,30 @@ pub fn compile_snapshot_cached(
             stats.permissions += 1;
             Arc::new(compile(rules.iter().map(|r| &**r)))
         });
-        next.permissions.entry(key).or_insert_with(|| Compiled {
+        permissions_used.entry(key).or_insert_with(|| Compiled {
             _rules: rules,
             permissions: permissions.clone(),
         });
         let entry = match cache.principals.get(&p.id) {
-            Some((old, entry)) if *old == p && Arc::ptr_eq(&entry.permissions, &permissions) => {
+            Some((old, entry)) if old == p && Arc::ptr_eq(&entry.permissions, &permissions) => {
                 entry.clone()
             }
             _ => {
                 stats.principals += 1;
-                Arc::new(PrincipalEntry {
+                let entry = Arc::new(PrincipalEntry {
                     id: PrincipalId(p.id),
                     tenant: TenantId(p.tenant_id),
                     name: p.name.as_str().into(),
                     roles: p.roles.iter().map(|r| r.as_str().into()).collect(),
                     quotas: quotas("principal", p.id, p.quotas.as_ref())?,
                     permissions,
-                })
+                });
+                cache.principals.insert(p.id, (p.clone(), entry.clone()));
+                entry
             }
         };
-        snap.insert_principal_shared(entry.clone())?;
+        snap.insert_principal_shared(entry)?;
         principal_tenant.insert(p.id, p.tenant_id);
-        next.principals.insert(p.id, (p, entry));
     }
 
     for r in &contents.credentials {
@@ -375,8 +389,24 @@ pub fn compile_snapshot_cached(
             }
         }
     }
-    *cache = next;
+    // Success: forget what is gone, keep only the permissions in use (a
+    // permissions entry keeps its policies' `Arc`s, so their addresses,
+    // its key, cannot be reused while it lives).
+    prune(&mut cache.tenants, &contents.tenants, |t| t.tenant.id);
+    prune(&mut cache.policies, &contents.policies, |p| p.id);
+    prune(&mut cache.principals, &contents.principals, |p| p.id);
+    cache.permissions = permissions_used;
     Ok((snap, stats))
+}
+
+/// Drops the entries of `cache` whose record is not in `records`.
+fn prune<R, V>(cache: &mut HashMap<u64, V>, records: &[R], id: impl Fn(&R) -> u64) {
+    if cache.len() == records.len() {
+        // Every record has its entry (the build put it there): none extra.
+        return;
+    }
+    let live: std::collections::HashSet<u64> = records.iter().map(id).collect();
+    cache.retain(|k, _| live.contains(k));
 }
 
 #[cfg(test)]
@@ -685,7 +715,7 @@ mod tests {
         // A failed build leaves the cache as it was.
         let mut broken = s.load().unwrap();
         broken.policies[0].publish = rules(&["a..b"], &[]);
-        assert!(compile_snapshot_cached(broken, 3, &limits, 0, &mut cache).is_err());
+        assert!(compile_snapshot_cached(&broken, 3, &limits, 0, &mut cache).is_err());
         let (third, stats) = build_snapshot_cached(&s, 4, &limits, &mut cache).unwrap();
         assert_eq!(stats, BuildStats::default());
         assert!(Arc::ptr_eq(

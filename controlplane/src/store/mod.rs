@@ -24,7 +24,12 @@
 //! - a storage error (disk full, failed write) never ends the process: the
 //!   store reports [`StoreError::Backend`] until [`Store::recover`] reopens
 //!   it; opening checks every page of the file, and a file that does not
-//!   check out is [`StoreError::Corrupt`], never a panic.
+//!   check out is [`StoreError::Corrupt`], never a panic;
+//! - [`Store::refresh`] never leaves a mirror older than the store: a store
+//!   that patches mirrors records what each write touched *after* it
+//!   committed (a refresh that misses it reads it on the next call) and
+//!   says "everything" when it cannot tell (bulk imports, cascading
+//!   deletes, a reopen).
 //!
 //! The store checks consistency (existence, uniqueness, versions, which
 //! tenant a record belongs to); request syntax (names, patterns, quotas) is
@@ -189,6 +194,53 @@ pub struct StoreContents {
     pub policies: Vec<Policy>,
     /// The steering set through the API; `None`: the configuration file's.
     pub steering: Option<SteeringRecord>,
+}
+
+/// What was written since the last [`Store::refresh`], as a store that
+/// patches mirrors recorded it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The store cannot say what changed: read everything.
+    pub everything: bool,
+    /// Tenants created, changed or deleted, by id.
+    pub tenants: std::collections::BTreeSet<u64>,
+    /// Principals likewise.
+    pub principals: std::collections::BTreeSet<u64>,
+    /// Credentials likewise.
+    pub credentials: std::collections::BTreeSet<u64>,
+    /// Policies likewise.
+    pub policies: std::collections::BTreeSet<u64>,
+    /// The steering set through the API.
+    pub steering: bool,
+}
+
+impl Changes {
+    /// Records read since the last refresh: how much a patch reads.
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+            + self.principals.len()
+            + self.credentials.len()
+            + self.policies.len()
+            + usize::from(self.steering)
+    }
+
+    /// Nothing recorded.
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.len() == 0
+    }
+}
+
+/// Puts `record` (or, when `None`, removes the record `id`) in `list`,
+/// which is sorted by id as [`Store::load`] returns it.
+pub(crate) fn upsert<T>(list: &mut Vec<T>, id: u64, record: Option<T>, key: impl Fn(&T) -> u64) {
+    match (list.binary_search_by_key(&id, &key), record) {
+        (Ok(i), Some(r)) => list[i] = r,
+        (Ok(i), None) => {
+            list.remove(i);
+        }
+        (Err(i), Some(r)) => list.insert(i, r),
+        (Err(_), None) => {}
+    }
 }
 
 /// The node's steering as set through the control API (`SetSteering`).
@@ -418,6 +470,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Everything, from one consistent read. Fails with
     /// [`StoreError::Corrupt`] if any record does not decode.
     fn load(&self) -> Result<StoreContents, StoreError>;
+    /// Brings `mirror` (what an earlier call left there) up to date with
+    /// the store. A store that records its writes reads only the records
+    /// written since the last call; otherwise, or when `mirror` is `None`,
+    /// it reads everything ([`Store::load`]). Returns whether it read
+    /// everything. On error `mirror` is `None`, so the next call reads
+    /// everything. One caller at a time (the snapshot publisher).
+    fn refresh(&self, mirror: &mut Option<StoreContents>) -> Result<bool, StoreError> {
+        *mirror = None;
+        *mirror = Some(self.load()?);
+        Ok(true)
+    }
     /// Allocates the next configuration epoch: greater than every epoch
     /// allocated before and at least `at_least`. Durable.
     fn next_epoch(&self, at_least: u64) -> Result<u64, StoreError>;

@@ -39,9 +39,9 @@ use super::records::{
     StoredCredential, StoredPolicy, StoredPrincipal, StoredSteering, StoredTenant,
 };
 use super::{
-    CredentialRecord, ImportReport, ImportTenant, Issued, MintContext, MintFn, NewCredential,
-    NewPrincipal, NewTenant, SigningKey, SteeringRecord, Store, StoreContents, StoreError,
-    TenantChange, TenantRecord,
+    Changes, CredentialRecord, ImportReport, ImportTenant, Issued, MintContext, MintFn,
+    NewCredential, NewPrincipal, NewTenant, SigningKey, SteeringRecord, Store, StoreContents,
+    StoreError, TenantChange, TenantRecord,
 };
 
 /// The store's file name in the data directory.
@@ -144,6 +144,60 @@ pub(crate) struct Db {
 }
 
 impl Db {
+    /// Reads the records named in `changes` in one read transaction and
+    /// puts them in `mirror` (a record gone is removed from it).
+    fn patch(&self, mirror: &mut StoreContents, changes: &Changes) -> Result<(), StoreError> {
+        fn each<T>(
+            table: &impl ReadableTable<u64, &'static [u8]>,
+            ids: &std::collections::BTreeSet<u64>,
+            decode: Decode<T>,
+            list: &mut Vec<T>,
+            key: impl Fn(&T) -> u64,
+        ) -> Result<(), StoreError> {
+            for &id in ids {
+                let record = match table.get(id)? {
+                    Some(v) => Some(decode(id, v.value())?),
+                    None => None,
+                };
+                super::upsert(list, id, record, &key);
+            }
+            Ok(())
+        }
+        let txn = self.db.begin_read()?;
+        each(
+            &txn.open_table(TENANTS)?,
+            &changes.tenants,
+            decode_tenant,
+            &mut mirror.tenants,
+            |t| t.tenant.id,
+        )?;
+        each(
+            &txn.open_table(PRINCIPALS)?,
+            &changes.principals,
+            decode_principal,
+            &mut mirror.principals,
+            |p| p.id,
+        )?;
+        each(
+            &txn.open_table(CREDENTIALS)?,
+            &changes.credentials,
+            decode_credential,
+            &mut mirror.credentials,
+            |c| c.credential.id,
+        )?;
+        each(
+            &txn.open_table(POLICIES)?,
+            &changes.policies,
+            decode_policy,
+            &mut mirror.policies,
+            |p| p.id,
+        )?;
+        if changes.steering {
+            mirror.steering = read_steering(&txn.open_table(SETTINGS)?)?;
+        }
+        Ok(())
+    }
+
     /// Opens (creating if needed) the file, checks every page of it
     /// (`set_check_integrity_on_open`), and runs the pending migrations.
     /// A file that does not check out is [`StoreError::Corrupt`]; should the
@@ -274,6 +328,9 @@ pub struct RedbStore {
     migrations: Vec<Migration>,
     health: Mutex<StoreHealth>,
     failed_notify: tokio::sync::Notify,
+    /// What was written since the last [`Store::refresh`], recorded after
+    /// each commit (see the trait's invariants).
+    journal: Mutex<Changes>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -346,6 +403,10 @@ impl RedbStore {
             migrations: migrations.to_vec(),
             health: Mutex::new(StoreHealth::default()),
             failed_notify: tokio::sync::Notify::new(),
+            journal: Mutex::new(Changes {
+                everything: true,
+                ..Changes::default()
+            }),
         })
     }
 
@@ -386,6 +447,8 @@ impl RedbStore {
         // The old database holds the file's lock: it must be gone before
         // the file is opened again.
         drop(slot.take());
+        // What a failed write left behind is unknown: mirrors read all.
+        self.note(|c| c.everything = true);
         match Db::open(&self.path, &self.migrations) {
             Ok(db) => {
                 *slot = Some(db);
@@ -409,9 +472,32 @@ impl RedbStore {
     #[cfg(test)]
     #[allow(dead_code, reason = "used by some test modules only")]
     pub(crate) fn database(&self) -> DbGuard<'_> {
+        // Whatever the test writes through it bypasses the journal.
+        self.note(|c| c.everything = true);
         let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
         assert!(guard.is_some(), "the store is closed");
         DbGuard(guard)
+    }
+
+    /// Records a write in the journal (after it committed, or failed).
+    fn note(&self, change: impl FnOnce(&mut Changes)) {
+        change(&mut self.journal.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Runs a write on the open database, then records what it touched
+    /// (when it committed, or whatever happened for writes named by id).
+    fn write_with<T>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T, StoreError>,
+        touched: impl FnOnce(&mut Changes, &T),
+        on_error: impl FnOnce(&mut Changes),
+    ) -> Result<T, StoreError> {
+        let result = self.with(f);
+        match &result {
+            Ok(v) => self.note(|c| touched(c, v)),
+            Err(_) => self.note(on_error),
+        }
+        result
     }
 
     /// Runs `f` on the open database; a storage error marks the store
@@ -1237,7 +1323,13 @@ impl Store for Db {
 
 impl Store for RedbStore {
     fn create_tenant(&self, new: NewTenant) -> Result<Tenant, StoreError> {
-        self.with(|db| db.create_tenant(new))
+        self.write_with(
+            |db| db.create_tenant(new),
+            |c, t| {
+                c.tenants.insert(t.id);
+            },
+            |_| {},
+        )
     }
     fn tenant(&self, id: u64) -> Result<Tenant, StoreError> {
         self.with(|db| db.tenant(id))
@@ -1254,13 +1346,31 @@ impl Store for RedbStore {
         expected_version: u64,
         change: TenantChange,
     ) -> Result<Tenant, StoreError> {
-        self.with(|db| db.update_tenant(id, expected_version, change))
+        let touch = |c: &mut Changes| {
+            c.tenants.insert(id);
+        };
+        self.write_with(
+            |db| db.update_tenant(id, expected_version, change),
+            |c, _| touch(c),
+            touch,
+        )
     }
     fn delete_tenant(&self, id: u64) -> Result<(), StoreError> {
-        self.with(|db| db.delete_tenant(id))
+        // Its principals, credentials and policies go with it.
+        self.write_with(
+            |db| db.delete_tenant(id),
+            |c, ()| c.everything = true,
+            |c| c.everything = true,
+        )
     }
     fn create_principal(&self, new: NewPrincipal) -> Result<Principal, StoreError> {
-        self.with(|db| db.create_principal(new))
+        self.write_with(
+            |db| db.create_principal(new),
+            |c, p| {
+                c.principals.insert(p.id);
+            },
+            |_| {},
+        )
     }
     fn principal(&self, id: u64) -> Result<Principal, StoreError> {
         self.with(|db| db.principal(id))
@@ -1275,17 +1385,35 @@ impl Store for RedbStore {
         roles: Vec<String>,
         quotas: Option<Quotas>,
     ) -> Result<Principal, StoreError> {
-        self.with(|db| db.update_principal(id, expected_version, roles, quotas))
+        let touch = |c: &mut Changes| {
+            c.principals.insert(id);
+        };
+        self.write_with(
+            |db| db.update_principal(id, expected_version, roles, quotas),
+            |c, _| touch(c),
+            touch,
+        )
     }
     fn delete_principal(&self, id: u64) -> Result<(), StoreError> {
-        self.with(|db| db.delete_principal(id))
+        // Its credentials and the policies that target it go with it.
+        self.write_with(
+            |db| db.delete_principal(id),
+            |c, ()| c.everything = true,
+            |c| c.everything = true,
+        )
     }
     fn issue_credential(
         &self,
         new: NewCredential,
         mint: &mut MintFn<'_>,
     ) -> Result<Issued, StoreError> {
-        self.with(|db| db.issue_credential(new, mint))
+        self.write_with(
+            |db| db.issue_credential(new, mint),
+            |c, issued| {
+                c.credentials.insert(issued.credential.id);
+            },
+            |_| {},
+        )
     }
     fn list_credentials(
         &self,
@@ -1299,19 +1427,58 @@ impl Store for RedbStore {
         id: u64,
         now_unix_ms: i64,
     ) -> Result<(Credential, bool), StoreError> {
-        self.with(|db| db.revoke_credential(id, now_unix_ms))
+        let touch = |c: &mut Changes| {
+            c.credentials.insert(id);
+        };
+        self.write_with(
+            |db| db.revoke_credential(id, now_unix_ms),
+            |c, _| touch(c),
+            touch,
+        )
     }
     fn put_policy(&self, policy: Policy, expected_version: u64) -> Result<Policy, StoreError> {
-        self.with(|db| db.put_policy(policy, expected_version))
+        // A new policy's id is known only once stored.
+        let named = policy.id;
+        self.write_with(
+            |db| db.put_policy(policy, expected_version),
+            |c, p| {
+                c.policies.insert(p.id);
+            },
+            |c| {
+                if named != 0 {
+                    c.policies.insert(named);
+                }
+            },
+        )
     }
     fn list_policies(&self, tenant_id: u64) -> Result<Vec<Policy>, StoreError> {
         self.with(|db| db.list_policies(tenant_id))
     }
     fn delete_policy(&self, id: u64) -> Result<(), StoreError> {
-        self.with(|db| db.delete_policy(id))
+        let touch = |c: &mut Changes| {
+            c.policies.insert(id);
+        };
+        self.write_with(|db| db.delete_policy(id), |c, ()| touch(c), touch)
     }
     fn load(&self) -> Result<StoreContents, StoreError> {
         self.with(Db::load)
+    }
+    fn refresh(&self, mirror: &mut Option<StoreContents>) -> Result<bool, StoreError> {
+        // Taken before the read: a write that commits after this is read
+        // now or, being recorded after its commit, on the next call.
+        let changes =
+            std::mem::take(&mut *self.journal.lock().unwrap_or_else(PoisonError::into_inner));
+        match mirror.take() {
+            Some(mut m) if !changes.everything => {
+                self.with(|db| db.patch(&mut m, &changes))?;
+                *mirror = Some(m);
+                Ok(false)
+            }
+            _ => {
+                *mirror = Some(self.load()?);
+                Ok(true)
+            }
+        }
     }
     fn next_epoch(&self, at_least: u64) -> Result<u64, StoreError> {
         self.with(|db| db.next_epoch(at_least))
@@ -1321,13 +1488,21 @@ impl Store for RedbStore {
         tenants: &[ImportTenant],
         once: Option<&str>,
     ) -> Result<ImportReport, StoreError> {
-        self.with(|db| db.import_tenants(tenants, once))
+        self.write_with(
+            |db| db.import_tenants(tenants, once),
+            |c, _| c.everything = true,
+            |c| c.everything = true,
+        )
     }
     fn steering(&self) -> Result<Option<SteeringRecord>, StoreError> {
         self.with(Db::steering)
     }
     fn set_steering(&self, steering: &SteeringRecord) -> Result<(), StoreError> {
-        self.with(|db| db.set_steering(steering))
+        self.write_with(
+            |db| db.set_steering(steering),
+            |c, ()| c.steering = true,
+            |c| c.steering = true,
+        )
     }
     fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
         self.with(Db::admin_token_hash)

@@ -742,3 +742,135 @@ fn reopening_keeps_the_data_and_counts() {
     let h = s.health();
     assert_eq!((h.failed, h.reopen_attempts, h.reopens), (false, 1, 1));
 }
+
+/// A refreshed mirror equals a full read after any sequence of writes
+/// (creates, updates, revocations, deletes, steering, failed writes),
+/// refreshed at random points: the journal never misses a write.
+#[test]
+fn a_refreshed_mirror_equals_a_full_load_after_any_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let mut mirror = None;
+    assert!(
+        s.refresh(&mut mirror).unwrap(),
+        "the first refresh reads all"
+    );
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let (mut tenants, mut principals, mut credentials, mut policies) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut patched = 0;
+    for i in 0..600u64 {
+        let pick = |v: &Vec<u64>, r: u64| v.get(r as usize % v.len().max(1)).copied();
+        match next(11) {
+            0 | 1 => {
+                if let Ok(t) = s.create_tenant(new_tenant(&format!("t{i}"))) {
+                    tenants.push(t.id);
+                }
+            }
+            2 => {
+                if let Some(t) = pick(&tenants, next(64)) {
+                    let change = TenantChange {
+                        placement: Some(if i % 2 == 0 { "spread" } else { "home" }.into()),
+                        ..TenantChange::default()
+                    };
+                    let _ = s.update_tenant(t, 0, change);
+                }
+            }
+            3 => {
+                if let Some(t) = pick(&tenants, next(64))
+                    && let Ok(p) = s.create_principal(new_principal(t, &format!("p{i}"), &["ops"]))
+                {
+                    principals.push(p.id);
+                }
+            }
+            4 => {
+                if let Some(p) = pick(&principals, next(64)) {
+                    let _ = s.update_principal(p, 0, vec![format!("r{i}")], None);
+                }
+            }
+            5 => {
+                if let Some(p) = pick(&principals, next(64))
+                    && s.principal(p).is_ok()
+                {
+                    credentials.push(bearer(&s, p, &format!("abt_token_{i}")).id);
+                }
+            }
+            6 => {
+                if let Some(c) = pick(&credentials, next(64)) {
+                    let _ = s.revoke_credential(c, 2_000);
+                }
+            }
+            7 => {
+                if let Some(t) = pick(&tenants, next(64))
+                    && let Ok(p) = s.put_policy(policy(t, Target::Role("ops".into()), &["a.>"]), 0)
+                {
+                    policies.push(p.id);
+                }
+            }
+            8 => match next(4) {
+                0 => {
+                    if let Some(p) = pick(&policies, next(64)) {
+                        let _ = s.delete_policy(p);
+                    }
+                }
+                1 => {
+                    if let Some(p) = pick(&principals, next(64)) {
+                        let _ = s.delete_principal(p);
+                    }
+                }
+                2 => {
+                    if let Some(t) = pick(&tenants, next(64)) {
+                        let _ = s.delete_tenant(t);
+                    }
+                }
+                _ => {
+                    // A write that fails changes nothing (a stale version).
+                    if let Some(t) = pick(&tenants, next(64)) {
+                        let _ = s.update_tenant(t, 999, TenantChange::default());
+                    }
+                }
+            },
+            9 => {
+                let steering = SteeringRecord {
+                    mode: if i % 2 == 0 { "hash" } else { "balance" }.into(),
+                    affinity: Vec::new(),
+                    updated_at_unix_ms: i64::try_from(i).unwrap(),
+                };
+                s.set_steering(&steering).unwrap();
+            }
+            _ => {
+                if !s.refresh(&mut mirror).unwrap() {
+                    patched += 1;
+                }
+                assert_eq!(
+                    mirror.as_ref().unwrap(),
+                    &s.load().unwrap(),
+                    "after write {i}"
+                );
+            }
+        }
+    }
+    s.refresh(&mut mirror).unwrap();
+    assert_eq!(mirror.unwrap(), s.load().unwrap());
+    assert!(patched > 10, "most refreshes patched ({patched})");
+}
+
+/// After a reopen (a storage error), the next refresh reads everything.
+#[test]
+fn a_reopen_makes_the_next_refresh_read_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let mut mirror = None;
+    s.refresh(&mut mirror).unwrap();
+    s.create_tenant(new_tenant("a")).unwrap();
+    assert!(!s.refresh(&mut mirror).unwrap(), "a patch");
+    s.reopen().unwrap();
+    assert!(s.refresh(&mut mirror).unwrap(), "everything");
+    assert_eq!(mirror.unwrap(), s.load().unwrap());
+}
