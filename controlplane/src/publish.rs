@@ -172,17 +172,26 @@ impl Publisher {
     fn build(&self, st: &mut State) -> Arc<ConfigSnapshot> {
         let floor = st.current.epoch().saturating_add(1);
         let started = Instant::now();
+        // Where the time goes: the epoch's durable write, reading what
+        // changed (or all), compiling.
+        let us = |since: Instant| u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let (mut epoch_us, mut read_us, mut read_all) = (0, 0, false);
         let (epoch, built) = match self.store.next_epoch(floor) {
             Ok(epoch) => {
+                epoch_us = us(started);
                 let State {
                     mirror,
                     cache,
                     limits,
                     ..
                 } = &mut *st;
-                let built = match self.store.refresh(mirror) {
-                    Ok(_) => match mirror {
+                let reading = Instant::now();
+                let refreshed = self.store.refresh(mirror);
+                read_us = us(reading);
+                let built = match refreshed {
+                    Ok(all) => match mirror {
                         Some(contents) => {
+                            read_all = all;
                             compile_snapshot_cached(contents, epoch, limits, now_unix(), cache)
                         }
                         None => Err(BuildError::Store(crate::store::StoreError::Backend(
@@ -201,7 +210,10 @@ impl Publisher {
                 st.last_good = Some(s.clone());
                 tracing::info!(
                     epoch,
-                    build_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    build_us = us(started),
+                    epoch_us,
+                    read_us,
+                    read_all,
                     rebuilt = ?stats,
                     "configuration snapshot published"
                 );
