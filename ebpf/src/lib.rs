@@ -292,6 +292,14 @@ fn socket_cookie(fd: RawFd) -> io::Result<u64> {
     }
 }
 
+/// The steering program in `ebpf`.
+fn program(ebpf: &mut Ebpf) -> Result<&mut SkReuseport, SteerError> {
+    ebpf.program_mut(PROGRAM)
+        .ok_or(SteerError::Load(LoadFailure::Missing(PROGRAM)))?
+        .try_into()
+        .map_err(|e: ProgramError| SteerError::Load(e.into()))
+}
+
 /// Detaches whatever program the group of `fd` has.
 fn detach_group(fd: RawFd) -> io::Result<()> {
     const SO_DETACH_REUSEPORT_BPF: libc::c_int = 68; // asm-generic; same on x86_64 and aarch64
@@ -385,12 +393,7 @@ impl Steering {
             steering.members.push(Member { fd, cookie });
         }
 
-        let program: &mut SkReuseport = steering
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or(SteerError::Load(LoadFailure::Missing(PROGRAM)))?
-            .try_into()
-            .map_err(|e: ProgramError| SteerError::Load(e.into()))?;
+        let program = program(&mut steering.ebpf)?;
         program
             .load()
             .map_err(|e| SteerError::Load(LoadFailure::Program(e)))?;
@@ -416,12 +419,7 @@ impl Steering {
         else {
             return Err(SteerError::Attach(io::Error::from(io::ErrorKind::NotFound)));
         };
-        let program: &mut SkReuseport = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or(SteerError::Load(LoadFailure::Missing(PROGRAM)))?
-            .try_into()
-            .map_err(|e: ProgramError| SteerError::Load(e.into()))?;
+        let program = program(&mut self.ebpf)?;
         // SAFETY: `member.fd` is open and still the socket it was (same cookie, checked just
         // above); the borrow ends with this call.
         let fd = unsafe { BorrowedFd::borrow_raw(member.fd) };

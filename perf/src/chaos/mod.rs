@@ -296,6 +296,9 @@ type Step<'a> = (
     Box<dyn Fn(&Node) -> Result<Scenario, ChaosError> + 'a>,
 );
 
+/// A scenario that stops, restarts or replaces the node.
+type Fault = fn(&mut Node, &Plan, &str) -> Result<Scenario, ChaosError>;
+
 /// Starts the node, runs every scenario, stops the node.
 fn suite(
     spec: &NodeSpec,
@@ -348,24 +351,16 @@ fn suite(
         scenarios.push(sc);
     }
     drop(steps);
-    if wanted("kill9") {
-        eprintln!("chaos: kill9");
+    // Scenarios that stop, restart or replace the node.
+    let faults: [(&str, Fault); 3] = [
+        ("kill9", scenarios::kill9),
+        ("upgrade", scenarios::upgrade),
+        ("store-damage", scenarios::store_damage),
+    ];
+    for (label, run) in faults.into_iter().filter(|(label, _)| wanted(label)) {
+        eprintln!("chaos: {label}");
         let _ = watch.take_window_mib();
-        let mut sc = scenarios::kill9(&mut node, plan, &token)?;
-        sc.peak_rss_mib = watch.take_window_mib();
-        scenarios.push(sc);
-    }
-    if wanted("upgrade") {
-        eprintln!("chaos: upgrade");
-        let _ = watch.take_window_mib();
-        let mut sc = scenarios::upgrade(&mut node, plan, &token)?;
-        sc.peak_rss_mib = watch.take_window_mib();
-        scenarios.push(sc);
-    }
-    if wanted("store-damage") {
-        eprintln!("chaos: store-damage");
-        let _ = watch.take_window_mib();
-        let mut sc = scenarios::store_damage(&mut node, plan, &token)?;
+        let mut sc = run(&mut node, plan, &token)?;
         sc.peak_rss_mib = watch.take_window_mib();
         scenarios.push(sc);
     }
