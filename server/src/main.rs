@@ -308,7 +308,8 @@ fn run(
     // Captured now: after a package upgrade the file at this path is the
     // new binary, which SIGUSR2 starts to take this node over.
     let respawn = notify::Respawn::capture()
-        .map_err(|e| format!("cannot find this process's binary: {e}"))?;
+        .inspect_err(|e| tracing::warn!(error = %e, "this process's binary is unknown: SIGUSR2 cannot upgrade in place"))
+        .ok();
 
     if how.recreate_missing {
         bootstrap::recreate_missing(config).map_err(|e| e.to_string())?;
@@ -346,9 +347,12 @@ fn run(
                     notify::notify("STOPPING=1");
                     break Exit::Graceful;
                 }
-                _ = usr2.recv() => match notify::respawn(&respawn) {
-                    Ok(pid) => tracing::info!(pid, command = %respawn.describe(), "SIGUSR2: started the binary again to take this node over"),
-                    Err(e) => tracing::error!(error = %e, command = %respawn.describe(), "SIGUSR2: cannot start the binary; serving on"),
+                _ = usr2.recv() => match &respawn {
+                    Some(how) => match notify::respawn(how) {
+                        Ok(pid) => tracing::info!(pid, command = %how.describe(), "SIGUSR2: started the binary again to take this node over"),
+                        Err(e) => tracing::error!(error = %e, command = %how.describe(), "SIGUSR2: cannot start the binary; serving on"),
+                    },
+                    None => tracing::error!("SIGUSR2: this process's binary is unknown; serving on"),
                 },
                 incoming = next_handover(&mut handovers), if taking => match incoming {
                     // Blocks this loop until the new node serves or fails
