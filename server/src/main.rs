@@ -347,13 +347,7 @@ fn run(
                     notify::notify("STOPPING=1");
                     break Exit::Graceful;
                 }
-                _ = usr2.recv() => match &respawn {
-                    Some(how) => match notify::respawn(how) {
-                        Ok(pid) => tracing::info!(pid, command = %how.describe(), "SIGUSR2: started the binary again to take this node over"),
-                        Err(e) => tracing::error!(error = %e, command = %how.describe(), "SIGUSR2: cannot start the binary; serving on"),
-                    },
-                    None => tracing::error!("SIGUSR2: this process's binary is unknown; serving on"),
-                },
+                _ = usr2.recv() => upgrade_in_place(respawn.as_ref()),
                 incoming = next_handover(&mut handovers), if taking => match incoming {
                     // Blocks this loop until the new node serves or fails
                     // (bounded by handover::START_TIMEOUT); signals wait.
@@ -381,6 +375,23 @@ fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGUSR2: starts this binary again to take the node over, and says how
+/// that went; the hand-over itself arrives as a request like any other.
+fn upgrade_in_place(respawn: Option<&notify::Respawn>) {
+    let Some(how) = respawn else {
+        tracing::error!("SIGUSR2: this process's binary is unknown; serving on");
+        return;
+    };
+    match notify::respawn(how) {
+        Ok(pid) => {
+            tracing::info!(pid, command = %how.describe(), "SIGUSR2: started the binary again to take this node over")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, command = %how.describe(), "SIGUSR2: cannot start the binary; serving on")
+        }
+    }
 }
 
 /// The next hand-over request, if any can still come.
