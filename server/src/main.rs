@@ -386,10 +386,10 @@ fn upgrade_in_place(respawn: Option<&notify::Respawn>) {
     };
     match notify::respawn(how) {
         Ok(pid) => {
-            tracing::info!(pid, command = %how.describe(), "SIGUSR2: started the binary again to take this node over")
+            tracing::info!(pid, command = %how.describe(), "SIGUSR2: started the binary again to take this node over");
         }
         Err(e) => {
-            tracing::error!(error = %e, command = %how.describe(), "SIGUSR2: cannot start the binary; serving on")
+            tracing::error!(error = %e, command = %how.describe(), "SIGUSR2: cannot start the binary; serving on");
         }
     }
 }
