@@ -188,18 +188,12 @@ impl Publisher {
                 let reading = Instant::now();
                 let refreshed = self.store.refresh(mirror);
                 read_us = us(reading);
-                let built = match refreshed {
-                    Ok(all) => match mirror {
-                        Some(contents) => {
-                            read_all = all;
-                            compile_snapshot_cached(contents, epoch, limits, now_unix(), cache)
-                        }
-                        None => Err(BuildError::Store(crate::store::StoreError::Backend(
-                            "the store returned no contents".into(),
-                        ))),
-                    },
-                    Err(e) => Err(BuildError::Store(e)),
-                };
+                let built = refreshed
+                    .map_err(BuildError::Store)
+                    .and_then(|(contents, all)| {
+                        read_all = all;
+                        compile_snapshot_cached(contents, epoch, limits, now_unix(), cache)
+                    });
                 (epoch, built)
             }
             Err(e) => (floor, Err(BuildError::Store(e))),

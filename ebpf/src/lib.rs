@@ -292,6 +292,17 @@ fn socket_cookie(fd: RawFd) -> io::Result<u64> {
     }
 }
 
+/// Why attaching failed: the socket option's own error when there is one.
+fn attach_error(e: ProgramError) -> SteerError {
+    match e {
+        ProgramError::SkReuseportError(aya::programs::SkReuseportError::SetsockoptError {
+            io_error,
+            ..
+        }) => SteerError::Attach(io_error),
+        other => SteerError::Attach(io::Error::other(other)),
+    }
+}
+
 /// The steering program in `ebpf`.
 fn program(ebpf: &mut Ebpf) -> Result<&mut SkReuseport, SteerError> {
     ebpf.program_mut(PROGRAM)
@@ -397,13 +408,7 @@ impl Steering {
         program
             .load()
             .map_err(|e| SteerError::Load(LoadFailure::Program(e)))?;
-        program.attach(first).map_err(|e| match e {
-            ProgramError::SkReuseportError(aya::programs::SkReuseportError::SetsockoptError {
-                io_error,
-                ..
-            }) => SteerError::Attach(io_error),
-            other => SteerError::Attach(io::Error::other(other)),
-        })?;
+        program.attach(first).map_err(attach_error)?;
         Ok(steering)
     }
 
@@ -411,21 +416,23 @@ impl Steering {
     /// socket it was: after another process's program replaced it and was detached (an upgrade
     /// hand-over that failed), the group steers by these maps again.
     pub fn reattach(&mut self) -> Result<(), SteerError> {
-        let Some(member) = self
-            .members
-            .iter()
-            .find(|m| socket_cookie(m.fd).is_ok_and(|c| c == m.cookie))
-            .copied()
-        else {
+        let Some(member) = self.live_members().next() else {
             return Err(SteerError::Attach(io::Error::from(io::ErrorKind::NotFound)));
         };
         let program = program(&mut self.ebpf)?;
         // SAFETY: `member.fd` is open and still the socket it was (same cookie, checked just
         // above); the borrow ends with this call.
         let fd = unsafe { BorrowedFd::borrow_raw(member.fd) };
-        program
-            .attach(fd)
-            .map_err(|e| SteerError::Attach(io::Error::other(e)))
+        program.attach(fd).map_err(attach_error)
+    }
+
+    /// The listeners given to [`Steering::attach`] that are still the sockets they were
+    /// (same cookie): the group can be reached through any of them.
+    fn live_members(&self) -> impl Iterator<Item = Member> + '_ {
+        self.members
+            .iter()
+            .filter(|m| socket_cookie(m.fd).is_ok_and(|c| c == m.cookie))
+            .copied()
     }
 
     /// Gives the group up: another process's program steers it now (an upgrade hand-over),
@@ -624,10 +631,8 @@ impl Drop for Steering {
     /// socket it was (same cookie). If none is, the group is gone or no longer ours: nothing
     /// to detach.
     fn drop(&mut self) {
-        for member in &self.members {
-            if socket_cookie(member.fd).is_ok_and(|cookie| cookie == member.cookie)
-                && detach_group(member.fd).is_ok()
-            {
+        for member in self.live_members() {
+            if detach_group(member.fd).is_ok() {
                 return;
             }
         }

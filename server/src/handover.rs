@@ -157,10 +157,11 @@ pub enum HandoverError {
     Io(#[from] io::Error),
 }
 
-/// Reads one `\n`-terminated line (without it), at most [`MAX_LINE`] bytes.
-/// Byte by byte: nothing past the line is consumed, so a later `recvmsg`
-/// sees its descriptors.
-fn read_line(s: &mut UnixStream) -> io::Result<String> {
+/// Reads one `\n`-terminated line (without it), at most [`MAX_LINE`] bytes:
+/// every line of the claim socket, `who` and `handover` alike. Byte by
+/// byte: nothing past the line is consumed, so a later `recvmsg` sees its
+/// descriptors.
+pub(crate) fn read_line(s: &mut UnixStream) -> io::Result<String> {
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     loop {

@@ -520,7 +520,10 @@ impl Server {
     pub fn finish_hand_off(self) {
         let window = Duration::from_millis(self.config.server.lame_duck_window_ms);
         let grace = Duration::from_millis(self.config.limits.close_grace_ms);
-        self.dataplane.hand_off(HANDOFF_GRACE, window);
+        // Connections the kernel placed here before the new node's steering
+        // program took over finish their handshakes and are accepted first.
+        std::thread::sleep(HANDOFF_GRACE);
+        self.dataplane.hand_off(window);
         if !self
             .dataplane
             .wait_idle(std::time::Instant::now() + window + grace)

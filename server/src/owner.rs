@@ -27,7 +27,7 @@
 //!   ([`PortClaim::surrender`], [`PortClaim::adopt`]), so the name is never
 //!   free in between.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -48,10 +48,6 @@ pub const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a refused start waits for the holder's answer: long enough for
 /// a few silent peers queued ahead of it.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The longest request line the identity thread reads (a hand-over
-/// request carries a data directory).
-const MAX_REQUEST: u64 = 4096;
 
 /// How often the claim thread looks at its stop flag.
 const STOP_POLL_MS: i32 = 100;
@@ -255,8 +251,7 @@ fn answer_one(mut peer: UnixStream, reply: &str, handovers: &Handovers) -> std::
     if !same_user_or_root(&peer)? {
         return writeln!(peer, r#"{{"error":"held by another user"}}"#);
     }
-    let mut line = String::new();
-    BufReader::new((&peer).take(MAX_REQUEST)).read_line(&mut line)?;
+    let line = handover::read_line(&mut peer)?;
     let line = line.trim_end();
     if line == "who" {
         return writeln!(peer, "{reply}");
@@ -319,9 +314,7 @@ fn ask(port: u16, name: &SocketAddr) -> ClaimError {
         s.set_read_timeout(Some(ASK_TIMEOUT))?;
         s.set_write_timeout(Some(ASK_TIMEOUT))?;
         s.write_all(b"who\n")?;
-        let mut line = String::new();
-        BufReader::new(s.take(4096)).read_line(&mut line)?;
-        Ok(line)
+        handover::read_line(&mut s)
     };
     match exchange() {
         Ok(line) => match serde_json::from_str::<Holder>(&line) {
@@ -342,6 +335,8 @@ fn ask(port: u16, name: &SocketAddr) -> ClaimError {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead as _, BufReader};
+
     use super::*;
 
     /// A port number no other test claims (the claim is only a name; nothing

@@ -214,35 +214,6 @@ pub struct Changes {
     pub steering: bool,
 }
 
-impl Changes {
-    /// Records read since the last refresh: how much a patch reads.
-    pub fn len(&self) -> usize {
-        self.tenants.len()
-            + self.principals.len()
-            + self.credentials.len()
-            + self.policies.len()
-            + usize::from(self.steering)
-    }
-
-    /// Nothing recorded.
-    pub fn is_empty(&self) -> bool {
-        !self.everything && self.len() == 0
-    }
-}
-
-/// Puts `record` (or, when `None`, removes the record `id`) in `list`,
-/// which is sorted by id as [`Store::load`] returns it.
-pub(crate) fn upsert<T>(list: &mut Vec<T>, id: u64, record: Option<T>, key: impl Fn(&T) -> u64) {
-    match (list.binary_search_by_key(&id, &key), record) {
-        (Ok(i), Some(r)) => list[i] = r,
-        (Ok(i), None) => {
-            list.remove(i);
-        }
-        (Err(i), Some(r)) => list.insert(i, r),
-        (Err(_), None) => {}
-    }
-}
-
 /// The node's steering as set through the control API (`SetSteering`).
 /// Its syntax is validated by the service before it is stored; the snapshot
 /// builder parses it again.
@@ -473,13 +444,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Brings `mirror` (what an earlier call left there) up to date with
     /// the store. A store that records its writes reads only the records
     /// written since the last call; otherwise, or when `mirror` is `None`,
-    /// it reads everything ([`Store::load`]). Returns whether it read
-    /// everything. On error `mirror` is `None`, so the next call reads
-    /// everything. One caller at a time (the snapshot publisher).
-    fn refresh(&self, mirror: &mut Option<StoreContents>) -> Result<bool, StoreError> {
+    /// it reads everything ([`Store::load`]). Returns the contents now in
+    /// `mirror` and whether it read everything. On error `mirror` is
+    /// `None`, so the next call reads everything. One caller at a time (the
+    /// snapshot publisher).
+    fn refresh<'m>(
+        &self,
+        mirror: &'m mut Option<StoreContents>,
+    ) -> Result<(&'m StoreContents, bool), StoreError> {
         *mirror = None;
-        *mirror = Some(self.load()?);
-        Ok(true)
+        Ok((mirror.insert(self.load()?), true))
     }
     /// Allocates the next configuration epoch: greater than every epoch
     /// allocated before and at least `at_least`. Durable.

@@ -159,7 +159,7 @@ impl Db {
                     Some(v) => Some(decode(id, v.value())?),
                     None => None,
                 };
-                super::upsert(list, id, record, &key);
+                upsert(list, id, record, &key);
             }
             Ok(())
         }
@@ -792,6 +792,19 @@ fn require_principal(
     id: u64,
 ) -> Result<Principal, StoreError> {
     get(principals, id, decode_principal)?.ok_or_else(|| not_found("principal", id))
+}
+
+/// Puts `record` (or, when `None`, removes the record `id`) in `list`,
+/// which is sorted by id as [`Store::load`] returns it.
+fn upsert<T>(list: &mut Vec<T>, id: u64, record: Option<T>, key: impl Fn(&T) -> u64) {
+    match (list.binary_search_by_key(&id, &key), record) {
+        (Ok(i), Some(r)) => list[i] = r,
+        (Ok(i), None) => {
+            list.remove(i);
+        }
+        (Err(i), Some(r)) => list.insert(i, r),
+        (Err(_), None) => {}
+    }
 }
 
 /// Removes every record of `table` for which `doomed` holds.
@@ -1463,7 +1476,10 @@ impl Store for RedbStore {
     fn load(&self) -> Result<StoreContents, StoreError> {
         self.with(Db::load)
     }
-    fn refresh(&self, mirror: &mut Option<StoreContents>) -> Result<bool, StoreError> {
+    fn refresh<'m>(
+        &self,
+        mirror: &'m mut Option<StoreContents>,
+    ) -> Result<(&'m StoreContents, bool), StoreError> {
         // Taken before the read: a write that commits after this is read
         // now or, being recorded after its commit, on the next call.
         let changes =
@@ -1471,13 +1487,9 @@ impl Store for RedbStore {
         match mirror.take() {
             Some(mut m) if !changes.everything => {
                 self.with(|db| db.patch(&mut m, &changes))?;
-                *mirror = Some(m);
-                Ok(false)
+                Ok((mirror.insert(m), false))
             }
-            _ => {
-                *mirror = Some(self.load()?);
-                Ok(true)
-            }
+            _ => Ok((mirror.insert(self.load()?), true)),
         }
     }
     fn next_epoch(&self, at_least: u64) -> Result<u64, StoreError> {

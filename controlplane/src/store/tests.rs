@@ -752,7 +752,7 @@ fn a_refreshed_mirror_equals_a_full_load_after_any_writes() {
     let s = open(&dir);
     let mut mirror = None;
     assert!(
-        s.refresh(&mut mirror).unwrap(),
+        s.refresh(&mut mirror).unwrap().1,
         "the first refresh reads all"
     );
     let mut x = 0x2545_f491_4f6c_dd1d_u64;
@@ -845,7 +845,7 @@ fn a_refreshed_mirror_equals_a_full_load_after_any_writes() {
                 s.set_steering(&steering).unwrap();
             }
             _ => {
-                if !s.refresh(&mut mirror).unwrap() {
+                if !s.refresh(&mut mirror).unwrap().1 {
                     patched += 1;
                 }
                 assert_eq!(
@@ -869,8 +869,8 @@ fn a_reopen_makes_the_next_refresh_read_everything() {
     let mut mirror = None;
     s.refresh(&mut mirror).unwrap();
     s.create_tenant(new_tenant("a")).unwrap();
-    assert!(!s.refresh(&mut mirror).unwrap(), "a patch");
+    assert!(!s.refresh(&mut mirror).unwrap().1, "a patch");
     s.reopen().unwrap();
-    assert!(s.refresh(&mut mirror).unwrap(), "everything");
+    assert!(s.refresh(&mut mirror).unwrap().1, "everything");
     assert_eq!(mirror.unwrap(), s.load().unwrap());
 }

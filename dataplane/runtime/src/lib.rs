@@ -974,13 +974,10 @@ impl DataPlane {
 
     /// The old side of an upgrade hand-over, once the new process serves
     /// the same ports (after [`release_steering`](Self::release_steering)):
-    /// waits `grace` so that connections the kernel placed here before the
-    /// new program took over finish their handshake and are accepted, then
     /// stops both listeners and moves every client away like
     /// [`lame_duck`](Self::lame_duck) (a `Drain` notice each, closes spread
-    /// over `window`). Blocks for `grace`.
-    pub fn hand_off(&self, grace: Duration, window: Duration) {
-        std::thread::sleep(grace);
+    /// over `window`, a tenant's together). Returns at once.
+    pub fn hand_off(&self, window: Duration) {
         for p in self.ports.iter() {
             p.send(Command::HandOff(window));
         }

@@ -958,15 +958,7 @@ impl Shard {
     fn hand_off(&self, window: Duration) {
         self.draining.set(true);
         self.stop_listening();
-        self.ws_stop.set();
-        if let Some(fd) = self.ws_fd.get() {
-            // SAFETY: `fd` is the WebSocket listener its accept loop still
-            // owns (the loop clears `ws_fd` before closing it); shutdown does
-            // not close or invalidate the descriptor.
-            unsafe {
-                libc::shutdown(fd, libc::SHUT_RD);
-            }
-        }
+        stop_listener(&self.ws_stop, self.ws_fd.get());
         self.send_away(
             window,
             "server upgrading: reconnect",
@@ -1042,15 +1034,7 @@ impl Shard {
     /// to the other shards) and resets what was queued on it; the accept
     /// loop then ends and closes it.
     fn stop_listening(&self) {
-        self.accept_stop.borrow().set();
-        if let Some(fd) = self.listen_fd.get() {
-            // SAFETY: `fd` is the listening socket the accept loop still owns
-            // (it clears `listen_fd` before closing it); shutdown does not
-            // close or invalidate the descriptor.
-            unsafe {
-                libc::shutdown(fd, libc::SHUT_RD);
-            }
-        }
+        stop_listener(&self.accept_stop.borrow(), self.listen_fd.get());
     }
 
     /// The connections waiting in this shard's accept queue.
@@ -1105,6 +1089,21 @@ impl Shard {
                 tracing::info!(shard = %self.id, "resumed");
             }
             Err(e) => tracing::error!(shard = %self.id, error = %e, "cannot listen again"),
+        }
+    }
+}
+
+/// Stops an accept loop: sets its latch and, while the loop still owns its
+/// listener (`fd`), shuts the listener's read side, which fails the pending
+/// accept and takes it out of its `SO_REUSEPORT` group.
+fn stop_listener(stop: &Latch, fd: Option<RawFd>) {
+    stop.set();
+    if let Some(fd) = fd {
+        // SAFETY: `fd` is a listening socket its accept loop still owns (each
+        // loop clears its fd before closing the listener); shutdown does not
+        // close or invalidate the descriptor.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RD);
         }
     }
 }

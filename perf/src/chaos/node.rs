@@ -282,9 +282,7 @@ impl Node {
                 }
                 return Ok(Some(text));
             }
-            let serving =
-                TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok();
-            if serving && self.ctl.run(&["node", "status"]).is_ok() {
+            if self.serving() {
                 self.pid.store(child.id(), Ordering::SeqCst);
                 self.child = Some(child);
                 return Ok(None);
@@ -407,9 +405,7 @@ impl Node {
                     self.log.display()
                 )));
             }
-            let serving =
-                TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok();
-            if serving && self.ctl.run(&["node", "status"]).is_ok() {
+            if self.serving() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -421,6 +417,12 @@ impl Node {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the node takes clients and answers its control API.
+    fn serving(&self) -> bool {
+        TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            && self.ctl.run(&["node", "status"]).is_ok()
     }
 
     /// Records an exit nobody asked for (a crash), if there was one.

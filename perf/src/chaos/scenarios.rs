@@ -585,16 +585,8 @@ pub(super) fn kill9(node: &mut Node, plan: &Plan, token: &str) -> Result<Scenari
         }
         let acked: Vec<String> = acked.lock().map(|a| a.clone()).unwrap_or_default();
         acked_total += acked.len() as u64;
-        let present: HashSet<String> = match node.ctl.run(&["tenants", "list"]) {
-            Ok(v) => v
-                .get("tenants")
-                .and_then(serde_json::Value::as_array)
-                .map(|ts| {
-                    ts.iter()
-                        .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
+        let present = match tenant_names(&node.ctl) {
+            Ok(names) => names,
             Err(e) => {
                 sc.failures
                     .push(format!("kill {i}: cannot list tenants: {e}"));
