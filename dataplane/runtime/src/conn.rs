@@ -437,7 +437,7 @@ async fn upgrade(
     edge: &crate::ws::WsShard,
 ) -> io::Result<Transport> {
     let timeout = Duration::from_millis(shard.config.borrow().limits().auth_timeout_ms);
-    let upgraded = crate::ws::upgrade(transport, edge, timeout).await;
+    let upgraded = crate::ws::upgrade(transport, edge, timeout, shard.cfg.read_chunk).await;
     let mut stats = shard.stats.borrow_mut();
     if upgraded.is_ok() {
         stats.ws_upgrades += 1;

@@ -130,6 +130,14 @@ impl ReadBuf {
         self.buf.split_to(n).freeze()
     }
 
+    /// Drops the first `n` filled bytes, copied out by the caller (the
+    /// WebSocket edge, whose codec keeps its own copy).
+    pub(crate) fn consume(&mut self, n: usize) {
+        let n = n.min(self.filled);
+        self.filled -= n;
+        bytes::Buf::advance(&mut self.buf, n);
+    }
+
     /// Drops the buffer's memory when nothing is pending (idle connections).
     pub(crate) fn shrink_if_idle(&mut self) {
         if self.filled == 0 && !self.buf.is_empty() {
