@@ -313,7 +313,7 @@ pub(super) fn slow_consumers(
     let publisher = thread::spawn(move || -> (u64, Vec<String>) {
         let mut written = 0u64;
         let mut errors = Vec::new();
-        let Ok(batch) = t.publish_batch("chaos.slow", 1024, false) else {
+        let Ok(mut batch) = t.publish_batch("chaos.slow", 1024, false) else {
             return (0, vec!["cannot encode".into()]);
         };
         while Instant::now() < deadline {

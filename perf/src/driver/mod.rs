@@ -10,13 +10,16 @@
 //!   allocation per message.
 //!
 //! [`Conn`] hides which protocol is spoken: `native` (ArqonBus frames),
-//! `nats` (the NATS text protocol) or `raw` (the raw relay's byte stream).
+//! `ws` (ArqonBus frames over its WebSocket edge), `nats` (the NATS text
+//! protocol), `nats-ws` (the same over nats-server's WebSocket listener) or
+//! `raw` (the raw relay's byte stream).
 //! Latency is sampled in band: a publisher stamps the last 8 bytes of the
 //! first payload of each batch with the time since [`epoch`]; subscribers
 //! read the last 8 payload bytes of every message (a stamp or zero).
 
 pub(crate) mod native;
 pub(crate) mod nats;
+pub(crate) mod nats_ws;
 pub(crate) mod raw;
 pub(crate) mod ws;
 
@@ -79,6 +82,9 @@ pub(crate) enum Proto {
     Raw,
     /// ArqonBus frames over the WebSocket edge (one per binary message).
     Ws,
+    /// The NATS text protocol over nats-server's WebSocket listener.
+    #[serde(rename = "nats-ws")]
+    NatsWs,
 }
 
 /// The process-wide time origin for in-band latency stamps.
@@ -175,7 +181,7 @@ impl Target {
             let ca = ca.ok_or_else(|| DriverError::Tls("tls:// needs --ca".into()))?;
             let alpn: &[u8] = match proto {
                 Proto::Native => b"arqonbus/1",
-                Proto::Ws => b"http/1.1",
+                Proto::Ws | Proto::NatsWs => b"http/1.1",
                 Proto::Nats | Proto::Raw => b"",
             };
             let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
@@ -255,14 +261,20 @@ impl Target {
         Ok(Stream::Tls(Box::new(s)))
     }
 
-    /// A batch of identical publish frames, about [`BATCH`] bytes.
+    /// A batch of identical publish frames, about [`BATCH`] bytes (for
+    /// `nats-ws`: identical `PUB`s in one WebSocket frame).
     pub(crate) fn publish_batch(
         &self,
         subject: &str,
         payload_len: usize,
         headers: bool,
     ) -> Result<Batch, DriverError> {
-        let one = self.publish_frame(subject, "", &vec![0; payload_len], headers)?;
+        let payload = vec![0; payload_len];
+        if self.proto == Proto::NatsWs {
+            let one = nats::publish_frame(subject, "", &payload, headers);
+            return Ok(Batch::in_one_ws_frame(&one.bytes, one.stamp_end));
+        }
+        let one = self.publish_frame(subject, "", &payload, headers)?;
         Ok(Batch::repeat(&one.bytes, one.stamp_end))
     }
 
@@ -279,6 +291,7 @@ impl Target {
             Proto::Nats => Ok(nats::publish_frame(subject, reply, payload, headers)),
             Proto::Raw => Ok(raw::frame(payload)),
             Proto::Ws => ws::publish_frame(subject, reply, payload, headers),
+            Proto::NatsWs => Ok(nats_ws::publish_frame(subject, reply, payload, headers)),
         }
     }
 }
@@ -393,6 +406,15 @@ impl Wire {
         self.start += n;
     }
 
+    /// Removes `avail()[at..at + n]` by moving the `at` bytes before it
+    /// forward (cheap when few bytes precede it: a WebSocket frame header
+    /// behind a partial message).
+    fn cut(&mut self, at: usize, n: usize) {
+        self.buf
+            .copy_within(self.start..self.start + at, self.start + n);
+        self.start += n;
+    }
+
     /// One `read` into the free end of the buffer (moving a partial frame to
     /// the front first, growing the buffer for a frame larger than it).
     fn fill(&mut self) -> Result<Fill, DriverError> {
@@ -475,10 +497,14 @@ pub(crate) struct Frame {
     pub(crate) stamp_end: usize,
 }
 
-/// Pre-encoded identical frames filling about [`BATCH`] bytes.
+/// Pre-encoded identical frames filling about [`BATCH`] bytes: either
+/// back to back, or (`nats-ws`) as the body of one WebSocket frame whose
+/// header [`frames`](Self::frames) writes into the room kept before them.
 #[derive(Debug, Clone)]
 pub(crate) struct Batch {
     bytes: Vec<u8>,
+    /// Room for a WebSocket frame header before the frames (0: none).
+    head: usize,
     /// Frames in a full batch.
     pub(crate) per: usize,
     /// Bytes per frame.
@@ -488,13 +514,27 @@ pub(crate) struct Batch {
 
 impl Batch {
     fn repeat(one: &[u8], stamp_end: usize) -> Self {
+        Self::with_head(0, one, stamp_end)
+    }
+
+    /// Frames that [`frames`](Self::frames) hands out as the body of one
+    /// binary WebSocket frame: one message per write, as a WebSocket
+    /// client sends what it buffered.
+    fn in_one_ws_frame(one: &[u8], stamp_end: usize) -> Self {
+        Self::with_head(ws::MAX_CLIENT_HEADER, one, stamp_end)
+    }
+
+    fn with_head(head: usize, one: &[u8], stamp_end: usize) -> Self {
         let frame_len = one.len();
         let per = (BATCH / frame_len).max(1);
+        let mut bytes = vec![0; head];
+        bytes.extend_from_slice(&one.repeat(per));
         Self {
-            bytes: one.repeat(per),
+            bytes,
+            head,
             per,
             frame_len,
-            stamp_end,
+            stamp_end: head + stamp_end,
         }
     }
 
@@ -502,16 +542,21 @@ impl Batch {
     pub(crate) fn stamp(&mut self, ns: u64) {
         if let Some(s) = self
             .stamp_end
-            .checked_sub(8)
-            .and_then(|start| self.bytes.get_mut(start..self.stamp_end))
+            .checked_sub(8 + self.head)
+            .and_then(|start| self.bytes.get_mut(self.head + start..self.stamp_end))
         {
             s.copy_from_slice(&ns.to_le_bytes());
         }
     }
 
-    /// The first `n` frames (`n <= per`).
-    pub(crate) fn frames(&self, n: usize) -> &[u8] {
-        &self.bytes[..n.min(self.per) * self.frame_len]
+    /// The first `n` frames (`n <= per`), ready to write.
+    pub(crate) fn frames(&mut self, n: usize) -> &[u8] {
+        let body = n.min(self.per) * self.frame_len;
+        if self.head == 0 {
+            return &self.bytes[..body];
+        }
+        let at = ws::seal(&mut self.bytes, self.head, body);
+        &self.bytes[at..self.head + body]
     }
 }
 
@@ -530,7 +575,7 @@ pub(crate) struct Role<'a> {
 pub(crate) enum Conn {
     /// ArqonBus.
     Native(native::Conn),
-    /// NATS.
+    /// NATS, over TCP or over WebSocket.
     Nats(nats::Conn),
     /// The raw relay.
     Raw(raw::Conn),
@@ -542,6 +587,7 @@ impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Native(_) => f.write_str("Conn::Native"),
+            Self::Nats(c) if c.over_ws() => f.write_str("Conn::Nats (WebSocket)"),
             Self::Nats(_) => f.write_str("Conn::Nats"),
             Self::Raw(_) => f.write_str("Conn::Raw"),
             Self::Ws(_) => f.write_str("Conn::Ws"),
@@ -559,6 +605,7 @@ impl Conn {
             Proto::Nats => Self::Nats(nats::Conn::open(t.tcp()?, t, role)?),
             Proto::Raw => Self::Raw(raw::Conn::open(stream_for(t.tcp()?)?, role)?),
             Proto::Ws => Self::Ws(ws::Conn::open(stream_for(t.tcp()?)?, t, role)?),
+            Proto::NatsWs => Self::Nats(nats::Conn::open_ws(stream_for(t.tcp()?)?, t, role)?),
         })
     }
 

@@ -9,12 +9,18 @@
 //!
 //! TLS follows 2.9's order: the server's `INFO` arrives in plaintext, then
 //! the client upgrades the socket before sending `CONNECT`.
+//!
+//! The same connection also runs over nats-server's WebSocket listener
+//! (`--driver nats-ws`, [`super::nats_ws`]): what it writes then goes out
+//! in WebSocket frames, and what it reads is unwrapped before the same
+//! parser walks it.
 
 use std::fmt::Write as _;
 use std::io::Read;
 use std::net::TcpStream;
 
-use super::{DriverError, Ev, Frame, Role, Target, Wire, tail_of};
+use super::nats_ws::Unwrap;
+use super::{DriverError, Ev, Frame, Role, Stream, Target, Wire, tail_of, ws};
 
 /// The one header sent by `HPUB` when a scenario asks for headers.
 const HEADER_BLOCK: &[u8] = b"NATS/1.0\r\nperf: 1\r\n\r\n";
@@ -22,9 +28,12 @@ const HEADER_BLOCK: &[u8] = b"NATS/1.0\r\nperf: 1\r\n\r\n";
 /// Longest `INFO` line accepted.
 const MAX_INFO: usize = 64 * 1024;
 
-/// One NATS connection.
+/// One NATS connection, over TCP or over WebSocket.
 pub(crate) struct Conn {
     pub(super) wire: Wire,
+    /// How far the WebSocket frames received are unwrapped (`None`: plain
+    /// TCP).
+    ws: Option<Unwrap>,
 }
 
 /// A `PUB` (or `HPUB` with one header) for `payload`.
@@ -206,7 +215,43 @@ impl Conn {
         }
         let mut c = Self {
             wire: Wire::new(t.secure(tcp)?, t.control_limit())?,
+            ws: None,
         };
+        c.hello(t, role)?;
+        Ok(c)
+    }
+
+    /// Upgrades `stream` to WebSocket (TLS, if any, comes before the
+    /// upgrade and is done already), waits for `INFO`, then goes on like
+    /// [`open`](Self::open).
+    pub(super) fn open_ws(
+        stream: Stream,
+        t: &Target,
+        role: &Role<'_>,
+    ) -> Result<Self, DriverError> {
+        let mut c = Self::with_ws(Wire::new(stream, t.control_limit())?);
+        ws::upgrade(&mut c.wire, &t.addr, None)?;
+        c.until(|item| matches!(item, Item::Line(l) if l.starts_with(b"INFO ")))?;
+        c.hello(t, role)?;
+        Ok(c)
+    }
+
+    /// A connection whose bytes travel in WebSocket frames on `wire`
+    /// (upgraded already).
+    pub(super) fn with_ws(wire: Wire) -> Self {
+        Self {
+            wire,
+            ws: Some(Unwrap::default()),
+        }
+    }
+
+    /// True when the connection is carried over WebSocket.
+    pub(super) fn over_ws(&self) -> bool {
+        self.ws.is_some()
+    }
+
+    /// Sends `CONNECT` (and `SUB` as `role` says) and waits for `PONG`.
+    fn hello(&mut self, t: &Target, role: &Role<'_>) -> Result<(), DriverError> {
         let mut hello = format!(
             "CONNECT {{\"verbose\":false,\"pedantic\":false,\"tls_required\":{},\"name\":\"arqonbus-perf\",\"lang\":\"rust\",\"version\":\"{}\",\"protocol\":1,\"echo\":true,\"headers\":true,\"no_responders\":true{}}}\r\n",
             t.is_tls(),
@@ -223,95 +268,140 @@ impl Conn {
                 }
             }
         }
-        c.wire.write_all(hello.as_bytes())?;
-        c.barrier()?;
-        Ok(c)
+        self.send(hello.as_bytes())?;
+        self.barrier()
+    }
+
+    /// Writes protocol bytes (in one WebSocket frame when carried so).
+    fn send(&mut self, bytes: &[u8]) -> Result<(), DriverError> {
+        if self.ws.is_none() {
+            return self.wire.write_all(bytes);
+        }
+        let mut out = Vec::with_capacity(ws::MAX_CLIENT_HEADER + bytes.len());
+        ws::client_header(ws::OP_BINARY, bytes.len(), &mut out);
+        out.extend_from_slice(bytes);
+        self.wire.write_all(&out)
+    }
+
+    /// The protocol bytes received and not consumed (over WebSocket: those
+    /// unwrapped so far).
+    fn bytes(&self) -> &[u8] {
+        let avail = self.wire.avail();
+        self.ws.as_ref().map_or(avail, |u| &avail[..u.plain()])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.wire.consume(n);
+        if let Some(u) = &mut self.ws {
+            u.consumed(n);
+        }
+    }
+
+    /// Over WebSocket: unwraps more of the buffered frames; true when that
+    /// brought protocol bytes. Plain TCP has nothing to unwrap.
+    fn unwrap_more(&mut self) -> Result<bool, DriverError> {
+        match &mut self.ws {
+            Some(u) => u.next(&mut self.wire),
+            None => Ok(false),
+        }
+    }
+
+    /// Hands every whole item buffered to `on` until it returns true,
+    /// answering server `PING`s and failing on `-ERR`. Returns whether `on`
+    /// stopped it. Over WebSocket it unwraps one frame at a time, walking
+    /// what each brought, so a header is only ever cut out from behind a
+    /// partial message.
+    fn walk(&mut self, mut on: impl FnMut(Item<'_>) -> bool) -> Result<bool, DriverError> {
+        loop {
+            let (mut used, mut pings, mut stop) = (0, 0, false);
+            let b = self.bytes();
+            while let Some((item, n)) = next_item(&b[used..])? {
+                used += n;
+                match item {
+                    Item::Ping => pings += 1,
+                    Item::Err(line) => return Err(err_line(line)),
+                    item => {
+                        if on(item) {
+                            stop = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            self.consume(used);
+            for _ in 0..pings {
+                self.send(b"PONG\r\n")?;
+            }
+            if stop || !self.unwrap_more()? {
+                return Ok(stop);
+            }
+        }
+    }
+
+    /// Reads until `on` returns true for an item (each read bounded by the
+    /// wire's limit).
+    fn until(&mut self, mut on: impl FnMut(Item<'_>) -> bool) -> Result<(), DriverError> {
+        while !self.walk(&mut on)? {
+            self.wire.fill_to(self.wire.avail().len() + 1)?;
+        }
+        Ok(())
     }
 
     /// `PING`, then read until `PONG`: the server has processed everything
     /// sent before. Messages arriving meanwhile are skipped.
     pub(super) fn barrier(&mut self) -> Result<(), DriverError> {
-        self.wire.write_all(b"PING\r\n")?;
-        loop {
-            let mut pong = false;
-            let mut ping = false;
-            let mut used = 0;
-            while let Some((item, n)) = next_item(&self.wire.avail()[used..])? {
-                used += n;
-                match item {
-                    Item::Line(b"PONG") => {
-                        pong = true;
-                        break;
-                    }
-                    Item::Ping => ping = true,
-                    Item::Err(line) => return Err(err_line(line)),
-                    Item::Msg(..) | Item::Line(_) => {}
-                }
-            }
-            self.wire.consume(used);
-            if ping {
-                self.wire.write_all(b"PONG\r\n")?;
-            }
-            if pong {
-                return Ok(());
-            }
-            self.wire.fill_to(self.wire.avail().len() + 1)?;
-        }
+        self.send(b"PING\r\n")?;
+        self.until(|item| matches!(item, Item::Line(b"PONG")))
     }
 
     /// Walks every whole item buffered (answering server `PING`s).
     pub(super) fn drain(&mut self, mut on: impl FnMut(Ev)) -> Result<(), DriverError> {
-        let mut used = 0;
-        let mut pings = 0;
-        {
-            let avail = self.wire.avail();
-            while let Some((item, n)) = next_item(&avail[used..])? {
-                used += n;
-                match item {
-                    Item::Msg(_, payload) => on(Ev::Msg {
-                        tail: tail_of(payload),
-                    }),
-                    Item::Ping => pings += 1,
-                    Item::Err(line) => return Err(err_line(line)),
-                    Item::Line(_) => on(Ev::Other),
-                }
-            }
-        }
-        self.wire.consume(used);
-        for _ in 0..pings {
-            self.wire.write_all(b"PONG\r\n")?;
-        }
+        self.walk(|item| {
+            on(match item {
+                Item::Msg(_, payload) => Ev::Msg {
+                    tail: tail_of(payload),
+                },
+                _ => Ev::Other,
+            });
+            false
+        })?;
         Ok(())
     }
 
     /// Answers every buffered request with a `PUB` of its payload to its
     /// reply subject, all answers in one write.
     pub(super) fn echo(&mut self, out: &mut Vec<u8>) -> Result<u64, DriverError> {
+        // Over WebSocket the answers go out as one frame, its header
+        // written into the room kept in front.
+        let head = if self.ws.is_some() {
+            ws::MAX_CLIENT_HEADER
+        } else {
+            0
+        };
         out.clear();
+        out.resize(head, 0);
         let mut answered = 0;
-        let mut used = 0;
-        {
-            let avail = self.wire.avail();
-            while let Some((item, n)) = next_item(&avail[used..])? {
-                used += n;
-                match item {
-                    Item::Msg(m, payload) if !m.reply.is_empty() => {
-                        out.extend_from_slice(b"PUB ");
-                        out.extend_from_slice(m.reply);
-                        out.extend_from_slice(format!(" {}\r\n", payload.len()).as_bytes());
-                        out.extend_from_slice(payload);
-                        out.extend_from_slice(b"\r\n");
-                        answered += 1;
-                    }
-                    Item::Ping => out.extend_from_slice(b"PONG\r\n"),
-                    Item::Err(line) => return Err(err_line(line)),
-                    Item::Msg(..) | Item::Line(_) => {}
-                }
+        self.walk(|item| {
+            if let Item::Msg(m, payload) = item
+                && !m.reply.is_empty()
+            {
+                out.extend_from_slice(b"PUB ");
+                out.extend_from_slice(m.reply);
+                out.extend_from_slice(format!(" {}\r\n", payload.len()).as_bytes());
+                out.extend_from_slice(payload);
+                out.extend_from_slice(b"\r\n");
+                answered += 1;
             }
-        }
-        self.wire.consume(used);
-        if !out.is_empty() {
-            self.wire.write_all(out)?;
+            false
+        })?;
+        let body = out.len() - head;
+        if body > 0 {
+            let at = if head > 0 {
+                ws::seal(out, head, body)
+            } else {
+                0
+            };
+            self.wire.write_all(&out[at..])?;
         }
         Ok(answered)
     }

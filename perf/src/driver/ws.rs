@@ -10,6 +10,10 @@
 //! by the native kind byte of their body. The upgrade is a fixed request
 //! read back up to its blank line. The server under test never sees
 //! anything a real client would not send.
+//!
+//! The framing pieces (client and server headers, the upgrade) are shared
+//! with the NATS protocol over nats-server's WebSocket listener
+//! ([`super::nats_ws`]).
 
 use arqonbus_proto::codec;
 use arqonbus_proto::v1::{self, frame::Kind};
@@ -19,29 +23,70 @@ use super::native::{self, TAG_ERROR, TAG_MESSAGE, closed, hello, subscription, w
 use super::{DriverError, Ev, Frame, Role, Stream, Target, Wire, tail_of};
 
 /// WebSocket opcodes (RFC 6455 5.2).
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
+pub(super) const OP_BINARY: u8 = 0x2;
+pub(super) const OP_CLOSE: u8 = 0x8;
+pub(super) const OP_PING: u8 = 0x9;
+pub(super) const OP_PONG: u8 = 0xa;
 
-/// The header of a client frame carrying `len` bytes: FIN, `op`, masked
-/// with a zero key.
-fn client_header(op: u8, len: usize, out: &mut Vec<u8>) {
-    out.push(0x80 | op);
-    if len < 126 {
-        out.push(0x80 | len as u8);
+/// The longest client frame header: 2 bytes, an 8-byte length, a 4-byte
+/// mask key.
+pub(super) const MAX_CLIENT_HEADER: usize = 14;
+
+/// The header of a client frame carrying `len` bytes (FIN, `op`, masked
+/// with a zero key) and its length.
+fn client_header_bytes(op: u8, len: usize) -> ([u8; MAX_CLIENT_HEADER], usize) {
+    let mut h = [0u8; MAX_CLIENT_HEADER];
+    h[0] = 0x80 | op;
+    let n = if len < 126 {
+        h[1] = 0x80 | len as u8;
+        2
     } else if let Ok(short) = u16::try_from(len) {
-        out.push(0x80 | 0x7e);
-        out.extend_from_slice(&short.to_be_bytes());
+        h[1] = 0x80 | 0x7e;
+        h[2..4].copy_from_slice(&short.to_be_bytes());
+        4
     } else {
-        out.push(0x80 | 0x7f);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
+        h[1] = 0x80 | 0x7f;
+        h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    // The mask key (zero) follows; the array is already zeroed.
+    (h, n + 4)
+}
+
+/// Appends the header of a client frame carrying `len` bytes: FIN, `op`,
+/// masked with a zero key.
+pub(super) fn client_header(op: u8, len: usize, out: &mut Vec<u8>) {
+    let (h, n) = client_header_bytes(op, len);
+    out.extend_from_slice(&h[..n]);
+}
+
+/// Turns `buf[head..head + body]` into one binary client frame by writing
+/// its header just before it (`head` must be at least
+/// [`MAX_CLIENT_HEADER`]); returns where the frame starts.
+pub(super) fn seal(buf: &mut [u8], head: usize, body: usize) -> usize {
+    let (h, n) = client_header_bytes(OP_BINARY, body);
+    let at = head - n;
+    buf[at..head].copy_from_slice(&h[..n]);
+    at
+}
+
+/// `inner`'s bytes from `skip` on as one binary client frame, its stamp
+/// offset moved along.
+pub(super) fn framed(inner: &Frame, skip: usize) -> Frame {
+    let body = &inner.bytes[skip..];
+    let mut bytes = Vec::with_capacity(body.len() + MAX_CLIENT_HEADER);
+    client_header(OP_BINARY, body.len(), &mut bytes);
+    let header = bytes.len();
+    bytes.extend_from_slice(body);
+    Frame {
+        bytes,
+        stamp_end: inner.stamp_end - skip + header,
     }
-    out.extend_from_slice(&[0; 4]);
 }
 
 /// `(header length, payload length, opcode)` of the server frame starting
 /// `buf`, once its whole header is there.
-fn server_header(buf: &[u8]) -> Option<(usize, usize, u8)> {
+pub(super) fn server_header(buf: &[u8]) -> Option<(usize, usize, u8)> {
     let (b0, b1) = (*buf.first()?, *buf.get(1)?);
     let (mut header, len) = match b1 & 0x7f {
         126 => (
@@ -75,13 +120,40 @@ pub(super) fn publish_frame(
     headers: bool,
 ) -> Result<Frame, DriverError> {
     let inner = native::publish_frame(subject, reply, payload, headers)?;
-    let mut bytes = Vec::with_capacity(inner.bytes.len() + 10);
-    wrap(&inner.bytes, &mut bytes);
-    let grown = bytes.len() - inner.bytes.len();
-    Ok(Frame {
-        bytes,
-        stamp_end: inner.stamp_end + grown,
-    })
+    Ok(framed(&inner, codec::LEN_PREFIX))
+}
+
+/// The HTTP upgrade on `wire`: a fixed request (asking for `protocol` when
+/// given), the answer read to its blank line and left out of `avail()`.
+pub(super) fn upgrade(
+    wire: &mut Wire,
+    host: &str,
+    protocol: Option<&str>,
+) -> Result<(), DriverError> {
+    let protocol = protocol
+        .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         {protocol}\r\n"
+    );
+    wire.write_all(request.as_bytes())?;
+    loop {
+        if let Some(end) = wire.avail().windows(4).position(|w| w == b"\r\n\r\n") {
+            let ok = wire.avail().starts_with(b"HTTP/1.1 101");
+            let head = String::from_utf8_lossy(&wire.avail()[..end]).into_owned();
+            wire.consume(end + 4);
+            if !ok {
+                return Err(DriverError::Closed(format!("upgrade refused: {head}")));
+            }
+            return Ok(());
+        }
+        if wire.avail().len() > 16 * 1024 {
+            return Err(DriverError::Protocol("upgrade answer too long".into()));
+        }
+        wire.fill_to(wire.avail().len() + 1)?;
+    }
 }
 
 /// One ArqonBus connection over WebSocket.
@@ -99,7 +171,7 @@ impl Conn {
             wire: Wire::new(stream, t.control_limit())?,
             shard: 0,
         };
-        c.upgrade(&t.addr)?;
+        upgrade(&mut c.wire, &t.addr, Some("arqonbus.v1"))?;
         c.send(&hello(t, v1::ClientKind::Human))?;
         c.shard = welcomed(c.next_frame()?)?;
         if let Some(subscribe) = subscription(role) {
@@ -107,31 +179,6 @@ impl Conn {
             c.barrier()?;
         }
         Ok(c)
-    }
-
-    /// The HTTP upgrade: a fixed request, the answer read to its blank line.
-    fn upgrade(&mut self, host: &str) -> Result<(), DriverError> {
-        let request = format!(
-            "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: arqonbus.v1\r\n\r\n"
-        );
-        self.wire.write_all(request.as_bytes())?;
-        loop {
-            if let Some(end) = self.wire.avail().windows(4).position(|w| w == b"\r\n\r\n") {
-                let ok = self.wire.avail().starts_with(b"HTTP/1.1 101");
-                let head = String::from_utf8_lossy(&self.wire.avail()[..end]).into_owned();
-                self.wire.consume(end + 4);
-                if !ok {
-                    return Err(DriverError::Closed(format!("upgrade refused: {head}")));
-                }
-                return Ok(());
-            }
-            if self.wire.avail().len() > 16 * 1024 {
-                return Err(DriverError::Protocol("upgrade answer too long".into()));
-            }
-            self.wire.fill_to(self.wire.avail().len() + 1)?;
-        }
     }
 
     /// Encodes and writes one control frame.
@@ -263,6 +310,26 @@ mod tests {
             client_header(OP_BINARY, len, &mut out);
             let (header, got, op) = server_header(&out).unwrap();
             assert_eq!((header, got, op), (out.len(), len, OP_BINARY));
+        }
+    }
+
+    #[test]
+    fn sealed_and_framed_bodies_match_client_header() {
+        for body in [0usize, 125, 126, 70_000] {
+            let mut want = Vec::new();
+            client_header(OP_BINARY, body, &mut want);
+            want.resize(want.len() + body, 7);
+            let mut buf = vec![0u8; MAX_CLIENT_HEADER + body];
+            buf[MAX_CLIENT_HEADER..].fill(7);
+            let at = seal(&mut buf, MAX_CLIENT_HEADER, body);
+            assert_eq!(&buf[at..], want.as_slice());
+            let inner = Frame {
+                bytes: [&[1u8, 2][..], &vec![7u8; body]].concat(),
+                stamp_end: 2 + body,
+            };
+            let f = framed(&inner, 2);
+            assert_eq!(f.bytes, want);
+            assert_eq!(f.stamp_end, want.len());
         }
     }
 }
