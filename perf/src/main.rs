@@ -149,7 +149,8 @@ enum Command {
         duration: f64,
     },
     /// Open idle connections and report the server's RSS growth per
-    /// connection (run it on a freshly started server; needs --server-pid).
+    /// connection over the second half of them (run it on a freshly started
+    /// server; needs --server-pid).
     Idle {
         /// Connections to open.
         #[arg(long, default_value_t = 10_000)]
@@ -308,7 +309,7 @@ fn scenario(cli: &Cli) -> Result<String, String> {
             let spec = IdleSpec {
                 connections: *connections,
                 server_pid: pid,
-                settle: Duration::from_millis(300),
+                settle: Duration::from_millis(200),
             };
             scenario::conns::idle(&target, &spec, &progress).map(Outcome::Idle)
         }

@@ -406,6 +406,7 @@ mod tests {
         let o = Outcome::Idle(IdleResult {
             connections: 10,
             rss_before_kib: 1,
+            rss_half_kib: 1,
             rss_after_kib: 2,
             bytes_per_connection: 102.4,
             connect_secs: 0.1,

@@ -42,9 +42,15 @@ pub(crate) struct IdleResult {
     pub(crate) connections: usize,
     /// Server RSS before, KiB.
     pub(crate) rss_before_kib: u64,
+    /// Server RSS with the first half of the connections open, KiB.
+    pub(crate) rss_half_kib: u64,
     /// Server RSS with every connection open, KiB.
     pub(crate) rss_after_kib: u64,
-    /// RSS growth per connection, bytes: the headline.
+    /// RSS growth per connection over the second half, bytes: the
+    /// headline. The first half absorbs what a server allocates or gives
+    /// back once (allocator arenas, start-up memory returned to the OS),
+    /// which a single before/after difference would spread over every
+    /// connection or hide (RSS can fall while connections open).
     pub(crate) bytes_per_connection: f64,
     /// Seconds to open them all.
     pub(crate) connect_secs: f64,
@@ -64,20 +70,29 @@ pub(crate) fn idle(
     let warm = Conn::open(t, &Role::default())?;
     thread::sleep(Duration::from_millis(50));
     let before = rss()?;
+    let half = spec.connections / 2;
     let started = Instant::now();
     let mut conns = Vec::with_capacity(spec.connections);
-    for i in 0..spec.connections {
-        conns.push(Conn::open(t, &Role::default())?);
-        if i % 500 == 0 {
-            progress.update(
-                i as f64 / spec.connections as f64,
-                &format!("{i} connections open"),
-            );
+    let open_until = |n: usize, conns: &mut Vec<Conn>| -> Result<(), ScenarioError> {
+        while conns.len() < n {
+            let i = conns.len();
+            conns.push(Conn::open(t, &Role::default())?);
+            if i.is_multiple_of(500) {
+                progress.update(
+                    i as f64 / spec.connections as f64,
+                    &format!("{i} connections open"),
+                );
+            }
         }
-    }
-    let connect_secs = started.elapsed().as_secs_f64();
-    // Every connection has been welcomed already; this only lets buffers
-    // freed after the handshakes go back.
+        Ok(())
+    };
+    // Every connection has been welcomed once opened; the settle only lets
+    // buffers freed after the handshakes go back.
+    open_until(half, &mut conns)?;
+    thread::sleep(spec.settle);
+    let mid = rss()?;
+    open_until(spec.connections, &mut conns)?;
+    let connect_secs = started.elapsed().as_secs_f64() - spec.settle.as_secs_f64();
     thread::sleep(spec.settle);
     let after = rss()?;
     for c in conns {
@@ -87,9 +102,10 @@ pub(crate) fn idle(
     Ok(IdleResult {
         connections: spec.connections,
         rss_before_kib: before,
+        rss_half_kib: mid,
         rss_after_kib: after,
-        bytes_per_connection: (after.saturating_sub(before) as f64 * 1024.0)
-            / spec.connections.max(1) as f64,
+        bytes_per_connection: (after.saturating_sub(mid) as f64 * 1024.0)
+            / (spec.connections - half).max(1) as f64,
         connect_secs,
     })
 }
