@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The WebSocket edge against the native protocol on the same server, in one run:
-# 1->1 (publisher on its subscriber's shard) and fan-out 1->64 at 128 B, native and
-# WebSocket interleaved; then idle RSS per connection, each on a fresh server.
-# Plaintext on both sides (the same server serves both listeners), 2 shards, a
-# `spread` default placement (a WebSocket connection stays where it was accepted).
+# The WebSocket edge against the native protocol on the same server, and nats-server's
+# TCP and WebSocket listeners beside them, in one run: 1->1 (publisher on its
+# subscriber's shard) and fan-out 1->64 at 128 B, the four interleaved (native, ws,
+# nats, nats-ws, twice); then idle RSS per connection, each on a fresh server.
+# Plaintext everywhere (one ArqonBus server serves both its listeners, one nats-server
+# both of its), ArqonBus with 2 shards and a `spread` default placement (a WebSocket
+# connection stays where it was accepted), nats-server 2.9 with its defaults (no
+# WebSocket compression).
 #
 # Usage: perf/ws-vs-native.sh OUT_DIR [RUN_NAME]
 #   cargo build --release --locked -p arqonbus -p arqonbus-perf first.
@@ -14,15 +17,17 @@ set -euo pipefail
 OUT=${1:?usage: perf/ws-vs-native.sh OUT_DIR [RUN_NAME]}
 RUN=${2:-run}
 BIN=${BIN:-target/release}
+NATS=${NATS:-nats-server}
 DURATION=${DURATION:-3}
-IDLE=${IDLE:-5000}
+IDLE=${IDLE:-10000}
 mkdir -p "$OUT"
 JSONL="$OUT/$RUN.jsonl"
 : >"$JSONL"
 WORK=$(mktemp -d)
 PID=""
+NPID=""
 cleanup() {
-    if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+    for p in $PID $NPID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -58,23 +63,45 @@ EOF
     TOKEN="$dir/data/credentials/bootstrap.token"
 }
 
+start_nats() {
+    cat >"$WORK/nats.conf" <<EOF
+listen: "127.0.0.1:7630"
+websocket {
+  listen: "127.0.0.1:7631"
+  no_tls: true
+  compression: false
+}
+EOF
+    "$NATS" -c "$WORK/nats.conf" 2>"$WORK/nats.log" &
+    NPID=$!
+    for _ in $(seq 1 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/7631) 2>/dev/null && break
+        sleep 0.1
+    done
+}
+
 stop() {
-    kill "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
-    PID=""
+    for p in $PID $NPID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    PID="" NPID=""
 }
 
 run() { # system scenario args...
-    local system=$1 scenario=$2; shift 2
-    local url driver
-    if [ "$system" = ws ]; then url=tcp://127.0.0.1:7623 driver=ws; else url=tcp://127.0.0.1:7620 driver=native; fi
-    "$BIN/arqonbus-perf" --driver "$driver" --server "$url" --credential-file "$TOKEN" \
-        --server-pid "$PID" "$@" 2>>"$WORK/perf.log" |
+    local system=$1 scenario=$2 url
+    shift 2
+    local auth=(--credential-file "$TOKEN" --server-pid "$PID")
+    case "$system" in
+        native) url=tcp://127.0.0.1:7620 ;;
+        ws) url=tcp://127.0.0.1:7623 ;;
+        nats) url=tcp://127.0.0.1:7630 auth=(--server-pid "$NPID") ;;
+        nats-ws) url=tcp://127.0.0.1:7631 auth=(--server-pid "$NPID") ;;
+    esac
+    "$BIN/arqonbus-perf" --driver "$system" --server "$url" "${auth[@]}" "$@" 2>>"$WORK/perf.log" |
         jq -c --arg system "$system" --arg scenario "$scenario" '. + {system: $system, scenario: $scenario}' >>"$JSONL"
 }
 
 start throughput
-for system in native ws native ws; do
+start_nats
+for system in native ws nats nats-ws native ws nats nats-ws; do
     run "$system" pubsub-128 --placement same pubsub --size 128 --duration "$DURATION"
     run "$system" fanout64-128 fanout --subs 64 --size 128 --duration "$DURATION"
 done
@@ -84,11 +111,16 @@ for system in native ws; do
     run "$system" idle idle --connections "$IDLE"
     stop
 done
+for system in nats nats-ws; do
+    start_nats
+    run "$system" idle idle --connections "$IDLE"
+    stop
+done
 
 echo "# $RUN ($(date -u +%FT%TZ), $(git rev-parse --short HEAD))"
 jq -rs '
   group_by(.scenario)[] | . as $rows |
-  ($rows | map(select(.system == "native")) | map(.result.msgs_per_sec // .result.bytes_per_connection) ) as $n |
-  ($rows | map(select(.system == "ws")) | map(.result.msgs_per_sec // .result.bytes_per_connection) ) as $w |
-  "\($rows[0].scenario): native \($n | map(floor) | join(", "))  ws \($w | map(floor) | join(", "))"
+  "\($rows[0].scenario):" + ([ "native", "ws", "nats", "nats-ws" ] | map(. as $s |
+    "  \($s) " + ($rows | map(select(.system == $s)) | map(.result.msgs_per_sec // .result.bytes_per_connection | floor | tostring) | join(", "))
+  ) | join(""))
 ' "$JSONL"
