@@ -381,15 +381,17 @@ pub fn prepare(data_dir: &Path, tls: &TlsSection) -> Result<TlsMaterial, TlsErro
 /// start (a rotation's overlap ended).
 const REISSUE_MARK: &str = "reissue";
 
-/// Reads a CA file of an initialised node: missing or empty is damage.
+/// Reads a CA file of an initialised node: missing, empty or not text is
+/// damage (named with its recovery); other read errors are I/O errors.
 fn read_ca_file(path: &Path) -> Result<String, TlsError> {
     let damaged = |reason: &str| TlsError::Damaged {
         path: path.to_owned(),
         reason: reason.to_owned(),
     };
-    match std::fs::read_to_string(path) {
-        Ok(text) if text.trim().is_empty() => Err(damaged("is empty")),
-        Ok(text) => Ok(text),
+    match std::fs::read(path).map(String::from_utf8) {
+        Ok(Ok(text)) if text.trim().is_empty() => Err(damaged("is empty")),
+        Ok(Ok(text)) => Ok(text),
+        Ok(Err(_)) => Err(damaged("is not PEM text")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(damaged("is missing")),
         Err(e) => Err(TlsError::Io {
             path: path.to_owned(),
@@ -552,6 +554,7 @@ mod tests {
             (CA_KEY, None),
             (CA_KEY, Some(&b""[..])),
             (CA_KEY, Some(&b"-----BEGIN PRIVATE KEY-----\nAAAA\n"[..])),
+            (CA_KEY, Some(&[0xff, 0xfe, 0x00, 0x9c][..])),
             (CA_PEM, None),
         ] {
             let saved = std::fs::read(tls.join(file)).unwrap();
