@@ -324,6 +324,28 @@ impl Node {
         }
     }
 
+    /// `arqonbus admin rotate-token` on the stopped node's data directory:
+    /// the command's output, or why it failed.
+    pub(super) fn rotate_admin_token(&mut self) -> Result<String, String> {
+        self.stop();
+        let out = Command::new(&self.spec.arqonbus)
+            .args(["admin", "rotate-token", "--data-dir"])
+            .arg(&self.data_dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", self.spec.arqonbus.display()))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text.trim().to_owned())
+        } else {
+            Err(text.trim().to_owned())
+        }
+    }
+
     /// Starts the stopped node again (after a restore).
     pub(super) fn start_again(&mut self) -> Result<(), ChaosError> {
         self.stop();

@@ -39,7 +39,7 @@ pub(super) struct Scenario {
     pub(super) load: String,
     /// Wall time, seconds.
     pub(super) seconds: f64,
-    /// Faults injected (kill -9).
+    /// Faults injected (kill -9, damaged files, a full disk).
     pub(super) faults_injected: u64,
     /// Faults after which the node came back and served traffic again.
     pub(super) faults_survived: u64,
@@ -961,6 +961,172 @@ pub(super) fn store_damage(
         after.len()
     ));
     Ok(sc)
+}
+
+/// The CA key, relative to the data directory.
+const CA_KEY: &str = "tls/ca.key";
+/// The admin credential, relative to the data directory.
+const ADMIN_TOKEN: &str = "credentials/admin.token";
+
+/// How one round of [`key_damage`] damages its file.
+#[derive(Debug, Clone, Copy)]
+enum KeyDamage {
+    Delete,
+    Truncate,
+    /// The same length of noise.
+    Overwrite,
+    /// A well-formed admin token that is not the node's.
+    OtherToken,
+}
+
+/// What one round of [`key_damage`] does: the file, the damage, and the
+/// recovery the refusal must name.
+fn key_round(round: u32) -> (&'static str, KeyDamage, &'static str) {
+    const NEW_ADMIN: &str = "arqonbus admin rotate-token";
+    const RESTORE: &str = "restore it from a backup";
+    match round % 6 {
+        0 => (CA_KEY, KeyDamage::Delete, RESTORE),
+        1 => (ADMIN_TOKEN, KeyDamage::Truncate, NEW_ADMIN),
+        2 => (CA_KEY, KeyDamage::Overwrite, RESTORE),
+        3 => (ADMIN_TOKEN, KeyDamage::Delete, NEW_ADMIN),
+        4 => (CA_KEY, KeyDamage::Truncate, RESTORE),
+        _ => (ADMIN_TOKEN, KeyDamage::OtherToken, NEW_ADMIN),
+    }
+}
+
+/// Applies `damage` to `path`; returns it in words.
+fn damage_key(
+    path: &std::path::Path,
+    damage: KeyDamage,
+    seed: u64,
+) -> std::io::Result<&'static str> {
+    match damage {
+        KeyDamage::Delete => std::fs::remove_file(path).map(|()| "deleted"),
+        KeyDamage::Truncate => std::fs::write(path, b"").map(|()| "truncated"),
+        KeyDamage::Overwrite => {
+            let len = std::fs::metadata(path)?.len() as usize;
+            std::fs::write(path, noise(seed, len)).map(|()| "overwritten with noise")
+        }
+        KeyDamage::OtherToken => std::fs::write(path, format!("abt_{}\n", "x".repeat(43)))
+            .map(|()| "replaced by another token"),
+    }
+}
+
+/// Key damage: `plan.damage_rounds` times, stop the node, damage its CA key
+/// or its admin credential (deleted, truncated, overwritten or replaced;
+/// see [`key_round`]), start it: it must refuse, naming the file and its
+/// recovery, never serve with a new CA or lock the operator out. Then recover as the refusal says (the CA key from
+/// the operator's copy; a new admin credential with `arqonbus admin
+/// rotate-token`), start, and check that the CA is the one clients already
+/// trust, the control API answers, every tenant acknowledged before is
+/// there and a session opens.
+pub(super) fn key_damage(
+    node: &mut Node,
+    plan: &Plan,
+    token: &str,
+) -> Result<Scenario, ChaosError> {
+    let mut sc = Scenario::new("CA key and admin credential damaged and recovered");
+    let started = Instant::now();
+    let before = create_tenants(&node.ctl, "keys", 10);
+    sc.acked_writes = before.len() as u64;
+    let ca_pem = std::fs::read(node.data_dir().join("tls/ca.pem"))?;
+    // The operator's backup of the key.
+    let ca_key = std::fs::read(node.data_dir().join(CA_KEY))?;
+    let (mut refused, mut recovered) = (0u32, 0u32);
+    for round in 0..plan.damage_rounds {
+        let (file, damage, recovery) = key_round(round);
+        node.stop();
+        let path = node.data_dir().join(file);
+        let how = format!(
+            "{file} {}",
+            damage_key(&path, damage, u64::from(round) + 1)?
+        );
+        sc.faults_injected += 1;
+        match node.start_damaged()? {
+            Some(output)
+                if output.contains(file)
+                    && output.contains(recovery)
+                    && !output.contains("panicked") =>
+            {
+                refused += 1;
+            }
+            Some(output) => {
+                let last: String = output
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .chars()
+                    .take(300)
+                    .collect();
+                sc.failures.push(format!(
+                    "round {round} ({how}): the refusal does not name the file and `{recovery}`: {last}"
+                ));
+            }
+            None => sc
+                .failures
+                .push(format!("round {round} ({how}): the node started")),
+        }
+        node.stop();
+        let fixed = if file == CA_KEY {
+            write_private(&path, &ca_key).map_err(|e| e.to_string())
+        } else {
+            node.rotate_admin_token().map(drop)
+        };
+        if let Err(e) = fixed {
+            sc.failures
+                .push(format!("round {round} ({how}): recovery failed: {e}"));
+            break;
+        }
+        node.start_again()?;
+        let same_ca = std::fs::read(node.data_dir().join("tls/ca.pem"))? == ca_pem;
+        let present = tenant_names(&node.ctl);
+        let session = probe(node, token, None);
+        match (same_ca, present, session) {
+            (true, Ok(present), Ok(_)) => {
+                let lost = before.iter().filter(|n| !present.contains(*n)).count();
+                if lost == 0 {
+                    recovered += 1;
+                    sc.faults_survived += 1;
+                } else {
+                    sc.acked_lost += lost as u64;
+                    sc.failures.push(format!(
+                        "round {round} ({how}): {lost} acknowledged tenants missing after the recovery"
+                    ));
+                }
+            }
+            (false, ..) => sc
+                .failures
+                .push(format!("round {round} ({how}): the node made a new CA")),
+            (_, Err(e), _) => sc.failures.push(format!(
+                "round {round} ({how}): no control API after the recovery: {e}"
+            )),
+            (_, _, Err(e)) => sc.failures.push(format!(
+                "round {round} ({how}): no session after the recovery: {e}"
+            )),
+        }
+    }
+    sc.seconds = started.elapsed().as_secs_f64();
+    sc.load = format!(
+        "{} rounds: stop, damage tls/ca.key or credentials/admin.token (deleted, truncated, overwritten with noise, replaced by another token, in turn), start, recover as the refusal says, start; {} tenants acknowledged before",
+        plan.damage_rounds,
+        before.len()
+    );
+    sc.figure("refused_naming_the_recovery", f64::from(refused));
+    sc.figure("recovered_and_serving", f64::from(recovered));
+    Ok(sc)
+}
+
+/// Writes a private file (mode 0600), as the node keeps its keys.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// Unmounts on drop, so a failed run leaves no mount behind.
