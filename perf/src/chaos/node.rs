@@ -302,34 +302,23 @@ impl Node {
     /// `arqonbus restore --from BACKUP` on the stopped node's data
     /// directory: the command's output, or why it failed.
     pub(super) fn restore(&mut self, backup: &std::path::Path) -> Result<String, String> {
-        self.stop();
-        let out = Command::new(&self.spec.arqonbus)
-            .arg("restore")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--from")
-            .arg(backup)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{}: {e}", self.spec.arqonbus.display()))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
-            Ok(text.trim().to_owned())
-        } else {
-            Err(text.trim().to_owned())
-        }
+        self.offline(&["restore".as_ref(), "--from".as_ref(), backup.as_os_str()])
     }
 
     /// `arqonbus admin rotate-token` on the stopped node's data directory:
     /// the command's output, or why it failed.
     pub(super) fn rotate_admin_token(&mut self) -> Result<String, String> {
+        self.offline(&["admin".as_ref(), "rotate-token".as_ref()])
+    }
+
+    /// Stops the node and runs `arqonbus ARGS --data-dir DIR` on its data
+    /// directory: the command's output, or (it failed) its output as the
+    /// error.
+    fn offline(&mut self, args: &[&std::ffi::OsStr]) -> Result<String, String> {
         self.stop();
         let out = Command::new(&self.spec.arqonbus)
-            .args(["admin", "rotate-token", "--data-dir"])
+            .args(args)
+            .arg("--data-dir")
             .arg(&self.data_dir)
             .stdin(Stdio::null())
             .output()

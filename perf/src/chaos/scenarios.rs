@@ -1015,11 +1015,11 @@ fn damage_key(
 /// Key damage: `plan.damage_rounds` times, stop the node, damage its CA key
 /// or its admin credential (deleted, truncated, overwritten or replaced;
 /// see [`key_round`]), start it: it must refuse, naming the file and its
-/// recovery, never serve with a new CA or lock the operator out. Then recover as the refusal says (the CA key from
-/// the operator's copy; a new admin credential with `arqonbus admin
-/// rotate-token`), start, and check that the CA is the one clients already
-/// trust, the control API answers, every tenant acknowledged before is
-/// there and a session opens.
+/// recovery, never serve with a new CA or lock the operator out. Then
+/// recover as the refusal says (the CA key from the operator's copy; a new
+/// admin credential with `arqonbus admin rotate-token`), start, and check
+/// that the CA is the one clients already trust, the control API answers,
+/// every tenant acknowledged before is there and a session opens.
 pub(super) fn key_damage(
     node: &mut Node,
     plan: &Plan,
