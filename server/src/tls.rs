@@ -3,8 +3,10 @@
 //!
 //! Files (under `<data_dir>/tls/`): `ca.pem` (give this to clients), `ca.key`
 //! (0600), `server.pem` (chain: server then CA), `server.key` (0600). A server
-//! certificate that expires within [`RENEW_BEFORE_DAYS`] days, or lacks a
-//! configured name, is re-issued from the CA at start. Keys are written with
+//! certificate that expires within [`RENEW_BEFORE_DAYS`] days, lacks a
+//! configured name, or is missing, damaged or not the pair of `server.key`
+//! (itself missing or damaged) is re-issued from the CA at start: it is
+//! derived from the CA, which is what clients trust. Keys are written with
 //! mode 0600 from creation, never widened.
 //!
 //! Loss is never silent: a CA is generated only on a first start (no CA
@@ -281,6 +283,23 @@ fn server_cert_is_current(pem: &[u8], names: &[String]) -> bool {
     names.iter().all(|n| present.contains(n))
 }
 
+/// Whether `key_pem` is the private key of the first certificate in
+/// `cert_pem` (false when either does not parse).
+fn server_key_matches(cert_pem: &[u8], key_pem: &[u8]) -> bool {
+    let Some(key) = std::str::from_utf8(key_pem)
+        .ok()
+        .and_then(|text| KeyPair::from_pem(text).ok())
+    else {
+        return false;
+    };
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(cert_pem).next() else {
+        return false;
+    };
+    x509_parser::parse_x509_certificate(&der).is_ok_and(|(_, cert)| {
+        cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+    })
+}
+
 fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
         .map_err(|e| TlsError::Pem {
@@ -361,10 +380,12 @@ pub fn prepare(data_dir: &Path, tls: &TlsSection) -> Result<TlsMaterial, TlsErro
     // A fresh CA did not sign the old certificate: always re-issue then.
     let current = !generated
         && !dir.join(REISSUE_MARK).exists()
-        && std::fs::read(&cert_path)
-            .ok()
-            .is_some_and(|pem| server_cert_is_current(&pem, &names))
-        && key_path.exists();
+        && match (std::fs::read(&cert_path), std::fs::read(&key_path)) {
+            (Ok(cert), Ok(key)) => {
+                server_cert_is_current(&cert, &names) && server_key_matches(&cert, &key)
+            }
+            _ => false,
+        };
     if !current {
         generated = true;
         issue_server_cert(&dir, &ca_pem, ca_key, &names)?;
@@ -664,6 +685,44 @@ mod tests {
         let chain = certs(&tls.join("server.pem"));
         assert_eq!(chain, vec![chain[0].clone(), ca[0].clone()]);
         assert!(tls.join(CA_PREVIOUS_KEY).exists());
+    }
+
+    #[test]
+    fn a_damaged_server_certificate_or_key_is_reissued_under_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), &TlsSection::default()).unwrap();
+        let tls = dir.path().join("tls");
+        let ca = std::fs::read(tls.join(CA_PEM)).unwrap();
+        let other_key = KeyPair::generate().unwrap().serialize_pem();
+        for (file, damage) in [
+            ("server.key", Some(&[0xff, 0x00, 0x9c][..])),
+            ("server.key", Some(other_key.as_bytes())),
+            ("server.key", Some(&b""[..])),
+            ("server.key", None),
+            (
+                "server.pem",
+                Some(&b"-----BEGIN CERTIFICATE-----\nAAAA\n"[..]),
+            ),
+            ("server.pem", None),
+        ] {
+            match damage {
+                None => std::fs::remove_file(tls.join(file)).unwrap(),
+                Some(bytes) => std::fs::write(tls.join(file), bytes).unwrap(),
+            }
+            let m = prepare(dir.path(), &TlsSection::default())
+                .unwrap_or_else(|e| panic!("{file} {damage:?}: {e}"));
+            assert!(m.generated, "{file} {damage:?}: re-issued");
+            let cert = std::fs::read(tls.join("server.pem")).unwrap();
+            let key = std::fs::read(tls.join("server.key")).unwrap();
+            assert!(server_key_matches(&cert, &key), "{file} {damage:?}");
+            assert_eq!(std::fs::read(tls.join(CA_PEM)).unwrap(), ca, "the same CA");
+            assert!(
+                !prepare(dir.path(), &TlsSection::default())
+                    .unwrap()
+                    .generated,
+                "{file} {damage:?}: current after"
+            );
+        }
     }
 
     #[test]
