@@ -31,7 +31,7 @@ pub(crate) struct IdleSpec {
     pub(crate) connections: usize,
     /// The server's process id.
     pub(crate) server_pid: u32,
-    /// How long to let the server settle before reading RSS again.
+    /// Time between RSS samples while waiting for it to settle.
     pub(crate) settle: Duration,
 }
 
@@ -56,20 +56,49 @@ pub(crate) struct IdleResult {
     pub(crate) connect_secs: f64,
 }
 
+/// Connections opened and closed before measuring.
+const WARM_UP: usize = 1_000;
+/// RSS samples that must agree (within [`STEADY_KIB`]) before a reading
+/// counts, [`IdleSpec::settle`] apart.
+const STEADY_SAMPLES: usize = 5;
+/// How far steady samples may spread, KiB.
+const STEADY_KIB: u64 = 64;
+/// Longest wait for RSS to settle; the last sample counts after it.
+const STEADY_WITHIN: Duration = Duration::from_secs(15);
+
 /// Runs the idle scenario.
 pub(crate) fn idle(
     t: &Target,
     spec: &IdleSpec,
     progress: &Progress,
 ) -> Result<IdleResult, ScenarioError> {
-    let rss = || {
-        rss_kib(spec.server_pid).ok_or_else(|| {
-            ScenarioError::Measure(format!("no RSS for process {}", spec.server_pid))
-        })
+    // RSS once it stops moving: a server gives back start-up memory and
+    // buffers freed after handshakes for a while.
+    let steady = || {
+        let deadline = Instant::now() + STEADY_WITHIN;
+        let mut last = Vec::new();
+        loop {
+            let now = rss_kib(spec.server_pid).ok_or_else(|| {
+                ScenarioError::Measure(format!("no RSS for process {}", spec.server_pid))
+            })?;
+            last.push(now);
+            let window = &last[last.len().saturating_sub(STEADY_SAMPLES)..];
+            let spread = window.iter().max().unwrap_or(&now) - window.iter().min().unwrap_or(&now);
+            if (window.len() == STEADY_SAMPLES && spread < STEADY_KIB) || Instant::now() > deadline
+            {
+                return Ok::<u64, ScenarioError>(now);
+            }
+            thread::sleep(spec.settle);
+        }
     };
+    // Warm up: the first connections grow per-shard tables and allocator
+    // arenas, and their churn lets the allocator give back start-up memory,
+    // none of which belongs to a connection.
     let warm = Conn::open(t, &Role::default())?;
-    thread::sleep(Duration::from_millis(50));
-    let before = rss()?;
+    for _ in 0..WARM_UP.min(spec.connections) {
+        Conn::open(t, &Role::default())?.close();
+    }
+    let before = steady()?;
     let half = spec.connections / 2;
     let started = Instant::now();
     let mut conns = Vec::with_capacity(spec.connections);
@@ -86,15 +115,13 @@ pub(crate) fn idle(
         }
         Ok(())
     };
-    // Every connection has been welcomed once opened; the settle only lets
-    // buffers freed after the handshakes go back.
     open_until(half, &mut conns)?;
-    thread::sleep(spec.settle);
-    let mid = rss()?;
+    let mut connect_secs = started.elapsed().as_secs_f64();
+    let mid = steady()?;
+    let second = Instant::now();
     open_until(spec.connections, &mut conns)?;
-    let connect_secs = started.elapsed().as_secs_f64() - spec.settle.as_secs_f64();
-    thread::sleep(spec.settle);
-    let after = rss()?;
+    connect_secs += second.elapsed().as_secs_f64();
+    let after = steady()?;
     for c in conns {
         c.close();
     }
