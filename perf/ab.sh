@@ -69,6 +69,11 @@ listen = "127.0.0.1:$((port + 2))"
 [log]
 level = "warn"
 EOF
+    # A harness that places publishers (cross or same shard) needs tenants whose
+    # connections stay where steering put them, not moved to a home shard.
+    if [ "$PLACEMENT" != any ]; then
+        printf '[steering]\ndefault_placement = "spread"\n' >>"$WORK/$name.toml"
+    fi
     "$binary" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 100); do
