@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `route_literal_{1k,100k}` | `Router::route` of a subject matching 1 of N literal subscriptions (the same subject each time: a route-cache hit; `index_*` count the walk a miss makes) |
 //! | `route_wildcard_{1k,100k}` | `Router::route` of a subject matching 3 of N wildcard subscriptions |
+//! | `route_copy_1k` | `Router::route` of a copy from another shard (no queue-group assignment) matching 1 of 1,000 literal subscriptions: the delivering shard's half of a cross-shard publish, a route-cache hit |
 //! | `index_literal_100k`, `index_wildcard_100k` | `SubjectIndex::for_each_match` alone, same tries |
 //! | `subject_parse` | `Subject::parse` of a 3-token subject (every publish does it) |
 //! | `frame_encode_publish` | `codec::encode` of a 128 B `Publish` |
@@ -37,6 +38,7 @@ pub const NAMES: &[&str] = &[
     "route_literal_100k",
     "route_wildcard_1k",
     "route_wildcard_100k",
+    "route_copy_1k",
     "index_literal_100k",
     "index_wildcard_100k",
     "subject_parse",
@@ -169,6 +171,7 @@ fn wildcard_patterns(name: &str, n: usize) -> Result<(Vec<Pattern>, Subject), Wo
 fn route(
     name: &'static str,
     (patterns, subject): (Vec<Pattern>, Subject),
+    origin: Origin<'static>,
 ) -> Result<Workload, WorkloadError> {
     let tenant = TenantId(1);
     let mut router = Router::new(ShardId(0), 0x5eed);
@@ -182,10 +185,6 @@ fn route(
         interest.clear();
     }
     let mut plan = RoutePlan::default();
-    let origin = Origin::Local {
-        conn: ConnId(u64::MAX),
-        echo: true,
-    };
     Ok(Workload {
         name,
         op: Box::new(move || {
@@ -229,13 +228,31 @@ fn publish(subject: &'static [u8]) -> Kind {
     })
 }
 
+/// A publish from a connection of this shard (none of the subscribers).
+const LOCAL: Origin<'static> = Origin::Local {
+    conn: ConnId(u64::MAX),
+    echo: true,
+};
+
+/// A copy from another shard that assigns no queue group here.
+const COPY: Origin<'static> = Origin::Remote { groups: &[] };
+
 /// Builds the workload called `name`.
 pub fn workload(name: &str) -> Result<Workload, WorkloadError> {
     let w = match name {
-        "route_literal_1k" => route("route_literal_1k", literal_patterns(name, 1_000)?)?,
-        "route_literal_100k" => route("route_literal_100k", literal_patterns(name, 100_000)?)?,
-        "route_wildcard_1k" => route("route_wildcard_1k", wildcard_patterns(name, 1_000)?)?,
-        "route_wildcard_100k" => route("route_wildcard_100k", wildcard_patterns(name, 100_000)?)?,
+        "route_literal_1k" => route("route_literal_1k", literal_patterns(name, 1_000)?, LOCAL)?,
+        "route_literal_100k" => route(
+            "route_literal_100k",
+            literal_patterns(name, 100_000)?,
+            LOCAL,
+        )?,
+        "route_wildcard_1k" => route("route_wildcard_1k", wildcard_patterns(name, 1_000)?, LOCAL)?,
+        "route_wildcard_100k" => route(
+            "route_wildcard_100k",
+            wildcard_patterns(name, 100_000)?,
+            LOCAL,
+        )?,
+        "route_copy_1k" => route("route_copy_1k", literal_patterns(name, 1_000)?, COPY)?,
         "index_literal_100k" => index("index_literal_100k", literal_patterns(name, 100_000)?),
         "index_wildcard_100k" => index("index_wildcard_100k", wildcard_patterns(name, 100_000)?),
         "subject_parse" => {
@@ -375,6 +392,7 @@ mod tests {
     fn routes_find_the_expected_subscribers() {
         assert_eq!(workload("route_literal_1k").unwrap().run(), 1);
         assert_eq!(workload("route_wildcard_1k").unwrap().run(), 3);
+        assert_eq!(workload("route_copy_1k").unwrap().run(), 1);
         let mut t = MessageTemplate::new();
         t.prepare(b"orders.eu.created", b"", &[], 0, PAYLOAD);
         let expected: usize = (1..=64).map(|sid| t.frame_len(sid)).sum();

@@ -115,7 +115,10 @@ fn publish_fast(body: &Bytes) -> Option<crate::v1::Publish> {
     if pos.checked_add(len)? != b.len() {
         return None;
     }
-    let mut publish = crate::v1::Publish::default();
+    // Ranges first, slices at the end: no empty `Bytes` built to be
+    // overwritten (each drop of one is a call through its vtable).
+    let (mut subject, mut reply, mut payload) = (0..0, 0..0, 0..0);
+    let mut seq = 0;
     let mut last = 0u8;
     while pos < b.len() {
         let key = b[pos];
@@ -126,7 +129,7 @@ fn publish_fast(body: &Bytes) -> Option<crate::v1::Publish> {
         if key == KEY_SEQ {
             let mut rest = &b[pos + 1..];
             let before = rest.len();
-            publish.seq = prost::encoding::decode_varint(&mut rest).ok()?;
+            seq = prost::encoding::decode_varint(&mut rest).ok()?;
             pos += 1 + before - rest.len();
             continue;
         }
@@ -136,15 +139,27 @@ fn publish_fast(body: &Bytes) -> Option<crate::v1::Publish> {
         if end > b.len() {
             return None;
         }
-        let value = body.slice(start..end);
         match key {
-            KEY_SUBJECT => publish.subject = value,
-            KEY_REPLY => publish.reply = value,
-            _ => publish.payload = value,
+            KEY_SUBJECT => subject = start..end,
+            KEY_REPLY => reply = start..end,
+            _ => payload = start..end,
         }
         pos = end;
     }
-    Some(publish)
+    let slice = |r: std::ops::Range<usize>| {
+        if r.is_empty() {
+            Bytes::new()
+        } else {
+            body.slice(r)
+        }
+    };
+    Some(crate::v1::Publish {
+        subject: slice(subject),
+        reply: slice(reply),
+        headers: Vec::new(),
+        seq,
+        payload: slice(payload),
+    })
 }
 
 /// Whether `b` holds more than its first top-level field. `false` when the

@@ -5,10 +5,11 @@
 //! have subscribers there). Both live in one [`SubjectIndex`] per tenant, so a
 //! publish costs one trie walk and the walk can never cross tenants.
 //!
-//! A local publish first looks its subject up in the tenant's route cache
-//! (the matched subscriptions of a subject seen before, forgotten on any
-//! change to the tenant's index; see [`TenantRoutes`]): a hit costs one hash
-//! of the subject instead of a hash per token.
+//! A local publish, and a copy from another shard that carries no queue-group
+//! assignment, first looks its subject up in the tenant's route cache (the
+//! matched subscriptions of a subject seen before, forgotten on any change to
+//! the tenant's index; see [`TenantRoutes`]): a hit costs one hash of the
+//! subject instead of a hash per token.
 //!
 //! Invariants:
 //! - a subscription belongs to exactly one tenant, connection and sid;
@@ -561,11 +562,23 @@ impl Router {
             return;
         };
         let mut remote_plain = 0u64;
-        if let Origin::Local { conn, echo } = origin {
+        // Routes are cached for local publishes and for copies from other
+        // shards that carry no queue-group assignment: what such a copy
+        // gets is every plain subscription matching, which is what a cached
+        // route holds. `exclude` is a no-echo publisher's own connection.
+        let (local, exclude) = match origin {
+            Origin::Local { conn, echo } => (true, (!echo).then_some(conn)),
+            Origin::Remote { .. } => (false, None),
+        };
+        let cached_origin = match origin {
+            Origin::Local { .. } => true,
+            Origin::Remote { groups } => groups.is_empty(),
+        };
+        if cached_origin {
             if let Some(hit) = routes.cache.get(subject.as_bytes()) {
                 for &key in &hit.subs {
                     let sub = &subs[key.0];
-                    if echo || sub.conn != conn {
+                    if exclude != Some(sub.conn) {
                         plan.local.push(Delivery {
                             sub: key,
                             conn: sub.conn,
@@ -582,7 +595,7 @@ impl Router {
                     for &key in &slot.plain {
                         let sub = &subs[key.0];
                         matched.push(key);
-                        if echo || sub.conn != conn {
+                        if exclude != Some(sub.conn) {
                             plan.local.push(Delivery {
                                 sub: key,
                                 conn: sub.conn,
@@ -592,9 +605,11 @@ impl Router {
                     }
                     remote_plain |= slot.remote_plain;
                     cacheable &= slot.groups.is_empty();
-                    let exclude = (!echo).then_some(conn);
-                    for group in &slot.groups {
-                        choose_member(slot, group, subs, exclude, rng, plan);
+                    // A copy from another shard was assigned no group here.
+                    if local {
+                        for group in &slot.groups {
+                            choose_member(slot, group, subs, exclude, rng, plan);
+                        }
                     }
                 });
                 if cacheable {
@@ -608,9 +623,15 @@ impl Router {
                     );
                 }
             }
+            // A copy is never forwarded again.
+            if !local {
+                remote_plain = 0;
+            }
         }
         let index = &routes.index;
-        if let Origin::Remote { groups } = origin {
+        if let Origin::Remote { groups } = origin
+            && !groups.is_empty()
+        {
             index.for_each_match(subject, |slot| {
                 for &key in &slot.plain {
                     let sub = &subs[key.0];

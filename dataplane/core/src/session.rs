@@ -27,7 +27,7 @@ use crate::ids::Sid;
 use crate::limits::{Limits, MAX_HEADER_BYTES, MAX_HEADER_KEY_LEN, MAX_HEADER_VALUE_LEN};
 use crate::presence::Metadata;
 use crate::snapshot::{AuthError, ConfigSnapshot, Identity};
-use crate::subject::{Pattern, QueueGroup, Subject, SubjectError};
+use crate::subject::{Pattern, QueueGroup, Subject, SubjectError, SubjectMemo};
 
 /// Longest `Connect.client_name`.
 pub const MAX_CLIENT_NAME_LEN: usize = 128;
@@ -513,10 +513,12 @@ impl Session {
                 ErrorCode::ProtocolViolation,
                 "Connect sent twice",
             )),
-            (State::Open, Kind::Publish(p)) => match self.check_publish(p, limits) {
-                Ok(p) => Step::Publish(p),
-                Err(r) => Step::Reject(r),
-            },
+            (State::Open, Kind::Publish(p)) => {
+                match self.check_publish(p, limits, Subject::parse) {
+                    Ok(p) => Step::Publish(p),
+                    Err(r) => Step::Reject(r),
+                }
+            }
             (State::Open, Kind::Subscribe(s)) => Self::check_subscribe(s, limits),
             (State::Open, Kind::Unsubscribe(u)) => {
                 if u.sid == 0 {
@@ -634,7 +636,33 @@ impl Session {
         Step::Welcome
     }
 
-    fn check_publish(&self, p: v1::Publish, limits: &Limits) -> Result<Publish, Rejection> {
+    /// A `Publish` frame: the hot path's entry, the same transition as
+    /// [`handle`](Self::handle) with `Event::Frame(Kind::Publish(p))`,
+    /// except that the subject is validated through the shard's `memo`.
+    pub fn publish(
+        &mut self,
+        p: v1::Publish,
+        now: Now,
+        config: &ConfigSnapshot,
+        memo: &mut SubjectMemo,
+    ) -> Step {
+        if self.state != State::Open {
+            return self.handle(Event::Frame(Kind::Publish(p)), now, config);
+        }
+        self.last_seen = now.mono;
+        self.pings_outstanding = 0;
+        match self.check_publish(p, config.limits(), |raw, max| memo.parse(raw, max)) {
+            Ok(p) => Step::Publish(p),
+            Err(r) => Step::Reject(r),
+        }
+    }
+
+    fn check_publish(
+        &self,
+        p: v1::Publish,
+        limits: &Limits,
+        parse_subject: impl FnOnce(Bytes, usize) -> Result<Subject, SubjectError>,
+    ) -> Result<Publish, Rejection> {
         let seq = p.seq;
         if p.payload.len() > self.max_payload as usize {
             return Err(Rejection::soft(
@@ -646,7 +674,7 @@ impl Session {
         }
         let max = limits.max_subject_len as usize;
         let refused = |e| subject_rejection(e, 0).about_publish(seq);
-        let subject = Subject::parse(p.subject, max).map_err(refused)?;
+        let subject = parse_subject(p.subject, max).map_err(refused)?;
         let reply = if p.reply.is_empty() {
             None
         } else {
@@ -988,6 +1016,45 @@ mod tests {
         };
         assert_eq!(p.reply.unwrap().as_bytes(), b"_INBOX.1");
         assert_eq!(h.s.state(), State::Open);
+    }
+
+    /// The hot path's entry is the same transition as `handle`: the same
+    /// steps and the same state, before `Connect`, when open (the memo warm
+    /// or cold) and once closing.
+    #[test]
+    fn the_publish_entry_is_the_frame_transition() {
+        let frames: [(&'static [u8], &'static [u8], usize); 7] = [
+            (b"a.b", b"", 10),
+            (b"a.b", b"", 10),
+            (b"a.b", b"", 4097),
+            (b"a.b.", b"", 1),
+            (b"$SYS.x", b"", 1),
+            (b"a.b", b"in box", 1),
+            (b"a.b", b"_INBOX.1", 1),
+        ];
+        let mut general = Harness::new(false);
+        let mut hot = Harness::new(false);
+        let mut memo = SubjectMemo::default();
+        for round in 0..3 {
+            if round == 1 {
+                general.step(connect(TOKEN, 1));
+                hot.step(connect(TOKEN, 1));
+            }
+            for &(subject, reply, size) in &frames {
+                let a = general.step(publish(subject, reply, size));
+                let Event::Frame(Kind::Publish(p)) = publish(subject, reply, size) else {
+                    unreachable!("publish() builds a publish frame");
+                };
+                let now = hot.at();
+                let b = hot.s.publish(p, now, &hot.config, &mut memo);
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "round {round}");
+                assert_eq!(general.s.state(), hot.s.state());
+            }
+            if round == 1 {
+                general.step(Event::Shutdown);
+                hot.step(Event::Shutdown);
+            }
+        }
     }
 
     #[test]

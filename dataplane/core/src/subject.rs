@@ -225,6 +225,32 @@ impl Subject {
     }
 }
 
+/// The last subject a shard validated in full. A publisher's read batch
+/// usually names one subject many times: the repeats are recognised by one
+/// comparison instead of a pass through the grammar. Holds a copy, never a
+/// slice of a receive buffer.
+#[derive(Debug, Default)]
+pub struct SubjectMemo(Vec<u8>);
+
+/// Longest subject the memo keeps; a longer one is validated every time.
+const MEMO_MAX: usize = 256;
+
+impl SubjectMemo {
+    /// [`Subject::parse`], remembering what passed: the same result for
+    /// every input (the tests hold the two together).
+    pub fn parse(&mut self, raw: Bytes, max_len: usize) -> Result<Subject, SubjectError> {
+        if raw.len() <= max_len && !self.0.is_empty() && *raw == *self.0 {
+            return Ok(Subject(raw));
+        }
+        let subject = Subject::parse(raw, max_len)?;
+        if subject.0.len() <= MEMO_MAX {
+            self.0.clear();
+            self.0.extend_from_slice(&subject.0);
+        }
+        Ok(subject)
+    }
+}
+
 /// A valid subscription pattern (a subject that may contain wildcards).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Pattern(Bytes);
@@ -419,6 +445,31 @@ mod tests {
                 valid_literal(&raw, max_len),
                 reference_check(&raw, max_len, false).is_ok()
             );
+        }
+
+        /// The memo answers as `Subject::parse` does, for sequences that
+        /// repeat subjects (valid or not) under changing limits.
+        #[test]
+        fn the_memo_agrees_with_parse(
+            seq in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just(&b"a.b"[..]), Just(&b"a.b."[..]), Just(&b"a..b"[..]),
+                        Just(&b"a.*"[..]), Just(&b"$a.b"[..]), Just(&b"orders.eu.created"[..]),
+                        Just(&b""[..]),
+                    ],
+                    1usize..20,
+                ),
+                1..40,
+            ),
+        ) {
+            let mut memo = SubjectMemo::default();
+            for (raw, max_len) in seq {
+                prop_assert_eq!(
+                    memo.parse(Bytes::from_static(raw), max_len),
+                    Subject::parse(Bytes::from_static(raw), max_len)
+                );
+            }
         }
 
         /// Many short tokens: the token-count limit and its neighbours.

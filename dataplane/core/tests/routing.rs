@@ -123,6 +123,7 @@ impl Sim {
                 &mut plan,
             );
             assert_eq!(plan.missed_groups, 0);
+            assert!(plan.remote.is_empty(), "a copy was forwarded again");
             got.extend(plan.local.iter().map(|d| (copy.shard.0, d.conn.0, d.sid.0)));
             self.broadcast(copy.shard.0, &plan.interest);
         }

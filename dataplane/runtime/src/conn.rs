@@ -900,6 +900,7 @@ impl<T> ConnIo<T> {
         self.clock = now();
         self.unprocessed = false;
         let max_pending = shard.config.borrow().limits().max_pending_bytes;
+        let mut published = false;
         loop {
             if self.held.is_some()
                 || self.moving.is_some()
@@ -924,6 +925,11 @@ impl<T> ConnIo<T> {
                     let mut frame = self.rbuf.take(total);
                     frame.advance(LEN_PREFIX);
                     match codec::decode_body(frame) {
+                        Ok(Kind::Publish(p)) => {
+                            self.publish_frame(shard, conn, session, p);
+                            published = true;
+                            continue;
+                        }
                         Ok(kind) => Event::Frame(kind),
                         Err(e) => Event::Undecodable(e),
                     }
@@ -931,7 +937,32 @@ impl<T> ConnIo<T> {
             };
             self.step(shard, conn, session, event);
         }
+        if published {
+            self.set_deadline(shard, conn, session);
+        }
         shard.after_batch();
+    }
+
+    /// A `Publish` frame, the hot path: the session's own entry for it
+    /// (the subject checked through the shard's memo), then the core's
+    /// permission check and the route. It is [`step`](Self::step) without
+    /// the login throttle (which only `Connect` meets) and without the
+    /// deadline, which `process` sets once per batch.
+    fn publish_frame(
+        &mut self,
+        shard: &Rc<Shard>,
+        conn: &ConnShared,
+        session: &mut Session,
+        p: v1::Publish,
+    ) {
+        let step = {
+            let config = shard.config.borrow();
+            session.publish(p, self.clock, &config, &mut shard.subjects.borrow_mut())
+        };
+        match step {
+            Step::Publish(msg) => self.publish(shard, conn, session, msg),
+            other => self.carry_out(shard, conn, session, other),
+        }
     }
 
     /// Feeds one event to the session and carries out the step.
@@ -970,6 +1001,18 @@ impl<T> ConnIo<T> {
         {
             shard.logins.borrow_mut().failed(attempt, t.mono);
         }
+        self.carry_out(shard, conn, session, step);
+    }
+
+    /// Carries out what the session decided, then sets the deadline.
+    fn carry_out(
+        &mut self,
+        shard: &Rc<Shard>,
+        conn: &ConnShared,
+        session: &mut Session,
+        step: Step,
+    ) {
+        let t = self.clock;
         match step {
             Step::Nothing => {}
             Step::Welcome => self.welcome(shard, conn, session),

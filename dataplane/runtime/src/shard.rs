@@ -36,6 +36,7 @@ use arqonbus_core::router::{InterestUpdate, RoutePlan, Router};
 use arqonbus_core::session::Rejection;
 use arqonbus_core::snapshot::ConfigSnapshot;
 use arqonbus_core::stats::ShardStats;
+use arqonbus_core::subject::SubjectMemo;
 use arqonbus_core::throttle::{AuthThrottle, ThrottleConfig};
 use arqonbus_core::{ConnId, ShardId, TenantId};
 use arqonbus_proto::codec::MessageTemplate;
@@ -228,6 +229,8 @@ pub(crate) struct Shard {
     pub(crate) stats: RefCell<ShardStats>,
     pub(crate) plan: RefCell<RoutePlan>,
     pub(crate) template: RefCell<MessageTemplate>,
+    /// The last subject a publish on this shard was validated with.
+    pub(crate) subjects: RefCell<SubjectMemo>,
     pub(crate) interest_out: RefCell<Vec<InterestUpdate>>,
     /// The subscription barrier: interest update numbers, acknowledgements
     /// and the pings waiting for them.
@@ -354,6 +357,7 @@ impl Shard {
             stats: RefCell::new(ShardStats::default()),
             plan: RefCell::new(RoutePlan::default()),
             template: RefCell::new(MessageTemplate::new()),
+            subjects: RefCell::new(SubjectMemo::default()),
             interest_out: RefCell::new(Vec::new()),
             barrier: RefCell::new(Barrier::new(id, n)),
             backpressure: Cell::new(false),
