@@ -31,7 +31,8 @@ use redb::{
 };
 
 use super::redb_store::{
-    CREDENTIALS, IN_USE, META, POLICIES, PRINCIPALS, SECRETS, SETTINGS, STORE_FILE, TENANTS,
+    CREDENTIALS, IN_USE, META, POLICIES, PRINCIPAL_NAMES, PRINCIPALS, SECRETS, SETTINGS,
+    STORE_FILE, TENANT_NAMES, TENANTS,
 };
 use super::{RedbStore, Store as _, StoreError};
 
@@ -117,9 +118,23 @@ fn copy_str_bytes(
     Ok(())
 }
 
-fn copy_meta(from: &ReadTransaction, to: &WriteTransaction) -> Result<(), StoreError> {
-    let src = from.open_table(META)?;
-    let mut dst = to.open_table(META)?;
+fn copy_str_u64(
+    from: &ReadTransaction,
+    to: &WriteTransaction,
+    def: TableDefinition<&str, u64>,
+) -> Result<(), StoreError> {
+    let src = from.open_table(def)?;
+    let mut dst = to.open_table(def)?;
+    for row in src.iter()? {
+        let (k, v) = row?;
+        dst.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
+fn copy_principal_names(from: &ReadTransaction, to: &WriteTransaction) -> Result<(), StoreError> {
+    let src = from.open_table(PRINCIPAL_NAMES)?;
+    let mut dst = to.open_table(PRINCIPAL_NAMES)?;
     for row in src.iter()? {
         let (k, v) = row?;
         dst.insert(k.value(), v.value())?;
@@ -134,7 +149,9 @@ pub(crate) fn copy_database(db: &Database) -> Result<Vec<u8>, StoreError> {
     let out = redb::Builder::new().create_with_backend(backend)?;
     let from = db.begin_read()?;
     let to = out.begin_write()?;
-    copy_meta(&from, &to)?;
+    copy_str_u64(&from, &to, META)?;
+    copy_str_u64(&from, &to, TENANT_NAMES)?;
+    copy_principal_names(&from, &to)?;
     copy_str_bytes(&from, &to, SECRETS)?;
     copy_str_bytes(&from, &to, SETTINGS)?;
     for def in [TENANTS, PRINCIPALS, CREDENTIALS, POLICIES] {

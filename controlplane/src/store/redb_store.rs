@@ -6,7 +6,10 @@
 //! epoch and one-time markers (`marker:<name>`); `secrets` (`&str` → bytes)
 //! holds the admin token's SHA-256; `settings` (`&str` → prost-encoded
 //! record, schema 2) holds node-wide settings changed through the API, so
-//! far only `steering`.
+//! far only `steering`. Schema 3 adds two indexes, written in the same
+//! transaction as the records they index: `tenant_names` (name → id) and
+//! `principal_names` ((tenant id, name) → id). A name is checked, and a
+//! tenant's principals listed, without reading every record.
 //!
 //! A tenant's placement lives in its record (the API's `Tenant.placement`):
 //! a record written before placement existed decodes with it empty, which
@@ -54,6 +57,11 @@ pub(crate) const PRINCIPALS: TableDefinition<u64, &[u8]> = TableDefinition::new(
 pub(crate) const CREDENTIALS: TableDefinition<u64, &[u8]> = TableDefinition::new("credentials");
 pub(crate) const POLICIES: TableDefinition<u64, &[u8]> = TableDefinition::new("policies");
 pub(crate) const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+/// Schema 3: tenant name → tenant id, kept with every tenant written or removed.
+pub(crate) const TENANT_NAMES: TableDefinition<&str, u64> = TableDefinition::new("tenant_names");
+/// Schema 3: (tenant id, principal name) → principal id, kept likewise.
+pub(crate) const PRINCIPAL_NAMES: TableDefinition<(u64, &str), u64> =
+    TableDefinition::new("principal_names");
 
 const SCHEMA_KEY: &str = "schema_version";
 const NEXT_TENANT: &str = "next_tenant_id";
@@ -88,6 +96,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         description: "settings table (steering set through the control API)",
         run: migrate_v2,
     },
+    Migration {
+        version: 3,
+        description: "name indexes for tenants and principals",
+        run: migrate_v3,
+    },
 ];
 
 /// The schema version this code writes.
@@ -114,6 +127,42 @@ pub(crate) fn migrate_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
 
 pub(crate) fn migrate_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(SETTINGS)?;
+    Ok(())
+}
+
+/// Indexes every tenant by name and every principal by (tenant, name), so
+/// a write checks a name with one lookup instead of reading every record.
+/// The API never let two records share a name; should a file hold such a
+/// pair anyway, the lower id keeps the name and a warning says so.
+pub(crate) fn migrate_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut names = txn.open_table(TENANT_NAMES)?;
+    for t in scan(&txn.open_table(TENANTS)?, decode_tenant)? {
+        let prev = names
+            .insert(t.tenant.name.as_str(), t.tenant.id)?
+            .map(|g| g.value());
+        if let Some(first) = prev {
+            names.insert(t.tenant.name.as_str(), first)?;
+            tracing::warn!(
+                tenant = t.tenant.id,
+                other = first,
+                "two tenants share a name; the lower id keeps it"
+            );
+        }
+    }
+    let mut names = txn.open_table(PRINCIPAL_NAMES)?;
+    for p in scan(&txn.open_table(PRINCIPALS)?, decode_principal)? {
+        let prev = names
+            .insert((p.tenant_id, p.name.as_str()), p.id)?
+            .map(|g| g.value());
+        if let Some(first) = prev {
+            names.insert((p.tenant_id, p.name.as_str()), first)?;
+            tracing::warn!(
+                principal = p.id,
+                other = first,
+                "two principals of a tenant share a name; the lower id keeps it"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -759,25 +808,37 @@ fn reserve(meta: &mut Table<&str, u64>, counter: &str, id: u64) -> Result<(), St
     Ok(())
 }
 
+/// The tenant holding `name`, from the name index.
 fn tenant_name_taken(
-    tenants: &impl ReadableTable<u64, &'static [u8]>,
+    names: &impl ReadableTable<&'static str, u64>,
     name: &str,
 ) -> Result<Option<u64>, StoreError> {
-    Ok(scan(tenants, decode_tenant)?
-        .into_iter()
-        .find(|t| t.tenant.name == name)
-        .map(|t| t.tenant.id))
+    Ok(names.get(name)?.map(|v| v.value()))
 }
 
+/// The principal of `tenant_id` holding `name`, from the name index.
 fn principal_name_taken(
-    principals: &impl ReadableTable<u64, &'static [u8]>,
+    names: &impl ReadableTable<(u64, &'static str), u64>,
     tenant_id: u64,
     name: &str,
 ) -> Result<Option<u64>, StoreError> {
-    Ok(scan(principals, decode_principal)?
-        .into_iter()
-        .find(|p| p.tenant_id == tenant_id && p.name == name)
-        .map(|p| p.id))
+    Ok(names.get((tenant_id, name))?.map(|v| v.value()))
+}
+
+/// Ids of `tenant_id`'s principals, in name order, from the name index.
+fn principal_ids(
+    names: &impl ReadableTable<(u64, &'static str), u64>,
+    tenant_id: u64,
+) -> Result<Vec<u64>, StoreError> {
+    let mut ids = Vec::new();
+    for row in names.range((tenant_id, "")..)? {
+        let (k, v) = row?;
+        if k.value().0 != tenant_id {
+            break;
+        }
+        ids.push(v.value());
+    }
+    Ok(ids)
 }
 
 fn require_tenant(
@@ -832,13 +893,15 @@ impl Store for Db {
         let txn = self.write()?;
         let tenant = {
             let mut tenants = txn.open_table(TENANTS)?;
-            if tenant_name_taken(&tenants, &new.name)?.is_some() {
+            let mut names = txn.open_table(TENANT_NAMES)?;
+            if tenant_name_taken(&names, &new.name)?.is_some() {
                 return Err(StoreError::AlreadyExists {
                     what: "tenant",
                     name: new.name,
                 });
             }
             let id = allocate(&mut txn.open_table(META)?, NEXT_TENANT)?;
+            names.insert(new.name.as_str(), id)?;
             let record = TenantRecord {
                 tenant: Tenant {
                     id,
@@ -865,11 +928,9 @@ impl Store for Db {
 
     fn tenant_by_name(&self, name: &str) -> Result<Tenant, StoreError> {
         let txn = self.db.begin_read()?;
-        scan(&txn.open_table(TENANTS)?, decode_tenant)?
-            .into_iter()
-            .map(|r| r.tenant)
-            .find(|t| t.name == name)
-            .ok_or_else(|| not_found("tenant", format!("{name:?}")))
+        let id = tenant_name_taken(&txn.open_table(TENANT_NAMES)?, name)?
+            .ok_or_else(|| not_found("tenant", format!("{name:?}")))?;
+        Ok(require_tenant(&txn.open_table(TENANTS)?, id)?.tenant)
     }
 
     fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
@@ -912,12 +973,16 @@ impl Store for Db {
         let txn = self.write()?;
         {
             let mut tenants = txn.open_table(TENANTS)?;
-            if tenants.remove(id)?.is_none() {
+            let Some(record) = tenants.remove(id)?.map(|v| decode_tenant(id, v.value())) else {
                 return Err(not_found("tenant", id));
-            }
+            };
+            txn.open_table(TENANT_NAMES)?
+                .remove(record?.tenant.name.as_str())?;
             remove_where(&mut txn.open_table(PRINCIPALS)?, decode_principal, |p| {
                 p.tenant_id == id
             })?;
+            txn.open_table(PRINCIPAL_NAMES)?
+                .retain_in((id, "")..(id.saturating_add(1), ""), |_, _| false)?;
             remove_where(&mut txn.open_table(CREDENTIALS)?, decode_credential, |c| {
                 c.credential.tenant_id == id
             })?;
@@ -934,13 +999,15 @@ impl Store for Db {
         let principal = {
             require_tenant(&txn.open_table(TENANTS)?, new.tenant_id)?;
             let mut principals = txn.open_table(PRINCIPALS)?;
-            if principal_name_taken(&principals, new.tenant_id, &new.name)?.is_some() {
+            let mut names = txn.open_table(PRINCIPAL_NAMES)?;
+            if principal_name_taken(&names, new.tenant_id, &new.name)?.is_some() {
                 return Err(StoreError::AlreadyExists {
                     what: "principal",
                     name: new.name,
                 });
             }
             let id = allocate(&mut txn.open_table(META)?, NEXT_PRINCIPAL)?;
+            names.insert((new.tenant_id, new.name.as_str()), id)?;
             let p = Principal {
                 id,
                 tenant_id: new.tenant_id,
@@ -965,10 +1032,12 @@ impl Store for Db {
     fn list_principals(&self, tenant_id: u64) -> Result<Vec<Principal>, StoreError> {
         let txn = self.db.begin_read()?;
         require_tenant(&txn.open_table(TENANTS)?, tenant_id)?;
-        Ok(scan(&txn.open_table(PRINCIPALS)?, decode_principal)?
-            .into_iter()
-            .filter(|p| p.tenant_id == tenant_id)
-            .collect())
+        let principals = txn.open_table(PRINCIPALS)?;
+        let mut ids = principal_ids(&txn.open_table(PRINCIPAL_NAMES)?, tenant_id)?;
+        ids.sort_unstable();
+        ids.into_iter()
+            .map(|id| require_principal(&principals, id))
+            .collect()
     }
 
     fn update_principal(
@@ -998,9 +1067,16 @@ impl Store for Db {
     fn delete_principal(&self, id: u64) -> Result<(), StoreError> {
         let txn = self.write()?;
         {
-            if txn.open_table(PRINCIPALS)?.remove(id)?.is_none() {
+            let Some(p) = txn
+                .open_table(PRINCIPALS)?
+                .remove(id)?
+                .map(|v| decode_principal(id, v.value()))
+            else {
                 return Err(not_found("principal", id));
-            }
+            };
+            let p = p?;
+            txn.open_table(PRINCIPAL_NAMES)?
+                .remove((p.tenant_id, p.name.as_str()))?;
             remove_where(&mut txn.open_table(CREDENTIALS)?, decode_credential, |c| {
                 c.credential.principal_id == id
             })?;
@@ -1205,14 +1281,16 @@ impl Store for Db {
                 meta.insert(m.as_str(), 1)?;
             }
             let mut tenants = txn.open_table(TENANTS)?;
+            let mut tenant_names = txn.open_table(TENANT_NAMES)?;
             let mut principals = txn.open_table(PRINCIPALS)?;
+            let mut principal_names = txn.open_table(PRINCIPAL_NAMES)?;
             let mut credentials = txn.open_table(CREDENTIALS)?;
             for t in imports {
                 if tenants.get(t.id)?.is_some() {
                     report.skipped.push(t.id);
                     continue;
                 }
-                if let Some(other) = tenant_name_taken(&tenants, &t.name)? {
+                if let Some(other) = tenant_name_taken(&tenant_names, &t.name)? {
                     return Err(StoreError::Invalid {
                         field: "tenants.name",
                         reason: format!(
@@ -1240,6 +1318,7 @@ impl Store for Db {
                     signing_key: t.signing_key.clone(),
                 };
                 tenants.insert(t.id, encode_tenant(&record).as_slice())?;
+                tenant_names.insert(t.name.as_str(), t.id)?;
                 for c in &t.credentials {
                     match get(&principals, c.principal_id, decode_principal)? {
                         Some(p) if p.tenant_id != t.id => {
@@ -1254,7 +1333,7 @@ impl Store for Db {
                         Some(_) => {}
                         None => {
                             if let Some(other) =
-                                principal_name_taken(&principals, t.id, &c.principal)?
+                                principal_name_taken(&principal_names, t.id, &c.principal)?
                             {
                                 return Err(StoreError::Invalid {
                                     field: "tenants.credentials.principal",
@@ -1275,6 +1354,7 @@ impl Store for Db {
                                 version: 1,
                             };
                             principals.insert(p.id, encode_principal(&p).as_slice())?;
+                            principal_names.insert((t.id, p.name.as_str()), p.id)?;
                         }
                     }
                     let id = allocate(&mut meta, NEXT_CREDENTIAL)?;

@@ -594,13 +594,88 @@ fn a_schema_1_store_migrates_to_the_settings_table() {
         s.create_tenant(new_tenant("acme")).unwrap()
     };
     let s = open(&dir);
-    assert_eq!(s.schema_version().unwrap(), 2);
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(s.tenant(t.id).unwrap(), t, "data survives migration");
     assert_eq!(s.steering().unwrap(), None);
     let c = s.load().unwrap();
     assert_eq!((c.tenants.len(), c.steering), (1, None));
     s.set_steering(&steering_record("hash", &[])).unwrap();
     assert_eq!(s.steering().unwrap().unwrap().mode, "hash");
+}
+
+/// A schema 2 store gains the name indexes: after the migration a taken
+/// name is still refused, names are found, and a tenant's principals are
+/// listed, all from the indexes.
+#[test]
+fn a_schema_2_store_migrates_to_name_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STORE_FILE);
+    let (acme, other) = {
+        let s = RedbStore::open_with(&path, &MIGRATIONS[..2]).unwrap();
+        let acme = s.create_tenant(new_tenant("acme")).unwrap();
+        let other = s.create_tenant(new_tenant("other")).unwrap();
+        for (t, name) in [(&acme, "svc"), (&acme, "api"), (&other, "svc")] {
+            s.create_principal(new_principal(t.id, name, &[])).unwrap();
+        }
+        (acme, other)
+    };
+    let s = open(&dir);
+    assert_eq!(s.schema_version().unwrap(), 3);
+    assert!(matches!(
+        s.create_tenant(new_tenant("acme")),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        s.create_principal(new_principal(acme.id, "svc", &[])),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(s.tenant_by_name("other").unwrap(), other);
+    let names = |t: u64| -> Vec<String> {
+        s.list_principals(t)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect()
+    };
+    assert_eq!(names(acme.id), ["svc", "api"], "listed in id order");
+    assert_eq!(names(other.id), ["svc"]);
+}
+
+/// Deleting a principal or a tenant frees its names, and only its own.
+#[test]
+fn deletes_free_names_in_the_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let acme = s.create_tenant(new_tenant("acme")).unwrap();
+    let other = s.create_tenant(new_tenant("other")).unwrap();
+    let svc = s
+        .create_principal(new_principal(acme.id, "svc", &[]))
+        .unwrap();
+    s.create_principal(new_principal(acme.id, "api", &[]))
+        .unwrap();
+    s.create_principal(new_principal(other.id, "svc", &[]))
+        .unwrap();
+
+    s.delete_principal(svc.id).unwrap();
+    let again = s
+        .create_principal(new_principal(acme.id, "svc", &[]))
+        .unwrap();
+    assert_ne!(again.id, svc.id);
+
+    s.delete_tenant(acme.id).unwrap();
+    assert!(s.tenant_by_name("acme").is_err());
+    let acme2 = s.create_tenant(new_tenant("acme")).unwrap();
+    assert!(s.list_principals(acme2.id).unwrap().is_empty());
+    s.create_principal(new_principal(acme2.id, "api", &[]))
+        .unwrap();
+    s.create_principal(new_principal(acme2.id, "svc", &[]))
+        .unwrap();
+    // The other tenant's principal kept its name.
+    assert!(matches!(
+        s.create_principal(new_principal(other.id, "svc", &[])),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(s.list_principals(other.id).unwrap().len(), 1);
 }
 
 #[test]
@@ -720,6 +795,12 @@ fn a_backup_is_a_consistent_store_and_restores_over_a_damaged_one() {
     let s = RedbStore::open(dir.path()).unwrap();
     assert_eq!(s.load().unwrap(), before);
     assert_eq!(s.admin_token_hash().unwrap(), Some([2; 32]));
+    // The name indexes came with it.
+    assert_eq!(s.tenant_by_name("acme").unwrap().id, t.id);
+    assert!(matches!(
+        s.create_principal(new_principal(t.id, "svc", &[])),
+        Err(StoreError::AlreadyExists { .. })
+    ));
     // A restore while the store is open is refused.
     let err = restore(&file, dir.path(), None).unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
