@@ -42,8 +42,8 @@ mod ws;
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -311,6 +311,11 @@ pub struct DataPlane {
     default_steering: SteeringConfig,
     /// How long [`DataPlane::apply`] waits for every shard, milliseconds.
     apply_within_ms: AtomicU64,
+    /// The snapshot last given to the shards, held until every shard has
+    /// swapped in the next one, so that the old one is freed on the thread
+    /// that calls [`DataPlane::apply`], never on a shard: freeing a snapshot
+    /// of 100,000 principals takes milliseconds the shard would not serve.
+    applied: Mutex<Arc<ConfigSnapshot>>,
 }
 
 /// How often rate-limit shares are rebalanced.
@@ -678,6 +683,7 @@ impl DataPlane {
             placement,
             default_steering: cfg.steering.clone(),
             apply_within_ms: AtomicU64::new(ANSWER_WITHIN.as_millis() as u64),
+            applied: Mutex::new(cfg.config.clone()),
         };
         if let Some(e) = spawn_error {
             return Err(e);
@@ -794,6 +800,23 @@ impl DataPlane {
                 },
             })
             .collect();
+        // The shards now hold `snapshot`: the one before it is released
+        // here (a shard that stayed silent may still hold it, and frees it).
+        let previous = {
+            let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
+            (snapshot.epoch() > applied.epoch())
+                .then(|| std::mem::replace(&mut *applied, snapshot.clone()))
+        };
+        if let Some(previous) = previous {
+            let at = Instant::now();
+            let epoch = previous.epoch();
+            drop(previous);
+            tracing::debug!(
+                epoch,
+                micros = at.elapsed().as_micros(),
+                "previous snapshot released"
+            );
+        }
         let shards = unconfirmed(snapshot.epoch(), &replies);
         if shards.is_empty() {
             Ok(())
