@@ -42,9 +42,10 @@ use arqonbus_core::session::{Event, Now, Session, State, Step};
 use arqonbus_core::snapshot::{
     ConfigSnapshot, CredentialEntry, PrincipalEntry, Quotas, TenantEntry,
 };
+use arqonbus_core::subject::SubjectMemo;
 use arqonbus_core::{ConnId, CredentialId, PrincipalId, ShardId, TenantId};
 use arqonbus_proto::codec::{self, DecodeError, LEN_PREFIX};
-use arqonbus_proto::v1::{ErrorCode, Frame};
+use arqonbus_proto::v1::{ErrorCode, Frame, frame::Kind};
 use bytes::{Buf, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
@@ -129,6 +130,9 @@ fuzz_target!(|data: &[u8]| {
         unix: 1_000_000,
     };
     let mut session = Session::new(now.mono, tls);
+    // Publishes enter the session as the connection's task makes them:
+    // through `Session::publish` and the shard's subject memo.
+    let mut memo = SubjectMemo::default();
     let mut router = Router::new(ShardId(0), 7);
     let mut plan = RoutePlan::default();
     let mut interest = Vec::new();
@@ -192,7 +196,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             };
             let was_closing = session.state() == State::Closing;
-            let step = session.handle(event, now, &config);
+            let step = match event {
+                Event::Frame(Kind::Publish(p)) => session.publish(p, now, &config, &mut memo),
+                event => session.handle(event, now, &config),
+            };
             if was_closing {
                 assert!(matches!(step, Step::Nothing));
             }
