@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{
-    Database, ReadTransaction, ReadableDatabase as _, ReadableTable as _, StorageBackend,
-    TableDefinition, WriteTransaction,
+    Database, Key, ReadTransaction, ReadableDatabase as _, ReadableTable as _, StorageBackend,
+    TableDefinition, Value, WriteTransaction,
 };
 
 use super::redb_store::{
@@ -90,51 +90,14 @@ impl StorageBackend for VecBackend {
     }
 }
 
-fn copy_u64(
+/// Copies every row of table `def` from `from` into `to`.
+fn copy_table<K: Key + 'static, V: Value + 'static>(
     from: &ReadTransaction,
     to: &WriteTransaction,
-    def: TableDefinition<u64, &[u8]>,
+    def: TableDefinition<K, V>,
 ) -> Result<(), StoreError> {
     let src = from.open_table(def)?;
     let mut dst = to.open_table(def)?;
-    for row in src.iter()? {
-        let (k, v) = row?;
-        dst.insert(k.value(), v.value())?;
-    }
-    Ok(())
-}
-
-fn copy_str_bytes(
-    from: &ReadTransaction,
-    to: &WriteTransaction,
-    def: TableDefinition<&str, &[u8]>,
-) -> Result<(), StoreError> {
-    let src = from.open_table(def)?;
-    let mut dst = to.open_table(def)?;
-    for row in src.iter()? {
-        let (k, v) = row?;
-        dst.insert(k.value(), v.value())?;
-    }
-    Ok(())
-}
-
-fn copy_str_u64(
-    from: &ReadTransaction,
-    to: &WriteTransaction,
-    def: TableDefinition<&str, u64>,
-) -> Result<(), StoreError> {
-    let src = from.open_table(def)?;
-    let mut dst = to.open_table(def)?;
-    for row in src.iter()? {
-        let (k, v) = row?;
-        dst.insert(k.value(), v.value())?;
-    }
-    Ok(())
-}
-
-fn copy_principal_names(from: &ReadTransaction, to: &WriteTransaction) -> Result<(), StoreError> {
-    let src = from.open_table(PRINCIPAL_NAMES)?;
-    let mut dst = to.open_table(PRINCIPAL_NAMES)?;
     for row in src.iter()? {
         let (k, v) = row?;
         dst.insert(k.value(), v.value())?;
@@ -149,13 +112,13 @@ pub(crate) fn copy_database(db: &Database) -> Result<Vec<u8>, StoreError> {
     let out = redb::Builder::new().create_with_backend(backend)?;
     let from = db.begin_read()?;
     let to = out.begin_write()?;
-    copy_str_u64(&from, &to, META)?;
-    copy_str_u64(&from, &to, TENANT_NAMES)?;
-    copy_principal_names(&from, &to)?;
-    copy_str_bytes(&from, &to, SECRETS)?;
-    copy_str_bytes(&from, &to, SETTINGS)?;
+    copy_table(&from, &to, META)?;
+    copy_table(&from, &to, SECRETS)?;
+    copy_table(&from, &to, SETTINGS)?;
+    copy_table(&from, &to, TENANT_NAMES)?;
+    copy_table(&from, &to, PRINCIPAL_NAMES)?;
     for def in [TENANTS, PRINCIPALS, CREDENTIALS, POLICIES] {
-        copy_u64(&from, &to, def)?;
+        copy_table(&from, &to, def)?;
     }
     to.commit()?;
     drop(from);
