@@ -965,6 +965,10 @@ pub(super) fn store_damage(
 
 /// The CA key, relative to the data directory.
 const CA_KEY: &str = "tls/ca.key";
+/// The CA certificate clients trust, relative to the data directory.
+const CA_CERT: &str = "tls/ca.pem";
+/// The server certificate, relative to the data directory.
+const SERVER_CERT: &str = "tls/server.pem";
 /// The admin credential, relative to the data directory.
 const ADMIN_TOKEN: &str = "credentials/admin.token";
 
@@ -979,17 +983,35 @@ enum KeyDamage {
     OtherToken,
 }
 
-/// What one round of [`key_damage`] does: the file, the damage, and the
-/// recovery the refusal must name.
-fn key_round(round: u32) -> (&'static str, KeyDamage, &'static str) {
-    const NEW_ADMIN: &str = "arqonbus admin rotate-token";
-    const RESTORE: &str = "restore it from a backup";
-    match round % 6 {
+/// What the node must do when it starts on the damage.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Refuse, naming the file and this recovery.
+    Refuse(&'static str),
+    /// Serve, having re-issued the file from the CA.
+    Reissue,
+}
+
+/// Rounds of [`key_damage`] for `damage_rounds` (the smoke's 3 give 4,
+/// which damage each file once).
+fn key_rounds(damage_rounds: u32) -> u32 {
+    damage_rounds * 3 / 2
+}
+
+/// What one round of [`key_damage`] does: the file, the damage, and what
+/// the node must do about it.
+fn key_round(round: u32) -> (&'static str, KeyDamage, Expect) {
+    const NEW_ADMIN: Expect = Expect::Refuse("arqonbus admin rotate-token");
+    const RESTORE: Expect = Expect::Refuse("restore it from a backup");
+    match round % 9 {
         0 => (CA_KEY, KeyDamage::Delete, RESTORE),
-        1 => (ADMIN_TOKEN, KeyDamage::Truncate, NEW_ADMIN),
-        2 => (CA_KEY, KeyDamage::Overwrite, RESTORE),
-        3 => (ADMIN_TOKEN, KeyDamage::Delete, NEW_ADMIN),
-        4 => (CA_KEY, KeyDamage::Truncate, RESTORE),
+        1 => (SERVER_CERT, KeyDamage::Overwrite, Expect::Reissue),
+        2 => (CA_CERT, KeyDamage::Overwrite, RESTORE),
+        3 => (ADMIN_TOKEN, KeyDamage::Truncate, NEW_ADMIN),
+        4 => (CA_KEY, KeyDamage::Overwrite, RESTORE),
+        5 => (CA_CERT, KeyDamage::Delete, RESTORE),
+        6 => (SERVER_CERT, KeyDamage::Delete, Expect::Reissue),
+        7 => (ADMIN_TOKEN, KeyDamage::Delete, NEW_ADMIN),
         _ => (ADMIN_TOKEN, KeyDamage::OtherToken, NEW_ADMIN),
     }
 }
@@ -1012,29 +1034,33 @@ fn damage_key(
     }
 }
 
-/// Key damage: `plan.damage_rounds` times, stop the node, damage its CA key
-/// or its admin credential (deleted, truncated, overwritten or replaced;
-/// see [`key_round`]), start it: it must refuse, naming the file and its
-/// recovery, never serve with a new CA or lock the operator out. Then
-/// recover as the refusal says (the CA key from the operator's copy; a new
-/// admin credential with `arqonbus admin rotate-token`), start, and check
-/// that the CA is the one clients already trust, the control API answers,
-/// every tenant acknowledged before is there and a session opens.
+/// Key damage: stop the node, damage its CA key, CA certificate, server
+/// certificate or admin credential (deleted, truncated, overwritten or
+/// replaced; see [`key_round`]), start it. On the CA or the admin
+/// credential it must refuse, naming the file and its recovery, never
+/// serve with a new CA or lock the operator out; a damaged server
+/// certificate it must re-issue from the CA and serve. Then recover as the
+/// refusal says (the CA files from the operator's copy; a new admin
+/// credential with `arqonbus admin rotate-token`), start, and check that
+/// the CA is the one clients already trust, the control API answers (over
+/// TLS, verified with that CA), every tenant acknowledged before is there
+/// and a session opens.
 pub(super) fn key_damage(
     node: &mut Node,
     plan: &Plan,
     token: &str,
 ) -> Result<Scenario, ChaosError> {
-    let mut sc = Scenario::new("CA key and admin credential damaged and recovered");
+    let mut sc = Scenario::new("CA, server certificate and admin credential damaged and recovered");
     let started = Instant::now();
     let before = create_tenants(&node.ctl, "keys", 10);
     sc.acked_writes = before.len() as u64;
-    let ca_pem = std::fs::read(node.data_dir().join("tls/ca.pem"))?;
-    // The operator's backup of the key.
+    // The operator's copies of the CA.
+    let ca_pem = std::fs::read(node.data_dir().join(CA_CERT))?;
     let ca_key = std::fs::read(node.data_dir().join(CA_KEY))?;
-    let (mut refused, mut recovered) = (0u32, 0u32);
-    for round in 0..plan.damage_rounds {
-        let (file, damage, recovery) = key_round(round);
+    let (mut refused, mut reissued, mut recovered) = (0u32, 0u32, 0u32);
+    let rounds = key_rounds(plan.damage_rounds);
+    for round in 0..rounds {
+        let (file, damage, expect) = key_round(round);
         node.stop();
         let path = node.data_dir().join(file);
         let how = format!(
@@ -1042,35 +1068,52 @@ pub(super) fn key_damage(
             damage_key(&path, damage, u64::from(round) + 1)?
         );
         sc.faults_injected += 1;
-        match node.start_damaged()? {
-            Some(output)
+        let outcome = node.start_damaged()?;
+        let last = |output: &str| -> String {
+            output
+                .lines()
+                .last()
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect()
+        };
+        match (expect, outcome) {
+            (Expect::Refuse(recovery), Some(output))
                 if output.contains(file)
                     && output.contains(recovery)
                     && !output.contains("panicked") =>
             {
                 refused += 1;
             }
-            Some(output) => {
-                let last: String = output
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-                    .chars()
-                    .take(300)
-                    .collect();
-                sc.failures.push(format!(
-                    "round {round} ({how}): the refusal does not name the file and `{recovery}`: {last}"
-                ));
-            }
-            None => sc
+            (Expect::Refuse(recovery), Some(output)) => sc.failures.push(format!(
+                "round {round} ({how}): the refusal does not name the file and `{recovery}`: {}",
+                last(&output)
+            )),
+            (Expect::Refuse(_), None) => sc
                 .failures
                 .push(format!("round {round} ({how}): the node started")),
+            (Expect::Reissue, None) => {
+                let pem = std::fs::read_to_string(&path).unwrap_or_default();
+                if pem.starts_with("-----BEGIN CERTIFICATE-----") {
+                    reissued += 1;
+                } else {
+                    sc.failures.push(format!(
+                        "round {round} ({how}): the node served without re-issuing {file}"
+                    ));
+                }
+            }
+            (Expect::Reissue, Some(output)) => sc.failures.push(format!(
+                "round {round} ({how}): refused instead of re-issuing from the CA: {}",
+                last(&output)
+            )),
         }
         node.stop();
-        let fixed = if file == CA_KEY {
-            write_private(&path, &ca_key).map_err(|e| e.to_string())
-        } else {
-            node.rotate_admin_token().map(drop)
+        let fixed = match file {
+            CA_KEY => write_private(&path, &ca_key).map_err(|e| e.to_string()),
+            CA_CERT => std::fs::write(&path, &ca_pem).map_err(|e| e.to_string()),
+            ADMIN_TOKEN => node.rotate_admin_token().map(drop),
+            _ => Ok(()),
         };
         if let Err(e) = fixed {
             sc.failures
@@ -1078,7 +1121,7 @@ pub(super) fn key_damage(
             break;
         }
         node.start_again()?;
-        let same_ca = std::fs::read(node.data_dir().join("tls/ca.pem"))? == ca_pem;
+        let same_ca = std::fs::read(node.data_dir().join(CA_CERT))? == ca_pem;
         let present = tenant_names(&node.ctl);
         let session = probe(node, token, None);
         match (same_ca, present, session) {
@@ -1107,11 +1150,11 @@ pub(super) fn key_damage(
     }
     sc.seconds = started.elapsed().as_secs_f64();
     sc.load = format!(
-        "{} rounds: stop, damage tls/ca.key or credentials/admin.token (deleted, truncated, overwritten with noise, replaced by another token, in turn), start, recover as the refusal says, start; {} tenants acknowledged before",
-        plan.damage_rounds,
+        "{rounds} rounds: stop, damage tls/ca.key, tls/ca.pem, tls/server.pem or credentials/admin.token (deleted, truncated, overwritten with noise, replaced by another token, in turn), start, recover as the refusal says (a server certificate: re-issued by the node), start; {} tenants acknowledged before",
         before.len()
     );
     sc.figure("refused_naming_the_recovery", f64::from(refused));
+    sc.figure("reissued_from_the_ca", f64::from(reissued));
     sc.figure("recovered_and_serving", f64::from(recovered));
     Ok(sc)
 }
@@ -1260,4 +1303,27 @@ pub(super) fn disk_full(spec: &super::node::NodeSpec) -> Result<Scenario, ChaosE
     sc.seconds = started.elapsed().as_secs_f64();
     sc.load = "a second node on a 4 MiB tmpfs: traffic, the disk filled, tenants created until a write fails, the space freed".into();
     Ok(sc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smoke's key-damage rounds damage each file once; a full run
+    /// makes every damage in the list.
+    #[test]
+    fn key_rounds_cover_every_file_in_the_smoke_and_every_damage_in_full() {
+        let files = |rounds: u32| -> std::collections::BTreeSet<&str> {
+            (0..rounds).map(|r| key_round(r).0).collect()
+        };
+        let all = [CA_KEY, CA_CERT, SERVER_CERT, ADMIN_TOKEN];
+        assert_eq!(files(key_rounds(3)), all.into_iter().collect());
+        let full: std::collections::BTreeSet<String> = (0..key_rounds(6))
+            .map(|r| {
+                let (file, damage, _) = key_round(r);
+                format!("{file} {damage:?}")
+            })
+            .collect();
+        assert_eq!(full.len(), 9, "{full:?}");
+    }
 }
