@@ -1,7 +1,8 @@
 //! Subject grammar (specs/protocol.md#subjects).
 //!
 //! [`Subject`], [`Pattern`] and [`QueueGroup`] can only be built through their
-//! `parse` functions, so holding one proves it is valid. They wrap the
+//! `parse` functions (and `SubjectMemo::parse`, which answers as
+//! `Subject::parse` does), so holding one proves it is valid. They wrap the
 //! [`Bytes`] they were parsed from: validating a subject sliced out of a
 //! receive buffer copies nothing. A value kept past the read batch (a
 //! subscription's pattern and queue group, a reply permission) is
