@@ -969,6 +969,8 @@ const CA_KEY: &str = "tls/ca.key";
 const CA_CERT: &str = "tls/ca.pem";
 /// The server certificate, relative to the data directory.
 const SERVER_CERT: &str = "tls/server.pem";
+/// The server certificate's key, relative to the data directory.
+const SERVER_KEY: &str = "tls/server.key";
 /// The admin credential, relative to the data directory.
 const ADMIN_TOKEN: &str = "credentials/admin.token";
 
@@ -992,10 +994,10 @@ enum Expect {
     Reissue,
 }
 
-/// Rounds of [`key_damage`] for `damage_rounds` (the smoke's 3 give 4,
-/// which damage each file once).
+/// Rounds of [`key_damage`] for `damage_rounds` (the smoke's 3 give 5,
+/// which damage each file once; a full run's 6 give 10, every damage).
 fn key_rounds(damage_rounds: u32) -> u32 {
-    damage_rounds * 3 / 2
+    damage_rounds * 5 / 3
 }
 
 /// What one round of [`key_damage`] does: the file, the damage, and what
@@ -1003,15 +1005,16 @@ fn key_rounds(damage_rounds: u32) -> u32 {
 fn key_round(round: u32) -> (&'static str, KeyDamage, Expect) {
     const NEW_ADMIN: Expect = Expect::Refuse("arqonbus admin rotate-token");
     const RESTORE: Expect = Expect::Refuse("restore it from a backup");
-    match round % 9 {
+    match round % 10 {
         0 => (CA_KEY, KeyDamage::Delete, RESTORE),
         1 => (SERVER_CERT, KeyDamage::Overwrite, Expect::Reissue),
         2 => (CA_CERT, KeyDamage::Overwrite, RESTORE),
         3 => (ADMIN_TOKEN, KeyDamage::Truncate, NEW_ADMIN),
-        4 => (CA_KEY, KeyDamage::Overwrite, RESTORE),
-        5 => (CA_CERT, KeyDamage::Delete, RESTORE),
-        6 => (SERVER_CERT, KeyDamage::Delete, Expect::Reissue),
-        7 => (ADMIN_TOKEN, KeyDamage::Delete, NEW_ADMIN),
+        4 => (SERVER_KEY, KeyDamage::Overwrite, Expect::Reissue),
+        5 => (CA_KEY, KeyDamage::Overwrite, RESTORE),
+        6 => (CA_CERT, KeyDamage::Delete, RESTORE),
+        7 => (SERVER_CERT, KeyDamage::Delete, Expect::Reissue),
+        8 => (ADMIN_TOKEN, KeyDamage::Delete, NEW_ADMIN),
         _ => (ADMIN_TOKEN, KeyDamage::OtherToken, NEW_ADMIN),
     }
 }
@@ -1035,11 +1038,11 @@ fn damage_key(
 }
 
 /// Key damage: stop the node, damage its CA key, CA certificate, server
-/// certificate or admin credential (deleted, truncated, overwritten or
-/// replaced; see [`key_round`]), start it. On the CA or the admin
-/// credential it must refuse, naming the file and its recovery, never
+/// certificate or key, or admin credential (deleted, truncated,
+/// overwritten or replaced; see [`key_round`]), start it. On the CA or the
+/// admin credential it must refuse, naming the file and its recovery, never
 /// serve with a new CA or lock the operator out; a damaged server
-/// certificate it must re-issue from the CA and serve. Then recover as the
+/// certificate or key it must re-issue from the CA and serve. Then recover as the
 /// refusal says (the CA files from the operator's copy; a new admin
 /// credential with `arqonbus admin rotate-token`), start, and check that
 /// the CA is the one clients already trust, the control API answers (over
@@ -1050,7 +1053,8 @@ pub(super) fn key_damage(
     plan: &Plan,
     token: &str,
 ) -> Result<Scenario, ChaosError> {
-    let mut sc = Scenario::new("CA, server certificate and admin credential damaged and recovered");
+    let mut sc =
+        Scenario::new("CA, server certificate and key, admin credential damaged and recovered");
     let started = Instant::now();
     let before = create_tenants(&node.ctl, "keys", 10);
     sc.acked_writes = before.len() as u64;
@@ -1095,7 +1099,7 @@ pub(super) fn key_damage(
                 .push(format!("round {round} ({how}): the node started")),
             (Expect::Reissue, None) => {
                 let pem = std::fs::read_to_string(&path).unwrap_or_default();
-                if pem.starts_with("-----BEGIN CERTIFICATE-----") {
+                if pem.starts_with("-----BEGIN ") {
                     reissued += 1;
                 } else {
                     sc.failures.push(format!(
@@ -1150,7 +1154,7 @@ pub(super) fn key_damage(
     }
     sc.seconds = started.elapsed().as_secs_f64();
     sc.load = format!(
-        "{rounds} rounds: stop, damage tls/ca.key, tls/ca.pem, tls/server.pem or credentials/admin.token (deleted, truncated, overwritten with noise, replaced by another token, in turn), start, recover as the refusal says (a server certificate: re-issued by the node), start; {} tenants acknowledged before",
+        "{rounds} rounds: stop, damage tls/ca.key, tls/ca.pem, tls/server.pem, tls/server.key or credentials/admin.token (deleted, truncated, overwritten with noise, replaced by another token, in turn), start, recover as the refusal says (a server certificate or key: re-issued by the node), start; {} tenants acknowledged before",
         before.len()
     );
     sc.figure("refused_naming_the_recovery", f64::from(refused));
@@ -1316,7 +1320,7 @@ mod tests {
         let files = |rounds: u32| -> std::collections::BTreeSet<&str> {
             (0..rounds).map(|r| key_round(r).0).collect()
         };
-        let all = [CA_KEY, CA_CERT, SERVER_CERT, ADMIN_TOKEN];
+        let all = [CA_KEY, CA_CERT, SERVER_CERT, SERVER_KEY, ADMIN_TOKEN];
         assert_eq!(files(key_rounds(3)), all.into_iter().collect());
         let full: std::collections::BTreeSet<String> = (0..key_rounds(6))
             .map(|r| {
@@ -1324,6 +1328,6 @@ mod tests {
                 format!("{file} {damage:?}")
             })
             .collect();
-        assert_eq!(full.len(), 9, "{full:?}");
+        assert_eq!(full.len(), 10, "{full:?}");
     }
 }
