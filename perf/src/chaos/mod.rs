@@ -429,7 +429,10 @@ fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(s, "\n## Not covered yet\n");
     if r.not_covered.is_empty() {
-        let _ = writeln!(s, "- nothing: every fault the suite is meant to inject is injected above");
+        let _ = writeln!(
+            s,
+            "- nothing: every fault the suite is meant to inject is injected above"
+        );
     }
     for n in &r.not_covered {
         let _ = writeln!(s, "- {n}");
