@@ -137,30 +137,26 @@ pub(crate) fn migrate_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
 pub(crate) fn migrate_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
     let mut names = txn.open_table(TENANT_NAMES)?;
     for t in scan(&txn.open_table(TENANTS)?, decode_tenant)? {
-        let prev = names
-            .insert(t.tenant.name.as_str(), t.tenant.id)?
-            .map(|g| g.value());
-        if let Some(first) = prev {
-            names.insert(t.tenant.name.as_str(), first)?;
+        if let Some(first) = tenant_name_taken(&names, &t.tenant.name)? {
             tracing::warn!(
                 tenant = t.tenant.id,
                 other = first,
                 "two tenants share a name; the lower id keeps it"
             );
+        } else {
+            names.insert(t.tenant.name.as_str(), t.tenant.id)?;
         }
     }
     let mut names = txn.open_table(PRINCIPAL_NAMES)?;
     for p in scan(&txn.open_table(PRINCIPALS)?, decode_principal)? {
-        let prev = names
-            .insert((p.tenant_id, p.name.as_str()), p.id)?
-            .map(|g| g.value());
-        if let Some(first) = prev {
-            names.insert((p.tenant_id, p.name.as_str()), first)?;
+        if let Some(first) = principal_name_taken(&names, p.tenant_id, &p.name)? {
             tracing::warn!(
                 principal = p.id,
                 other = first,
                 "two principals of a tenant share a name; the lower id keeps it"
             );
+        } else {
+            names.insert((p.tenant_id, p.name.as_str()), p.id)?;
         }
     }
     Ok(())
