@@ -15,7 +15,9 @@
 //!   interested remote shard, queue-group choice);
 //! - [`session`]: the connection state machine and input validation;
 //! - [`snapshot`]: the immutable configuration every shard applies (tenants,
-//!   principals, credentials, quotas); [`auth`]: bearer and signed tokens;
+//!   principals, credentials, quotas), kept in [`cowmap`]s so a snapshot
+//!   built from the last one shares what did not change; [`auth`]: bearer
+//!   and signed tokens;
 //! - [`placement`]: steering modes, affinity rules, tenant home shards;
 //! - [`policy`]: subject permissions (allow/deny, deny wins);
 //! - [`authorize`]: every decision about what an authenticated client may
@@ -38,6 +40,7 @@
 pub mod auth;
 pub mod authorize;
 pub mod barrier;
+pub mod cowmap;
 pub mod ids;
 pub mod index;
 pub mod limits;

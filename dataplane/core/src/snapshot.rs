@@ -7,6 +7,11 @@
 //! [`Limits`], the tenants (quotas, signing keys), the principals (roles,
 //! quotas, compiled [`Permissions`]) and the live credentials.
 //!
+//! Shared storage: every map is a [`CowMap`], so a snapshot made from the
+//! previous one ([`ConfigSnapshot::renumbered`], then inserts and removes)
+//! shares every part that did not change with it. Building one costs what
+//! changed, and so does freeing the one it replaces.
+//!
 //! Fail closed: a snapshot built while the store or a policy could not be
 //! read is the last good one with `accepting = false` — existing sessions
 //! keep their rights, new sessions are refused.
@@ -14,9 +19,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustc_hash::FxHashMap;
-
 use crate::auth::{self, CredentialHash, SIGNED_PREFIX};
+use crate::cowmap::CowMap;
 use crate::ids::{CredentialId, PrincipalId, TenantId};
 use crate::limits::Limits;
 use crate::placement::{SteeringConfig, TenantPlacement};
@@ -184,16 +188,24 @@ pub struct ConfigSnapshot {
     accepting: bool,
     reason: Option<Arc<str>>,
     limits: Limits,
-    tenants: FxHashMap<TenantId, Arc<TenantEntry>>,
-    principals: FxHashMap<PrincipalId, Arc<PrincipalEntry>>,
-    credentials: FxHashMap<CredentialId, CredentialEntry>,
-    bearer: FxHashMap<CredentialHash, CredentialId>,
+    tenants: CowMap<TenantId, Arc<TenantEntry>>,
+    principals: CowMap<PrincipalId, Arc<PrincipalEntry>>,
+    /// Each credential with the hash it is found by in `bearer`, if any.
+    credentials: CowMap<CredentialId, (CredentialEntry, Option<CredentialHash>)>,
+    bearer: CowMap<CredentialHash, CredentialId>,
     /// Steering set through the control API; `None`: the node's configured
     /// default stays in force.
     steering: Option<Arc<SteeringConfig>>,
     /// Origins each tenant's WebSocket clients may come from (absent or
     /// empty: any); `origin::allowed` decides.
-    origins: FxHashMap<TenantId, Arc<[Box<str>]>>,
+    origins: CowMap<TenantId, Arc<[Box<str>]>>,
+    /// How many tenants, and how many principals, have a rate limit.
+    rated: (usize, usize),
+}
+
+/// Whether `q` limits a rate.
+fn rated(q: &Quotas) -> bool {
+    q.messages_per_second > 0 || q.bytes_per_second > 0
 }
 
 impl ConfigSnapshot {
@@ -204,13 +216,37 @@ impl ConfigSnapshot {
             accepting: true,
             reason: None,
             limits,
-            tenants: FxHashMap::default(),
-            principals: FxHashMap::default(),
-            credentials: FxHashMap::default(),
-            bearer: FxHashMap::default(),
+            tenants: CowMap::default(),
+            principals: CowMap::default(),
+            credentials: CowMap::default(),
+            bearer: CowMap::default(),
             steering: None,
-            origins: FxHashMap::default(),
+            origins: CowMap::default(),
+            rated: (0, 0),
         }
+    }
+
+    /// The next version of this snapshot, numbered `epoch`, with `limits`,
+    /// accepting new sessions; it shares every entry with this one until
+    /// changed.
+    pub fn renumbered(&self, epoch: u64, limits: Limits) -> Self {
+        Self {
+            epoch,
+            accepting: true,
+            reason: None,
+            limits,
+            ..self.clone()
+        }
+    }
+
+    /// How many parts of its maps this snapshot shares with `other` (see
+    /// [`CowMap`]), for tests and measurements.
+    pub fn parts_shared_with(&self, other: &Self) -> usize {
+        self.tenants.parts_shared_with(&other.tenants)
+            + self.principals.parts_shared_with(&other.principals)
+            + self.credentials.parts_shared_with(&other.credentials)
+            + self.bearer.parts_shared_with(&other.bearer)
+            + self.origins.parts_shared_with(&other.origins)
     }
 
     /// Steering set through the control API, if any (else the node's
@@ -222,6 +258,12 @@ impl ConfigSnapshot {
     /// Sets the steering the control API chose.
     pub fn set_steering(&mut self, steering: SteeringConfig) {
         self.steering = Some(Arc::new(steering));
+    }
+
+    /// Forgets the steering the control API chose (the node's configured
+    /// default applies again).
+    pub fn clear_steering(&mut self) {
+        self.steering = None;
     }
 
     /// Sets the origins `tenant`'s WebSocket clients may come from (entries
@@ -287,27 +329,55 @@ impl ConfigSnapshot {
         self.principals.get(&id)
     }
 
-    /// Whether any principal has a rate limit of its own.
-    pub fn has_principal_rates(&self) -> bool {
-        self.principals
-            .values()
-            .any(|p| p.quotas.messages_per_second > 0 || p.quotas.bytes_per_second > 0)
+    /// Every principal.
+    pub fn principals(&self) -> impl Iterator<Item = &Arc<PrincipalEntry>> {
+        self.principals.values()
     }
 
-    /// Number of live credentials.
+    /// Every credential, with the hash of its bearer token (signed ones:
+    /// `None`).
+    pub fn credentials(&self) -> impl Iterator<Item = (&CredentialEntry, Option<&CredentialHash>)> {
+        self.credentials.values().map(|(c, h)| (c, h.as_ref()))
+    }
+
+    /// The bearer credential whose token has `hash`.
+    pub fn bearer(&self, hash: &CredentialHash) -> Option<CredentialId> {
+        self.bearer.get(hash).copied()
+    }
+
+    /// Whether any tenant or principal has a rate limit (kept as entries
+    /// come and go, so asking costs nothing).
+    pub fn uses_rates(&self) -> bool {
+        self.rated != (0, 0)
+    }
+
+    /// Number of credentials.
     pub fn credential_count(&self) -> usize {
         self.credentials.len()
     }
 
     /// Adds (or replaces) a tenant.
     pub fn insert_tenant(&mut self, tenant: TenantEntry) {
-        self.tenants.insert(tenant.id, Arc::new(tenant));
+        self.insert_tenant_shared(Arc::new(tenant));
     }
 
     /// Adds (or replaces) a tenant already shared with another snapshot:
     /// sessions resolved from either see the same entry.
     pub fn insert_tenant_shared(&mut self, tenant: Arc<TenantEntry>) {
-        self.tenants.insert(tenant.id, tenant);
+        self.rated.0 += usize::from(rated(&tenant.quotas));
+        if let Some(old) = self.tenants.insert(tenant.id, tenant) {
+            self.rated.0 -= usize::from(rated(&old.quotas));
+        }
+    }
+
+    /// Removes a tenant and its origins (its principals and credentials are
+    /// the caller's to remove: a session resolved against them finds no
+    /// tenant and is refused).
+    pub fn remove_tenant(&mut self, id: TenantId) {
+        if let Some(old) = self.tenants.remove(&id) {
+            self.rated.0 -= usize::from(rated(&old.quotas));
+        }
+        self.origins.remove(&id);
     }
 
     /// Adds (or replaces) a principal of a tenant already added.
@@ -330,39 +400,69 @@ impl ConfigSnapshot {
                 tenant: principal.tenant,
             });
         }
-        self.principals.insert(principal.id, principal);
+        self.rated.1 += usize::from(rated(&principal.quotas));
+        if let Some(old) = self.principals.insert(principal.id, principal) {
+            self.rated.1 -= usize::from(rated(&old.quotas));
+        }
         Ok(())
     }
 
-    fn insert_credential(&mut self, entry: CredentialEntry) -> Result<(), SnapshotError> {
+    /// Removes a principal (its credentials are the caller's to remove: a
+    /// session resolved against them finds no principal and is refused).
+    pub fn remove_principal(&mut self, id: PrincipalId) {
+        if let Some(old) = self.principals.remove(&id) {
+            self.rated.1 -= usize::from(rated(&old.quotas));
+        }
+    }
+
+    fn insert_credential(
+        &mut self,
+        entry: CredentialEntry,
+        hash: Option<CredentialHash>,
+    ) -> Result<(), SnapshotError> {
         if !self.principals.contains_key(&entry.principal) {
             return Err(SnapshotError::UnknownPrincipal {
                 credential: entry.id,
                 principal: entry.principal,
             });
         }
-        self.credentials.insert(entry.id, entry);
+        self.remove_credential(entry.id);
+        self.credentials.insert(entry.id, (entry, hash));
+        if let Some(hash) = hash {
+            self.bearer.insert(hash, entry.id);
+        }
         Ok(())
     }
 
-    /// Adds a bearer credential by the hash of its token.
+    /// Adds (or replaces) a bearer credential, found by the hash of its
+    /// token.
     pub fn insert_bearer(
         &mut self,
         hash: CredentialHash,
         entry: CredentialEntry,
     ) -> Result<(), SnapshotError> {
-        self.insert_credential(entry)?;
-        self.bearer.insert(hash, entry.id);
-        Ok(())
+        self.insert_credential(entry, Some(hash))
     }
 
-    /// Adds a signed credential (its token carries its claims).
+    /// Adds (or replaces) a signed credential (its token carries its
+    /// claims).
     pub fn insert_signed(&mut self, entry: CredentialEntry) -> Result<(), SnapshotError> {
-        self.insert_credential(entry)
+        self.insert_credential(entry, None)
+    }
+
+    /// Removes a credential (revoked): sessions that authenticated with it
+    /// close when they re-check.
+    pub fn remove_credential(&mut self, id: CredentialId) {
+        if let Some((_, Some(hash))) = self.credentials.remove(&id) {
+            // Only if the hash still names it (a token is one credential's).
+            if self.bearer.get(&hash) == Some(&id) {
+                self.bearer.remove(&hash);
+            }
+        }
     }
 
     fn resolve(&self, id: CredentialId, now_unix: i64) -> Result<Identity, AuthError> {
-        let cred = self.credentials.get(&id).ok_or(AuthError::Revoked)?;
+        let (cred, _) = self.credentials.get(&id).ok_or(AuthError::Revoked)?;
         if cred.expires_at_unix.is_some_and(|e| e <= now_unix) {
             return Err(AuthError::Expired);
         }

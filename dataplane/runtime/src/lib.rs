@@ -432,13 +432,6 @@ fn rebalancer(
     }
 }
 
-fn uses_rates(snapshot: &ConfigSnapshot) -> bool {
-    snapshot
-        .tenants()
-        .any(|t| t.quotas.messages_per_second > 0 || t.quotas.bytes_per_second > 0)
-        || snapshot.has_principal_rates()
-}
-
 /// What the steering program did, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SteeringCounters {
@@ -668,7 +661,7 @@ impl DataPlane {
             }
         }
         drop(ready_tx);
-        let rates_in_use = Arc::new(AtomicBool::new(uses_rates(&cfg.config)));
+        let rates_in_use = Arc::new(AtomicBool::new(cfg.config.uses_rates()));
         let stopping = Arc::new(AtomicBool::new(false));
         // Built before anything can fail: dropping `plane` stops every shard
         // already running.
@@ -777,7 +770,7 @@ impl DataPlane {
     /// confirms.
     pub fn apply(&self, snapshot: &Arc<ConfigSnapshot>) -> Result<(), ApplyError> {
         self.rates_in_use
-            .store(uses_rates(snapshot), Ordering::Relaxed);
+            .store(snapshot.uses_rates(), Ordering::Relaxed);
         self.apply_steering(snapshot.steering().map(|s| &**s));
         let deadline =
             Instant::now() + Duration::from_millis(self.apply_within_ms.load(Ordering::Relaxed));
