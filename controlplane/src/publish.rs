@@ -4,10 +4,11 @@
 //! build cache, the server's limits and the data plane handle.
 //! `Publisher::publish` refreshes its copy of the store's contents (only the
 //! records written since the last build: `Store::refresh`; all of them
-//! after a reload), builds a snapshot with a fresh epoch
-//! (incrementally: [`crate::snapshot::BuildCache`]) and applies it to the
-//! data plane, all under one lock, so shards receive snapshots in epoch
-//! order and every snapshot reflects every write acknowledged before it.
+//! after a reload), builds a snapshot with a fresh epoch from the last one
+//! and what changed (incrementally: [`crate::snapshot::BuildCache`]) and
+//! applies it to the data plane, all under one lock, so shards receive
+//! snapshots in epoch order and every snapshot reflects every write
+//! acknowledged before it.
 //!
 //! Invariants:
 //! - epochs strictly increase, across restarts too (the last one is kept in
@@ -190,9 +191,16 @@ impl Publisher {
                 read_us = us(reading);
                 let built = refreshed
                     .map_err(BuildError::Store)
-                    .and_then(|(contents, all)| {
-                        read_all = all;
-                        compile_snapshot_cached(contents, epoch, limits, now_unix(), cache)
+                    .and_then(|(contents, changes)| {
+                        read_all = changes.is_none();
+                        compile_snapshot_cached(
+                            contents,
+                            changes.as_ref(),
+                            epoch,
+                            limits,
+                            now_unix(),
+                            cache,
+                        )
                     });
                 (epoch, built)
             }

@@ -214,6 +214,18 @@ pub struct Changes {
     pub steering: bool,
 }
 
+impl Changes {
+    /// Adds what `more` names.
+    pub fn merge(&mut self, more: &Changes) {
+        self.everything |= more.everything;
+        self.tenants.extend(&more.tenants);
+        self.principals.extend(&more.principals);
+        self.credentials.extend(&more.credentials);
+        self.policies.extend(&more.policies);
+        self.steering |= more.steering;
+    }
+}
+
 /// The node's steering as set through the control API (`SetSteering`).
 /// Its syntax is validated by the service before it is stored; the snapshot
 /// builder parses it again.
@@ -445,15 +457,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// the store. A store that records its writes reads only the records
     /// written since the last call; otherwise, or when `mirror` is `None`,
     /// it reads everything ([`Store::load`]). Returns the contents now in
-    /// `mirror` and whether it read everything. On error `mirror` is
-    /// `None`, so the next call reads everything. One caller at a time (the
-    /// snapshot publisher).
+    /// `mirror` and what changed since the last call (`None`: it read
+    /// everything, anything may have). On error `mirror` is `None`, so the
+    /// next call reads everything. One caller at a time (the snapshot
+    /// publisher).
     fn refresh<'m>(
         &self,
         mirror: &'m mut Option<StoreContents>,
-    ) -> Result<(&'m StoreContents, bool), StoreError> {
+    ) -> Result<(&'m StoreContents, Option<Changes>), StoreError> {
         *mirror = None;
-        Ok((mirror.insert(self.load()?), true))
+        Ok((mirror.insert(self.load()?), None))
     }
     /// Allocates the next configuration epoch: greater than every epoch
     /// allocated before and at least `at_least`. Durable.

@@ -864,12 +864,13 @@ fn upsert<T>(list: &mut Vec<T>, id: u64, record: Option<T>, key: impl Fn(&T) -> 
     }
 }
 
-/// Removes every record of `table` for which `doomed` holds.
+/// Removes every record of `table` for which `doomed` holds; returns their
+/// ids.
 fn remove_where<T>(
     table: &mut Table<u64, &'static [u8]>,
     decode: Decode<T>,
     doomed: impl Fn(&T) -> bool,
-) -> Result<(), StoreError> {
+) -> Result<std::collections::BTreeSet<u64>, StoreError> {
     let mut ids = Vec::new();
     for row in table.iter()? {
         let (k, v) = row?;
@@ -878,10 +879,79 @@ fn remove_where<T>(
             ids.push(id);
         }
     }
-    for id in ids {
+    for &id in &ids {
         table.remove(id)?;
     }
-    Ok(())
+    Ok(ids.into_iter().collect())
+}
+
+impl Db {
+    /// Deletes tenant `id` with its principals, credentials and policies;
+    /// returns every record removed.
+    fn delete_tenant_cascade(&self, id: u64) -> Result<Changes, StoreError> {
+        let txn = self.write()?;
+        let removed = {
+            let mut tenants = txn.open_table(TENANTS)?;
+            let Some(record) = tenants.remove(id)?.map(|v| decode_tenant(id, v.value())) else {
+                return Err(not_found("tenant", id));
+            };
+            txn.open_table(TENANT_NAMES)?
+                .remove(record?.tenant.name.as_str())?;
+            let principals =
+                remove_where(&mut txn.open_table(PRINCIPALS)?, decode_principal, |p| {
+                    p.tenant_id == id
+                })?;
+            txn.open_table(PRINCIPAL_NAMES)?
+                .retain_in((id, "")..(id.saturating_add(1), ""), |_, _| false)?;
+            Changes {
+                tenants: [id].into(),
+                principals,
+                credentials: remove_where(
+                    &mut txn.open_table(CREDENTIALS)?,
+                    decode_credential,
+                    |c| c.credential.tenant_id == id,
+                )?,
+                policies: remove_where(&mut txn.open_table(POLICIES)?, decode_policy, |p| {
+                    p.tenant_id == id
+                })?,
+                ..Changes::default()
+            }
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    /// Deletes principal `id` with its credentials and the policies that
+    /// target it; returns every record removed.
+    fn delete_principal_cascade(&self, id: u64) -> Result<Changes, StoreError> {
+        let txn = self.write()?;
+        let removed = {
+            let Some(p) = txn
+                .open_table(PRINCIPALS)?
+                .remove(id)?
+                .map(|v| decode_principal(id, v.value()))
+            else {
+                return Err(not_found("principal", id));
+            };
+            let p = p?;
+            txn.open_table(PRINCIPAL_NAMES)?
+                .remove((p.tenant_id, p.name.as_str()))?;
+            Changes {
+                principals: [id].into(),
+                credentials: remove_where(
+                    &mut txn.open_table(CREDENTIALS)?,
+                    decode_credential,
+                    |c| c.credential.principal_id == id,
+                )?,
+                policies: remove_where(&mut txn.open_table(POLICIES)?, decode_policy, |p| {
+                    p.target == Some(Target::PrincipalId(id))
+                })?,
+                ..Changes::default()
+            }
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
 }
 
 impl Store for Db {
@@ -966,28 +1036,7 @@ impl Store for Db {
     }
 
     fn delete_tenant(&self, id: u64) -> Result<(), StoreError> {
-        let txn = self.write()?;
-        {
-            let mut tenants = txn.open_table(TENANTS)?;
-            let Some(record) = tenants.remove(id)?.map(|v| decode_tenant(id, v.value())) else {
-                return Err(not_found("tenant", id));
-            };
-            txn.open_table(TENANT_NAMES)?
-                .remove(record?.tenant.name.as_str())?;
-            remove_where(&mut txn.open_table(PRINCIPALS)?, decode_principal, |p| {
-                p.tenant_id == id
-            })?;
-            txn.open_table(PRINCIPAL_NAMES)?
-                .retain_in((id, "")..(id.saturating_add(1), ""), |_, _| false)?;
-            remove_where(&mut txn.open_table(CREDENTIALS)?, decode_credential, |c| {
-                c.credential.tenant_id == id
-            })?;
-            remove_where(&mut txn.open_table(POLICIES)?, decode_policy, |p| {
-                p.tenant_id == id
-            })?;
-        }
-        txn.commit()?;
-        Ok(())
+        self.delete_tenant_cascade(id).map(drop)
     }
 
     fn create_principal(&self, new: NewPrincipal) -> Result<Principal, StoreError> {
@@ -1061,27 +1110,7 @@ impl Store for Db {
     }
 
     fn delete_principal(&self, id: u64) -> Result<(), StoreError> {
-        let txn = self.write()?;
-        {
-            let Some(p) = txn
-                .open_table(PRINCIPALS)?
-                .remove(id)?
-                .map(|v| decode_principal(id, v.value()))
-            else {
-                return Err(not_found("principal", id));
-            };
-            let p = p?;
-            txn.open_table(PRINCIPAL_NAMES)?
-                .remove((p.tenant_id, p.name.as_str()))?;
-            remove_where(&mut txn.open_table(CREDENTIALS)?, decode_credential, |c| {
-                c.credential.principal_id == id
-            })?;
-            remove_where(&mut txn.open_table(POLICIES)?, decode_policy, |p| {
-                p.target == Some(Target::PrincipalId(id))
-            })?;
-        }
-        txn.commit()?;
-        Ok(())
+        self.delete_principal_cascade(id).map(drop)
     }
 
     fn issue_credential(
@@ -1447,10 +1476,11 @@ impl Store for RedbStore {
     fn delete_tenant(&self, id: u64) -> Result<(), StoreError> {
         // Its principals, credentials and policies go with it.
         self.write_with(
-            |db| db.delete_tenant(id),
-            |c, ()| c.everything = true,
+            |db| db.delete_tenant_cascade(id),
+            Changes::merge,
             |c| c.everything = true,
         )
+        .map(drop)
     }
     fn create_principal(&self, new: NewPrincipal) -> Result<Principal, StoreError> {
         self.write_with(
@@ -1486,10 +1516,11 @@ impl Store for RedbStore {
     fn delete_principal(&self, id: u64) -> Result<(), StoreError> {
         // Its credentials and the policies that target it go with it.
         self.write_with(
-            |db| db.delete_principal(id),
-            |c, ()| c.everything = true,
+            |db| db.delete_principal_cascade(id),
+            Changes::merge,
             |c| c.everything = true,
         )
+        .map(drop)
     }
     fn issue_credential(
         &self,
@@ -1555,7 +1586,7 @@ impl Store for RedbStore {
     fn refresh<'m>(
         &self,
         mirror: &'m mut Option<StoreContents>,
-    ) -> Result<(&'m StoreContents, bool), StoreError> {
+    ) -> Result<(&'m StoreContents, Option<Changes>), StoreError> {
         // Taken before the read: a write that commits after this is read
         // now or, being recorded after its commit, on the next call.
         let changes =
@@ -1563,9 +1594,9 @@ impl Store for RedbStore {
         match mirror.take() {
             Some(mut m) if !changes.everything => {
                 self.with(|db| db.patch(&mut m, &changes))?;
-                Ok((mirror.insert(m), false))
+                Ok((mirror.insert(m), Some(changes)))
             }
-            _ => Ok((mirror.insert(self.load()?), true)),
+            _ => Ok((mirror.insert(self.load()?), None)),
         }
     }
     fn next_epoch(&self, at_least: u64) -> Result<u64, StoreError> {
