@@ -56,7 +56,7 @@ use arqonbus_core::auth::CredentialHash;
 use arqonbus_core::limits::Limits;
 use arqonbus_core::policy::{Permissions, PolicyRules, compile};
 use arqonbus_core::snapshot::{
-    ConfigSnapshot, CredentialEntry, PrincipalEntry, SnapshotError, TenantEntry,
+    Changed, ConfigSnapshot, CredentialEntry, PrincipalEntry, SnapshotError, TenantEntry,
 };
 use arqonbus_core::{CredentialId, PrincipalId, TenantId};
 use arqonbus_proto::control::policy::Target;
@@ -315,7 +315,8 @@ pub fn compile_snapshot_cached(
     match (base, changes) {
         (Some(base), Some(changes)) => {
             b.snap = base.renumbered(epoch, limits.clone());
-            b.changed(changes)?;
+            let touched = b.changed(base.epoch(), changes)?;
+            b.snap.set_changed(&base, touched);
         }
         _ => b.everything()?,
     }
@@ -373,9 +374,16 @@ impl Build<'_> {
         Ok(())
     }
 
-    /// Visits what `changes` names, into the last snapshot renumbered.
-    fn changed(&mut self, changes: &Changes) -> Result<(), BuildError> {
+    /// Visits what `changes` names, into the last snapshot (numbered
+    /// `since`) renumbered; returns the tenants and principals whose
+    /// sessions must re-check.
+    fn changed(&mut self, since: u64, changes: &Changes) -> Result<Changed, BuildError> {
         let c = self.contents;
+        let mut touched = Changed {
+            since,
+            tenants: changes.tenants.iter().map(|&t| TenantId(t)).collect(),
+            ..Changed::default()
+        };
         for &id in &changes.tenants {
             if let Some(t) = find(&c.tenants, id, |t| t.tenant.id) {
                 self.put_tenant(t)?;
@@ -408,14 +416,21 @@ impl Build<'_> {
                 Some(p) => self.put_principal(p)?,
                 None => self.drop_principal(id),
             }
+            touched.principals.insert(PrincipalId(id));
         }
         for &id in &changes.credentials {
+            if let Some(was) = self.snap.credential(CredentialId(id)) {
+                touched.principals.insert(was.principal);
+            }
             self.snap.remove_credential(CredentialId(id));
             if let Some(r) = find(&c.credentials, id, |r| r.credential.id) {
+                touched
+                    .principals
+                    .insert(PrincipalId(r.credential.principal_id));
                 self.put_credential(r)?;
             }
         }
-        Ok(())
+        Ok(touched)
     }
 
     /// Adds the principals `target` names to `into`.
@@ -1051,9 +1066,48 @@ mod tests {
         out
     }
 
+    /// Every tenant and principal whose sessions see something different
+    /// in `next` than in `prev` is named in what `next` says changed.
+    fn assert_changed_covers(prev: &ConfigSnapshot, next: &ConfigSnapshot) {
+        let Some(ch) = next.changed() else { return };
+        assert_eq!(ch.since, prev.epoch());
+        let ids = |s: &ConfigSnapshot| s.tenants().map(|t| t.id).collect::<Vec<_>>();
+        for t in ids(prev).into_iter().chain(ids(next)) {
+            let same = match (prev.tenant(t), next.tenant(t)) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            } && prev.allowed_origins(t) == next.allowed_origins(t);
+            assert!(same || ch.tenants.contains(&t), "tenant {t} not named");
+        }
+        let ids = |s: &ConfigSnapshot| s.principals().map(|p| p.id).collect::<Vec<_>>();
+        for p in ids(prev).into_iter().chain(ids(next)) {
+            let same = match (prev.principal(p), next.principal(p)) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            };
+            assert!(
+                same || ch.principals.contains(&p),
+                "principal {p} not named"
+            );
+        }
+        let creds = |s: &ConfigSnapshot| s.credentials().map(|(c, _)| c.id).collect::<Vec<_>>();
+        for c in creds(prev).into_iter().chain(creds(next)) {
+            let (a, b) = (prev.credential(c), next.credential(c));
+            if a != b {
+                for owner in a.into_iter().chain(b).map(|e| e.principal) {
+                    assert!(
+                        ch.principals.contains(&owner),
+                        "credential {c}: {owner} not named"
+                    );
+                }
+            }
+        }
+    }
+
     /// Built from the last snapshot and what changed, a snapshot is the
     /// one built from scratch, after any sequence of writes (every kind,
-    /// cascading deletes, policies moving between targets); and it shares
+    /// cascading deletes, policies moving between targets); it names every
+    /// tenant and principal whose sessions must re-check; and it shares
     /// what did not change with the one before it.
     #[test]
     fn a_build_from_what_changed_equals_a_build_from_scratch() {
@@ -1064,6 +1118,7 @@ mod tests {
         let (mut mirror, mut cache) = (None, BuildCache::default());
         let mut writes = crate::store::tests::RandomWrites::new(0x9e37_79b9_7f4a_7c15);
         let (mut epoch, mut incremental) = (0, 0);
+        let mut prev: Option<ConfigSnapshot> = None;
         for i in 0..1_500_u64 {
             if writes.step(&s, i) {
                 continue;
@@ -1082,6 +1137,11 @@ mod tests {
             .unwrap();
             let scratch = compile_snapshot(&s.load().unwrap(), epoch, &limits, now).unwrap();
             assert_eq!(dump(&built), dump(&scratch), "after write {i}");
+            assert_eq!(built.changed().is_some(), changes.is_some());
+            if let Some(prev) = &prev {
+                assert_changed_covers(prev, &built);
+            }
+            prev = Some(built);
         }
         assert!(incremental > 50, "{incremental} builds from what changed");
 

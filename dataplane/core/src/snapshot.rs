@@ -19,6 +19,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustc_hash::FxHashSet;
+
 use crate::auth::{self, CredentialHash, SIGNED_PREFIX};
 use crate::cowmap::CowMap;
 use crate::ids::{CredentialId, PrincipalId, TenantId};
@@ -181,6 +183,20 @@ pub fn unconfirmed(epoch: u64, replies: &[ApplyReply]) -> Vec<u16> {
         .collect()
 }
 
+/// What changed from the snapshot numbered `since` to the one that carries
+/// it: the tenants whose entry or origins changed, and the principals whose
+/// entry or any of whose credentials changed. A shard running `since` needs
+/// to re-check only those sessions ([`ConfigSnapshot::rechecks`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// The epoch this snapshot was built from.
+    pub since: u64,
+    /// Tenants changed, added or removed.
+    pub tenants: FxHashSet<TenantId>,
+    /// Principals changed, added or removed, or whose credentials were.
+    pub principals: FxHashSet<PrincipalId>,
+}
+
 /// One immutable version of everything the data plane needs to decide.
 #[derive(Debug, Clone)]
 pub struct ConfigSnapshot {
@@ -201,6 +217,9 @@ pub struct ConfigSnapshot {
     origins: CowMap<TenantId, Arc<[Box<str>]>>,
     /// How many tenants, and how many principals, have a rate limit.
     rated: (usize, usize),
+    /// What changed since the snapshot this one was built from, when the
+    /// builder says (`None`: anything may have).
+    changed: Option<Arc<Changed>>,
 }
 
 /// Whether `q` limits a rate.
@@ -223,19 +242,52 @@ impl ConfigSnapshot {
             steering: None,
             origins: CowMap::default(),
             rated: (0, 0),
+            changed: None,
         }
     }
 
     /// The next version of this snapshot, numbered `epoch`, with `limits`,
     /// accepting new sessions; it shares every entry with this one until
-    /// changed.
+    /// changed. It says nothing about what changed until
+    /// [`set_changed`](Self::set_changed).
     pub fn renumbered(&self, epoch: u64, limits: Limits) -> Self {
         Self {
             epoch,
             accepting: true,
             reason: None,
             limits,
+            changed: None,
             ..self.clone()
+        }
+    }
+
+    /// Records what changed since the snapshot this one was built from
+    /// (ignored when the limits differ from that one's: every session
+    /// re-checks then).
+    pub fn set_changed(&mut self, base: &ConfigSnapshot, changed: Changed) {
+        self.changed = (self.limits == base.limits).then(|| Arc::new(changed));
+    }
+
+    /// What changed since the snapshot this one was built from, if known.
+    pub fn changed(&self) -> Option<&Changed> {
+        self.changed.as_deref()
+    }
+
+    /// Whether a shard running snapshot `running` must re-check a session
+    /// of `tenant` and `principal` (`None`: not authenticated, or on its
+    /// way to another shard) when it applies this one: always, unless this
+    /// snapshot says what changed since `running` and neither is in it.
+    pub fn rechecks(
+        &self,
+        running: u64,
+        tenant: Option<TenantId>,
+        principal: Option<PrincipalId>,
+    ) -> bool {
+        match (&self.changed, tenant, principal) {
+            (Some(c), Some(t), Some(p)) if c.since == running => {
+                c.tenants.contains(&t) || c.principals.contains(&p)
+            }
+            _ => true,
         }
     }
 
@@ -290,6 +342,7 @@ impl ConfigSnapshot {
             epoch,
             accepting: false,
             reason: Some(reason.into()),
+            changed: None,
             ..self.clone()
         }
     }
@@ -338,6 +391,11 @@ impl ConfigSnapshot {
     /// `None`).
     pub fn credentials(&self) -> impl Iterator<Item = (&CredentialEntry, Option<&CredentialHash>)> {
         self.credentials.values().map(|(c, h)| (c, h.as_ref()))
+    }
+
+    /// A credential.
+    pub fn credential(&self, id: CredentialId) -> Option<&CredentialEntry> {
+        self.credentials.get(&id).map(|(c, _)| c)
     }
 
     /// The bearer credential whose token has `hash`.
@@ -672,6 +730,50 @@ mod tests {
         assert!(Arc::ptr_eq(&now.permissions, &kept.permissions));
         let orphan = ConfigSnapshot::new(3, Limits::default()).insert_principal_shared(kept);
         assert!(matches!(orphan, Err(SnapshotError::UnknownTenant { .. })));
+    }
+
+    #[test]
+    fn only_sessions_named_in_what_changed_are_rechecked() {
+        let base = snapshot(None);
+        let mut next = base.renumbered(2, Limits::default());
+        let (t, p) = (Some(TenantId(1)), Some(PrincipalId(10)));
+        assert!(next.rechecks(1, t, p), "nothing said: every session");
+        next.set_changed(
+            &base,
+            Changed {
+                since: 1,
+                tenants: [TenantId(3)].into_iter().collect(),
+                principals: [PrincipalId(11)].into_iter().collect(),
+            },
+        );
+        assert!(!next.rechecks(1, t, p), "neither changed");
+        assert!(next.rechecks(1, Some(TenantId(3)), p), "its tenant did");
+        assert!(
+            next.rechecks(1, t, Some(PrincipalId(11))),
+            "its principal did"
+        );
+        assert!(next.rechecks(0, t, p), "the shard runs another epoch");
+        assert!(
+            next.rechecks(1, None, None),
+            "not authenticated (or moving)"
+        );
+        // Not carried over: renumbered or refusing, it says nothing again.
+        assert!(next.renumbered(3, Limits::default()).rechecks(2, t, p));
+        assert!(next.refusing_new_sessions(3, "x").rechecks(2, t, p));
+        // New limits: every session re-checks.
+        let limits = Limits {
+            max_subscriptions: 7,
+            ..Limits::default()
+        };
+        let mut other = base.renumbered(2, limits);
+        other.set_changed(
+            &base,
+            Changed {
+                since: 1,
+                ..Changed::default()
+            },
+        );
+        assert!(other.changed().is_none() && other.rechecks(1, t, p));
     }
 
     #[test]

@@ -201,6 +201,11 @@ impl ConnShared {
         }
     }
 
+    /// Its principal, once authenticated here.
+    pub(crate) fn principal(&self) -> Option<PrincipalId> {
+        self.principal.get()
+    }
+
     /// Takes on what a (re-)authorised identity implies.
     fn adopt(&self, id: &Identity, kind: v1::ClientKind, name: &str) {
         self.tenant.set(Some(id.tenant.id));

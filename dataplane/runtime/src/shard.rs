@@ -935,12 +935,23 @@ impl Shard {
         self.presence
             .borrow_mut()
             .set_limits(snapshot.limits().presence());
-        *self.config.borrow_mut() = snapshot;
+        let running = std::mem::replace(&mut *self.config.borrow_mut(), snapshot);
         self.throttle.borrow_mut().rates().reset();
+        // Only the sessions the change touches re-check (all of them when
+        // the snapshot does not say what changed since the one running).
+        let config = self.config.borrow();
+        let mut rechecked = 0_usize;
         for (_, c) in self.conns.borrow().iter() {
-            c.raise(Flag::Reauthorize);
+            if config.rechecks(running.epoch(), c.tenant.get(), c.principal()) {
+                c.raise(Flag::Reauthorize);
+                rechecked += 1;
+            }
         }
-        tracing::debug!(shard = %self.id, epoch, "configuration applied");
+        drop(config);
+        // The one replaced is freed by the control thread, which keeps it
+        // until every shard has swapped.
+        drop(running);
+        tracing::debug!(shard = %self.id, epoch, rechecked, "configuration applied");
     }
 
     /// Spreads closes over `window` so clients do not all reconnect at once;
