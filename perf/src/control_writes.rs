@@ -13,9 +13,10 @@
 //!    drawn in turn: writes per second and the latency of each;
 //! 2. `rounds` × two request/reply runs at `--rr-rate` for
 //!    `--rr-duration` seconds on the `default` tenant: one alone (`quiet`)
-//!    and one while the writes of part 1 stream without pause (`writes`),
-//!    in an order that alternates from round to round. The figure of merit
-//!    is the request/reply p99 with writes over the p99 without.
+//!    and one while the writes of part 1 stream (`writes`): without pause,
+//!    or paced at `--write-rate` writes per second; in an order that
+//!    alternates from round to round. The figure of merit is the
+//!    request/reply p99 with writes over the p99 without.
 //!
 //! Results: `<out>/<date>-control-writes/{results.json,README.md}`, with the
 //! command line that made them.
@@ -82,6 +83,10 @@ pub(crate) struct ControlWritesArgs {
     /// Request/reply payload, bytes.
     #[arg(long, default_value_t = 128)]
     rr_size: usize,
+    /// Pace of the writes streamed beside request/reply, writes per second
+    /// (0: one after another without pause, as fast as the node answers).
+    #[arg(long, default_value_t = 0.0)]
+    write_rate: f64,
     /// CPUs the server is pinned to.
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     cpus: Vec<usize>,
@@ -143,6 +148,8 @@ struct Report {
     cpus: Vec<usize>,
     /// Seconds from starting the node to its control API answering.
     start_secs: f64,
+    /// Pace of the writes beside request/reply (0: without pause).
+    write_rate: f64,
     writes: Writes,
     runs: Vec<Run>,
 }
@@ -270,11 +277,14 @@ impl ControlApi {
     }
 
     /// Writes one after another, starting at write `first`, until `count`
-    /// were sent or `stop` is set (then the one in flight completes).
+    /// were sent or `stop` is set (then the one in flight completes); with
+    /// a `rate` above 0, write n starts no earlier than n / `rate` seconds
+    /// after the first.
     fn stream(
         &self,
         first: u64,
         count: Option<usize>,
+        rate: f64,
         stop: &AtomicBool,
     ) -> Result<Writes, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -289,6 +299,10 @@ impl ControlApi {
             let started = Instant::now();
             let mut k = first;
             while count.is_none_or(|n| (ok + failed) < n as u64) && !stop.load(Ordering::Relaxed) {
+                if rate > 0.0 {
+                    let due = started + Duration::from_secs_f64((ok + failed) as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let t = Instant::now();
                 let r = self.write(&mut clients, k).await;
                 latency.record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
@@ -330,6 +344,9 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
     }
     if a.tenants == 0 || a.principals_per_tenant == 0 {
         return Err("--tenants and --principals-per-tenant must be at least 1".into());
+    }
+    if !(a.write_rate.is_finite() && a.write_rate >= 0.0) {
+        return Err("--write-rate must be a number of writes per second, 0 or more".into());
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let arqonbus = a
@@ -393,7 +410,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut first = 0u64;
     loop {
-        match api.stream(first, Some(1), &never) {
+        match api.stream(first, Some(1), 0.0, &never) {
             Ok(w) if w.ok == 1 => break,
             Ok(w) if Instant::now() > deadline => {
                 return Err(format!("the first write failed: {:?}", w.errors));
@@ -408,7 +425,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
 
     let run = progress.run("writes");
     run.update(0.0, &format!("{} writes", a.writes));
-    let writes = api.stream(first, Some(a.writes), &never)?;
+    let writes = api.stream(first, Some(a.writes), 0.0, &never)?;
     first += a.writes as u64;
     progress.run_done();
     progress.println(&format!(
@@ -453,7 +470,8 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
             }
             let stop = AtomicBool::new(false);
             let (reqreply, streamed) = std::thread::scope(|s| {
-                let writer = with_writes.then(|| s.spawn(|| api.stream(first, None, &stop)));
+                let writer =
+                    with_writes.then(|| s.spawn(|| api.stream(first, None, a.write_rate, &stop)));
                 let r = scenario::reqreply::run(&target, &rr, &p);
                 stop.store(true, Ordering::Relaxed);
                 let w = writer.map(|h| h.join().map_err(|_| "the writer panicked".to_owned()));
@@ -499,6 +517,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
         shards: a.shards,
         cpus: a.cpus.clone(),
         start_secs,
+        write_rate: a.write_rate,
         writes,
         runs,
     };
@@ -578,6 +597,12 @@ fn markdown(report: &Report) -> String {
         s,
         "## Request/reply on the data plane, quiet and while writes stream\n"
     );
+    let pace = if r.write_rate > 0.0 {
+        format!("paced at {:.0} writes/s", r.write_rate)
+    } else {
+        "one after another without pause".to_owned()
+    };
+    let _ = writeln!(s, "Writes beside request/reply: {pace}.\n");
     let _ = writeln!(
         s,
         "| round | beside | host busy before (cores) | replies | p50 µs | p99 µs | p99.9 µs | writes | writes/s | write p99 µs |"
