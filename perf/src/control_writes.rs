@@ -16,7 +16,11 @@
 //!    and one while the writes of part 1 stream (`writes`): without pause,
 //!    or paced at `--write-rate` writes per second; in an order that
 //!    alternates from round to round. The figure of merit is the
-//!    request/reply p99 with writes over the p99 without.
+//!    request/reply p99 with writes over the p99 without. The writing
+//!    client runs as a background thread (`SCHED_IDLE`): an admin's client
+//!    runs on another machine, not on the node's cores, and here it would
+//!    otherwise take CPU from the request/reply client and the shards
+//!    beside it, which is the client's cost, not the node's.
 //!
 //! Results: `<out>/<date>-control-writes/{results.json,README.md}`, with the
 //! command line that made them.
@@ -470,8 +474,12 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
             }
             let stop = AtomicBool::new(false);
             let (reqreply, streamed) = std::thread::scope(|s| {
-                let writer =
-                    with_writes.then(|| s.spawn(|| api.stream(first, None, a.write_rate, &stop)));
+                let writer = with_writes.then(|| {
+                    s.spawn(|| {
+                        background();
+                        api.stream(first, None, a.write_rate, &stop)
+                    })
+                });
                 let r = scenario::reqreply::run(&target, &rr, &p);
                 stop.store(true, Ordering::Relaxed);
                 let w = writer.map(|h| h.join().map_err(|_| "the writer panicked".to_owned()));
@@ -538,6 +546,19 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
     eprintln!("written to {}", dir.display());
     drop(work);
     Ok(())
+}
+
+/// Makes the calling thread run only when nothing else wants its core
+/// (`SCHED_IDLE`); a failure is reported and changes nothing.
+fn background() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` outlives the call; 0 names the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) } != 0 {
+        eprintln!(
+            "cannot make the writing client a background thread: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// `dir`, or `dir-2`, `dir-3`, … if it exists (a second run the same day).
