@@ -23,7 +23,8 @@
 //! [`Changes`]), a build starts from the last snapshot (which shares its
 //! storage: `arqonbus_core::cowmap`) and visits only the records written
 //! and the principals a changed policy applies to, so it costs what
-//! changed. Without them (the first build, a reload, a build after one that
+//! changed; the snapshot then names the tenants and principals it touched
+//! ([`Changed`]), and the shards re-check only their sessions. Without them (the first build, a reload, a build after one that
 //! failed) it visits every record, still reusing the same `Arc` for every
 //! record that did not change. Either way a principal's permissions are
 //! compiled again only when one of the policies that apply to it changed,
