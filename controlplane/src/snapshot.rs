@@ -316,7 +316,7 @@ pub fn compile_snapshot_cached(
     match (base, changes) {
         (Some(base), Some(changes)) => {
             b.snap = base.renumbered(epoch, limits.clone());
-            let touched = b.changed(base.epoch(), changes)?;
+            let touched = b.changed(changes)?;
             b.snap.set_changed(&base, touched);
         }
         _ => b.everything()?,
@@ -375,13 +375,11 @@ impl Build<'_> {
         Ok(())
     }
 
-    /// Visits what `changes` names, into the last snapshot (numbered
-    /// `since`) renumbered; returns the tenants and principals whose
-    /// sessions must re-check.
-    fn changed(&mut self, since: u64, changes: &Changes) -> Result<Changed, BuildError> {
+    /// Visits what `changes` names, into the last snapshot renumbered;
+    /// returns the tenants and principals whose sessions must re-check.
+    fn changed(&mut self, changes: &Changes) -> Result<Changed, BuildError> {
         let c = self.contents;
         let mut touched = Changed {
-            since,
             tenants: changes.tenants.iter().map(|&t| TenantId(t)).collect(),
             ..Changed::default()
         };

@@ -871,18 +871,18 @@ fn remove_where<T>(
     decode: Decode<T>,
     doomed: impl Fn(&T) -> bool,
 ) -> Result<std::collections::BTreeSet<u64>, StoreError> {
-    let mut ids = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
     for row in table.iter()? {
         let (k, v) = row?;
         let id = k.value();
         if doomed(&decode(id, v.value())?) {
-            ids.push(id);
+            ids.insert(id);
         }
     }
     for &id in &ids {
         table.remove(id)?;
     }
-    Ok(ids.into_iter().collect())
+    Ok(ids)
 }
 
 impl Db {

@@ -261,11 +261,16 @@ impl ConfigSnapshot {
         }
     }
 
-    /// Records what changed since the snapshot this one was built from
-    /// (ignored when the limits differ from that one's: every session
-    /// re-checks then).
+    /// Records what changed since `base`, the snapshot this one was built
+    /// from (`changed.since` becomes its epoch; ignored when the limits
+    /// differ from its: every session re-checks then).
     pub fn set_changed(&mut self, base: &ConfigSnapshot, changed: Changed) {
-        self.changed = (self.limits == base.limits).then(|| Arc::new(changed));
+        self.changed = (self.limits == base.limits).then(|| {
+            Arc::new(Changed {
+                since: base.epoch,
+                ..changed
+            })
+        });
     }
 
     /// What changed since the snapshot this one was built from, if known.

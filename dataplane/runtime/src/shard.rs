@@ -923,10 +923,12 @@ impl Shard {
         }
     }
 
-    /// A new snapshot: every connection re-checks its credential and rights.
+    /// A new snapshot: the connections it touches re-check their credential
+    /// and rights.
     fn apply(&self, snapshot: Arc<ConfigSnapshot>) {
         let epoch = snapshot.epoch();
-        if epoch <= self.config.borrow().epoch() {
+        let running = self.config.borrow().epoch();
+        if epoch <= running {
             tracing::debug!(shard = %self.id, epoch, "stale snapshot ignored");
             return;
         }
@@ -935,22 +937,17 @@ impl Shard {
         self.presence
             .borrow_mut()
             .set_limits(snapshot.limits().presence());
-        let running = std::mem::replace(&mut *self.config.borrow_mut(), snapshot);
-        self.throttle.borrow_mut().rates().reset();
         // Only the sessions the change touches re-check (all of them when
         // the snapshot does not say what changed since the one running).
-        let config = self.config.borrow();
         let mut rechecked = 0_usize;
         for (_, c) in self.conns.borrow().iter() {
-            if config.rechecks(running.epoch(), c.tenant.get(), c.principal()) {
+            if snapshot.rechecks(running, c.tenant.get(), c.principal()) {
                 c.raise(Flag::Reauthorize);
                 rechecked += 1;
             }
         }
-        drop(config);
-        // The one replaced is freed by the control thread, which keeps it
-        // until every shard has swapped.
-        drop(running);
+        *self.config.borrow_mut() = snapshot;
+        self.throttle.borrow_mut().rates().reset();
         tracing::debug!(shard = %self.id, epoch, rechecked, "configuration applied");
     }
 
