@@ -277,14 +277,6 @@ fn tenant_entry(t: &TenantRecord) -> Result<TenantEntry, BuildError> {
     })
 }
 
-/// The record of `id` in `records` (sorted by id, as the store gives them).
-fn find<R>(records: &[R], id: u64, key: impl Fn(&R) -> u64) -> Option<&R> {
-    records
-        .binary_search_by_key(&id, key)
-        .ok()
-        .map(|i| &records[i])
-}
-
 /// Builds the snapshot numbered `epoch` from `contents` as of `now_unix`.
 ///
 /// With `changes` (what was written since the last build) and a last
@@ -351,26 +343,26 @@ impl Build<'_> {
         for built in self.cache.principals.values_mut() {
             built.held = None;
         }
-        for t in &c.tenants {
+        for t in c.tenants.values() {
             self.put_tenant(t)?;
         }
         self.steering()?;
         // Every stored policy must validate, whether or not it targets anyone.
-        for p in &c.policies {
+        for p in c.policies.values() {
             self.put_policy(p)?;
         }
-        for p in &c.principals {
+        for p in c.principals.values() {
             self.put_principal(p)?;
         }
-        for r in &c.credentials {
+        for r in c.credentials.values() {
             self.put_credential(r)?;
         }
         // Forget what is gone, keep only the permissions in use (an entry
         // keeps its policies' `Arc`s, so their addresses, its key, cannot
         // be reused while it lives).
-        prune(&mut self.cache.tenants, &c.tenants, |t| t.tenant.id);
-        prune(&mut self.cache.policies, &c.policies, |p| p.id);
-        prune(&mut self.cache.principals, &c.principals, |p| p.id);
+        prune(&mut self.cache.tenants, &c.tenants);
+        prune(&mut self.cache.policies, &c.policies);
+        prune(&mut self.cache.principals, &c.principals);
         self.cache.permissions.retain(|_, c| c.users > 0);
         Ok(())
     }
@@ -384,7 +376,7 @@ impl Build<'_> {
             ..Changed::default()
         };
         for &id in &changes.tenants {
-            if let Some(t) = find(&c.tenants, id, |t| t.tenant.id) {
+            if let Some(t) = c.tenants.get(&id) {
                 self.put_tenant(t)?;
             } else {
                 self.snap.remove_tenant(TenantId(id));
@@ -402,7 +394,7 @@ impl Build<'_> {
                 let was = Applies::of(old)?;
                 self.reaches(&was, &mut principals);
             }
-            match find(&c.policies, id, |p| p.id) {
+            match c.policies.get(&id) {
                 Some(p) => {
                     self.put_policy(p)?;
                     self.reaches(&Applies::of(p)?, &mut principals);
@@ -411,7 +403,7 @@ impl Build<'_> {
             }
         }
         for &id in &principals {
-            match find(&c.principals, id, |p| p.id) {
+            match c.principals.get(&id) {
                 Some(p) => self.put_principal(p)?,
                 None => self.drop_principal(id),
             }
@@ -422,7 +414,7 @@ impl Build<'_> {
                 touched.principals.insert(was.principal);
             }
             self.snap.remove_credential(CredentialId(id));
-            if let Some(r) = find(&c.credentials, id, |r| r.credential.id) {
+            if let Some(r) = c.credentials.get(&id) {
                 touched
                     .principals
                     .insert(PrincipalId(r.credential.principal_id));
@@ -693,13 +685,12 @@ fn release(permissions: &mut HashMap<Vec<usize>, Compiled>, key: &[usize]) {
 }
 
 /// Drops the entries of `cache` whose record is not in `records`.
-fn prune<R, V>(cache: &mut HashMap<u64, V>, records: &[R], id: impl Fn(&R) -> u64) {
+fn prune<R, V>(cache: &mut HashMap<u64, V>, records: &BTreeMap<u64, R>) {
     if cache.len() == records.len() {
         // Every record has its entry (the build put it there): none extra.
         return;
     }
-    let live: std::collections::HashSet<u64> = records.iter().map(id).collect();
-    cache.retain(|k, _| live.contains(k));
+    cache.retain(|k, _| records.contains_key(k));
 }
 
 #[cfg(test)]
@@ -928,7 +919,13 @@ mod tests {
 
         // A stored value that does not parse fails the build.
         let mut contents = s.load().unwrap();
-        contents.tenants[1].tenant.placement = "everywhere".into();
+        contents
+            .tenants
+            .values_mut()
+            .nth(1)
+            .unwrap()
+            .tenant
+            .placement = "everywhere".into();
         let err = compile_snapshot(&contents, 3, &Limits::default(), 0).unwrap_err();
         assert!(matches!(err, BuildError::Placement { .. }), "{err}");
         assert!(err.to_string().contains("unknown placement"), "{err}");
@@ -1007,7 +1004,7 @@ mod tests {
 
         // A failed build leaves the cache as it was.
         let mut broken = s.load().unwrap();
-        broken.policies[0].publish = rules(&["a..b"], &[]);
+        broken.policies.values_mut().next().unwrap().publish = rules(&["a..b"], &[]);
         assert!(compile_snapshot_cached(&broken, None, 3, &limits, 0, &mut cache).is_err());
         let (third, stats) = build_snapshot_cached(&s, 4, &limits, &mut cache).unwrap();
         assert_eq!(stats, BuildStats::default());
@@ -1178,36 +1175,42 @@ mod tests {
         assert!(compile_snapshot(&contents, 1, &Limits::default(), 0).is_ok());
 
         let mut bad_policy = contents.clone();
-        bad_policy.policies.push(Policy {
-            id: 4,
-            tenant_id: t.id,
-            target: Some(Target::Role("r".into())),
-            publish: rules(&["a..b"], &[]),
-            ..Policy::default()
-        });
+        bad_policy.policies.insert(
+            4,
+            Policy {
+                id: 4,
+                tenant_id: t.id,
+                target: Some(Target::Role("r".into())),
+                publish: rules(&["a..b"], &[]),
+                ..Policy::default()
+            },
+        );
         let err = compile_snapshot(&bad_policy, 1, &Limits::default(), 0).unwrap_err();
         assert!(matches!(err, BuildError::Policy { policy: 4, .. }), "{err}");
 
         let mut bad_key = contents.clone();
-        bad_key.tenants[0].signing_key.0 = vec![1, 2, 3];
+        bad_key.tenants.values_mut().next().unwrap().signing_key.0 = vec![1, 2, 3];
         assert!(matches!(
             compile_snapshot(&bad_key, 1, &Limits::default(), 0),
             Err(BuildError::SigningKey { .. })
         ));
 
         let mut orphan = contents.clone();
-        orphan.principals.push(Principal {
-            id: 50,
-            tenant_id: 99,
-            name: "lost".into(),
-            ..Principal::default()
-        });
+        orphan.principals.insert(
+            50,
+            Principal {
+                id: 50,
+                tenant_id: 99,
+                name: "lost".into(),
+                ..Principal::default()
+            },
+        );
         assert!(matches!(
             compile_snapshot(&orphan, 1, &Limits::default(), 0),
             Err(BuildError::Inconsistent(_))
         ));
 
-        contents.tenants[0].tenant.quotas = Some(Quotas {
+        contents.tenants.values_mut().next().unwrap().tenant.quotas = Some(Quotas {
             slow_consumer: 9,
             ..Quotas::default()
         });

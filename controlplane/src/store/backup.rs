@@ -31,8 +31,8 @@ use redb::{
 };
 
 use super::redb_store::{
-    CREDENTIALS, IN_USE, META, POLICIES, PRINCIPAL_NAMES, PRINCIPALS, SECRETS, SETTINGS,
-    STORE_FILE, TENANT_NAMES, TENANTS,
+    CREDENTIALS, IN_USE, META, POLICIES, PRINCIPAL_CREDENTIALS, PRINCIPAL_NAMES, PRINCIPALS,
+    SECRETS, SETTINGS, STORE_FILE, TENANT_NAMES, TENANT_POLICIES, TENANT_PRINCIPALS, TENANTS,
 };
 use super::{RedbStore, Store as _, StoreError};
 
@@ -117,6 +117,9 @@ pub(crate) fn copy_database(db: &Database) -> Result<Vec<u8>, StoreError> {
     copy_table(&from, &to, SETTINGS)?;
     copy_table(&from, &to, TENANT_NAMES)?;
     copy_table(&from, &to, PRINCIPAL_NAMES)?;
+    copy_table(&from, &to, TENANT_PRINCIPALS)?;
+    copy_table(&from, &to, PRINCIPAL_CREDENTIALS)?;
+    copy_table(&from, &to, TENANT_POLICIES)?;
     for def in [TENANTS, PRINCIPALS, CREDENTIALS, POLICIES] {
         copy_table(&from, &to, def)?;
     }

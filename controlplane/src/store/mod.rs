@@ -41,6 +41,7 @@ mod redb_store;
 #[cfg(test)]
 pub(crate) mod tests;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use arqonbus_proto::control::{
@@ -181,17 +182,19 @@ pub struct CredentialRecord {
     pub token_sha256: Option<[u8; 32]>,
 }
 
-/// Everything the snapshot builder reads, from one consistent read.
+/// Everything the snapshot builder reads, from one consistent read. Maps by
+/// id, so a mirror patched with one change costs that change
+/// ([`Store::refresh`]) and iterates in id order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoreContents {
     /// Every tenant, by id.
-    pub tenants: Vec<TenantRecord>,
+    pub tenants: BTreeMap<u64, TenantRecord>,
     /// Every principal, by id.
-    pub principals: Vec<Principal>,
+    pub principals: BTreeMap<u64, Principal>,
     /// Every credential (revoked and expired ones included), by id.
-    pub credentials: Vec<CredentialRecord>,
+    pub credentials: BTreeMap<u64, CredentialRecord>,
     /// Every policy, by id.
-    pub policies: Vec<Policy>,
+    pub policies: BTreeMap<u64, Policy>,
     /// The steering set through the API; `None`: the configuration file's.
     pub steering: Option<SteeringRecord>,
 }

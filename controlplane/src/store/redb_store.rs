@@ -9,7 +9,13 @@
 //! far only `steering`. Schema 3 adds two indexes, written in the same
 //! transaction as the records they index: `tenant_names` (name → id) and
 //! `principal_names` ((tenant id, name) → id). A name is checked, and a
-//! tenant's principals listed, without reading every record.
+//! tenant's principals listed, without reading every record. Schema 4 adds
+//! three owner indexes, keys only, kept likewise: `tenant_principals`
+//! (tenant, principal), `principal_credentials` (tenant, principal,
+//! credential) and `tenant_policies` (tenant, policy). A delete finds what
+//! it cascades to, and a listing finds a tenant's or principal's records,
+//! by a range of one index: what it costs follows the records it touches,
+//! not the size of the store.
 //!
 //! A tenant's placement lives in its record (the API's `Tenant.placement`):
 //! a record written before placement existed decodes with it empty, which
@@ -24,6 +30,7 @@
 //! and records [`SCHEMA_VERSION`] in one write transaction, and refuses a
 //! file whose version is newer than this code.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock};
@@ -62,6 +69,16 @@ pub(crate) const TENANT_NAMES: TableDefinition<&str, u64> = TableDefinition::new
 /// Schema 3: (tenant id, principal name) → principal id, kept likewise.
 pub(crate) const PRINCIPAL_NAMES: TableDefinition<(u64, &str), u64> =
     TableDefinition::new("principal_names");
+/// Schema 4: (tenant id, principal id), one row per principal.
+pub(crate) const TENANT_PRINCIPALS: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("tenant_principals");
+/// Schema 4: (tenant id, principal id, credential id), one row per
+/// credential.
+pub(crate) const PRINCIPAL_CREDENTIALS: TableDefinition<(u64, u64, u64), ()> =
+    TableDefinition::new("principal_credentials");
+/// Schema 4: (tenant id, policy id), one row per policy.
+pub(crate) const TENANT_POLICIES: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("tenant_policies");
 
 const SCHEMA_KEY: &str = "schema_version";
 const NEXT_TENANT: &str = "next_tenant_id";
@@ -100,6 +117,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 3,
         description: "name indexes for tenants and principals",
         run: migrate_v3,
+    },
+    Migration {
+        version: 4,
+        description: "owner indexes for principals, credentials and policies",
+        run: migrate_v4,
     },
 ];
 
@@ -162,6 +184,56 @@ pub(crate) fn migrate_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Indexes every principal, credential and policy under its owners, so a
+/// cascading delete or a listing reads the records it concerns instead of
+/// every record of the table.
+pub(crate) fn migrate_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut index = txn.open_table(TENANT_PRINCIPALS)?;
+    for p in scan(&txn.open_table(PRINCIPALS)?, decode_principal)? {
+        index.insert((p.tenant_id, p.id), ())?;
+    }
+    let mut index = txn.open_table(PRINCIPAL_CREDENTIALS)?;
+    for c in scan(&txn.open_table(CREDENTIALS)?, decode_credential)? {
+        let c = c.credential;
+        index.insert((c.tenant_id, c.principal_id, c.id), ())?;
+    }
+    let mut index = txn.open_table(TENANT_POLICIES)?;
+    for p in scan(&txn.open_table(POLICIES)?, decode_policy)? {
+        index.insert((p.tenant_id, p.id), ())?;
+    }
+    Ok(())
+}
+
+/// The ids filed under `owner` in an index keyed (owner, id): a tenant's
+/// principals ([`TENANT_PRINCIPALS`]) or policies ([`TENANT_POLICIES`]), in
+/// id order.
+fn owned(index: &impl ReadableTable<(u64, u64), ()>, owner: u64) -> Result<Vec<u64>, StoreError> {
+    let mut ids = Vec::new();
+    for row in index.range((owner, 0)..=(owner, u64::MAX))? {
+        ids.push(row?.0.value().1);
+    }
+    Ok(ids)
+}
+
+/// The (principal, credential) ids of `tenant`'s credentials, or of one
+/// principal's, in order ([`PRINCIPAL_CREDENTIALS`]).
+fn credentials_of(
+    index: &impl ReadableTable<(u64, u64, u64), ()>,
+    tenant: u64,
+    principal: Option<u64>,
+) -> Result<Vec<(u64, u64)>, StoreError> {
+    let (from, to) = match principal {
+        Some(p) => ((tenant, p, 0), (tenant, p, u64::MAX)),
+        None => ((tenant, 0, 0), (tenant, u64::MAX, u64::MAX)),
+    };
+    let mut ids = Vec::new();
+    for row in index.range(from..=to)? {
+        let (_, p, c) = row?.0.value();
+        ids.push((p, c));
+    }
+    Ok(ids)
+}
+
 macro_rules! backend_errors {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
@@ -196,15 +268,13 @@ impl Db {
             table: &impl ReadableTable<u64, &'static [u8]>,
             ids: &std::collections::BTreeSet<u64>,
             decode: Decode<T>,
-            list: &mut Vec<T>,
-            key: impl Fn(&T) -> u64,
+            map: &mut BTreeMap<u64, T>,
         ) -> Result<(), StoreError> {
             for &id in ids {
-                let record = match table.get(id)? {
-                    Some(v) => Some(decode(id, v.value())?),
-                    None => None,
+                match table.get(id)? {
+                    Some(v) => map.insert(id, decode(id, v.value())?),
+                    None => map.remove(&id),
                 };
-                upsert(list, id, record, &key);
             }
             Ok(())
         }
@@ -214,28 +284,24 @@ impl Db {
             &changes.tenants,
             decode_tenant,
             &mut mirror.tenants,
-            |t| t.tenant.id,
         )?;
         each(
             &txn.open_table(PRINCIPALS)?,
             &changes.principals,
             decode_principal,
             &mut mirror.principals,
-            |p| p.id,
         )?;
         each(
             &txn.open_table(CREDENTIALS)?,
             &changes.credentials,
             decode_credential,
             &mut mirror.credentials,
-            |c| c.credential.id,
         )?;
         each(
             &txn.open_table(POLICIES)?,
             &changes.policies,
             decode_policy,
             &mut mirror.policies,
-            |p| p.id,
         )?;
         if changes.steering {
             mirror.steering = read_steering(&txn.open_table(SETTINGS)?)?;
@@ -734,6 +800,20 @@ fn read_steering(
 type Decode<T> = fn(u64, &[u8]) -> Result<T, StoreError>;
 
 /// Every record of a table, decoded, by id.
+fn scan_map<T>(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    decode: Decode<T>,
+) -> Result<BTreeMap<u64, T>, StoreError> {
+    let mut out = BTreeMap::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let id = k.value();
+        out.insert(id, decode(id, v.value())?);
+    }
+    Ok(out)
+}
+
+/// Every record of a table, decoded, in id order.
 fn scan<T>(
     table: &impl ReadableTable<u64, &'static [u8]>,
     decode: Decode<T>,
@@ -851,43 +931,10 @@ fn require_principal(
     get(principals, id, decode_principal)?.ok_or_else(|| not_found("principal", id))
 }
 
-/// Puts `record` (or, when `None`, removes the record `id`) in `list`,
-/// which is sorted by id as [`Store::load`] returns it.
-fn upsert<T>(list: &mut Vec<T>, id: u64, record: Option<T>, key: impl Fn(&T) -> u64) {
-    match (list.binary_search_by_key(&id, &key), record) {
-        (Ok(i), Some(r)) => list[i] = r,
-        (Ok(i), None) => {
-            list.remove(i);
-        }
-        (Err(i), Some(r)) => list.insert(i, r),
-        (Err(_), None) => {}
-    }
-}
-
-/// Removes every record of `table` for which `doomed` holds; returns their
-/// ids.
-fn remove_where<T>(
-    table: &mut Table<u64, &'static [u8]>,
-    decode: Decode<T>,
-    doomed: impl Fn(&T) -> bool,
-) -> Result<std::collections::BTreeSet<u64>, StoreError> {
-    let mut ids = std::collections::BTreeSet::new();
-    for row in table.iter()? {
-        let (k, v) = row?;
-        let id = k.value();
-        if doomed(&decode(id, v.value())?) {
-            ids.insert(id);
-        }
-    }
-    for &id in &ids {
-        table.remove(id)?;
-    }
-    Ok(ids)
-}
-
 impl Db {
     /// Deletes tenant `id` with its principals, credentials and policies;
-    /// returns every record removed.
+    /// returns every record removed. The owner indexes name them: nothing
+    /// else is read.
     fn delete_tenant_cascade(&self, id: u64) -> Result<Changes, StoreError> {
         let txn = self.write()?;
         let removed = {
@@ -897,32 +944,42 @@ impl Db {
             };
             txn.open_table(TENANT_NAMES)?
                 .remove(record?.tenant.name.as_str())?;
-            let principals =
-                remove_where(&mut txn.open_table(PRINCIPALS)?, decode_principal, |p| {
-                    p.tenant_id == id
-                })?;
             txn.open_table(PRINCIPAL_NAMES)?
                 .retain_in((id, "")..(id.saturating_add(1), ""), |_, _| false)?;
-            Changes {
+            let mut changes = Changes {
                 tenants: [id].into(),
-                principals,
-                credentials: remove_where(
-                    &mut txn.open_table(CREDENTIALS)?,
-                    decode_credential,
-                    |c| c.credential.tenant_id == id,
-                )?,
-                policies: remove_where(&mut txn.open_table(POLICIES)?, decode_policy, |p| {
-                    p.tenant_id == id
-                })?,
                 ..Changes::default()
+            };
+            let mut index = txn.open_table(TENANT_PRINCIPALS)?;
+            let mut principals = txn.open_table(PRINCIPALS)?;
+            for p in owned(&index, id)? {
+                principals.remove(p)?;
+                changes.principals.insert(p);
             }
+            index.retain_in((id, 0)..=(id, u64::MAX), |_, ()| false)?;
+            let mut index = txn.open_table(PRINCIPAL_CREDENTIALS)?;
+            let mut credentials = txn.open_table(CREDENTIALS)?;
+            for (_, c) in credentials_of(&index, id, None)? {
+                credentials.remove(c)?;
+                changes.credentials.insert(c);
+            }
+            index.retain_in((id, 0, 0)..=(id, u64::MAX, u64::MAX), |_, ()| false)?;
+            let mut index = txn.open_table(TENANT_POLICIES)?;
+            let mut policies = txn.open_table(POLICIES)?;
+            for p in owned(&index, id)? {
+                policies.remove(p)?;
+                changes.policies.insert(p);
+            }
+            index.retain_in((id, 0)..=(id, u64::MAX), |_, ()| false)?;
+            changes
         };
         txn.commit()?;
         Ok(removed)
     }
 
     /// Deletes principal `id` with its credentials and the policies that
-    /// target it; returns every record removed.
+    /// target it; returns every record removed. The owner indexes name its
+    /// credentials and its tenant's policies: nothing else is read.
     fn delete_principal_cascade(&self, id: u64) -> Result<Changes, StoreError> {
         let txn = self.write()?;
         let removed = {
@@ -934,20 +991,33 @@ impl Db {
                 return Err(not_found("principal", id));
             };
             let p = p?;
+            let tenant = p.tenant_id;
             txn.open_table(PRINCIPAL_NAMES)?
-                .remove((p.tenant_id, p.name.as_str()))?;
-            Changes {
+                .remove((tenant, p.name.as_str()))?;
+            txn.open_table(TENANT_PRINCIPALS)?.remove((tenant, id))?;
+            let mut changes = Changes {
                 principals: [id].into(),
-                credentials: remove_where(
-                    &mut txn.open_table(CREDENTIALS)?,
-                    decode_credential,
-                    |c| c.credential.principal_id == id,
-                )?,
-                policies: remove_where(&mut txn.open_table(POLICIES)?, decode_policy, |p| {
-                    p.target == Some(Target::PrincipalId(id))
-                })?,
                 ..Changes::default()
+            };
+            let mut index = txn.open_table(PRINCIPAL_CREDENTIALS)?;
+            let mut credentials = txn.open_table(CREDENTIALS)?;
+            for (_, c) in credentials_of(&index, tenant, Some(id))? {
+                credentials.remove(c)?;
+                index.remove((tenant, id, c))?;
+                changes.credentials.insert(c);
             }
+            let mut index = txn.open_table(TENANT_POLICIES)?;
+            let mut policies = txn.open_table(POLICIES)?;
+            for pid in owned(&index, tenant)? {
+                let doomed = get(&policies, pid, decode_policy)?
+                    .is_some_and(|policy| policy.target == Some(Target::PrincipalId(id)));
+                if doomed {
+                    policies.remove(pid)?;
+                    index.remove((tenant, pid))?;
+                    changes.policies.insert(pid);
+                }
+            }
+            changes
         };
         txn.commit()?;
         Ok(removed)
@@ -1063,6 +1133,8 @@ impl Store for Db {
                 version: 1,
             };
             principals.insert(id, encode_principal(&p).as_slice())?;
+            txn.open_table(TENANT_PRINCIPALS)?
+                .insert((p.tenant_id, id), ())?;
             p
         };
         txn.commit()?;
@@ -1146,6 +1218,8 @@ impl Store for Db {
             };
             txn.open_table(CREDENTIALS)?
                 .insert(id, encode_credential(&record).as_slice())?;
+            txn.open_table(PRINCIPAL_CREDENTIALS)?
+                .insert((tenant.tenant.id, principal.id, id), ())?;
             Issued {
                 credential: record.credential,
                 token: minted.token,
@@ -1171,13 +1245,21 @@ impl Store for Db {
                 ));
             }
         }
-        Ok(scan(&txn.open_table(CREDENTIALS)?, decode_credential)?
-            .into_iter()
-            .map(|r| r.credential)
-            .filter(|c| {
-                c.tenant_id == tenant_id && principal_id.is_none_or(|p| c.principal_id == p)
-            })
-            .collect())
+        let table = txn.open_table(CREDENTIALS)?;
+        let mut out = Vec::new();
+        for (_, id) in credentials_of(
+            &txn.open_table(PRINCIPAL_CREDENTIALS)?,
+            tenant_id,
+            principal_id,
+        )? {
+            let c = get(&table, id, decode_credential)?.ok_or_else(|| {
+                corrupt("principal_credentials", id, "indexes a missing credential")
+            })?;
+            out.push(c.credential);
+        }
+        // In id order, as a scan of the table gave them.
+        out.sort_unstable_by_key(|c| c.id);
+        Ok(out)
     }
 
     fn revoke_credential(
@@ -1235,6 +1317,8 @@ impl Store for Db {
                 policy.version = old.version + 1;
             }
             policies.insert(policy.id, encode_policy(&policy).as_slice())?;
+            txn.open_table(TENANT_POLICIES)?
+                .insert((policy.tenant_id, policy.id), ())?;
         }
         txn.commit()?;
         Ok(policy)
@@ -1243,16 +1327,36 @@ impl Store for Db {
     fn list_policies(&self, tenant_id: u64) -> Result<Vec<Policy>, StoreError> {
         let txn = self.db.begin_read()?;
         require_tenant(&txn.open_table(TENANTS)?, tenant_id)?;
-        Ok(scan(&txn.open_table(POLICIES)?, decode_policy)?
-            .into_iter()
-            .filter(|p| p.tenant_id == tenant_id)
-            .collect())
+        let table = txn.open_table(POLICIES)?;
+        let mut out = Vec::new();
+        for id in owned(&txn.open_table(TENANT_POLICIES)?, tenant_id)? {
+            out.push(
+                get(&table, id, decode_policy)?
+                    .ok_or_else(|| corrupt("tenant_policies", id, "indexes a missing policy"))?,
+            );
+        }
+        Ok(out)
     }
 
     fn delete_policy(&self, id: u64) -> Result<(), StoreError> {
         let txn = self.write()?;
-        if txn.open_table(POLICIES)?.remove(id)?.is_none() {
-            return Err(not_found("policy", id));
+        {
+            let Some(policy) = txn
+                .open_table(POLICIES)?
+                .remove(id)?
+                .map(|v| decode_policy(id, v.value()))
+            else {
+                return Err(not_found("policy", id));
+            };
+            let mut index = txn.open_table(TENANT_POLICIES)?;
+            match policy {
+                Ok(p) => {
+                    index.remove((p.tenant_id, id))?;
+                }
+                // A corrupt record can still be deleted (the repair for it);
+                // its tenant unknown, the index is searched for its row.
+                Err(_) => index.retain(|(_, p), ()| p != id)?,
+            }
         }
         txn.commit()?;
         Ok(())
@@ -1261,10 +1365,10 @@ impl Store for Db {
     fn load(&self) -> Result<StoreContents, StoreError> {
         let txn = self.db.begin_read()?;
         Ok(StoreContents {
-            tenants: scan(&txn.open_table(TENANTS)?, decode_tenant)?,
-            principals: scan(&txn.open_table(PRINCIPALS)?, decode_principal)?,
-            credentials: scan(&txn.open_table(CREDENTIALS)?, decode_credential)?,
-            policies: scan(&txn.open_table(POLICIES)?, decode_policy)?,
+            tenants: scan_map(&txn.open_table(TENANTS)?, decode_tenant)?,
+            principals: scan_map(&txn.open_table(PRINCIPALS)?, decode_principal)?,
+            credentials: scan_map(&txn.open_table(CREDENTIALS)?, decode_credential)?,
+            policies: scan_map(&txn.open_table(POLICIES)?, decode_policy)?,
             steering: read_steering(&txn.open_table(SETTINGS)?)?,
         })
     }
@@ -1310,6 +1414,8 @@ impl Store for Db {
             let mut principals = txn.open_table(PRINCIPALS)?;
             let mut principal_names = txn.open_table(PRINCIPAL_NAMES)?;
             let mut credentials = txn.open_table(CREDENTIALS)?;
+            let mut tenant_principals = txn.open_table(TENANT_PRINCIPALS)?;
+            let mut credential_index = txn.open_table(PRINCIPAL_CREDENTIALS)?;
             for t in imports {
                 if tenants.get(t.id)?.is_some() {
                     report.skipped.push(t.id);
@@ -1380,6 +1486,7 @@ impl Store for Db {
                             };
                             principals.insert(p.id, encode_principal(&p).as_slice())?;
                             principal_names.insert((t.id, p.name.as_str()), p.id)?;
+                            tenant_principals.insert((t.id, p.id), ())?;
                         }
                     }
                     let id = allocate(&mut meta, NEXT_CREDENTIAL)?;
@@ -1398,6 +1505,7 @@ impl Store for Db {
                         token_sha256: Some(c.token_sha256),
                     };
                     credentials.insert(id, encode_credential(&record).as_slice())?;
+                    credential_index.insert((t.id, c.principal_id, id), ())?;
                 }
                 report.created.push(t.id);
             }

@@ -5,11 +5,15 @@
     reason = "short names for the records under test"
 )]
 
+use std::collections::BTreeSet;
+
 use ::redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use arqonbus_proto::control::policy::Target;
 use arqonbus_proto::control::{CredentialKind, Policy, Quotas, SubjectRules};
 
-use super::redb_store::{MIGRATIONS, Migration, migrate_v1};
+use super::redb_store::{
+    MIGRATIONS, Migration, PRINCIPAL_CREDENTIALS, TENANT_POLICIES, TENANT_PRINCIPALS, migrate_v1,
+};
 use super::*;
 use crate::seed::new_signing_key;
 use arqonbus_proto::control::AffinityRule;
@@ -413,8 +417,11 @@ fn imports_keep_ids_and_run_once() {
     let c = s.load().unwrap();
     assert_eq!(c.principals.len(), 1, "one principal, two credentials");
     assert_eq!(c.credentials.len(), 2);
-    assert_eq!(c.credentials[0].token_sha256, Some([1; 32]));
-    assert_eq!(c.principals[0].id, 8);
+    assert_eq!(
+        c.credentials.values().next().unwrap().token_sha256,
+        Some([1; 32])
+    );
+    assert!(c.principals.contains_key(&8));
     // Counters moved past the imported ids.
     assert_eq!(s.create_tenant(new_tenant("next")).unwrap().id, 6);
     assert_eq!(
@@ -620,7 +627,7 @@ fn a_schema_2_store_migrates_to_name_indexes() {
         (acme, other)
     };
     let s = open(&dir);
-    assert_eq!(s.schema_version().unwrap(), 3);
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
     assert!(matches!(
         s.create_tenant(new_tenant("acme")),
         Err(StoreError::AlreadyExists { .. })
@@ -1017,6 +1024,192 @@ fn a_refreshed_mirror_equals_a_full_load_after_any_writes() {
     s.refresh(&mut mirror).unwrap();
     assert_eq!(mirror.unwrap(), s.load().unwrap());
     assert!(patched > 10, "most refreshes patched ({patched})");
+}
+
+/// Every record's owners exist, and each owner index holds exactly one row
+/// per record, under the owners the record names.
+fn assert_owners_and_indexes(s: &RedbStore, after: &str) {
+    let c = s.load().unwrap();
+    let tenants: BTreeSet<u64> = c.tenants.values().map(|t| t.tenant.id).collect();
+    let principals: BTreeSet<u64> = c.principals.values().map(|p| p.id).collect();
+    for p in c.principals.values() {
+        assert!(tenants.contains(&p.tenant_id), "{after}: principal {p:?}");
+    }
+    for r in c.credentials.values() {
+        let cr = &r.credential;
+        assert!(principals.contains(&cr.principal_id), "{after}: {cr:?}");
+        assert!(tenants.contains(&cr.tenant_id), "{after}: {cr:?}");
+    }
+    for p in c.policies.values() {
+        assert!(tenants.contains(&p.tenant_id), "{after}: policy {p:?}");
+        if let Some(Target::PrincipalId(id)) = p.target {
+            assert!(principals.contains(&id), "{after}: policy {p:?}");
+        }
+    }
+    let txn = s.database().begin_read().unwrap();
+    let keys2 = |def| -> BTreeSet<(u64, u64)> {
+        txn.open_table(def)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|r| r.unwrap().0.value())
+            .collect()
+    };
+    let want: BTreeSet<_> = c.principals.values().map(|p| (p.tenant_id, p.id)).collect();
+    assert_eq!(keys2(TENANT_PRINCIPALS), want, "{after}: tenant_principals");
+    let want: BTreeSet<_> = c.policies.values().map(|p| (p.tenant_id, p.id)).collect();
+    assert_eq!(keys2(TENANT_POLICIES), want, "{after}: tenant_policies");
+    let got: BTreeSet<(u64, u64, u64)> = txn
+        .open_table(PRINCIPAL_CREDENTIALS)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|r| r.unwrap().0.value())
+        .collect();
+    let want: BTreeSet<_> = c
+        .credentials
+        .values()
+        .map(|r| {
+            let c = &r.credential;
+            (c.tenant_id, c.principal_id, c.id)
+        })
+        .collect();
+    assert_eq!(got, want, "{after}: principal_credentials");
+}
+
+/// Deletes cascade through the owner indexes and listings read them: after
+/// any writes, nothing is left without its owner and every index matches
+/// the records; listings equal a filter of everything.
+#[test]
+fn owner_indexes_match_the_records_after_any_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let mut writes = RandomWrites::new(0x6a09_e667_f3bc_c908);
+    let mut checked = 0;
+    for i in 0..800u64 {
+        if writes.step(&s, i) {
+            continue;
+        }
+        assert_owners_and_indexes(&s, &format!("write {i}"));
+        let c = s.load().unwrap();
+        for t in c.tenants.values() {
+            let id = t.tenant.id;
+            let want: Vec<_> = c
+                .credentials
+                .values()
+                .map(|r| r.credential.clone())
+                .filter(|cr| cr.tenant_id == id)
+                .collect();
+            assert_eq!(s.list_credentials(id, None).unwrap(), want);
+            let want: Vec<_> = c
+                .policies
+                .values()
+                .filter(|p| p.tenant_id == id)
+                .cloned()
+                .collect();
+            assert_eq!(s.list_policies(id).unwrap(), want);
+        }
+        for p in c.principals.values() {
+            let want: Vec<_> = c
+                .credentials
+                .values()
+                .map(|r| r.credential.clone())
+                .filter(|cr| cr.principal_id == p.id)
+                .collect();
+            assert_eq!(s.list_credentials(p.tenant_id, Some(p.id)).unwrap(), want);
+        }
+        checked += 1;
+    }
+    assert!(checked > 30, "checked {checked} times");
+    let c = s.load().unwrap();
+    assert!(
+        !c.credentials.is_empty() && !c.policies.is_empty(),
+        "the writes left records to check"
+    );
+}
+
+/// A schema 3 store gains the owner indexes: a delete then cascades to
+/// records written before the migration, and listings find them.
+#[test]
+fn a_schema_3_store_migrates_to_owner_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STORE_FILE);
+    let (acme, other, svc, kept) = {
+        let s = RedbStore::open_with(&path, &MIGRATIONS[..3]).unwrap();
+        let acme = s.create_tenant(new_tenant("acme")).unwrap();
+        let other = s.create_tenant(new_tenant("other")).unwrap();
+        let svc = s
+            .create_principal(new_principal(acme.id, "svc", &[]))
+            .unwrap();
+        let api = s
+            .create_principal(new_principal(acme.id, "api", &[]))
+            .unwrap();
+        let kept = s
+            .create_principal(new_principal(other.id, "svc", &[]))
+            .unwrap();
+        bearer(&s, svc.id, "abt_svc");
+        bearer(&s, api.id, "abt_api");
+        bearer(&s, kept.id, "abt_kept");
+        s.put_policy(policy(acme.id, Target::PrincipalId(svc.id), &["a.>"]), 0)
+            .unwrap();
+        s.put_policy(policy(acme.id, Target::Role("ops".into()), &["b.>"]), 0)
+            .unwrap();
+        s.put_policy(policy(other.id, Target::Role("ops".into()), &["c.>"]), 0)
+            .unwrap();
+        (acme, other, svc, kept)
+    };
+    let s = open(&dir);
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_owners_and_indexes(&s, "the migration");
+    assert_eq!(s.list_credentials(acme.id, None).unwrap().len(), 2);
+    assert_eq!(s.list_credentials(acme.id, Some(svc.id)).unwrap().len(), 1);
+    assert_eq!(s.list_policies(acme.id).unwrap().len(), 2);
+
+    s.delete_principal(svc.id).unwrap();
+    assert_owners_and_indexes(&s, "deleting a principal");
+    assert_eq!(
+        s.list_policies(acme.id).unwrap().len(),
+        1,
+        "its policy went"
+    );
+    s.delete_tenant(acme.id).unwrap();
+    assert_owners_and_indexes(&s, "deleting a tenant");
+    let c = s.load().unwrap();
+    assert_eq!(c.principals.len(), 1);
+    assert!(c.principals.contains_key(&kept.id));
+    assert_eq!(c.credentials.len(), 1);
+    assert_eq!(c.policies.len(), 1);
+    assert_eq!(s.list_policies(other.id).unwrap().len(), 1);
+}
+
+/// A policy whose record is corrupt can still be deleted, and its index
+/// row goes with it.
+#[test]
+fn a_corrupt_policy_is_deleted_with_its_index_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let t = s.create_tenant(new_tenant("acme")).unwrap();
+    let kept = s
+        .put_policy(policy(t.id, Target::Role("ops".into()), &["a.>"]), 0)
+        .unwrap();
+    let bad = s
+        .put_policy(policy(t.id, Target::Role("dev".into()), &["b.>"]), 0)
+        .unwrap();
+    {
+        let txn = s.database().begin_write().unwrap();
+        txn.open_table(TableDefinition::<u64, &[u8]>::new("policies"))
+            .unwrap()
+            .insert(bad.id, [0xff_u8, 0xff, 0xff].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    assert!(matches!(
+        s.list_policies(t.id),
+        Err(StoreError::Corrupt { .. })
+    ));
+    s.delete_policy(bad.id).unwrap();
+    assert_owners_and_indexes(&s, "deleting a corrupt policy");
+    assert_eq!(s.list_policies(t.id).unwrap(), [kept]);
 }
 
 /// After a reopen (a storage error), the next refresh reads everything.
