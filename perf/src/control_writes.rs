@@ -16,7 +16,13 @@
 //!    and one while the writes of part 1 stream (`writes`): without pause,
 //!    or paced at `--write-rate` writes per second; in an order that
 //!    alternates from round to round. The figure of merit is the
-//!    request/reply p99 with writes over the p99 without. The writing
+//!    request/reply p99 with writes over the p99 without. With
+//!    `--control-reads`, each round adds a third run (`reads`) in which the
+//!    same client sends `GetTenant` calls at the same pace instead: a
+//!    control call that touches neither the store's write path nor the
+//!    shards, so the difference between `reads` and `writes` is what a
+//!    snapshot costs the data plane, and the one between `quiet` and
+//!    `reads` is what any control call costs it. The writing
 //!    client runs as a background thread (`SCHED_IDLE`): an admin's client
 //!    runs on another machine, not on the node's cores, and here it would
 //!    otherwise take CPU from the request/reply client and the shards
@@ -35,8 +41,10 @@ use arqonbus_proto::control::credential_service_client::CredentialServiceClient;
 use arqonbus_proto::control::policy::Target as PolicyTarget;
 use arqonbus_proto::control::policy_service_client::PolicyServiceClient;
 use arqonbus_proto::control::principal_service_client::PrincipalServiceClient;
+use arqonbus_proto::control::tenant_service_client::TenantServiceClient;
 use arqonbus_proto::control::{
-    CredentialKind, IssueCredentialRequest, Policy, PutPolicyRequest, SubjectRules,
+    CredentialKind, DeletePrincipalRequest, DeleteTenantRequest, GetTenantRequest,
+    IssueCredentialRequest, Policy, PutPolicyRequest, SubjectRules, TenantRef,
     UpdatePrincipalRequest,
 };
 use serde::Serialize;
@@ -75,7 +83,8 @@ pub(crate) struct ControlWritesArgs {
     /// Writes of the `writes` part.
     #[arg(long, default_value_t = 300)]
     writes: usize,
-    /// Rounds of request/reply, each once quiet and once with writes.
+    /// Rounds of request/reply, each once quiet and once with writes (and
+    /// once with reads, with `--control-reads`).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Request/reply offered rate, requests per second.
@@ -91,6 +100,15 @@ pub(crate) struct ControlWritesArgs {
     /// (0: one after another without pause, as fast as the node answers).
     #[arg(long, default_value_t = 0.0)]
     write_rate: f64,
+    /// Deletes at the end, one after another: this many principals (each
+    /// with its credential), then this many tenants (each with its
+    /// principals and their credentials); at most half the tenants each.
+    #[arg(long, default_value_t = 100)]
+    deletes: usize,
+    /// Adds a run per round with `GetTenant` reads beside request/reply,
+    /// paced like the writes.
+    #[arg(long)]
+    control_reads: bool,
     /// CPUs the server is pinned to.
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     cpus: Vec<usize>,
@@ -132,12 +150,13 @@ struct Writes {
 #[derive(Debug, Clone, Serialize)]
 struct Run {
     round: usize,
-    /// `quiet` or `writes`.
+    /// `quiet`, `reads` or `writes`.
     beside: &'static str,
     reqreply: ReqReplyResult,
     /// Cores the host used just before the run (the node idle).
     host_busy_before: f64,
-    /// The writes streamed during the run (`writes` runs).
+    /// The control calls streamed during the run (`reads` and `writes`
+    /// runs).
     writes: Option<Writes>,
 }
 
@@ -156,6 +175,16 @@ struct Report {
     write_rate: f64,
     writes: Writes,
     runs: Vec<Run>,
+    /// The deletes at the end.
+    deletes: Vec<Deletes>,
+}
+
+/// Deletes of one kind, one after another.
+#[derive(Debug, Clone, Serialize)]
+struct Deletes {
+    /// `principal` or `tenant`.
+    what: &'static str,
+    calls: Writes,
 }
 
 /// The seed tenants of the configuration file: `tenants` tenants with
@@ -203,7 +232,17 @@ struct ControlApi {
     per_tenant: u64,
 }
 
+/// What a streamed control call does ([`ControlApi::call`]).
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Write,
+    Read,
+    DeletePrincipal,
+    DeleteTenant,
+}
+
 struct Clients {
+    tenants: TenantServiceClient<Authed>,
     principals: PrincipalServiceClient<Authed>,
     policies: PolicyServiceClient<Authed>,
     credentials: CredentialServiceClient<Authed>,
@@ -227,6 +266,7 @@ impl ControlApi {
                 .map_err(|_| "admin token is not ASCII".to_owned())?,
         );
         Ok(Clients {
+            tenants: TenantServiceClient::with_interceptor(channel.clone(), auth.clone()),
             principals: PrincipalServiceClient::with_interceptor(channel.clone(), auth.clone()),
             policies: PolicyServiceClient::with_interceptor(channel.clone(), auth.clone()),
             credentials: CredentialServiceClient::with_interceptor(channel, auth),
@@ -280,7 +320,42 @@ impl ControlApi {
         Ok(())
     }
 
-    /// Writes one after another, starting at write `first`, until `count`
+    /// Call number `k` of kind `op`: a write as above; `GetTenant` on the
+    /// tenant write `k` would change; or a delete: of the last principal
+    /// of tenant `k` (with its credential), or of the `k`-th tenant from
+    /// the end (with its principals and credentials).
+    async fn call(&self, c: &mut Clients, op: Op, k: u64) -> Result<(), tonic::Status> {
+        match op {
+            Op::Write => self.write(c, k).await,
+            Op::Read => {
+                let t = k.wrapping_mul(7_919) % self.tenants;
+                c.tenants
+                    .get_tenant(GetTenantRequest {
+                        tenant: Some(TenantRef {
+                            id: FIRST_TENANT + t,
+                            name: String::new(),
+                        }),
+                    })
+                    .await?;
+                Ok(())
+            }
+            Op::DeletePrincipal => {
+                let t = k % self.tenants;
+                let id = FIRST_PRINCIPAL + t * self.per_tenant + self.per_tenant - 1;
+                c.principals
+                    .delete_principal(DeletePrincipalRequest { id })
+                    .await?;
+                Ok(())
+            }
+            Op::DeleteTenant => {
+                let id = FIRST_TENANT + self.tenants - 1 - k % self.tenants;
+                c.tenants.delete_tenant(DeleteTenantRequest { id }).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Calls of kind `op` one after another, starting at write `first`, until `count`
     /// were sent or `stop` is set (then the one in flight completes); with
     /// a `rate` above 0, write n starts no earlier than n / `rate` seconds
     /// after the first.
@@ -289,6 +364,7 @@ impl ControlApi {
         first: u64,
         count: Option<usize>,
         rate: f64,
+        op: Op,
         stop: &AtomicBool,
     ) -> Result<Writes, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -308,7 +384,7 @@ impl ControlApi {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let t = Instant::now();
-                let r = self.write(&mut clients, k).await;
+                let r = self.call(&mut clients, op, k).await;
                 latency.record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
                 match r {
                     Ok(()) => ok += 1,
@@ -342,6 +418,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
         a.tenants = a.tenants.min(50);
         a.principals_per_tenant = a.principals_per_tenant.min(2);
         a.writes = a.writes.min(20);
+        a.deletes = a.deletes.min(5);
         a.rounds = 1;
         a.rr_duration = a.rr_duration.min(1.0);
         a.rr_rate = a.rr_rate.min(500.0);
@@ -364,7 +441,16 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
         ));
     }
     crate::compare::fleet::install_signal_handler()?;
-    let progress = Progress::suite(1 + 2 * a.rounds as u64);
+    let arms: &[&'static str] = if a.control_reads {
+        &["quiet", "reads", "writes"]
+    } else {
+        &["quiet", "writes"]
+    };
+    let deletes_each = a
+        .deletes
+        .min(usize::try_from(a.tenants / 2).unwrap_or(usize::MAX));
+    let progress =
+        Progress::suite(1 + (arms.len() * a.rounds) as u64 + if deletes_each > 0 { 2 } else { 0 });
     let work = WorkDir::create(a.keep_logs).map_err(|e| e.to_string())?;
     let mut fleet = Fleet::empty(work.path(), "control-writes").map_err(|e| e.to_string())?;
     let cfg = FleetConfig {
@@ -414,7 +500,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut first = 0u64;
     loop {
-        match api.stream(first, Some(1), 0.0, &never) {
+        match api.stream(first, Some(1), 0.0, Op::Write, &never) {
             Ok(w) if w.ok == 1 => break,
             Ok(w) if Instant::now() > deadline => {
                 return Err(format!("the first write failed: {:?}", w.errors));
@@ -429,7 +515,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
 
     let run = progress.run("writes");
     run.update(0.0, &format!("{} writes", a.writes));
-    let writes = api.stream(first, Some(a.writes), 0.0, &never)?;
+    let writes = api.stream(first, Some(a.writes), 0.0, Op::Write, &never)?;
     first += a.writes as u64;
     progress.run_done();
     progress.println(&format!(
@@ -455,13 +541,14 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
     };
     let mut runs = Vec::new();
     for round in 0..a.rounds {
-        let order: [bool; 2] = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for with_writes in order {
-            let beside = if with_writes { "writes" } else { "quiet" };
+        // Each arm goes first in turn: a drift of the host over the run
+        // then falls on every arm alike.
+        let order = arms
+            .iter()
+            .cycle()
+            .skip(round % arms.len())
+            .take(arms.len());
+        for &beside in order {
             let p = progress.run(&format!("round {round} {beside}"));
             let waited = Instant::now();
             let mut host_busy_before = 0.0;
@@ -474,10 +561,20 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
             }
             let stop = AtomicBool::new(false);
             let (reqreply, streamed) = std::thread::scope(|s| {
-                let writer = with_writes.then(|| {
+                let writer = (beside != "quiet").then(|| {
                     s.spawn(|| {
                         background();
-                        api.stream(first, None, a.write_rate, &stop)
+                        api.stream(
+                            first,
+                            None,
+                            a.write_rate,
+                            if beside == "reads" {
+                                Op::Read
+                            } else {
+                                Op::Write
+                            },
+                            &stop,
+                        )
                     })
                 });
                 let r = scenario::reqreply::run(&target, &rr, &p);
@@ -490,7 +587,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
                 Some(w) => Some(w??),
                 None => None,
             };
-            if let Some(w) = &writes {
+            if let (Some(w), "writes") = (&writes, beside) {
                 first += w.ok + w.failed;
             }
             progress.println(&format!(
@@ -498,7 +595,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
                 reqreply.latency.as_ref().map_or(0.0, |l| l.p50_us),
                 reqreply.latency.as_ref().map_or(0.0, |l| l.p99_us),
                 writes.as_ref().map_or(String::new(), |w| format!(
-                    "; {} writes at {:.1}/s",
+                    "; {} {beside} at {:.1}/s",
                     w.ok, w.per_sec
                 ))
             ));
@@ -510,6 +607,27 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
                 writes,
             });
             progress.run_done();
+        }
+    }
+    // Deletes last: the writes above may touch any principal.
+    let mut deletes = Vec::new();
+    if deletes_each > 0 {
+        for (what, op) in [
+            ("principal", Op::DeletePrincipal),
+            ("tenant", Op::DeleteTenant),
+        ] {
+            let run = progress.run(&format!("{what} deletes"));
+            run.update(0.0, &format!("{deletes_each} {what} deletes"));
+            let calls = api.stream(0, Some(deletes_each), 0.0, op, &never)?;
+            progress.run_done();
+            progress.println(&format!(
+                "{what} deletes: {:.1}/s, p50 {:.0} µs, p99 {:.0} µs ({} failed)",
+                calls.per_sec,
+                calls.latency.as_ref().map_or(0.0, |l| l.p50_us),
+                calls.latency.as_ref().map_or(0.0, |l| l.p99_us),
+                calls.failed
+            ));
+            deletes.push(Deletes { what, calls });
         }
     }
     fleet.stop();
@@ -528,6 +646,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
         write_rate: a.write_rate,
         writes,
         runs,
+        deletes,
     };
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from(if a.smoke {
@@ -614,6 +733,37 @@ fn markdown(report: &Report) -> String {
         us(writes.latency.as_ref(), |p| p.p99_us),
         us(writes.latency.as_ref(), |p| p.max_us),
     );
+    if !r.deletes.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Deletes, one after another\n\nA principal's delete takes its credential with it; a tenant's, its {} principals and their credentials.\n",
+            r.principals / r.tenants.max(1)
+        );
+        let _ = writeln!(
+            s,
+            "| deleted | OK | failed | per s | p50 µs | p99 µs | max µs |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+        for d in &r.deletes {
+            let c = &d.calls;
+            let l = c.latency.as_ref();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.1} | {} | {} | {} |",
+                d.what,
+                c.ok,
+                c.failed,
+                c.per_sec,
+                us(l, |p| p.p50_us),
+                us(l, |p| p.p99_us),
+                us(l, |p| p.max_us),
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if r.runs.is_empty() {
+        return s;
+    }
     let _ = writeln!(
         s,
         "## Request/reply on the data plane, quiet and while writes stream\n"
@@ -623,10 +773,13 @@ fn markdown(report: &Report) -> String {
     } else {
         "one after another without pause".to_owned()
     };
-    let _ = writeln!(s, "Writes beside request/reply: {pace}.\n");
     let _ = writeln!(
         s,
-        "| round | beside | host busy before (cores) | replies | p50 µs | p99 µs | p99.9 µs | writes | writes/s | write p99 µs |"
+        "Control calls beside request/reply (writes, and reads in `reads` runs): {pace}.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| round | beside | host busy before (cores) | replies | p50 µs | p99 µs | p99.9 µs | control calls | calls/s | call p99 µs |"
     );
     let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for run in &r.runs {
@@ -654,20 +807,54 @@ fn markdown(report: &Report) -> String {
             us(l, |p| p.p999_us),
         );
     }
-    let p99 = |beside: &str| {
-        let v: Vec<f64> = r
+    // Mean and median of each arm's p99 over the rounds: on a shared host
+    // one noisy round moves a mean, so both are given, with the spread of
+    // the quiet runs (this host's noise between runs with nothing beside).
+    let p99s = |beside: &str| -> Vec<f64> {
+        let mut v: Vec<f64> = r
             .runs
             .iter()
             .filter(|x| x.beside == beside)
             .filter_map(|x| x.reqreply.latency.as_ref().map(|l| l.p99_us))
             .collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        v.sort_by(f64::total_cmp);
+        v
     };
-    if let (Some(quiet), Some(busy)) = (p99("quiet"), p99("writes")) {
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let median = |v: &[f64]| {
+        let m = v.len() / 2;
+        if v.len().is_multiple_of(2) {
+            f64::midpoint(v[m - 1], v[m])
+        } else {
+            v[m]
+        }
+    };
+    let (quiet, busy, reads) = (p99s("quiet"), p99s("writes"), p99s("reads"));
+    if !quiet.is_empty() && !busy.is_empty() {
+        let (quiet_mean, quiet_median) = (mean(&quiet), median(&quiet));
+        let (busy_mean, busy_median) = (mean(&busy), median(&busy));
         let _ = writeln!(
             s,
-            "\nMean request/reply p99: quiet {quiet:.0} µs, with writes {busy:.0} µs: {:.2}× (goal: at most 1.10×).",
-            busy / quiet
+            "\nRequest/reply p99 over the rounds, mean (median): quiet {quiet_mean:.0} ({quiet_median:.0}) µs, with writes {busy_mean:.0} ({busy_median:.0}) µs: {:.2}× ({:.2}×) (goal: at most 1.10×).",
+            busy_mean / quiet_mean,
+            busy_median / quiet_median
+        );
+        if !reads.is_empty() {
+            let (reads_mean, reads_median) = (mean(&reads), median(&reads));
+            let _ = writeln!(
+                s,
+                "With reads (`GetTenant`) at the same pace: {reads_mean:.0} ({reads_median:.0}) µs, {:.2}× ({:.2}×) quiet; writes are {:.2}× ({:.2}×) reads.",
+                reads_mean / quiet_mean,
+                reads_median / quiet_median,
+                busy_mean / reads_mean,
+                busy_median / reads_median
+            );
+        }
+        let (lo, hi) = (quiet[0], quiet[quiet.len() - 1]);
+        let _ = writeln!(
+            s,
+            "The quiet runs alone span {lo:.0}–{hi:.0} µs ({:.2}×): this host's noise between runs with nothing beside.",
+            hi / lo
         );
     }
     s
