@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use arqonbus_core::stats::ShardStats;
 
@@ -153,16 +154,53 @@ impl TestServer {
         }
     }
 
-    /// Starts it again on the same port and data directory.
+    /// Starts it again on the same client port and data directory (clients
+    /// reconnect there). The control and metrics listeners take new ports:
+    /// between the stop and the start another test may bind the old ones
+    /// (tests run in parallel and pick ports the same way), and nothing
+    /// reconnects to them on its own. The client port is bound again,
+    /// retried for a few seconds should a socket hold it a moment longer.
     pub fn restart(&mut self) {
         self.stop();
-        self.server = Some(Server::start(&self.config).expect("test server restarts"));
+        self.config.control.listen.set_port(0);
+        self.config.metrics.listen.set_port(0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let server = loop {
+            match Server::start(&self.config) {
+                Err(e) if addr_in_use(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                started => break started.expect("test server restarts"),
+            }
+        };
+        if let Some(control) = server.control_addr() {
+            self.config.control.listen = control;
+        }
+        if let Some(metrics) = server.metrics_addr() {
+            self.config.metrics.listen = metrics;
+        }
+        self.server = Some(server);
     }
 
     /// The temporary directory everything lives in.
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Whether `e`, or an error under it, is an address already in use.
+fn addr_in_use(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(e);
+    while let Some(err) = at {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+        {
+            return true;
+        }
+        at = err.source();
+    }
+    false
 }
 
 impl Drop for TestServer {
