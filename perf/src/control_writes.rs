@@ -146,6 +146,19 @@ struct Writes {
     latency: Option<Percentiles>,
 }
 
+impl Writes {
+    /// Rate, latency and failures in one line.
+    fn summary(&self) -> String {
+        format!(
+            "{:.1}/s, p50 {:.0} µs, p99 {:.0} µs ({} failed)",
+            self.per_sec,
+            self.latency.as_ref().map_or(0.0, |l| l.p50_us),
+            self.latency.as_ref().map_or(0.0, |l| l.p99_us),
+            self.failed
+        )
+    }
+}
+
 /// One request/reply run.
 #[derive(Debug, Clone, Serialize)]
 struct Run {
@@ -518,13 +531,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
     let writes = api.stream(first, Some(a.writes), 0.0, Op::Write, &never)?;
     first += a.writes as u64;
     progress.run_done();
-    progress.println(&format!(
-        "writes: {:.1}/s, p50 {:.0} µs, p99 {:.0} µs ({} failed)",
-        writes.per_sec,
-        writes.latency.as_ref().map_or(0.0, |l| l.p50_us),
-        writes.latency.as_ref().map_or(0.0, |l| l.p99_us),
-        writes.failed
-    ));
+    progress.println(&format!("writes: {}", writes.summary()));
 
     let target = Target::new(
         Proto::Native,
@@ -620,13 +627,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
             run.update(0.0, &format!("{deletes_each} {what} deletes"));
             let calls = api.stream(0, Some(deletes_each), 0.0, op, &never)?;
             progress.run_done();
-            progress.println(&format!(
-                "{what} deletes: {:.1}/s, p50 {:.0} µs, p99 {:.0} µs ({} failed)",
-                calls.per_sec,
-                calls.latency.as_ref().map_or(0.0, |l| l.p50_us),
-                calls.latency.as_ref().map_or(0.0, |l| l.p99_us),
-                calls.failed
-            ));
+            progress.println(&format!("{what} deletes: {}", calls.summary()));
             deletes.push(Deletes { what, calls });
         }
     }

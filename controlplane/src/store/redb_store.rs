@@ -30,7 +30,7 @@
 //! and records [`SCHEMA_VERSION`] in one write transaction, and refuses a
 //! file whose version is newer than this code.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock};
@@ -213,6 +213,21 @@ fn owned(index: &impl ReadableTable<(u64, u64), ()>, owner: u64) -> Result<Vec<u
         ids.push(row?.0.value().1);
     }
     Ok(ids)
+}
+
+/// Removes the records filed under `owner` in `index` (keyed (owner, id))
+/// from `records`, and their index rows; returns their ids.
+fn remove_owned(
+    index: &mut Table<(u64, u64), ()>,
+    records: &mut Table<u64, &'static [u8]>,
+    owner: u64,
+) -> Result<BTreeSet<u64>, StoreError> {
+    let ids = owned(index, owner)?;
+    for &id in &ids {
+        records.remove(id)?;
+    }
+    index.retain_in((owner, 0)..=(owner, u64::MAX), |_, ()| false)?;
+    Ok(ids.into_iter().collect())
 }
 
 /// The (principal, credential) ids of `tenant`'s credentials, or of one
@@ -950,13 +965,11 @@ impl Db {
                 tenants: [id].into(),
                 ..Changes::default()
             };
-            let mut index = txn.open_table(TENANT_PRINCIPALS)?;
-            let mut principals = txn.open_table(PRINCIPALS)?;
-            for p in owned(&index, id)? {
-                principals.remove(p)?;
-                changes.principals.insert(p);
-            }
-            index.retain_in((id, 0)..=(id, u64::MAX), |_, ()| false)?;
+            changes.principals = remove_owned(
+                &mut txn.open_table(TENANT_PRINCIPALS)?,
+                &mut txn.open_table(PRINCIPALS)?,
+                id,
+            )?;
             let mut index = txn.open_table(PRINCIPAL_CREDENTIALS)?;
             let mut credentials = txn.open_table(CREDENTIALS)?;
             for (_, c) in credentials_of(&index, id, None)? {
@@ -964,13 +977,11 @@ impl Db {
                 changes.credentials.insert(c);
             }
             index.retain_in((id, 0, 0)..=(id, u64::MAX, u64::MAX), |_, ()| false)?;
-            let mut index = txn.open_table(TENANT_POLICIES)?;
-            let mut policies = txn.open_table(POLICIES)?;
-            for p in owned(&index, id)? {
-                policies.remove(p)?;
-                changes.policies.insert(p);
-            }
-            index.retain_in((id, 0)..=(id, u64::MAX), |_, ()| false)?;
+            changes.policies = remove_owned(
+                &mut txn.open_table(TENANT_POLICIES)?,
+                &mut txn.open_table(POLICIES)?,
+                id,
+            )?;
             changes
         };
         txn.commit()?;
