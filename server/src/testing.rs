@@ -51,7 +51,8 @@ impl TestServer {
         config.steering.default_placement = "spread".into();
         edit(&mut config);
         let server = Server::start(&config).expect("test server starts");
-        // Later restarts reuse the ports the first start picked.
+        // Later restarts reuse the client port the first start picked (the
+        // control and metrics ports are picked again: `restart`).
         config.server.listen = server.local_addr();
         if let Some(control) = server.control_addr() {
             config.control.listen = control;
@@ -81,7 +82,7 @@ impl TestServer {
         self.server.take()
     }
 
-    /// The configuration, with the ports the first start picked.
+    /// The configuration, with the ports the last start picked.
     pub fn config(&self) -> &Config {
         &self.config
     }

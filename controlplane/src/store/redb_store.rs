@@ -14,7 +14,7 @@
 //! (tenant, principal), `principal_credentials` (tenant, principal,
 //! credential) and `tenant_policies` (tenant, policy). A delete finds what
 //! it cascades to, and a listing finds a tenant's or principal's records,
-//! by a range of one index: what it costs follows the records it touches,
+//! by a range of one index: what it costs follows the tenant it touches,
 //! not the size of the store.
 //!
 //! A tenant's placement lives in its record (the API's `Tenant.placement`):
@@ -186,21 +186,62 @@ pub(crate) fn migrate_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
 
 /// Indexes every principal, credential and policy under its owners, so a
 /// cascading delete or a listing reads the records it concerns instead of
-/// every record of the table.
+/// every record of the table. A credential is filed under its principal's
+/// tenant (where a principal's delete looks), or its own when its principal
+/// is gone. A record that does not decode is left out with a warning
+/// rather than failing the migration (and the node's start): it can still
+/// be deleted by id (`delete_policy` finds a row it lacks), and the
+/// snapshot build still refuses it until then.
 pub(crate) fn migrate_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
+    fn each<T>(
+        table: &impl ReadableTable<u64, &'static [u8]>,
+        what: &'static str,
+        decode: Decode<T>,
+        mut put: impl FnMut(T) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for row in table.iter()? {
+            let (k, v) = row?;
+            match decode(k.value(), v.value()) {
+                Ok(record) => put(record)?,
+                Err(e) => {
+                    tracing::warn!(record = what, id = k.value(), error = %e, "left out of the owner index");
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut tenant_of = std::collections::HashMap::new();
     let mut index = txn.open_table(TENANT_PRINCIPALS)?;
-    for p in scan(&txn.open_table(PRINCIPALS)?, decode_principal)? {
-        index.insert((p.tenant_id, p.id), ())?;
-    }
+    each(
+        &txn.open_table(PRINCIPALS)?,
+        "principal",
+        decode_principal,
+        |p| {
+            tenant_of.insert(p.id, p.tenant_id);
+            index.insert((p.tenant_id, p.id), ())?;
+            Ok(())
+        },
+    )?;
     let mut index = txn.open_table(PRINCIPAL_CREDENTIALS)?;
-    for c in scan(&txn.open_table(CREDENTIALS)?, decode_credential)? {
-        let c = c.credential;
-        index.insert((c.tenant_id, c.principal_id, c.id), ())?;
-    }
+    each(
+        &txn.open_table(CREDENTIALS)?,
+        "credential",
+        decode_credential,
+        |r| {
+            let c = r.credential;
+            let tenant = tenant_of
+                .get(&c.principal_id)
+                .copied()
+                .unwrap_or(c.tenant_id);
+            index.insert((tenant, c.principal_id, c.id), ())?;
+            Ok(())
+        },
+    )?;
     let mut index = txn.open_table(TENANT_POLICIES)?;
-    for p in scan(&txn.open_table(POLICIES)?, decode_policy)? {
+    each(&txn.open_table(POLICIES)?, "policy", decode_policy, |p| {
         index.insert((p.tenant_id, p.id), ())?;
-    }
+        Ok(())
+    })?;
     Ok(())
 }
 

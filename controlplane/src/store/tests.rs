@@ -801,6 +801,7 @@ fn a_backup_is_a_consistent_store_and_restores_over_a_damaged_one() {
     );
     let s = RedbStore::open(dir.path()).unwrap();
     assert_eq!(s.load().unwrap(), before);
+    assert_owners_and_indexes(&s, "a restore");
     assert_eq!(s.admin_token_hash().unwrap(), Some([2; 32]));
     // The name indexes came with it.
     assert_eq!(s.tenant_by_name("acme").unwrap().id, t.id);
@@ -1084,6 +1085,18 @@ fn assert_owners_and_indexes(s: &RedbStore, after: &str) {
 fn owner_indexes_match_the_records_after_any_writes() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
+    // Imported records are indexed like written ones.
+    s.import_tenants(
+        &[import(
+            500,
+            "imported",
+            &[(5_000, "a", 1), (5_000, "a", 2), (5_001, "b", 3)],
+        )],
+        None,
+    )
+    .unwrap();
+    assert_owners_and_indexes(&s, "an import");
+    assert_eq!(s.list_credentials(500, Some(5_000)).unwrap().len(), 2);
     let mut writes = RandomWrites::new(0x6a09_e667_f3bc_c908);
     let mut checked = 0;
     for i in 0..800u64 {
@@ -1180,6 +1193,38 @@ fn a_schema_3_store_migrates_to_owner_indexes() {
     assert_eq!(c.credentials.len(), 1);
     assert_eq!(c.policies.len(), 1);
     assert_eq!(s.list_policies(other.id).unwrap().len(), 1);
+}
+
+/// A schema 3 store holding a policy that does not decode still opens: the
+/// migration leaves the record out of the index (with a warning), and the
+/// policy can be deleted by id, the repair the runbook gives.
+#[test]
+fn a_corrupt_policy_does_not_stop_the_migration_and_can_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(STORE_FILE);
+    let (t, kept, bad) = {
+        let s = RedbStore::open_with(&path, &MIGRATIONS[..3]).unwrap();
+        let t = s.create_tenant(new_tenant("acme")).unwrap();
+        let kept = s
+            .put_policy(policy(t.id, Target::Role("ops".into()), &["a.>"]), 0)
+            .unwrap();
+        let bad = s
+            .put_policy(policy(t.id, Target::Role("dev".into()), &["b.>"]), 0)
+            .unwrap();
+        let txn = s.database().begin_write().unwrap();
+        txn.open_table(TableDefinition::<u64, &[u8]>::new("policies"))
+            .unwrap()
+            .insert(bad.id, [0xff_u8, 0xff, 0xff].as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        (t, kept, bad)
+    };
+    let s = open(&dir);
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    assert!(matches!(s.load(), Err(StoreError::Corrupt { .. })));
+    s.delete_policy(bad.id).unwrap();
+    assert_owners_and_indexes(&s, "deleting a corrupt policy after the migration");
+    assert_eq!(s.list_policies(t.id).unwrap(), [kept]);
 }
 
 /// A policy whose record is corrupt can still be deleted, and its index
