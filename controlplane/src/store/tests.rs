@@ -1195,6 +1195,25 @@ fn a_schema_3_store_migrates_to_owner_indexes() {
     assert_eq!(s.list_policies(other.id).unwrap().len(), 1);
 }
 
+/// A tenant with two policies, the second overwritten with bytes that do
+/// not decode: (tenant, the good policy, the corrupt one as written).
+fn two_policies_one_corrupt(s: &RedbStore) -> (Tenant, Policy, Policy) {
+    let t = s.create_tenant(new_tenant("acme")).unwrap();
+    let kept = s
+        .put_policy(policy(t.id, Target::Role("ops".into()), &["a.>"]), 0)
+        .unwrap();
+    let bad = s
+        .put_policy(policy(t.id, Target::Role("dev".into()), &["b.>"]), 0)
+        .unwrap();
+    let txn = s.database().begin_write().unwrap();
+    txn.open_table(TableDefinition::<u64, &[u8]>::new("policies"))
+        .unwrap()
+        .insert(bad.id, [0xff_u8, 0xff, 0xff].as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+    (t, kept, bad)
+}
+
 /// A schema 3 store holding a policy that does not decode still opens: the
 /// migration leaves the record out of the index (with a warning), and the
 /// policy can be deleted by id, the repair the runbook gives.
@@ -1202,23 +1221,8 @@ fn a_schema_3_store_migrates_to_owner_indexes() {
 fn a_corrupt_policy_does_not_stop_the_migration_and_can_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(STORE_FILE);
-    let (t, kept, bad) = {
-        let s = RedbStore::open_with(&path, &MIGRATIONS[..3]).unwrap();
-        let t = s.create_tenant(new_tenant("acme")).unwrap();
-        let kept = s
-            .put_policy(policy(t.id, Target::Role("ops".into()), &["a.>"]), 0)
-            .unwrap();
-        let bad = s
-            .put_policy(policy(t.id, Target::Role("dev".into()), &["b.>"]), 0)
-            .unwrap();
-        let txn = s.database().begin_write().unwrap();
-        txn.open_table(TableDefinition::<u64, &[u8]>::new("policies"))
-            .unwrap()
-            .insert(bad.id, [0xff_u8, 0xff, 0xff].as_slice())
-            .unwrap();
-        txn.commit().unwrap();
-        (t, kept, bad)
-    };
+    let (t, kept, bad) =
+        two_policies_one_corrupt(&RedbStore::open_with(&path, &MIGRATIONS[..3]).unwrap());
     let s = open(&dir);
     assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
     assert!(matches!(s.load(), Err(StoreError::Corrupt { .. })));
@@ -1233,21 +1237,7 @@ fn a_corrupt_policy_does_not_stop_the_migration_and_can_be_deleted() {
 fn a_corrupt_policy_is_deleted_with_its_index_row() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    let t = s.create_tenant(new_tenant("acme")).unwrap();
-    let kept = s
-        .put_policy(policy(t.id, Target::Role("ops".into()), &["a.>"]), 0)
-        .unwrap();
-    let bad = s
-        .put_policy(policy(t.id, Target::Role("dev".into()), &["b.>"]), 0)
-        .unwrap();
-    {
-        let txn = s.database().begin_write().unwrap();
-        txn.open_table(TableDefinition::<u64, &[u8]>::new("policies"))
-            .unwrap()
-            .insert(bad.id, [0xff_u8, 0xff, 0xff].as_slice())
-            .unwrap();
-        txn.commit().unwrap();
-    }
+    let (t, kept, bad) = two_policies_one_corrupt(&s);
     assert!(matches!(
         s.list_policies(t.id),
         Err(StoreError::Corrupt { .. })
