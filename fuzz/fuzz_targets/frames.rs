@@ -178,8 +178,14 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(total)) => {
                     assert!(total <= LEN_PREFIX + max_frame as usize);
                     let mut frame = buf.split_to(total).freeze();
+                    // As the server decodes it: a range of its read batch,
+                    // with the bytes that follow in the same read.
+                    let mut batch = BytesMut::from(&frame[..]);
+                    batch.extend_from_slice(&buf[..buf.len().min(16)]);
+                    let in_batch = codec::decode_body_in(&batch.freeze(), LEN_PREFIX..total);
                     frame.advance(LEN_PREFIX);
                     let decoded = codec::decode_body(frame.clone());
+                    assert_eq!(in_batch, decoded, "a frame decodes the same within a batch");
                     // The codec's fast path for publishes says what prost says;
                     // the codec alone refuses a body of several top-level
                     // fields, which prost would merge or resolve last-wins.

@@ -53,7 +53,7 @@ use arqonbus_core::throttle::{Attempt, ThrottleReason, Verdict};
 use arqonbus_core::{ConnId, PrincipalId, ShardId, Sid, TenantId};
 use arqonbus_proto::codec::{self, LEN_PREFIX};
 use arqonbus_proto::v1::{self, ErrorCode, frame::Kind};
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
@@ -673,7 +673,7 @@ impl ConnIo {
     fn hand_over(self, shard: &Shard, conn: &ConnShared, session: Session, home: ShardId) {
         let _span = tracing::debug_span!("handoff", from = %shard.id, to = %home).entered();
         let tenant = session.identity().map(|i| i.tenant.id);
-        let received = self.rbuf.filled().to_vec();
+        let received = self.rbuf.unprocessed();
         let sent = match self.transport.into_parts() {
             Ok(transport) => {
                 let handoff = Box::new(Handoff {
@@ -916,29 +916,25 @@ impl<T> ConnIo<T> {
             // Room for the answer this frame may queue (control frames
             // are small), growth of the queue's buffers included.
             if conn.out.borrow().held_after(MAX_ANSWER, 0, 1) as u64 > max_pending {
-                self.unprocessed = !self.rbuf.filled().is_empty();
+                self.unprocessed = self.rbuf.has_unprocessed();
                 break;
             }
             let max_frame = {
                 let config = shard.config.borrow();
                 session.max_frame(config.limits())
             };
-            let event = match codec::frame_len(self.rbuf.filled(), max_frame) {
+            let event = match self.rbuf.next_frame(max_frame) {
                 Ok(None) => break,
                 Err(e) => Event::Undecodable(e),
-                Ok(Some(total)) => {
-                    let mut frame = self.rbuf.take(total);
-                    frame.advance(LEN_PREFIX);
-                    match codec::decode_body(frame) {
-                        Ok(Kind::Publish(p)) => {
-                            self.publish_frame(shard, conn, session, p);
-                            published = true;
-                            continue;
-                        }
-                        Ok(kind) => Event::Frame(kind),
-                        Err(e) => Event::Undecodable(e),
+                Ok(Some((batch, body))) => match codec::decode_body_in(batch, body) {
+                    Ok(Kind::Publish(p)) => {
+                        self.publish_frame(shard, conn, session, p);
+                        published = true;
+                        continue;
                     }
-                }
+                    Ok(kind) => Event::Frame(kind),
+                    Err(e) => Event::Undecodable(e),
+                },
             };
             self.step(shard, conn, session, event);
         }

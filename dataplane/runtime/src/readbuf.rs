@@ -1,9 +1,13 @@
 //! The per-connection receive buffer.
 //!
-//! Bytes are read from the socket straight into a [`BytesMut`] and complete
-//! frames are split off it as [`Bytes`]: payloads decoded from a frame share
-//! this memory all the way to every subscriber's socket, and keep the whole
-//! allocation alive while any of them is queued. So allocations are sized to
+//! Bytes are read from the socket straight into a [`BytesMut`]. The whole
+//! frames a read brought are split off it at once, as one [`Bytes`] (the
+//! read batch, [`ReadBuf::next_frame`]), and handed out one at a time as
+//! ranges of it: one reference count per read batch, not per frame, and the
+//! cursor moves without touching the allocation's shared header (on a
+//! cross-shard path another core releases the same header). Payloads decoded
+//! from a frame share this memory all the way to every subscriber's socket,
+//! and keep the whole allocation alive while any of them is queued. So allocations are sized to
 //! what reads bring: a fresh buffer is [`MIN_BUF`] at first, doubles (up to
 //! the configured read size) while reads fill all of a full-size offer, and
 //! halves when a read brings less than a quarter of it. A quiet
@@ -21,10 +25,15 @@
 //! Invariants: the buffer's length is always its initialised size (reads
 //! need initialised memory: reused room is memory zeroed at creation or
 //! written since), `filled <= buf.len()`, `buf[..filled]` is received data
-//! not yet taken as frames, the spare holds no data, and
+//! not yet taken as frames, `batch[pos..]` is whole frames taken but not yet
+//! handed out (they come before `buf[..filled]`), the spare holds no data,
+//! and
 //! `MIN_BUF <= next <= max(MIN_BUF, chunk)`. Every allocation comes from
 //! [`BytesMut::zeroed`], so its whole capacity is initialised.
 
+use std::ops::Range;
+
+use arqonbus_proto::codec::{self, DecodeError, LEN_PREFIX};
 use bytes::{Bytes, BytesMut};
 
 /// The first buffer of a connection, and the smallest a fresh one gets.
@@ -36,6 +45,10 @@ const MIN_ROOM: usize = 256;
 #[derive(Debug)]
 pub(crate) struct ReadBuf {
     buf: BytesMut,
+    /// The whole frames of the current read batch, split off `buf` at once.
+    batch: Bytes,
+    /// Where the next frame of `batch` starts.
+    pos: usize,
     /// The buffer retired last, empty; reused once nothing references it.
     spare: Option<BytesMut>,
     filled: usize,
@@ -53,6 +66,8 @@ impl ReadBuf {
     pub(crate) fn new(chunk: usize) -> Self {
         Self {
             buf: BytesMut::new(),
+            batch: Bytes::new(),
+            pos: 0,
             spare: None,
             filled: 0,
             chunk,
@@ -77,6 +92,68 @@ impl ReadBuf {
         &self.buf[..self.filled]
     }
 
+    /// Whether anything received is not yet handed out as a frame (whole
+    /// frames of the batch, or bytes in the buffer).
+    pub(crate) fn has_unprocessed(&self) -> bool {
+        self.pos < self.batch.len() || self.filled > 0
+    }
+
+    /// Everything received and not yet handed out, in order (a connection
+    /// handed to another shard takes it along).
+    pub(crate) fn unprocessed(&self) -> Vec<u8> {
+        let rest = self.batch.get(self.pos..).unwrap_or_default();
+        let mut out = Vec::with_capacity(rest.len() + self.filled);
+        out.extend_from_slice(rest);
+        out.extend_from_slice(self.filled());
+        out
+    }
+
+    /// The next whole frame: the read batch and the range of the frame's
+    /// body in it (the prefix skipped), to decode with
+    /// [`codec::decode_body_in`]. `Ok(None)` when no whole frame is left.
+    ///
+    /// When the batch is used up, every whole frame in the buffer within
+    /// `max_frame` becomes the next batch, one split. Each frame is checked
+    /// against the `max_frame` given when it is handed out (the limit grows
+    /// once a connection is authenticated), so the verdicts are those of
+    /// [`codec::frame_len`] on one frame at a time.
+    #[inline]
+    pub(crate) fn next_frame(
+        &mut self,
+        max_frame: u32,
+    ) -> Result<Option<(&Bytes, Range<usize>)>, DecodeError> {
+        if self.pos >= self.batch.len() {
+            self.release_batch();
+            let mut whole = 0;
+            loop {
+                match codec::frame_len(&self.filled()[whole..], max_frame) {
+                    Ok(Some(total)) => whole += total,
+                    Ok(None) if whole == 0 => return Ok(None),
+                    Err(e) if whole == 0 => return Err(e),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.batch = self.take(whole);
+        }
+        // Whole by construction; a smaller limit than when it was split
+        // off still refuses it.
+        let Some(total) = codec::frame_len(&self.batch[self.pos..], max_frame)? else {
+            return Err(DecodeError::Malformed);
+        };
+        let start = self.pos;
+        self.pos += total;
+        Ok(Some((&self.batch, start + LEN_PREFIX..start + total)))
+    }
+
+    /// Drops the batch once every frame of it is handed out, so its
+    /// allocation can be reused when nothing else holds it.
+    fn release_batch(&mut self) {
+        if self.pos >= self.batch.len() {
+            self.batch = Bytes::new();
+            self.pos = 0;
+        }
+    }
+
     /// Room to read into, at least `need` bytes beyond what is filled (for a
     /// frame whose length is already known) and at least [`MIN_ROOM`].
     /// When the current buffer is too small it starts over from its
@@ -85,6 +162,7 @@ impl ReadBuf {
     /// size fits) or to a fresh buffer of the adaptive size (or what `need`
     /// asks), and the current one becomes the spare.
     pub(crate) fn unfilled(&mut self, need: usize) -> &mut [u8] {
+        self.release_batch();
         let min_room = need.max(MIN_ROOM);
         if self.buf.len() - self.filled < min_room {
             let size = (self.filled + min_room).max(self.next);
@@ -123,8 +201,8 @@ impl ReadBuf {
         self.next
     }
 
-    /// Splits the first `n` filled bytes off as a frame.
-    pub(crate) fn take(&mut self, n: usize) -> Bytes {
+    /// Splits the first `n` filled bytes off.
+    fn take(&mut self, n: usize) -> Bytes {
         let n = n.min(self.filled);
         self.filled -= n;
         self.buf.split_to(n).freeze()
@@ -140,6 +218,7 @@ impl ReadBuf {
 
     /// Drops the buffer's memory when nothing is pending (idle connections).
     pub(crate) fn shrink_if_idle(&mut self) {
+        self.release_batch();
         if self.filled == 0 && !self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
@@ -264,5 +343,94 @@ mod tests {
         assert_eq!(rb.next_size(), MIN_BUF);
         // A frame larger than the size still gets room for all of it.
         assert!(rb.unfilled(200_000).len() >= 200_000);
+    }
+
+    /// A frame on the wire: the prefix, then `body`.
+    fn wire(body: &[u8]) -> Vec<u8> {
+        let mut v = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// Lands `bytes` in `rb` as one read.
+    fn land(rb: &mut ReadBuf, bytes: &[u8]) {
+        let room = rb.unfilled(bytes.len());
+        room[..bytes.len()].copy_from_slice(bytes);
+        rb.advance(bytes.len());
+    }
+
+    /// The next frame's body as bytes, and the batch's start address.
+    fn next(rb: &mut ReadBuf, max: u32) -> Result<Option<(Vec<u8>, usize)>, DecodeError> {
+        Ok(rb
+            .next_frame(max)?
+            .map(|(batch, body)| (batch[body].to_vec(), batch.as_ptr() as usize)))
+    }
+
+    #[test]
+    fn whole_frames_come_out_of_one_batch_in_order() {
+        let mut rb = ReadBuf::new(64 * 1024);
+        let mut bytes = [wire(b"one"), wire(b""), wire(b"three")].concat();
+        let fourth = wire(b"fourth");
+        bytes.extend_from_slice(&fourth[..5]);
+        land(&mut rb, &bytes);
+        let (one, at) = next(&mut rb, 100).unwrap().unwrap();
+        assert_eq!(one, b"one");
+        // Every frame of the read is a range of the same batch.
+        assert_eq!(next(&mut rb, 100).unwrap(), Some((vec![], at)));
+        assert_eq!(next(&mut rb, 100).unwrap(), Some((b"three".to_vec(), at)));
+        // The partial fourth frame waits for the rest of it.
+        assert_eq!(next(&mut rb, 100).unwrap(), None);
+        assert!(rb.has_unprocessed());
+        assert_eq!(rb.unprocessed(), &fourth[..5]);
+        land(&mut rb, &fourth[5..]);
+        assert_eq!(next(&mut rb, 100).unwrap().unwrap().0, b"fourth");
+        assert_eq!(next(&mut rb, 100).unwrap(), None);
+        assert!(!rb.has_unprocessed());
+    }
+
+    #[test]
+    fn frames_not_handed_out_come_before_later_bytes() {
+        let mut rb = ReadBuf::new(64 * 1024);
+        land(&mut rb, &[wire(b"a"), wire(b"b")].concat());
+        assert_eq!(next(&mut rb, 100).unwrap().unwrap().0, b"a");
+        land(&mut rb, &wire(b"c"));
+        assert_eq!(rb.unprocessed(), [wire(b"b"), wire(b"c")].concat());
+        assert_eq!(next(&mut rb, 100).unwrap().unwrap().0, b"b");
+        assert_eq!(next(&mut rb, 100).unwrap().unwrap().0, b"c");
+        assert!(!rb.has_unprocessed());
+    }
+
+    #[test]
+    fn each_frame_meets_the_limit_when_it_is_handed_out() {
+        // A frame over the limit ends the batch and is refused when it
+        // comes up, after the frames before it.
+        let mut rb = ReadBuf::new(64 * 1024);
+        land(&mut rb, &[wire(b"ok"), wire(&[7; 20])].concat());
+        assert_eq!(next(&mut rb, 10).unwrap().unwrap().0, b"ok");
+        assert_eq!(
+            next(&mut rb, 10),
+            Err(DecodeError::TooLarge { len: 20, max: 10 })
+        );
+        // A limit that grows (authentication) lets it through.
+        assert_eq!(next(&mut rb, 100).unwrap().unwrap().0, vec![7; 20]);
+        // One that shrinks refuses a frame already in the batch.
+        let mut rb = ReadBuf::new(64 * 1024);
+        land(&mut rb, &[wire(b"x"), wire(&[8; 20])].concat());
+        assert_eq!(next(&mut rb, 100).unwrap().unwrap().0, b"x");
+        assert_eq!(
+            next(&mut rb, 10),
+            Err(DecodeError::TooLarge { len: 20, max: 10 })
+        );
+    }
+
+    #[test]
+    fn a_used_up_batch_lets_its_allocation_be_reused() {
+        let mut rb = ReadBuf::new(MIN_BUF);
+        let start = rb.unfilled(0).as_ptr();
+        land(&mut rb, &[wire(&[1; 500]), wire(&[2; 500])].concat());
+        while next(&mut rb, 1000).unwrap().is_some() {}
+        // The next read needs more room than is left: with every frame
+        // handed out (and none kept), the buffer starts over in place.
+        assert_eq!(rb.unfilled(600).as_ptr(), start);
     }
 }
