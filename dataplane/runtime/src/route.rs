@@ -403,7 +403,7 @@ impl Shard {
                         }
                         if since.is_none() {
                             c.stalled_since.set(Some(now));
-                            if let Some(t) = c.tenant.get() {
+                            if let Some(t) = c.tenant() {
                                 self.stall(t, now + c.stall_max.get());
                             }
                             stats.stalls += 1;
@@ -466,7 +466,7 @@ impl Shard {
     fn resume_publishers(&self, tenant: TenantId) {
         self.throttle.borrow_mut().unstall(tenant);
         for (_, c) in self.conns.borrow().iter() {
-            if c.tenant.get() == Some(tenant) {
+            if c.tenant() == Some(tenant) {
                 c.raise(Flag::Tick);
             }
         }

@@ -668,7 +668,7 @@ impl Shard {
         self.broadcast(&mut updates);
         drop(updates);
         conn.release_quota();
-        if let Some(tenant) = conn.tenant.get() {
+        if let Some(tenant) = conn.tenant() {
             self.placement.closed(tenant, self.id);
         }
         let idx = conn_index(conn.id);
@@ -941,7 +941,7 @@ impl Shard {
         // the snapshot does not say what changed since the one running).
         let mut rechecked = 0_usize;
         for (_, c) in self.conns.borrow().iter() {
-            if snapshot.rechecks(running, c.tenant.get(), c.principal()) {
+            if snapshot.rechecks(running, c.tenant(), c.principal()) {
                 c.raise(Flag::Reauthorize);
                 rechecked += 1;
             }
@@ -992,7 +992,7 @@ impl Shard {
         let conns = self.conns.borrow();
         tracing::info!(shard = %self.id, connections = conns.len(), tenant = tenant.map(|t| t.0), ?window, reason, "moving clients away");
         for (_, c) in conns.iter() {
-            if c.tenant.get().is_none() {
+            if c.tenant().is_none() {
                 // No session yet, so no `Drain` before its `Welcome`: a lame
                 // duck refuses it (SERVER_SHUTTING_DOWN as its first frame);
                 // moving one tenant away does not concern it.
@@ -1001,14 +1001,14 @@ impl Shard {
                 }
                 continue;
             }
-            if tenant.is_some() && c.tenant.get() != tenant {
+            if tenant.is_some() && c.tenant() != tenant {
                 continue;
             }
             // A fixed point of the window: a hash of the connection's id, or
             // of its tenant's (the same on every shard).
             let key = match spread {
                 Spread::ByConnection => c.id.0,
-                Spread::ByTenant => c.tenant.get().map_or(c.id.0, |t| t.0),
+                Spread::ByTenant => c.tenant().map_or(c.id.0, |t| t.0),
             };
             let point =
                 (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) as f64 / (1u64 << 53) as f64;
@@ -1035,7 +1035,7 @@ impl Shard {
             // With the listener open, a connection still authenticating
             // finishes and is handed to a shard not drained (placement
             // never picks a drained one), so it is not refused.
-            if close_listener || c.tenant.get().is_some() {
+            if close_listener || c.tenant().is_some() {
                 c.raise(Flag::Shutdown);
             }
         }
