@@ -465,7 +465,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, stop: Rc<Latch>) {
         match next {
             None => break,
             Some(Ok(stream)) => {
-                glommio::spawn_local(conn::serve::<false>(shard.clone(), stream)).detach();
+                glommio::spawn_local(conn::serve::<false>(shard.clone(), Box::new(stream)))
+                    .detach();
             }
             // Stopping: shutdown(SHUT_RD) made the pending accept fail.
             Some(Err(_)) if stop.is_set() => break,
@@ -496,7 +497,7 @@ async fn ws_accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         match next {
             None => break,
             Some(Ok(stream)) => {
-                glommio::spawn_local(conn::serve::<true>(shard.clone(), stream)).detach();
+                glommio::spawn_local(conn::serve::<true>(shard.clone(), Box::new(stream))).detach();
             }
             // Handed over: shutdown(SHUT_RD) made the pending accept fail.
             Some(Err(_)) if shard.ws_stop.is_set() => break,
