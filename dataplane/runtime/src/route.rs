@@ -319,8 +319,17 @@ impl Shard {
         }
     }
 
-    /// Interest changes and expired subscriptions caused by routing.
+    /// Interest changes and expired subscriptions caused by routing. Most
+    /// routes cause neither: that is checked here, inline, and the work
+    /// is out of line.
+    #[inline]
     fn after_route(&self, plan: &mut RoutePlan) {
+        if !plan.interest.is_empty() || !plan.expired.is_empty() {
+            self.after_route_changes(plan);
+        }
+    }
+
+    fn after_route_changes(&self, plan: &mut RoutePlan) {
         self.broadcast(&mut plan.interest);
         if !plan.expired.is_empty() {
             let conns = self.conns.borrow();
