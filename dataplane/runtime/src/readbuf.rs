@@ -219,7 +219,7 @@ impl ReadBuf {
     /// Drops the buffer's memory when nothing is pending (idle connections).
     pub(crate) fn shrink_if_idle(&mut self) {
         self.release_batch();
-        if self.filled == 0 && !self.buf.is_empty() {
+        if !self.has_unprocessed() && !self.buf.is_empty() {
             self.buf = BytesMut::new();
         }
         self.spare = None;
