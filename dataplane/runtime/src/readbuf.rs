@@ -7,8 +7,9 @@
 //! cursor moves without touching the allocation's shared header (on a
 //! cross-shard path another core releases the same header). Payloads decoded
 //! from a frame share this memory all the way to every subscriber's socket,
-//! and keep the whole allocation alive while any of them is queued. So allocations are sized to
-//! what reads bring: a fresh buffer is [`MIN_BUF`] at first, doubles (up to
+//! and keep the whole allocation alive while any of them is queued. So
+//! allocations are sized to what reads bring: a fresh buffer is
+//! [`MIN_BUF`] at first, doubles (up to
 //! the configured read size) while reads fill all of a full-size offer, and
 //! halves when a read brings less than a quarter of it. A quiet
 //! connection's Ping pins about a kilobyte, not the 64 KiB a busy publisher's
@@ -27,8 +28,7 @@
 //! written since), `filled <= buf.len()`, `buf[..filled]` is received data
 //! not yet taken as frames, `batch[pos..]` is whole frames taken but not yet
 //! handed out (they come before `buf[..filled]`), the spare holds no data,
-//! and
-//! `MIN_BUF <= next <= max(MIN_BUF, chunk)`. Every allocation comes from
+//! and `MIN_BUF <= next <= max(MIN_BUF, chunk)`. Every allocation comes from
 //! [`BytesMut::zeroed`], so its whole capacity is initialised.
 
 use std::ops::Range;
