@@ -38,15 +38,15 @@ use arqonbus_core::authorize::{
 use arqonbus_core::limits::Limits;
 use arqonbus_core::policy::{PolicyRules, compile, parse_pattern};
 use arqonbus_core::router::{Origin, RoutePlan, Router};
-use arqonbus_core::session::{Event, Now, Session, State, Step};
+use arqonbus_core::session::{Checked, Event, Now, Session, State, Step};
 use arqonbus_core::snapshot::{
     ConfigSnapshot, CredentialEntry, PrincipalEntry, Quotas, TenantEntry,
 };
-use arqonbus_core::subject::SubjectMemo;
+use arqonbus_core::subject::{Subject, SubjectMemo};
 use arqonbus_core::{ConnId, CredentialId, PrincipalId, ShardId, TenantId};
-use arqonbus_proto::codec::{self, DecodeError, LEN_PREFIX};
+use arqonbus_proto::codec::{self, DecodeError, Decoded, LEN_PREFIX, PublishView};
 use arqonbus_proto::v1::{ErrorCode, Frame, frame::Kind};
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
 
@@ -60,6 +60,14 @@ fn pattern(text: &str) -> arqonbus_core::subject::Pattern {
         Ok(p) => p,
         Err(e) => panic!("bad test pattern {text}: {e}"),
     }
+}
+
+/// A decoded frame as the server's connection loop meets it.
+enum Input<'a> {
+    /// The common publish, borrowed from its batch.
+    Publish(PublishView<'a>),
+    /// Everything else.
+    Event(Event),
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -172,20 +180,27 @@ fuzz_target!(|data: &[u8]| {
                 break;
             }
             let max_frame = session.max_frame(&limits);
-            let event = match codec::frame_len(&buf, max_frame) {
+            let batch: Bytes;
+            let input = match codec::frame_len(&buf, max_frame) {
                 Ok(None) => break,
-                Err(e) => Event::Undecodable(e),
+                Err(e) => Input::Event(Event::Undecodable(e)),
                 Ok(Some(total)) => {
                     assert!(total <= LEN_PREFIX + max_frame as usize);
                     let mut frame = buf.split_to(total).freeze();
                     // As the server decodes it: a range of its read batch,
                     // with the bytes that follow in the same read.
-                    let mut batch = BytesMut::from(&frame[..]);
-                    batch.extend_from_slice(&buf[..buf.len().min(16)]);
-                    let in_batch = codec::decode_body_in(&batch.freeze(), LEN_PREFIX..total);
+                    let mut joined = BytesMut::from(&frame[..]);
+                    joined.extend_from_slice(&buf[..buf.len().min(16)]);
+                    batch = joined.freeze();
+                    let in_batch = codec::decode_in(&batch, LEN_PREFIX..total);
                     frame.advance(LEN_PREFIX);
                     let decoded = codec::decode_body(frame.clone());
-                    assert_eq!(in_batch, decoded, "a frame decodes the same within a batch");
+                    let owned = match &in_batch {
+                        Ok(Decoded::Publish(view)) => Ok(Kind::Publish(view.to_owned())),
+                        Ok(Decoded::Frame(kind)) => Ok(kind.clone()),
+                        Err(e) => Err(*e),
+                    };
+                    assert_eq!(owned, decoded, "a frame decodes the same within a batch");
                     // The codec's fast path for publishes says what prost says;
                     // the codec alone refuses a body of several top-level
                     // fields, which prost would merge or resolve last-wins.
@@ -195,16 +210,21 @@ fuzz_target!(|data: &[u8]| {
                         (Err(_), Err(_) | Ok(None)) | (Err(DecodeError::SeveralKinds), _) => {}
                         _ => panic!("codec {decoded:?} but prost {general:?}"),
                     }
-                    match decoded {
-                        Ok(kind) => Event::Frame(kind),
-                        Err(e) => Event::Undecodable(e),
+                    // The server's hot path takes the borrowed publish.
+                    match in_batch {
+                        Ok(Decoded::Publish(view)) => Input::Publish(view),
+                        Ok(Decoded::Frame(kind)) => Input::Event(Event::Frame(kind)),
+                        Err(e) => Input::Event(Event::Undecodable(e)),
                     }
                 }
             };
             let was_closing = session.state() == State::Closing;
-            let step = match event {
-                Event::Frame(Kind::Publish(p)) => session.publish(p, now, &config, &mut memo),
-                event => session.handle(event, now, &config),
+            let step = match input {
+                Input::Publish(view) => match session.publish(view, now, &config, &mut memo) {
+                    Checked::Publish(p) => Step::Publish(p.to_owned()),
+                    Checked::Step(step) => step,
+                },
+                Input::Event(event) => session.handle(event, now, &config),
             };
             if was_closing {
                 assert!(matches!(step, Step::Nothing));
@@ -282,8 +302,12 @@ fuzz_target!(|data: &[u8]| {
                     };
                     let perms = &id.principal.permissions;
                     let granted = replies.contains(p.subject.as_bytes());
-                    let decision =
-                        authorize::publish(perms, &replies, &p.subject, p.reply.as_ref());
+                    let decision = authorize::publish(
+                        perms,
+                        &replies,
+                        p.subject.view(),
+                        p.reply.as_ref().map(Subject::view),
+                    );
                     let by_rules = perms.may_publish(&p.subject);
                     let used = granted && !replies.contains(p.subject.as_bytes());
                     // A reply permission is used only when the rules do not

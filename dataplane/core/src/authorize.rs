@@ -48,7 +48,7 @@ use crate::ratelimit::{Rates, is_rate_limited};
 use crate::router::SubscriptionError;
 use crate::session::Rejection;
 use crate::snapshot::Identity;
-use crate::subject::{Pattern, Subject};
+use crate::subject::{Pattern, SubjectRef};
 
 /// What the core decided about a request.
 #[must_use]
@@ -188,12 +188,12 @@ impl ReplyPermissions {
     }
 
     /// Uses up the permission to answer on `subject`, if there is one.
-    pub fn take(&self, subject: &Subject) -> bool {
+    pub fn take<'s>(&self, subject: impl Into<SubjectRef<'s>>) -> bool {
         let mut pending = self.pending.borrow_mut();
         let Some(p) = pending.as_mut() else {
             return false;
         };
-        let s = subject.as_bytes();
+        let s = subject.into().as_bytes();
         if !p.set.remove(s) {
             return false;
         }
@@ -231,8 +231,8 @@ impl ReplyPermissions {
 pub fn publish(
     perms: &Permissions,
     replies: &ReplyPermissions,
-    subject: &Subject,
-    reply: Option<&Subject>,
+    subject: SubjectRef<'_>,
+    reply: Option<SubjectRef<'_>>,
 ) -> Decision {
     if perms.unrestricted() {
         return Decision::Allow;
@@ -490,6 +490,7 @@ mod tests {
     use crate::placement::TenantPlacement;
     use crate::policy::{PolicyRules, compile, parse_pattern};
     use crate::snapshot::{PrincipalEntry, Quotas, TenantEntry};
+    use crate::subject::Subject;
 
     fn p(s: &str) -> Pattern {
         parse_pattern(s).unwrap()
@@ -556,7 +557,12 @@ mod tests {
     fn given_no_policy_when_publishing_anywhere_then_allowed() {
         let perms = compile([]);
         let replies = ReplyPermissions::for_permissions(&perms);
-        let d = publish(&perms, &replies, &s("any.thing"), Some(&s("billing.x")));
+        let d = publish(
+            &perms,
+            &replies,
+            s("any.thing").view(),
+            Some(s("billing.x").view()),
+        );
         assert_eq!(d, Decision::Allow);
     }
 
@@ -564,11 +570,11 @@ mod tests {
     fn given_an_allowed_subject_when_publishing_then_allowed() {
         let perms = restricted(false);
         assert_eq!(
-            publish(&perms, &none(), &s("orders.eu"), None),
+            publish(&perms, &none(), s("orders.eu").view(), None),
             Decision::Allow
         );
         assert_eq!(
-            publish(&perms, &none(), &s("jobs.a.b"), None),
+            publish(&perms, &none(), s("jobs.a.b").view(), None),
             Decision::Allow
         );
     }
@@ -577,7 +583,7 @@ mod tests {
     fn given_a_subject_allowed_and_denied_when_publishing_then_deny_wins() {
         let perms = restricted(false);
         assert_eq!(
-            publish(&perms, &none(), &s("orders.secret"), None),
+            publish(&perms, &none(), s("orders.secret").view(), None),
             Decision::Deny(Denial {
                 code: ErrorCode::PermissionDenied,
                 sid: 0,
@@ -585,7 +591,7 @@ mod tests {
             })
         );
         assert!(is_denied(
-            publish(&perms, &none(), &s("billing.x"), None),
+            publish(&perms, &none(), s("billing.x").view(), None),
             ErrorCode::PermissionDenied
         ));
     }
@@ -595,14 +601,19 @@ mod tests {
         let perms = restricted(false);
         let inbox = s("_INBOX.me.1");
         assert_eq!(
-            publish(&perms, &none(), &s("orders.eu"), Some(&inbox)),
+            publish(&perms, &none(), s("orders.eu").view(), Some(inbox.view())),
             Decision::Allow
         );
         // orders.secret.x matches the subscribe allow `orders.>` and the
         // deny `orders.secret.>`: deny wins.
         for reply in ["orders.secret.x", "billing.inbox"] {
             assert!(is_denied(
-                publish(&perms, &none(), &s("orders.eu"), Some(&s(reply))),
+                publish(
+                    &perms,
+                    &none(),
+                    s("orders.eu").view(),
+                    Some(s(reply).view())
+                ),
                 ErrorCode::PermissionDenied
             ));
         }
@@ -614,14 +625,17 @@ mod tests {
         let replies = ReplyPermissions::for_permissions(&perms);
         let answer = s("billing.reply.1");
         assert!(is_denied(
-            publish(&perms, &replies, &answer, None),
+            publish(&perms, &replies, answer.view(), None),
             ErrorCode::PermissionDenied
         ));
         replies.grant(answer.as_bytes());
-        assert_eq!(publish(&perms, &replies, &answer, None), Decision::Allow);
+        assert_eq!(
+            publish(&perms, &replies, answer.view(), None),
+            Decision::Allow
+        );
         assert!(replies.is_empty());
         assert!(is_denied(
-            publish(&perms, &replies, &answer, None),
+            publish(&perms, &replies, answer.view(), None),
             ErrorCode::PermissionDenied
         ));
     }
@@ -634,7 +648,7 @@ mod tests {
         let replies = ReplyPermissions::for_permissions(&perms);
         replies.grant(b"orders.secret");
         assert_eq!(
-            publish(&perms, &replies, &s("orders.secret"), None),
+            publish(&perms, &replies, s("orders.secret").view(), None),
             Decision::Allow
         );
     }
@@ -645,7 +659,7 @@ mod tests {
         let replies = ReplyPermissions::for_permissions(&perms);
         replies.grant(b"orders.eu");
         assert_eq!(
-            publish(&perms, &replies, &s("orders.eu"), None),
+            publish(&perms, &replies, s("orders.eu").view(), None),
             Decision::Allow
         );
         assert!(replies.contains(b"orders.eu"));
@@ -661,7 +675,7 @@ mod tests {
         replies.grant(b"billing.reply");
         assert!(replies.is_empty());
         assert!(is_denied(
-            publish(&perms, &replies, &s("billing.reply"), None),
+            publish(&perms, &replies, s("billing.reply").view(), None),
             ErrorCode::PermissionDenied
         ));
     }
@@ -692,8 +706,8 @@ mod tests {
             publish(
                 &perms,
                 &replies,
-                &s("billing.reply"),
-                Some(&s("billing.inbox"))
+                s("billing.reply").view(),
+                Some(s("billing.inbox").view())
             ),
             ErrorCode::PermissionDenied
         ));

@@ -13,7 +13,7 @@
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use crate::subject::{MAX_TOKENS, Pattern, Subject, split_token};
+use crate::subject::{MAX_TOKENS, Pattern, SubjectRef, split_token};
 
 /// What the index needs to know about a slot: whether it can be dropped.
 pub trait Slot: Default {
@@ -171,8 +171,8 @@ impl<S: Slot> SubjectIndex<S> {
     }
 
     /// Calls `f` with the slot of every pattern matching `subject`, each once.
-    pub fn for_each_match(&self, subject: &Subject, mut f: impl FnMut(&S)) {
-        Self::walk(&self.root, Some(subject.as_bytes()), &mut f);
+    pub fn for_each_match<'s>(&self, subject: impl Into<SubjectRef<'s>>, mut f: impl FnMut(&S)) {
+        Self::walk(&self.root, Some(subject.into().as_bytes()), &mut f);
     }
 
     /// Visits the slots under `node` matching `rest` (the subject's tokens
@@ -215,6 +215,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::subject::Subject;
 
     #[derive(Default, Debug)]
     struct Ids(Vec<u32>);

@@ -16,7 +16,7 @@
 use bytes::Bytes;
 
 use crate::index::{Slot, SubjectIndex};
-use crate::subject::{Pattern, Subject};
+use crate::subject::{Pattern, SubjectRef};
 
 /// Marks a pattern as present in a [`PatternSet`].
 #[derive(Debug, Default)]
@@ -53,7 +53,7 @@ impl PatternSet {
     }
 
     /// Whether any pattern matches `subject`.
-    pub fn matches(&self, subject: &Subject) -> bool {
+    pub fn matches<'s>(&self, subject: impl Into<SubjectRef<'s>>) -> bool {
         let mut hit = false;
         self.index.for_each_match(subject, |_| hit = true);
         hit
@@ -118,7 +118,7 @@ impl Rules {
         Self { allow, deny }
     }
 
-    fn allows_subject(&self, s: &Subject) -> bool {
+    fn allows_subject(&self, s: SubjectRef<'_>) -> bool {
         self.allow.matches(s) && !self.deny.matches(s)
     }
 
@@ -159,10 +159,10 @@ impl Permissions {
     }
 
     /// Whether the principal may publish to `subject`.
-    pub fn may_publish(&self, subject: &Subject) -> bool {
+    pub fn may_publish<'s>(&self, subject: impl Into<SubjectRef<'s>>) -> bool {
         match self {
             Self::AllowAll => true,
-            Self::Restricted { publish, .. } => publish.allows_subject(subject),
+            Self::Restricted { publish, .. } => publish.allows_subject(subject.into()),
         }
     }
 
@@ -170,10 +170,10 @@ impl Permissions {
     /// subscription to exactly it would be allowed). A request's reply
     /// subject must pass this: a responder's one permitted answer must not
     /// reach a subject the requester could not subscribe to.
-    pub fn may_receive(&self, subject: &Subject) -> bool {
+    pub fn may_receive<'s>(&self, subject: impl Into<SubjectRef<'s>>) -> bool {
         match self {
             Self::AllowAll => true,
-            Self::Restricted { subscribe, .. } => subscribe.allows_subject(subject),
+            Self::Restricted { subscribe, .. } => subscribe.allows_subject(subject.into()),
         }
     }
 
@@ -187,10 +187,10 @@ impl Permissions {
 
     /// Whether the principal may see the presence of `subject` (watch it,
     /// query it): its own permission, apart from publish and subscribe.
-    pub fn may_see_presence(&self, subject: &Subject) -> bool {
+    pub fn may_see_presence<'s>(&self, subject: impl Into<SubjectRef<'s>>) -> bool {
         match self {
             Self::AllowAll => true,
-            Self::Restricted { presence, .. } => presence.allows_subject(subject),
+            Self::Restricted { presence, .. } => presence.allows_subject(subject.into()),
         }
     }
 
@@ -262,6 +262,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::subject::Subject;
 
     fn p(s: &str) -> Pattern {
         parse_pattern(s).unwrap()

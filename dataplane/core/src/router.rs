@@ -32,7 +32,7 @@ use smallvec::SmallVec;
 
 use crate::ids::{ConnId, ShardId, Sid, TenantId};
 use crate::index::{Slot, SubjectIndex};
-use crate::subject::{Pattern, QueueGroup, Subject};
+use crate::subject::{Pattern, QueueGroup, SubjectRef};
 
 /// Most shards one process may run: interest is a 64-bit shard mask.
 pub const MAX_SHARDS: usize = 64;
@@ -534,13 +534,14 @@ impl Router {
     }
 
     /// Routes a message on `subject` of `tenant` into `plan`.
-    pub fn route(
+    pub fn route<'s>(
         &mut self,
         tenant: TenantId,
-        subject: &Subject,
+        subject: impl Into<SubjectRef<'s>>,
         origin: Origin<'_>,
         plan: &mut RoutePlan,
     ) {
+        let subject = subject.into();
         plan.clear();
         let Self {
             tenants,
@@ -683,13 +684,14 @@ impl Router {
 
     /// Routes to `conn`'s own subscriptions matching `subject` only. Used to
     /// answer a request that had no responders.
-    pub fn route_to_conn(
+    pub fn route_to_conn<'s>(
         &mut self,
         tenant: TenantId,
-        subject: &Subject,
+        subject: impl Into<SubjectRef<'s>>,
         conn: ConnId,
         plan: &mut RoutePlan,
     ) {
+        let subject = subject.into();
         plan.clear();
         let Some(routes) = self.tenants.get(&tenant) else {
             return;
@@ -797,6 +799,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::subject::Subject;
 
     #[test]
     fn the_route_caches_stay_bounded() {

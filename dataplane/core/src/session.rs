@@ -15,11 +15,16 @@
 //! frame other than `Connect` while awaiting it, a second `Connect`, and any
 //! server-to-client frame kind sent by a client. Frames that arrive while
 //! `Closing` are ignored. No I/O and no clock: time arrives as `now`.
+//!
+//! The hot path's publish ([`Session::publish`]) stays borrowed from the
+//! read batch it was decoded from: the session validates it in place and
+//! hands on a [`PublishRef`]; whoever keeps the message past the batch makes
+//! it owned ([`PublishRef::to_owned`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arqonbus_proto::codec::DecodeError;
+use arqonbus_proto::codec::{DecodeError, PublishView, share};
 use arqonbus_proto::v1::{self, ErrorCode, Header, frame::Kind};
 use bytes::Bytes;
 
@@ -27,7 +32,7 @@ use crate::ids::Sid;
 use crate::limits::{Limits, MAX_HEADER_BYTES, MAX_HEADER_KEY_LEN, MAX_HEADER_VALUE_LEN};
 use crate::presence::Metadata;
 use crate::snapshot::{AuthError, ConfigSnapshot, Identity};
-use crate::subject::{Pattern, QueueGroup, Subject, SubjectError, SubjectMemo};
+use crate::subject::{Pattern, QueueGroup, Subject, SubjectError, SubjectMemo, SubjectRef};
 
 /// Longest `Connect.client_name`.
 pub const MAX_CLIENT_NAME_LEN: usize = 128;
@@ -103,6 +108,84 @@ pub struct Publish {
     pub payload: Bytes,
     /// The client's number for it (0: none), echoed in an error about it.
     pub seq: u64,
+}
+
+impl Publish {
+    /// The message borrowed, as the hot path passes it on.
+    pub fn view(&self) -> PublishRef<'_> {
+        PublishRef {
+            subject: self.subject.view(),
+            reply: self.reply.as_ref().map(Subject::view),
+            headers: &self.headers,
+            payload: &self.payload,
+            seq: self.seq,
+            backing: Backing::Owned(self),
+        }
+    }
+}
+
+/// A validated publish borrowed from where it was decoded: a read batch
+/// (the common publish, see [`Session::publish`]) or an owned [`Publish`].
+/// The hot path authorises, routes and delivers it by reference, counting
+/// nothing; what must outlive the batch is made owned by
+/// [`payload_bytes`](Self::payload_bytes) or [`to_owned`](Self::to_owned).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    /// Where it goes.
+    pub subject: SubjectRef<'a>,
+    /// Where responders should answer, if it is a request.
+    pub reply: Option<SubjectRef<'a>>,
+    /// Headers, already checked against the limits.
+    pub headers: &'a [Header],
+    /// The payload.
+    pub payload: &'a [u8],
+    /// The client's number for it (0: none), echoed in an error about it.
+    pub seq: u64,
+    backing: Backing<'a>,
+}
+
+/// What a [`PublishRef`]'s fields borrow from.
+#[derive(Debug, Clone, Copy)]
+enum Backing<'a> {
+    /// Each field is a slice of this read batch.
+    Batch(&'a Bytes),
+    /// The fields are this publish's.
+    Owned(&'a Publish),
+}
+
+impl PublishRef<'_> {
+    /// The payload as [`Bytes`] sharing its buffer: one reference count.
+    #[inline]
+    pub fn payload_bytes(&self) -> Bytes {
+        match self.backing {
+            Backing::Batch(batch) => share(batch, self.payload),
+            Backing::Owned(p) => p.payload.clone(),
+        }
+    }
+
+    /// The message owned, sharing the buffers it was read into (a
+    /// reference count per non-empty field), to keep past the batch.
+    pub fn to_owned(&self) -> Publish {
+        match self.backing {
+            Backing::Owned(p) => p.clone(),
+            Backing::Batch(batch) => Publish {
+                subject: self.subject.to_subject_in(batch),
+                reply: self.reply.map(|r| r.to_subject_in(batch)),
+                headers: self.headers.to_vec(),
+                payload: share(batch, self.payload),
+                seq: self.seq,
+            },
+        }
+    }
+}
+
+/// What [`Session::publish`] decided about a publish.
+#[derive(Debug)]
+pub enum Checked<'a> {
+    /// Accepted: authorise and route it.
+    Publish(PublishRef<'a>),
+    /// Anything else (a rejection, or the frame outside `Open`).
+    Step(Step),
 }
 
 /// An error to send to the client.
@@ -513,12 +596,10 @@ impl Session {
                 ErrorCode::ProtocolViolation,
                 "Connect sent twice",
             )),
-            (State::Open, Kind::Publish(p)) => {
-                match self.check_publish(p, limits, Subject::parse) {
-                    Ok(p) => Step::Publish(p),
-                    Err(r) => Step::Reject(r),
-                }
-            }
+            (State::Open, Kind::Publish(p)) => match self.check_publish(p, limits) {
+                Ok(p) => Step::Publish(p),
+                Err(r) => Step::Reject(r),
+            },
             (State::Open, Kind::Subscribe(s)) => Self::check_subscribe(s, limits),
             (State::Open, Kind::Unsubscribe(u)) => {
                 if u.sid == 0 {
@@ -636,35 +717,88 @@ impl Session {
         Step::Welcome
     }
 
-    /// A `Publish` frame: the hot path's entry, the same transition as
-    /// [`handle`](Self::handle) with `Event::Frame(Kind::Publish(p))`,
-    /// except that the subject is validated through the shard's `memo`.
-    pub fn publish(
+    /// A `Publish` frame the fast decoder took, the hot path's entry: the
+    /// same transition as [`handle`](Self::handle) with
+    /// `Event::Frame(Kind::Publish(p))`, except that the message stays
+    /// borrowed from its batch and the subject is validated through the
+    /// shard's `memo`.
+    pub fn publish<'a>(
         &mut self,
-        p: v1::Publish,
+        p: PublishView<'a>,
         now: Now,
         config: &ConfigSnapshot,
         memo: &mut SubjectMemo,
-    ) -> Step {
+    ) -> Checked<'a> {
         if self.state != State::Open {
-            return self.handle(Event::Frame(Kind::Publish(p)), now, config);
+            let frame = Event::Frame(Kind::Publish(p.to_owned()));
+            return Checked::Step(self.handle(frame, now, config));
         }
         self.last_seen = now.mono;
         self.pings_outstanding = 0;
-        match self.check_publish(p, config.limits(), |raw, max| memo.parse(raw, max)) {
-            Ok(p) => Step::Publish(p),
-            Err(r) => Step::Reject(r),
+        let checked = self.check_fields(
+            p.subject,
+            p.reply,
+            &[],
+            p.payload.len(),
+            p.seq,
+            config.limits(),
+            |raw, max| memo.check(raw, max),
+        );
+        match checked {
+            Ok((subject, reply)) => Checked::Publish(PublishRef {
+                subject,
+                reply,
+                headers: &[],
+                payload: p.payload,
+                seq: p.seq,
+                backing: Backing::Batch(p.batch),
+            }),
+            Err(r) => Checked::Step(Step::Reject(r)),
         }
     }
 
-    fn check_publish(
+    /// A `Publish` decoded by prost (one with headers, or one the fast
+    /// decoder did not take): the checks of [`publish`](Self::publish) on
+    /// the owned message.
+    fn check_publish(&self, p: v1::Publish, limits: &Limits) -> Result<Publish, Rejection> {
+        let (subject, reply) = self.check_fields(
+            &p.subject,
+            &p.reply,
+            &p.headers,
+            p.payload.len(),
+            p.seq,
+            limits,
+            SubjectRef::parse,
+        )?;
+        let subject = subject.to_subject_in(&p.subject);
+        let reply = reply.map(|r| r.to_subject_in(&p.reply));
+        Ok(Publish {
+            subject,
+            reply,
+            headers: p.headers,
+            payload: p.payload,
+            seq: p.seq,
+        })
+    }
+
+    /// Every check of a publish: payload size, subject and reply subject,
+    /// headers. Returns the validated subjects.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of a publish, borrowed from a batch or an owned message alike"
+    )]
+    #[inline]
+    fn check_fields<'a>(
         &self,
-        p: v1::Publish,
+        subject: &'a [u8],
+        reply: &'a [u8],
+        headers: &[Header],
+        payload: usize,
+        seq: u64,
         limits: &Limits,
-        parse_subject: impl FnOnce(Bytes, usize) -> Result<Subject, SubjectError>,
-    ) -> Result<Publish, Rejection> {
-        let seq = p.seq;
-        if p.payload.len() > self.max_payload as usize {
+        parse_subject: impl FnOnce(&'a [u8], usize) -> Result<SubjectRef<'a>, SubjectError>,
+    ) -> Result<(SubjectRef<'a>, Option<SubjectRef<'a>>), Rejection> {
+        if payload > self.max_payload as usize {
             return Err(Rejection::soft(
                 ErrorCode::MaxPayloadExceeded,
                 0,
@@ -674,20 +808,14 @@ impl Session {
         }
         let max = limits.max_subject_len as usize;
         let refused = |e| subject_rejection(e, 0).about_publish(seq);
-        let subject = parse_subject(p.subject, max).map_err(refused)?;
-        let reply = if p.reply.is_empty() {
+        let subject = parse_subject(subject, max).map_err(refused)?;
+        let reply = if reply.is_empty() {
             None
         } else {
-            Some(Subject::parse(p.reply, max).map_err(refused)?)
+            Some(SubjectRef::parse(reply, max).map_err(refused)?)
         };
-        check_headers(&p.headers, limits).map_err(|r| r.about_publish(seq))?;
-        Ok(Publish {
-            subject,
-            reply,
-            headers: p.headers,
-            payload: p.payload,
-            seq,
-        })
+        check_headers(headers, limits).map_err(|r| r.about_publish(seq))?;
+        Ok((subject, reply))
     }
 
     fn check_subscribe(s: v1::Subscribe, limits: &Limits) -> Step {
@@ -754,6 +882,7 @@ mod tests {
     use crate::ids::{CredentialId, PrincipalId, TenantId};
     use crate::policy::Permissions;
     use crate::snapshot::{CredentialEntry, PrincipalEntry, Quotas, TenantEntry};
+    use arqonbus_proto::codec::{self, Decoded};
 
     const TOKEN: &str = "abt_test";
 
@@ -1042,11 +1171,20 @@ mod tests {
             }
             for &(subject, reply, size) in &frames {
                 let a = general.step(publish(subject, reply, size));
-                let Event::Frame(Kind::Publish(p)) = publish(subject, reply, size) else {
+                let Event::Frame(kind) = publish(subject, reply, size) else {
                     unreachable!("publish() builds a publish frame");
                 };
+                let mut wire = bytes::BytesMut::new();
+                codec::encode(&kind, &mut wire).unwrap();
+                let batch = wire.freeze();
+                let Ok(Decoded::Publish(view)) = codec::decode_in(&batch, 4..batch.len()) else {
+                    panic!("the fast decoder takes a plain publish");
+                };
                 let now = hot.at();
-                let b = hot.s.publish(p, now, &hot.config, &mut memo);
+                let b = match hot.s.publish(view, now, &hot.config, &mut memo) {
+                    Checked::Publish(p) => Step::Publish(p.to_owned()),
+                    Checked::Step(step) => step,
+                };
                 assert_eq!(format!("{a:?}"), format!("{b:?}"), "round {round}");
                 assert_eq!(general.s.state(), hot.s.state());
             }

@@ -204,10 +204,14 @@ pub struct Subject(Bytes);
 impl Subject {
     /// Validates `raw` as a literal subject of at most `max_len` bytes.
     pub fn parse(raw: Bytes, max_len: usize) -> Result<Self, SubjectError> {
-        if !valid_literal(&raw, max_len) {
-            check(&raw, max_len, false)?;
-        }
+        SubjectRef::parse(&raw, max_len)?;
         Ok(Self(raw))
+    }
+
+    /// The subject borrowed: what routing and permission checks read.
+    #[inline]
+    pub fn view(&self) -> SubjectRef<'_> {
+        SubjectRef(&self.0)
     }
 
     /// The subject's bytes.
@@ -226,6 +230,62 @@ impl Subject {
     }
 }
 
+/// A valid literal subject borrowed from where it was read: a frame in a
+/// read batch, or a [`Subject`]. The hot path validates, authorises and
+/// routes a publish through one of these, taking no reference count; a
+/// subject that must live on (crossing to another shard, held by a rate
+/// limit) is made a [`Subject`] by whoever owns the bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubjectRef<'a>(&'a [u8]);
+
+impl<'a> SubjectRef<'a> {
+    /// Validates `raw` as a literal subject of at most `max_len` bytes (as
+    /// [`Subject::parse`] does).
+    #[inline]
+    pub fn parse(raw: &'a [u8], max_len: usize) -> Result<Self, SubjectError> {
+        if !valid_literal(raw, max_len) {
+            check(raw, max_len, false)?;
+        }
+        Ok(Self(raw))
+    }
+
+    /// The subject's bytes.
+    #[inline]
+    pub fn as_bytes(self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The `.`-separated tokens.
+    pub fn tokens(self) -> impl Iterator<Item = &'a [u8]> {
+        self.0.split(|&b| b == b'.')
+    }
+
+    /// The subject owned: a slice of `owner` (one reference count) when it
+    /// was read from `owner`, a copy otherwise.
+    pub fn to_subject_in(self, owner: &Bytes) -> Subject {
+        Subject(arqonbus_proto::codec::share(owner, self.0))
+    }
+}
+
+impl<'a> From<&'a Subject> for SubjectRef<'a> {
+    #[inline]
+    fn from(s: &'a Subject) -> Self {
+        s.view()
+    }
+}
+
+impl fmt::Debug for SubjectRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Subject({})", self.0.escape_ascii())
+    }
+}
+
+impl fmt::Display for SubjectRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.escape_ascii(), f)
+    }
+}
+
 /// The last subject a shard validated in full. A publisher's read batch
 /// usually names one subject many times: the repeats are recognised by one
 /// comparison instead of a pass through the grammar. Holds a copy, never a
@@ -240,13 +300,25 @@ impl SubjectMemo {
     /// [`Subject::parse`], remembering what passed: the same result for
     /// every input (the tests hold the two together).
     pub fn parse(&mut self, raw: Bytes, max_len: usize) -> Result<Subject, SubjectError> {
+        self.check(&raw, max_len)?;
+        Ok(Subject(raw))
+    }
+
+    /// [`SubjectRef::parse`], remembering what passed: the same result for
+    /// every input.
+    #[inline]
+    pub fn check<'a>(
+        &mut self,
+        raw: &'a [u8],
+        max_len: usize,
+    ) -> Result<SubjectRef<'a>, SubjectError> {
         if raw.len() <= max_len && !self.0.is_empty() && *raw == *self.0 {
-            return Ok(Subject(raw));
+            return Ok(SubjectRef(raw));
         }
-        let subject = Subject::parse(raw, max_len)?;
-        if subject.0.len() <= MEMO_MAX {
+        let subject = SubjectRef::parse(raw, max_len)?;
+        if raw.len() <= MEMO_MAX {
             self.0.clear();
-            self.0.extend_from_slice(&subject.0);
+            self.0.extend_from_slice(raw);
         }
         Ok(subject)
     }
@@ -285,9 +357,9 @@ impl Pattern {
 
     /// Whether `subject` matches this pattern. A straightforward reference
     /// matcher: the index does the same work for many patterns at once.
-    pub fn matches(&self, subject: &Subject) -> bool {
+    pub fn matches<'s>(&self, subject: impl Into<SubjectRef<'s>>) -> bool {
         let mut p = self.tokens();
-        let mut s = subject.tokens();
+        let mut s = subject.into().tokens();
         loop {
             match (p.next(), s.next()) {
                 (Some(b">"), Some(_)) => return true,

@@ -47,13 +47,14 @@ use arqonbus_core::authorize::{self, Admission, Decision, Denial, ReplyPermissio
 use arqonbus_core::ops::ConnectionInfo;
 use arqonbus_core::placement::Placed;
 use arqonbus_core::router::SubscriptionError;
-use arqonbus_core::session::{Event, Now, Publish, Rejection, Session, State, Step};
+use arqonbus_core::session::{
+    Checked, Event, Now, Publish, PublishRef, Rejection, Session, State, Step,
+};
 use arqonbus_core::snapshot::{Identity, SlowConsumerPolicy};
 use arqonbus_core::throttle::{Attempt, ThrottleReason, Verdict};
 use arqonbus_core::{ConnId, PrincipalId, ShardId, Sid, TenantId};
-use arqonbus_proto::codec::{self, LEN_PREFIX};
+use arqonbus_proto::codec::{self, Decoded, LEN_PREFIX};
 use arqonbus_proto::v1::{self, ErrorCode, frame::Kind};
-use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
@@ -239,7 +240,7 @@ impl ConnShared {
     /// answered once. The permission is a copy (`ReplyPermissions::grant`):
     /// `reply` is a slice of the requester's receive buffer, which it must
     /// not pin.
-    pub(crate) fn allow_reply(&self, reply: &Bytes) {
+    pub(crate) fn allow_reply(&self, reply: &[u8]) {
         self.replies.grant(reply);
     }
 
@@ -923,7 +924,14 @@ impl ConnIo {
             let Some(msg) = self.held.take() else {
                 return false;
             };
-            self.gate_and_publish(shard, conn, session, *msg);
+            Self::gate_and_publish(
+                shard,
+                conn,
+                session,
+                &mut self.held,
+                &mut self.timer,
+                msg.view(),
+            );
             if self.held.is_none() {
                 return true;
             }
@@ -964,13 +972,35 @@ impl<T> ConnIo<T> {
             let event = match self.rbuf.next_frame(max_frame) {
                 Ok(None) => break,
                 Err(e) => Event::Undecodable(e),
-                Ok(Some((batch, body))) => match codec::decode_body_in(batch, body) {
-                    Ok(Kind::Publish(p)) => {
-                        self.publish_frame(shard, conn, session, p);
+                Ok(Some((batch, body))) => match codec::decode_in(batch, body) {
+                    Ok(Decoded::Publish(view)) => {
+                        // The hot path: the session's own entry for a
+                        // publish (the subject checked through the shard's
+                        // memo), then the core's permission check and the
+                        // route, the message borrowed from the batch
+                        // throughout. It is `step` without the login
+                        // throttle (which only `Connect` meets) and without
+                        // the deadline, which is set once per batch.
+                        let checked = {
+                            let config = shard.config.borrow();
+                            let mut memo = shard.subjects.borrow_mut();
+                            session.publish(view, self.clock, &config, &mut memo)
+                        };
+                        match checked {
+                            Checked::Publish(msg) => Self::publish(
+                                shard,
+                                conn,
+                                session,
+                                &mut self.held,
+                                &mut self.timer,
+                                msg,
+                            ),
+                            Checked::Step(step) => self.carry_out(shard, conn, session, step),
+                        }
                         published = true;
                         continue;
                     }
-                    Ok(kind) => Event::Frame(kind),
+                    Ok(Decoded::Frame(kind)) => Event::Frame(kind),
                     Err(e) => Event::Undecodable(e),
                 },
             };
@@ -980,28 +1010,6 @@ impl<T> ConnIo<T> {
             self.set_deadline(shard, conn, session);
         }
         shard.after_batch();
-    }
-
-    /// A `Publish` frame, the hot path: the session's own entry for it
-    /// (the subject checked through the shard's memo), then the core's
-    /// permission check and the route. It is [`step`](Self::step) without
-    /// the login throttle (which only `Connect` meets) and without the
-    /// deadline, which `process` sets once per batch.
-    fn publish_frame(
-        &mut self,
-        shard: &Rc<Shard>,
-        conn: &ConnShared,
-        session: &mut Session,
-        p: v1::Publish,
-    ) {
-        let step = {
-            let config = shard.config.borrow();
-            session.publish(p, self.clock, &config, &mut shard.subjects.borrow_mut())
-        };
-        match step {
-            Step::Publish(msg) => self.publish(shard, conn, session, msg),
-            other => self.carry_out(shard, conn, session, other),
-        }
     }
 
     /// Feeds one event to the session and carries out the step.
@@ -1062,7 +1070,14 @@ impl<T> ConnIo<T> {
                 Self::recheck_subscriptions(shard, conn, session);
                 crate::presence::recheck_watches(shard, conn, session);
             }
-            Step::Publish(msg) => self.publish(shard, conn, session, msg),
+            Step::Publish(msg) => Self::publish(
+                shard,
+                conn,
+                session,
+                &mut self.held,
+                &mut self.timer,
+                msg.view(),
+            ),
             Step::Subscribe {
                 sid,
                 pattern,
@@ -1209,30 +1224,39 @@ impl<T> ConnIo<T> {
     }
 
     /// Asks the core whether the principal may publish `msg`, then gates
-    /// and routes it.
-    fn publish(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &Session, msg: Publish) {
+    /// and routes it. An associated function over the fields it needs, so
+    /// `msg` may borrow the connection's read batch.
+    fn publish(
+        shard: &Rc<Shard>,
+        conn: &ConnShared,
+        session: &Session,
+        held: &mut Option<Box<Publish>>,
+        timer: &mut Option<Timer>,
+        msg: PublishRef<'_>,
+    ) {
         let Some(id) = session.identity() else { return };
         let decision = authorize::publish(
             &id.principal.permissions,
             &conn.replies,
-            &msg.subject,
-            msg.reply.as_ref(),
+            msg.subject,
+            msg.reply,
         );
         if let Decision::Deny(denial) = decision {
             Self::deny(shard, conn, denial.soft().about_publish(msg.seq));
             return;
         }
-        self.gate_and_publish(shard, conn, session, msg);
+        Self::gate_and_publish(shard, conn, session, held, timer, msg);
     }
 
-    /// Routes `msg` now, or holds it as long as the shard's `Throttle`
-    /// says (a rate limit or a publisher stall).
+    /// Routes `msg` now, or holds it (owned) as long as the shard's
+    /// `Throttle` says (a rate limit or a publisher stall).
     fn gate_and_publish(
-        &mut self,
         shard: &Rc<Shard>,
         conn: &ConnShared,
         session: &Session,
-        msg: Publish,
+        held: &mut Option<Box<Publish>>,
+        timer: &mut Option<Timer>,
+        msg: PublishRef<'_>,
     ) {
         let Some(id) = session.identity() else { return };
         let admission = shard
@@ -1247,8 +1271,8 @@ impl<T> ConnIo<T> {
             Admission::Wait(wait) => {
                 shard.stats.borrow_mut().throttled += 1;
                 conn.count_rejection();
-                self.held = Some(Box::new(msg));
-                self.timer = Some(Timer::new(wait));
+                *held = Some(Box::new(msg.to_owned()));
+                *timer = Some(Timer::new(wait));
             }
         }
     }

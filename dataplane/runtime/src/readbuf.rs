@@ -110,7 +110,7 @@ impl ReadBuf {
 
     /// The next whole frame: the read batch and the range of the frame's
     /// body in it (the prefix skipped), to decode with
-    /// [`codec::decode_body_in`]. `Ok(None)` when no whole frame is left.
+    /// [`codec::decode_in`]. `Ok(None)` when no whole frame is left.
     ///
     /// When the batch is used up, every whole frame in the buffer within
     /// `max_frame` becomes the next batch, one split. Each frame is checked

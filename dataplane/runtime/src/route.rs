@@ -23,9 +23,9 @@
 use std::time::Instant;
 
 use arqonbus_core::router::{Delivery, InterestUpdate, Origin, RoutePlan, SubscriptionError};
-use arqonbus_core::session::Publish;
+use arqonbus_core::session::PublishRef;
 use arqonbus_core::snapshot::SlowConsumerPolicy;
-use arqonbus_core::subject::{Pattern, QueueGroup, Subject};
+use arqonbus_core::subject::{Pattern, QueueGroup, Subject, SubjectRef};
 use arqonbus_core::{ConnId, ShardId, Sid, TenantId};
 use arqonbus_proto::codec::MessageTemplate;
 use arqonbus_proto::v1::{self, MessageStatus, frame::Kind};
@@ -193,8 +193,8 @@ impl Shard {
     /// W3C trace id. When a span exporter runs (the `trace_parent` hook is
     /// set and the span is enabled), the span joins the trace the
     /// `traceparent` header names; otherwise this costs one branch.
-    fn sample_publish(&self, at: Instant, tenant: TenantId, msg: &Publish) -> Sample {
-        let tp = traceparent(&msg.headers);
+    fn sample_publish(&self, at: Instant, tenant: TenantId, msg: &PublishRef<'_>) -> Sample {
+        let tp = traceparent(msg.headers);
         let span = tracing::debug_span!(
             "publish",
             shard = %self.id,
@@ -212,8 +212,11 @@ impl Shard {
     }
 
     /// Routes a message published by `conn` (already authorised and
-    /// admitted by its rate limits).
-    pub(crate) fn publish(&self, tenant: TenantId, conn: ConnId, echo: bool, msg: Publish) {
+    /// admitted by its rate limits). The message is borrowed (from the
+    /// publisher's read batch, usually): the payload is counted once when
+    /// anyone here receives it, and the message is made owned only for
+    /// the copies that cross to other shards.
+    pub(crate) fn publish(&self, tenant: TenantId, conn: ConnId, echo: bool, msg: PublishRef<'_>) {
         // Sampled messages get a span (unsampled ones: nothing at all).
         let sample = self
             .sample()
@@ -227,14 +230,14 @@ impl Shard {
         let mut plan = self.plan.borrow_mut();
         self.router.borrow_mut().route(
             tenant,
-            &msg.subject,
+            msg.subject,
             Origin::Local { conn, echo },
             &mut plan,
         );
         self.after_route(&mut plan);
 
         if plan.is_empty() {
-            if let Some(reply) = &msg.reply {
+            if let Some(reply) = msg.reply {
                 self.router
                     .borrow_mut()
                     .route_to_conn(tenant, reply, conn, &mut plan);
@@ -262,23 +265,23 @@ impl Shard {
                     shard = %self.id,
                     %tenant,
                     subject = %msg.subject,
-                    trace_id = trace_id(&msg.headers).unwrap_or(""),
+                    trace_id = trace_id(msg.headers).unwrap_or(""),
                 )
                 .entered()
             });
             let mut t = self.template.borrow_mut();
             t.prepare(
                 msg.subject.as_bytes(),
-                msg.reply.as_ref().map_or(&[][..], |r| r.as_bytes()),
-                &msg.headers,
+                msg.reply.map_or(&[][..], |r| r.as_bytes()),
+                msg.headers,
                 MessageStatus::Ok.into(),
                 msg.payload.len(),
             );
             self.deliver(
                 &plan.local,
                 &t,
-                &msg.payload,
-                msg.reply.as_ref().map(Subject::bytes),
+                &msg.payload_bytes(),
+                msg.reply.map(SubjectRef::as_bytes),
             );
             self.record_latency(sample.as_ref());
         }
@@ -288,7 +291,7 @@ impl Shard {
             let mut links = self.links.borrow_mut();
             let mut stats = self.stats.borrow_mut();
             let last = plan.remote.len() - 1;
-            let mut msg = Some(msg);
+            let mut msg = Some(msg.to_owned());
             let mut overflowed = false;
             for (i, copy) in plan.remote.drain(..).enumerate() {
                 // The last copy takes the message itself, the others clone
@@ -355,7 +358,7 @@ impl Shard {
         deliveries: &[Delivery],
         template: &MessageTemplate,
         payload: &Bytes,
-        reply: Option<&Bytes>,
+        reply: Option<&[u8]>,
     ) {
         let conns = self.conns.borrow();
         let mut stats = self.stats.borrow_mut();
@@ -546,7 +549,7 @@ impl Shard {
             &plan.local,
             &t,
             &m.payload,
-            m.reply.as_ref().map(Subject::bytes),
+            m.reply.as_ref().map(Subject::as_bytes),
         );
         self.record_latency(m.sample.as_deref());
     }
