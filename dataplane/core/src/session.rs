@@ -1147,6 +1147,44 @@ mod tests {
         assert_eq!(h.s.state(), State::Open);
     }
 
+    /// A publish accepted by the hot path stays in its read batch: what is
+    /// kept past the batch (the payload for subscribers here, the whole
+    /// message for another shard) shares the batch's memory, never a copy.
+    #[test]
+    fn a_borrowed_publish_is_kept_as_slices_of_its_batch() {
+        let mut h = Harness::open();
+        let Event::Frame(kind) = publish(b"orders.eu", b"_INBOX.1", 64) else {
+            unreachable!("publish() builds a publish frame");
+        };
+        let mut wire = bytes::BytesMut::from(&b"junk"[..]);
+        codec::encode(&kind, &mut wire).unwrap();
+        wire.extend_from_slice(b"more frames");
+        let batch = wire.freeze();
+        let end = batch.len() - b"more frames".len();
+        let Ok(Decoded::Publish(view)) = codec::decode_in(&batch, 8..end) else {
+            panic!("the fast decoder takes a plain publish");
+        };
+        let now = h.at();
+        let mut memo = SubjectMemo::default();
+        let Checked::Publish(p) = h.s.publish(view, now, &h.config, &mut memo) else {
+            panic!("an allowed publish is accepted");
+        };
+        assert_eq!(p.subject.as_bytes(), b"orders.eu");
+        let within = |b: &[u8]| {
+            let start = batch.as_ptr() as usize;
+            let at = b.as_ptr() as usize;
+            start <= at && at + b.len() <= start + batch.len()
+        };
+        assert!(within(&p.payload_bytes()));
+        let owned = p.to_owned();
+        assert!(within(owned.subject.as_bytes()));
+        assert!(within(owned.reply.as_ref().unwrap().as_bytes()));
+        assert!(within(&owned.payload));
+        assert_eq!(owned.payload.len(), 64);
+        // An owned publish seen through a view gives back the same message.
+        assert_eq!(owned.view().to_owned(), owned);
+    }
+
     /// The hot path's entry is the same transition as `handle`: the same
     /// steps and the same state, before `Connect`, when open (the memo warm
     /// or cold) and once closing.
