@@ -450,7 +450,10 @@ impl MessageTemplate {
     }
 
     /// Appends everything of the frame for `sid` that precedes the payload.
-    /// The caller sends the payload bytes right after.
+    /// The caller sends the payload bytes right after. Inline: it runs once
+    /// per delivery, and whether thin LTO inlines it across crates changes
+    /// with unrelated code (measured: 30 instructions per publish).
+    #[inline]
     pub fn write_prefix(&self, sid: u64, dst: &mut impl BufMut) -> Result<(), EncodeError> {
         let m = self.message_len(sid);
         let body = key_len(tags::FRAME_MESSAGE) + encoded_len_varint(m as u64) + m;
