@@ -38,11 +38,11 @@ use arqonbus_core::authorize::{
 use arqonbus_core::limits::Limits;
 use arqonbus_core::policy::{PolicyRules, compile, parse_pattern};
 use arqonbus_core::router::{Origin, RoutePlan, Router};
-use arqonbus_core::session::{Checked, Event, Now, Session, State, Step};
+use arqonbus_core::session::{Checked, Event, Now, Publish, Session, State, Step};
 use arqonbus_core::snapshot::{
     ConfigSnapshot, CredentialEntry, PrincipalEntry, Quotas, TenantEntry,
 };
-use arqonbus_core::subject::{Subject, SubjectMemo};
+use arqonbus_core::subject::SubjectMemo;
 use arqonbus_core::{ConnId, CredentialId, PrincipalId, ShardId, TenantId};
 use arqonbus_proto::codec::{self, DecodeError, Decoded, LEN_PREFIX, PublishView};
 use arqonbus_proto::v1::{ErrorCode, Frame, frame::Kind};
@@ -219,16 +219,23 @@ fuzz_target!(|data: &[u8]| {
                 }
             };
             let was_closing = session.state() == State::Closing;
-            let step = match input {
+            // A publish the hot path accepted stays borrowed from its batch
+            // through the checks below, as in a shard.
+            let (step, borrowed) = match input {
                 Input::Publish(view) => match session.publish(view, now, &config, &mut memo) {
-                    Checked::Publish(p) => Step::Publish(p.to_owned()),
-                    Checked::Step(step) => step,
+                    Checked::Publish(p) => (Step::Nothing, Some(p)),
+                    Checked::Step(step) => (step, None),
                 },
-                Input::Event(event) => session.handle(event, now, &config),
+                Input::Event(event) => (session.handle(event, now, &config), None),
             };
             if was_closing {
-                assert!(matches!(step, Step::Nothing));
+                assert!(matches!(step, Step::Nothing) && borrowed.is_none());
             }
+            let (step, owned) = match step {
+                Step::Publish(p) => (Step::Nothing, Some(p)),
+                step => (step, None),
+            };
+            let publish = borrowed.or_else(|| owned.as_ref().map(Publish::view));
             let id = session.identity();
             match step {
                 Step::Welcome => {
@@ -296,71 +303,65 @@ fuzz_target!(|data: &[u8]| {
                         subscriptions.release(1);
                     }
                 }
-                Step::Publish(p) => {
-                    let Some(id) = id else {
-                        panic!("published without an identity");
-                    };
-                    let perms = &id.principal.permissions;
-                    let granted = replies.contains(p.subject.as_bytes());
-                    let decision = authorize::publish(
-                        perms,
-                        &replies,
-                        p.subject.view(),
-                        p.reply.as_ref().map(Subject::view),
-                    );
-                    let by_rules = perms.may_publish(&p.subject);
-                    let used = granted && !replies.contains(p.subject.as_bytes());
-                    // A reply permission is used only when the rules do not
-                    // allow the subject, and then whatever the outcome.
-                    assert_eq!(used, granted && !by_rules && perms.allow_responses());
-                    match decision {
-                        Decision::Allow => {
-                            assert!(perms.unrestricted() || by_rules || used);
-                            if let Some(r) = &p.reply {
-                                assert!(perms.may_receive(r));
-                            }
-                        }
-                        Decision::Deny(d) => {
-                            assert_eq!((d.code, d.sid), (ErrorCode::PermissionDenied, 0));
-                            continue;
-                        }
-                    }
-                    // Held until the throttle lets it go, as a shard does.
-                    let mut waits = 0;
-                    while let Admission::Wait(w) = throttle.admit(id, p.payload.len(), || now.mono)
-                    {
-                        assert!(!w.is_zero() && w <= Duration::from_secs(1), "{w:?}");
-                        assert!(waits < 2, "still held after waiting as told");
-                        waits += 1;
-                        now.mono += w + Duration::from_millis(1);
-                    }
-                    let echo = session.echo();
-                    router.route(
-                        id.tenant.id,
-                        &p.subject,
-                        Origin::Local { conn, echo },
-                        &mut plan,
-                    );
-                    if !echo {
-                        assert!(plan.local.iter().all(|d| d.conn != conn));
-                    }
-                    for _ in plan.expired.drain(..) {
-                        subscriptions.release(1);
-                    }
-                    // A request delivered to this connection may be answered.
-                    if let Some(reply) = &p.reply {
-                        for _ in plan.local.iter().filter(|d| d.conn == conn) {
-                            replies.grant(reply.as_bytes());
-                        }
-                    }
-                    assert!(replies.len() <= MAX_PENDING_REPLIES);
-                    // Kept only for a principal that may need them.
-                    assert!(ReplyPermissions::needed(perms) || replies.is_empty());
-                }
                 Step::Reject(r) if r.close => {
                     assert_eq!(session.state(), State::Closing);
                 }
                 _ => {}
+            }
+            if let Some(p) = publish {
+                let Some(id) = id else {
+                    panic!("published without an identity");
+                };
+                let perms = &id.principal.permissions;
+                let granted = replies.contains(p.subject.as_bytes());
+                let decision = authorize::publish(perms, &replies, p.subject, p.reply);
+                let by_rules = perms.may_publish(p.subject);
+                let used = granted && !replies.contains(p.subject.as_bytes());
+                // A reply permission is used only when the rules do not
+                // allow the subject, and then whatever the outcome.
+                assert_eq!(used, granted && !by_rules && perms.allow_responses());
+                match decision {
+                    Decision::Allow => {
+                        assert!(perms.unrestricted() || by_rules || used);
+                        if let Some(r) = p.reply {
+                            assert!(perms.may_receive(r));
+                        }
+                    }
+                    Decision::Deny(d) => {
+                        assert_eq!((d.code, d.sid), (ErrorCode::PermissionDenied, 0));
+                        continue;
+                    }
+                }
+                // Held until the throttle lets it go, as a shard does.
+                let mut waits = 0;
+                while let Admission::Wait(w) = throttle.admit(id, p.payload.len(), || now.mono) {
+                    assert!(!w.is_zero() && w <= Duration::from_secs(1), "{w:?}");
+                    assert!(waits < 2, "still held after waiting as told");
+                    waits += 1;
+                    now.mono += w + Duration::from_millis(1);
+                }
+                let echo = session.echo();
+                router.route(
+                    id.tenant.id,
+                    p.subject,
+                    Origin::Local { conn, echo },
+                    &mut plan,
+                );
+                if !echo {
+                    assert!(plan.local.iter().all(|d| d.conn != conn));
+                }
+                for _ in plan.expired.drain(..) {
+                    subscriptions.release(1);
+                }
+                // A request delivered to this connection may be answered.
+                if let Some(reply) = p.reply {
+                    for _ in plan.local.iter().filter(|d| d.conn == conn) {
+                        replies.grant(reply.as_bytes());
+                    }
+                }
+                assert!(replies.len() <= MAX_PENDING_REPLIES);
+                // Kept only for a principal that may need them.
+                assert!(ReplyPermissions::needed(perms) || replies.is_empty());
             }
             // The counts are the subscriptions held, within both quotas.
             let held = router.subscription_count(conn) as u32;

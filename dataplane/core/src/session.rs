@@ -129,7 +129,9 @@ impl Publish {
 /// The hot path authorises, routes and delivers it by reference, counting
 /// nothing; what must outlive the batch is made owned by
 /// [`payload_bytes`](Self::payload_bytes) or [`to_owned`](Self::to_owned).
-#[derive(Debug, Clone, Copy)]
+/// Its `Debug` shows the subjects and sizes only (never the payload, nor
+/// the batch around it).
+#[derive(Clone, Copy)]
 pub struct PublishRef<'a> {
     /// Where it goes.
     pub subject: SubjectRef<'a>,
@@ -145,12 +147,24 @@ pub struct PublishRef<'a> {
 }
 
 /// What a [`PublishRef`]'s fields borrow from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 enum Backing<'a> {
     /// Each field is a slice of this read batch.
     Batch(&'a Bytes),
     /// The fields are this publish's.
     Owned(&'a Publish),
+}
+
+impl std::fmt::Debug for PublishRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishRef")
+            .field("subject", &self.subject)
+            .field("reply", &self.reply)
+            .field("headers", &self.headers.len())
+            .field("payload_len", &self.payload.len())
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PublishRef<'_> {

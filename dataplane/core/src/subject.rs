@@ -1,10 +1,11 @@
 //! Subject grammar (specs/protocol.md#subjects).
 //!
 //! [`Subject`], [`Pattern`] and [`QueueGroup`] can only be built through their
-//! `parse` functions (and `SubjectMemo::parse`, which answers as
-//! `Subject::parse` does), so holding one proves it is valid. They wrap the
-//! [`Bytes`] they were parsed from: validating a subject sliced out of a
-//! receive buffer copies nothing. A value kept past the read batch (a
+//! `parse` functions, so holding one proves it is valid; so can
+//! [`SubjectRef`], the borrowed subject the publish path validates in place
+//! (through [`SubjectMemo::check`], which answers as `SubjectRef::parse`
+//! does). The owned ones wrap the [`Bytes`] they were parsed from:
+//! validating a subject sliced out of a receive buffer copies nothing. A value kept past the read batch (a
 //! subscription's pattern and queue group, a reply permission) is
 //! [`detach`](Pattern::detach)ed first, so it never pins the receive buffer
 //! it came from (`specs/architecture.md`, "Ownership of received bytes").
@@ -219,11 +220,6 @@ impl Subject {
         &self.0
     }
 
-    /// The underlying buffer (cheap to clone).
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
-    }
-
     /// The `.`-separated tokens.
     pub fn tokens(&self) -> impl Iterator<Item = &[u8]> {
         self.0.split(|&b| b == b'.')
@@ -297,15 +293,8 @@ pub struct SubjectMemo(Vec<u8>);
 const MEMO_MAX: usize = 256;
 
 impl SubjectMemo {
-    /// [`Subject::parse`], remembering what passed: the same result for
-    /// every input (the tests hold the two together).
-    pub fn parse(&mut self, raw: Bytes, max_len: usize) -> Result<Subject, SubjectError> {
-        self.check(&raw, max_len)?;
-        Ok(Subject(raw))
-    }
-
     /// [`SubjectRef::parse`], remembering what passed: the same result for
-    /// every input.
+    /// every input (the tests hold the two together).
     #[inline]
     pub fn check<'a>(
         &mut self,
@@ -538,9 +527,10 @@ mod tests {
         ) {
             let mut memo = SubjectMemo::default();
             for (raw, max_len) in seq {
+                let expected = Subject::parse(Bytes::from_static(raw), max_len);
                 prop_assert_eq!(
-                    memo.parse(Bytes::from_static(raw), max_len),
-                    Subject::parse(Bytes::from_static(raw), max_len)
+                    memo.check(raw, max_len).map(SubjectRef::as_bytes),
+                    expected.as_ref().map(Subject::as_bytes).map_err(|e| *e)
                 );
             }
         }

@@ -991,17 +991,12 @@ impl ConnIo {
             let Some(msg) = self.held.take() else {
                 return false;
             };
-            Self::gate_and_publish(
-                shard,
-                conn,
-                session,
-                &mut self.held,
-                &mut self.timer,
-                msg.view(),
-            );
-            if self.held.is_none() {
+            let Some(wait) = Self::gate_and_publish(shard, conn, session, msg.view()) else {
                 return true;
-            }
+            };
+            // Still waiting: held again as it is, not copied.
+            self.held = Some(msg);
+            self.timer = Some(Timer::new(wait));
         }
     }
 }
@@ -1312,20 +1307,23 @@ impl<T> ConnIo<T> {
             Self::deny(shard, conn, denial.soft().about_publish(msg.seq));
             return;
         }
-        Self::gate_and_publish(shard, conn, session, held, timer, msg);
+        if let Some(wait) = Self::gate_and_publish(shard, conn, session, msg) {
+            // Held past the batch: owned, as slices of it.
+            *held = Some(Box::new(msg.to_owned()));
+            *timer = Some(Timer::new(wait));
+        }
     }
 
-    /// Routes `msg` now, or holds it (owned) as long as the shard's
-    /// `Throttle` says (a rate limit or a publisher stall).
+    /// Routes `msg` now, or says how long it must wait (the shard's
+    /// `Throttle`: a rate limit or a publisher stall); the caller holds it
+    /// that long.
     fn gate_and_publish(
         shard: &Rc<Shard>,
         conn: &ConnShared,
         session: &Session,
-        held: &mut Option<Box<Publish>>,
-        timer: &mut Option<Timer>,
         msg: PublishRef<'_>,
-    ) {
-        let Some(id) = session.identity() else { return };
+    ) -> Option<Duration> {
+        let id = session.identity()?;
         let admission = shard
             .throttle
             .borrow_mut()
@@ -1334,12 +1332,12 @@ impl<T> ConnIo<T> {
             Admission::Go => {
                 conn.count_in(msg.payload.len());
                 shard.publish(id.tenant.id, conn.id, session.echo(), msg);
+                None
             }
             Admission::Wait(wait) => {
                 shard.stats.borrow_mut().throttled += 1;
                 conn.count_rejection();
-                *held = Some(Box::new(msg.to_owned()));
-                *timer = Some(Timer::new(wait));
+                Some(wait)
             }
         }
     }

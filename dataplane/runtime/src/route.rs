@@ -213,9 +213,10 @@ impl Shard {
 
     /// Routes a message published by `conn` (already authorised and
     /// admitted by its rate limits). The message is borrowed (from the
-    /// publisher's read batch, usually): the payload is counted once when
-    /// anyone here receives it, and the message is made owned only for
-    /// the copies that cross to other shards.
+    /// publisher's read batch, usually): its payload becomes a `Bytes`
+    /// (one reference count, then one per subscriber queue) only when the
+    /// route names subscriptions here, and the message is made owned only
+    /// for the copies that cross to other shards.
     pub(crate) fn publish(&self, tenant: TenantId, conn: ConnId, echo: bool, msg: PublishRef<'_>) {
         // Sampled messages get a span (unsampled ones: nothing at all).
         let sample = self
