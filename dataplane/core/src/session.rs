@@ -167,7 +167,16 @@ impl std::fmt::Debug for PublishRef<'_> {
     }
 }
 
-impl PublishRef<'_> {
+impl<'a> PublishRef<'a> {
+    /// The read batch every field lies in, for a publish borrowed from
+    /// one; `None` for an owned publish.
+    pub fn batch(&self) -> Option<&'a Bytes> {
+        match self.backing {
+            Backing::Batch(batch) => Some(batch),
+            Backing::Owned(_) => None,
+        }
+    }
+
     /// The payload as [`Bytes`] sharing its buffer: one reference count.
     #[inline]
     pub fn payload_bytes(&self) -> Bytes {

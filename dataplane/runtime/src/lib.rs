@@ -1063,7 +1063,6 @@ pub mod bench {
     use std::task::{Context, Poll, Waker};
 
     use arqonbus_core::TenantId;
-    use arqonbus_core::subject::Subject;
     use arqonbus_proto::codec::MessageTemplate;
     use bytes::Bytes;
     use futures_lite::AsyncWrite;
@@ -1087,7 +1086,7 @@ pub mod bench {
     use arqonbus_proto::v1::{self, frame::Kind};
 
     use crate::conn::{ConnIo, ConnShared};
-    use crate::mesh::{PeerMsg, RemoteMessage};
+    use crate::mesh::{Body, Copies, PeerMsg, RemoteMessage};
     use crate::outbound::Outbound;
     use crate::placement::{PlacementBook, SteeringState};
     use crate::quota::QuotaBook;
@@ -1405,33 +1404,42 @@ pub mod bench {
             Self { tx, rx }
         }
 
-        /// Pushes `n` message copies shaped as `Shard::publish` stages them,
-        /// sealed in one `PeerMsg::Deliver` batch, then pops it as the mesh
-        /// loop does and drops it. Returns the payload bytes that crossed.
-        pub fn hand_off(
-            &mut self,
-            n: usize,
-            tenant: TenantId,
-            subject: &Subject,
-            payload: &Bytes,
-        ) -> usize {
-            let batch: Vec<RemoteMessage> = (0..n)
-                .map(|_| RemoteMessage {
+        /// Pushes `n` message copies shaped as `Shard::publish` stages them
+        /// (offsets into one read batch, held once), sealed in one
+        /// `PeerMsg::Deliver` entry, then pops it as the mesh loop does and
+        /// drops it. `batch` stands for the publisher's read batch; the
+        /// copies' payloads are all of it (their subjects are not read
+        /// here). Returns the payload bytes that crossed.
+        pub fn hand_off(&mut self, n: usize, tenant: TenantId, batch: &Bytes) -> usize {
+            let mut copies = Copies::default();
+            let end = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+            for _ in 0..n {
+                let at = copies.hold(batch);
+                copies.msgs.push(RemoteMessage {
                     tenant,
-                    subject: subject.clone(),
-                    reply: None,
-                    headers: Vec::new(),
-                    payload: payload.clone(),
+                    body: Body::InBatch {
+                        batch: at,
+                        subject: 0..0,
+                        reply: 0..0,
+                        payload: 0..end,
+                    },
                     groups: SmallVec::new(),
                     sample: None,
-                })
-                .collect();
-            if self.tx.push(PeerMsg::Deliver(batch)).is_err() {
+                });
+            }
+            if self.tx.push(PeerMsg::Deliver(copies)).is_err() {
                 return 0;
             }
             let mut bytes = 0;
-            if let Ok(PeerMsg::Deliver(batch)) = self.rx.pop() {
-                bytes = batch.iter().map(|m| m.payload.len()).sum();
+            if let Ok(PeerMsg::Deliver(copies)) = self.rx.pop() {
+                bytes = copies
+                    .msgs
+                    .iter()
+                    .map(|m| match &m.body {
+                        Body::InBatch { payload, .. } => payload.len(),
+                        Body::Owned(p) => p.payload.len(),
+                    })
+                    .sum();
             }
             bytes
         }

@@ -14,6 +14,13 @@
 //! One ring slot, one allocation and one doorbell check per batch, not per
 //! message.
 //!
+//! A copy of a publish borrowed from its read batch ([`Body::InBatch`])
+//! carries its fields as offsets into that batch, and the ring entry holds
+//! each batch once ([`Copies::batches`]): the publishing core takes one
+//! reference count per batch and link, not one per field and message, and
+//! the receiving core slices what it queues itself. So the cache line of a
+//! publisher's buffer count is not passed between cores for every message.
+//!
 //! A full ring never drops anything: messages wait in the link's local
 //! overflow queue, in order, and the sending shard stops reading from its
 //! publishers while any overflow queue holds more than its bound of
@@ -22,10 +29,11 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use std::ops::Range;
+
 use arqonbus_core::router::{GroupKey, InterestUpdate};
-use arqonbus_core::subject::Subject;
+use arqonbus_core::session::Publish;
 use arqonbus_core::{ShardId, TenantId};
-use arqonbus_proto::v1::Header;
 use bytes::Bytes;
 use rtrb::{Consumer, Producer, PushError, RingBuffer};
 use smallvec::SmallVec;
@@ -36,15 +44,51 @@ use crate::doorbell::Doorbell;
 #[derive(Debug)]
 pub(crate) struct RemoteMessage {
     pub(crate) tenant: TenantId,
-    pub(crate) subject: Subject,
-    pub(crate) reply: Option<Subject>,
-    pub(crate) headers: Vec<Header>,
-    pub(crate) payload: Bytes,
+    pub(crate) body: Body,
     /// Queue groups the receiving shard must serve.
     pub(crate) groups: SmallVec<[GroupKey; 1]>,
     /// Set for a sampled message: its latency and its spans (boxed, so
     /// the unsampled majority carries one word).
     pub(crate) sample: Option<Box<Sample>>,
+}
+
+/// What a copy carries.
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// A publish borrowed from a read batch: its fields as offsets into
+    /// `Copies::batches[batch]` (the subject was validated on the sending
+    /// shard; an empty `reply` is none).
+    InBatch {
+        batch: u32,
+        subject: Range<u32>,
+        reply: Range<u32>,
+        payload: Range<u32>,
+    },
+    /// Any other publish (headers, or held by a rate limit), owned.
+    Owned(Box<Publish>),
+}
+
+/// The message copies of one ring entry and the read batches they lie in.
+#[derive(Debug, Default)]
+pub(crate) struct Copies {
+    /// Each batch once, in the order copies first named it.
+    pub(crate) batches: SmallVec<[Bytes; 2]>,
+    /// The copies, in publish order.
+    pub(crate) msgs: Vec<RemoteMessage>,
+}
+
+impl Copies {
+    /// The index of `batch` in [`Copies::batches`], taking a reference
+    /// count the first time a copy names it. Copies of one read batch are
+    /// staged one after another, so the last one is the only candidate.
+    pub(crate) fn hold(&mut self, batch: &Bytes) -> u32 {
+        let same = |b: &Bytes| b.as_ptr() == batch.as_ptr() && b.len() == batch.len();
+        if !self.batches.last().is_some_and(same) {
+            self.batches.push(batch.clone());
+        }
+        // At most MAX_BATCH copies, so at most as many batches.
+        u32::try_from(self.batches.len() - 1).unwrap_or(u32::MAX)
+    }
 }
 
 /// A sampled message, one publish in `latency_sample_every`.
@@ -70,7 +114,7 @@ pub(crate) enum PeerMsg {
     Mark { seq: u64 },
     /// Messages for the receiver's subscribers, in the order they were
     /// published (at most [`MAX_BATCH`]).
-    Deliver(Vec<RemoteMessage>),
+    Deliver(Copies),
     /// A subscriber of `tenant` with the stall-publisher policy is full:
     /// pause the tenant's publishers until `until` (or `Unstall`).
     Stall {
@@ -87,7 +131,7 @@ pub(crate) const MAX_BATCH: usize = 64;
 /// Message copies `msg` carries (1 for anything else: it weighs as one).
 fn weight(msg: &PeerMsg) -> usize {
     match msg {
-        PeerMsg::Deliver(batch) => batch.len(),
+        PeerMsg::Deliver(copies) => copies.msgs.len(),
         _ => 1,
     }
 }
@@ -98,7 +142,7 @@ pub(crate) struct Link {
     pub(crate) peer: ShardId,
     tx: Producer<PeerMsg>,
     /// Copies staged since the last seal, in publish order.
-    staged: Vec<RemoteMessage>,
+    staged: Copies,
     overflow: VecDeque<PeerMsg>,
     /// The weight of `overflow` (message copies).
     overflow_weight: usize,
@@ -114,7 +158,7 @@ impl Link {
         Self {
             peer,
             tx,
-            staged: Vec::new(),
+            staged: Copies::default(),
             overflow: VecDeque::new(),
             overflow_weight: 0,
             doorbell,
@@ -126,17 +170,23 @@ impl Link {
     /// Whether message copies went (or are staged) to the peer since the
     /// last call.
     pub(crate) fn take_crossed(&mut self) -> bool {
-        let crossed = self.crossed || !self.staged.is_empty();
+        let crossed = self.crossed || !self.staged.msgs.is_empty();
         self.crossed = false;
         crossed
+    }
+
+    /// The index to name `batch` by in the next staged copy
+    /// ([`Body::InBatch`]); stage that copy before anything else.
+    pub(crate) fn hold(&mut self, batch: &Bytes) -> u32 {
+        self.staged.hold(batch)
     }
 
     /// Stages a message copy for the peer; it leaves with the next seal.
     /// Returns the copies that had to wait in the overflow queue (a seal
     /// forced by a full batch, with the ring full).
     pub(crate) fn stage(&mut self, m: RemoteMessage) -> usize {
-        self.staged.push(m);
-        if self.staged.len() >= MAX_BATCH {
+        self.staged.msgs.push(m);
+        if self.staged.msgs.len() >= MAX_BATCH {
             self.seal()
         } else {
             0
@@ -146,16 +196,19 @@ impl Link {
     /// Sends the staged copies as one ring entry. Returns the copies that
     /// had to wait in the overflow queue (the ring was full).
     fn seal(&mut self) -> usize {
-        if self.staged.is_empty() {
+        if self.staged.msgs.is_empty() {
             return 0;
         }
         // The batch's buffer goes to the peer (freed there); the next one
         // starts at the size this one reached.
-        let fresh = Vec::with_capacity(self.staged.len());
-        let batch = std::mem::replace(&mut self.staged, fresh);
-        let n = batch.len();
+        let fresh = Copies {
+            batches: SmallVec::new(),
+            msgs: Vec::with_capacity(self.staged.msgs.len()),
+        };
+        let copies = std::mem::replace(&mut self.staged, fresh);
+        let n = copies.msgs.len();
         self.crossed = true;
-        if self.push(PeerMsg::Deliver(batch)) {
+        if self.push(PeerMsg::Deliver(copies)) {
             0
         } else {
             n
@@ -278,10 +331,13 @@ mod tests {
     fn copy(n: u8) -> RemoteMessage {
         RemoteMessage {
             tenant: TenantId(1),
-            subject: Subject::parse(Bytes::from_static(b"a.b"), 256).unwrap(),
-            reply: None,
-            headers: Vec::new(),
-            payload: Bytes::from(vec![n]),
+            body: Body::Owned(Box::new(Publish {
+                subject: Subject::parse(Bytes::from_static(b"a.b"), 256).unwrap(),
+                reply: None,
+                headers: Vec::new(),
+                payload: Bytes::from(vec![n]),
+                seq: 0,
+            })),
             groups: SmallVec::new(),
             sample: None,
         }
@@ -310,7 +366,18 @@ mod tests {
         let mut out = Vec::new();
         while let Ok(msg) = rx.pop() {
             out.push(match msg {
-                PeerMsg::Deliver(batch) => Some(batch.iter().map(|m| m.payload[0]).collect()),
+                PeerMsg::Deliver(copies) => Some(
+                    copies
+                        .msgs
+                        .iter()
+                        .map(|m| match &m.body {
+                            Body::Owned(p) => p.payload[0],
+                            Body::InBatch { batch, payload, .. } => {
+                                copies.batches[*batch as usize][payload.start as usize]
+                            }
+                        })
+                        .collect(),
+                ),
                 _ => None,
             });
         }
@@ -331,6 +398,67 @@ mod tests {
             popped(&mut rx),
             vec![Some(vec![0, 1, 2]), None, Some(vec![3])]
         );
+    }
+
+    fn in_batch(batch: u32, at: u32) -> RemoteMessage {
+        RemoteMessage {
+            tenant: TenantId(1),
+            body: Body::InBatch {
+                batch,
+                subject: 0..0,
+                reply: 0..0,
+                payload: at..at + 1,
+            },
+            groups: SmallVec::new(),
+            sample: None,
+        }
+    }
+
+    #[test]
+    fn copies_hold_each_read_batch_once_in_their_entry() {
+        let (mut link, mut rx, _fd) = pair(16);
+        let first = Bytes::from(vec![1u8, 2, 3]);
+        let second = Bytes::from(vec![7u8, 8]);
+        for (batch, at) in [(&first, 0), (&first, 1), (&second, 1), (&first, 2)] {
+            let index = link.hold(batch);
+            link.stage(in_batch(index, at));
+        }
+        link.stage(copy(9));
+        link.flush();
+        let Ok(PeerMsg::Deliver(copies)) = rx.pop() else {
+            panic!("one entry");
+        };
+        // `first` again after `second`: held a second time, never more
+        // than once per run of copies.
+        assert_eq!(copies.batches.len(), 3);
+        let names: Vec<u32> = copies
+            .msgs
+            .iter()
+            .filter_map(|m| match m.body {
+                Body::InBatch { batch, .. } => Some(batch),
+                Body::Owned(_) => None,
+            })
+            .collect();
+        assert_eq!(names, [0, 0, 1, 2]);
+        let entry = PeerMsg::Deliver(copies);
+        assert_eq!(weight(&entry), 5);
+        link.stage(copy(0));
+        link.flush();
+        assert_eq!(popped(&mut rx), vec![Some(vec![0])]);
+        let PeerMsg::Deliver(copies) = entry else {
+            unreachable!()
+        };
+        let payloads: Vec<u8> = copies
+            .msgs
+            .iter()
+            .map(|m| match &m.body {
+                Body::Owned(p) => p.payload[0],
+                Body::InBatch { batch, payload, .. } => {
+                    copies.batches[*batch as usize][payload.start as usize]
+                }
+            })
+            .collect();
+        assert_eq!(payloads, [1, 2, 8, 3, 9]);
     }
 
     #[test]

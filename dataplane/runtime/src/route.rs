@@ -20,6 +20,7 @@
 //!   arrived. The numbers and who acknowledged what are the core's
 //!   `Barrier`; this file sends them over the rings and queues the `Pong`s.
 
+use std::ops::Range;
 use std::time::Instant;
 
 use arqonbus_core::router::{Delivery, InterestUpdate, Origin, RoutePlan, SubscriptionError};
@@ -27,12 +28,12 @@ use arqonbus_core::session::PublishRef;
 use arqonbus_core::snapshot::SlowConsumerPolicy;
 use arqonbus_core::subject::{Pattern, QueueGroup, Subject, SubjectRef};
 use arqonbus_core::{ConnId, ShardId, Sid, TenantId};
-use arqonbus_proto::codec::MessageTemplate;
+use arqonbus_proto::codec::{self, MessageTemplate};
 use arqonbus_proto::v1::{self, MessageStatus, frame::Kind};
 use bytes::Bytes;
 
 use crate::conn::{ConnShared, Flag};
-use crate::mesh::{PeerMsg, RemoteMessage, Sample};
+use crate::mesh::{Body, PeerMsg, RemoteMessage, Sample};
 use crate::outbound::Outbound;
 use crate::shard::Shard;
 
@@ -54,6 +55,40 @@ fn trace_id(headers: &[v1::Header]) -> Option<&str> {
 /// How far past `max_pending_bytes` a stalling subscriber's queue may grow
 /// with messages that were in flight when the stall began.
 const STALL_HEADROOM: usize = 4;
+
+/// A copy from another shard with its fields found ([`Shard::resolve`]).
+struct Arrived<'a> {
+    subject: SubjectRef<'a>,
+    reply: Option<SubjectRef<'a>>,
+    headers: &'a [v1::Header],
+    /// A slice of the publisher's batch: one reference count, taken here.
+    payload: Bytes,
+}
+
+/// Where a publish borrowed from a read batch lies in it: the batch and
+/// the offsets of its subject, reply and payload. `None` for a publish
+/// that is not borrowed from one (it crosses owned).
+fn in_batch<'a>(msg: &PublishRef<'a>) -> Option<(&'a Bytes, [Range<u32>; 3])> {
+    let batch = msg.batch()?;
+    if !msg.headers.is_empty() {
+        return None;
+    }
+    let at = |part: &[u8]| -> Option<Range<u32>> {
+        if part.is_empty() {
+            return Some(0..0);
+        }
+        let start = (part.as_ptr() as usize).checked_sub(batch.as_ptr() as usize)?;
+        let end = start
+            .checked_add(part.len())
+            .filter(|&e| e <= batch.len())?;
+        Some(u32::try_from(start).ok()?..u32::try_from(end).ok()?)
+    };
+    let reply = msg.reply.map_or(&[][..], SubjectRef::as_bytes);
+    Some((
+        batch,
+        [at(msg.subject.as_bytes())?, at(reply)?, at(msg.payload)?],
+    ))
+}
 
 impl Shard {
     // ---- subscriptions and the barrier ---------------------------------
@@ -289,26 +324,41 @@ impl Shard {
         if !plan.remote.is_empty() {
             // Staged on each link, sealed into one ring entry per link at
             // the end of the read batch (`after_batch`).
+            // A publish borrowed from a read batch crosses as offsets into
+            // it, the batch held once per ring entry (`mesh::Copies`); any
+            // other crosses owned.
+            let in_batch = in_batch(&msg);
+            let mut owned = in_batch.is_none().then(|| msg.to_owned());
             let mut links = self.links.borrow_mut();
             let mut stats = self.stats.borrow_mut();
             let last = plan.remote.len() - 1;
-            let mut msg = Some(msg.to_owned());
             let mut overflowed = false;
             for (i, copy) in plan.remote.drain(..).enumerate() {
-                // The last copy takes the message itself, the others clone
-                // it (reference counts only).
-                let m = if i == last { msg.take() } else { msg.clone() };
-                let Some(m) = m else { break };
                 let Some(link) = links.iter_mut().find(|l| l.peer == copy.shard) else {
                     continue;
+                };
+                let body = if let Some((batch, [subject, reply, payload])) = &in_batch {
+                    Body::InBatch {
+                        batch: link.hold(batch),
+                        subject: subject.clone(),
+                        reply: reply.clone(),
+                        payload: payload.clone(),
+                    }
+                } else {
+                    // The last copy takes the message itself, the others
+                    // clone it (reference counts only).
+                    let m = if i == last {
+                        owned.take()
+                    } else {
+                        owned.clone()
+                    };
+                    let Some(m) = m else { break };
+                    Body::Owned(Box::new(m))
                 };
                 stats.remote_out += 1;
                 let waiting = link.stage(RemoteMessage {
                     tenant,
-                    subject: m.subject,
-                    reply: m.reply,
-                    headers: m.headers,
-                    payload: m.payload,
+                    body,
                     groups: copy.groups,
                     sample: sample.clone().map(Box::new),
                 });
@@ -499,9 +549,9 @@ impl Shard {
                 self.barrier.borrow_mut().acknowledged(from, seq);
                 self.release_pongs();
             }
-            PeerMsg::Deliver(batch) => {
-                for m in &batch {
-                    self.on_remote_message(m);
+            PeerMsg::Deliver(copies) => {
+                for m in &copies.msgs {
+                    self.on_remote_message(m, &copies.batches);
                 }
             }
             PeerMsg::Stall { tenant, until } => {
@@ -511,8 +561,14 @@ impl Shard {
         }
     }
 
-    fn on_remote_message(&self, m: &RemoteMessage) {
+    fn on_remote_message(&self, m: &RemoteMessage, batches: &[Bytes]) {
         self.stats.borrow_mut().remote_in += 1;
+        let Some(copy) = self.resolve(m, batches) else {
+            // Offsets outside their batch, or a subject that is not one:
+            // the sending shard never stages such a copy.
+            tracing::warn!(shard = %self.id, tenant = %m.tenant, "a copy from another shard did not resolve; dropped");
+            return;
+        };
         // A child of the sender's `publish` span, so an exporter sees one
         // trace across shards.
         let _span = m.sample.as_deref().map(|s| {
@@ -521,15 +577,15 @@ impl Shard {
                 "deliver",
                 shard = %self.id,
                 tenant = %m.tenant,
-                subject = %m.subject,
-                trace_id = trace_id(&m.headers).unwrap_or(""),
+                subject = %copy.subject,
+                trace_id = trace_id(copy.headers).unwrap_or(""),
             )
             .entered()
         });
         let mut plan = self.plan.borrow_mut();
         self.router.borrow_mut().route(
             m.tenant,
-            &m.subject,
+            copy.subject,
             Origin::Remote { groups: &m.groups },
             &mut plan,
         );
@@ -540,19 +596,55 @@ impl Shard {
         }
         let mut t = self.template.borrow_mut();
         t.prepare(
-            m.subject.as_bytes(),
-            m.reply.as_ref().map_or(&[][..], |r| r.as_bytes()),
-            &m.headers,
+            copy.subject.as_bytes(),
+            copy.reply.map_or(&[][..], SubjectRef::as_bytes),
+            copy.headers,
             MessageStatus::Ok.into(),
-            m.payload.len(),
+            copy.payload.len(),
         );
         self.deliver(
             &plan.local,
             &t,
-            &m.payload,
-            m.reply.as_ref().map(Subject::as_bytes),
+            &copy.payload,
+            copy.reply.map(SubjectRef::as_bytes),
         );
         self.record_latency(m.sample.as_deref());
+    }
+
+    /// A copy from another shard, its fields found: in its batch (the
+    /// subject validated again, through this shard's memo: a comparison
+    /// for a repeated subject), or in the owned message.
+    fn resolve<'a>(&self, m: &'a RemoteMessage, batches: &'a [Bytes]) -> Option<Arrived<'a>> {
+        match &m.body {
+            Body::Owned(p) => Some(Arrived {
+                subject: p.subject.view(),
+                reply: p.reply.as_ref().map(Subject::view),
+                headers: &p.headers,
+                payload: p.payload.clone(),
+            }),
+            Body::InBatch {
+                batch,
+                subject,
+                reply,
+                payload,
+            } => {
+                let batch = batches.get(*batch as usize)?;
+                let field = |r: &Range<u32>| batch.get(r.start as usize..r.end as usize);
+                let mut memo = self.subjects.borrow_mut();
+                let subject = memo.check(field(subject)?, usize::MAX).ok()?;
+                let reply = match field(reply)? {
+                    [] => None,
+                    r => Some(SubjectRef::parse(r, usize::MAX).ok()?),
+                };
+                let payload = field(payload)?;
+                Some(Arrived {
+                    subject,
+                    reply,
+                    headers: &[],
+                    payload: codec::share(batch, payload),
+                })
+            }
+        }
     }
 
     /// End of a batch of work: acknowledge interest, push overflow into the
