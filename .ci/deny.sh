@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Dependency checks with cargo-deny (policy: deny.toml at the repository root).
 #
-# 1. bans, licenses, sources: offline, always; any error fails this script.
+# 1. bans, licenses, sources: offline (after `cargo fetch`), always; any error
+#    fails this script.
 # 2. advisories: only when the RustSec advisory database can be fetched (within
 #    DENY_FETCH_TIMEOUT seconds, default 120); otherwise this prints
 #    `advisories: skipped (advisory database unreachable: <reason>)` and does not fail.
@@ -15,6 +16,12 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
     echo "deny: cargo-deny is not installed (cargo install cargo-deny --locked)" >&2
     exit 1
 fi
+
+# The offline checks read every locked crate, the other platforms' included,
+# from the local registry: fetch them first (from the Rust registry, which CI
+# reaches; a clean machine has only what its builds downloaded).
+echo "deny: cargo fetch --locked (every platform's crates, for the offline checks)"
+cargo fetch --locked
 
 echo "deny: cargo deny check bans licenses sources (offline)"
 cargo deny --locked --offline --color never check --hide-inclusion-graph bans licenses sources
