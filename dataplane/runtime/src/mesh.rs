@@ -3,8 +3,9 @@
 //! Shard `i` owns a [`Producer`] towards every other shard and a [`Consumer`]
 //! from every other shard (`rtrb` rings, lock-free, one writer and one reader
 //! each). Everything that crosses cores is a [`PeerMsg`]: interest updates,
-//! their acknowledgements, and message copies. Payloads cross as [`Bytes`]
-//! (a reference count, never a copy).
+//! their acknowledgements, and message copies. Payloads are never copied:
+//! they cross inside the publisher's read batch, or as [`Bytes`] for an
+//! owned publish.
 //!
 //! Message copies cross in batches: a publish stages its copy on the link
 //! ([`Link::stage`]), and the link seals what is staged into one ring entry
@@ -17,9 +18,10 @@
 //! A copy of a publish borrowed from its read batch ([`Body::InBatch`])
 //! carries its fields as offsets into that batch, and the ring entry holds
 //! each batch once ([`Copies::batches`]): the publishing core takes one
-//! reference count per batch and link, not one per field and message, and
-//! the receiving core slices what it queues itself. So the cache line of a
-//! publisher's buffer count is not passed between cores for every message.
+//! reference count per batch and entry, not one per field and message, and
+//! the receiving core slices what it queues itself. So, unless the
+//! publishing core also delivers from that buffer, its count's cache line
+//! is not passed between cores for every message.
 //!
 //! A full ring never drops anything: messages wait in the link's local
 //! overflow queue, in order, and the sending shard stops reading from its
