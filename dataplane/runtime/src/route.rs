@@ -61,8 +61,11 @@ struct Arrived<'a> {
     subject: SubjectRef<'a>,
     reply: Option<SubjectRef<'a>>,
     headers: &'a [v1::Header],
-    /// A slice of the publisher's batch: one reference count, taken here.
-    payload: Bytes,
+    /// The payload, in `owner` (the publisher's batch, or the owned
+    /// message's payload): made a `Bytes` (one reference count) only when
+    /// the route names subscriptions here.
+    payload: &'a [u8],
+    owner: &'a Bytes,
 }
 
 /// Where a publish borrowed from a read batch lies in it: the batch and
@@ -605,7 +608,7 @@ impl Shard {
         self.deliver(
             &plan.local,
             &t,
-            &copy.payload,
+            &codec::share(copy.owner, copy.payload),
             copy.reply.map(SubjectRef::as_bytes),
         );
         self.record_latency(m.sample.as_deref());
@@ -620,7 +623,8 @@ impl Shard {
                 subject: p.subject.view(),
                 reply: p.reply.as_ref().map(Subject::view),
                 headers: &p.headers,
-                payload: p.payload.clone(),
+                payload: &p.payload,
+                owner: &p.payload,
             }),
             Body::InBatch {
                 batch,
@@ -641,7 +645,8 @@ impl Shard {
                     subject,
                     reply,
                     headers: &[],
-                    payload: codec::share(batch, payload),
+                    payload,
+                    owner: batch,
                 })
             }
         }
