@@ -145,6 +145,18 @@ impl PublishView<'_> {
     }
 }
 
+/// Where `part` lies in `buf`, as a range of it: `Some(0..0)` when `part` is
+/// empty, `None` when it is not within `buf`.
+#[inline]
+pub fn range_in(buf: &[u8], part: &[u8]) -> Option<Range<usize>> {
+    if part.is_empty() {
+        return Some(0..0);
+    }
+    let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+    let end = start.checked_add(part.len()).filter(|&e| e <= buf.len())?;
+    Some(start..end)
+}
+
 /// `part` of `buf` as [`Bytes`]: a slice of `buf` (one reference count) when
 /// `part` lies within it, empty without a count when it is empty, and a
 /// copy otherwise (never the case for what this module hands out).
@@ -153,12 +165,9 @@ pub fn share(buf: &Bytes, part: &[u8]) -> Bytes {
     if part.is_empty() {
         return Bytes::new();
     }
-    let (start, end) = (buf.as_ptr() as usize, buf.as_ptr() as usize + buf.len());
-    let (p, q) = (part.as_ptr() as usize, part.as_ptr() as usize + part.len());
-    if start <= p && q <= end {
-        buf.slice(p - start..q - start)
-    } else {
-        Bytes::copy_from_slice(part)
+    match range_in(buf, part) {
+        Some(range) => buf.slice(range),
+        None => Bytes::copy_from_slice(part),
     }
 }
 

@@ -363,23 +363,26 @@ mod tests {
         (Link::new(ShardId(1), tx, Arc::new(bell)), rx, rx_fd)
     }
 
+    /// The first payload byte of each copy in an entry.
+    fn first_bytes(copies: &Copies) -> Vec<u8> {
+        copies
+            .msgs
+            .iter()
+            .map(|m| match &m.body {
+                Body::Owned(p) => p.payload[0],
+                Body::InBatch { batch, payload, .. } => {
+                    copies.batches[*batch as usize][payload.start as usize]
+                }
+            })
+            .collect()
+    }
+
     /// What the peer pops: payload bytes of each batch, `None` for others.
     fn popped(rx: &mut Consumer<PeerMsg>) -> Vec<Option<Vec<u8>>> {
         let mut out = Vec::new();
         while let Ok(msg) = rx.pop() {
             out.push(match msg {
-                PeerMsg::Deliver(copies) => Some(
-                    copies
-                        .msgs
-                        .iter()
-                        .map(|m| match &m.body {
-                            Body::Owned(p) => p.payload[0],
-                            Body::InBatch { batch, payload, .. } => {
-                                copies.batches[*batch as usize][payload.start as usize]
-                            }
-                        })
-                        .collect(),
-                ),
+                PeerMsg::Deliver(copies) => Some(first_bytes(&copies)),
                 _ => None,
             });
         }
@@ -450,17 +453,7 @@ mod tests {
         let PeerMsg::Deliver(copies) = entry else {
             unreachable!()
         };
-        let payloads: Vec<u8> = copies
-            .msgs
-            .iter()
-            .map(|m| match &m.body {
-                Body::Owned(p) => p.payload[0],
-                Body::InBatch { batch, payload, .. } => {
-                    copies.batches[*batch as usize][payload.start as usize]
-                }
-            })
-            .collect();
-        assert_eq!(payloads, [1, 2, 8, 3, 9]);
+        assert_eq!(first_bytes(&copies), [1, 2, 8, 3, 9]);
     }
 
     #[test]

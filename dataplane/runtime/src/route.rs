@@ -77,14 +77,8 @@ fn in_batch<'a>(msg: &PublishRef<'a>) -> Option<(&'a Bytes, [Range<u32>; 3])> {
         return None;
     }
     let at = |part: &[u8]| -> Option<Range<u32>> {
-        if part.is_empty() {
-            return Some(0..0);
-        }
-        let start = (part.as_ptr() as usize).checked_sub(batch.as_ptr() as usize)?;
-        let end = start
-            .checked_add(part.len())
-            .filter(|&e| e <= batch.len())?;
-        Some(u32::try_from(start).ok()?..u32::try_from(end).ok()?)
+        let r = codec::range_in(batch, part)?;
+        Some(u32::try_from(r.start).ok()?..u32::try_from(r.end).ok()?)
     };
     let reply = msg.reply.map_or(&[][..], SubjectRef::as_bytes);
     Some((
