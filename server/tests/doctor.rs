@@ -21,7 +21,11 @@ use common::LIMIT;
 const VERDICTS: [&str; 3] = ["ok", "warn", "fail"];
 
 fn doctor(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_arqonbus"));
+    doctor_at(std::path::Path::new(env!("CARGO_BIN_EXE_arqonbus")), args)
+}
+
+fn doctor_at(bin: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin);
     c.arg("doctor").args(args).env_remove("ARQONBUS_CONFIG");
     c
 }
@@ -195,8 +199,13 @@ fn unprivileged_says_so_exits_non_zero_and_disturbs_no_node() {
     )
     .unwrap();
     std::fs::set_permissions(&strict, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // A copy of the binary `nobody` can reach wherever the checkout lives (a
+    // clone under a 0700 directory, as `mktemp -d` makes, is not reachable).
+    let bin = dir.path().join("arqonbus");
+    std::fs::copy(env!("CARGO_BIN_EXE_arqonbus"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
-    let (code, out, _) = run(doctor(&[]).uid(65534).gid(65534));
+    let (code, out, _) = run(doctor_at(&bin, &[]).uid(65534).gid(65534));
     assert!(code >= 1, "{out}");
     let line = out.lines().find(|l| l.contains("privileges:")).unwrap();
     assert!(
@@ -211,7 +220,7 @@ fn unprivileged_says_so_exits_non_zero_and_disturbs_no_node() {
 
     // With steering required, the missing capability is a failure.
     let (code, v) = json(
-        doctor(&["--json", "--config", strict.to_str().unwrap()])
+        doctor_at(&bin, &["--json", "--config", strict.to_str().unwrap()])
             .uid(65534)
             .gid(65534),
     );
