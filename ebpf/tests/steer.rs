@@ -549,7 +549,24 @@ fn without_cap_bpf_attach_is_a_permission_error() {
         assert!(err.is_permission_denied(), "{err}");
         return;
     }
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
+    // A copy of this test binary `nobody` can reach wherever the checkout
+    // lives (a clone under a 0700 directory, as `mktemp -d` makes, is not).
+    let dir =
+        std::env::temp_dir().join(format!("arqonbus-ebpf-unprivileged-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(
+        &dir,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    let exe = dir.join("steer");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(
+        &exe,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    let output = std::process::Command::new(&exe)
         .args([
             "--exact",
             "without_cap_bpf_attach_is_a_permission_error",
@@ -561,6 +578,7 @@ fn without_cap_bpf_attach_is_a_permission_error() {
         .gid(65534)
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
