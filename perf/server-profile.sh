@@ -103,9 +103,10 @@ wait "$RP"
     echo "ArqonBus's hottest symbols (\`perf record -F 1999\`, 2 s of a third run):"
     echo
     echo '```'
-    perf report -i "$W/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -20 | sed -E 's/ +- +- +$//'
+    perf report -i "$W/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -20 | sed -E 's/ +- +- +$//' || true
     echo '```'
 } >>"$REPORT"
+# (`|| true`: `head` closes the pipe early, which pipefail would count as a failure.)
 # Where the host's two cores go while ArqonBus runs the scenario: by command (the node's
 # shard threads, the load generator's threads, the kernel's own) and by kernel or user space.
 target/release/arqonbus-perf "${A_ARGS[@]}" "${RUN[@]}" >/dev/null 2>&1 &
@@ -118,9 +119,9 @@ wait "$RP"
     echo "The whole host during a fourth ArqonBus run (\`perf record -a -F 999\`, 2 s), by command and by space (\`[k]\` kernel, \`[.]\` user):"
     echo
     echo '```'
-    perf report -i "$W/all.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -8 | sed -E 's/ +$//'
+    perf report -i "$W/all.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -8 | sed -E 's/ +$//' || true
     echo
-    perf report -i "$W/all.data" --no-children --sort comm,sym --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -30 | sed -E 's/ +$//'
+    perf report -i "$W/all.data" --no-children --sort comm,sym --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -30 | sed -E 's/ +$//' || true
     echo '```'
 } >>"$REPORT"
 cat "$REPORT"

@@ -321,14 +321,17 @@ pub fn workload(name: &str) -> Result<Workload, WorkloadError> {
         "fanout64_assembly" => {
             let mut queues: Vec<OutboundQueue> = (0..64).map(|_| OutboundQueue::new()).collect();
             let mut t = MessageTemplate::new();
-            let payload = Bytes::from(vec![0x5a; PAYLOAD]);
+            // The payload lies in its publisher's read batch, as it does
+            // on the shard.
+            let batch = Bytes::from(vec![0x5a; 16 * PAYLOAD]);
             let mut sink = NullSink::default();
             Workload {
                 name: "fanout64_assembly",
                 op: Box::new(move || {
+                    let payload = &batch[PAYLOAD..2 * PAYLOAD];
                     t.prepare(b"orders.eu.created", b"", &[], 0, payload.len());
                     for (sid, q) in queues.iter_mut().enumerate() {
-                        q.push_message(&t, sid as u64 + 1, &payload);
+                        q.push_message(&t, sid as u64 + 1, &batch, payload);
                     }
                     queues
                         .iter_mut()
@@ -340,14 +343,15 @@ pub fn workload(name: &str) -> Result<Workload, WorkloadError> {
         "outbound_batch64" => {
             let mut q = OutboundQueue::new();
             let mut t = MessageTemplate::new();
-            let payload = Bytes::from(vec![0x5a; PAYLOAD]);
+            // 64 payloads of one read batch, as a publisher's batch brings them.
+            let batch = Bytes::from(vec![0x5a; 64 * PAYLOAD]);
             let mut sink = NullSink::default();
             Workload {
                 name: "outbound_batch64",
                 op: Box::new(move || {
-                    t.prepare(b"orders.eu.created", b"", &[], 0, payload.len());
-                    for sid in 1..=64 {
-                        q.push_message(&t, sid, &payload);
+                    t.prepare(b"orders.eu.created", b"", &[], 0, PAYLOAD);
+                    for (sid, payload) in (1..=64).zip(batch.chunks(PAYLOAD)) {
+                        q.push_message(&t, sid, &batch, payload);
                     }
                     q.flush_into(&mut sink).unwrap_or(0)
                 }),

@@ -132,8 +132,9 @@ pub const MAX_PENDING_REPLIES: usize = 1024;
 #[derive(Debug, Default)]
 pub struct ReplyPermissions {
     /// `None` while the principal does not need them (see
-    /// [`Self::set_permissions`]).
-    pending: RefCell<Option<Pending>>,
+    /// [`Self::set_permissions`]); boxed, so a connection that never needs
+    /// them carries one pointer (it is part of every connection's state).
+    pending: RefCell<Option<Box<Pending>>>,
 }
 
 /// The permissions held, oldest first; each entry also in `set`, once.
@@ -163,7 +164,7 @@ impl ReplyPermissions {
     pub fn set_permissions(&self, perms: &Permissions) {
         let mut pending = self.pending.borrow_mut();
         match (Self::needed(perms), pending.is_some()) {
-            (true, false) => *pending = Some(Pending::default()),
+            (true, false) => *pending = Some(Box::default()),
             (false, true) => *pending = None,
             _ => {}
         }

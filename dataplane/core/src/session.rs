@@ -127,8 +127,9 @@ impl Publish {
 /// A validated publish borrowed from where it was decoded: a read batch
 /// (the common publish, see [`Session::publish`]) or an owned [`Publish`].
 /// The hot path authorises, routes and delivers it by reference, counting
-/// nothing; what must outlive the batch is made owned by
-/// [`payload_bytes`](Self::payload_bytes) or [`to_owned`](Self::to_owned).
+/// nothing; what must outlive the batch is kept as ranges of
+/// [`payload_owner`](Self::payload_owner) or made owned by
+/// [`to_owned`](Self::to_owned).
 /// Its `Debug` shows the subjects and sizes only (never the payload, nor
 /// the batch around it).
 #[derive(Clone, Copy)]
@@ -177,12 +178,14 @@ impl<'a> PublishRef<'a> {
         }
     }
 
-    /// The payload as [`Bytes`] sharing its buffer: one reference count.
+    /// The buffer the payload lies in: the read batch, or the owned
+    /// publish's payload. A subscriber's queue keeps the payload as a
+    /// range of it, holding it once for a run of payloads from it.
     #[inline]
-    pub fn payload_bytes(&self) -> Bytes {
+    pub fn payload_owner(&self) -> &'a Bytes {
         match self.backing {
-            Backing::Batch(batch) => share(batch, self.payload),
-            Backing::Owned(p) => p.payload.clone(),
+            Backing::Batch(batch) => batch,
+            Backing::Owned(p) => &p.payload,
         }
     }
 
@@ -1198,7 +1201,11 @@ mod tests {
             let at = b.as_ptr() as usize;
             start <= at && at + b.len() <= start + batch.len()
         };
-        assert!(within(&p.payload_bytes()));
+        assert_eq!(
+            (p.payload_owner().as_ptr(), p.payload_owner().len()),
+            (batch.as_ptr(), batch.len())
+        );
+        assert!(within(p.payload));
         let owned = p.to_owned();
         assert!(within(owned.subject.as_bytes()));
         assert!(within(owned.reply.as_ref().unwrap().as_bytes()));

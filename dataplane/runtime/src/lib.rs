@@ -1132,14 +1132,8 @@ pub mod bench {
     }
 
     /// One connection's outbound queue (`outbound::Outbound`).
-    #[derive(Debug)]
+    #[derive(Debug, Default)]
     pub struct OutboundQueue(Outbound);
-
-    impl Default for OutboundQueue {
-        fn default() -> Self {
-            Self(Outbound::new())
-        }
-    }
 
     impl OutboundQueue {
         /// An empty queue.
@@ -1147,9 +1141,17 @@ pub mod bench {
             Self::default()
         }
 
-        /// Queues a `Message` for `sid`, as the shard does per delivery.
-        pub fn push_message(&mut self, template: &MessageTemplate, sid: u64, payload: &Bytes) {
-            self.0.push_message(template, sid, payload);
+        /// Queues a `Message` for `sid` whose payload is `payload` of
+        /// `owner` (a read batch, or a payload of its own), as the shard
+        /// does per delivery.
+        pub fn push_message(
+            &mut self,
+            template: &MessageTemplate,
+            sid: u64,
+            owner: &Bytes,
+            payload: &[u8],
+        ) {
+            self.0.push_message(template, sid, owner, payload);
         }
 
         /// Queued bytes.

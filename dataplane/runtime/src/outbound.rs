@@ -2,9 +2,20 @@
 //!
 //! Frames are queued as segments: small encoded parts (frame prefixes,
 //! control frames) are appended to one contiguous `inline` buffer, and message
-//! payloads are queued as the shared [`Bytes`] they arrived in. A flush turns
-//! the queue into one vectored write of up to [`MAX_IOVECS`] slices, so many
-//! frames leave in one syscall and payloads are never copied.
+//! payloads are queued as ranges of the shared [`Bytes`] they arrived in. A
+//! flush turns the queue into one vectored write of up to [`MAX_IOVECS`]
+//! slices, so many frames leave in one syscall and payloads are never copied.
+//!
+//! A queue holds each buffer its payloads lie in once per run of payloads
+//! from it, not once per payload: a `Hold` segment keeps the buffer (a
+//! publisher's read batch, usually) and the payload segments after it are
+//! offsets into it. So a read batch of many small messages delivered to a
+//! subscriber costs one reference count on that batch's shared header, not
+//! one per message (the header another core may be counting on too). A
+//! payload that is a whole buffer of its own (an owned message's) is queued
+//! as that `Bytes`, as one segment. The buffer of the last `Hold` written
+//! past (`passed`) stays until another `Hold` is written past or everything
+//! is written: at most one buffer beyond what the queued payloads pin.
 //!
 //! Accounting: limits are checked against what the queue holds, not its
 //! wire bytes, so a client that makes the server queue millions of 6-byte
@@ -24,12 +35,20 @@
 //!
 //! Invariants:
 //! - `pending` is the exact number of queued, unwritten bytes;
-//! - `items` is the sum over queued segments of their length plus
+//! - `items` is the sum over the segments in `segs` of their length plus
 //!   [`SEG_COST`] (a partly written segment counts whole until it goes);
 //! - the inline bytes of queued segments are `inline[inline_start..]`, in
 //!   segment order;
-//! - [`Outbound::drop_queued`] only ever cuts at a frame boundary, so the
-//!   stream stays decodable when a slow consumer's backlog is discarded.
+//! - every `Held` segment lies in the buffer of the last `Hold` before it
+//!   in `segs`, or, with none before it, in `passed` (the buffer of the
+//!   last `Hold` written past);
+//! - `tail_at` and `tail_len` are the address and length of the buffer a
+//!   payload pushed now would read from (the last `Hold`'s in `segs`, or
+//!   else `passed`), `tail_len` 0 when there is none;
+//! - [`Outbound::drop_queued`] and [`Outbound::drop_oldest`] only ever cut
+//!   at a frame boundary, so the stream stays decodable when a slow
+//!   consumer's backlog is discarded, and they keep the `Hold` that segments
+//!   left behind them read from.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -58,46 +77,95 @@ const IDLE_SEGS: usize = 16;
 /// segment ring.
 pub(crate) const SEG_COST: usize = std::mem::size_of::<Seg>();
 
+/// A queued segment. A payload is always the end of its frame, a `Hold`
+/// never is, and an inline segment says.
 #[derive(Debug)]
-enum Data {
-    Inline(usize),
+enum Seg {
+    /// The next `len` bytes of `inline`.
+    Inline { len: usize, frame_end: bool },
+    /// A payload that is a whole buffer of its own.
     Payload(Bytes),
-}
-
-#[derive(Debug)]
-struct Seg {
-    data: Data,
-    /// The segment's last byte is the last byte of a frame.
-    frame_end: bool,
+    /// Keeps the buffer the `Held` segments after it (up to the next
+    /// `Hold`) lie in. No bytes of its own.
+    Hold(Bytes),
+    /// Bytes `start..start + len` of the last `Hold`'s buffer before it.
+    Held { start: u32, len: u32 },
 }
 
 impl Seg {
+    #[inline]
     fn len(&self) -> usize {
-        match &self.data {
-            Data::Inline(n) => *n,
-            Data::Payload(b) => b.len(),
+        match self {
+            Self::Inline { len, .. } => *len,
+            Self::Payload(b) => b.len(),
+            Self::Hold(_) => 0,
+            Self::Held { len, .. } => *len as usize,
+        }
+    }
+
+    /// The segment's last byte is the last byte of a frame.
+    #[inline]
+    fn frame_end(&self) -> bool {
+        match self {
+            Self::Inline { frame_end, .. } => *frame_end,
+            Self::Payload(_) | Self::Held { .. } => true,
+            Self::Hold(_) => false,
+        }
+    }
+
+    #[inline]
+    fn is_hold(&self) -> bool {
+        matches!(self, Self::Hold(_))
+    }
+
+    #[inline]
+    fn inline_len(&self) -> usize {
+        match self {
+            Self::Inline { len, .. } => *len,
+            _ => 0,
         }
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Outbound {
     inline: Vec<u8>,
     inline_start: usize,
     segs: VecDeque<Seg>,
-    /// Bytes of the front segment already written.
-    front_written: usize,
-    /// Everything written so far ends on a frame boundary.
-    at_boundary: bool,
     pending: usize,
     items: usize,
+    /// Bytes of the first unwritten segment already written.
+    front_written: u32,
+    /// The length of the buffer payloads pushed now read from (0: none).
+    tail_len: u32,
+    /// That buffer's address (compared, never read through).
+    tail_at: usize,
+    /// Everything written so far ends on a frame boundary.
+    at_boundary: bool,
+    /// The buffer of the last `Hold` written past, which `Held` segments
+    /// before the first `Hold` in `segs` read from.
+    passed: Option<Bytes>,
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Outbound {
     pub(crate) fn new() -> Self {
         Self {
+            inline: Vec::new(),
+            inline_start: 0,
+            segs: VecDeque::new(),
+            pending: 0,
+            items: 0,
+            front_written: 0,
+            tail_len: 0,
+            tail_at: 0,
             at_boundary: true,
-            ..Self::default()
+            passed: None,
         }
     }
 
@@ -124,10 +192,11 @@ impl Outbound {
         self.items
     }
 
-    /// What queuing a `Message` of `frame_len` wire bytes adds to
-    /// [`items`](Self::items) (its prefix and its payload, two segments).
+    /// At most what queuing a `Message` of `frame_len` wire bytes adds to
+    /// [`items`](Self::items): its prefix, its payload and a `Hold` for the
+    /// payload's buffer, three segments.
     pub(crate) fn message_cost(frame_len: usize) -> usize {
-        frame_len + 2 * SEG_COST
+        frame_len + MESSAGE_SEGS * SEG_COST
     }
 
     /// [`held`](Self::held) after queuing `inline` more inline bytes,
@@ -159,6 +228,7 @@ impl Outbound {
     /// Gives back all the queue's memory when nothing is queued: called
     /// when the connection parks, so an idle connection holds no buffer.
     pub(crate) fn release_if_empty(&mut self) {
+        self.clear_written();
         if self.segs.is_empty() && self.inline.capacity() + self.segs.capacity() > 0 {
             self.inline = Vec::new();
             self.inline_start = 0;
@@ -166,19 +236,23 @@ impl Outbound {
         }
     }
 
+    /// Appends a segment, keeping `items`.
+    #[inline]
+    fn push_seg(&mut self, seg: Seg) {
+        self.items += seg.len() + SEG_COST;
+        self.segs.push_back(seg);
+    }
+
     /// Records `n` bytes just appended to `inline` as a segment. Segments are
     /// never merged, so [`drop_queued`](Self::drop_queued) can cut right
     /// after the frame in flight.
+    #[inline]
     fn push_inline(&mut self, n: usize, frame_end: bool) {
         if n == 0 {
             return;
         }
         self.pending += n;
-        self.items += n + SEG_COST;
-        self.segs.push_back(Seg {
-            data: Data::Inline(n),
-            frame_end,
-        });
+        self.push_seg(Seg::Inline { len: n, frame_end });
     }
 
     /// Queues a whole frame, encoded inline.
@@ -193,22 +267,100 @@ impl Outbound {
         self.push_inline(self.inline.len() - before, true);
     }
 
-    /// Queues a `Message` for `sid`: its prefix inline, its payload shared.
-    pub(crate) fn push_message(&mut self, template: &MessageTemplate, sid: u64, payload: &Bytes) {
+    /// Where `part` lies in the buffer a payload pushed now would read
+    /// from (the last `Hold`'s, or else the one passed), if it does.
+    #[inline]
+    fn in_tail(&self, part: &[u8]) -> Option<(u32, u32)> {
+        let at = (part.as_ptr() as usize).checked_sub(self.tail_at)?;
+        let end = at.checked_add(part.len())?;
+        // Both fit: `end <= tail_len`, a `u32`.
+        (end <= self.tail_len as usize).then_some((at as u32, part.len() as u32))
+    }
+
+    /// Makes `buf` the buffer payloads pushed now read from.
+    fn set_tail(&mut self, buf: Option<&Bytes>, len: u32) {
+        self.tail_at = buf.map_or(0, |b| b.as_ptr() as usize);
+        self.tail_len = len;
+    }
+
+    /// Queues a `Message` for `sid`: its prefix inline, its payload (`part`
+    /// of `owner`: the read batch it arrived in, or an owned message's
+    /// payload) shared. A payload in the buffer the last one was queued
+    /// from is an offset into it (no reference count); one from another
+    /// buffer holds that buffer first.
+    pub(crate) fn push_message(
+        &mut self,
+        template: &MessageTemplate,
+        sid: u64,
+        owner: &Bytes,
+        part: &[u8],
+    ) {
         let before = self.inline.len();
         if template.write_prefix(sid, &mut self.inline).is_err() {
             self.inline.truncate(before);
             return;
         }
-        self.push_inline(self.inline.len() - before, payload.is_empty());
-        if !payload.is_empty() {
-            self.pending += payload.len();
-            self.items += payload.len() + SEG_COST;
-            self.segs.push_back(Seg {
-                data: Data::Payload(payload.clone()),
-                frame_end: true,
-            });
+        self.push_inline(self.inline.len() - before, part.is_empty());
+        if part.is_empty() {
+            return;
         }
+        self.pending += part.len();
+        if let Some((start, len)) = self.in_tail(part) {
+            self.push_seg(Seg::Held { start, len });
+            return;
+        }
+        match codec::range_in(owner, part) {
+            Some(r) if r.len() == owner.len() => {
+                self.push_seg(Seg::Payload(owner.clone()));
+            }
+            Some(r) => match u32::try_from(owner.len()) {
+                // The offsets fit too: they are within the owner.
+                Ok(owner_len) => {
+                    self.set_tail(Some(owner), owner_len);
+                    self.push_seg(Seg::Hold(owner.clone()));
+                    self.push_seg(Seg::Held {
+                        start: r.start as u32,
+                        len: r.len() as u32,
+                    });
+                }
+                Err(_) => self.push_seg(Seg::Payload(owner.slice(r))),
+            },
+            // Never the case for what the shard hands in (see `codec::share`).
+            None => self.push_seg(Seg::Payload(Bytes::copy_from_slice(part))),
+        }
+    }
+
+    /// Once every byte is written, drops the `Hold`s left (the one passed,
+    /// or one a drop left with nothing after it): nothing reads them.
+    fn clear_written(&mut self) {
+        if self.pending > 0 {
+            return;
+        }
+        // Only zero-length segments are left: `items` is their slots.
+        self.segs.clear();
+        self.items = 0;
+        self.front_written = 0;
+        self.passed = None;
+        self.set_tail(None, 0);
+        self.inline.clear();
+        self.inline_start = 0;
+    }
+
+    /// Finds the tail buffer again after segments went (rare paths only).
+    fn find_tail(&mut self) {
+        let buf = self
+            .segs
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                Seg::Hold(b) => Some(b),
+                _ => None,
+            })
+            .or(self.passed.as_ref());
+        // A `Hold`'s buffer is at most `u32::MAX` long (`push_message`).
+        let len = buf.map_or(0, |b| b.len() as u32);
+        self.tail_at = buf.map_or(0, |b| b.as_ptr() as usize);
+        self.tail_len = len;
     }
 
     /// Discards queued frames that have not started to leave. The frame
@@ -219,22 +371,16 @@ impl Outbound {
         } else {
             self.segs
                 .iter()
-                .position(|s| s.frame_end)
+                .position(Seg::frame_end)
                 .map_or(self.segs.len(), |i| i + 1)
         };
-        let kept_inline: usize = self
-            .segs
-            .iter()
-            .take(keep)
-            .filter_map(|s| match s.data {
-                Data::Inline(n) => Some(n),
-                Data::Payload(_) => None,
-            })
-            .sum();
+        let kept_inline: usize = self.segs.iter().take(keep).map(Seg::inline_len).sum();
         self.segs.truncate(keep);
         self.inline.truncate(self.inline_start + kept_inline);
-        self.pending = self.segs.iter().map(Seg::len).sum::<usize>() - self.front_written;
+        self.pending = self.segs.iter().map(Seg::len).sum::<usize>() - self.front_written as usize;
         self.items = self.segs.iter().map(|s| s.len() + SEG_COST).sum();
+        self.find_tail();
+        self.clear_written();
     }
 
     /// Drops whole queued frames, oldest first (never the frame in flight),
@@ -246,7 +392,7 @@ impl Outbound {
         let first = if self.front_written == 0 && self.at_boundary {
             0
         } else {
-            match self.segs.iter().position(|s| s.frame_end) {
+            match self.segs.iter().position(Seg::frame_end) {
                 Some(i) => i + 1,
                 None => return 0,
             }
@@ -264,11 +410,9 @@ impl Outbound {
             let seg = &self.segs[end];
             frame_bytes += seg.len();
             frame_segs += 1;
-            if let Data::Inline(n) = seg.data {
-                frame_inline += n;
-            }
+            frame_inline += seg.inline_len();
             end += 1;
-            if seg.frame_end {
+            if seg.frame_end() {
                 freed += frame_bytes;
                 freed_segs += frame_segs;
                 inline_cut += frame_inline;
@@ -282,45 +426,54 @@ impl Outbound {
         if frames == 0 {
             return 0;
         }
+        // The last `Hold` among the dropped segments stays (moved to the
+        // front of the range) when segments after them may read from it.
+        let kept_hold = if cut < self.segs.len() {
+            (first..cut).rev().find(|&i| self.segs[i].is_hold())
+        } else {
+            None
+        };
+        if let Some(i) = kept_hold {
+            self.segs.swap(first, i);
+            freed_segs -= 1;
+            self.segs.drain(first + 1..cut);
+        } else {
+            self.segs.drain(first..cut);
+        }
         // Inline bytes of the kept in-flight segments come first in `inline`.
-        let keep_inline: usize = self
-            .segs
-            .iter()
-            .take(first)
-            .filter_map(|s| match s.data {
-                Data::Inline(n) => Some(n),
-                Data::Payload(_) => None,
-            })
-            .sum();
+        let keep_inline: usize = self.segs.iter().take(first).map(Seg::inline_len).sum();
         let from = self.inline_start + keep_inline;
         self.inline.drain(from..from + inline_cut);
-        self.segs.drain(first..cut);
         self.pending -= freed;
         self.items -= freed + freed_segs * SEG_COST;
+        self.find_tail();
+        self.clear_written();
         frames
     }
 
     /// Marks `n` bytes as written.
     fn advance(&mut self, mut n: usize) {
         self.pending -= n;
-        while n > 0 {
-            let Some(front) = self.segs.front() else {
-                break;
-            };
-            let left = front.len() - self.front_written;
+        while let Some(seg) = self.segs.front() {
+            let left = seg.len() - self.front_written as usize;
             if n < left {
-                self.front_written += n;
-                return;
+                // `left` fits: it is at most one segment's length.
+                self.front_written += n as u32;
+                break;
             }
             n -= left;
             self.front_written = 0;
-            self.items -= front.len() + SEG_COST;
-            self.at_boundary = front.frame_end;
-            if let Data::Inline(len) = front.data {
-                self.inline_start += len;
+            self.items -= seg.len() + SEG_COST;
+            if !seg.is_hold() {
+                self.at_boundary = seg.frame_end();
             }
-            self.segs.pop_front();
+            self.inline_start += seg.inline_len();
+            if let Some(Seg::Hold(buf)) = self.segs.pop_front() {
+                // The payloads after it read from it until the next `Hold`.
+                self.passed = Some(buf);
+            }
         }
+        self.clear_written();
         if self.segs.is_empty() {
             self.inline.clear();
             self.inline_start = 0;
@@ -352,20 +505,30 @@ impl Outbound {
         }
         let mut slices: SmallVec<[IoSlice<'_>; 64]> = SmallVec::new();
         let mut inline_at = self.inline_start;
-        for (i, seg) in self.segs.iter().enumerate() {
+        let mut hold: &[u8] = self.passed.as_deref().unwrap_or_default();
+        let mut skip = self.front_written as usize;
+        for seg in &self.segs {
             if slices.len() == MAX_IOVECS {
                 break;
             }
-            let skip = if i == 0 { self.front_written } else { 0 };
-            let bytes: &[u8] = match &seg.data {
-                Data::Inline(n) => {
+            let bytes: &[u8] = match seg {
+                Seg::Inline { len: n, .. } => {
                     let s = &self.inline[inline_at..inline_at + n];
                     inline_at += n;
                     s
                 }
-                Data::Payload(b) => b,
+                Seg::Payload(b) => b,
+                Seg::Hold(b) => {
+                    hold = b;
+                    continue;
+                }
+                Seg::Held { start, len } => {
+                    let (start, len) = (*start as usize, *len as usize);
+                    &hold[start..start + len]
+                }
             };
             slices.push(IoSlice::new(&bytes[skip..]));
+            skip = 0;
         }
         let n = match Pin::new(io).poll_write_vectored(cx, &slices) {
             Poll::Ready(Ok(n)) => n,
@@ -379,6 +542,9 @@ impl Outbound {
         Poll::Ready(Ok(n))
     }
 }
+
+/// Segments a `Message` can take: its prefix, its payload, and a `Hold`.
+pub(crate) const MESSAGE_SEGS: usize = 3;
 
 #[cfg(test)]
 mod tests {
@@ -459,8 +625,154 @@ mod tests {
         for i in 0..n {
             let payload = Bytes::from(vec![i as u8; (i as usize * 7) % 50]);
             t.prepare(b"a.b", b"", &[], 0, payload.len());
-            out.push_message(&t, i + 1, &payload);
+            out.push_message(&t, i + 1, &payload, &payload);
             out.push_frame(&Kind::Ping(v1::Ping {}));
+        }
+    }
+
+    /// The payload of message `i` in these tests.
+    fn payload_of(i: u64) -> Vec<u8> {
+        vec![i as u8; (i as usize * 7) % 50 + 1]
+    }
+
+    /// A read batch holding the payloads of messages `0..n` back to back.
+    fn batch_of(n: u64) -> Bytes {
+        Bytes::from((0..n).flat_map(payload_of).collect::<Vec<u8>>())
+    }
+
+    /// Queues a message (sid `i + 1`) and a Ping for each payload of
+    /// `batch`, each message's payload borrowed from the batch, except
+    /// every `owned_every`-th, which comes in a buffer of its own, and the
+    /// one after it, from a second batch: so holds change along the queue.
+    fn queue_batch(out: &mut Outbound, batch: &Bytes, owned_every: u64) {
+        let other = Bytes::from(batch.to_vec());
+        let mut t = MessageTemplate::new();
+        let mut at = 0;
+        let mut i = 0;
+        while at < batch.len() {
+            let len = payload_of(i).len();
+            let part = &batch[at..at + len];
+            t.prepare(b"a.b", b"", &[], 0, len);
+            if i % owned_every == owned_every - 1 {
+                let own = Bytes::copy_from_slice(part);
+                out.push_message(&t, i + 1, &own, &own);
+            } else if i % owned_every == 0 && i > 0 {
+                out.push_message(&t, i + 1, &other, &other[at..at + len]);
+            } else {
+                out.push_message(&t, i + 1, batch, part);
+            }
+            out.push_frame(&Kind::Ping(v1::Ping {}));
+            at += len;
+            i += 1;
+        }
+    }
+
+    /// The messages among `frames` as (sid, payload).
+    fn messages(frames: &[Kind]) -> Vec<(u64, Vec<u8>)> {
+        frames
+            .iter()
+            .filter_map(|k| match k {
+                Kind::Message(m) => Some((m.sid, m.payload.to_vec())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn payloads_of_one_batch_are_held_once_and_let_go_when_written() {
+        let batch = batch_of(100);
+        let mut out = Outbound::new();
+        queue_batch(&mut out, &batch, u64::MAX);
+        let holds = out.segs.iter().filter(|s| s.is_hold()).count();
+        let payloads = out
+            .segs
+            .iter()
+            .filter(|s| matches!(s, Seg::Payload(_)))
+            .count();
+        assert_eq!((holds, payloads), (1, 0));
+        assert!(!batch.is_unique());
+        check_held(&out);
+        let mut sink = partly_written(&mut out, 13);
+        check_held(&out);
+        assert!(!batch.is_unique(), "released while still queued");
+        sink.step = 4096;
+        drain(&mut out, &mut sink);
+        assert_eq!(messages(&decode_all(&sink.got)).len(), 100);
+        check_held(&out);
+        assert!(batch.is_unique(), "the queue still holds the batch");
+        out.release_if_empty();
+        assert_eq!(out.held(), 0);
+    }
+
+    #[test]
+    fn payloads_from_changing_buffers_arrive_whole_and_in_order() {
+        let batch = batch_of(60);
+        let want: Vec<(u64, Vec<u8>)> = (0..60).map(|i| (i + 1, payload_of(i))).collect();
+        for step in [1, 3, 17, 4096] {
+            for owned_every in [2, 5, u64::MAX] {
+                let mut out = Outbound::new();
+                queue_batch(&mut out, &batch, owned_every);
+                check_held(&out);
+                let mut sink = Trickle {
+                    got: Vec::new(),
+                    step,
+                    calls: 0,
+                };
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                while !out.is_empty() {
+                    let _ = out.poll_write(&mut cx, &mut sink);
+                    check_held(&out);
+                }
+                assert_eq!(messages(&decode_all(&sink.got)), want, "step {step}");
+                assert!(batch.is_unique(), "step {step}: the batch is still held");
+            }
+        }
+    }
+
+    #[test]
+    fn dropping_frames_keeps_the_hold_later_payloads_read_from() {
+        let batch = batch_of(60);
+        for step in [0usize, 1, 7, 40] {
+            for owned_every in [3, u64::MAX] {
+                for bytes in [50, 400, 2000] {
+                    let mut out = Outbound::new();
+                    queue_batch(&mut out, &batch, owned_every);
+                    let mut sink = partly_written(&mut out, step);
+                    let dropped = out.drop_oldest(bytes);
+                    assert!(dropped > 0);
+                    check_held(&out);
+                    sink.step = 4096;
+                    drain(&mut out, &mut sink);
+                    let got = messages(&decode_all(&sink.got));
+                    // Whatever is left is whole and in order, ending with
+                    // the newest message.
+                    for (sid, payload) in &got {
+                        assert_eq!(*payload, payload_of(sid - 1), "step {step}");
+                    }
+                    assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
+                    assert_eq!(got.last().map(|m| m.0), Some(60));
+                    assert!(batch.is_unique());
+                }
+            }
+            let mut out = Outbound::new();
+            queue_batch(&mut out, &batch, 4);
+            let mut sink = partly_written(&mut out, step);
+            let mut written = BytesMut::from(&sink.got[..]);
+            let mut already = Vec::new();
+            while let Ok(Some(k)) = codec::decode(&mut written, u32::MAX) {
+                already.push(k);
+            }
+            out.drop_queued();
+            check_held(&out);
+            sink.step = 4096;
+            drain(&mut out, &mut sink);
+            // What had left, and at most the message in flight.
+            let got = messages(&decode_all(&sink.got));
+            assert!(got.len() <= messages(&already).len() + 1, "step {step}");
+            for (sid, payload) in &got {
+                assert_eq!(*payload, payload_of(sid - 1), "step {step}");
+            }
+            assert!(batch.is_unique());
         }
     }
 
@@ -495,11 +807,33 @@ mod tests {
         let payloads: usize = out
             .segs
             .iter()
-            .filter_map(|s| match &s.data {
-                Data::Payload(b) => Some(b.len()),
-                Data::Inline(_) => None,
-            })
+            .filter(|s| matches!(s, Seg::Payload(_) | Seg::Held { .. }))
+            .map(Seg::len)
             .sum();
+        // Every `Held` lies in the last `Hold` before it, or the one passed.
+        let mut hold: Option<&Bytes> = out.passed.as_ref();
+        for s in &out.segs {
+            match s {
+                Seg::Hold(b) => hold = Some(b),
+                Seg::Held { start, len } => {
+                    let b = hold.expect("a Held segment without a Hold before it");
+                    assert!((*start + *len) as usize <= b.len());
+                }
+                _ => {}
+            }
+        }
+        let tail = out
+            .segs
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                Seg::Hold(b) => Some(b),
+                _ => None,
+            })
+            .or(out.passed.as_ref())
+            .map_or((0, 0), |b| (b.as_ptr() as usize, b.len() as u32));
+        assert_eq!(tail, (out.tail_at, out.tail_len));
+
         assert_eq!(
             out.held(),
             out.inline.capacity() + out.segs.capacity() * SEG_COST + payloads
@@ -522,8 +856,8 @@ mod tests {
         let mut t = MessageTemplate::new();
         t.prepare(b"a.b", b"", &[], 0, payload.len());
         let prefix = t.frame_len(9) - payload.len();
-        let predicted = out.held_after(prefix, payload.len(), 2);
-        out.push_message(&t, 9, &payload);
+        let predicted = out.held_after(prefix, payload.len(), MESSAGE_SEGS);
+        out.push_message(&t, 9, &payload, &payload);
         assert!(out.held() <= predicted, "{} > {predicted}", out.held());
     }
 
@@ -539,6 +873,8 @@ mod tests {
         assert!(out.held() >= 1000 * (SEG_COST + 2));
         check_held(&out);
         queue_messages(&mut out, 40);
+        check_held(&out);
+        queue_batch(&mut out, &batch_of(40), 3);
         check_held(&out);
         let mut sink = Trickle {
             got: Vec::new(),

@@ -34,7 +34,7 @@ use bytes::Bytes;
 
 use crate::conn::{ConnShared, Flag};
 use crate::mesh::{Body, PeerMsg, RemoteMessage, Sample};
-use crate::outbound::Outbound;
+use crate::outbound::{self, Outbound};
 use crate::shard::Shard;
 
 /// A W3C `traceparent` header
@@ -62,8 +62,7 @@ struct Arrived<'a> {
     reply: Option<SubjectRef<'a>>,
     headers: &'a [v1::Header],
     /// The payload, in `owner` (the publisher's batch, or the owned
-    /// message's payload): made a `Bytes` (one reference count) only when
-    /// the route names subscriptions here.
+    /// message's payload): queued as a range of it.
     payload: &'a [u8],
     owner: &'a Bytes,
 }
@@ -245,10 +244,10 @@ impl Shard {
 
     /// Routes a message published by `conn` (already authorised and
     /// admitted by its rate limits). The message is borrowed (from the
-    /// publisher's read batch, usually): its payload becomes a `Bytes`
-    /// (one reference count, then one per subscriber queue) only when the
-    /// route names subscriptions here, and the message is made owned only
-    /// for the copies that cross to other shards.
+    /// publisher's read batch, usually): a subscriber's queue keeps its
+    /// payload as a range of that batch (holding the batch once for a run
+    /// of payloads from it), and the message is made owned only for the
+    /// copies that cross to other shards and are not borrowed from a batch.
     pub(crate) fn publish(&self, tenant: TenantId, conn: ConnId, echo: bool, msg: PublishRef<'_>) {
         // Sampled messages get a span (unsampled ones: nothing at all).
         let sample = self
@@ -283,7 +282,7 @@ impl Shard {
                     MessageStatus::NoResponders.into(),
                     0,
                 );
-                self.deliver(&plan.local, &t, &Bytes::new(), None);
+                self.deliver(&plan.local, &t, &Bytes::new(), b"", None);
                 self.stats.borrow_mut().no_responders += 1;
             }
             return;
@@ -313,7 +312,8 @@ impl Shard {
             self.deliver(
                 &plan.local,
                 &t,
-                &msg.payload_bytes(),
+                msg.payload_owner(),
+                msg.payload,
                 msg.reply.map(SubjectRef::as_bytes),
             );
             self.record_latency(sample.as_ref());
@@ -399,13 +399,15 @@ impl Shard {
         }
     }
 
-    /// Queues one message for each delivery, applying each subscriber's
+    /// Queues one message for each delivery, its payload `payload` of
+    /// `owner` (see `Outbound::push_message`), applying each subscriber's
     /// slow-consumer policy when its queue is full.
     fn deliver(
         &self,
         deliveries: &[Delivery],
         template: &MessageTemplate,
-        payload: &Bytes,
+        owner: &Bytes,
+        payload: &[u8],
         reply: Option<&[u8]>,
     ) {
         let conns = self.conns.borrow();
@@ -430,7 +432,7 @@ impl Shard {
                 out.items() + len > max
             } else {
                 let prefix = frame_len - payload.len();
-                out.held_after(prefix, payload.len(), 2) > max
+                out.held_after(prefix, payload.len(), outbound::MESSAGE_SEGS) > max
             };
             if over {
                 match policy {
@@ -471,7 +473,7 @@ impl Shard {
                     }
                 }
             }
-            out.push_message(template, d.sid.0, payload);
+            out.push_message(template, d.sid.0, owner, payload);
             drop(out);
             if let Some(r) = reply {
                 c.allow_reply(r);
@@ -602,7 +604,8 @@ impl Shard {
         self.deliver(
             &plan.local,
             &t,
-            &codec::share(copy.owner, copy.payload),
+            copy.owner,
+            copy.payload,
             copy.reply.map(SubjectRef::as_bytes),
         );
         self.record_latency(m.sample.as_deref());
