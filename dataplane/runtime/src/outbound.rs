@@ -277,10 +277,17 @@ impl Outbound {
         (end <= self.tail_len as usize).then_some((at as u32, part.len() as u32))
     }
 
-    /// Makes `buf` the buffer payloads pushed now read from.
-    fn set_tail(&mut self, buf: Option<&Bytes>, len: u32) {
-        self.tail_at = buf.map_or(0, |b| b.as_ptr() as usize);
-        self.tail_len = len;
+    /// The buffer payloads pushed now read from, found from the segments:
+    /// the last `Hold`'s, or else the one passed.
+    fn last_hold(&self) -> Option<&Bytes> {
+        self.segs
+            .iter()
+            .rev()
+            .find_map(|s| match s {
+                Seg::Hold(b) => Some(b),
+                _ => None,
+            })
+            .or(self.passed.as_ref())
     }
 
     /// Queues a `Message` for `sid`: its prefix inline, its payload (`part`
@@ -315,8 +322,8 @@ impl Outbound {
             }
             Some(r) => match u32::try_from(owner.len()) {
                 // The offsets fit too: they are within the owner.
-                Ok(owner_len) => {
-                    self.set_tail(Some(owner), owner_len);
+                Ok(_) => {
+                    (self.tail_at, self.tail_len) = tail_of(Some(owner));
                     self.push_seg(Seg::Hold(owner.clone()));
                     self.push_seg(Seg::Held {
                         start: r.start as u32,
@@ -341,26 +348,14 @@ impl Outbound {
         self.items = 0;
         self.front_written = 0;
         self.passed = None;
-        self.set_tail(None, 0);
+        (self.tail_at, self.tail_len) = tail_of(None);
         self.inline.clear();
         self.inline_start = 0;
     }
 
     /// Finds the tail buffer again after segments went (rare paths only).
     fn find_tail(&mut self) {
-        let buf = self
-            .segs
-            .iter()
-            .rev()
-            .find_map(|s| match s {
-                Seg::Hold(b) => Some(b),
-                _ => None,
-            })
-            .or(self.passed.as_ref());
-        // A `Hold`'s buffer is at most `u32::MAX` long (`push_message`).
-        let len = buf.map_or(0, |b| b.len() as u32);
-        self.tail_at = buf.map_or(0, |b| b.as_ptr() as usize);
-        self.tail_len = len;
+        (self.tail_at, self.tail_len) = tail_of(self.last_hold());
     }
 
     /// Discards queued frames that have not started to leave. The frame
@@ -473,10 +468,9 @@ impl Outbound {
                 self.passed = Some(buf);
             }
         }
+        // Once empty, `clear_written` has emptied `inline` too.
         self.clear_written();
         if self.segs.is_empty() {
-            self.inline.clear();
-            self.inline_start = 0;
             // An idle connection should not keep a burst's worth of memory.
             if self.inline.capacity() > IDLE_CAPACITY {
                 self.inline.shrink_to(IDLE_CAPACITY);
@@ -545,6 +539,12 @@ impl Outbound {
 
 /// Segments a `Message` can take: its prefix, its payload, and a `Hold`.
 pub(crate) const MESSAGE_SEGS: usize = 3;
+
+/// The tail fields for `buf` (at most `u32::MAX` long: `push_message`
+/// holds no longer one), or for none.
+fn tail_of(buf: Option<&Bytes>) -> (usize, u32) {
+    buf.map_or((0, 0), |b| (b.as_ptr() as usize, b.len() as u32))
+}
 
 #[cfg(test)]
 mod tests {
@@ -822,17 +822,7 @@ mod tests {
                 _ => {}
             }
         }
-        let tail = out
-            .segs
-            .iter()
-            .rev()
-            .find_map(|s| match s {
-                Seg::Hold(b) => Some(b),
-                _ => None,
-            })
-            .or(out.passed.as_ref())
-            .map_or((0, 0), |b| (b.as_ptr() as usize, b.len() as u32));
-        assert_eq!(tail, (out.tail_at, out.tail_len));
+        assert_eq!(tail_of(out.last_hold()), (out.tail_at, out.tail_len));
 
         assert_eq!(
             out.held(),
