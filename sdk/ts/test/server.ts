@@ -67,12 +67,25 @@ export class Node {
 
   constructor(private readonly extra = "") {}
 
+  /**
+   * A node on fresh free ports. A port found free can be taken by another
+   * test file's node before this server binds it (vitest runs files in
+   * parallel), so a first start that finds its address in use picks new
+   * ports and tries again.
+   */
   static async start(extra = ""): Promise<Node> {
     const n = new Node(extra);
     n.dir = await mkdtemp(join(tmpdir(), "arqonbus-ts-test-"));
-    n.port = await freePort();
-    await n.start();
-    return n;
+    for (let attempt = 1; ; attempt++) {
+      n.port = await freePort();
+      n.wsPort = 0;
+      try {
+        await n.start();
+        return n;
+      } catch (e) {
+        if (attempt >= 5 || !/address already in use/i.test(String(e))) throw e;
+      }
+    }
   }
 
   get url(): string {
