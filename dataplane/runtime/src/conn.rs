@@ -873,7 +873,7 @@ impl ConnIo {
                     self.process(shard, conn, session);
                     progress = true;
                 }
-            } else if conn.out.borrow().held_after(MAX_ANSWER, 0, 1) as u64
+            } else if conn.out.borrow().held_after(MAX_ANSWER, 0) as u64
                 > shard.config.borrow().limits().max_pending_bytes
             {
                 // The client does not read what we answer (pongs, errors):
@@ -1023,7 +1023,7 @@ impl<T> ConnIo<T> {
             }
             // Room for the answer this frame may queue (control frames
             // are small), growth of the queue's buffers included.
-            if conn.out.borrow().held_after(MAX_ANSWER, 0, 1) as u64 > max_pending {
+            if conn.out.borrow().held_after(MAX_ANSWER, 0) as u64 > max_pending {
                 self.unprocessed = self.rbuf.has_unprocessed();
                 break;
             }

@@ -1,54 +1,62 @@
 //! The per-connection outbound queue.
 //!
-//! Frames are queued as segments: small encoded parts (frame prefixes,
-//! control frames) are appended to one contiguous `inline` buffer, and message
-//! payloads are queued as ranges of the shared [`Bytes`] they arrived in. A
-//! flush turns the queue into one vectored write of up to [`MAX_IOVECS`]
-//! slices, so many frames leave in one syscall and payloads are never copied.
+//! Frames are queued whole, one segment per frame: the frame's encoded
+//! bytes (a control frame, or a `Message`'s prefix) are appended to one
+//! contiguous `inline` buffer, and a `Message`'s payload is a range of the
+//! shared [`Bytes`] it arrived in. A flush turns the queue into one vectored
+//! write of up to [`MAX_IOVECS`] slices, so many frames leave in one syscall
+//! and payloads are never copied. A segment is 16 bytes and holds no
+//! reference count, so queuing a burst of small messages for many
+//! subscribers writes little besides the prefixes.
 //!
 //! A queue holds each buffer its payloads lie in once per run of payloads
-//! from it, not once per payload: a `Hold` segment keeps the buffer (a
-//! publisher's read batch, usually) and the payload segments after it are
-//! offsets into it. So a read batch of many small messages delivered to a
-//! subscriber costs one reference count on that batch's shared header, not
-//! one per message (the header another core may be counting on too). A
-//! payload that is a whole buffer of its own (an owned message's) is queued
-//! as that `Bytes`, as one segment. The buffer of the last `Hold` written
-//! past (`passed`) stays until another `Hold` is written past or everything
-//! is written: at most one buffer beyond what the queued payloads pin.
+//! from it, not once per payload: the buffers are kept in `holds`, in
+//! order, and a segment whose payload lies in a buffer other than the
+//! previous segment's says so (`new_hold`); the payloads after it are
+//! offsets into that buffer. So a read batch of many small messages
+//! delivered to a subscriber costs one reference count on that batch's
+//! shared header, not one per message (the header another core may be
+//! counting on too). The buffer of the last `new_hold` segment written past
+//! (the passed buffer, first in `holds`) stays until another is written
+//! past or everything is written: at most one buffer beyond what the
+//! queued payloads pin.
 //!
 //! Accounting: limits are checked against what the queue holds, not its
 //! wire bytes, so a client that makes the server queue millions of 6-byte
 //! Pongs pays for what they really take.
-//! - [`Outbound::held`] is the memory: the inline buffer's and the segment
-//!   ring's capacity plus the payload bytes queued. A payload shares the
-//!   receive buffer it arrived in, which is sized to what reads bring
-//!   (`readbuf`), so what it pins beyond its length stays within a small
-//!   factor. Memory limits (`max_pending_bytes`) are checked against
-//!   [`Outbound::held_after`] a push, growth of the buffers included, so
-//!   the queue never holds more than the limit; the metric reports `held`.
-//! - [`Outbound::items`] is the cost of the frames queued: each segment's
-//!   bytes plus [`SEG_COST`] of bookkeeping. It goes down as soon as frames
-//!   are written or dropped, so the drop-oldest policy and the end of a
-//!   publisher stall use it (capacity is only given back when the queue
-//!   empties).
+//! - [`Outbound::held`] is the memory: the capacity of the inline buffer,
+//!   the segment ring and the hold ring, plus the payload bytes queued. A
+//!   payload shares the receive buffer it arrived in, which is sized to
+//!   what reads bring (`readbuf`), so what it pins beyond its length stays
+//!   within a small factor. Memory limits (`max_pending_bytes`) are checked
+//!   against [`Outbound::held_after`] a push, growth of the buffers
+//!   included, so the queue never holds more than the limit; the metric
+//!   reports `held`.
+//! - [`Outbound::items`] is the cost of the frames queued: each frame's
+//!   bytes plus [`SEG_COST`] of bookkeeping, and [`HOLD_COST`] more for a
+//!   frame that holds a buffer. It goes down as soon as frames are written
+//!   or dropped, so the drop-oldest policy and the end of a publisher stall
+//!   use it (capacity is only given back when the queue empties).
 //!
 //! Invariants:
+//! - every segment is one whole frame, at least one byte long;
 //! - `pending` is the exact number of queued, unwritten bytes;
-//! - `items` is the sum over the segments in `segs` of their length plus
-//!   [`SEG_COST`] (a partly written segment counts whole until it goes);
+//! - `items` is the sum over the segments of their length plus
+//!   [`SEG_COST`], plus [`HOLD_COST`] per buffer in `holds`
+//!   (a partly written segment counts whole until it goes);
 //! - the inline bytes of queued segments are `inline[inline_start..]`, in
 //!   segment order;
-//! - every `Held` segment lies in the buffer of the last `Hold` before it
-//!   in `segs`, or, with none before it, in `passed` (the buffer of the
-//!   last `Hold` written past);
+//! - `holds` is the passed buffer (the last `new_hold` segment's written
+//!   past) when `has_passed`, then one buffer per `new_hold` segment, in
+//!   order; a segment's payload lies in the buffer of the last `new_hold`
+//!   segment up to it, or, with none, in the passed buffer;
 //! - `tail_at` and `tail_len` are the address and length of the buffer a
-//!   payload pushed now would read from (the last `Hold`'s in `segs`, or
-//!   else `passed`), `tail_len` 0 when there is none;
-//! - [`Outbound::drop_queued`] and [`Outbound::drop_oldest`] only ever cut
-//!   at a frame boundary, so the stream stays decodable when a slow
-//!   consumer's backlog is discarded, and they keep the `Hold` that segments
-//!   left behind them read from.
+//!   payload pushed now would read from (the last in `holds`), `tail_len` 0
+//!   when there is none;
+//! - [`Outbound::drop_queued`] and [`Outbound::drop_oldest`] only ever drop
+//!   whole frames not yet started, so the stream stays decodable when a
+//!   slow consumer's backlog is discarded, and they keep the buffer that
+//!   frames left behind them read from.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -73,57 +81,39 @@ const IDLE_CAPACITY: usize = 16 * 1024;
 /// Segment slots an emptied queue keeps.
 const IDLE_SEGS: usize = 16;
 
-/// What one queued segment costs beyond its bytes: its slot in the
-/// segment ring.
+/// Hold slots an emptied queue keeps.
+const IDLE_HOLDS: usize = 4;
+
+/// What one queued frame costs beyond its bytes: its slot in the segment
+/// ring.
 pub(crate) const SEG_COST: usize = std::mem::size_of::<Seg>();
 
-/// A queued segment. A payload is always the end of its frame, a `Hold`
-/// never is, and an inline segment says.
-#[derive(Debug)]
-enum Seg {
-    /// The next `len` bytes of `inline`.
-    Inline { len: usize, frame_end: bool },
-    /// A payload that is a whole buffer of its own.
-    Payload(Bytes),
-    /// Keeps the buffer the `Held` segments after it (up to the next
-    /// `Hold`) lie in. No bytes of its own.
-    Hold(Bytes),
-    /// Bytes `start..start + len` of the last `Hold`'s buffer before it.
-    Held { start: u32, len: u32 },
+/// What holding a buffer costs beyond the payload bytes: its slot in the
+/// hold ring.
+pub(crate) const HOLD_COST: usize = std::mem::size_of::<Bytes>();
+
+/// One queued frame: `inline` bytes of the inline buffer, then `len` bytes
+/// at `start` of the buffer its payload lies in (none when `len` is 0).
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    inline: u32,
+    start: u32,
+    len: u32,
+    /// The payload lies in the next buffer of `holds`, which the segments
+    /// after this one read from too.
+    new_hold: bool,
 }
 
 impl Seg {
     #[inline]
     fn len(&self) -> usize {
-        match self {
-            Self::Inline { len, .. } => *len,
-            Self::Payload(b) => b.len(),
-            Self::Hold(_) => 0,
-            Self::Held { len, .. } => *len as usize,
-        }
+        self.inline as usize + self.len as usize
     }
 
-    /// The segment's last byte is the last byte of a frame.
+    /// What the segment adds to `items`.
     #[inline]
-    fn frame_end(&self) -> bool {
-        match self {
-            Self::Inline { frame_end, .. } => *frame_end,
-            Self::Payload(_) | Self::Held { .. } => true,
-            Self::Hold(_) => false,
-        }
-    }
-
-    #[inline]
-    fn is_hold(&self) -> bool {
-        matches!(self, Self::Hold(_))
-    }
-
-    #[inline]
-    fn inline_len(&self) -> usize {
-        match self {
-            Self::Inline { len, .. } => *len,
-            _ => 0,
-        }
+    fn cost(&self) -> usize {
+        self.len() + SEG_COST + if self.new_hold { HOLD_COST } else { 0 }
     }
 }
 
@@ -132,6 +122,9 @@ pub(crate) struct Outbound {
     inline: Vec<u8>,
     inline_start: usize,
     segs: VecDeque<Seg>,
+    /// The passed buffer (when `has_passed`), then the buffers `new_hold`
+    /// segments read from, in segment order.
+    holds: VecDeque<Bytes>,
     pending: usize,
     items: usize,
     /// Bytes of the first unwritten segment already written.
@@ -140,11 +133,10 @@ pub(crate) struct Outbound {
     tail_len: u32,
     /// That buffer's address (compared, never read through).
     tail_at: usize,
-    /// Everything written so far ends on a frame boundary.
-    at_boundary: bool,
-    /// The buffer of the last `Hold` written past, which `Held` segments
-    /// before the first `Hold` in `segs` read from.
-    passed: Option<Bytes>,
+    /// `holds` starts with the buffer of the last `new_hold` segment
+    /// written past, which the segments before the first `new_hold` one in
+    /// `segs` read from.
+    has_passed: bool,
 }
 
 impl Default for Outbound {
@@ -159,13 +151,13 @@ impl Outbound {
             inline: Vec::new(),
             inline_start: 0,
             segs: VecDeque::new(),
+            holds: VecDeque::new(),
             pending: 0,
             items: 0,
             front_written: 0,
             tail_len: 0,
             tail_at: 0,
-            at_boundary: true,
-            passed: None,
+            has_passed: false,
         }
     }
 
@@ -182,46 +174,62 @@ impl Outbound {
     /// such as `max_pending_bytes` are checked against.
     pub(crate) fn held(&self) -> usize {
         let inline_queued = self.inline.len() - self.inline_start;
-        let payloads = self.items - self.segs.len() * SEG_COST - inline_queued;
-        self.inline.capacity() + self.segs.capacity() * SEG_COST + payloads
+        let payloads = self.items
+            - self.segs.len() * SEG_COST
+            - self.queued_holds() * HOLD_COST
+            - inline_queued;
+        self.capacities() + payloads
     }
 
-    /// The cost of the frames queued: their bytes plus [`SEG_COST`] per
-    /// segment (see the module docs).
+    /// The buffers in `holds` that queued segments bring (all but the
+    /// passed one).
+    fn queued_holds(&self) -> usize {
+        self.holds.len() - usize::from(self.has_passed)
+    }
+
+    /// The capacity of the queue's three buffers, in bytes.
+    fn capacities(&self) -> usize {
+        self.inline.capacity() + self.segs.capacity() * SEG_COST + self.holds.capacity() * HOLD_COST
+    }
+
+    /// The cost of the frames queued: their bytes plus their bookkeeping
+    /// (see the module docs).
     pub(crate) fn items(&self) -> usize {
         self.items
     }
 
     /// At most what queuing a `Message` of `frame_len` wire bytes adds to
-    /// [`items`](Self::items): its prefix, its payload and a `Hold` for the
-    /// payload's buffer, three segments.
+    /// [`items`](Self::items): its bytes, its segment and a hold for its
+    /// payload's buffer.
     pub(crate) fn message_cost(frame_len: usize) -> usize {
-        frame_len + MESSAGE_SEGS * SEG_COST
+        frame_len + SEG_COST + HOLD_COST
     }
 
-    /// [`held`](Self::held) after queuing `inline` more inline bytes,
-    /// `payload` more payload bytes and `segs` more segments, counting the
-    /// growth of the buffers it would cause (a `Vec` or `VecDeque` that is
-    /// full doubles): an upper bound. Checking a limit against this, not
-    /// against `held`, makes it a bound on memory: no push goes over it.
-    pub(crate) fn held_after(&self, inline: usize, payload: usize, segs: usize) -> usize {
-        let inline_cap = if self.inline.len() + inline > self.inline.capacity() {
-            (self.inline.capacity() * 2)
-                .max(self.inline.len() + inline)
-                .max(8)
-        } else {
-            self.inline.capacity()
+    /// [`held`](Self::held) after queuing one frame of `inline` encoded
+    /// bytes and `payload` shared bytes, counting the growth of the buffers
+    /// it would cause (a `Vec` or `VecDeque` that is full doubles): an upper
+    /// bound. Checking a limit against this, not against `held`, makes it a
+    /// bound on memory: no push goes over it.
+    pub(crate) fn held_after(&self, inline: usize, payload: usize) -> usize {
+        let grown = |len: usize, cap: usize, add: usize, min: usize| {
+            if len + add > cap {
+                (cap * 2).max(len + add).max(min)
+            } else {
+                cap
+            }
         };
-        let segs_cap = if self.segs.len() + segs > self.segs.capacity() {
-            (self.segs.capacity() * 2)
-                .max(self.segs.len() + segs)
-                .max(4)
-        } else {
-            self.segs.capacity()
-        };
-        self.held() - self.inline.capacity() - self.segs.capacity() * SEG_COST
+        let inline_cap = grown(self.inline.len(), self.inline.capacity(), inline, 8);
+        let segs_cap = grown(self.segs.len(), self.segs.capacity(), 1, 4);
+        let holds_cap = grown(
+            self.holds.len(),
+            self.holds.capacity(),
+            usize::from(payload > 0),
+            4,
+        );
+        self.held() - self.capacities()
             + inline_cap
             + segs_cap * SEG_COST
+            + holds_cap * HOLD_COST
             + payload
     }
 
@@ -229,72 +237,56 @@ impl Outbound {
     /// when the connection parks, so an idle connection holds no buffer.
     pub(crate) fn release_if_empty(&mut self) {
         self.clear_written();
-        if self.segs.is_empty() && self.inline.capacity() + self.segs.capacity() > 0 {
+        if self.segs.is_empty() && self.capacities() > 0 {
             self.inline = Vec::new();
             self.inline_start = 0;
             self.segs = VecDeque::new();
+            self.holds = VecDeque::new();
         }
     }
 
-    /// Appends a segment, keeping `items`.
+    /// Appends a frame's segment, keeping `pending` and `items`.
     #[inline]
     fn push_seg(&mut self, seg: Seg) {
-        self.items += seg.len() + SEG_COST;
+        self.pending += seg.len();
+        self.items += seg.cost();
         self.segs.push_back(seg);
-    }
-
-    /// Records `n` bytes just appended to `inline` as a segment. Segments are
-    /// never merged, so [`drop_queued`](Self::drop_queued) can cut right
-    /// after the frame in flight.
-    #[inline]
-    fn push_inline(&mut self, n: usize, frame_end: bool) {
-        if n == 0 {
-            return;
-        }
-        self.pending += n;
-        self.push_seg(Seg::Inline { len: n, frame_end });
     }
 
     /// Queues a whole frame, encoded inline.
     pub(crate) fn push_frame(&mut self, kind: &Kind) {
         let before = self.inline.len();
-        if codec::encode(kind, &mut self.inline).is_err() {
-            // Control frames are tiny; a frame too large for the prefix is a
-            // bug, and sending half of it would corrupt the stream.
-            self.inline.truncate(before);
-            return;
+        let encoded = codec::encode(kind, &mut self.inline)
+            .ok()
+            .and_then(|()| u32::try_from(self.inline.len() - before).ok());
+        match encoded {
+            Some(inline) if inline > 0 => self.push_seg(Seg {
+                inline,
+                start: 0,
+                len: 0,
+                new_hold: false,
+            }),
+            // Control frames are tiny; a frame too large for the prefix is
+            // a bug, and sending half of it would corrupt the stream.
+            _ => self.inline.truncate(before),
         }
-        self.push_inline(self.inline.len() - before, true);
     }
 
     /// Where `part` lies in the buffer a payload pushed now would read
-    /// from (the last `Hold`'s, or else the one passed), if it does.
+    /// from (the last in `holds`), if it does.
     #[inline]
-    fn in_tail(&self, part: &[u8]) -> Option<(u32, u32)> {
+    fn in_tail(&self, part: &[u8]) -> Option<u32> {
         let at = (part.as_ptr() as usize).checked_sub(self.tail_at)?;
         let end = at.checked_add(part.len())?;
-        // Both fit: `end <= tail_len`, a `u32`.
-        (end <= self.tail_len as usize).then_some((at as u32, part.len() as u32))
-    }
-
-    /// The buffer payloads pushed now read from, found from the segments:
-    /// the last `Hold`'s, or else the one passed.
-    fn last_hold(&self) -> Option<&Bytes> {
-        self.segs
-            .iter()
-            .rev()
-            .find_map(|s| match s {
-                Seg::Hold(b) => Some(b),
-                _ => None,
-            })
-            .or(self.passed.as_ref())
+        // `at` fits: `end <= tail_len`, a `u32`.
+        (end <= self.tail_len as usize).then_some(at as u32)
     }
 
     /// Queues a `Message` for `sid`: its prefix inline, its payload (`part`
     /// of `owner`: the read batch it arrived in, or an owned message's
     /// payload) shared. A payload in the buffer the last one was queued
     /// from is an offset into it (no reference count); one from another
-    /// buffer holds that buffer first.
+    /// buffer holds that buffer.
     pub(crate) fn push_message(
         &mut self,
         template: &MessageTemplate,
@@ -303,51 +295,64 @@ impl Outbound {
         part: &[u8],
     ) {
         let before = self.inline.len();
-        if template.write_prefix(sid, &mut self.inline).is_err() {
+        // The frame's length fits a `u32` (the encoder checks it), so do
+        // the prefix's and the payload's.
+        let prefix = template
+            .write_prefix(sid, &mut self.inline)
+            .ok()
+            .and_then(|()| u32::try_from(self.inline.len() - before).ok());
+        let (Some(inline), Ok(len)) = (prefix, u32::try_from(part.len())) else {
             self.inline.truncate(before);
             return;
-        }
-        self.push_inline(self.inline.len() - before, part.is_empty());
-        if part.is_empty() {
+        };
+        if len == 0 {
+            self.push_seg(Seg {
+                inline,
+                start: 0,
+                len,
+                new_hold: false,
+            });
             return;
         }
-        self.pending += part.len();
-        if let Some((start, len)) = self.in_tail(part) {
-            self.push_seg(Seg::Held { start, len });
+        if let Some(start) = self.in_tail(part) {
+            self.push_seg(Seg {
+                inline,
+                start,
+                len,
+                new_hold: false,
+            });
             return;
         }
-        match codec::range_in(owner, part) {
-            Some(r) if r.len() == owner.len() => {
-                self.push_seg(Seg::Payload(owner.clone()));
-            }
-            Some(r) => match u32::try_from(owner.len()) {
-                // The offsets fit too: they are within the owner.
-                Ok(_) => {
-                    (self.tail_at, self.tail_len) = tail_of(Some(owner));
-                    self.push_seg(Seg::Hold(owner.clone()));
-                    self.push_seg(Seg::Held {
-                        start: r.start as u32,
-                        len: r.len() as u32,
-                    });
-                }
-                Err(_) => self.push_seg(Seg::Payload(owner.slice(r))),
-            },
+        let (buf, start) = match codec::range_in(owner, part) {
+            Some(r) if u32::try_from(owner.len()).is_ok() => (owner.clone(), r.start),
+            // Offsets into a buffer this long would not fit: hold the part.
+            Some(r) => (owner.slice(r), 0),
             // Never the case for what the shard hands in (see `codec::share`).
-            None => self.push_seg(Seg::Payload(Bytes::copy_from_slice(part))),
-        }
+            None => (Bytes::copy_from_slice(part), 0),
+        };
+        (self.tail_at, self.tail_len) = tail_of(Some(&buf));
+        self.holds.push_back(buf);
+        self.push_seg(Seg {
+            inline,
+            // Within a buffer at most `u32::MAX` long.
+            start: start as u32,
+            len,
+            new_hold: true,
+        });
     }
 
-    /// Once every byte is written, drops the `Hold`s left (the one passed,
-    /// or one a drop left with nothing after it): nothing reads them.
+    /// Once every byte is written, drops the passed buffer: nothing reads
+    /// it.
     fn clear_written(&mut self) {
         if self.pending > 0 {
             return;
         }
-        // Only zero-length segments are left: `items` is their slots.
+        // Every segment is at least a byte: none is left.
         self.segs.clear();
+        self.holds.clear();
         self.items = 0;
         self.front_written = 0;
-        self.passed = None;
+        self.has_passed = false;
         (self.tail_at, self.tail_len) = tail_of(None);
         self.inline.clear();
         self.inline_start = 0;
@@ -355,25 +360,27 @@ impl Outbound {
 
     /// Finds the tail buffer again after segments went (rare paths only).
     fn find_tail(&mut self) {
-        (self.tail_at, self.tail_len) = tail_of(self.last_hold());
+        (self.tail_at, self.tail_len) = tail_of(self.holds.back());
+    }
+
+    /// Segments at the front that stay whatever is dropped: the frame
+    /// partly written, if any.
+    fn in_flight(&self) -> usize {
+        usize::from(self.front_written > 0)
     }
 
     /// Discards queued frames that have not started to leave. The frame
     /// partly written (if any) is kept whole, so the stream stays valid.
     pub(crate) fn drop_queued(&mut self) {
-        let keep = if self.front_written == 0 && self.at_boundary {
-            0
-        } else {
-            self.segs
-                .iter()
-                .position(Seg::frame_end)
-                .map_or(self.segs.len(), |i| i + 1)
-        };
-        let kept_inline: usize = self.segs.iter().take(keep).map(Seg::inline_len).sum();
+        let keep = self.in_flight();
+        let kept_inline: usize = self.segs.iter().take(keep).map(|s| s.inline as usize).sum();
+        let kept_holds = usize::from(self.has_passed)
+            + self.segs.iter().take(keep).filter(|s| s.new_hold).count();
         self.segs.truncate(keep);
+        self.holds.truncate(kept_holds);
         self.inline.truncate(self.inline_start + kept_inline);
         self.pending = self.segs.iter().map(Seg::len).sum::<usize>() - self.front_written as usize;
-        self.items = self.segs.iter().map(|s| s.len() + SEG_COST).sum();
+        self.items = self.segs.iter().map(Seg::cost).sum();
         self.find_tail();
         self.clear_written();
     }
@@ -382,68 +389,72 @@ impl Outbound {
     /// until at least `bytes` of [`items`](Self::items) are freed or
     /// nothing more can go. Returns the number of frames dropped.
     pub(crate) fn drop_oldest(&mut self, bytes: usize) -> usize {
-        // Segments of the frame in flight stay: they start the queue and end
-        // at the first frame boundary.
-        let first = if self.front_written == 0 && self.at_boundary {
-            0
-        } else {
-            match self.segs.iter().position(Seg::frame_end) {
-                Some(i) => i + 1,
-                None => return 0,
-            }
-        };
+        let first = self.in_flight();
         let mut freed = 0usize;
-        let mut frames = 0usize;
-        let mut cut = first;
+        let mut freed_bytes = 0usize;
         let mut inline_cut = 0usize;
-        let mut end = first;
-        let mut frame_bytes = 0usize;
-        let mut frame_inline = 0usize;
-        let mut frame_segs = 0usize;
-        let mut freed_segs = 0usize;
-        while freed + freed_segs * SEG_COST < bytes && end < self.segs.len() {
-            let seg = &self.segs[end];
-            frame_bytes += seg.len();
-            frame_segs += 1;
-            frame_inline += seg.inline_len();
-            end += 1;
-            if seg.frame_end() {
-                freed += frame_bytes;
-                freed_segs += frame_segs;
-                inline_cut += frame_inline;
-                frames += 1;
-                cut = end;
-                frame_bytes = 0;
-                frame_inline = 0;
-                frame_segs = 0;
+        let mut holds_cut = 0usize;
+        let mut cut = first;
+        // Frames after the cut that read from the last buffer dropped keep
+        // it (the first of them then brings it): that buffer is not freed.
+        let kept_hold =
+            |cut: usize, holds_cut: usize| holds_cut > 0 && self.reads_earlier_buffer(cut);
+        while freed
+            - if kept_hold(cut, holds_cut) {
+                HOLD_COST
+            } else {
+                0
             }
+            < bytes
+        {
+            let Some(seg) = self.segs.get(cut) else {
+                break;
+            };
+            freed += seg.cost();
+            freed_bytes += seg.len();
+            inline_cut += seg.inline as usize;
+            holds_cut += usize::from(seg.new_hold);
+            cut += 1;
         }
+        let frames = cut - first;
         if frames == 0 {
             return 0;
         }
-        // The last `Hold` among the dropped segments stays (moved to the
-        // front of the range) when segments after them may read from it.
-        let kept_hold = if cut < self.segs.len() {
-            (first..cut).rev().find(|&i| self.segs[i].is_hold())
-        } else {
-            None
-        };
-        if let Some(i) = kept_hold {
-            self.segs.swap(first, i);
-            freed_segs -= 1;
-            self.segs.drain(first + 1..cut);
-        } else {
-            self.segs.drain(first..cut);
+        let first_hold = usize::from(self.has_passed)
+            + self.segs.iter().take(first).filter(|s| s.new_hold).count();
+        let mut holds_end = first_hold + holds_cut;
+        if kept_hold(cut, holds_cut) {
+            holds_end -= 1;
+            freed -= HOLD_COST;
+            if let Some(next) = self.segs.get_mut(cut) {
+                next.new_hold = true;
+            }
         }
-        // Inline bytes of the kept in-flight segments come first in `inline`.
-        let keep_inline: usize = self.segs.iter().take(first).map(Seg::inline_len).sum();
+        self.holds.drain(first_hold..holds_end);
+        self.segs.drain(first..cut);
+        // Inline bytes of the frame in flight come first in `inline`.
+        let keep_inline: usize = self
+            .segs
+            .iter()
+            .take(first)
+            .map(|s| s.inline as usize)
+            .sum();
         let from = self.inline_start + keep_inline;
         self.inline.drain(from..from + inline_cut);
-        self.pending -= freed;
-        self.items -= freed + freed_segs * SEG_COST;
+        self.pending -= freed_bytes;
+        self.items -= freed;
         self.find_tail();
         self.clear_written();
         frames
+    }
+
+    /// Whether a payload from segment `at` on reads from the buffer before
+    /// it (before the next `new_hold` segment).
+    fn reads_earlier_buffer(&self, at: usize) -> bool {
+        self.segs
+            .range(at.min(self.segs.len())..)
+            .take_while(|s| !s.new_hold)
+            .any(|s| s.len > 0)
     }
 
     /// Marks `n` bytes as written.
@@ -452,21 +463,23 @@ impl Outbound {
         while let Some(seg) = self.segs.front() {
             let left = seg.len() - self.front_written as usize;
             if n < left {
-                // `left` fits: it is at most one segment's length.
+                // `n` fits: it is less than one segment's length.
                 self.front_written += n as u32;
                 break;
             }
             n -= left;
             self.front_written = 0;
-            self.items -= seg.len() + SEG_COST;
-            if !seg.is_hold() {
-                self.at_boundary = seg.frame_end();
+            self.items -= seg.cost();
+            self.inline_start += seg.inline as usize;
+            if seg.new_hold {
+                // The payloads after it read from its buffer (now the
+                // passed one) until the next `new_hold` segment.
+                if self.has_passed {
+                    self.holds.pop_front();
+                }
+                self.has_passed = true;
             }
-            self.inline_start += seg.inline_len();
-            if let Some(Seg::Hold(buf)) = self.segs.pop_front() {
-                // The payloads after it read from it until the next `Hold`.
-                self.passed = Some(buf);
-            }
+            self.segs.pop_front();
         }
         // Once empty, `clear_written` has emptied `inline` too.
         self.clear_written();
@@ -480,6 +493,9 @@ impl Outbound {
             // parks gives back everything, `release_if_empty`).
             if self.segs.capacity() * SEG_COST > IDLE_CAPACITY {
                 self.segs.shrink_to(IDLE_SEGS);
+            }
+            if self.holds.capacity() * HOLD_COST > IDLE_CAPACITY {
+                self.holds.shrink_to(IDLE_HOLDS);
             }
         } else if self.inline_start > COMPACT_AT && self.inline_start * 2 > self.inline.len() {
             self.inline.drain(..self.inline_start);
@@ -499,29 +515,40 @@ impl Outbound {
         }
         let mut slices: SmallVec<[IoSlice<'_>; 64]> = SmallVec::new();
         let mut inline_at = self.inline_start;
-        let mut hold: &[u8] = self.passed.as_deref().unwrap_or_default();
+        let mut holds = self.holds.iter();
+        let mut hold: &[u8] = if self.has_passed {
+            holds.next().map_or(&[], |b| b)
+        } else {
+            &[]
+        };
         let mut skip = self.front_written as usize;
         for seg in &self.segs {
-            if slices.len() == MAX_IOVECS {
+            if slices.len() + 2 > MAX_IOVECS {
                 break;
             }
-            let bytes: &[u8] = match seg {
-                Seg::Inline { len: n, .. } => {
-                    let s = &self.inline[inline_at..inline_at + n];
-                    inline_at += n;
-                    s
-                }
-                Seg::Payload(b) => b,
-                Seg::Hold(b) => {
-                    hold = b;
-                    continue;
-                }
-                Seg::Held { start, len } => {
-                    let (start, len) = (*start as usize, *len as usize);
-                    &hold[start..start + len]
-                }
+            if seg.new_hold {
+                hold = holds.next().map_or(&[], |b| b);
+            }
+            let end = inline_at + seg.inline as usize;
+            let start = seg.start as usize;
+            let (Some(prefix), Some(payload)) = (
+                self.inline.get(inline_at..end),
+                hold.get(start..start + seg.len as usize),
+            ) else {
+                // The invariants say this cannot be: end the connection
+                // rather than send a corrupt stream.
+                return Poll::Ready(Err(io::ErrorKind::InvalidData.into()));
             };
-            slices.push(IoSlice::new(&bytes[skip..]));
+            inline_at = end;
+            if skip < prefix.len() {
+                slices.push(IoSlice::new(&prefix[skip..]));
+                skip = 0;
+            } else {
+                skip -= prefix.len();
+            }
+            if !payload.is_empty() {
+                slices.push(IoSlice::new(&payload[skip..]));
+            }
             skip = 0;
         }
         let n = match Pin::new(io).poll_write_vectored(cx, &slices) {
@@ -536,9 +563,6 @@ impl Outbound {
         Poll::Ready(Ok(n))
     }
 }
-
-/// Segments a `Message` can take: its prefix, its payload, and a `Hold`.
-pub(crate) const MESSAGE_SEGS: usize = 3;
 
 /// The tail fields for `buf` (at most `u32::MAX` long: `push_message`
 /// holds no longer one), or for none.
@@ -683,13 +707,7 @@ mod tests {
         let batch = batch_of(100);
         let mut out = Outbound::new();
         queue_batch(&mut out, &batch, u64::MAX);
-        let holds = out.segs.iter().filter(|s| s.is_hold()).count();
-        let payloads = out
-            .segs
-            .iter()
-            .filter(|s| matches!(s, Seg::Payload(_)))
-            .count();
-        assert_eq!((holds, payloads), (1, 0));
+        assert_eq!((out.holds.len(), out.segs.len()), (1, 200));
         assert!(!batch.is_unique());
         check_held(&out);
         let mut sink = partly_written(&mut out, 13);
@@ -798,35 +816,39 @@ mod tests {
         }
     }
 
-    /// `items` is the queued bytes plus `SEG_COST` per segment, and `held`
-    /// the capacities plus the payload bytes, through pushes, partial
-    /// writes, drop-oldest and drop-queued.
+    /// `items` is the queued bytes plus `SEG_COST` per segment and
+    /// `HOLD_COST` per hold, and `held` the capacities plus the payload
+    /// bytes, through pushes, partial writes, drop-oldest and drop-queued.
     fn check_held(out: &Outbound) {
-        let want: usize = out.segs.iter().map(|s| s.len() + SEG_COST).sum();
+        let want: usize = out.segs.iter().map(Seg::cost).sum();
         assert_eq!(out.items(), want);
-        let payloads: usize = out
-            .segs
-            .iter()
-            .filter(|s| matches!(s, Seg::Payload(_) | Seg::Held { .. }))
-            .map(Seg::len)
-            .sum();
-        // Every `Held` lies in the last `Hold` before it, or the one passed.
-        let mut hold: Option<&Bytes> = out.passed.as_ref();
+        assert_eq!(
+            out.items(),
+            out.segs.iter().map(|s| s.len() + SEG_COST).sum::<usize>()
+                + out.queued_holds() * HOLD_COST
+        );
+        let payloads: usize = out.segs.iter().map(|s| s.len as usize).sum();
+        // Every payload lies in the last hold up to it, or the one passed.
+        let mut holds = out.holds.iter();
+        let mut hold: Option<&Bytes> = out.has_passed.then(|| holds.next()).flatten();
         for s in &out.segs {
-            match s {
-                Seg::Hold(b) => hold = Some(b),
-                Seg::Held { start, len } => {
-                    let b = hold.expect("a Held segment without a Hold before it");
-                    assert!((*start + *len) as usize <= b.len());
-                }
-                _ => {}
+            assert!(s.len() > 0, "an empty segment");
+            if s.new_hold {
+                hold = Some(holds.next().expect("a new_hold segment without its buffer"));
+            }
+            if s.len > 0 {
+                let b = hold.expect("a payload without a buffer");
+                assert!((s.start + s.len) as usize <= b.len());
             }
         }
-        assert_eq!(tail_of(out.last_hold()), (out.tail_at, out.tail_len));
-
+        assert!(holds.next().is_none(), "a buffer no segment brings");
+        assert_eq!(tail_of(out.holds.back()), (out.tail_at, out.tail_len));
         assert_eq!(
             out.held(),
-            out.inline.capacity() + out.segs.capacity() * SEG_COST + payloads
+            out.inline.capacity()
+                + out.segs.capacity() * SEG_COST
+                + out.holds.capacity() * HOLD_COST
+                + payloads
         );
         assert!(out.held() + out.pending() >= out.items());
     }
@@ -838,7 +860,7 @@ mod tests {
             let pong = Kind::Pong(v1::Pong {});
             let mut wire = Vec::new();
             codec::encode(&pong, &mut wire).unwrap();
-            let predicted = out.held_after(wire.len(), 0, 1);
+            let predicted = out.held_after(wire.len(), 0);
             out.push_frame(&pong);
             assert!(out.held() <= predicted, "{} > {predicted}", out.held());
         }
@@ -846,7 +868,7 @@ mod tests {
         let mut t = MessageTemplate::new();
         t.prepare(b"a.b", b"", &[], 0, payload.len());
         let prefix = t.frame_len(9) - payload.len();
-        let predicted = out.held_after(prefix, payload.len(), MESSAGE_SEGS);
+        let predicted = out.held_after(prefix, payload.len());
         out.push_message(&t, 9, &payload, &payload);
         assert!(out.held() <= predicted, "{} > {predicted}", out.held());
     }
@@ -882,7 +904,7 @@ mod tests {
         check_held(&out);
         drain(&mut out, &mut sink);
         assert_eq!(out.items(), 0);
-        assert!(out.held() <= IDLE_CAPACITY + IDLE_SEGS * SEG_COST);
+        assert!(out.held() <= IDLE_CAPACITY + IDLE_SEGS * SEG_COST + IDLE_HOLDS * HOLD_COST);
         out.release_if_empty();
         assert_eq!(out.held(), 0);
     }

@@ -34,7 +34,7 @@ use bytes::Bytes;
 
 use crate::conn::{ConnShared, Flag};
 use crate::mesh::{Body, PeerMsg, RemoteMessage, Sample};
-use crate::outbound::{self, Outbound};
+use crate::outbound::Outbound;
 use crate::shard::Shard;
 
 /// A W3C `traceparent` header
@@ -432,7 +432,7 @@ impl Shard {
                 out.items() + len > max
             } else {
                 let prefix = frame_len - payload.len();
-                out.held_after(prefix, payload.len(), outbound::MESSAGE_SEGS) > max
+                out.held_after(prefix, payload.len()) > max
             };
             if over {
                 match policy {
