@@ -69,8 +69,10 @@ use bytes::Bytes;
 use futures_lite::AsyncWrite;
 use smallvec::SmallVec;
 
-/// Most slices handed to one vectored write (Linux allows 1024).
-pub(crate) const MAX_IOVECS: usize = 512;
+/// Most slices handed to one vectored write: Linux's limit (`UIO_MAXIOV`).
+/// A small message takes two (prefix, payload), so a burst of them leaves
+/// 512 messages per syscall.
+pub(crate) const MAX_IOVECS: usize = 1024;
 
 /// Inline bytes already written are compacted away past this size.
 const COMPACT_AT: usize = 64 * 1024;
