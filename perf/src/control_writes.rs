@@ -469,6 +469,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
     let cfg = FleetConfig {
         arqonbus,
         nats: PathBuf::from("nats-server"),
+        nats_latest: PathBuf::from("nats-server"),
         relay: exe,
         cpus: a.cpus.clone(),
         shards: a.shards,

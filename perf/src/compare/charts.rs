@@ -24,6 +24,7 @@ fn color(s: System) -> RGBColor {
     match s {
         System::Arqonbus => RGBColor(0xd6, 0x27, 0x28),
         System::Nats => RGBColor(0x1f, 0x77, 0xb4),
+        System::NatsLatest => RGBColor(0x2c, 0xa0, 0x2c),
         System::Relay => RGBColor(0x7f, 0x7f, 0x7f),
     }
 }

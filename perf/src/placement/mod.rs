@@ -558,6 +558,7 @@ pub(crate) fn run(args: &PlacementArgs) -> Result<(), String> {
     };
     let cfg = FleetConfig {
         arqonbus: arqonbus.clone(),
+        nats_latest: nats.clone(),
         nats,
         relay: exe,
         cpus: s.server_cpus.clone(),
