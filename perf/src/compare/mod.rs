@@ -53,7 +53,11 @@ pub(crate) struct CompareArgs {
     sizes: Vec<usize>,
     /// Systems to compare: arqonbus, nats, nats-latest (the current
     /// nats-server release beside `--nats-server`), relay.
-    #[arg(long, value_delimiter = ',', default_value = "arqonbus,nats,nats-latest,relay")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "arqonbus,nats,nats-latest,relay"
+    )]
     systems: Vec<String>,
     /// CPUs every server is pinned to (the same budget for all).
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
