@@ -336,7 +336,8 @@ pub struct Session {
     max_payload: u32,
     no_echo: bool,
     client_kind: v1::ClientKind,
-    client_name: String,
+    /// Boxed, not a `String`: every connection's task holds its session.
+    client_name: Box<str>,
 }
 
 fn subject_rejection(e: SubjectError, sid: u64) -> Rejection {
@@ -410,7 +411,7 @@ impl Session {
             max_payload: 0,
             no_echo: false,
             client_kind: v1::ClientKind::Unspecified,
-            client_name: String::new(),
+            client_name: Box::default(),
         }
     }
 
@@ -737,7 +738,7 @@ impl Session {
         self.no_echo = c.no_echo;
         self.client_kind =
             v1::ClientKind::try_from(c.client_kind).unwrap_or(v1::ClientKind::Unspecified);
-        self.client_name = c.client_name;
+        self.client_name = c.client_name.into_boxed_str();
         self.max_payload = effective_max_payload(config.limits(), &identity);
         self.identity = Some(identity);
         Step::Welcome

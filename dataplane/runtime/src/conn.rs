@@ -50,7 +50,7 @@ use arqonbus_core::router::SubscriptionError;
 use arqonbus_core::session::{
     Checked, Event, Now, Publish, PublishRef, Rejection, Session, State, Step,
 };
-use arqonbus_core::snapshot::{Identity, SlowConsumerPolicy};
+use arqonbus_core::snapshot::{Identity, PrincipalEntry, SlowConsumerPolicy};
 use arqonbus_core::throttle::{Attempt, ThrottleReason, Verdict};
 use arqonbus_core::{ConnId, PrincipalId, ShardId, Sid, TenantId};
 use arqonbus_proto::codec::{self, Decoded, LEN_PREFIX};
@@ -103,11 +103,12 @@ pub(crate) struct ConnShared {
     /// when it authenticates.
     ws_origin: Cell<Option<Box<str>>>,
     connected_at_ms: i64,
-    /// Its tenant and principal, once authenticated here (one `Option`:
-    /// the struct stays within mimalloc's 512-byte class inside its `Rc`).
-    owner: Cell<Option<(TenantId, PrincipalId)>>,
-    principal_name: RefCell<Arc<str>>,
-    client_name: RefCell<Box<str>>,
+    /// Its principal (and so its tenant), once authenticated here: the
+    /// entry its session's identity holds too, so keeping it costs a
+    /// count, not a copy of its name.
+    principal: RefCell<Option<Arc<PrincipalEntry>>>,
+    /// The name its `Connect` gave (`None`: empty).
+    client_name: Cell<Option<Box<str>>>,
     client_kind: Cell<v1::ClientKind>,
     /// What happens when this subscriber's queue is full.
     pub(crate) policy: Cell<SlowConsumerPolicy>,
@@ -117,15 +118,23 @@ pub(crate) struct ConnShared {
     /// Requests it received that it may answer once (kept for restricted
     /// principals with `allow_responses` only).
     replies: ReplyPermissions,
-    holds: RefCell<Option<Holds>>,
-    /// This connection's tenant's figures on this shard, once authenticated.
-    tenant_cell: RefCell<Option<Rc<TenantCell>>>,
+    /// Its quota holds and its tenant's figures on this shard, once
+    /// authenticated.
+    tenancy: RefCell<Option<Tenancy>>,
     accepted_at: Instant,
     subs: Cell<u32>,
     msgs_in: Cell<u64>,
     bytes_in: Cell<u64>,
     msgs_out: Cell<u64>,
     bytes_out: Cell<u64>,
+}
+
+/// What an authenticated connection holds of its tenant on this shard.
+struct Tenancy {
+    /// Its quota holds (connections, subscriptions).
+    holds: Holds,
+    /// Its tenant's figures on this shard.
+    cell: Rc<TenantCell>,
 }
 
 impl std::fmt::Debug for ConnShared {
@@ -159,16 +168,14 @@ impl ConnShared {
             ws: Cell::new(false),
             ws_origin: Cell::new(None),
             connected_at_ms: unix_ms(),
-            owner: Cell::new(None),
-            principal_name: RefCell::new(Arc::from("")),
-            client_name: RefCell::new(Box::default()),
+            principal: RefCell::new(None),
+            client_name: Cell::new(None),
             client_kind: Cell::new(v1::ClientKind::Unspecified),
             policy: Cell::new(SlowConsumerPolicy::Disconnect),
             stall_max: Cell::new(Duration::from_millis(100)),
             stalled_since: Cell::new(None),
             replies: ReplyPermissions::default(),
-            holds: RefCell::new(None),
-            tenant_cell: RefCell::new(None),
+            tenancy: RefCell::new(None),
             accepted_at,
             subs: Cell::new(0),
             msgs_in: Cell::new(0),
@@ -204,21 +211,22 @@ impl ConnShared {
 
     /// Its tenant, once authenticated here.
     pub(crate) fn tenant(&self) -> Option<TenantId> {
-        self.owner.get().map(|(t, _)| t)
+        self.principal.borrow().as_ref().map(|p| p.tenant)
     }
 
     /// Its principal, once authenticated here.
     pub(crate) fn principal(&self) -> Option<PrincipalId> {
-        self.owner.get().map(|(_, p)| p)
+        self.principal.borrow().as_ref().map(|p| p.id)
     }
 
     /// Takes on what a (re-)authorised identity implies.
     fn adopt(&self, id: &Identity, kind: v1::ClientKind, name: &str) {
-        self.owner.set(Some((id.tenant.id, id.principal.id)));
-        *self.principal_name.borrow_mut() = id.principal.name.clone();
-        if &**self.client_name.borrow() != name {
-            *self.client_name.borrow_mut() = name.into();
-        }
+        *self.principal.borrow_mut() = Some(Arc::clone(&id.principal));
+        let current = self.client_name.take();
+        self.client_name.set(match current {
+            Some(c) if *c == *name => Some(c),
+            _ => (!name.is_empty()).then(|| name.into()),
+        });
         self.client_kind.set(kind);
         // The principal's own slow-consumer policy wins over the tenant's.
         let (pq, tq) = (&id.principal.quotas, &id.tenant.quotas);
@@ -247,7 +255,7 @@ impl ConnShared {
     pub(crate) fn count_out(&self, bytes: usize) {
         self.msgs_out.set(self.msgs_out.get() + 1);
         self.bytes_out.set(self.bytes_out.get() + bytes as u64);
-        if let Some(t) = self.tenant_cell.borrow().as_ref() {
+        if let Some(Tenancy { cell: t, .. }) = self.tenancy.borrow().as_ref() {
             TenantCell::bump(&t.msgs_out, 1);
             TenantCell::bump(&t.bytes_out, bytes as u64);
         }
@@ -256,7 +264,7 @@ impl ConnShared {
     fn count_in(&self, bytes: usize) {
         self.msgs_in.set(self.msgs_in.get() + 1);
         self.bytes_in.set(self.bytes_in.get() + bytes as u64);
-        if let Some(t) = self.tenant_cell.borrow().as_ref() {
+        if let Some(Tenancy { cell: t, .. }) = self.tenancy.borrow().as_ref() {
             TenantCell::bump(&t.msgs_in, 1);
             TenantCell::bump(&t.bytes_in, bytes as u64);
         }
@@ -264,14 +272,14 @@ impl ConnShared {
 
     /// Counts a quota or policy rejection against its tenant.
     fn count_rejection(&self) {
-        if let Some(t) = self.tenant_cell.borrow().as_ref() {
+        if let Some(Tenancy { cell: t, .. }) = self.tenancy.borrow().as_ref() {
             TenantCell::bump(&t.quota_rejections, 1);
         }
     }
 
     /// Counts a slow-consumer cut against its tenant.
     pub(crate) fn count_slow(&self) {
-        if let Some(t) = self.tenant_cell.borrow().as_ref() {
+        if let Some(Tenancy { cell: t, .. }) = self.tenancy.borrow().as_ref() {
             TenantCell::bump(&t.slow_consumers, 1);
         }
     }
@@ -282,21 +290,28 @@ impl ConnShared {
 
     /// One of its subscriptions is gone.
     pub(crate) fn subscription_released(&self) {
-        if let Some(h) = self.holds.borrow().as_ref() {
-            h.unsubscribe(1);
+        if let Some(t) = self.tenancy.borrow().as_ref() {
+            t.holds.unsubscribe(1);
         }
         self.subs.set(self.subs.get().saturating_sub(1));
     }
 
     /// Gives back the connection's quota holds (it closed).
     pub(crate) fn release_quota(&self) {
-        if let Some(h) = self.holds.borrow_mut().take() {
-            h.unsubscribe(self.subs.replace(0));
-            h.disconnect();
+        if let Some(Tenancy { holds, cell }) = self.tenancy.borrow_mut().take() {
+            holds.unsubscribe(self.subs.replace(0));
+            holds.disconnect();
+            cell.connections
+                .set(cell.connections.get().saturating_sub(1));
         }
-        if let Some(t) = self.tenant_cell.borrow_mut().take() {
-            t.connections.set(t.connections.get().saturating_sub(1));
-        }
+    }
+
+    /// The name its `Connect` gave.
+    fn client_name(&self) -> String {
+        let name = self.client_name.take();
+        let copy = name.as_deref().unwrap_or_default().to_owned();
+        self.client_name.set(name);
+        copy
     }
 
     /// What operators see.
@@ -312,8 +327,9 @@ impl ConnShared {
             shard: shard.0,
             tenant: self.tenant(),
             principal: self.principal(),
-            principal_name: self.principal_name.borrow().to_string(),
-            client_name: self.client_name.borrow().to_string(),
+            principal_name: (self.principal.borrow().as_ref())
+                .map_or_else(String::new, |p| p.name.to_string()),
+            client_name: self.client_name(),
             client_kind: kind.to_owned(),
             remote_addr: self.peer.map(|p| p.to_string()).unwrap_or_default(),
             subscriptions: u32::try_from(subscriptions).unwrap_or(u32::MAX),
@@ -374,7 +390,7 @@ const MAX_ANSWER: usize = 256;
 /// Most loop rounds in one poll before yielding to other tasks.
 const ROUNDS_PER_POLL: usize = 8;
 
-fn now() -> Now {
+pub(crate) fn now() -> Now {
     Now {
         mono: Instant::now(),
         unix: unix_ms() / 1000,
@@ -388,7 +404,7 @@ fn now() -> Now {
 /// Every connection's task is this future, so its size is every
 /// connection's memory (the allocator rounds the task up to a size class).
 /// Hence: the stream comes boxed (8 bytes here where the stream is 120,
-/// given back once the handshake takes it, in `run`); a function returning
+/// given back once the handshake takes it, in `start`); a function returning
 /// an `async move` block, whose captures are used in place (an async fn
 /// keeps its arguments beside the bindings they move into); a refused
 /// connection is told so by a task of its own; and the span is boxed
@@ -409,13 +425,21 @@ pub(crate) fn serve<const WS: bool>(
                 return;
             }
         };
-        InSpan::new(
-            connection_span(&shard, &conn),
-            run(&shard, &conn, stream, WS),
-        )
+        // The handshake, then the connection's life, both in its span.
+        // What the handshake gives is moved on inside a block, so the task
+        // keeps no room for it while the connection lives (like `adopt`).
+        {
+            let span = connection_span(&shard, &conn);
+            let during = span.as_deref().map(|s| Box::new(s.clone()));
+            let Some((io, session)) = InSpan::new(during, start(&shard, &conn, stream, WS)).await
+            else {
+                end(&shard, &conn);
+                return;
+            };
+            InSpan::new(span, drive(&shard, &conn, io, session))
+        }
         .await;
-        conn.closing.set(true);
-        shard.unregister(&conn);
+        end(&shard, &conn);
     }
 }
 
@@ -550,43 +574,46 @@ async fn refuse_on(shard: &Shard, mut transport: Transport, refusal: &Rejection)
     futures_lite::future::or(send, glommio::timer::sleep(grace)).await;
 }
 
-async fn run(shard: &Rc<Shard>, conn: &Rc<ConnShared>, stream: Box<TcpStream>, ws: bool) {
+/// The TLS handshake or WebSocket upgrade, then the connection's I/O state
+/// and session (the TLS step taken); `None` when the handshake failed.
+async fn start(
+    shard: &Rc<Shard>,
+    conn: &Rc<ConnShared>,
+    stream: Box<TcpStream>,
+    ws: bool,
+) -> Option<(ConnIo, Session)> {
     let mut session = Session::new(Instant::now(), shard.cfg.tls.is_some());
     conn.deadline
         .set(session.next_deadline(shard.config.borrow().limits(), now()));
-    // In a block: a binding's storage lives to the end of its scope, and
-    // the task would keep the moved-from `transport` beside `io`.
-    let mut io = {
-        // Moved out in a block, so the box is given back now: a moved-from
-        // `Box` frees its memory only when its binding goes out of scope.
-        let stream = {
-            let b = stream;
-            *b
-        };
-        let transport = match Box::pin(establish(shard, stream, ws)).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::info!(shard = %shard.id, conn = %conn.id, error = %e, ws, "TLS handshake or WebSocket upgrade failed");
-                return;
-            }
-        };
-        if let Some(w) = transport.ws() {
-            conn.ws.set(true);
-            conn.ws_origin.set(w.origin().map(Box::from));
-        }
-        ConnIo::new(transport, ReadBuf::new(shard.cfg.read_chunk), false)
+    // Moved out in a block, so the box is given back now: a moved-from
+    // `Box` frees its memory only when its binding goes out of scope.
+    let stream = {
+        let b = stream;
+        *b
     };
+    let transport = match Box::pin(establish(shard, stream, ws)).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(shard = %shard.id, conn = %conn.id, error = %e, ws, "TLS handshake or WebSocket upgrade failed");
+            return None;
+        }
+    };
+    if let Some(w) = transport.ws() {
+        conn.ws.set(true);
+        conn.ws_origin.set(w.origin().map(Box::from));
+    }
+    let mut io = ConnIo::new(transport, ReadBuf::new(shard.cfg.read_chunk), false);
     if shard.cfg.tls.is_some() {
+        shard.read_clock();
         io.step(shard, conn, &mut session, Event::TlsEstablished);
     }
-    // The poll loop is awaited here, not in a nested async fn: an idle
-    // connection's task keeps one `ConnIo` and one `Session`, not two
-    // layouts of them (it doubled the task's size, about 1 KiB).
-    let ended = futures_lite::future::poll_fn(|cx| io.poll(cx, shard, conn, &mut session)).await;
-    let closing = io.finish(shard, conn, session, ended).map(Box::pin);
-    if let Some(closing) = closing {
-        closing.await;
-    }
+    Some((io, session))
+}
+
+/// A connection's task is over: it is gone from the shard.
+fn end(shard: &Shard, conn: &ConnShared) {
+    conn.closing.set(true);
+    shard.unregister(conn);
 }
 
 /// Serves a connection another shard authenticated and handed over: this
@@ -616,13 +643,16 @@ pub(crate) fn adopt(shard: Rc<Shard>, handoff: Box<Handoff>) -> impl Future<Outp
             InSpan::new(span, drive(&shard, &conn, io, session))
         }
         .await;
-        conn.closing.set(true);
-        shard.unregister(&conn);
+        end(&shard, &conn);
     }
 }
 
 /// Puts a handed-over connection together on this shard, sends its
 /// `Welcome` and processes what the client already sent.
+#[allow(
+    clippy::boxed_local,
+    reason = "moved in boxed, the box is freed here; unboxed by the caller, it would stay allocated in the task for the connection's life"
+)]
 fn take_over(shard: &Rc<Shard>, conn: &Rc<ConnShared>, handoff: Box<Handoff>) -> (ConnIo, Session) {
     let Handoff {
         transport,
@@ -638,6 +668,7 @@ fn take_over(shard: &Rc<Shard>, conn: &Rc<ConnShared>, handoff: Box<Handoff>) ->
     );
     drop(received);
     let _handoff = tracing::debug_span!("handoff", from = %from, to = %shard.id).entered();
+    shard.read_clock();
     io.welcome(shard, conn, &mut session);
     io.set_deadline(shard, conn, &session);
     io.process(shard, conn, &mut session);
@@ -727,19 +758,12 @@ pub(crate) struct ConnIo<T = Transport> {
     rbuf: ReadBuf,
     /// Bytes were handed to TLS since the last flush.
     needs_flush: bool,
-    /// When a closing connection gives up writing its final error.
-    close_at: Option<Instant>,
-    /// The code of the final error, once closing.
-    closed_with: ErrorCode,
-    /// A publish waiting for its rate limit or a publisher stall to pass
-    /// (boxed: rare, and every idle connection's task would carry its
-    /// room inline).
-    held: Option<Box<Publish>>,
-    /// When to try the held publish again.
-    timer: Option<Timer>,
-    /// The time, read once per batch (clock reads are not free on the
-    /// per-message path).
-    clock: Now,
+    /// Once closing: the final error's code, and when writing it is given
+    /// up (boxed, like `held`: rare, and every idle connection's task would
+    /// carry its room inline).
+    closed: Option<Box<Closed>>,
+    /// A publish waiting for its rate limit or a publisher stall to pass.
+    held: Option<Box<Held>>,
     /// Authenticated, and its tenant's home is this shard.
     moving: Option<ShardId>,
     /// Handed over from another shard: it does not move again.
@@ -749,7 +773,27 @@ pub(crate) struct ConnIo<T = Transport> {
     unprocessed: bool,
 }
 
+/// A closing connection's final error, and when writing it is given up.
+struct Closed {
+    code: ErrorCode,
+    at: Instant,
+}
+
+/// A publish a rate limit or a publisher stall holds, and its timer (none:
+/// try again now).
+struct Held {
+    msg: Publish,
+    timer: Option<Timer>,
+}
+
 impl<T> ConnIo<T> {
+    /// The code of the final error (`Unspecified` until closing).
+    fn closed_with(&self) -> ErrorCode {
+        self.closed
+            .as_ref()
+            .map_or(ErrorCode::Unspecified, |c| c.code)
+    }
+
     /// The receive buffer (the hot-path workloads fill it as a read would).
     pub(crate) fn rbuf_mut(&mut self) -> &mut ReadBuf {
         &mut self.rbuf
@@ -760,11 +804,8 @@ impl<T> ConnIo<T> {
             transport,
             rbuf,
             needs_flush: false,
-            close_at: None,
-            closed_with: ErrorCode::Unspecified,
+            closed: None,
             held: None,
-            timer: None,
-            clock: now(),
             moving: None,
             adopted,
             unprocessed: false,
@@ -823,7 +864,7 @@ impl ConnIo {
             if let Some(home) = self.moving {
                 return Poll::Ready(Ended::Moving(home));
             }
-            self.clock = now();
+            let clock = shard.read_clock();
             let flags = conn.take_flags();
             if flags & Flag::Shutdown as u8 != 0 {
                 self.step(shard, conn, session, Event::Shutdown);
@@ -843,8 +884,8 @@ impl ConnIo {
                 self.step(shard, conn, session, Event::SlowConsumer);
             }
             if flags & Flag::Tick as u8 != 0 {
-                let now = self.clock.mono;
-                if self.close_at.is_some_and(|t| t <= now) {
+                let now = clock.mono;
+                if self.closed.as_ref().is_some_and(|c| c.at <= now) {
                     return Poll::Ready(Ended::GraceExpired);
                 }
                 if conn.lame_at.get().is_some_and(|t| t <= now) {
@@ -853,7 +894,9 @@ impl ConnIo {
                 }
                 self.step(shard, conn, session, Event::Tick);
                 // A stall may have ended early: retry a held publish now.
-                self.timer = None;
+                if let Some(held) = self.held.as_mut() {
+                    held.timer = None;
+                }
             }
 
             let mut progress = false;
@@ -866,7 +909,7 @@ impl ConnIo {
 
             if session.state() == State::Closing {
                 if conn.out.borrow().is_empty() && !self.needs_flush {
-                    return Poll::Ready(Ended::Closed(self.closed_with));
+                    return Poll::Ready(Ended::Closed(self.closed_with()));
                 }
             } else if self.held.is_some() {
                 if self.retry_held(cx, shard, conn, session) {
@@ -895,7 +938,7 @@ impl ConnIo {
                 match Pin::new(&mut self.transport).poll_read(cx, room) {
                     Poll::Ready(Ok(0)) => {
                         let config = shard.config.borrow();
-                        session.handle(Event::Closed, self.clock, &config);
+                        session.handle(Event::Closed, shard.clock(), &config);
                         return Poll::Ready(Ended::PeerClosed);
                     }
                     Poll::Ready(Ok(n)) => {
@@ -982,21 +1025,21 @@ impl ConnIo {
         session: &Session,
     ) -> bool {
         loop {
-            if let Some(timer) = self.timer.as_mut() {
-                if Pin::new(timer).poll(cx).is_pending() {
-                    return false;
-                }
-                self.timer = None;
-            }
-            let Some(msg) = self.held.take() else {
+            let Some(mut held) = self.held.take() else {
                 return false;
             };
-            let Some(wait) = Self::gate_and_publish(shard, conn, session, msg.view()) else {
+            if let Some(timer) = held.timer.as_mut()
+                && Pin::new(timer).poll(cx).is_pending()
+            {
+                self.held = Some(held);
+                return false;
+            }
+            let Some(wait) = Self::gate_and_publish(shard, conn, session, held.msg.view()) else {
                 return true;
             };
             // Still waiting: held again as it is, not copied.
-            self.held = Some(msg);
-            self.timer = Some(Timer::new(wait));
+            held.timer = Some(Timer::new(wait));
+            self.held = Some(held);
         }
     }
 }
@@ -1010,7 +1053,7 @@ impl<T> ConnIo<T> {
     /// makes the server hold at most that much for it, not a whole read
     /// buffer's worth of answers.
     pub(crate) fn process(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session) {
-        self.clock = now();
+        let clock = shard.read_clock();
         self.unprocessed = false;
         let max_pending = shard.config.borrow().limits().max_pending_bytes;
         let mut published = false;
@@ -1046,17 +1089,12 @@ impl<T> ConnIo<T> {
                         let checked = {
                             let config = shard.config.borrow();
                             let mut memo = shard.subjects.borrow_mut();
-                            session.publish(view, self.clock, &config, &mut memo)
+                            session.publish(view, clock, &config, &mut memo)
                         };
                         match checked {
-                            Checked::Publish(msg) => Self::publish(
-                                shard,
-                                conn,
-                                session,
-                                &mut self.held,
-                                &mut self.timer,
-                                msg,
-                            ),
+                            Checked::Publish(msg) => {
+                                Self::publish(shard, conn, session, &mut self.held, msg);
+                            }
                             Checked::Step(step) => self.carry_out(shard, conn, session, step),
                         }
                         published = true;
@@ -1076,7 +1114,7 @@ impl<T> ConnIo<T> {
 
     /// Feeds one event to the session and carries out the step.
     fn step(&mut self, shard: &Rc<Shard>, conn: &ConnShared, session: &mut Session, event: Event) {
-        let t = self.clock;
+        let t = shard.clock();
         // Login throttling (`arqonbus_core::throttle`): decided before the
         // credential is checked; a refusal closes with AUTH_THROTTLED.
         let attempt = match &event {
@@ -1121,7 +1159,7 @@ impl<T> ConnIo<T> {
         session: &mut Session,
         step: Step,
     ) {
-        let t = self.clock;
+        let t = shard.clock();
         match step {
             Step::Nothing => {}
             Step::Welcome => self.welcome(shard, conn, session),
@@ -1132,14 +1170,7 @@ impl<T> ConnIo<T> {
                 Self::recheck_subscriptions(shard, conn, session);
                 crate::presence::recheck_watches(shard, conn, session);
             }
-            Step::Publish(msg) => Self::publish(
-                shard,
-                conn,
-                session,
-                &mut self.held,
-                &mut self.timer,
-                msg.view(),
-            ),
+            Step::Publish(msg) => Self::publish(shard, conn, session, &mut self.held, msg.view()),
             Step::Subscribe {
                 sid,
                 pattern,
@@ -1147,12 +1178,12 @@ impl<T> ConnIo<T> {
             } => {
                 let Some(id) = session.identity() else { return };
                 let decision = {
-                    let holds = conn.holds.borrow();
+                    let tenancy = conn.tenancy.borrow();
                     authorize::subscribe(
                         id,
                         sid,
                         &pattern,
-                        holds.as_ref().map(Holds::subscriptions),
+                        tenancy.as_ref().map(|t| t.holds.subscriptions()),
                     )
                 };
                 if let Decision::Deny(denial) = decision {
@@ -1168,8 +1199,8 @@ impl<T> ConnIo<T> {
                 match shard.subscribe(id.tenant.id, conn.id, sid, pattern, queue) {
                     Ok(()) => conn.subscription_added(),
                     Err(e) => {
-                        if let Some(h) = conn.holds.borrow().as_ref() {
-                            h.unsubscribe(1);
+                        if let Some(t) = conn.tenancy.borrow().as_ref() {
+                            t.holds.unsubscribe(1);
                         }
                         Self::reject_subscription(shard, conn, sid, e);
                     }
@@ -1203,9 +1234,8 @@ impl<T> ConnIo<T> {
     /// When the tick loop should next look at this connection.
     fn set_deadline(&self, shard: &Shard, conn: &ConnShared, session: &Session) {
         let config = shard.config.borrow();
-        let next = self
-            .close_at
-            .or_else(|| session.next_deadline(config.limits(), self.clock));
+        let next = (self.closed.as_ref().map(|c| c.at))
+            .or_else(|| session.next_deadline(config.limits(), shard.clock()));
         let lame = conn.lame_at.get();
         conn.deadline.set(match (next, lame) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -1259,10 +1289,9 @@ impl<T> ConnIo<T> {
             self.step(shard, conn, session, Event::Close { code, detail });
             return;
         }
-        *conn.holds.borrow_mut() = Some(holds);
         let cell = shard.tenant_cell(id.tenant.id);
         TenantCell::bump(&cell.connections, 1);
-        *conn.tenant_cell.borrow_mut() = Some(cell);
+        *conn.tenancy.borrow_mut() = Some(Tenancy { holds, cell });
         conn.adopt(id, session.client_kind(), session.client_name());
         let micros = u64::try_from(conn.accepted_at.elapsed().as_micros()).unwrap_or(u64::MAX);
         let _ = shard.handshake_latency.borrow_mut().record(micros.max(1));
@@ -1292,8 +1321,7 @@ impl<T> ConnIo<T> {
         shard: &Rc<Shard>,
         conn: &ConnShared,
         session: &Session,
-        held: &mut Option<Box<Publish>>,
-        timer: &mut Option<Timer>,
+        held: &mut Option<Box<Held>>,
         msg: PublishRef<'_>,
     ) {
         let Some(id) = session.identity() else { return };
@@ -1309,8 +1337,10 @@ impl<T> ConnIo<T> {
         }
         if let Some(wait) = Self::gate_and_publish(shard, conn, session, msg) {
             // Held past the batch: owned, as slices of it.
-            *held = Some(Box::new(msg.to_owned()));
-            *timer = Some(Timer::new(wait));
+            *held = Some(Box::new(Held {
+                msg: msg.to_owned(),
+                timer: Some(Timer::new(wait)),
+            }));
         }
     }
 
@@ -1419,11 +1449,10 @@ impl<T> ConnIo<T> {
         out.push_frame(&r.to_frame());
         drop(out);
         if r.close {
-            self.closed_with = r.code;
             self.held = None;
             conn.closing.set(true);
             let at = now + close_grace(shard);
-            self.close_at = Some(at);
+            self.closed = Some(Box::new(Closed { code: r.code, at }));
             conn.deadline.set(Some(at));
         }
     }
@@ -1434,7 +1463,7 @@ impl ConnIo {
     /// closes (bounded), so a reset does not destroy the error in flight.
     async fn linger(&mut self, grace: Duration) {
         // WebSocket: a close frame whose code follows the final error.
-        let code = self.closed_with;
+        let code = self.closed_with();
         if let Some(ws) = self.transport.ws_mut() {
             ws.closing_after(code);
         }
@@ -1498,34 +1527,36 @@ mod tests {
     /// bytes: idle RSS per connection 2,468 -> 1,950 B, perf/memory.py).
     /// Then `serve` and `adopt` became functions returning `async move`
     /// blocks, a refusal went to a task of its own and the span was boxed
-    /// (`InSpan`): 568 / 544 bytes, 1,950 -> 1,825 B.
+    /// (`InSpan`): 568 / 544 bytes, 1,950 -> 1,825 B. Then the clock went
+    /// to the shard, the closing and held-publish state into boxes, the
+    /// receive buffer's offsets to `u32`, and `serve`'s handshake into its
+    /// own future ahead of `drive`, as in `adopt`: 464 bytes, 1,825 ->
+    /// 1,705 B (with `ConnShared` at 432).
     #[test]
     fn a_connection_task_stays_small() {
         let serve = size_of_future(super::serve::<false>);
         let serve_ws = size_of_future(super::serve::<true>);
         let adopt = size_of_future(super::adopt);
-        // 568 / 568 / 544 bytes now, debug and release. The allocator
-        // (mimalloc) rounds a task (this plus glommio's header) up to its
-        // size class. Measured with perf/memory.py: a 568-byte future is in
-        // the 640-byte class, a 592-byte one is not (the task adds more
-        // than the 48 bytes glommio's header and schedule function
-        // account for); crossing into the 768 class costs 128 bytes of RSS
-        // per connection.
-        assert!(serve <= 568, "serve's future is {serve} bytes");
+        // 464 bytes each now, release. The allocator (mimalloc) rounds a
+        // task, this plus 48 bytes of glommio's, up to its size class: a
+        // histogram of live allocations by size (a counting allocator
+        // around mimalloc, 5,000 idle connections) put a 544-byte future's
+        // task at 577..592 bytes (the 640 class) and a 464-byte one's at
+        // 497..512. 8 bytes more costs 128 bytes of RSS per connection.
+        assert!(serve <= 464, "serve's future is {serve} bytes");
         assert!(
-            serve_ws <= 568,
+            serve_ws <= 464,
             "serve's future (WebSocket) is {serve_ws} bytes"
         );
-        assert!(adopt <= 568, "adopt's future is {adopt} bytes");
+        assert!(adopt <= 464, "adopt's future is {adopt} bytes");
     }
 
     /// Each connection's shared state lives in an `Rc` (16 bytes of counts
-    /// before it): at 496 bytes the allocation is mimalloc's 512-byte
-    /// class; 8 bytes more would make it 640 (perf/memory.py: 128 bytes of
-    /// RSS per idle connection).
+    /// before it): at 432 bytes the allocation is mimalloc's 448-byte
+    /// class; 8 bytes more would make it 512.
     #[test]
     fn a_connections_shared_state_stays_in_its_size_class() {
         let size = std::mem::size_of::<super::ConnShared>();
-        assert!(size <= 496, "ConnShared is {size} bytes");
+        assert!(size <= 432, "ConnShared is {size} bytes");
     }
 }

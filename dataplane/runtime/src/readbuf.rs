@@ -48,16 +48,17 @@ pub(crate) struct ReadBuf {
     /// The whole frames of the current read batch, split off `buf` at once.
     batch: Bytes,
     /// Where the next frame of `batch` starts.
-    pos: usize,
+    pos: u32,
     /// The buffer retired last, empty; reused once nothing references it.
     spare: Option<BytesMut>,
-    filled: usize,
-    /// The largest fresh buffer (the configured read size).
-    chunk: usize,
+    filled: u32,
+    /// The largest fresh buffer (the configured read size). Offsets and
+    /// sizes are `u32` (a buffer holds at most a few frames, each within
+    /// `Limits::max_frame`), so every connection's task, which holds this
+    /// struct, stays smaller.
+    chunk: u32,
     /// The size of the next fresh buffer.
-    next: usize,
-    /// Room offered to the last read.
-    offered: usize,
+    next: u32,
 }
 
 impl ReadBuf {
@@ -70,9 +71,8 @@ impl ReadBuf {
             pos: 0,
             spare: None,
             filled: 0,
-            chunk,
-            next: MIN_BUF,
-            offered: 0,
+            chunk: u32::try_from(chunk).unwrap_or(u32::MAX),
+            next: MIN_BUF as u32,
         }
     }
 
@@ -89,20 +89,20 @@ impl ReadBuf {
 
     /// Received bytes not yet taken as frames.
     pub(crate) fn filled(&self) -> &[u8] {
-        &self.buf[..self.filled]
+        &self.buf[..self.filled as usize]
     }
 
     /// Whether anything received is not yet handed out as a frame (whole
     /// frames of the batch, or bytes in the buffer).
     pub(crate) fn has_unprocessed(&self) -> bool {
-        self.pos < self.batch.len() || self.filled > 0
+        (self.pos as usize) < self.batch.len() || self.filled > 0
     }
 
     /// Everything received and not yet handed out, in order (a connection
     /// handed to another shard takes it along).
     pub(crate) fn unprocessed(&self) -> Vec<u8> {
-        let rest = self.batch.get(self.pos..).unwrap_or_default();
-        let mut out = Vec::with_capacity(rest.len() + self.filled);
+        let rest = self.batch.get(self.pos as usize..).unwrap_or_default();
+        let mut out = Vec::with_capacity(rest.len() + self.filled().len());
         out.extend_from_slice(rest);
         out.extend_from_slice(self.filled());
         out
@@ -122,7 +122,7 @@ impl ReadBuf {
         &mut self,
         max_frame: u32,
     ) -> Result<Option<(&Bytes, Range<usize>)>, DecodeError> {
-        if self.pos >= self.batch.len() {
+        if self.pos as usize >= self.batch.len() {
             self.release_batch();
             let mut whole = 0;
             loop {
@@ -137,18 +137,18 @@ impl ReadBuf {
         }
         // Whole by construction; a smaller limit than when it was split
         // off still refuses it.
-        let Some(total) = codec::frame_len(&self.batch[self.pos..], max_frame)? else {
+        let start = self.pos as usize;
+        let Some(total) = codec::frame_len(&self.batch[start..], max_frame)? else {
             return Err(DecodeError::Malformed);
         };
-        let start = self.pos;
-        self.pos += total;
+        self.pos = (start + total) as u32;
         Ok(Some((&self.batch, start + LEN_PREFIX..start + total)))
     }
 
     /// Drops the batch once every frame of it is handed out, so its
     /// allocation can be reused when nothing else holds it.
     fn release_batch(&mut self) {
-        if self.pos >= self.batch.len() {
+        if self.pos as usize >= self.batch.len() {
             self.batch = Bytes::new();
             self.pos = 0;
         }
@@ -164,55 +164,62 @@ impl ReadBuf {
     pub(crate) fn unfilled(&mut self, need: usize) -> &mut [u8] {
         self.release_batch();
         let min_room = need.max(MIN_ROOM);
-        if self.buf.len() - self.filled < min_room {
-            let size = (self.filled + min_room).max(self.next);
-            self.buf.truncate(self.filled);
+        let filled = self.filled as usize;
+        if self.buf.len() - filled < min_room {
+            let size = (filled + min_room).max(self.next as usize);
+            self.buf.truncate(filled);
             if !reuse(&mut self.buf, size) {
                 let mut fresh = (self.spare.take())
                     .and_then(|mut spare| reuse(&mut spare, size).then_some(spare))
                     .unwrap_or_else(|| BytesMut::zeroed(size));
-                fresh[..self.filled].copy_from_slice(&self.buf[..self.filled]);
+                fresh[..filled].copy_from_slice(&self.buf[..filled]);
                 let mut old = std::mem::replace(&mut self.buf, fresh);
                 old.clear();
                 self.spare = Some(old);
             }
         }
-        self.offered = self.buf.len() - self.filled;
-        &mut self.buf[self.filled..]
+        &mut self.buf[filled..]
     }
 
-    /// Records `n` bytes read into [`unfilled`](Self::unfilled), and sizes
-    /// the next fresh buffer by how much of the room the read used.
+    /// Records `n` bytes read into [`unfilled`](Self::unfilled) (called
+    /// right after it: the room it offered is still what is unfilled), and
+    /// sizes the next fresh buffer by how much of that room the read used.
     pub(crate) fn advance(&mut self, n: usize) {
-        self.filled = (self.filled + n).min(self.buf.len());
-        if n >= self.offered && self.offered * 2 >= self.next {
+        let filled = self.filled as usize;
+        let offered = self.buf.len() - filled;
+        self.filled = (filled + n).min(self.buf.len()) as u32;
+        let next = self.next as usize;
+        if n >= offered && offered * 2 >= next {
             // A full-size offer filled: more may be waiting, read in bigger
             // steps. (Filling the last few bytes of a buffer says nothing.)
-            self.next = (self.next * 2).min(self.chunk.max(MIN_BUF));
-        } else if n * 4 < self.offered && self.offered * 2 >= self.next {
+            self.next = self
+                .next
+                .saturating_mul(2)
+                .min(self.chunk.max(MIN_BUF as u32));
+        } else if n * 4 < offered && offered * 2 >= next {
             // A full-size offer mostly unused: the peer sends little.
-            self.next = (self.next / 2).max(MIN_BUF);
+            self.next = (self.next / 2).max(MIN_BUF as u32);
         }
     }
 
     /// The size the next fresh buffer will get.
     #[cfg(test)]
     pub(crate) fn next_size(&self) -> usize {
-        self.next
+        self.next as usize
     }
 
     /// Splits the first `n` filled bytes off.
     fn take(&mut self, n: usize) -> Bytes {
-        let n = n.min(self.filled);
-        self.filled -= n;
+        let n = n.min(self.filled as usize);
+        self.filled -= n as u32;
         self.buf.split_to(n).freeze()
     }
 
     /// Drops the first `n` filled bytes, copied out by the caller (the
     /// WebSocket edge, whose codec keeps its own copy).
     pub(crate) fn consume(&mut self, n: usize) {
-        let n = n.min(self.filled);
-        self.filled -= n;
+        let n = n.min(self.filled as usize);
+        self.filled -= n as u32;
         bytes::Buf::advance(&mut self.buf, n);
     }
 

@@ -33,7 +33,7 @@ use arqonbus_core::barrier::Barrier;
 use arqonbus_core::metrics::{ErrorCounts, ShardMetrics, TenantStats, latency_histogram};
 use arqonbus_core::ops::{ConnectionInfo, ShardStatus};
 use arqonbus_core::router::{InterestUpdate, RoutePlan, Router};
-use arqonbus_core::session::Rejection;
+use arqonbus_core::session::{Now, Rejection};
 use arqonbus_core::snapshot::ConfigSnapshot;
 use arqonbus_core::stats::ShardStats;
 use arqonbus_core::subject::SubjectMemo;
@@ -231,6 +231,11 @@ pub(crate) struct Shard {
     pub(crate) template: RefCell<MessageTemplate>,
     /// The last subject a publish on this shard was validated with.
     pub(crate) subjects: RefCell<SubjectMemo>,
+    /// The time, read when a connection's task starts a round or a read
+    /// batch ([`Shard::read_clock`]) and used until the next read: clock
+    /// reads are not free on the per-message path, and kept here rather
+    /// than in every connection's task, whose size idle connections pay.
+    clock: Cell<Now>,
     pub(crate) interest_out: RefCell<Vec<InterestUpdate>>,
     /// The subscription barrier: interest update numbers, acknowledgements
     /// and the pings waiting for them.
@@ -358,6 +363,7 @@ impl Shard {
             plan: RefCell::new(RoutePlan::default()),
             template: RefCell::new(MessageTemplate::new()),
             subjects: RefCell::new(SubjectMemo::default()),
+            clock: Cell::new(conn::now()),
             interest_out: RefCell::new(Vec::new()),
             barrier: RefCell::new(Barrier::new(id, n)),
             backpressure: Cell::new(false),
@@ -604,6 +610,21 @@ fn conn_index(id: ConnId) -> usize {
 }
 
 impl Shard {
+    // ---- the clock ---------------------------------------------------
+
+    /// Reads the clock, and keeps the reading for [`Shard::clock`].
+    pub(crate) fn read_clock(&self) -> Now {
+        let t = conn::now();
+        self.clock.set(t);
+        t
+    }
+
+    /// The time as last read (the current round or read batch of the
+    /// connection being served).
+    pub(crate) fn clock(&self) -> Now {
+        self.clock.get()
+    }
+
     // ---- connections -------------------------------------------------
 
     /// Registers a new connection (accepted here at `accepted_at`, or
