@@ -57,7 +57,7 @@ REPORT="$OUT/$NAME-$PLACEMENT.md"
 {
     echo "# \`$SCENARIO\`, placement $PLACEMENT: ArqonBus (2 shards) and nats-server"
     echo
-    echo "\`SCENARIO=\"$SCENARIO\" NAME=$NAME PLACEMENT=$PLACEMENT $0 $OUT\` ($(date -u +%F), commit $(git rev-parse --short HEAD)). Kernel work and both processes' CPU time counted over 2 s in the middle of each 4 s run; the server's CPU per delivery divides its CPU time by the run's mean rate over those 2 s."
+    echo "\`SCENARIO=\"$SCENARIO\" NAME=$NAME PLACEMENT=$PLACEMENT $0 $OUT\` ($(date -u +%F), commit $(git rev-parse --short HEAD); host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, Linux $(uname -r)). Kernel work and both processes' CPU time counted over 2 s in the middle of each 4 s run; the server's CPU per delivery divides its CPU time by the run's mean rate over those 2 s."
     echo
     echo "| run | server | deliveries/s | syscalls | io_uring requests | context switches | server CPU ms | load generator CPU ms | server CPU ns per delivery |"
     echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"

@@ -316,6 +316,23 @@ pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
+/// The host's CPU model and kernel release, for reports: ratios against
+/// nats-server moved with the host (one KVM host's AMD EPYC gave 1→1 16 B
+/// 1.6–1.8× where an earlier host gave 2.3–2.5×, the same builds).
+pub(crate) fn host() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned());
+    format!("{model}, {} cores, Linux {kernel}", cores())
+}
+
 /// Why a round looks client-bound, if it does: a client thread was pegged
 /// (it, not the server, set the pace), or the machine was saturated and the
 /// client used more of it than the server.

@@ -33,7 +33,7 @@ use crate::progress::Progress;
 use crate::scenario::{
     self, IdleSpec, Outcome, ReqReplySpec, ScenarioError, Shape, StormSpec, ThroughputSpec,
 };
-use crate::stats::{CpuProbe, client_bound, cores};
+use crate::stats::{CpuProbe, client_bound, cores, host};
 
 /// `arqonbus-perf compare` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -164,6 +164,8 @@ struct Meta {
     date: String,
     commit: String,
     host_cores: usize,
+    /// CPU model, cores and kernel (`stats::host`).
+    host: String,
     nats_server_version: String,
     /// The second nats-server's version (`nats-latest`), or "not run".
     nats_latest_version: String,
@@ -678,6 +680,7 @@ fn compare(args: &CompareArgs) -> Result<(), CompareError> {
         date: format!("{date}T{time}Z"),
         commit: commit(),
         host_cores: machine,
+        host: host(),
         nats_server_version: nats_version,
         nats_latest_version,
         arqonbus_binary: arqonbus.display().to_string(),
@@ -693,9 +696,10 @@ fn compare(args: &CompareArgs) -> Result<(), CompareError> {
     })?;
     std::fs::write(out.join(format!("{stem}.json")), json)?;
     let mut md = format!(
-        "# ArqonBus vs nats-server vs raw relay — {} (commit {})\n\n{} round(s), servers pinned to CPUs {:?}, ArqonBus {} shards ({}), {} s per throughput run; {}.{}\n\n",
+        "# ArqonBus vs nats-server vs raw relay — {} (commit {})\n\nHost: {}. {} round(s), servers pinned to CPUs {:?}, ArqonBus {} shards ({}), {} s per throughput run; {}.{}\n\n",
         meta.date,
         meta.commit,
+        meta.host,
         s.rounds,
         s.server_cpus,
         s.arqonbus_shards,
