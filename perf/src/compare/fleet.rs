@@ -552,7 +552,6 @@ impl Fleet {
             Some(_) => format!("{}-tls", system.name()),
             None => system.name().to_owned(),
         };
-        let what = what.as_str();
         let program = if system == System::NatsLatest {
             &cfg.nats_latest
         } else {
@@ -575,8 +574,8 @@ impl Fleet {
                 dir.join("server.key").display().to_string(),
             ]);
         }
-        let pid = self.spawn(what, cfg, program, &args, false)?;
-        self.wait_ready(what, addr, || true)?;
+        let pid = self.spawn(&what, cfg, program, &args, false)?;
+        self.wait_ready(&what, addr, || true)?;
         let scheme = if tls_dir.is_some() { "tls" } else { "tcp" };
         Ok(Endpoint {
             system,

@@ -386,6 +386,18 @@ mod tests {
         })
     }
 
+    /// An idle run that measured `bytes` per connection.
+    fn idle_outcome(bytes: f64) -> Outcome {
+        Outcome::Idle(IdleResult {
+            connections: 10,
+            rss_before_kib: 1,
+            rss_half_kib: 1,
+            rss_after_kib: 2,
+            bytes_per_connection: bytes,
+            connect_secs: 0.1,
+        })
+    }
+
     fn rec(round: usize, system: System, o: Outcome) -> RunRecord {
         RunRecord {
             round,
@@ -445,14 +457,7 @@ mod tests {
             let mut r = rec(0, system, tp(1.0));
             r.scenario = Scenario::Idle;
             r.size = None;
-            r.outcome = Some(Outcome::Idle(IdleResult {
-                connections: 10,
-                rss_before_kib: 1,
-                rss_half_kib: 1,
-                rss_after_kib: 2,
-                bytes_per_connection: bytes,
-                connect_secs: 0.1,
-            }));
+            r.outcome = Some(idle_outcome(bytes));
             r
         };
         let rows = summarize(&[
@@ -465,14 +470,7 @@ mod tests {
 
     #[test]
     fn idle_rows_have_their_own_metric() {
-        let o = Outcome::Idle(IdleResult {
-            connections: 10,
-            rss_before_kib: 1,
-            rss_half_kib: 1,
-            rss_after_kib: 2,
-            bytes_per_connection: 102.4,
-            connect_secs: 0.1,
-        });
+        let o = idle_outcome(102.4);
         assert_eq!(metrics(&o), vec![("RSS B/conn", 102.4)]);
         assert_eq!(size_label(Some(16384)), "16 KiB");
         assert_eq!(size_label(Some(128)), "128 B");
