@@ -33,7 +33,7 @@
 //! requester's receive buffer, which a permission kept for later must not
 //! pin. Nothing on the publish path allocates.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -129,12 +129,14 @@ pub const MAX_PENDING_REPLIES: usize = 1024;
 /// ([`ReplyPermissions::needed`]); otherwise grants are ignored and none is
 /// held. Unused, it allocates nothing, and a publish allowed by its rules
 /// never touches it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ReplyPermissions {
     /// `None` while the principal does not need them (see
     /// [`Self::set_permissions`]); boxed, so a connection that never needs
-    /// them carries one pointer (it is part of every connection's state).
-    pending: RefCell<Option<Box<Pending>>>,
+    /// them carries one pointer (it is part of every connection's state),
+    /// and in a `Cell`, taken out while used ([`Self::with`]), not a
+    /// `RefCell`: 8 bytes, not 16.
+    pending: Cell<Option<Box<Pending>>>,
 }
 
 /// The permissions held, oldest first; each entry also in `set`, once.
@@ -142,6 +144,14 @@ pub struct ReplyPermissions {
 struct Pending {
     order: VecDeque<Bytes>,
     set: FxHashSet<Bytes>,
+}
+
+impl std::fmt::Debug for ReplyPermissions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyPermissions")
+            .field("held", &self.len())
+            .finish()
+    }
 }
 
 impl ReplyPermissions {
@@ -159,62 +169,69 @@ impl ReplyPermissions {
         r
     }
 
+    /// Runs `f` on what is held, taken out of its cell and put back (none
+    /// of these methods calls another while it is out).
+    fn with<R>(&self, f: impl FnOnce(&mut Option<Box<Pending>>) -> R) -> R {
+        let mut pending = self.pending.take();
+        let r = f(&mut pending);
+        self.pending.set(pending);
+        r
+    }
+
     /// The principal's permissions are now `perms`: keeps what is held if it
     /// still needs reply permissions, forgets everything if not.
     pub fn set_permissions(&self, perms: &Permissions) {
-        let mut pending = self.pending.borrow_mut();
-        match (Self::needed(perms), pending.is_some()) {
+        self.with(|pending| match (Self::needed(perms), pending.is_some()) {
             (true, false) => *pending = Some(Box::default()),
             (false, true) => *pending = None,
             _ => {}
-        }
+        });
     }
 
     /// A request with reply subject `reply` was delivered: it may be
     /// answered once. Already permitted, or not kept: nothing changes.
     pub fn grant(&self, reply: &[u8]) {
-        let mut pending = self.pending.borrow_mut();
-        let Some(p) = pending.as_mut() else { return };
-        if p.set.contains(reply) {
-            return;
-        }
-        let reply = Bytes::copy_from_slice(reply);
-        p.set.insert(reply.clone());
-        p.order.push_back(reply);
-        if p.order.len() > MAX_PENDING_REPLIES
-            && let Some(old) = p.order.pop_front()
-        {
-            p.set.remove(&old);
-        }
+        self.with(|pending| {
+            let Some(p) = pending.as_mut() else { return };
+            if p.set.contains(reply) {
+                return;
+            }
+            let reply = Bytes::copy_from_slice(reply);
+            p.set.insert(reply.clone());
+            p.order.push_back(reply);
+            if p.order.len() > MAX_PENDING_REPLIES
+                && let Some(old) = p.order.pop_front()
+            {
+                p.set.remove(&old);
+            }
+        });
     }
 
     /// Uses up the permission to answer on `subject`, if there is one.
     pub fn take<'s>(&self, subject: impl Into<SubjectRef<'s>>) -> bool {
-        let mut pending = self.pending.borrow_mut();
-        let Some(p) = pending.as_mut() else {
-            return false;
-        };
         let s = subject.into().as_bytes();
-        if !p.set.remove(s) {
-            return false;
-        }
-        if let Some(i) = p.order.iter().position(|r| r.as_ref() == s) {
-            p.order.remove(i);
-        }
-        true
+        self.with(|pending| {
+            let Some(p) = pending.as_mut() else {
+                return false;
+            };
+            if !p.set.remove(s) {
+                return false;
+            }
+            if let Some(i) = p.order.iter().position(|r| r.as_ref() == s) {
+                p.order.remove(i);
+            }
+            true
+        })
     }
 
     /// Whether answering on `reply` is permitted now.
     pub fn contains(&self, reply: &[u8]) -> bool {
-        self.pending
-            .borrow()
-            .as_ref()
-            .is_some_and(|p| p.set.contains(reply))
+        self.with(|pending| pending.as_ref().is_some_and(|p| p.set.contains(reply)))
     }
 
     /// How many permissions are held.
     pub fn len(&self) -> usize {
-        self.pending.borrow().as_ref().map_or(0, |p| p.order.len())
+        self.with(|pending| pending.as_ref().map_or(0, |p| p.order.len()))
     }
 
     /// True when none is held.
@@ -743,10 +760,11 @@ mod tests {
         let buffer = Bytes::from(vec![b'a'; 64 * 1024]);
         let replies = ReplyPermissions::for_permissions(&restricted(true));
         replies.grant(&buffer[..8]);
-        let pending = replies.pending.borrow();
-        let kept = pending.as_ref().unwrap().order.front().unwrap();
-        assert_eq!(kept.len(), 8);
-        assert!(!buffer.as_ptr_range().contains(&kept.as_ptr()));
+        replies.with(|pending| {
+            let kept = pending.as_ref().unwrap().order.front().unwrap();
+            assert_eq!(kept.len(), 8);
+            assert!(!buffer.as_ptr_range().contains(&kept.as_ptr()));
+        });
     }
 
     // ---- quotas ----------------------------------------------------------

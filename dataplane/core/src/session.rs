@@ -441,9 +441,21 @@ impl Session {
         self.client_kind
     }
 
-    /// What the client called itself.
+    /// When the connection was accepted (the auth timeout counts from it).
+    pub fn accepted_at(&self) -> Instant {
+        self.accepted_at
+    }
+
+    /// What the client called itself (empty once taken).
     pub fn client_name(&self) -> &str {
         &self.client_name
+    }
+
+    /// Moves the client's name out, leaving it empty: once the session is
+    /// open, the runtime keeps it where operators see it, so each
+    /// connection holds it once.
+    pub fn take_client_name(&mut self) -> Box<str> {
+        std::mem::take(&mut self.client_name)
     }
 
     /// The largest frame accepted in the current state. Until the client has

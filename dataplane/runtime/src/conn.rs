@@ -59,6 +59,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
+use crate::instant_cell::InstantCell;
 use crate::outbound::Outbound;
 use crate::quota::Holds;
 use crate::readbuf::ReadBuf;
@@ -88,40 +89,39 @@ pub(crate) struct ConnShared {
     pub(crate) out: RefCell<Outbound>,
     waker: Cell<Option<Waker>>,
     flags: Cell<u8>,
-    /// When the tick loop should raise [`Flag::Tick`].
+    /// When the tick loop should raise [`Flag::Tick`] (a plain `Cell`:
+    /// set once per read batch, where an [`InstantCell`]'s conversion
+    /// showed in the publish path's instruction count).
     pub(crate) deadline: Cell<Option<Instant>>,
     /// No more deliveries: the connection is closing.
     pub(crate) closing: Cell<bool>,
     /// Lame duck: when to close this connection.
-    pub(crate) lame_at: Cell<Option<Instant>>,
+    pub(crate) lame_at: InstantCell,
     peer: Option<SocketAddr>,
     /// Handed to its tenant's home shard: not closed, only gone from here.
     pub(crate) moved: Cell<bool>,
     /// Came through the WebSocket listener.
     pub(crate) ws: Cell<bool>,
-    /// Its upgrade request's `Origin`, checked against its tenant's list
-    /// when it authenticates.
-    ws_origin: Cell<Option<Box<str>>>,
     connected_at_ms: i64,
     /// Its principal (and so its tenant), once authenticated here: the
     /// entry its session's identity holds too, so keeping it costs a
     /// count, not a copy of its name.
-    principal: RefCell<Option<Arc<PrincipalEntry>>>,
+    principal: Cell<Option<Arc<PrincipalEntry>>>,
     /// The name its `Connect` gave (`None`: empty).
     client_name: Cell<Option<Box<str>>>,
     client_kind: Cell<v1::ClientKind>,
     /// What happens when this subscriber's queue is full.
     pub(crate) policy: Cell<SlowConsumerPolicy>,
-    pub(crate) stall_max: Cell<Duration>,
+    /// How long it may stall its tenant's publishers, in milliseconds.
+    stall_max_ms: Cell<u32>,
     /// Set while this subscriber is stalling its tenant's publishers.
-    pub(crate) stalled_since: Cell<Option<Instant>>,
+    pub(crate) stalled_since: InstantCell,
     /// Requests it received that it may answer once (kept for restricted
     /// principals with `allow_responses` only).
     replies: ReplyPermissions,
     /// Its quota holds and its tenant's figures on this shard, once
     /// authenticated.
     tenancy: RefCell<Option<Tenancy>>,
-    accepted_at: Instant,
     subs: Cell<u32>,
     msgs_in: Cell<u64>,
     bytes_in: Cell<u64>,
@@ -147,14 +147,18 @@ impl std::fmt::Debug for ConnShared {
     }
 }
 
-fn unix_ms() -> i64 {
+/// How long a subscriber with policy `Stall` may stall its publishers when
+/// its quotas do not say.
+const DEFAULT_STALL_MAX_MS: u32 = 100;
+
+pub(crate) fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl ConnShared {
-    pub(crate) fn new(id: ConnId, peer: Option<SocketAddr>, accepted_at: Instant) -> Self {
+    pub(crate) fn new(id: ConnId, peer: Option<SocketAddr>, connected_at_ms: i64) -> Self {
         Self {
             id,
             out: RefCell::new(Outbound::new()),
@@ -162,21 +166,19 @@ impl ConnShared {
             flags: Cell::new(0),
             deadline: Cell::new(None),
             closing: Cell::new(false),
-            lame_at: Cell::new(None),
+            lame_at: InstantCell::none(),
             peer,
             moved: Cell::new(false),
             ws: Cell::new(false),
-            ws_origin: Cell::new(None),
-            connected_at_ms: unix_ms(),
-            principal: RefCell::new(None),
+            connected_at_ms,
+            principal: Cell::new(None),
             client_name: Cell::new(None),
             client_kind: Cell::new(v1::ClientKind::Unspecified),
             policy: Cell::new(SlowConsumerPolicy::Disconnect),
-            stall_max: Cell::new(Duration::from_millis(100)),
-            stalled_since: Cell::new(None),
+            stall_max_ms: Cell::new(DEFAULT_STALL_MAX_MS),
+            stalled_since: InstantCell::none(),
             replies: ReplyPermissions::default(),
             tenancy: RefCell::new(None),
-            accepted_at,
             subs: Cell::new(0),
             msgs_in: Cell::new(0),
             bytes_in: Cell::new(0),
@@ -209,25 +211,33 @@ impl ConnShared {
         }
     }
 
+    /// Reads its principal (taken out of its `Cell` and put back: a
+    /// `RefCell` would cost every connection 8 bytes more).
+    fn with_principal<R>(&self, f: impl FnOnce(&PrincipalEntry) -> R) -> Option<R> {
+        let principal = self.principal.take();
+        let r = principal.as_deref().map(f);
+        self.principal.set(principal);
+        r
+    }
+
     /// Its tenant, once authenticated here.
     pub(crate) fn tenant(&self) -> Option<TenantId> {
-        self.principal.borrow().as_ref().map(|p| p.tenant)
+        self.with_principal(|p| p.tenant)
     }
 
     /// Its principal, once authenticated here.
     pub(crate) fn principal(&self) -> Option<PrincipalId> {
-        self.principal.borrow().as_ref().map(|p| p.id)
+        self.with_principal(|p| p.id)
+    }
+
+    /// How long it may stall its tenant's publishers (policy `Stall`).
+    pub(crate) fn stall_max(&self) -> Duration {
+        Duration::from_millis(u64::from(self.stall_max_ms.get()))
     }
 
     /// Takes on what a (re-)authorised identity implies.
-    fn adopt(&self, id: &Identity, kind: v1::ClientKind, name: &str) {
-        *self.principal.borrow_mut() = Some(Arc::clone(&id.principal));
-        let current = self.client_name.take();
-        self.client_name.set(match current {
-            Some(c) if *c == *name => Some(c),
-            _ => (!name.is_empty()).then(|| name.into()),
-        });
-        self.client_kind.set(kind);
+    fn adopt(&self, id: &Identity) {
+        self.principal.set(Some(Arc::clone(&id.principal)));
         // The principal's own slow-consumer policy wins over the tenant's.
         let (pq, tq) = (&id.principal.quotas, &id.tenant.quotas);
         let q = if pq.slow_consumer == SlowConsumerPolicy::Disconnect {
@@ -236,10 +246,10 @@ impl ConnShared {
             pq
         };
         self.policy.set(q.slow_consumer);
-        self.stall_max.set(if q.stall_max.is_zero() {
-            Duration::from_millis(100)
+        self.stall_max_ms.set(if q.stall_max.is_zero() {
+            DEFAULT_STALL_MAX_MS
         } else {
-            q.stall_max
+            u32::try_from(q.stall_max.as_millis()).unwrap_or(u32::MAX)
         });
         self.replies.set_permissions(&id.principal.permissions);
     }
@@ -307,7 +317,7 @@ impl ConnShared {
     }
 
     /// The name its `Connect` gave.
-    fn client_name(&self) -> String {
+    pub(crate) fn client_name(&self) -> String {
         let name = self.client_name.take();
         let copy = name.as_deref().unwrap_or_default().to_owned();
         self.client_name.set(name);
@@ -327,8 +337,9 @@ impl ConnShared {
             shard: shard.0,
             tenant: self.tenant(),
             principal: self.principal(),
-            principal_name: (self.principal.borrow().as_ref())
-                .map_or_else(String::new, |p| p.name.to_string()),
+            principal_name: self
+                .with_principal(|p| p.name.to_string())
+                .unwrap_or_default(),
             client_name: self.client_name(),
             client_kind: kind.to_owned(),
             remote_addr: self.peer.map(|p| p.to_string()).unwrap_or_default(),
@@ -367,7 +378,8 @@ pub(crate) struct Handoff {
     /// Authenticated, `Welcome` not yet sent.
     session: Session,
     peer: Option<SocketAddr>,
-    accepted_at: Instant,
+    /// When it connected (Unix milliseconds, as operators see it).
+    connected_at_ms: i64,
     from: ShardId,
 }
 
@@ -452,7 +464,7 @@ fn admit(shard: &Shard, stream: &TcpStream) -> Result<Rc<ConnShared>, Rejection>
         tracing::debug!(shard = %shard.id, error = %e, "TCP_NODELAY not set");
     }
     let conn = shard
-        .register(peer, Instant::now(), false)
+        .register(peer, unix_ms(), false)
         .inspect_err(|refusal| {
             tracing::warn!(shard = %shard.id, ?peer, code = ?refusal.code, "connection refused");
         })?;
@@ -598,11 +610,12 @@ async fn start(
             return None;
         }
     };
-    if let Some(w) = transport.ws() {
-        conn.ws.set(true);
-        conn.ws_origin.set(w.origin().map(Box::from));
-    }
+    let origin = transport.ws().map(|w| w.origin().map(Box::from));
     let mut io = ConnIo::new(transport, ReadBuf::new(shard.cfg.read_chunk), false);
+    if let Some(origin) = origin {
+        conn.ws.set(true);
+        io.ws_origin = origin;
+    }
     if shard.cfg.tls.is_some() {
         shard.read_clock();
         io.step(shard, conn, &mut session, Event::TlsEstablished);
@@ -626,7 +639,7 @@ fn end(shard: &Shard, conn: &ConnShared) {
 pub(crate) fn adopt(shard: Rc<Shard>, handoff: Box<Handoff>) -> impl Future<Output = ()> {
     // Like `serve`: an `async move` block, a refusal in a task of its own.
     async move {
-        let conn = match shard.register(handoff.peer, handoff.accepted_at, true) {
+        let conn = match shard.register(handoff.peer, handoff.connected_at_ms, true) {
             Ok(conn) => conn,
             Err(refusal) => {
                 glommio::spawn_local(refuse_handoff(shard, handoff, refusal)).detach();
@@ -768,6 +781,9 @@ pub(crate) struct ConnIo<T = Transport> {
     moving: Option<ShardId>,
     /// Handed over from another shard: it does not move again.
     adopted: bool,
+    /// A WebSocket connection's upgrade request's `Origin`, checked
+    /// against its tenant's list when it authenticates.
+    ws_origin: Option<Box<str>>,
     /// Frames wait in the buffer because the connection's queue was full
     /// when they came up; processed before anything more is read.
     unprocessed: bool,
@@ -808,6 +824,7 @@ impl<T> ConnIo<T> {
             held: None,
             moving: None,
             adopted,
+            ws_origin: None,
             unprocessed: false,
         }
     }
@@ -828,7 +845,7 @@ impl ConnIo {
                     received,
                     session,
                     peer: conn.peer,
-                    accepted_at: conn.accepted_at,
+                    connected_at_ms: conn.connected_at_ms,
                     from: shard.id,
                 });
                 shard
@@ -1165,7 +1182,7 @@ impl<T> ConnIo<T> {
             Step::Welcome => self.welcome(shard, conn, session),
             Step::PermissionsChanged => {
                 if let Some(id) = session.identity() {
-                    conn.adopt(id, session.client_kind(), session.client_name());
+                    conn.adopt(id);
                 }
                 Self::recheck_subscriptions(shard, conn, session);
                 crate::presence::recheck_watches(shard, conn, session);
@@ -1248,7 +1265,7 @@ impl<T> ConnIo<T> {
         // A browser from an origin its tenant does not allow never gets a
         // `Welcome` (specs/websocket.md).
         if conn.ws.get() {
-            let origin = conn.ws_origin.take();
+            let origin = self.ws_origin.take();
             let allowed = arqonbus_core::origin::allowed(
                 shard.config.borrow().allowed_origins(id.tenant.id),
                 origin.as_deref(),
@@ -1292,8 +1309,8 @@ impl<T> ConnIo<T> {
         let cell = shard.tenant_cell(id.tenant.id);
         TenantCell::bump(&cell.connections, 1);
         *conn.tenancy.borrow_mut() = Some(Tenancy { holds, cell });
-        conn.adopt(id, session.client_kind(), session.client_name());
-        let micros = u64::try_from(conn.accepted_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+        conn.adopt(id);
+        let micros = u64::try_from(session.accepted_at().elapsed().as_micros()).unwrap_or(u64::MAX);
         let _ = shard.handshake_latency.borrow_mut().record(micros.max(1));
         let max_payload = session.max_payload();
         let welcome = shard.welcome(conn.id, &id.tenant.name, max_payload);
@@ -1312,6 +1329,11 @@ impl<T> ConnIo<T> {
             name = session.client_name(),
             "authenticated"
         );
+        // The name moves here from the session: held once, where operators
+        // and presence read it.
+        conn.client_kind.set(session.client_kind());
+        let name = session.take_client_name();
+        conn.client_name.set((!name.is_empty()).then_some(name));
     }
 
     /// Asks the core whether the principal may publish `msg`, then gates
@@ -1531,32 +1553,41 @@ mod tests {
     /// to the shard, the closing and held-publish state into boxes, the
     /// receive buffer's offsets to `u32`, and `serve`'s handshake into its
     /// own future ahead of `drive`, as in `adopt`: 464 bytes, 1,825 ->
-    /// 1,705 B (with `ConnShared` at 432).
+    /// 1,705 B (with `ConnShared` at 432). Then the receive buffer's
+    /// buffers were boxed (held only while reading) and the WebSocket
+    /// origin moved here from `ConnShared`: 392 bytes, the 448 class
+    /// (1,707 -> 1,481 B with `ConnShared` at 360, perf/memory.py).
     #[test]
     fn a_connection_task_stays_small() {
         let serve = size_of_future(super::serve::<false>);
         let serve_ws = size_of_future(super::serve::<true>);
         let adopt = size_of_future(super::adopt);
-        // 464 bytes each now, release. The allocator (mimalloc) rounds a
+        // 392 bytes each now, release. The allocator (mimalloc) rounds a
         // task, this plus 48 bytes of glommio's, up to its size class: a
         // histogram of live allocations by size (a counting allocator
         // around mimalloc, 5,000 idle connections) put a 544-byte future's
         // task at 577..592 bytes (the 640 class) and a 464-byte one's at
-        // 497..512. 8 bytes more costs 128 bytes of RSS per connection.
-        assert!(serve <= 464, "serve's future is {serve} bytes");
+        // 497..512. Over 400 bytes, the task leaves the 448 class for the
+        // 512 one: 64 bytes of RSS more per connection.
+        assert!(serve <= 400, "serve's future is {serve} bytes");
         assert!(
-            serve_ws <= 464,
+            serve_ws <= 400,
             "serve's future (WebSocket) is {serve_ws} bytes"
         );
-        assert!(adopt <= 464, "adopt's future is {adopt} bytes");
+        assert!(adopt <= 400, "adopt's future is {adopt} bytes");
     }
 
     /// Each connection's shared state lives in an `Rc` (16 bytes of counts
-    /// before it): at 432 bytes the allocation is mimalloc's 448-byte
-    /// class; 8 bytes more would make it 512.
+    /// before it). By mimalloc's bins, up to 368 bytes would share its
+    /// 384-byte class, but measured, 368 cost 60 B of RSS per idle
+    /// connection more than 360 did (`perf/memory.py --only 7`: 1,545 /
+    /// 1,553 / 1,554 B against 1,477..1,496 B), so the limit is the size
+    /// measured good. Its rare optional instants are `InstantCell`s (8
+    /// bytes, not 16), its principal and reply permissions `Cell`s, and the
+    /// WebSocket origin lives in the task, which reads it once.
     #[test]
     fn a_connections_shared_state_stays_in_its_size_class() {
         let size = std::mem::size_of::<super::ConnShared>();
-        assert!(size <= 432, "ConnShared is {size} bytes");
+        assert!(size <= 360, "ConnShared is {size} bytes");
     }
 }

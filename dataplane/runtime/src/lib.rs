@@ -29,6 +29,7 @@
 
 mod conn;
 mod doorbell;
+mod instant_cell;
 mod mesh;
 mod outbound;
 mod placement;
@@ -1318,7 +1319,7 @@ pub mod bench {
             });
             let connect = |shard: &Rc<Shard>| -> Result<Peer, FixtureError> {
                 let conn = shard
-                    .register(None, Instant::now(), false)
+                    .register(None, 0, false)
                     .map_err(|r| FixtureError(r.detail.to_owned()))?;
                 let mut peer = Peer {
                     conn,

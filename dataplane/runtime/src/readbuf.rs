@@ -13,7 +13,8 @@
 //! the configured read size) while reads fill all of a full-size offer, and
 //! halves when a read brings less than a quarter of it. A quiet
 //! connection's Ping pins about a kilobyte, not the 64 KiB a busy publisher's
-//! read uses; an idle connection holds no buffer at all.
+//! read uses; an idle connection holds no buffer at all, and its task no
+//! room for one (the buffers are boxed, [`ReadBuf`] is 24 bytes).
 //!
 //! Allocations are reused, not re-taken: when a buffer runs out of room and
 //! every frame split off it has been dropped (sent, or refused), it starts
@@ -44,13 +45,12 @@ const MIN_ROOM: usize = 256;
 
 #[derive(Debug)]
 pub(crate) struct ReadBuf {
-    buf: BytesMut,
-    /// The whole frames of the current read batch, split off `buf` at once.
-    batch: Bytes,
-    /// Where the next frame of `batch` starts.
+    /// The buffers, boxed and only while the connection is reading: an
+    /// idle connection holds none (every connection's task holds this
+    /// struct, and its size decides the task's allocator size class).
+    mem: Option<Box<Mem>>,
+    /// Where the next frame of the batch starts.
     pos: u32,
-    /// The buffer retired last, empty; reused once nothing references it.
-    spare: Option<BytesMut>,
     filled: u32,
     /// The largest fresh buffer (the configured read size). Offsets and
     /// sizes are `u32` (a buffer holds at most a few frames, each within
@@ -61,15 +61,23 @@ pub(crate) struct ReadBuf {
     next: u32,
 }
 
+/// A reading connection's buffers.
+#[derive(Debug, Default)]
+struct Mem {
+    buf: BytesMut,
+    /// The whole frames of the current read batch, split off `buf` at once.
+    batch: Bytes,
+    /// The buffer retired last, empty; reused once nothing references it.
+    spare: Option<BytesMut>,
+}
+
 impl ReadBuf {
     /// A buffer that reads up to `chunk` bytes at a time. Memory is only
     /// allocated on the first read, so idle connections cost nothing here.
     pub(crate) fn new(chunk: usize) -> Self {
         Self {
-            buf: BytesMut::new(),
-            batch: Bytes::new(),
+            mem: None,
             pos: 0,
-            spare: None,
             filled: 0,
             chunk: u32::try_from(chunk).unwrap_or(u32::MAX),
             next: MIN_BUF as u32,
@@ -89,19 +97,29 @@ impl ReadBuf {
 
     /// Received bytes not yet taken as frames.
     pub(crate) fn filled(&self) -> &[u8] {
-        &self.buf[..self.filled as usize]
+        match self.mem.as_deref() {
+            Some(m) => &m.buf[..self.filled as usize],
+            None => &[],
+        }
+    }
+
+    /// The whole frames of the batch not yet handed out.
+    fn batch_rest(&self) -> &[u8] {
+        (self.mem.as_deref())
+            .and_then(|m| m.batch.get(self.pos as usize..))
+            .unwrap_or_default()
     }
 
     /// Whether anything received is not yet handed out as a frame (whole
     /// frames of the batch, or bytes in the buffer).
     pub(crate) fn has_unprocessed(&self) -> bool {
-        (self.pos as usize) < self.batch.len() || self.filled > 0
+        !self.batch_rest().is_empty() || self.filled > 0
     }
 
     /// Everything received and not yet handed out, in order (a connection
     /// handed to another shard takes it along).
     pub(crate) fn unprocessed(&self) -> Vec<u8> {
-        let rest = self.batch.get(self.pos as usize..).unwrap_or_default();
+        let rest = self.batch_rest();
         let mut out = Vec::with_capacity(rest.len() + self.filled().len());
         out.extend_from_slice(rest);
         out.extend_from_slice(self.filled());
@@ -122,34 +140,42 @@ impl ReadBuf {
         &mut self,
         max_frame: u32,
     ) -> Result<Option<(&Bytes, Range<usize>)>, DecodeError> {
-        if self.pos as usize >= self.batch.len() {
-            self.release_batch();
+        let Some(m) = self.mem.as_deref_mut() else {
+            return Ok(None);
+        };
+        if self.pos as usize >= m.batch.len() {
+            m.batch = Bytes::new();
+            self.pos = 0;
+            let filled = &m.buf[..self.filled as usize];
             let mut whole = 0;
             loop {
-                match codec::frame_len(&self.filled()[whole..], max_frame) {
+                match codec::frame_len(&filled[whole..], max_frame) {
                     Ok(Some(total)) => whole += total,
                     Ok(None) if whole == 0 => return Ok(None),
                     Err(e) if whole == 0 => return Err(e),
                     Ok(None) | Err(_) => break,
                 }
             }
-            self.batch = self.take(whole);
+            self.filled -= whole as u32;
+            m.batch = m.buf.split_to(whole).freeze();
         }
         // Whole by construction; a smaller limit than when it was split
         // off still refuses it.
         let start = self.pos as usize;
-        let Some(total) = codec::frame_len(&self.batch[start..], max_frame)? else {
+        let Some(total) = codec::frame_len(&m.batch[start..], max_frame)? else {
             return Err(DecodeError::Malformed);
         };
         self.pos = (start + total) as u32;
-        Ok(Some((&self.batch, start + LEN_PREFIX..start + total)))
+        Ok(Some((&m.batch, start + LEN_PREFIX..start + total)))
     }
 
     /// Drops the batch once every frame of it is handed out, so its
     /// allocation can be reused when nothing else holds it.
     fn release_batch(&mut self) {
-        if self.pos as usize >= self.batch.len() {
-            self.batch = Bytes::new();
+        if let Some(m) = self.mem.as_deref_mut()
+            && self.pos as usize >= m.batch.len()
+        {
+            m.batch = Bytes::new();
             self.pos = 0;
         }
     }
@@ -163,31 +189,33 @@ impl ReadBuf {
     /// asks), and the current one becomes the spare.
     pub(crate) fn unfilled(&mut self, need: usize) -> &mut [u8] {
         self.release_batch();
+        let m = self.mem.get_or_insert_with(Box::default);
         let min_room = need.max(MIN_ROOM);
         let filled = self.filled as usize;
-        if self.buf.len() - filled < min_room {
+        if m.buf.len() - filled < min_room {
             let size = (filled + min_room).max(self.next as usize);
-            self.buf.truncate(filled);
-            if !reuse(&mut self.buf, size) {
-                let mut fresh = (self.spare.take())
+            m.buf.truncate(filled);
+            if !reuse(&mut m.buf, size) {
+                let mut fresh = (m.spare.take())
                     .and_then(|mut spare| reuse(&mut spare, size).then_some(spare))
                     .unwrap_or_else(|| BytesMut::zeroed(size));
-                fresh[..filled].copy_from_slice(&self.buf[..filled]);
-                let mut old = std::mem::replace(&mut self.buf, fresh);
+                fresh[..filled].copy_from_slice(&m.buf[..filled]);
+                let mut old = std::mem::replace(&mut m.buf, fresh);
                 old.clear();
-                self.spare = Some(old);
+                m.spare = Some(old);
             }
         }
-        &mut self.buf[filled..]
+        &mut m.buf[filled..]
     }
 
     /// Records `n` bytes read into [`unfilled`](Self::unfilled) (called
     /// right after it: the room it offered is still what is unfilled), and
     /// sizes the next fresh buffer by how much of that room the read used.
     pub(crate) fn advance(&mut self, n: usize) {
+        let len = self.mem.as_deref().map_or(0, |m| m.buf.len());
         let filled = self.filled as usize;
-        let offered = self.buf.len() - filled;
-        self.filled = (filled + n).min(self.buf.len()) as u32;
+        let offered = len - filled;
+        self.filled = (filled + n).min(len) as u32;
         let next = self.next as usize;
         if n >= offered && offered * 2 >= next {
             // A full-size offer filled: more may be waiting, read in bigger
@@ -209,10 +237,11 @@ impl ReadBuf {
     }
 
     /// Splits the first `n` filled bytes off.
+    #[cfg(test)]
     fn take(&mut self, n: usize) -> Bytes {
         let n = n.min(self.filled as usize);
         self.filled -= n as u32;
-        self.buf.split_to(n).freeze()
+        (self.mem.as_deref_mut()).map_or_else(Bytes::new, |m| m.buf.split_to(n).freeze())
     }
 
     /// Drops the first `n` filled bytes, copied out by the caller (the
@@ -220,16 +249,26 @@ impl ReadBuf {
     pub(crate) fn consume(&mut self, n: usize) {
         let n = n.min(self.filled as usize);
         self.filled -= n as u32;
-        bytes::Buf::advance(&mut self.buf, n);
+        if let Some(m) = self.mem.as_deref_mut() {
+            bytes::Buf::advance(&mut m.buf, n);
+        }
     }
 
-    /// Drops the buffer's memory when nothing is pending (idle connections).
+    /// Gives the buffers back when nothing is pending (idle connections),
+    /// and the spare in any case.
     pub(crate) fn shrink_if_idle(&mut self) {
         self.release_batch();
-        if !self.has_unprocessed() && !self.buf.is_empty() {
-            self.buf = BytesMut::new();
+        if !self.has_unprocessed() {
+            self.mem = None;
+        } else if let Some(m) = self.mem.as_deref_mut() {
+            m.spare = None;
         }
-        self.spare = None;
+    }
+
+    /// Whether it holds buffers.
+    #[cfg(test)]
+    fn holds_memory(&self) -> bool {
+        self.mem.is_some()
     }
 }
 
@@ -320,7 +359,7 @@ mod tests {
         assert_eq!(rb.filled(), b"abc");
         rb.take(3);
         rb.shrink_if_idle();
-        assert!(rb.spare.is_none());
+        assert!(!rb.holds_memory());
     }
 
     #[test]

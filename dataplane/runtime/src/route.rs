@@ -455,7 +455,7 @@ impl Shard {
                         let now = Instant::now();
                         let since = c.stalled_since.get();
                         let over_time =
-                            since.is_some_and(|t| now.duration_since(t) > c.stall_max.get());
+                            since.is_some_and(|t| now.duration_since(t) > c.stall_max());
                         // Headroom for what was already in flight (from
                         // other shards' rings) when the stall took hold.
                         if over_time || out.held() + len > max.saturating_mul(STALL_HEADROOM) {
@@ -466,7 +466,7 @@ impl Shard {
                         if since.is_none() {
                             c.stalled_since.set(Some(now));
                             if let Some(t) = c.tenant() {
-                                self.stall(t, now + c.stall_max.get());
+                                self.stall(t, now + c.stall_max());
                             }
                             stats.stalls += 1;
                         }

@@ -330,6 +330,7 @@ impl Shard {
     /// A shard with no connections and no tasks yet: [`run`] starts its
     /// loops; the hot-path workloads (`crate::bench`) drive it directly.
     pub(crate) fn new(parts: ShardParts) -> Rc<Self> {
+        crate::instant_cell::init();
         let ShardParts {
             id,
             cfg,
@@ -627,12 +628,13 @@ impl Shard {
 
     // ---- connections -------------------------------------------------
 
-    /// Registers a new connection (accepted here at `accepted_at`, or
-    /// `adopted` from another shard), or says why it is refused.
+    /// Registers a new connection (accepted here, or `adopted` from another
+    /// shard; it connected at `connected_at_ms`, Unix milliseconds), or says
+    /// why it is refused.
     pub(crate) fn register(
         &self,
         peer: Option<SocketAddr>,
-        accepted_at: Instant,
+        connected_at_ms: i64,
         adopted: bool,
     ) -> Result<Rc<ConnShared>, Rejection> {
         let mut conns = self.conns.borrow_mut();
@@ -668,7 +670,7 @@ impl Shard {
         let id = ConnId(
             (u64::from(self.id.0) << 56) | (u64::from(generation) << 32) | entry.key() as u64,
         );
-        let conn = Rc::new(ConnShared::new(id, peer, accepted_at));
+        let conn = Rc::new(ConnShared::new(id, peer, connected_at_ms));
         entry.insert(conn.clone());
         self.placement.set_open(self.id, conns.len());
         if !adopted {

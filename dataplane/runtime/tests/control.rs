@@ -539,6 +539,18 @@ fn operators_list_kick_drain_and_resume() {
         .unwrap();
     assert_eq!((mine.shard, mine.subscriptions), (1, 1));
     assert_eq!(mine.tenant, Some(TenantId(1)));
+    // What its `Connect` said, held once per connection (moved out of the
+    // session when it opened), and when it connected.
+    assert_eq!(mine.client_name, "raw-test");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (now_ms - 60_000..=now_ms).contains(&mine.connected_at_unix_ms),
+        "connected at {}",
+        mine.connected_at_unix_ms
+    );
 
     assert!(dp.kick(mine.id).unwrap());
     expect_error(&mut on1, ErrorCode::DisconnectedByOperator, true);
