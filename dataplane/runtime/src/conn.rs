@@ -1,5 +1,7 @@
-//! One connection's task: TLS handshake, then a single poll loop that writes
-//! queued frames and reads and processes many frames per read.
+//! One connection's tasks: the TLS handshake or WebSocket upgrade in a
+//! short-lived one ([`serve`]), then, for the rest of its life, [`Life`]: a
+//! single poll loop that writes queued frames and reads and processes many
+//! frames per read.
 //!
 //! The task owns the socket, the receive buffer and the [`Session`]. What
 //! other tasks of the shard may touch lives in [`ConnShared`]: the outbound
@@ -409,21 +411,20 @@ pub(crate) fn now() -> Now {
     }
 }
 
-/// Serves one accepted connection until it ends. `WS`: it came through
-/// the WebSocket listener (the upgrade after TLS, then the native protocol,
-/// one frame per binary WebSocket message, `crate::ws`).
+/// Accepts one connection: registers it, runs its TLS handshake or
+/// WebSocket upgrade (when configured), then hands it to a task of its
+/// own, [`Life`], for the rest of its life. `WS`: it came through the
+/// WebSocket listener (the upgrade after TLS, then the native protocol, one
+/// frame per binary WebSocket message, `crate::ws`).
 ///
-/// Every connection's task is this future, so its size is every
-/// connection's memory (the allocator rounds the task up to a size class).
-/// Hence: the stream comes boxed (8 bytes here where the stream is 120,
-/// given back once the handshake takes it, in `start`); a function returning
-/// an `async move` block, whose captures are used in place (an async fn
-/// keeps its arguments beside the bindings they move into); a refused
-/// connection is told so by a task of its own; and the span is boxed
-/// ([`InSpan`]).
+/// This task lives only through the handshake; every connection's memory
+/// is its [`Life`] task, which holds no room for the handshake's state. The
+/// stream comes boxed (8 bytes where it is 120, given back once the
+/// handshake takes it, in `start`), a refused connection is told so by a
+/// task of its own, and the span is boxed ([`InSpan`]).
 #[expect(
     clippy::manual_async_fn,
-    reason = "an async fn would keep its arguments twice in every connection's task"
+    reason = "an async fn would keep its arguments twice in the task"
 )]
 pub(crate) fn serve<const WS: bool>(
     shard: Rc<Shard>,
@@ -438,20 +439,90 @@ pub(crate) fn serve<const WS: bool>(
             }
         };
         // The handshake, then the connection's life, both in its span.
-        // What the handshake gives is moved on inside a block, so the task
-        // keeps no room for it while the connection lives (like `adopt`).
-        {
-            let span = connection_span(&shard, &conn);
-            let during = span.as_deref().map(|s| Box::new(s.clone()));
-            let Some((io, session)) = InSpan::new(during, start(&shard, &conn, stream, WS)).await
-            else {
-                end(&shard, &conn);
-                return;
-            };
-            InSpan::new(span, drive(&shard, &conn, io, session))
+        let span = connection_span(&shard, &conn);
+        let during = span.as_deref().map(|s| Box::new(s.clone()));
+        match InSpan::new(during, start(&shard, &conn, stream, WS)).await {
+            Some((io, session)) => {
+                glommio::spawn_local(Life::new(shard, conn, span, io, session)).detach();
+            }
+            None => end(&shard, &conn),
         }
-        .await;
-        end(&shard, &conn);
+    }
+}
+
+/// An established connection's task, from its handshake (or its hand-over
+/// from another shard) until it ends or moves: the poll loop
+/// ([`ConnIo::poll`]), then, once closing, the linger after a final error.
+///
+/// Written by hand rather than as an `async` block so that every
+/// connection's task holds exactly this: the shard and the connection, the
+/// span (boxed, [`InSpan`]), the I/O state and the session; no references
+/// among them and no room for anything else. The closing phase is boxed:
+/// it is brief, and its room would cost every live connection.
+pub(crate) struct Life {
+    shard: Rc<Shard>,
+    conn: Rc<ConnShared>,
+    span: Option<Box<tracing::Span>>,
+    state: LifeState,
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the open state is the task's reason to exist, inline on purpose: boxed, it would be a second allocation per connection"
+)]
+enum LifeState {
+    Open { io: ConnIo, session: Session },
+    Closing(Pin<Box<dyn Future<Output = ()>>>),
+    Over,
+}
+
+impl Life {
+    fn new(
+        shard: Rc<Shard>,
+        conn: Rc<ConnShared>,
+        span: Option<Box<tracing::Span>>,
+        io: ConnIo,
+        session: Session,
+    ) -> Self {
+        Self {
+            shard,
+            conn,
+            span,
+            state: LifeState::Open { io, session },
+        }
+    }
+}
+
+impl Future for Life {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let _entered = this.span.as_deref().map(tracing::Span::enter);
+        loop {
+            let ended = match &mut this.state {
+                LifeState::Open { io, session } => {
+                    std::task::ready!(io.poll(cx, &this.shard, &this.conn, session))
+                }
+                LifeState::Closing(closing) => {
+                    std::task::ready!(closing.as_mut().poll(cx));
+                    this.state = LifeState::Over;
+                    end(&this.shard, &this.conn);
+                    return Poll::Ready(());
+                }
+                LifeState::Over => return Poll::Ready(()),
+            };
+            if let LifeState::Open { io, session } =
+                std::mem::replace(&mut this.state, LifeState::Over)
+                && let Some(closing) = io.finish(&this.shard, &this.conn, session, ended)
+            {
+                // Polled next round, so it registers its wake-ups.
+                this.state = LifeState::Closing(Box::pin(closing));
+                continue;
+            }
+            end(&this.shard, &this.conn);
+            return Poll::Ready(());
+        }
     }
 }
 
@@ -629,12 +700,12 @@ fn end(shard: &Shard, conn: &ConnShared) {
     shard.unregister(conn);
 }
 
-/// Serves a connection another shard authenticated and handed over: this
+/// Takes a connection another shard authenticated and handed over: this
 /// shard is its tenant's home. Sends the `Welcome`, processes what the
-/// client already sent, then serves it like any other.
+/// client already sent, then gives it its [`Life`] task, like any other.
 #[expect(
     clippy::manual_async_fn,
-    reason = "an async fn would keep its arguments twice in every handed-over connection's task"
+    reason = "an async fn would keep its arguments twice in the task"
 )]
 pub(crate) fn adopt(shard: Rc<Shard>, handoff: Box<Handoff>) -> impl Future<Output = ()> {
     // Like `serve`: an `async move` block, a refusal in a task of its own.
@@ -647,16 +718,9 @@ pub(crate) fn adopt(shard: Rc<Shard>, handoff: Box<Handoff>) -> impl Future<Outp
             }
         };
         shard.stats.borrow_mut().moved_in += 1;
-        // Built in a block, then moved into `drive`: the task keeps one
-        // `ConnIo` and one `Session` (bindings still in scope at the await
-        // would keep their moved-from storage too).
-        {
-            let span = connection_span(&shard, &conn);
-            let (io, session) = take_over(&shard, &conn, handoff);
-            InSpan::new(span, drive(&shard, &conn, io, session))
-        }
-        .await;
-        end(&shard, &conn);
+        let span = connection_span(&shard, &conn);
+        let (io, session) = take_over(&shard, &conn, handoff);
+        glommio::spawn_local(Life::new(shard, conn, span, io, session)).detach();
     }
 }
 
@@ -664,7 +728,7 @@ pub(crate) fn adopt(shard: Rc<Shard>, handoff: Box<Handoff>) -> impl Future<Outp
 /// `Welcome` and processes what the client already sent.
 #[allow(
     clippy::boxed_local,
-    reason = "moved in boxed, the box is freed here; unboxed by the caller, it would stay allocated in the task for the connection's life"
+    reason = "it crosses shards boxed; taken apart here, its box is freed before the connection's task starts"
 )]
 fn take_over(shard: &Rc<Shard>, conn: &Rc<ConnShared>, handoff: Box<Handoff>) -> (ConnIo, Session) {
     let Handoff {
@@ -700,32 +764,6 @@ async fn refuse_handoff(shard: Rc<Shard>, handoff: Box<Handoff>, refusal: Reject
     refuse_on(&shard, transport, &refusal).await;
 }
 
-/// Runs an established connection until it ends or moves.
-///
-/// A function returning an `async move` block, not an `async fn`: an async
-/// fn keeps its arguments in the task beside the bindings it moves them
-/// into (`ConnIo` and `Session`, 448 bytes, twice); a block's captures are
-/// used in place.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn would keep io and session twice in every handed-over connection's task"
-)]
-fn drive<'a>(
-    shard: &'a Rc<Shard>,
-    conn: &'a Rc<ConnShared>,
-    mut io: ConnIo,
-    mut session: Session,
-) -> impl Future<Output = ()> + 'a {
-    async move {
-        let ended =
-            futures_lite::future::poll_fn(|cx| io.poll(cx, shard, conn, &mut session)).await;
-        let closing = io.finish(shard, conn, session, ended).map(Box::pin);
-        if let Some(closing) = closing {
-            closing.await;
-        }
-    }
-}
-
 impl ConnIo {
     /// After the poll loop: hands a moving connection over, or returns what
     /// is left to do for a closing one (linger after a final error, then
@@ -737,7 +775,7 @@ impl ConnIo {
         conn: &Rc<ConnShared>,
         session: Session,
         ended: Ended,
-    ) -> Option<impl Future<Output = ()>> {
+    ) -> Option<impl Future<Output = ()> + use<>> {
         if let Ended::Moving(home) = ended {
             self.hand_over(shard, conn, session, home);
             return None;
@@ -1543,38 +1581,41 @@ mod tests {
     /// 1 KiB of RSS per idle connection); rarely used phases are boxed.
     /// An async fn keeps its arguments for the task's whole life, beside
     /// the bindings it moves them into, and a moved-from binding keeps its
-    /// storage while it is in scope: the stream is passed boxed, `drive`
-    /// returns an `async move` block, and values moved on are bound in
-    /// blocks that end before the long await (1,152 / 1,088 -> 696 / 624
-    /// bytes: idle RSS per connection 2,468 -> 1,950 B, perf/memory.py).
-    /// Then `serve` and `adopt` became functions returning `async move`
-    /// blocks, a refusal went to a task of its own and the span was boxed
-    /// (`InSpan`): 568 / 544 bytes, 1,950 -> 1,825 B. Then the clock went
-    /// to the shard, the closing and held-publish state into boxes, the
-    /// receive buffer's offsets to `u32`, and `serve`'s handshake into its
-    /// own future ahead of `drive`, as in `adopt`: 464 bytes, 1,825 ->
-    /// 1,705 B (with `ConnShared` at 432). Then the receive buffer's
-    /// buffers were boxed (held only while reading) and the WebSocket
-    /// origin moved here from `ConnShared`: 392 bytes, the 448 class
-    /// (1,707 -> 1,481 B with `ConnShared` at 360, perf/memory.py).
+    /// storage while it is in scope: the stream is passed boxed, and values
+    /// moved on are bound in blocks that end before the long await (1,152 /
+    /// 1,088 -> 696 / 624 bytes: idle RSS per connection 2,468 -> 1,950 B,
+    /// perf/memory.py). Then a refusal went to a task of its own and the
+    /// span was boxed (`InSpan`): 568 / 544 bytes, 1,950 -> 1,825 B. Then
+    /// the clock went to the shard, the closing and held-publish state into
+    /// boxes, the receive buffer's offsets to `u32`: 464 bytes, 1,825 ->
+    /// 1,705 B. Then the receive buffer's buffers were boxed (held only
+    /// while reading) and the WebSocket origin moved here from
+    /// `ConnShared`: 392 bytes, the 448 class (1,707 -> 1,481 B with
+    /// `ConnShared` at 360). Then the handshake got a task of its own and
+    /// the connection's life became [`super::Life`], a future written by
+    /// hand: 320 bytes, the 384 class.
     #[test]
     fn a_connection_task_stays_small() {
+        // The allocator (mimalloc) rounds a task, this plus 48 bytes of
+        // glommio's, up to its size class: a histogram of live allocations
+        // by size (a counting allocator around mimalloc, 5,000 idle
+        // connections) put a 544-byte future's task at 577..592 bytes (the
+        // 640 class) and a 464-byte one's at 497..512. Over 336 bytes, the
+        // task leaves the 384 class for the 448 one: 64 bytes of RSS more
+        // per connection.
+        let life = std::mem::size_of::<super::Life>();
+        assert!(life <= 336, "a connection's life task is {life} bytes");
+        // Only while the handshake runs (TLS, WebSocket upgrade), but every
+        // connection in it holds this: 208 bytes, the 256 class.
         let serve = size_of_future(super::serve::<false>);
         let serve_ws = size_of_future(super::serve::<true>);
         let adopt = size_of_future(super::adopt);
-        // 392 bytes each now, release. The allocator (mimalloc) rounds a
-        // task, this plus 48 bytes of glommio's, up to its size class: a
-        // histogram of live allocations by size (a counting allocator
-        // around mimalloc, 5,000 idle connections) put a 544-byte future's
-        // task at 577..592 bytes (the 640 class) and a 464-byte one's at
-        // 497..512. Over 400 bytes, the task leaves the 448 class for the
-        // 512 one: 64 bytes of RSS more per connection.
-        assert!(serve <= 400, "serve's future is {serve} bytes");
+        assert!(serve <= 208, "serve's future is {serve} bytes");
         assert!(
-            serve_ws <= 400,
+            serve_ws <= 208,
             "serve's future (WebSocket) is {serve_ws} bytes"
         );
-        assert!(adopt <= 400, "adopt's future is {adopt} bytes");
+        assert!(adopt <= 208, "adopt's future is {adopt} bytes");
     }
 
     /// Each connection's shared state lives in an `Rc` (16 bytes of counts
