@@ -7,7 +7,7 @@
 //! other tasks of the shard may touch lives in [`ConnShared`]: the outbound
 //! queue (deliveries append to it), a waker, flags (tick, slow consumer,
 //! shutdown, kick, re-authorise), what operators see in listings, and the
-//! connection's quota holds. One task per connection, reading and writing
+//! connection's quota holds. One task at a time per connection, reading and writing
 //! from the same poll, means the socket is never shared and no wake-up is
 //! lost.
 //!
@@ -149,6 +149,16 @@ impl std::fmt::Debug for ConnShared {
     }
 }
 
+/// Reads what `cell` holds, taken out and put back: a `RefCell` would cost
+/// every connection's shared state 8 bytes more per field. `f` must not
+/// reach the same cell (it would see the default).
+fn peek<T: Default, R>(cell: &Cell<T>, f: impl FnOnce(&T) -> R) -> R {
+    let value = cell.take();
+    let r = f(&value);
+    cell.set(value);
+    r
+}
+
 /// How long a subscriber with policy `Stall` may stall its publishers when
 /// its quotas do not say.
 const DEFAULT_STALL_MAX_MS: u32 = 100;
@@ -213,13 +223,14 @@ impl ConnShared {
         }
     }
 
-    /// Reads its principal (taken out of its `Cell` and put back: a
-    /// `RefCell` would cost every connection 8 bytes more).
+    /// Reads its principal.
     fn with_principal<R>(&self, f: impl FnOnce(&PrincipalEntry) -> R) -> Option<R> {
-        let principal = self.principal.take();
-        let r = principal.as_deref().map(f);
-        self.principal.set(principal);
-        r
+        peek(&self.principal, |p| p.as_deref().map(f))
+    }
+
+    /// Reads the name its `Connect` gave (empty: none).
+    pub(crate) fn with_client_name<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        peek(&self.client_name, |n| f(n.as_deref().unwrap_or_default()))
     }
 
     /// Its tenant, once authenticated here.
@@ -251,7 +262,8 @@ impl ConnShared {
         self.stall_max_ms.set(if q.stall_max.is_zero() {
             DEFAULT_STALL_MAX_MS
         } else {
-            u32::try_from(q.stall_max.as_millis()).unwrap_or(u32::MAX)
+            // Rounded up: a limit under a millisecond is not "none".
+            u32::try_from(q.stall_max.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX)
         });
         self.replies.set_permissions(&id.principal.permissions);
     }
@@ -319,11 +331,8 @@ impl ConnShared {
     }
 
     /// The name its `Connect` gave.
-    pub(crate) fn client_name(&self) -> String {
-        let name = self.client_name.take();
-        let copy = name.as_deref().unwrap_or_default().to_owned();
-        self.client_name.set(name);
-        copy
+    fn client_name(&self) -> String {
+        self.with_client_name(str::to_owned)
     }
 
     /// What operators see.
@@ -516,7 +525,7 @@ impl Future for Life {
                 std::mem::replace(&mut this.state, LifeState::Over)
                 && let Some(closing) = io.finish(&this.shard, &this.conn, session, ended)
             {
-                // Polled next round, so it registers its wake-ups.
+                // Polled in the next iteration, so it registers its wake-ups.
                 this.state = LifeState::Closing(Box::pin(closing));
                 continue;
             }
@@ -815,7 +824,7 @@ pub(crate) struct ConnIo<T = Transport> {
     closed: Option<Box<Closed>>,
     /// A publish waiting for its rate limit or a publisher stall to pass.
     held: Option<Box<Held>>,
-    /// Authenticated, and its tenant's home is this shard.
+    /// Authenticated, and its tenant's home is another shard.
     moving: Option<ShardId>,
     /// Handed over from another shard: it does not move again.
     adopted: bool,

@@ -98,7 +98,7 @@ pub(crate) fn track(
     let member = Arc::new(Member {
         client_id: conn.id.0,
         kind: session.client_kind(),
-        name: conn.client_name().into(),
+        name: conn.with_client_name(|n| Arc::from(n)),
         metadata,
     });
     let (mut deltas, mut events) = (Vec::new(), Vec::new());
