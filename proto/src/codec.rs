@@ -147,6 +147,34 @@ impl PublishView<'_> {
 
 /// Where `part` lies in `buf`, as a range of it: `Some(0..0)` when `part` is
 /// empty, `None` when it is not within `buf`.
+/// Whether two byte strings are equal: `a == b`, with the short lengths a
+/// subject has compared as two overlapping words inline rather than by a
+/// call to `memcmp` (the publish path compares each subject with what the
+/// shard saw last, up to three times per publish). A unit test and a
+/// proptest hold it to `==`.
+#[inline]
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    #[inline]
+    fn ends<const N: usize>(a: &[u8], b: &[u8]) -> bool {
+        a.first_chunk::<N>() == b.first_chunk::<N>() && a.last_chunk::<N>() == b.last_chunk::<N>()
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    // Longest first: most subjects are 16 bytes or more.
+    if n >= 16 {
+        if n <= 32 { ends::<16>(a, b) } else { a == b }
+    } else if n >= 8 {
+        ends::<8>(a, b)
+    } else if n >= 4 {
+        ends::<4>(a, b)
+    } else {
+        // 0 to 3 bytes: the first, middle and last cover them all.
+        a.first() == b.first() && a.get(n / 2) == b.get(n / 2) && a.last() == b.last()
+    }
+}
+
 #[inline]
 pub fn range_in(buf: &[u8], part: &[u8]) -> Option<Range<usize>> {
     if part.is_empty() {
@@ -419,7 +447,10 @@ impl MessageTemplate {
         if plain
             && let Some(head) = self.plain_head
             && head == bytes_field_len(tags::MESSAGE_SUBJECT, subject.len())
-            && self.common.get(head - subject.len()..head) == Some(subject)
+            && self
+                .common
+                .get(head - subject.len()..head)
+                .is_some_and(|s| same_bytes(s, subject))
         {
             // The same subject field (its key and length follow from the
             // length): only the payload part changes.
@@ -753,7 +784,44 @@ mod tests {
         )
     }
 
+    #[test]
+    fn same_bytes_is_equality_at_every_length_and_position() {
+        for n in 0..=70usize {
+            let a: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            assert!(same_bytes(&a, &a.clone()), "len {n}");
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 0x20;
+                assert!(!same_bytes(&a, &b), "len {n}, byte {i}");
+            }
+            let mut longer = a.clone();
+            longer.push(0);
+            assert!(
+                !same_bytes(&a, &longer) && !same_bytes(&longer, &a),
+                "len {n}"
+            );
+        }
+    }
+
     proptest! {
+        #[test]
+        fn same_bytes_agrees_with_eq(
+            a in proptest::collection::vec(any::<u8>(), 0..48),
+            at in any::<proptest::sample::Index>(),
+            flip in 0u8..3,
+            longer in any::<bool>(),
+        ) {
+            let mut b = a.clone();
+            if flip > 0 && !b.is_empty() {
+                b[at.index(a.len())] ^= flip;
+            }
+            if longer {
+                b.push(flip);
+            }
+            prop_assert_eq!(same_bytes(&a, &b), a == b);
+            prop_assert_eq!(same_bytes(&b, &a), a == b);
+        }
+
         #[test]
         fn template_matches_prost(
             sid in any::<u64>(),

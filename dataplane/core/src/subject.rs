@@ -18,6 +18,7 @@
 
 use std::fmt;
 
+use arqonbus_proto::codec::same_bytes;
 use bytes::Bytes;
 
 /// Most tokens in one subject or pattern.
@@ -301,7 +302,7 @@ impl SubjectMemo {
         raw: &'a [u8],
         max_len: usize,
     ) -> Result<SubjectRef<'a>, SubjectError> {
-        if raw.len() <= max_len && !self.0.is_empty() && *raw == *self.0 {
+        if raw.len() <= max_len && !self.0.is_empty() && same_bytes(raw, &self.0) {
             return Ok(SubjectRef(raw));
         }
         let subject = SubjectRef::parse(raw, max_len)?;

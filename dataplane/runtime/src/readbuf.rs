@@ -363,6 +363,34 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_shrink_drops_the_spare_but_keeps_unprocessed_bytes() {
+        let mut rb = ReadBuf::new(MIN_BUF);
+        // A frame still queued keeps the first allocation: the next read
+        // goes to a second one, and the first becomes the spare.
+        let queued = read_frame(&mut rb, MIN_BUF, 7);
+        rb.unfilled(0)[..3].copy_from_slice(b"par");
+        rb.advance(3);
+        let has_spare = |rb: &ReadBuf| rb.mem.as_deref().is_some_and(|m| m.spare.is_some());
+        assert!(has_spare(&rb));
+        // Part of a frame is waiting for the rest: the buffer holding it
+        // stays, the spare goes.
+        rb.shrink_if_idle();
+        assert!(rb.holds_memory());
+        assert!(!has_spare(&rb));
+        assert_eq!(rb.filled(), b"par");
+        // The rest arrives in the same buffer, and the frame is whole.
+        let room = rb.unfilled(0);
+        room[..3].copy_from_slice(b"tly");
+        rb.advance(3);
+        assert_eq!(&rb.take(6)[..], b"partly");
+        // Nothing unprocessed: everything is given back, though a frame
+        // taken from it is still queued (it holds its own reference).
+        rb.shrink_if_idle();
+        assert!(!rb.holds_memory());
+        assert!(queued.iter().all(|&b| b == 7) && queued.len() == MIN_BUF);
+    }
+
+    #[test]
     fn buffers_grow_while_reads_fill_them_and_shrink_when_they_do_not() {
         let mut rb = ReadBuf::new(64 * 1024);
         // A quiet peer: a small first buffer.

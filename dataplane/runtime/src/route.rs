@@ -249,11 +249,27 @@ impl Shard {
     /// of payloads from it), and the message is made owned only for the
     /// copies that cross to other shards and are not borrowed from a batch.
     pub(crate) fn publish(&self, tenant: TenantId, conn: ConnId, echo: bool, msg: PublishRef<'_>) {
-        // Sampled messages get a span (unsampled ones: nothing at all).
-        let sample = self
-            .sample()
-            .map(|at| self.sample_publish(at, tenant, &msg));
-        let _entered = sample.as_ref().map(|s| s.span.enter());
+        // Sampled messages get a span (unsampled ones: nothing at all, not
+        // even a guard to drop).
+        match self.sample() {
+            None => self.route_publish(tenant, conn, echo, &msg, None),
+            Some(at) => {
+                let sample = self.sample_publish(at, tenant, &msg);
+                let _entered = sample.span.enter();
+                self.route_publish(tenant, conn, echo, &msg, Some(&sample));
+            }
+        }
+    }
+
+    /// [`Self::publish`], given its sample if it has one.
+    fn route_publish(
+        &self,
+        tenant: TenantId,
+        conn: ConnId,
+        echo: bool,
+        msg: &PublishRef<'_>,
+        sample: Option<&Sample>,
+    ) {
         {
             let mut stats = self.stats.borrow_mut();
             stats.msgs_in += 1;
@@ -289,34 +305,39 @@ impl Shard {
         }
 
         if !plan.local.is_empty() {
-            // A sampled message's local deliveries: a `deliver` span inside
-            // `publish`, like the one a receiving shard opens.
-            let _deliver = sample.as_ref().map(|_| {
-                tracing::debug_span!(
+            let local = || {
+                let mut t = self.template.borrow_mut();
+                t.prepare(
+                    msg.subject.as_bytes(),
+                    msg.reply.map_or(&[][..], |r| r.as_bytes()),
+                    msg.headers,
+                    MessageStatus::Ok.into(),
+                    msg.payload.len(),
+                );
+                self.deliver(
+                    &plan.local,
+                    &t,
+                    msg.payload_owner(),
+                    msg.payload,
+                    msg.reply.map(SubjectRef::as_bytes),
+                );
+            };
+            if sample.is_some() {
+                // A sampled message's local deliveries: a `deliver` span
+                // inside `publish`, like the one a receiving shard opens.
+                let _deliver = tracing::debug_span!(
                     "deliver",
                     shard = %self.id,
                     %tenant,
                     subject = %msg.subject,
                     trace_id = trace_id(msg.headers).unwrap_or(""),
                 )
-                .entered()
-            });
-            let mut t = self.template.borrow_mut();
-            t.prepare(
-                msg.subject.as_bytes(),
-                msg.reply.map_or(&[][..], |r| r.as_bytes()),
-                msg.headers,
-                MessageStatus::Ok.into(),
-                msg.payload.len(),
-            );
-            self.deliver(
-                &plan.local,
-                &t,
-                msg.payload_owner(),
-                msg.payload,
-                msg.reply.map(SubjectRef::as_bytes),
-            );
-            self.record_latency(sample.as_ref());
+                .entered();
+                local();
+                self.record_latency(sample);
+            } else {
+                local();
+            }
         }
         if !plan.remote.is_empty() {
             // Staged on each link, sealed into one ring entry per link at
@@ -324,7 +345,7 @@ impl Shard {
             // A publish borrowed from a read batch crosses as offsets into
             // it, the batch held once per ring entry (`mesh::Copies`); any
             // other crosses owned.
-            let in_batch = in_batch(&msg);
+            let in_batch = in_batch(msg);
             let mut owned = in_batch.is_none().then(|| msg.to_owned());
             let mut links = self.links.borrow_mut();
             let mut stats = self.stats.borrow_mut();
@@ -357,7 +378,7 @@ impl Shard {
                     tenant,
                     body,
                     groups: copy.groups,
-                    sample: sample.clone().map(Box::new),
+                    sample: sample.map(|s| Box::new(s.clone())),
                 });
                 if waiting > 0 {
                     stats.ring_full += waiting as u64;
@@ -380,6 +401,8 @@ impl Shard {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn after_route_changes(&self, plan: &mut RoutePlan) {
         self.broadcast(&mut plan.interest);
         if !plan.expired.is_empty() {
