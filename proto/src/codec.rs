@@ -145,12 +145,10 @@ impl PublishView<'_> {
     }
 }
 
-/// Where `part` lies in `buf`, as a range of it: `Some(0..0)` when `part` is
-/// empty, `None` when it is not within `buf`.
 /// Whether two byte strings are equal: `a == b`, with the short lengths a
 /// subject has compared as two overlapping words inline rather than by a
-/// call to `memcmp` (the publish path compares each subject with what the
-/// shard saw last, up to three times per publish). A unit test and a
+/// call to `memcmp` (the publish path compares each subject with the last
+/// one the shard's memo and its message template saw). A unit test and a
 /// proptest hold it to `==`.
 #[inline]
 pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
@@ -175,6 +173,8 @@ pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
+/// Where `part` lies in `buf`, as a range of it: `Some(0..0)` when `part` is
+/// empty, `None` when it is not within `buf`.
 #[inline]
 pub fn range_in(buf: &[u8], part: &[u8]) -> Option<Range<usize>> {
     if part.is_empty() {

@@ -123,8 +123,8 @@ pub struct RoutePlan {
 
 impl RoutePlan {
     /// Empties the plan. What has a destructor is cleared only when not
-    /// empty: clearing an empty `Vec` of such items still calls their
-    /// drop, and most routes leave those two empty.
+    /// empty: clearing an empty `Vec` of such items still calls the
+    /// (empty) drop glue, and most routes leave those two empty.
     #[inline]
     fn clear(&mut self) {
         self.local.clear();

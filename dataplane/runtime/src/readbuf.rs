@@ -368,18 +368,30 @@ mod tests {
         // A frame still queued keeps the first allocation: the next read
         // goes to a second one, and the first becomes the spare.
         let queued = read_frame(&mut rb, MIN_BUF, 7);
+        let first = queued.as_ptr();
+        let second = rb.unfilled(0).as_ptr();
+        assert_ne!(second, first);
         rb.unfilled(0)[..3].copy_from_slice(b"par");
         rb.advance(3);
-        let has_spare = |rb: &ReadBuf| rb.mem.as_deref().is_some_and(|m| m.spare.is_some());
-        assert!(has_spare(&rb));
+        // The spare is the first allocation (its bytes start where the
+        // queued frame's end: the frame was split off its front).
+        let spare_end = first.wrapping_add(MIN_BUF);
+        let spare_is = |rb: &ReadBuf, p: *const u8| {
+            rb.mem
+                .as_deref()
+                .and_then(|m| m.spare.as_ref())
+                .is_some_and(|s| s.as_ptr() == p)
+        };
+        assert!(spare_is(&rb, spare_end));
         // Part of a frame is waiting for the rest: the buffer holding it
         // stays, the spare goes.
         rb.shrink_if_idle();
         assert!(rb.holds_memory());
-        assert!(!has_spare(&rb));
+        assert!(rb.mem.as_deref().is_some_and(|m| m.spare.is_none()));
         assert_eq!(rb.filled(), b"par");
         // The rest arrives in the same buffer, and the frame is whole.
         let room = rb.unfilled(0);
+        assert_eq!(room.as_ptr(), second.wrapping_add(3));
         room[..3].copy_from_slice(b"tly");
         rb.advance(3);
         assert_eq!(&rb.take(6)[..], b"partly");
