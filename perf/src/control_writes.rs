@@ -28,6 +28,14 @@
 //!    otherwise take CPU from the request/reply client and the shards
 //!    beside it, which is the client's cost, not the node's.
 //!
+//! Where things run: the node on `--cpus` (shard `i` on the `i`-th), its
+//! control plane on `--control-cpus` (the node's `[control] cpus`), the
+//! request/reply client on `--client-cpus` and the writing client on
+//! `--writer-cpus`. On a 2-CPU host, `--shards 1 --control-cpus 1
+//! --client-cpus 0 --writer-cpus 1` is the latency profile's layout: the
+//! shard has CPU 0 (beside the request/reply client, which stands for the
+//! clients of another host) and the control plane CPU 1.
+//!
 //! Results: `<out>/<date>-control-writes/{results.json,README.md}`, with the
 //! command line that made them.
 
@@ -115,6 +123,18 @@ pub(crate) struct ControlWritesArgs {
     /// ArqonBus shards.
     #[arg(long, default_value_t = 2)]
     shards: usize,
+    /// The node's `[control] cpus`: CPUs its control plane runs on (empty:
+    /// any of `--cpus`). With `--shards 1 --control-cpus 1`, the control
+    /// plane has the CPU the shard does not use (the latency profile).
+    #[arg(long, value_delimiter = ',')]
+    control_cpus: Vec<usize>,
+    /// CPUs the request/reply client runs on (empty: any), and the writing
+    /// client unless `--writer-cpus` says otherwise.
+    #[arg(long, value_delimiter = ',')]
+    client_cpus: Vec<usize>,
+    /// CPUs the writing client runs on (empty: the request/reply client's).
+    #[arg(long, value_delimiter = ',')]
+    writer_cpus: Vec<usize>,
     /// The arqonbus binary (default: next to this one).
     #[arg(long)]
     arqonbus: Option<PathBuf>,
@@ -182,6 +202,12 @@ struct Report {
     principals: u64,
     shards: usize,
     cpus: Vec<usize>,
+    /// `[control] cpus` (empty: any of `cpus`).
+    control_cpus: Vec<usize>,
+    /// The request/reply client's CPUs (empty: any).
+    client_cpus: Vec<usize>,
+    /// The writing client's CPUs (empty: the request/reply client's).
+    writer_cpus: Vec<usize>,
     /// Seconds from starting the node to its control API answering.
     start_secs: f64,
     /// Pace of the writes beside request/reply (0: without pause).
@@ -486,6 +512,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
         default_placement: Some("spread".into()),
         extra_config: seed_tenants(a.tenants, a.principals_per_tenant),
         start_timeout: Some(Duration::from_secs(600)),
+        control_cpus: a.control_cpus.clone(),
         ..ArqonSpec::default()
     };
     let data = fleet.dir().join(&spec.name);
@@ -547,6 +574,8 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
         duration: Duration::from_secs_f64(a.rr_duration),
         drain: Duration::from_secs(3),
     };
+    // The clients' threads start from this one and keep its CPUs.
+    keep_on(&a.client_cpus).map_err(|e| format!("--client-cpus {:?}: {e}", a.client_cpus))?;
     let mut runs = Vec::new();
     for round in 0..a.rounds {
         // Each arm goes first in turn: a drift of the host over the run
@@ -571,7 +600,7 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
             let (reqreply, streamed) = std::thread::scope(|s| {
                 let writer = (beside != "quiet").then(|| {
                     s.spawn(|| {
-                        background();
+                        background(&a.writer_cpus);
                         api.stream(
                             first,
                             None,
@@ -644,6 +673,9 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
         principals: a.tenants * a.principals_per_tenant,
         shards: a.shards,
         cpus: a.cpus.clone(),
+        control_cpus: a.control_cpus.clone(),
+        client_cpus: a.client_cpus.clone(),
+        writer_cpus: a.writer_cpus.clone(),
         start_secs,
         write_rate: a.write_rate,
         writes,
@@ -670,8 +702,9 @@ pub(crate) fn run(args: &ControlWritesArgs) -> Result<(), String> {
 }
 
 /// Makes the calling thread run only when nothing else wants its core
-/// (`SCHED_IDLE`); a failure is reported and changes nothing.
-fn background() {
+/// (`SCHED_IDLE`) and, when `cpus` names CPUs, only on those; a failure
+/// is reported and changes nothing.
+fn background(cpus: &[usize]) {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` outlives the call; 0 names the calling thread.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) } != 0 {
@@ -679,6 +712,48 @@ fn background() {
             "cannot make the writing client a background thread: {}",
             std::io::Error::last_os_error()
         );
+    }
+    if let Err(e) = keep_on(cpus) {
+        eprintln!("cannot keep the writing client on CPUs {cpus:?}: {e}");
+    }
+}
+
+/// Keeps the calling thread (and the threads it starts later) on `cpus`;
+/// nothing when empty.
+fn keep_on(cpus: &[usize]) -> std::io::Result<()> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: `cpu_set_t` is a plain bit array; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        if c >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("CPU {c} is beyond CPU_SETSIZE"),
+            ));
+        }
+        // SAFETY: `c` is below `CPU_SETSIZE` (checked above), within `set`.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: `set` outlives the call and its size is passed; 0 names the
+    // calling thread.
+    let rc = unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A CPU list for the report, or "any CPU".
+fn cpu_text(cpus: &[usize]) -> String {
+    if cpus.is_empty() {
+        "any CPU".to_owned()
+    } else {
+        format!("CPUs {cpus:?}")
     }
 }
 
@@ -710,8 +785,20 @@ fn markdown(report: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "{} (commit {}), {} shards pinned to CPUs {:?}.\n\n```sh\n{}\n```\n",
-        r.date, r.commit, r.shards, r.cpus, r.command
+        "{} (commit {}), {} shards pinned to CPUs {:?}; control plane on {}, request/reply \
+         client on {}, writing client on {}.\n\n```sh\n{}\n```\n",
+        r.date,
+        r.commit,
+        r.shards,
+        r.cpus,
+        cpu_text(&r.control_cpus),
+        cpu_text(&r.client_cpus),
+        if r.writer_cpus.is_empty() {
+            "the same".to_owned()
+        } else {
+            cpu_text(&r.writer_cpus)
+        },
+        r.command
     );
     let _ = writeln!(
         s,

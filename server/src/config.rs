@@ -239,6 +239,10 @@ pub struct ControlSection {
     /// PEM CA that operators' client certificates must chain to (mTLS);
     /// unset: the admin token alone.
     pub client_ca: Option<PathBuf>,
+    /// CPUs the control plane's threads (control API, store, snapshot
+    /// builds, monitoring) run on; empty: any CPU. The latency profile
+    /// gives them the CPU no shard is pinned to.
+    pub cpus: Vec<usize>,
 }
 
 impl Default for ControlSection {
@@ -247,6 +251,7 @@ impl Default for ControlSection {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_CONTROL_PORT)),
             client_ca: None,
+            cpus: Vec::new(),
         }
     }
 }
@@ -596,6 +601,7 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(invalid("tls.cert", "tls.cert and tls.key go together"));
         }
+        validate_cpus("control.cpus", &self.control.cpus)?;
         if self.metrics.max_tenant_labels > 10_000 {
             return Err(invalid("metrics.max_tenant_labels", "at most 10000"));
         }
@@ -624,6 +630,24 @@ impl Config {
     pub fn websocket_listen(&self) -> Option<std::net::SocketAddr> {
         self.websocket.enabled.then_some(self.websocket.listen)
     }
+}
+
+/// The highest CPU number an affinity list may name (`CPU_SETSIZE` - 1).
+pub const MAX_CPU: usize = 1023;
+
+/// Checks a CPU list: each at most [`MAX_CPU`], none twice. Whether the
+/// host has them is checked when the node starts.
+fn validate_cpus(key: &str, cpus: &[usize]) -> Result<(), ConfigError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for &c in cpus {
+        if c > MAX_CPU {
+            return Err(invalid(key, format!("CPU {c}: at most {MAX_CPU}")));
+        }
+        if !seen.insert(c) {
+            return Err(invalid(key, format!("CPU {c} twice")));
+        }
+    }
+    Ok(())
 }
 
 /// Checks ids and names are unique and hashes well-formed.
@@ -693,6 +717,8 @@ mod tests {
         let cases = [
             ("[server]\nshards = 65\n", "server.shards"),
             ("[server]\nring_capacity = 1\n", "server.ring_capacity"),
+            ("[control]\ncpus = [1, 1]\n", "control.cpus"),
+            ("[control]\ncpus = [1024]\n", "control.cpus"),
             ("[tls]\ncert = \"a.pem\"\n", "tls.cert"),
             ("[limits]\nmax_payload = 0\n", "max_payload"),
             (

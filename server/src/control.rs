@@ -1,5 +1,7 @@
 //! The control plane's runtime: one thread with a tokio runtime serving the
-//! control API, wired to the data plane through [`DataPlaneControl`].
+//! control API, wired to the data plane through [`DataPlaneControl`]. Its
+//! threads (the runtime's and its blocking pool's) run below the shards'
+//! priority and, when `control.cpus` lists CPUs, only on those.
 //!
 //! The data plane (glommio) and the control plane (tokio) never share a
 //! runtime: the control plane talks to shards only through the data plane's
@@ -18,6 +20,7 @@ use arqonbus_core::snapshot::ConfigSnapshot;
 use arqonbus_dataplane::{ControlError, DataPlane};
 use tokio::sync::oneshot;
 
+use crate::config::MAX_CPU;
 use crate::monitor::{self, Monitor};
 
 /// Where and how to serve the monitoring endpoints.
@@ -52,6 +55,69 @@ fn lower_priority() {
         tracing::warn!(
             error = %std::io::Error::last_os_error(),
             "control plane: cannot lower its threads' priority"
+        );
+    }
+}
+
+/// The CPU set of `cpus`; CPUs beyond `CPU_SETSIZE` are left out (the
+/// configuration's `validate` refuses them).
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: `cpu_set_t` is a plain bit array; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus.iter().filter(|&&c| c <= MAX_CPU) {
+        // SAFETY: `c` is below `CPU_SETSIZE`, within `set`.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    set
+}
+
+/// The first CPU of `cpus` (the `control.cpus` setting) this process may
+/// not run on, if any: the node then refuses to start rather than run its
+/// control plane elsewhere. When the process's CPUs cannot be read, a
+/// warning says so and none is reported.
+pub(crate) fn unavailable_cpu(cpus: &[usize]) -> Option<usize> {
+    if cpus.is_empty() {
+        return None;
+    }
+    // SAFETY: as in `cpu_set`.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `allowed` outlives the call and its size is passed; 0 names
+    // the calling thread, whose mask is the process's at start.
+    let rc = unsafe {
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw mut allowed)
+    };
+    if rc != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot read the CPUs this process may use: control.cpus is not checked"
+        );
+        return None;
+    }
+    cpus.iter()
+        .copied()
+        // SAFETY: the CPU is below `CPU_SETSIZE` when `CPU_ISSET` runs.
+        .find(|&c| c > MAX_CPU || !unsafe { libc::CPU_ISSET(c, &allowed) })
+}
+
+/// Prepares a control-plane thread: lowers its priority and, when
+/// `cpus` names CPUs, keeps it on them. Failures are logged: the thread
+/// still serves.
+fn prepare_thread(cpus: &[usize]) {
+    lower_priority();
+    if cpus.is_empty() {
+        return;
+    }
+    let set = cpu_set(cpus);
+    // SAFETY: `set` outlives the call and its size is passed; 0 names the
+    // calling thread.
+    let rc = unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if rc != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            ?cpus,
+            "control plane: cannot keep its threads on control.cpus"
         );
     }
 }
@@ -119,12 +185,16 @@ pub(crate) struct ControlRuntime {
 
 impl ControlRuntime {
     /// Starts serving `plane` against `dataplane` on a new thread, and the
-    /// monitoring endpoints beside it when asked.
+    /// monitoring endpoints beside it when asked; its threads run on `cpus`
+    /// (any CPU when empty).
     pub(crate) fn start(
         plane: ControlPlane,
         dataplane: Arc<DataPlane>,
         monitoring: Option<MonitorSettings>,
+        cpus: &[usize],
     ) -> std::io::Result<Self> {
+        let cpus: Arc<[usize]> = cpus.into();
+        let thread_cpus = cpus.clone();
         let handle = plane.handle();
         let addr = plane.local_addr();
         let metrics_addr = match &monitoring {
@@ -138,12 +208,12 @@ impl ControlRuntime {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name("arqonbus-control")
-            .on_thread_start(lower_priority)
+            .on_thread_start(move || prepare_thread(&thread_cpus))
             .build()?;
         let thread = std::thread::Builder::new()
             .name("arqonbus-control".into())
             .spawn(move || {
-                lower_priority();
+                prepare_thread(&cpus);
                 let monitor = monitoring.map(|m| {
                     let started = std::time::Instant::now();
                     let state = Arc::new(Monitor {

@@ -84,6 +84,9 @@ pub enum ServerError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// `control.cpus` names a CPU this process may not run on.
+    #[error("control.cpus: this process may not run on CPU {0} (see `taskset -p $$`)")]
+    ControlCpus(usize),
     /// `--take-over`: the running node did not hand over.
     #[error("take-over: {0}")]
     Handover(#[from] HandoverError),
@@ -383,6 +386,14 @@ impl Server {
             );
         }
         let monitoring = bind_monitoring(config, &dp.server_id)?;
+        if let Some(cpu) = config
+            .control
+            .enabled
+            .then(|| control::unavailable_cpu(&config.control.cpus))
+            .flatten()
+        {
+            return Err(ServerError::ControlCpus(cpu));
+        }
         let dataplane = Arc::new(DataPlane::start(&dp)?);
         // Ports the kernel picked (configured as 0) are claimed once known;
         // a take-over is handed its claims once it serves.
@@ -395,7 +406,12 @@ impl Server {
 
         let admin_token = control.as_ref().map(|c| c.admin_token_path().to_owned());
         let control = match control {
-            Some(plane) => Some(ControlRuntime::start(plane, dataplane.clone(), monitoring)?),
+            Some(plane) => Some(ControlRuntime::start(
+                plane,
+                dataplane.clone(),
+                monitoring,
+                &config.control.cpus,
+            )?),
             None => None,
         };
         let paths = Paths {
@@ -502,6 +518,7 @@ impl Server {
                 plane,
                 self.dataplane.clone(),
                 monitoring,
+                &self.config.control.cpus,
             )?))
         });
         match started {

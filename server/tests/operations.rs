@@ -446,3 +446,94 @@ async fn sigterm_drains_clients_then_exits() {
     assert!(node.exit_status().success(), "the server exits by itself");
     drop(health);
 }
+
+/// The CPUs a thread may run on, from `/proc/PID/task/TID/status`.
+fn allowed_cpus(task: &std::path::Path) -> Option<String> {
+    let status = std::fs::read_to_string(task.join("status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_cpus_keep_every_control_thread_on_them() {
+    // The last CPU this process may use: the node may use it too.
+    let cpu = last_allowed_cpu();
+    let node = Node::spawn_with(Setup {
+        control: format!("cpus = [{cpu}]"),
+        ..Setup::default()
+    });
+    // A write runs on the blocking pool: its threads must be there too.
+    let (channel, auth) = node.control_channel().await;
+    let mut tenants =
+        arqonbus_proto::control::tenant_service_client::TenantServiceClient::with_interceptor(
+            channel, auth,
+        );
+    within(
+        "a tenant created",
+        tenants.create_tenant(arqonbus_proto::control::CreateTenantRequest {
+            name: "pinned".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    let tasks = std::path::PathBuf::from(format!("/proc/{}/task", node.pid()));
+    let mut control = Vec::new();
+    let mut shards = Vec::new();
+    for task in std::fs::read_dir(&tasks).unwrap() {
+        let task = task.unwrap().path();
+        // A thread that ended since the listing has no files left.
+        let (Ok(name), Some(cpus)) = (
+            std::fs::read_to_string(task.join("comm")),
+            allowed_cpus(&task),
+        ) else {
+            continue;
+        };
+        // `comm` keeps the first 15 bytes of a thread's name.
+        if name.starts_with("arqonbus-contro") {
+            control.push(cpus);
+        } else if name.starts_with("arqonbus-shard") {
+            shards.push(cpus);
+        }
+    }
+    // The runtime's own thread and at least one blocking thread (the write).
+    assert!(control.len() >= 2, "control threads: {control:?}");
+    assert!(
+        control.iter().all(|c| *c == cpu.to_string()),
+        "control threads on {control:?}, not on CPU {cpu}"
+    );
+    // The shards keep their own pinning.
+    assert!(!shards.is_empty());
+    assert!(
+        shards.iter().all(|c| !c.contains(['-', ','])),
+        "shards each on one CPU: {shards:?}"
+    );
+}
+
+/// The highest CPU number this process may run on.
+fn last_allowed_cpu() -> usize {
+    let own = allowed_cpus(std::path::Path::new("/proc/thread-self")).unwrap();
+    own.split(',')
+        .filter_map(|range| range.rsplit('-').next()?.parse().ok())
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn a_control_cpu_the_process_may_not_use_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // Valid (below CPU_SETSIZE), but far beyond the CPUs of any host
+    // these tests run on.
+    let config = second_node(dir.path(), |c| {
+        c.control.cpus = vec![arqonbus::config::MAX_CPU];
+    });
+    config.validate().unwrap();
+    let err = arqonbus::Server::start(&config).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(err, arqonbus::ServerError::ControlCpus(c) if c == arqonbus::config::MAX_CPU),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("control.cpus"), "{err}");
+}

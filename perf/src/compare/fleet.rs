@@ -193,6 +193,9 @@ pub(crate) struct ArqonSpec {
     /// How long it may take to start (`None`: 20 s); a large seeded store
     /// takes longer.
     pub(crate) start_timeout: Option<Duration>,
+    /// `[control] cpus`: where the control plane's threads run (empty: any
+    /// of the fleet's CPUs).
+    pub(crate) control_cpus: Vec<usize>,
 }
 
 /// The capabilities that let a process load BPF programs: dropped from the
@@ -501,8 +504,13 @@ impl Fleet {
         } else {
             "[server]\npin_cores = false\n\n"
         };
+        let control_cpus = if spec.control_cpus.is_empty() {
+            String::new()
+        } else {
+            format!("cpus = {:?}\n", spec.control_cpus)
+        };
         let mut config = format!(
-            "{pinning}[control]\nlisten = \"127.0.0.1:{control}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
+            "{pinning}[control]\nlisten = \"127.0.0.1:{control}\"\n{control_cpus}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
         );
         if spec.steering_mode.is_some() || spec.default_placement.is_some() {
             config.push_str("\n[steering]\n");

@@ -24,6 +24,7 @@ pub fn needs(config: &Config, profile: Option<Profile>) -> Needs {
         max_connections_per_shard: u64::from(config.limits.max_connections_per_shard),
         steering_required: config.steering.required,
         profile,
+        control_cpus: config.control.cpus.clone(),
     }
 }
 

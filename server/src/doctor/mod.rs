@@ -224,6 +224,9 @@ pub struct Needs {
     pub steering_required: bool,
     /// The profile to check, if any.
     pub profile: Option<Profile>,
+    /// `control.cpus`: where the control plane's threads run (empty: any
+    /// CPU).
+    pub control_cpus: Vec<usize>,
 }
 
 /// A check's verdict; ordered from best to worst.
@@ -733,12 +736,58 @@ fn check_cpus(facts: &Facts, needs: &Needs) -> Check {
             ),
         );
     }
+    if let Some(c) = needs.control_cpus.iter().find(|c| !facts.cpus.contains(c)) {
+        return Check::fail(
+            name,
+            format!(
+                "control.cpus names CPU {c}, which this process may not use: the node will not start"
+            ),
+            "[control] cpus = CPUs listed by `taskset -p $$`",
+        );
+    }
+    let (_, on_shards) = shard_cpus(facts, needs);
+    let shared: Vec<usize> = needs
+        .control_cpus
+        .iter()
+        .copied()
+        .filter(|c| needs.pin_cores && on_shards.contains(c))
+        .collect();
+    if !shared.is_empty() {
+        return Check::warn(
+            name,
+            format!(
+                "control.cpus shares CPUs {shared:?} with shards: control writes take time from their messages"
+            ),
+            "[control] cpus = CPUs no shard is pinned to (the latency profile's layout)",
+        );
+    }
+    if needs.profile == Some(Profile::Latency) && needs.control_cpus.is_empty() {
+        let free: Vec<usize> = facts
+            .cpus
+            .iter()
+            .copied()
+            .filter(|c| !on_shards.contains(c))
+            .collect();
+        return Check::warn(
+            name,
+            "the control plane may run on the shards' CPUs: control writes then take time from their messages",
+            format!("[control] cpus = {free:?} (the latency profile's layout)"),
+        );
+    }
     let pinned = if needs.pin_cores {
         "pinned"
     } else {
         "not pinned"
     };
-    Check::ok(name, format!("{shards} shards ({pinned}) on {cpus} CPUs"))
+    let control = if needs.control_cpus.is_empty() {
+        String::new()
+    } else {
+        format!(", control plane on CPUs {:?}", needs.control_cpus)
+    };
+    Check::ok(
+        name,
+        format!("{shards} shards ({pinned}) on {cpus} CPUs{control}"),
+    )
 }
 
 /// Compares sysctl values word by word (`4096 131072 6291456` has tabs).
@@ -914,6 +963,7 @@ mod tests {
             max_connections_per_shard: 65_536,
             steering_required: false,
             profile: None,
+            control_cpus: Vec::new(),
         }
     }
 
@@ -1146,6 +1196,53 @@ mod tests {
         assert_eq!(
             find(&evaluate(&good(), &n), "CPUs and shards").verdict,
             Verdict::Warn
+        );
+    }
+
+    #[test]
+    fn control_cpus_must_exist_and_should_be_free_of_shards() {
+        let shards_on_three = Needs {
+            shards: 3,
+            ..needs()
+        };
+        let cases = [
+            (vec![3], Verdict::Ok),
+            (vec![2, 3], Verdict::Warn),
+            (vec![7], Verdict::Fail),
+        ];
+        for (control_cpus, verdict) in cases {
+            let n = Needs {
+                control_cpus: control_cpus.clone(),
+                ..shards_on_three.clone()
+            };
+            let c = find(&evaluate(&good(), &n), "CPUs and shards").clone();
+            assert_eq!(c.verdict, verdict, "{control_cpus:?}: {}", c.detail);
+        }
+        // Unpinned shards may run anywhere: nothing to compare with.
+        let n = Needs {
+            control_cpus: vec![0],
+            pin_cores: false,
+            ..shards_on_three.clone()
+        };
+        assert_eq!(
+            find(&evaluate(&good(), &n), "CPUs and shards").verdict,
+            Verdict::Ok
+        );
+        // The latency profile asks for the control plane's CPU.
+        let latency = Needs {
+            profile: Some(Profile::Latency),
+            ..shards_on_three
+        };
+        let c = find(&evaluate(&good(), &latency), "CPUs and shards").clone();
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(c.fix.unwrap().contains("cpus = [3]"));
+        let n = Needs {
+            control_cpus: vec![3],
+            ..latency
+        };
+        assert_eq!(
+            find(&evaluate(&good(), &n), "CPUs and shards").verdict,
+            Verdict::Ok
         );
     }
 

@@ -39,6 +39,8 @@ pub(crate) async fn within<T>(what: &str, fut: impl std::future::Future<Output =
 pub(crate) struct Setup {
     /// Keys under `[metrics]` (besides `listen`), e.g. `latency_sample_every = 1`.
     pub metrics: String,
+    /// Keys under `[control]` (besides `listen`), e.g. `cpus = [1]`.
+    pub control: String,
     /// Whole sections the file ends with, e.g. `[limits]\nmax_payload = 4096\n`.
     pub extra: String,
     /// Environment variables for the process.
@@ -237,8 +239,9 @@ fn write_config(dir: &Path, setup: &Setup, take_over: Option<SocketAddr>) {
     std::fs::write(
         config_file(dir, take_over),
         format!(
-            "data_dir = \"{}\"\n\n[server]\nlisten = \"{listen}\"\nshards = 2\ntick_ms = 20\nlame_duck_window_ms = 300\n\n[control]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}\n\n[log]\nformat = \"text\"\nlevel = \"warn\"\n\n[steering]\ndefault_placement = \"spread\"\n\n{}",
+            "data_dir = \"{}\"\n\n[server]\nlisten = \"{listen}\"\nshards = 2\ntick_ms = 20\nlame_duck_window_ms = 300\n\n[control]\nlisten = \"127.0.0.1:0\"\n{}\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}\n\n[log]\nformat = \"text\"\nlevel = \"warn\"\n\n[steering]\ndefault_placement = \"spread\"\n\n{}",
             dir.join("data").display(),
+            setup.control,
             setup.metrics,
             setup.extra,
         ),
