@@ -207,6 +207,15 @@ impl Server {
         take_over: bool,
     ) -> Result<Self, ServerError> {
         config.validate()?;
+        // Before anything is opened or handed over.
+        if let Some(cpu) = config
+            .control
+            .enabled
+            .then(|| control::unavailable_cpu(&config.control.cpus))
+            .flatten()
+        {
+            return Err(ServerError::ControlCpus(cpu));
+        }
         // Claim the client ports before anything touches the data directory
         // or binds: a second node on a port refuses here and names the first
         // (or, taking over, is handed them).
@@ -386,14 +395,6 @@ impl Server {
             );
         }
         let monitoring = bind_monitoring(config, &dp.server_id)?;
-        if let Some(cpu) = config
-            .control
-            .enabled
-            .then(|| control::unavailable_cpu(&config.control.cpus))
-            .flatten()
-        {
-            return Err(ServerError::ControlCpus(cpu));
-        }
         let dataplane = Arc::new(DataPlane::start(&dp)?);
         // Ports the kernel picked (configured as 0) are claimed once known;
         // a take-over is handed its claims once it serves.

@@ -24,7 +24,12 @@ pub fn needs(config: &Config, profile: Option<Profile>) -> Needs {
         max_connections_per_shard: u64::from(config.limits.max_connections_per_shard),
         steering_required: config.steering.required,
         profile,
-        control_cpus: config.control.cpus.clone(),
+        // Without the control plane, `control.cpus` is not used.
+        control_cpus: if config.control.enabled {
+            config.control.cpus.clone()
+        } else {
+            Vec::new()
+        },
     }
 }
 

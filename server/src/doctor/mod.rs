@@ -715,6 +715,16 @@ fn check_cpus(facts: &Facts, needs: &Needs) -> Check {
             "check `taskset -p $$`",
         );
     }
+    // A node that will not start comes before any advice.
+    if let Some(c) = needs.control_cpus.iter().find(|c| !facts.cpus.contains(c)) {
+        return Check::fail(
+            name,
+            format!(
+                "control.cpus names CPU {c}, which this process may not use: the node will not start"
+            ),
+            "[control] cpus = CPUs listed by `taskset -p $$`",
+        );
+    }
     let cpus = facts.cpus.len();
     let (shards, _) = shard_cpus(facts, needs);
     if shards > cpus {
@@ -734,15 +744,6 @@ fn check_cpus(facts: &Facts, needs: &Needs) -> Check {
                 "[server] shards = {} (the latency profile's layout)",
                 cpus - 1
             ),
-        );
-    }
-    if let Some(c) = needs.control_cpus.iter().find(|c| !facts.cpus.contains(c)) {
-        return Check::fail(
-            name,
-            format!(
-                "control.cpus names CPU {c}, which this process may not use: the node will not start"
-            ),
-            "[control] cpus = CPUs listed by `taskset -p $$`",
         );
     }
     let (_, on_shards) = shard_cpus(facts, needs);
@@ -1227,6 +1228,17 @@ mod tests {
         assert_eq!(
             find(&evaluate(&good(), &n), "CPUs and shards").verdict,
             Verdict::Ok
+        );
+        // A node that will not start is a failure even where advice applies.
+        let n = Needs {
+            profile: Some(Profile::Latency),
+            shards: 4,
+            control_cpus: vec![7],
+            ..needs()
+        };
+        assert_eq!(
+            find(&evaluate(&good(), &n), "CPUs and shards").verdict,
+            Verdict::Fail
         );
         // The latency profile asks for the control plane's CPU.
         let latency = Needs {
